@@ -1,0 +1,5 @@
+//! raftwal's integration tests, in one binary so the workspace links it once.
+
+mod etcd_cases;
+mod memory_storage;
+mod model;

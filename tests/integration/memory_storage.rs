@@ -1,0 +1,74 @@
+//! MemoryStorage against etcd's table cases and against the naive model.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use raftwal::{ConfState, Entry, HardState, MemoryStorage, Result, Snapshot, Storage};
+
+use crate::etcd_cases::Subject;
+use crate::model::{Call, Model, Outcome, arb_op, assert_same_answers, resolve};
+
+impl Subject for MemoryStorage {
+    fn storage(&self) -> &dyn Storage {
+        self
+    }
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        MemoryStorage::append(self, entries)
+    }
+    fn set_hard_state(&mut self, hs: HardState) -> Result<()> {
+        MemoryStorage::set_hard_state(self, hs)
+    }
+    fn compact(&mut self, index: u64) -> Result<()> {
+        MemoryStorage::compact(self, index)
+    }
+    fn create_snapshot(
+        &mut self,
+        index: u64,
+        cs: Option<ConfState>,
+        data: Bytes,
+    ) -> Result<Snapshot> {
+        MemoryStorage::create_snapshot(self, index, cs, data)
+    }
+    fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
+        MemoryStorage::apply_snapshot(self, snapshot)
+    }
+}
+
+fn fresh_memory() -> Box<dyn Subject> {
+    Box::new(MemoryStorage::new())
+}
+
+mod etcd {
+    use super::fresh_memory;
+    crate::etcd_case_tests!(fresh_memory);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn memory_storage_answers_like_the_model(ops in proptest::collection::vec(arb_op(), 1..40)) {
+        let storage = MemoryStorage::new();
+        let mut model = Model::default();
+        for (step, op) in ops.iter().enumerate() {
+            let call = resolve(op, &model, step);
+            let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
+                Call::Append(es) => (storage.append(&es).into(), model.append(&es)),
+                Call::SetHardState(hs) => {
+                    model.hard_state = hs;
+                    (storage.set_hard_state(hs).into(), Outcome::Ok(()))
+                }
+                Call::Compact(i) => (storage.compact(i).into(), model.compact(i)),
+                Call::CreateSnapshot(i, cs, data) => {
+                    let got = Outcome::from(storage.create_snapshot(i, cs.clone(), data.clone()));
+                    let want = model.create_snapshot(i, cs, data);
+                    prop_assert_eq!(&got, &want, "step {} {:?}", step, call);
+                    (Outcome::Ok(()), Outcome::Ok(()))
+                }
+                Call::ApplySnapshot(s) => (storage.apply_snapshot(s.clone()).into(), model.apply_snapshot(s)),
+                Call::Reopen => (Outcome::Ok(()), Outcome::Ok(())),
+            };
+            prop_assert_eq!(got, want, "step {} {:?}", step, call);
+            assert_same_answers(&model, &storage, &format!("after step {step} {call:?}"));
+        }
+    }
+}
