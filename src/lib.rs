@@ -5,7 +5,8 @@
 //!
 //! - [`types`] and [`codec`]: the shared Raft types and their little-endian encoding;
 //! - [`storage`]: the [`Storage`] contract and [`MemoryStorage`], the model the durable
-//!   storage is tested against.
+//!   storage is tested against;
+//! - [`io`]: the seam every file and directory operation goes through.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
@@ -13,6 +14,7 @@
 
 pub mod codec;
 mod error;
+pub mod io;
 pub mod storage;
 pub mod types;
 

@@ -1,0 +1,171 @@
+//! The real file system: std files, `fs2` for locks and allocation, `memmap2` for sealed files.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fs2::FileExt as _;
+
+use super::{DirLock, File, FileSystem};
+
+/// The operating system's file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(fs::File);
+
+impl File for RealFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.0.write_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        // fallocate(2) where supported; fs2 falls back to set_len, which is still correct (the
+        // file reads as zeros) but does not reserve the blocks.
+        self.0.allocate(len)
+    }
+
+    fn map(&self) -> io::Result<Bytes> {
+        if self.len()? == 0 {
+            // mmap(2) rejects empty mappings.
+            return Ok(Bytes::new());
+        }
+        // SAFETY: mapping a file is undefined behaviour if the file changes underneath the map.
+        // raftwal maps only sealed segments and finished snapshot files, which it never writes,
+        // truncates or reuses while mapped, and it holds the directory's exclusive lock, so no
+        // other raftwal process writes them either. Removing a mapped file is fine: the mapping
+        // keeps the inode alive.
+        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        Ok(Bytes::from_owner(map))
+    }
+}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                // Names raftwal did not write may not be UTF-8; they are not raftwal's files.
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Option<DirLock>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock_exclusive() {
+            Ok(()) => Ok(Some(DirLock::new(file))),
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_map_and_list_on_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let path = dir.path().join("a");
+        let file = fs.create(&path).unwrap();
+        file.write_all_at(b"hello", 0).unwrap();
+        file.sync_data().unwrap();
+        let mut buf = [0u8; 5];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"hello");
+        file.allocate(4096).unwrap();
+        assert_eq!(file.len().unwrap(), 4096);
+        let map = file.map().unwrap();
+        assert_eq!(&map[..5], b"hello");
+        assert!(
+            map[5..].iter().all(|&b| b == 0),
+            "allocated space reads as zeros"
+        );
+        fs.rename(&path, &dir.path().join("b")).unwrap();
+        fs.sync_dir(dir.path()).unwrap();
+        assert_eq!(fs.list(dir.path()).unwrap(), ["b"]);
+        let err = file.read_exact_at(&mut [0u8; 8], 4092).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_file_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        let first = RealFs.try_lock(&path).unwrap();
+        assert!(first.is_some());
+        assert!(
+            RealFs.try_lock(&path).unwrap().is_none(),
+            "a held lock must refuse a second"
+        );
+        drop(first);
+        assert!(
+            RealFs.try_lock(&path).unwrap().is_some(),
+            "a dropped lock must be free again"
+        );
+    }
+}
