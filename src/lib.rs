@@ -17,6 +17,7 @@ mod error;
 pub mod io;
 pub mod storage;
 pub mod types;
+pub mod wal;
 
 pub use error::{CorruptionKind, Error, Result};
 pub use storage::{MemoryStorage, Storage};

@@ -1,0 +1,622 @@
+//! The WAL's on-disk format: segment file names, the segment header, the record frame and the
+//! record payloads. DESIGN.md §5 has the same layout as diagrams and tables; the test at the end
+//! of this file checks the constants against that table.
+//!
+//! Every offset is derived from the sizes of the fields before it, and every integer is
+//! little-endian.
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::codec::{self, DecodeError, Decoder};
+use crate::types::{Entry, HardState, SnapshotMetadata};
+
+// ---- Segment file names ------------------------------------------------------------------------
+
+/// Suffix of a sealed or active segment file.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+/// Suffix of a segment being prepared; never read by recovery, removed on open.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// `{sequence:016x}-{first_index:016x}.wal`: a plain sorted listing is log order.
+pub fn segment_name(sequence: u64, first_index: u64) -> String {
+    format!("{sequence:016x}-{first_index:016x}{SEGMENT_SUFFIX}")
+}
+
+/// The (sequence, first index) a segment file name carries, or `None` for other files.
+pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (seq, first) = stem.split_once('-')?;
+    if seq.len() != 16 || first.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(first, 16).ok()?,
+    ))
+}
+
+/// `{sequence:016x}.tmp`: the file prepared to become segment `sequence`.
+pub fn temp_name(sequence: u64) -> String {
+    format!("{sequence:016x}{TEMP_SUFFIX}")
+}
+
+// ---- Segment header ----------------------------------------------------------------------------
+
+/// First bytes of every segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL\x01";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Header field offsets, each derived from the one before.
+pub const MAGIC_OFFSET: usize = 0;
+/// Format version, u32.
+pub const VERSION_OFFSET: usize = MAGIC_OFFSET + SEGMENT_MAGIC.len();
+/// Reserved flags, u32, zero.
+pub const FLAGS_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
+/// Segment sequence number, u64.
+pub const SEQUENCE_OFFSET: usize = FLAGS_OFFSET + size_of::<u32>();
+/// Index the first entry appended to this segment would have, u64.
+pub const FIRST_INDEX_OFFSET: usize = SEQUENCE_OFFSET + size_of::<u64>();
+/// CRC of the previous segment's last record (0 for the first segment ever), u32.
+pub const PREV_CRC_OFFSET: usize = FIRST_INDEX_OFFSET + size_of::<u64>();
+/// CRC-32 of bytes `0..HEADER_CRC_OFFSET`, u32.
+pub const HEADER_CRC_OFFSET: usize = PREV_CRC_OFFSET + size_of::<u32>();
+/// Bytes of the segment header; records start here.
+pub const SEGMENT_HEADER_LEN: usize = HEADER_CRC_OFFSET + size_of::<u32>();
+
+/// Records are aligned to this many bytes.
+pub const RECORD_ALIGN: usize = 8;
+
+const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
+
+/// The fixed first bytes of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Position of the segment in the log; consecutive segments differ by one.
+    pub sequence: u64,
+    /// Index the first entry appended to this segment would have (`last_index + 1` when the
+    /// segment was opened).
+    pub first_index: u64,
+    /// CRC of the last record of the previous segment: the record chain crosses files.
+    pub prev_crc: u32,
+}
+
+/// Why a segment header was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than a header.
+    Short,
+    /// Every byte zero: the header was never written.
+    Zeroed,
+    /// Not a raftwal segment.
+    BadMagic,
+    /// Written by an unknown format version.
+    Version(u32),
+    /// The header CRC does not match.
+    Checksum,
+}
+
+impl SegmentHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut buf = [0u8; SEGMENT_HEADER_LEN];
+        buf[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
+        LittleEndian::write_u32(&mut buf[VERSION_OFFSET..], FORMAT_VERSION);
+        LittleEndian::write_u32(&mut buf[FLAGS_OFFSET..], 0);
+        LittleEndian::write_u64(&mut buf[SEQUENCE_OFFSET..], self.sequence);
+        LittleEndian::write_u64(&mut buf[FIRST_INDEX_OFFSET..], self.first_index);
+        LittleEndian::write_u32(&mut buf[PREV_CRC_OFFSET..], self.prev_crc);
+        let crc = crc32fast::hash(&buf[..HEADER_CRC_OFFSET]);
+        LittleEndian::write_u32(&mut buf[HEADER_CRC_OFFSET..], crc);
+        buf
+    }
+
+    /// Reads and checks a header from the first bytes of a segment.
+    pub fn decode(buf: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        let Some(buf) = buf.get(..SEGMENT_HEADER_LEN) else {
+            return Err(HeaderError::Short);
+        };
+        if buf.iter().all(|&b| b == 0) {
+            return Err(HeaderError::Zeroed);
+        }
+        if buf[MAGIC_OFFSET..VERSION_OFFSET] != SEGMENT_MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        let crc = LittleEndian::read_u32(&buf[HEADER_CRC_OFFSET..]);
+        if crc32fast::hash(&buf[..HEADER_CRC_OFFSET]) != crc {
+            return Err(HeaderError::Checksum);
+        }
+        // The version is read only once the CRC vouches for it: a flipped bit in the version
+        // field is damage, not a newer format.
+        let version = LittleEndian::read_u32(&buf[VERSION_OFFSET..]);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::Version(version));
+        }
+        Ok(SegmentHeader {
+            sequence: LittleEndian::read_u64(&buf[SEQUENCE_OFFSET..]),
+            first_index: LittleEndian::read_u64(&buf[FIRST_INDEX_OFFSET..]),
+            prev_crc: LittleEndian::read_u32(&buf[PREV_CRC_OFFSET..]),
+        })
+    }
+}
+
+// ---- Record frame ------------------------------------------------------------------------------
+
+/// Chained CRC-32 over the frame from `LEN_OFFSET` on and the payload, seeded with `prev_crc`, u32.
+pub const CRC_OFFSET: usize = 0;
+/// Payload length in bytes (without header and padding), u32.
+pub const LEN_OFFSET: usize = CRC_OFFSET + size_of::<u32>();
+/// Record type, u8.
+pub const TYPE_OFFSET: usize = LEN_OFFSET + size_of::<u32>();
+/// Reserved, three zero bytes.
+pub const RESERVED_OFFSET: usize = TYPE_OFFSET + size_of::<u8>();
+/// CRC of the record before this one, u32; lets a record be checked on its own.
+pub const FRAME_PREV_CRC_OFFSET: usize = RESERVED_OFFSET + 3;
+/// Bytes of this segment that were durable when the record was written, u64.
+pub const DURABLE_OFFSET: usize = FRAME_PREV_CRC_OFFSET + size_of::<u32>();
+/// Bytes of the frame header; the payload starts here.
+pub const FRAME_HEADER_LEN: usize = DURABLE_OFFSET + size_of::<u64>();
+
+const _: () = assert!(FRAME_HEADER_LEN % RECORD_ALIGN == 0);
+
+/// The largest payload a record may have unless configured otherwise.
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 << 20;
+
+/// What a record's payload holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordType {
+    /// First record of every segment: the state a reader needs to start from this segment.
+    Checkpoint = 1,
+    /// A run of consecutive entries; replaces every entry from its first index on.
+    Entries = 2,
+    /// The node's new hard state.
+    HardState = 3,
+    /// A snapshot became the newest; optionally the log restarts after it.
+    Snapshot = 4,
+    /// Entries up to an index were compacted into the dummy.
+    Compact = 5,
+}
+
+impl RecordType {
+    /// The type a byte stands for; 0 (zeroed space) and unknown bytes are `None`.
+    pub fn from_u8(byte: u8) -> Option<RecordType> {
+        Some(match byte {
+            1 => RecordType::Checkpoint,
+            2 => RecordType::Entries,
+            3 => RecordType::HardState,
+            4 => RecordType::Snapshot,
+            5 => RecordType::Compact,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes a frame with `payload_len` bytes of payload occupies, padding included.
+pub fn framed_len(payload_len: usize) -> usize {
+    (FRAME_HEADER_LEN + payload_len).next_multiple_of(RECORD_ALIGN)
+}
+
+/// A frame header, decoded but not yet checked against its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The stored CRC.
+    pub crc: u32,
+    /// Payload bytes.
+    pub len: u32,
+    /// The record type byte, as stored.
+    pub record_type: u8,
+    /// CRC of the previous record, as stored.
+    pub prev_crc: u32,
+    /// Durable bytes of the segment when the record was written, as stored.
+    pub durable: u64,
+    /// Whether the three reserved bytes are zero.
+    pub reserved_zero: bool,
+}
+
+impl FrameHeader {
+    /// Reads the header fields; `buf` must hold at least [`FRAME_HEADER_LEN`] bytes.
+    pub fn read(buf: &[u8]) -> FrameHeader {
+        FrameHeader {
+            crc: LittleEndian::read_u32(&buf[CRC_OFFSET..]),
+            len: LittleEndian::read_u32(&buf[LEN_OFFSET..]),
+            record_type: buf[TYPE_OFFSET],
+            prev_crc: LittleEndian::read_u32(&buf[FRAME_PREV_CRC_OFFSET..]),
+            durable: LittleEndian::read_u64(&buf[DURABLE_OFFSET..]),
+            reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET]
+                .iter()
+                .all(|&b| b == 0),
+        }
+    }
+}
+
+/// The CRC a frame must carry: CRC-32 seeded with `prev_crc` over the header after the CRC field
+/// and the payload.
+pub fn frame_crc(prev_crc: u32, header_after_crc: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(prev_crc);
+    hasher.update(header_after_crc);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Appends one framed record (header, payload, zero padding) to `out` and returns its CRC.
+/// `payload` is produced in place by `write_payload`, so batches are encoded without a copy.
+pub fn append_record(
+    out: &mut Vec<u8>,
+    record_type: RecordType,
+    prev_crc: u32,
+    durable: u64,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) -> u32 {
+    let start = out.len();
+    debug_assert_eq!(
+        start % RECORD_ALIGN,
+        0,
+        "records start aligned within the buffer"
+    );
+    out.resize(start + FRAME_HEADER_LEN, 0);
+    write_payload(out);
+    let payload_len = out.len() - start - FRAME_HEADER_LEN;
+    let len = u32::try_from(payload_len).expect("record payload checked against the limit");
+    let header = &mut out[start..start + FRAME_HEADER_LEN];
+    LittleEndian::write_u32(&mut header[LEN_OFFSET..], len);
+    header[TYPE_OFFSET] = record_type as u8;
+    LittleEndian::write_u32(&mut header[FRAME_PREV_CRC_OFFSET..], prev_crc);
+    LittleEndian::write_u64(&mut header[DURABLE_OFFSET..], durable);
+    let crc = {
+        let (head, payload) = out[start..].split_at(FRAME_HEADER_LEN);
+        frame_crc(prev_crc, &head[LEN_OFFSET..], payload)
+    };
+    LittleEndian::write_u32(&mut out[start + CRC_OFFSET..], crc);
+    out.resize(start + framed_len(payload_len), 0);
+    crc
+}
+
+// ---- Record payloads ---------------------------------------------------------------------------
+
+/// A decoded record payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// See [`RecordType::Checkpoint`].
+    Checkpoint(Checkpoint),
+    /// See [`RecordType::Entries`]; never empty, consecutive indices.
+    Entries(Vec<Entry>),
+    /// See [`RecordType::HardState`].
+    HardState(HardState),
+    /// See [`RecordType::Snapshot`].
+    Snapshot {
+        /// The snapshot that is now the newest.
+        metadata: SnapshotMetadata,
+        /// Whether the log was replaced by the snapshot (apply) or kept (create).
+        resets_log: bool,
+    },
+    /// See [`RecordType::Compact`]: the new dummy entry.
+    Compact {
+        /// Index of the new dummy.
+        index: u64,
+        /// Its term.
+        term: u64,
+    },
+}
+
+/// The state a segment starts from, written as its first record so that older segments can be
+/// deleted without losing the hard state, the snapshot marker or the dummy entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Index of the dummy entry.
+    pub dummy_index: u64,
+    /// Term of the dummy entry.
+    pub dummy_term: u64,
+    /// The hard state in force.
+    pub hard_state: HardState,
+    /// The newest snapshot's metadata (index 0 when there is none).
+    pub snapshot: SnapshotMetadata,
+}
+
+impl Record {
+    /// The type byte this record is framed with.
+    pub fn record_type(&self) -> RecordType {
+        match self {
+            Record::Checkpoint(_) => RecordType::Checkpoint,
+            Record::Entries(_) => RecordType::Entries,
+            Record::HardState(_) => RecordType::HardState,
+            Record::Snapshot { .. } => RecordType::Snapshot,
+            Record::Compact { .. } => RecordType::Compact,
+        }
+    }
+
+    /// Appends this record's payload encoding.
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Checkpoint(cp) => {
+                codec::put_u64(out, cp.dummy_index);
+                codec::put_u64(out, cp.dummy_term);
+                codec::encode_hard_state(out, &cp.hard_state);
+                codec::encode_snapshot_metadata(out, &cp.snapshot);
+            }
+            Record::Entries(entries) => encode_entries_payload(out, entries),
+            Record::HardState(hs) => codec::encode_hard_state(out, hs),
+            Record::Snapshot {
+                metadata,
+                resets_log,
+            } => {
+                out.push(u8::from(*resets_log));
+                codec::encode_snapshot_metadata(out, metadata);
+            }
+            Record::Compact { index, term } => {
+                codec::put_u64(out, *index);
+                codec::put_u64(out, *term);
+            }
+        }
+    }
+
+    /// Decodes a payload of the given type. Every byte must be used.
+    pub fn decode_payload(record_type: RecordType, payload: &[u8]) -> Result<Record, DecodeError> {
+        let mut dec = Decoder::new(payload);
+        let record = match record_type {
+            RecordType::Checkpoint => Record::Checkpoint(Checkpoint {
+                dummy_index: dec.u64("checkpoint dummy index")?,
+                dummy_term: dec.u64("checkpoint dummy term")?,
+                hard_state: codec::decode_hard_state(&mut dec)?,
+                snapshot: codec::decode_snapshot_metadata(&mut dec)?,
+            }),
+            RecordType::Entries => Record::Entries(decode_entries_payload(&mut dec)?),
+            RecordType::HardState => Record::HardState(codec::decode_hard_state(&mut dec)?),
+            RecordType::Snapshot => {
+                let resets_log = match dec.u8("snapshot reset flag")? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError {
+                            what: "snapshot reset flag",
+                        });
+                    }
+                };
+                Record::Snapshot {
+                    metadata: codec::decode_snapshot_metadata(&mut dec)?,
+                    resets_log,
+                }
+            }
+            RecordType::Compact => Record::Compact {
+                index: dec.u64("compact index")?,
+                term: dec.u64("compact term")?,
+            },
+        };
+        dec.finish("record payload")?;
+        Ok(record)
+    }
+}
+
+/// Bytes of the count that starts an entries payload.
+pub const ENTRIES_COUNT_LEN: usize = size_of::<u32>();
+
+/// Appends an entries payload: a u32 count, then each entry's codec encoding.
+pub fn encode_entries_payload(out: &mut Vec<u8>, entries: &[Entry]) {
+    let count = u32::try_from(entries.len()).expect("a record holds fewer than 2^32 entries");
+    codec::put_u32(out, count);
+    for entry in entries {
+        codec::encode_entry(out, entry);
+    }
+}
+
+/// Bytes an entries payload for `entries` takes.
+pub fn entries_payload_len(entries: &[Entry]) -> u64 {
+    ENTRIES_COUNT_LEN as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
+}
+
+fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeError> {
+    let count = dec.u32("entries count")? as usize;
+    // Each entry takes at least its header: bound the allocation by the bytes present.
+    if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
+        return Err(DecodeError {
+            what: "entries count",
+        });
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let entry = codec::decode_entry(dec)?;
+        if let Some(prev) = entries.last().map(|e: &Entry| e.index)
+            && entry.index != prev.wrapping_add(1)
+        {
+            return Err(DecodeError {
+                what: "entries indices",
+            });
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ConfState;
+
+    /// The offset tables of DESIGN.md §5, checked against the constants the code uses.
+    #[test]
+    fn offsets_match_the_design_table() {
+        // Segment header: (offset, size, name).
+        let header = [
+            (MAGIC_OFFSET, 8, "magic"),
+            (VERSION_OFFSET, 4, "version"),
+            (FLAGS_OFFSET, 4, "flags"),
+            (SEQUENCE_OFFSET, 8, "sequence"),
+            (FIRST_INDEX_OFFSET, 8, "first_index"),
+            (PREV_CRC_OFFSET, 4, "prev_crc"),
+            (HEADER_CRC_OFFSET, 4, "header_crc"),
+        ];
+        let design = [(0, 8), (8, 4), (12, 4), (16, 8), (24, 8), (32, 4), (36, 4)];
+        for ((offset, size, name), (want_offset, want_size)) in header.iter().zip(design) {
+            assert_eq!(
+                (*offset, *size),
+                (want_offset, want_size),
+                "segment header field {name}"
+            );
+        }
+        assert_eq!(SEGMENT_HEADER_LEN, 40);
+
+        let frame = [
+            (CRC_OFFSET, "crc"),
+            (LEN_OFFSET, "len"),
+            (TYPE_OFFSET, "type"),
+            (RESERVED_OFFSET, "reserved"),
+            (FRAME_PREV_CRC_OFFSET, "prev_crc"),
+            (DURABLE_OFFSET, "durable"),
+        ];
+        let design = [0, 4, 8, 9, 12, 16];
+        for ((offset, name), want) in frame.iter().zip(design) {
+            assert_eq!(*offset, want, "frame header field {name}");
+        }
+        assert_eq!(FRAME_HEADER_LEN, 24);
+    }
+
+    #[test]
+    fn segment_names_sort_in_log_order_and_parse_back() {
+        let names = [
+            segment_name(1, 1),
+            segment_name(2, 900),
+            segment_name(10, 65_536),
+        ];
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names);
+        assert_eq!(parse_segment_name(&names[2]), Some((10, 65_536)));
+        assert_eq!(parse_segment_name("0000000000000001.tmp"), None);
+        assert_eq!(parse_segment_name("zz-1.wal"), None);
+        assert_eq!(
+            parse_segment_name(&format!("{}-{}.wal", "0".repeat(16), "g".repeat(16))),
+            None
+        );
+    }
+
+    #[test]
+    fn header_round_trips_and_every_damage_is_refused() {
+        let header = SegmentHeader {
+            sequence: 7,
+            first_index: 1234,
+            prev_crc: 0xDEAD_BEEF,
+        };
+        let bytes = header.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+        assert_eq!(
+            SegmentHeader::decode(&bytes[..SEGMENT_HEADER_LEN - 1]),
+            Err(HeaderError::Short)
+        );
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; SEGMENT_HEADER_LEN]),
+            Err(HeaderError::Zeroed)
+        );
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut damaged = bytes;
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let got = SegmentHeader::decode(&damaged);
+            assert!(
+                got.is_err(),
+                "bit {bit} flipped must be refused, got {got:?}"
+            );
+        }
+        let mut wrong_magic = bytes;
+        wrong_magic[MAGIC_OFFSET] = b'X';
+        assert_eq!(
+            SegmentHeader::decode(&wrong_magic),
+            Err(HeaderError::BadMagic)
+        );
+        let mut newer = bytes;
+        LittleEndian::write_u32(&mut newer[VERSION_OFFSET..], 2);
+        let crc = crc32fast::hash(&newer[..HEADER_CRC_OFFSET]);
+        LittleEndian::write_u32(&mut newer[HEADER_CRC_OFFSET..], crc);
+        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::Version(2)));
+    }
+
+    fn sample_records() -> Vec<Record> {
+        vec![
+            Record::Checkpoint(Checkpoint {
+                dummy_index: 5,
+                dummy_term: 2,
+                hard_state: HardState {
+                    term: 3,
+                    vote: 1,
+                    commit: 5,
+                },
+                snapshot: SnapshotMetadata {
+                    index: 5,
+                    term: 2,
+                    conf_state: ConfState {
+                        voters: vec![1, 2, 3],
+                        ..ConfState::default()
+                    },
+                },
+            }),
+            Record::Entries(vec![Entry::new(6, 3, "a"), Entry::new(7, 3, vec![9u8; 33])]),
+            Record::HardState(HardState {
+                term: 4,
+                vote: 0,
+                commit: 7,
+            }),
+            Record::Snapshot {
+                metadata: SnapshotMetadata::default(),
+                resets_log: true,
+            },
+            Record::Compact { index: 6, term: 3 },
+        ]
+    }
+
+    #[test]
+    fn records_frame_and_decode_back_with_a_chained_crc() {
+        let mut buf = Vec::new();
+        let mut prev = 0x1234_5678;
+        let mut crcs = vec![prev];
+        for record in sample_records() {
+            prev = append_record(&mut buf, record.record_type(), prev, 40, |out| {
+                record.encode_payload(out)
+            });
+            crcs.push(prev);
+            assert_eq!(buf.len() % RECORD_ALIGN, 0);
+        }
+        let mut offset = 0;
+        for (i, want) in sample_records().into_iter().enumerate() {
+            let head = FrameHeader::read(&buf[offset..]);
+            assert_eq!(
+                head.prev_crc, crcs[i],
+                "record {i} names its predecessor's crc"
+            );
+            assert_eq!(head.durable, 40);
+            assert!(head.reserved_zero);
+            let payload =
+                &buf[offset + FRAME_HEADER_LEN..offset + FRAME_HEADER_LEN + head.len as usize];
+            let crc = frame_crc(
+                head.prev_crc,
+                &buf[offset + LEN_OFFSET..offset + FRAME_HEADER_LEN],
+                payload,
+            );
+            assert_eq!(crc, head.crc);
+            assert_eq!(crc, crcs[i + 1]);
+            let record_type = RecordType::from_u8(head.record_type).unwrap();
+            assert_eq!(Record::decode_payload(record_type, payload).unwrap(), want);
+            offset += framed_len(head.len as usize);
+        }
+        assert_eq!(offset, buf.len());
+    }
+
+    #[test]
+    fn entries_payload_length_is_predicted_and_bad_payloads_are_refused() {
+        let entries = vec![Entry::new(6, 3, "abc"), Entry::new(7, 3, "")];
+        let mut payload = Vec::new();
+        encode_entries_payload(&mut payload, &entries);
+        assert_eq!(payload.len() as u64, entries_payload_len(&entries));
+
+        let gap = vec![Entry::new(6, 3, "abc"), Entry::new(8, 3, "")];
+        let mut bad = Vec::new();
+        encode_entries_payload(&mut bad, &gap);
+        assert!(Record::decode_payload(RecordType::Entries, &bad).is_err());
+
+        let mut empty = Vec::new();
+        encode_entries_payload(&mut empty, &[]);
+        assert!(Record::decode_payload(RecordType::Entries, &empty).is_err());
+
+        let mut trailing = payload.clone();
+        trailing.push(0);
+        assert!(Record::decode_payload(RecordType::Entries, &trailing).is_err());
+        assert_eq!(RecordType::from_u8(0), None);
+        assert_eq!(RecordType::from_u8(6), None);
+    }
+}

@@ -1,0 +1,759 @@
+//! Recovery: scanning a segment's bytes and deciding what a damaged spot means.
+//!
+//! A scan walks the records of one segment from its header, checking each frame's CRC and its
+//! link to the record before, and stops at the first spot that is not a valid record. What that
+//! spot means depends on a few facts, looked up in [`DECISION_TABLE`]:
+//!
+//! - is this the last segment (the only one that can hold unsynced writes)?
+//! - what is at the stop: the end of the written data (zeroes or end of file), or damage?
+//! - what follows: nothing valid, only records written before the damaged spot was durable,
+//!   or a *durable witness*: a valid record whose `durable` field says the damaged spot had
+//!   already been made durable when that record was written.
+//!
+//! A torn tail (an unsynced write cut short by a crash) is cut off. Damage to bytes that were
+//! durable is corruption: recovery refuses to guess, because cutting the log there would
+//! silently drop entries a quorum may have counted (see "Protocol-Aware Recovery for
+//! Consensus-Based Storage", FAST'18). `RecoveryMode::TruncateCorrupt` overrides that refusal.
+
+use crate::error::CorruptionKind;
+use crate::wal::format::{
+    FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record, RecordType,
+    SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
+};
+
+/// A record found by a scan, checked and decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedRecord {
+    /// Byte offset of the frame within the segment.
+    pub offset: u64,
+    /// The frame's CRC (the next record's chain seed).
+    pub crc: u32,
+    /// Bytes the frame occupies, padding included.
+    pub framed_len: u64,
+    /// The payload.
+    pub record: Record,
+}
+
+/// What stopped a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The written data ends here: zeroes or the end of the file.
+    End,
+    /// The bytes here are not a valid record.
+    Damaged(CorruptionKind),
+}
+
+/// What lies after the stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// No valid record.
+    Nothing,
+    /// Valid records, all written before the stop had been made durable.
+    NotDurable,
+    /// A valid record written after the stop had been made durable.
+    DurableWitness {
+        /// Offset of the witnessing record.
+        offset: u64,
+    },
+}
+
+/// The outcome of scanning one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The header, or why it was refused.
+    pub header: Result<SegmentHeader, HeaderError>,
+    /// Valid, chained records from the start, in order.
+    pub records: Vec<ScannedRecord>,
+    /// Offset where the scan stopped (the end of the last valid record, or of the header).
+    pub stop_offset: u64,
+    /// What is at `stop_offset`.
+    pub stop: Stop,
+    /// What follows `stop_offset`.
+    pub after: After,
+}
+
+impl SegmentScan {
+    /// CRC of the last valid record, or the header's chain seed when there is none.
+    pub fn last_crc(&self) -> Option<u32> {
+        match self.records.last() {
+            Some(r) => Some(r.crc),
+            None => self.header.as_ref().ok().map(|h| h.prev_crc),
+        }
+    }
+}
+
+/// Reads a self-consistent frame at `offset`: sane length, known type, zero reserved bytes and a
+/// CRC that matches its own `prev_crc` field. Says nothing about its link to the record before.
+fn valid_frame_at(bytes: &[u8], offset: usize, max_record: u32) -> Option<(FrameHeader, &[u8])> {
+    let header_bytes = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
+    let head = FrameHeader::read(header_bytes);
+    if head.len > max_record
+        || !head.reserved_zero
+        || RecordType::from_u8(head.record_type).is_none()
+    {
+        return None;
+    }
+    let payload_start = offset + FRAME_HEADER_LEN;
+    let payload = bytes.get(payload_start..payload_start.checked_add(head.len as usize)?)?;
+    let crc = frame_crc(head.prev_crc, &header_bytes[LEN_OFFSET..], payload);
+    (crc == head.crc).then_some((head, payload))
+}
+
+/// Scans the records after the header. `bytes` is the whole segment file.
+pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
+    let header = SegmentHeader::decode(bytes);
+    let Ok(segment_header) = header else {
+        // With no header there is no chain to follow: only the witness question remains.
+        return SegmentScan {
+            header,
+            records: Vec::new(),
+            stop_offset: 0,
+            stop: Stop::Damaged(match header {
+                Err(HeaderError::BadMagic) => CorruptionKind::BadMagic,
+                Err(HeaderError::Version(v)) => CorruptionKind::UnsupportedVersion(v),
+                Err(HeaderError::Checksum) => CorruptionKind::ChecksumMismatch,
+                Err(HeaderError::Short | HeaderError::Zeroed) | Ok(_) => CorruptionKind::Torn,
+            }),
+            after: look_after(bytes, 0, max_record),
+        };
+    };
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut prev_crc = segment_header.prev_crc;
+    // Each iteration consumes at least one aligned frame header, so the loop ends within
+    // `bytes.len() / FRAME_HEADER_LEN` iterations.
+    let stop = loop {
+        let Some(header_bytes) = bytes.get(offset..offset + FRAME_HEADER_LEN) else {
+            // Fewer bytes left than a frame header.
+            break if bytes[offset..].iter().all(|&b| b == 0) {
+                Stop::End
+            } else {
+                Stop::Damaged(CorruptionKind::Torn)
+            };
+        };
+        if header_bytes.iter().all(|&b| b == 0) {
+            break Stop::End;
+        }
+        let head = FrameHeader::read(header_bytes);
+        if head.len > max_record {
+            break Stop::Damaged(CorruptionKind::BadLength(u64::from(head.len)));
+        }
+        let payload_start = offset + FRAME_HEADER_LEN;
+        let Some(payload) = bytes.get(payload_start..payload_start + head.len as usize) else {
+            break Stop::Damaged(CorruptionKind::Torn);
+        };
+        let crc = frame_crc(head.prev_crc, &header_bytes[LEN_OFFSET..], payload);
+        if crc != head.crc || head.prev_crc != prev_crc || !head.reserved_zero {
+            break Stop::Damaged(CorruptionKind::ChecksumMismatch);
+        }
+        // From here the CRC vouches for every byte: anything wrong is not a torn write.
+        let Some(record_type) = RecordType::from_u8(head.record_type) else {
+            break Stop::Damaged(CorruptionKind::Malformed(format!(
+                "unknown record type {}",
+                head.record_type
+            )));
+        };
+        if head.durable > offset as u64 {
+            break Stop::Damaged(CorruptionKind::Malformed(format!(
+                "record claims {} durable bytes, more than its offset {offset}",
+                head.durable
+            )));
+        }
+        let record = match Record::decode_payload(record_type, payload) {
+            Ok(record) => record,
+            Err(e) => break Stop::Damaged(CorruptionKind::Malformed(e.to_string())),
+        };
+        let framed = framed_len(head.len as usize);
+        records.push(ScannedRecord {
+            offset: offset as u64,
+            crc,
+            framed_len: framed as u64,
+            record,
+        });
+        prev_crc = crc;
+        offset += framed;
+    };
+    SegmentScan {
+        header,
+        records,
+        stop_offset: offset as u64,
+        after: look_after(bytes, offset, max_record),
+        stop,
+    }
+}
+
+/// Looks past a stop for valid records, and for one that proves the stop was durable.
+fn look_after(bytes: &[u8], stop: usize, max_record: u32) -> After {
+    let mut after = After::Nothing;
+    let mut offset = stop + RECORD_ALIGN;
+    // Bounded by the file: one step per aligned offset.
+    while offset + FRAME_HEADER_LEN <= bytes.len() {
+        if let Some((head, _)) = valid_frame_at(bytes, offset, max_record) {
+            if head.durable > stop as u64 {
+                return After::DurableWitness {
+                    offset: offset as u64,
+                };
+            }
+            after = After::NotDurable;
+        }
+        offset += RECORD_ALIGN;
+    }
+    after
+}
+
+/// Where in the log a segment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// The newest segment: the only one that can hold unsynced writes.
+    Last,
+    /// Any older segment: synced whole before the next one was started.
+    Sealed,
+}
+
+/// What the stop looks like, reduced to what the decision needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopClass {
+    /// Zeroes or end of file after valid records.
+    End,
+    /// A record that is not valid (torn, bad CRC, bad length, broken chain).
+    BadRecord,
+    /// A record that passed its CRC but does not decode or contradicts itself: not a torn
+    /// write, so never cut as one.
+    Malformed,
+    /// The segment header is missing, torn or fails its CRC.
+    BadHeader,
+    /// The header is intact but written by another format version.
+    Version,
+}
+
+/// What recovery does about a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep every record found.
+    Accept,
+    /// Keep the records before the stop, erase the rest of the segment (a segment with a bad
+    /// header is removed whole).
+    TruncateTail,
+    /// Refuse to open: durable data is damaged.
+    Corruption,
+}
+
+/// One row of the recovery table.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    /// Row label, used in tests and DESIGN.md.
+    pub label: &'static str,
+    /// Segments it applies to (`None`: any).
+    pub position: Option<Position>,
+    /// The stop it applies to.
+    pub stop: StopClass,
+    /// What follows, reduced to: nothing valid / valid but not durable / durable witness
+    /// (`None`: any).
+    pub after: Option<AfterClass>,
+    /// The decision.
+    pub decision: Decision,
+    /// Why.
+    pub rationale: &'static str,
+}
+
+/// What follows the stop, without offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterClass {
+    /// No valid record.
+    Nothing,
+    /// Valid records, none durable.
+    NotDurable,
+    /// A durable witness.
+    Witness,
+}
+
+impl From<After> for AfterClass {
+    fn from(after: After) -> Self {
+        match after {
+            After::Nothing => AfterClass::Nothing,
+            After::NotDurable => AfterClass::NotDurable,
+            After::DurableWitness { .. } => AfterClass::Witness,
+        }
+    }
+}
+
+/// The recovery decision table. Exactly one row matches every combination of inputs; a test
+/// enumerates them all.
+pub const DECISION_TABLE: &[Case] = &[
+    Case {
+        label: "R1",
+        position: None,
+        stop: StopClass::End,
+        after: Some(AfterClass::Nothing),
+        decision: Decision::Accept,
+        rationale: "a clean end: the preallocated space after the last record was never written",
+    },
+    Case {
+        label: "R2",
+        position: Some(Position::Last),
+        stop: StopClass::End,
+        after: Some(AfterClass::NotDurable),
+        decision: Decision::TruncateTail,
+        rationale: "zeroed sectors of an unsynced write, with a later unsynced write surviving",
+    },
+    Case {
+        label: "R3",
+        position: Some(Position::Last),
+        stop: StopClass::BadRecord,
+        after: Some(AfterClass::Nothing),
+        decision: Decision::TruncateTail,
+        rationale: "a torn tail: the last write was cut short by the crash",
+    },
+    Case {
+        label: "R4",
+        position: Some(Position::Last),
+        stop: StopClass::BadRecord,
+        after: Some(AfterClass::NotDurable),
+        decision: Decision::TruncateTail,
+        rationale: "a torn unsynced write, with a later unsynced write surviving",
+    },
+    Case {
+        label: "R5",
+        position: None,
+        stop: StopClass::End,
+        after: Some(AfterClass::Witness),
+        decision: Decision::Corruption,
+        rationale: "durable records were zeroed: a later record proves they had been synced",
+    },
+    Case {
+        label: "R6",
+        position: Some(Position::Last),
+        stop: StopClass::BadRecord,
+        after: Some(AfterClass::Witness),
+        decision: Decision::Corruption,
+        rationale: "a durable record is damaged: a later record proves it had been synced",
+    },
+    Case {
+        label: "R7",
+        position: Some(Position::Sealed),
+        stop: StopClass::End,
+        after: Some(AfterClass::NotDurable),
+        decision: Decision::Corruption,
+        rationale: "a sealed segment was synced whole, so a hole before valid records is damage",
+    },
+    Case {
+        label: "R8",
+        position: Some(Position::Sealed),
+        stop: StopClass::BadRecord,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "a sealed segment was synced whole, so a bad record in it is damage",
+    },
+    Case {
+        label: "R9",
+        position: None,
+        stop: StopClass::Malformed,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "the CRC vouches for the bytes, so they are not torn: a bug or a forged record",
+    },
+    Case {
+        label: "H1",
+        position: Some(Position::Last),
+        stop: StopClass::BadHeader,
+        after: Some(AfterClass::Nothing),
+        decision: Decision::TruncateTail,
+        rationale: "a new segment whose first write never became durable: it holds nothing acknowledged",
+    },
+    Case {
+        label: "H2",
+        position: Some(Position::Last),
+        stop: StopClass::BadHeader,
+        after: Some(AfterClass::NotDurable),
+        decision: Decision::TruncateTail,
+        rationale: "a new segment torn in its first, unsynced write",
+    },
+    Case {
+        label: "H3",
+        position: Some(Position::Last),
+        stop: StopClass::BadHeader,
+        after: Some(AfterClass::Witness),
+        decision: Decision::Corruption,
+        rationale: "a record proves the header had been synced: the header is damaged",
+    },
+    Case {
+        label: "H4",
+        position: Some(Position::Sealed),
+        stop: StopClass::BadHeader,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "a sealed segment's header was synced: it is damaged",
+    },
+    Case {
+        label: "H5",
+        position: None,
+        stop: StopClass::Version,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "written by another format version: refuse rather than misread",
+    },
+];
+
+/// The row that applies. Panics if none does, which the exhaustive test rules out.
+pub fn decide(position: Position, stop: StopClass, after: AfterClass) -> &'static Case {
+    let mut matching = DECISION_TABLE.iter().filter(|case| {
+        case.position.is_none_or(|p| p == position)
+            && case.stop == stop
+            && case.after.is_none_or(|a| a == after)
+    });
+    let case = matching.next().unwrap_or_else(|| {
+        panic!("no recovery case for {position:?} {stop:?} {after:?}: the table is incomplete")
+    });
+    debug_assert!(
+        matching.next().is_none(),
+        "two recovery cases match {position:?} {stop:?} {after:?}"
+    );
+    case
+}
+
+/// Classifies a scan's stop for [`decide`].
+pub fn classify(scan: &SegmentScan) -> StopClass {
+    match (&scan.header, &scan.stop) {
+        (Err(HeaderError::Version(_)), _) => StopClass::Version,
+        (Err(_), _) => StopClass::BadHeader,
+        (Ok(_), Stop::End) => StopClass::End,
+        (Ok(_), Stop::Damaged(CorruptionKind::Malformed(_))) => StopClass::Malformed,
+        (Ok(_), Stop::Damaged(_)) => StopClass::BadRecord,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Entry, HardState};
+    use crate::wal::format::{DURABLE_OFFSET, append_record};
+    use byteorder::{ByteOrder, LittleEndian};
+
+    const MAX: u32 = 1 << 20;
+
+    #[test]
+    fn every_input_matches_exactly_one_case() {
+        let positions = [Position::Last, Position::Sealed];
+        let stops = [
+            StopClass::End,
+            StopClass::BadRecord,
+            StopClass::Malformed,
+            StopClass::BadHeader,
+            StopClass::Version,
+        ];
+        let afters = [
+            AfterClass::Nothing,
+            AfterClass::NotDurable,
+            AfterClass::Witness,
+        ];
+        let mut used = std::collections::HashSet::new();
+        for position in positions {
+            for stop in stops {
+                for after in afters {
+                    let matching: Vec<_> = DECISION_TABLE
+                        .iter()
+                        .filter(|c| {
+                            c.position.is_none_or(|p| p == position)
+                                && c.stop == stop
+                                && c.after.is_none_or(|a| a == after)
+                        })
+                        .map(|c| c.label)
+                        .collect();
+                    assert_eq!(
+                        matching.len(),
+                        1,
+                        "{position:?} {stop:?} {after:?} matched {matching:?}"
+                    );
+                    used.insert(matching[0]);
+                }
+            }
+        }
+        assert_eq!(used.len(), DECISION_TABLE.len(), "every row is reachable");
+    }
+
+    #[test]
+    fn sealed_segments_are_never_truncated() {
+        for case in DECISION_TABLE {
+            if case.position == Some(Position::Sealed) {
+                assert_ne!(case.decision, Decision::TruncateTail, "row {}", case.label);
+            }
+        }
+    }
+
+    /// A segment of `size` bytes: header, then one record per write, `durable` as the writer
+    /// would have set it if every write before `synced_writes` had been synced.
+    struct Built {
+        bytes: Vec<u8>,
+        offsets: Vec<usize>,
+    }
+
+    fn build(records: &[Record], synced_writes: usize, size: usize) -> Built {
+        let header = SegmentHeader {
+            sequence: 1,
+            first_index: 1,
+            prev_crc: 0,
+        };
+        let mut bytes = header.encode().to_vec();
+        let mut prev = 0;
+        let mut offsets = Vec::new();
+        let mut durable = 0u64;
+        for (i, record) in records.iter().enumerate() {
+            offsets.push(bytes.len());
+            prev = append_record(&mut bytes, record.record_type(), prev, durable, |out| {
+                record.encode_payload(out)
+            });
+            if i < synced_writes {
+                durable = bytes.len() as u64;
+            }
+        }
+        bytes.resize(size.max(bytes.len()), 0);
+        Built { bytes, offsets }
+    }
+
+    fn entries(n: u64) -> Vec<Record> {
+        (1..=n)
+            .map(|i| Record::Entries(vec![Entry::new(i, 1, vec![i as u8; 40])]))
+            .chain([Record::HardState(HardState {
+                term: 1,
+                vote: 1,
+                commit: n,
+            })])
+            .collect()
+    }
+
+    fn decision(built: &[u8], position: Position) -> (&'static str, Decision) {
+        let scan = scan_segment(built, MAX);
+        let case = decide(position, classify(&scan), scan.after.into());
+        (case.label, case.decision)
+    }
+
+    #[test]
+    fn r1_clean_segment_is_accepted_with_all_records() {
+        let built = build(&entries(4), 5, 4096);
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.records.len(), 5);
+        assert_eq!(scan.stop, Stop::End);
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R1", Decision::Accept)
+        );
+        assert_eq!(
+            decision(&built.bytes, Position::Sealed),
+            ("R1", Decision::Accept)
+        );
+    }
+
+    #[test]
+    fn r2_zeroed_unsynced_record_before_a_surviving_unsynced_one_is_cut() {
+        let mut built = build(&entries(4), 2, 4096);
+        let (a, b) = (built.offsets[2], built.offsets[3]);
+        built.bytes[a..b].fill(0);
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.records.len(), 2);
+        assert_eq!(scan.after, After::NotDurable);
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R2", Decision::TruncateTail)
+        );
+    }
+
+    #[test]
+    fn r3_torn_last_record_is_cut() {
+        let mut built = build(&entries(4), 4, 4096);
+        let last = built.offsets[4];
+        built.bytes[last + FRAME_HEADER_LEN + 2] ^= 0xFF;
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R3", Decision::TruncateTail)
+        );
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.stop_offset, last as u64);
+    }
+
+    #[test]
+    fn r3_record_running_past_the_end_of_the_file_is_torn() {
+        let built = build(&entries(4), 4, 0);
+        let cut = built.offsets[4] + FRAME_HEADER_LEN + 1;
+        let scan = scan_segment(&built.bytes[..cut], MAX);
+        assert_eq!(scan.stop, Stop::Damaged(CorruptionKind::Torn));
+        assert_eq!(decision(&built.bytes[..cut], Position::Last).0, "R3");
+    }
+
+    #[test]
+    fn r4_damaged_unsynced_record_before_a_surviving_unsynced_one_is_cut() {
+        let mut built = build(&entries(4), 2, 4096);
+        built.bytes[built.offsets[2] + FRAME_HEADER_LEN] ^= 1;
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R4", Decision::TruncateTail)
+        );
+    }
+
+    #[test]
+    fn r5_zeroed_durable_record_is_corruption() {
+        let mut built = build(&entries(4), 4, 4096);
+        let (a, b) = (built.offsets[1], built.offsets[2]);
+        built.bytes[a..b].fill(0);
+        let scan = scan_segment(&built.bytes, MAX);
+        assert!(matches!(scan.after, After::DurableWitness { .. }));
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R5", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn r6_flipped_bit_in_a_durable_record_is_corruption() {
+        let mut built = build(&entries(4), 4, 4096);
+        built.bytes[built.offsets[1] + FRAME_HEADER_LEN + 3] ^= 0x10;
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("R6", Decision::Corruption)
+        );
+        assert_eq!(
+            decision(&built.bytes, Position::Sealed),
+            ("R8", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn r7_r8_damage_in_a_sealed_segment_is_corruption() {
+        let mut zeroed = build(&entries(4), 0, 4096);
+        let (a, b) = (zeroed.offsets[1], zeroed.offsets[2]);
+        zeroed.bytes[a..b].fill(0);
+        assert_eq!(
+            decision(&zeroed.bytes, Position::Sealed),
+            ("R7", Decision::Corruption)
+        );
+        let mut torn = build(&entries(4), 0, 4096);
+        torn.bytes[torn.offsets[4] + FRAME_HEADER_LEN] ^= 1;
+        assert_eq!(
+            decision(&torn.bytes, Position::Sealed),
+            ("R8", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn r9_record_with_valid_crc_but_bad_contents_is_corruption() {
+        let mut bytes = SegmentHeader {
+            sequence: 1,
+            first_index: 1,
+            prev_crc: 0,
+        }
+        .encode()
+        .to_vec();
+        // A HardState record with one byte too many: the CRC is right, the payload is not.
+        append_record(&mut bytes, RecordType::HardState, 0, 0, |out| {
+            out.extend([0u8; 25])
+        });
+        bytes.resize(1024, 0);
+        let scan = scan_segment(&bytes, MAX);
+        assert!(matches!(
+            scan.stop,
+            Stop::Damaged(CorruptionKind::Malformed(_))
+        ));
+        assert_eq!(
+            decision(&bytes, Position::Last),
+            ("R9", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn r9_record_claiming_more_durable_bytes_than_its_offset_is_corruption() {
+        let mut built = build(&entries(1), 2, 1024);
+        let at = built.offsets[1];
+        LittleEndian::write_u64(&mut built.bytes[at + DURABLE_OFFSET..], 1 << 30);
+        // Re-seal the CRC so only the durable field is wrong.
+        let head = FrameHeader::read(&built.bytes[at..]);
+        let payload =
+            built.bytes[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + head.len as usize].to_vec();
+        let crc = frame_crc(
+            head.prev_crc,
+            &built.bytes[at + LEN_OFFSET..at + FRAME_HEADER_LEN],
+            &payload,
+        );
+        LittleEndian::write_u32(&mut built.bytes[at..], crc);
+        assert_eq!(decision(&built.bytes, Position::Last).0, "R9");
+    }
+
+    #[test]
+    fn h1_h2_unwritten_or_torn_header_of_the_last_segment_is_dropped() {
+        assert_eq!(
+            decision(&[0u8; 4096], Position::Last),
+            ("H1", Decision::TruncateTail)
+        );
+        assert_eq!(
+            decision(&[], Position::Last),
+            ("H1", Decision::TruncateTail)
+        );
+        let mut built = build(&entries(2), 0, 4096);
+        built.bytes[3] ^= 1;
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("H2", Decision::TruncateTail)
+        );
+    }
+
+    #[test]
+    fn h3_h4_damaged_durable_header_is_corruption() {
+        let mut built = build(&entries(2), 3, 4096);
+        built.bytes[20] ^= 1;
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("H3", Decision::Corruption)
+        );
+        assert_eq!(
+            decision(&built.bytes, Position::Sealed),
+            ("H4", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn h5_other_format_version_is_refused() {
+        let mut built = build(&entries(1), 2, 1024);
+        LittleEndian::write_u32(&mut built.bytes[crate::wal::format::VERSION_OFFSET..], 9);
+        let crc = crc32fast::hash(&built.bytes[..crate::wal::format::HEADER_CRC_OFFSET]);
+        LittleEndian::write_u32(
+            &mut built.bytes[crate::wal::format::HEADER_CRC_OFFSET..],
+            crc,
+        );
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(
+            scan.stop,
+            Stop::Damaged(CorruptionKind::UnsupportedVersion(9))
+        );
+        assert_eq!(
+            decision(&built.bytes, Position::Last),
+            ("H5", Decision::Corruption)
+        );
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_any_allocation() {
+        let mut built = build(&entries(1), 2, 1024);
+        let at = built.offsets[1];
+        LittleEndian::write_u32(&mut built.bytes[at + LEN_OFFSET..], u32::MAX);
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(
+            scan.stop,
+            Stop::Damaged(CorruptionKind::BadLength(u64::from(u32::MAX)))
+        );
+    }
+
+    #[test]
+    fn a_record_from_another_chain_stops_the_scan() {
+        // Two valid records whose chain does not link: the second names a different predecessor.
+        let built = build(&entries(2), 0, 0);
+        let mut bytes = built.bytes.clone();
+        let mut other = Vec::new();
+        append_record(&mut other, RecordType::HardState, 0xABCD, 0, |out| {
+            out.extend([0u8; 24]);
+        });
+        bytes.truncate(built.offsets[2]);
+        bytes.extend(other);
+        bytes.resize(2048, 0);
+        let scan = scan_segment(&bytes, MAX);
+        assert_eq!(scan.records.len(), 2);
+        assert_eq!(scan.stop, Stop::Damaged(CorruptionKind::ChecksumMismatch));
+    }
+}
