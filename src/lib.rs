@@ -15,11 +15,13 @@
 pub mod codec;
 mod error;
 pub mod io;
+mod options;
 pub mod storage;
 pub mod types;
 pub mod wal;
 
 pub use error::{CorruptionKind, Error, Result};
+pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use storage::{MemoryStorage, Storage};
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
 

@@ -306,6 +306,9 @@ pub struct Checkpoint {
     pub dummy_index: u64,
     /// Term of the dummy entry.
     pub dummy_term: u64,
+    /// The last index when the checkpoint was written. Entries in `(dummy_index, last_index]`
+    /// lie in earlier segments, which may have been deleted once those entries were compacted.
+    pub last_index: u64,
     /// The hard state in force.
     pub hard_state: HardState,
     /// The newest snapshot's metadata (index 0 when there is none).
@@ -330,6 +333,7 @@ impl Record {
             Record::Checkpoint(cp) => {
                 codec::put_u64(out, cp.dummy_index);
                 codec::put_u64(out, cp.dummy_term);
+                codec::put_u64(out, cp.last_index);
                 codec::encode_hard_state(out, &cp.hard_state);
                 codec::encode_snapshot_metadata(out, &cp.snapshot);
             }
@@ -356,6 +360,7 @@ impl Record {
             RecordType::Checkpoint => Record::Checkpoint(Checkpoint {
                 dummy_index: dec.u64("checkpoint dummy index")?,
                 dummy_term: dec.u64("checkpoint dummy term")?,
+                last_index: dec.u64("checkpoint last index")?,
                 hard_state: codec::decode_hard_state(&mut dec)?,
                 snapshot: codec::decode_snapshot_metadata(&mut dec)?,
             }),
@@ -384,6 +389,12 @@ impl Record {
         dec.finish("record payload")?;
         Ok(record)
     }
+}
+
+/// Appends a snapshot marker payload: the reset flag (u8), then the metadata.
+pub fn encode_snapshot_payload(out: &mut Vec<u8>, metadata: &SnapshotMetadata, resets_log: bool) {
+    out.push(u8::from(resets_log));
+    codec::encode_snapshot_metadata(out, metadata);
 }
 
 /// Bytes of the count that starts an entries payload.
@@ -532,6 +543,7 @@ mod tests {
             Record::Checkpoint(Checkpoint {
                 dummy_index: 5,
                 dummy_term: 2,
+                last_index: 9,
                 hard_state: HardState {
                     term: 3,
                     vote: 1,

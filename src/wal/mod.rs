@@ -1,4 +1,583 @@
-//! The write-ahead log: segment files of checksummed, chained records.
+//! The write-ahead log: segment files of checksummed, chained records, with etcd's log
+//! semantics (dummy entry, suffix replacement, compaction) and group commit.
+//!
+//! - [`format`]: the bytes on disk; [`recovery`]: the scan and the decision table;
+//!   `replay`: opening a directory; `writer`: framing and rollover; `segment`, `cache`, `index`:
+//!   the read side.
+//!
+//! Concurrency: one `RwLock` guards the log's state and the writer; writes hold it only while
+//! framing and handing the bytes to the kernel. fdatasync runs outside it, led by one thread at
+//! a time, and covers every write made before it started (group commit).
 
+mod cache;
 pub mod format;
+mod index;
 pub mod recovery;
+mod replay;
+mod segment;
+mod state;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use replay::RecoveryReport;
+
+use crate::error::{Error, Result};
+use crate::io::{DirLock, Fs};
+use crate::options::{SyncPolicy, WalOptions};
+use crate::storage::{check_entries_range, limit_size, trim_append};
+use crate::types::{Entry, HardState, SnapshotMetadata};
+use cache::EntryCache;
+use index::Loc;
+use segment::Segment;
+use state::LogState;
+use writer::{Active, Failure, Op, Sealed, SyncTarget, Writer};
+
+/// Name of the lock file in a WAL directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The write-ahead log of one Raft node.
+pub struct Wal {
+    fs: Fs,
+    dir: PathBuf,
+    options: WalOptions,
+    inner: RwLock<Inner>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    // Set forever by a failed write or sync: the disk may no longer hold what memory says.
+    poisoned: AtomicBool,
+    report: RecoveryReport,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    writer: Writer,
+    // Sealed segments by sequence; the active one is the writer's.
+    sealed: BTreeMap<u64, Segment>,
+    state: LogState,
+    cache: EntryCache,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    // Bytes (since open) known durable.
+    durable_lsn: u64,
+    // Directory renames known durable.
+    durable_renames: u64,
+    // Whether a thread is leading a sync now.
+    syncing: bool,
+}
+
+impl Wal {
+    /// Opens (creating if missing) the WAL in `dir` on `fs`, recovering it.
+    pub fn open(fs: Fs, dir: &Path, options: WalOptions) -> Result<Wal> {
+        options.validate()?;
+        fs.create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory's own entry must be durable before anything in it is.
+            fs.sync_dir(parent)?;
+        }
+        let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
+        let recovered = replay::recover(&fs, dir, &options)?;
+        let mut state = recovered.state;
+        let active = match recovered.resume {
+            Some(active) => active,
+            None => {
+                // A new log (or one whose only segment never got a durable header).
+                let sequence = recovered.next_sequence;
+                let first_index = state.index.last_index() + 1;
+                let name = format::segment_name(sequence, first_index);
+                let file = fs.create(&dir.join(&name))?;
+                file.allocate(options.segment_size_bytes)?;
+                file.sync_data()?;
+                fs.sync_dir(dir)?;
+                Active {
+                    sequence,
+                    first_index,
+                    name,
+                    file,
+                    write_offset: 0,
+                    durable_offset: 0,
+                    prev_crc: recovered.last_crc,
+                    fresh: true,
+                    data_start: 0,
+                }
+            }
+        };
+        let mut writer = Writer::new(fs.clone(), dir.to_path_buf(), &options, active);
+        if writer.active.fresh {
+            // Write the header and checkpoint now, so that an empty log is a valid log.
+            let checkpoint = state.checkpoint();
+            let mut sealed = None;
+            writer
+                .write(&[], &checkpoint, &mut sealed)
+                .map_err(Error::from)?;
+            writer.active.file.sync_data()?;
+            let target = writer.sync_target();
+            writer.mark_durable(&target);
+        }
+        let sealed = recovered
+            .sealed
+            .into_iter()
+            .map(|s| (s.sequence, s))
+            .collect();
+        state.index.shrink();
+        let inner = Inner {
+            writer,
+            sealed,
+            state,
+            cache: EntryCache::new(options.cache_bytes),
+        };
+        Ok(Wal {
+            fs,
+            dir: dir.to_path_buf(),
+            options,
+            inner: RwLock::new(inner),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            report: recovered.report,
+            _lock: lock,
+        })
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // Every mutation either completes or poisons the log, so a panic elsewhere leaves
+        // nothing half-changed that a reader could trip on.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
+        let guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        self.check_poisoned()?;
+        Ok(guard)
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poison(&self, error: Error) -> Error {
+        self.poisoned.store(true, Ordering::Release);
+        self.synced.notify_all();
+        error
+    }
+
+    /// Writes `ops` and applies them to the state. Returns the LSN a sync must reach.
+    fn write_ops(&self, inner: &mut Inner, ops: &[Op<'_>]) -> Result<u64> {
+        let checkpoint = inner.state.checkpoint();
+        let mut sealed: Option<Sealed> = None;
+        let result = inner.writer.write(ops, &checkpoint, &mut sealed);
+        if let Some(sealed) = sealed {
+            // The rollover synced the old segment whole: everything before it is durable.
+            let map = sealed.file.map().ok();
+            let durable_lsn = sealed.durable_lsn;
+            inner.sealed.insert(
+                sealed.sequence,
+                Segment {
+                    sequence: sealed.sequence,
+                    name: sealed.name,
+                    file: sealed.file,
+                    map,
+                },
+            );
+            let mut sync = self.lock_sync();
+            sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
+        }
+        let written = match result {
+            Ok(written) => written,
+            Err(Failure::Refused(e)) => return Err(e),
+            Err(Failure::Poison(e)) => return Err(self.poison(e)),
+        };
+        let mut runs = written.iter();
+        for op in ops {
+            match op {
+                Op::Entries(entries) => {
+                    // One op may have been split over several records.
+                    let mut rest = *entries;
+                    while let Some((head, _)) = rest.split_first() {
+                        let run = runs.next().expect("every entry was written in some record");
+                        assert_eq!(
+                            run.first_index, head.index,
+                            "records follow the entries in order"
+                        );
+                        let loc = Loc {
+                            segment: u32::try_from(run.sequence).expect("fewer than 2^32 segments"),
+                            offset: u32::try_from(run.offset).expect("segments stay below 4 GiB"),
+                        };
+                        let (part, tail) = rest.split_at(run.count);
+                        inner
+                            .state
+                            .apply_entries(head.index, part.iter().map(|e| e.term), loc)
+                            .unwrap_or_else(|why| panic!("a checked append was refused: {why}"));
+                        inner.cache.append(part);
+                        rest = tail;
+                    }
+                }
+                Op::HardState(hs) => inner.state.apply_hard_state(*hs),
+                Op::Snapshot {
+                    metadata,
+                    resets_log,
+                } => {
+                    inner.state.apply_snapshot(metadata, *resets_log);
+                    if *resets_log {
+                        inner.cache.clear();
+                    }
+                }
+                Op::Compact { index, term } => {
+                    inner
+                        .state
+                        .apply_compact(*index, *term)
+                        .unwrap_or_else(|why| panic!("a checked compaction was refused: {why}"));
+                    inner.cache.compact(*index);
+                }
+                Op::Checkpoint(_) => {}
+            }
+        }
+        Ok(inner.writer.lsn)
+    }
+
+    /// Makes every write up to `lsn` durable, sharing the fdatasync with concurrent callers.
+    fn sync_to(&self, lsn: u64, wait: Option<std::time::Duration>) -> Result<()> {
+        let mut sync = self.lock_sync();
+        // Bounded: every pass either returns or waits for a sync that was running, and each sync
+        // ends (successfully, moving durable_lsn on, or by poisoning the log).
+        loop {
+            self.check_poisoned()?;
+            if sync.durable_lsn >= lsn {
+                return Ok(());
+            }
+            if !sync.syncing {
+                break;
+            }
+            sync = self.synced.wait(sync).unwrap_or_else(|p| p.into_inner());
+        }
+        sync.syncing = true;
+        let durable_renames = sync.durable_renames;
+        drop(sync);
+        if let Some(wait) = wait {
+            // Let more writers join this group commit.
+            std::thread::sleep(wait);
+        }
+        let target: SyncTarget = self.read().writer.sync_target();
+        let mut result = target.file.sync_data();
+        if result.is_ok() && target.renames > durable_renames {
+            result = self.fs.sync_dir(&self.dir);
+        }
+        if result.is_ok() {
+            self.inner
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .writer
+                .mark_durable(&target);
+        }
+        let mut sync = self.lock_sync();
+        sync.syncing = false;
+        match result {
+            Ok(()) => {
+                sync.durable_lsn = sync.durable_lsn.max(target.lsn);
+                sync.durable_renames = sync.durable_renames.max(target.renames);
+                drop(sync);
+                self.synced.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                drop(sync);
+                // Never retried: after a failed fsync the kernel may have dropped the dirty
+                // pages and marked them clean, so a second fsync could succeed falsely.
+                Err(self.poison(e.into()))
+            }
+        }
+    }
+
+    fn sync_per_policy(&self, lsn: u64, needed: bool) -> Result<()> {
+        match self.options.sync_policy {
+            _ if !needed => Ok(()),
+            SyncPolicy::Always => self.sync_to(lsn, None),
+            SyncPolicy::Batch { max_wait } => self.sync_to(lsn, Some(max_wait)),
+            SyncPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Appends `entries` (etcd append semantics) and records `hard_state`, as one write with
+    /// at most one sync.
+    pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+        let (lsn, needed) = {
+            let mut inner = self.write()?;
+            let (first, last) = (
+                inner.state.index.dummy_index() + 1,
+                inner.state.index.last_index(),
+            );
+            let kept = trim_append(entries, first, last)?;
+            let old = inner.state.hard_state;
+            let hs = hard_state.filter(|hs| **hs != old);
+            let mut ops = Vec::with_capacity(2);
+            if !kept.is_empty() {
+                ops.push(Op::Entries(kept));
+            }
+            if let Some(hs) = hs {
+                ops.push(Op::HardState(*hs));
+            }
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let lsn = self.write_ops(&mut inner, &ops)?;
+            let term_or_vote = hs.is_some_and(|hs| hs.term != old.term || hs.vote != old.vote);
+            let needed = !self.options.must_sync_rule || !kept.is_empty() || term_or_vote;
+            (lsn, needed)
+        };
+        self.sync_per_policy(lsn, needed)
+    }
+
+    /// Makes entry `index` the dummy, then deletes the segments no live entry needs.
+    pub fn compact(&self, index: u64) -> Result<()> {
+        let lsn = {
+            let mut inner = self.write()?;
+            let (dummy, last) = (
+                inner.state.index.dummy_index(),
+                inner.state.index.last_index(),
+            );
+            if index <= dummy {
+                return Err(Error::Compacted);
+            }
+            if index > last {
+                return Err(Error::contract(format!(
+                    "compact {index} is out of bound lastindex({last})"
+                )));
+            }
+            let term = inner.state.index.term(index)?;
+            self.write_ops(&mut inner, &[Op::Compact { index, term }])?
+        };
+        self.sync_per_policy(lsn, true)?;
+        self.purge()
+    }
+
+    /// Records that `metadata` is the newest snapshot; with `resets_log`, the log is replaced
+    /// by the dummy `(metadata.index, metadata.term)`. Checks are the caller's.
+    pub fn save_snapshot(&self, metadata: &SnapshotMetadata, resets_log: bool) -> Result<()> {
+        let lsn = {
+            let mut inner = self.write()?;
+            if !resets_log {
+                let last = inner.state.index.last_index();
+                assert!(
+                    metadata.index <= last,
+                    "snapshot {} is beyond the log's end {last}",
+                    metadata.index
+                );
+            }
+            self.write_ops(
+                &mut inner,
+                &[Op::Snapshot {
+                    metadata,
+                    resets_log,
+                }],
+            )?
+        };
+        self.sync_per_policy(lsn, true)?;
+        if resets_log { self.purge() } else { Ok(()) }
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let lsn = self.read().writer.lsn;
+        self.sync_to(lsn, None)
+    }
+
+    /// Deletes sealed segments that hold no live entry, oldest first, once everything written is
+    /// durable (a deleted segment may hold the only durable copy of a compaction's prerequisites).
+    fn purge(&self) -> Result<()> {
+        let lsn = self.read().writer.lsn;
+        if self.lock_sync().durable_lsn < lsn {
+            // Not durable yet (SyncPolicy::Never): the next purge after a sync deletes them.
+            return Ok(());
+        }
+        let mut inner = self.write()?;
+        if !inner.writer.is_durable() {
+            // A write slipped in since the check; the purge after its sync will do this.
+            return Ok(());
+        }
+        let first_needed = match inner.state.index.first_loc() {
+            Some(loc) if loc != Loc::MISSING => u64::from(loc.segment),
+            _ => inner.writer.active.sequence,
+        };
+        let doomed: Vec<u64> = inner
+            .sealed
+            .range(..first_needed)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for sequence in doomed {
+            let segment = inner.sealed.remove(&sequence).expect("listed above");
+            self.fs.remove_file(&self.dir.join(&segment.name))?;
+            // One at a time and durably: a crash must leave a suffix of the log, not a hole.
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a final checkpoint and syncs, so every record has a durable witness (a bit flip
+    /// anywhere is then reported as corruption rather than cut as a torn tail).
+    pub fn close(self) -> Result<()> {
+        let lsn = {
+            let mut inner = self.write()?;
+            let checkpoint = inner.state.checkpoint();
+            self.write_ops(&mut inner, &[Op::Checkpoint(&checkpoint)])?
+        };
+        self.sync_to(lsn, None)
+    }
+
+    /// The hard state last saved.
+    pub fn hard_state(&self) -> HardState {
+        self.read().state.hard_state
+    }
+
+    /// The newest snapshot marker's metadata.
+    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.read().state.snapshot.clone()
+    }
+
+    /// Index of the dummy entry plus one.
+    pub fn first_index(&self) -> u64 {
+        self.read().state.index.dummy_index() + 1
+    }
+
+    /// Index of the last entry (the dummy's when none is live).
+    pub fn last_index(&self) -> u64 {
+        self.read().state.index.last_index()
+    }
+
+    /// The term of entry `index`, with `Storage::term`'s errors.
+    pub fn term(&self, index: u64) -> Result<u64> {
+        self.read().state.index.term(index)
+    }
+
+    /// The entries in `[lo, hi)` within `max_size`, with `Storage::entries`'s semantics.
+    pub fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
+        let inner = self.read();
+        let index = &inner.state.index;
+        check_entries_range(lo, hi, index.dummy_index(), index.last_index())?;
+        let mut out: Vec<Entry> = Vec::new();
+        let mut total = 0u64;
+        let mut next = lo;
+        // Bounded: each pass adds at least one entry or returns.
+        while next < hi {
+            if let Some(entry) = inner.cache.get(next) {
+                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
+                    break;
+                }
+                out.push(entry.clone());
+                next += 1;
+                continue;
+            }
+            let loc = index.loc(next);
+            let record = inner.read_record(loc, self.options.max_record_bytes)?;
+            let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
+                inner.segment_corruption(
+                    loc,
+                    format!("the record at the index's location lacks entry {next}"),
+                )
+            })?;
+            for entry in record.into_iter().skip(skip) {
+                if next >= hi || index.loc(next) != loc {
+                    break;
+                }
+                if entry.index != next || entry.term != index.term(next)? {
+                    return Err(inner.segment_corruption(
+                        loc,
+                        format!("entry {next} disagrees with the index"),
+                    ));
+                }
+                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
+                    return Ok(out);
+                }
+                out.push(entry);
+                next += 1;
+            }
+        }
+        debug_assert_eq!(
+            out.len(),
+            limit_size(out.iter().map(Entry::encoded_len), max_size)
+        );
+        Ok(out)
+    }
+
+    /// Segment files the log holds now.
+    pub fn segment_count(&self) -> usize {
+        self.read().sealed.len() + 1
+    }
+
+    /// Heap bytes the in-memory index uses, and the live entries it indexes.
+    pub fn index_memory(&self) -> (usize, usize) {
+        let inner = self.read();
+        (inner.state.index.heap_bytes(), inner.state.index.len())
+    }
+}
+
+/// Adds `size` to `total` if the entry fits the limit (the first always does).
+fn fits(total: &mut u64, out: &[Entry], size: u64, max_size: u64) -> bool {
+    *total = total.saturating_add(size);
+    out.is_empty() || *total <= max_size
+}
+
+impl Inner {
+    fn read_record(&self, loc: Loc, max_record: u32) -> Result<Vec<Entry>> {
+        let sequence = u64::from(loc.segment);
+        if sequence == self.writer.active.sequence {
+            let active = &self.writer.active;
+            return segment::read_entries(
+                &active.name,
+                active.file.as_ref(),
+                None,
+                u64::from(loc.offset),
+                max_record,
+            );
+        }
+        let segment = self
+            .sealed
+            .get(&sequence)
+            .ok_or_else(|| Error::Corruption {
+                segment: PathBuf::from(format!("segment {sequence}")),
+                offset: u64::from(loc.offset),
+                kind: crate::error::CorruptionKind::Missing,
+            })?;
+        segment.read_entries(u64::from(loc.offset), max_record)
+    }
+
+    fn segment_corruption(&self, loc: Loc, why: String) -> Error {
+        let sequence = u64::from(loc.segment);
+        let name = self
+            .sealed
+            .get(&sequence)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| self.writer.active.name.clone());
+        Error::Corruption {
+            segment: PathBuf::from(name),
+            offset: u64::from(loc.offset),
+            kind: crate::error::CorruptionKind::Malformed(why),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Options of the durable storage (`WalOptions`) and the policies they choose between.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// When a write becomes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every mutating call returns after an fdatasync that covers it. Concurrent callers share
+    /// fdatasyncs (group commit): one sync covers every batch written before it started.
+    #[default]
+    Always,
+    /// Like `Always`, but the thread that leads a group commit first waits up to `max_wait` for
+    /// more writers to join, trading latency for fewer syncs under concurrency.
+    Batch {
+        /// How long the leader of a group commit waits before syncing.
+        max_wait: Duration,
+    },
+    /// Calls return once the write is handed to the operating system; durability comes only
+    /// from an explicit `sync()`. A crash may lose everything since the last `sync()`.
+    Never,
+}
+
+/// What opening a log does with damage to data that had been durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open with `Error::Corruption` naming the segment and offset. A torn tail
+    /// (unsynced writes cut short by a crash) is still cut off: it was never acknowledged.
+    #[default]
+    Strict,
+    /// Cut the log at the first damaged record and delete every later segment. This LOSES
+    /// every entry, hard state and marker from the damage on, including entries that were
+    /// acknowledged as durable and that a Raft quorum may have counted as committed: use it only
+    /// on a node whose log will be re-fetched from the leader, never on a majority of nodes.
+    TruncateCorrupt,
+}
+
+/// Options of [`crate::WalStorage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Size each segment file is preallocated to (at most 2 GiB). A batch that does not fit
+    /// starts a new segment; a batch larger than a whole segment extends the segment it starts.
+    pub segment_size_bytes: u64,
+    /// Largest record payload written or read (at least 1 KiB); a length field beyond it is
+    /// corruption. A batch of entries larger than this is split over several records of one
+    /// write; a single entry larger than this is refused.
+    pub max_record_bytes: u32,
+    /// When writes become durable.
+    pub sync_policy: SyncPolicy,
+    /// etcd's MustSync rule: a save that writes no entries and changes neither term nor vote
+    /// (only the commit index, which a node can relearn from its leader) is not synced.
+    pub must_sync_rule: bool,
+    /// What opening does with damaged durable data.
+    pub recovery_mode: RecoveryMode,
+    /// Bytes of recent entries kept in memory for reads.
+    pub cache_bytes: u64,
+    /// Prepare the next segment file on a background thread (on: rollover never waits for a file
+    /// to be created and allocated; off: it is prepared inline, which keeps the order of I/O
+    /// operations deterministic for crash tests).
+    pub prepare_in_background: bool,
+    /// Snapshots kept on disk; older ones are deleted.
+    pub snapshot_retention: usize,
+    /// zstd level for snapshot data; 0 stores it uncompressed.
+    pub snapshot_compression_level: i32,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size_bytes: 64 << 20,
+            max_record_bytes: crate::wal::format::DEFAULT_MAX_RECORD_BYTES,
+            sync_policy: SyncPolicy::Always,
+            must_sync_rule: false,
+            recovery_mode: RecoveryMode::Strict,
+            cache_bytes: 16 << 20,
+            prepare_in_background: true,
+            snapshot_retention: 2,
+            snapshot_compression_level: 3,
+        }
+    }
+}
+
+/// Segment offsets are kept in 32 bits, so no segment may grow to 4 GiB.
+pub(crate) const MAX_SEGMENT_SPAN_BYTES: u64 = u32::MAX as u64;
+/// Largest preallocated segment size; the rest of the 32-bit span is room for one large batch.
+const MAX_SEGMENT_SIZE_BYTES: u64 = 2 << 30;
+
+impl WalOptions {
+    /// Checks that the options can work together.
+    pub fn validate(&self) -> Result<()> {
+        let min_segment = 4096;
+        if self.segment_size_bytes < min_segment {
+            return Err(Error::contract(format!(
+                "segment_size_bytes {} is below the minimum {min_segment}",
+                self.segment_size_bytes
+            )));
+        }
+        if self.max_record_bytes < 1024 {
+            return Err(Error::contract(format!(
+                "max_record_bytes {} is below the minimum 1024",
+                self.max_record_bytes
+            )));
+        }
+        if self.segment_size_bytes > MAX_SEGMENT_SIZE_BYTES {
+            return Err(Error::contract(format!(
+                "segment_size_bytes {} is above the maximum {MAX_SEGMENT_SIZE_BYTES}",
+                self.segment_size_bytes
+            )));
+        }
+        if self.snapshot_retention == 0 {
+            return Err(Error::contract(
+                "snapshot_retention must keep at least one snapshot",
+            ));
+        }
+        if !(0..=22).contains(&self.snapshot_compression_level) {
+            return Err(Error::contract(
+                "snapshot_compression_level must be in 0..=22",
+            ));
+        }
+        Ok(())
+    }
+}

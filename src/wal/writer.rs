@@ -1,0 +1,438 @@
+//! The write side of the WAL: framing a batch of records into one buffer, writing it with one
+//! system call, rolling over to a prepared segment, and the bookkeeping a sync needs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::io::{File, Fs};
+use crate::options::MAX_SEGMENT_SPAN_BYTES;
+use crate::types::{Entry, HardState, SnapshotMetadata};
+use crate::wal::format::{
+    self, Checkpoint, ENTRIES_COUNT_LEN, Record, RecordType, SegmentHeader, append_record,
+    framed_len,
+};
+
+/// One logical change to write.
+#[derive(Clone, Copy, Debug)]
+pub enum Op<'a> {
+    /// Entries replacing the log from their first index on (contiguous, non-empty).
+    Entries(&'a [Entry]),
+    /// A new hard state.
+    HardState(HardState),
+    /// A snapshot marker.
+    Snapshot {
+        /// The snapshot that is now the newest.
+        metadata: &'a SnapshotMetadata,
+        /// Whether the log restarts after it.
+        resets_log: bool,
+    },
+    /// A compaction marker: the new dummy.
+    Compact {
+        /// Index of the new dummy.
+        index: u64,
+        /// Its term.
+        term: u64,
+    },
+    /// The whole state, written at a clean close so every earlier record has a durable witness.
+    Checkpoint(&'a Checkpoint),
+}
+
+/// Where a run of entries was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntriesWritten {
+    /// Segment sequence.
+    pub sequence: u64,
+    /// Offset of the record.
+    pub offset: u64,
+    /// Index of the first entry in the record.
+    pub first_index: u64,
+    /// Entries in the record.
+    pub count: usize,
+}
+
+/// How a write failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Nothing reached the log; the writer can go on.
+    Refused(Error),
+    /// The log's state on disk is unknown (a write or sync failed): poison it.
+    Poison(Error),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Error {
+        match failure {
+            Failure::Refused(e) | Failure::Poison(e) => e,
+        }
+    }
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+pub struct Active {
+    /// Sequence number.
+    pub sequence: u64,
+    /// The first index named in its file name and header.
+    pub first_index: u64,
+    /// File name.
+    pub name: String,
+    /// The open file.
+    pub file: Arc<dyn File>,
+    /// End of the written records.
+    pub write_offset: u64,
+    /// Bytes from the start of the file known durable (an fdatasync covering them returned).
+    pub durable_offset: u64,
+    /// CRC of the last record written (the next record's chain seed).
+    pub prev_crc: u32,
+    /// Whether the header and checkpoint still have to be written (a fresh segment).
+    pub fresh: bool,
+    /// End of the header and checkpoint: records after it are data.
+    pub data_start: u64,
+}
+
+/// A segment that was just sealed by a rollover.
+#[derive(Debug)]
+pub struct Sealed {
+    /// Sequence number.
+    pub sequence: u64,
+    /// File name.
+    pub name: String,
+    /// The open file.
+    pub file: Arc<dyn File>,
+    /// Log sequence number up to which everything is durable now that the segment is sealed.
+    pub durable_lsn: u64,
+}
+
+/// What a sync has to cover, captured under the log's lock and synced outside it.
+#[derive(Clone, Debug)]
+pub struct SyncTarget {
+    /// The active segment's file.
+    pub file: Arc<dyn File>,
+    /// Its sequence.
+    pub sequence: u64,
+    /// Bytes written to it.
+    pub offset: u64,
+    /// Log sequence number (bytes written since open) the sync makes durable.
+    pub lsn: u64,
+    /// Directory changes made so far; a sync also syncs the directory if any is unsynced.
+    pub renames: u64,
+}
+
+enum Prepared {
+    Ready(u64, Arc<dyn File>),
+    Pending(u64, JoinHandle<std::io::Result<Arc<dyn File>>>),
+}
+
+/// The write side of the WAL. Owned by the log's lock.
+pub struct Writer {
+    fs: Fs,
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    max_record_bytes: u32,
+    background: bool,
+    /// The segment being appended to.
+    pub active: Active,
+    prepared: Option<Prepared>,
+    buf: Vec<u8>,
+    /// Bytes written since open (a log sequence number for group commit).
+    pub lsn: u64,
+    /// Renames made in the directory since open.
+    pub renames: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("active", &self.active)
+            .field("lsn", &self.lsn)
+            .finish()
+    }
+}
+
+/// Creates, preallocates and syncs the file that will become segment `sequence`.
+fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc<dyn File>> {
+    let file = fs.create(&dir.join(format::temp_name(sequence)))?;
+    file.allocate(size)?;
+    // Sync the allocation now, off the write path, so the first fdatasync of the segment does
+    // not also have to persist its size.
+    file.sync_data()?;
+    Ok(file)
+}
+
+/// The records a batch of ops becomes, planned before anything is written.
+struct Plan<'a> {
+    records: Vec<(Op<'a>, usize)>,
+    bytes: u64,
+}
+
+impl Writer {
+    /// A writer appending to `active`.
+    pub fn new(fs: Fs, dir: PathBuf, options: &crate::WalOptions, active: Active) -> Writer {
+        let mut writer = Writer {
+            fs,
+            dir,
+            segment_size_bytes: options.segment_size_bytes,
+            max_record_bytes: options.max_record_bytes,
+            background: options.prepare_in_background,
+            active,
+            prepared: None,
+            buf: Vec::new(),
+            lsn: 0,
+            renames: 0,
+        };
+        writer.start_preparing();
+        writer
+    }
+
+    fn start_preparing(&mut self) {
+        let sequence = self.active.sequence + 1;
+        let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
+        self.prepared = Some(if self.background {
+            Prepared::Pending(
+                sequence,
+                std::thread::spawn(move || prepare(&fs, &dir, sequence, size)),
+            )
+        } else {
+            match prepare(&fs, &dir, sequence, size) {
+                Ok(file) => Prepared::Ready(sequence, file),
+                // Not fatal: the rollover will try again and report the error then.
+                Err(_) => return self.prepared = None,
+            }
+        });
+    }
+
+    fn take_prepared(&mut self, sequence: u64) -> std::io::Result<Arc<dyn File>> {
+        match self.prepared.take() {
+            Some(Prepared::Ready(seq, file)) if seq == sequence => Ok(file),
+            Some(Prepared::Pending(seq, handle)) if seq == sequence => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked"))),
+            _ => prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes),
+        }
+    }
+
+    /// Splits `ops` into records, each payload within the record limit.
+    fn plan<'a>(&self, ops: &[Op<'a>]) -> Result<Plan<'a>> {
+        let max = self.max_record_bytes as usize;
+        let mut records = Vec::new();
+        let mut bytes = 0u64;
+        for op in ops {
+            match op {
+                Op::Entries(entries) => {
+                    assert!(!entries.is_empty(), "an entries op is never empty");
+                    let mut start = 0;
+                    let mut len = ENTRIES_COUNT_LEN;
+                    for (i, entry) in entries.iter().enumerate() {
+                        let size = entry.encoded_len() as usize;
+                        if ENTRIES_COUNT_LEN + size > max {
+                            return Err(Error::contract(format!(
+                                "entry {} encodes to {size} bytes, above max_record_bytes {max}",
+                                entry.index
+                            )));
+                        }
+                        if len + size > max {
+                            records.push((Op::Entries(&entries[start..i]), len));
+                            bytes += framed_len(len) as u64;
+                            start = i;
+                            len = ENTRIES_COUNT_LEN;
+                        }
+                        len += size;
+                    }
+                    records.push((Op::Entries(&entries[start..]), len));
+                    bytes += framed_len(len) as u64;
+                }
+                other => {
+                    let mut scratch = Vec::new();
+                    encode_payload(other, &mut scratch);
+                    bytes += framed_len(scratch.len()) as u64;
+                    records.push((*other, scratch.len()));
+                }
+            }
+        }
+        Ok(Plan { records, bytes })
+    }
+
+    /// Writes `ops` as one buffer with one write call, rolling over first if they do not fit.
+    /// `checkpoint` is the state before `ops`, written first in a new segment. Returns where each
+    /// run of entries went.
+    pub fn write(
+        &mut self,
+        ops: &[Op<'_>],
+        checkpoint: &Checkpoint,
+        sealed: &mut Option<Sealed>,
+    ) -> Result<Vec<EntriesWritten>, Failure> {
+        let plan = self.plan(ops).map_err(Failure::Refused)?;
+        let has_data = !self.active.fresh && self.active.write_offset > self.active.data_start;
+        if has_data && self.active.write_offset + plan.bytes > self.segment_size_bytes {
+            *sealed = Some(self.roll(checkpoint.last_index + 1)?);
+        }
+        let start = if self.active.fresh {
+            0
+        } else {
+            self.active.write_offset
+        };
+        // A fresh segment starts with a header and a checkpoint of a few hundred bytes at most;
+        // the margin keeps every offset within 32 bits.
+        if start + plan.bytes + (1 << 20) >= MAX_SEGMENT_SPAN_BYTES {
+            return Err(Failure::Refused(Error::contract(format!(
+                "a batch of {} bytes does not fit in a segment",
+                plan.bytes
+            ))));
+        }
+
+        self.buf.clear();
+        let mut prev_crc = self.active.prev_crc;
+        let durable = self.active.durable_offset;
+        if self.active.fresh {
+            let header = SegmentHeader {
+                sequence: self.active.sequence,
+                first_index: self.active.first_index,
+                prev_crc,
+            };
+            self.buf.extend_from_slice(&header.encode());
+            let record = Record::Checkpoint(checkpoint.clone());
+            prev_crc = append_record(
+                &mut self.buf,
+                RecordType::Checkpoint,
+                prev_crc,
+                durable,
+                |out| record.encode_payload(out),
+            );
+            self.active.data_start = self.buf.len() as u64;
+        }
+        let mut written = Vec::new();
+        for (op, payload_len) in &plan.records {
+            let offset = start + self.buf.len() as u64;
+            let record_type = op_type(op);
+            let before = self.buf.len();
+            prev_crc = append_record(&mut self.buf, record_type, prev_crc, durable, |out| {
+                encode_payload(op, out)
+            });
+            debug_assert_eq!(
+                self.buf.len() - before,
+                framed_len(*payload_len),
+                "plan matches encoding"
+            );
+            if let Op::Entries(entries) = op {
+                written.push(EntriesWritten {
+                    sequence: self.active.sequence,
+                    offset,
+                    first_index: entries[0].index,
+                    count: entries.len(),
+                });
+            }
+        }
+        if let Err(e) = self.active.file.write_all_at(&self.buf, start) {
+            return Err(Failure::Poison(e.into()));
+        }
+        self.active.fresh = false;
+        self.active.write_offset = start + self.buf.len() as u64;
+        self.active.prev_crc = prev_crc;
+        self.lsn += self.buf.len() as u64;
+        // Keep a large buffer from pinning memory after a rare huge batch.
+        if self.buf.capacity() > 4 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok(written)
+    }
+
+    /// Seals the active segment (making it durable whole) and starts the next one, whose first
+    /// entry will be `first_index`.
+    fn roll(&mut self, first_index: u64) -> Result<Sealed, Failure> {
+        let sequence = self.active.sequence + 1;
+        // Get the next file first: if that fails, nothing has changed.
+        let file = self
+            .take_prepared(sequence)
+            .map_err(|e| Failure::Refused(e.into()))?;
+        // A later segment must never be durable while an earlier one is not: recovery treats
+        // every segment but the last as synced whole.
+        if self.active.durable_offset < self.active.write_offset {
+            self.active
+                .file
+                .sync_data()
+                .map_err(|e| Failure::Poison(e.into()))?;
+            self.active.durable_offset = self.active.write_offset;
+        }
+        let name = format::segment_name(sequence, first_index);
+        let temp = self.dir.join(format::temp_name(sequence));
+        self.fs
+            .rename(&temp, &self.dir.join(&name))
+            .map_err(|e| Failure::Refused(e.into()))?;
+        self.renames += 1;
+        let next = Active {
+            sequence,
+            first_index,
+            name,
+            file,
+            write_offset: 0,
+            durable_offset: 0,
+            prev_crc: self.active.prev_crc,
+            fresh: true,
+            data_start: 0,
+        };
+        let old = std::mem::replace(&mut self.active, next);
+        self.start_preparing();
+        Ok(Sealed {
+            sequence: old.sequence,
+            name: old.name,
+            file: old.file,
+            durable_lsn: self.lsn,
+        })
+    }
+
+    /// What a sync issued now would cover.
+    pub fn sync_target(&self) -> SyncTarget {
+        SyncTarget {
+            file: self.active.file.clone(),
+            sequence: self.active.sequence,
+            offset: self.active.write_offset,
+            lsn: self.lsn,
+            renames: self.renames,
+        }
+    }
+
+    /// Records that a sync of `target` returned successfully.
+    pub fn mark_durable(&mut self, target: &SyncTarget) {
+        if self.active.sequence == target.sequence && target.offset > self.active.durable_offset {
+            assert!(
+                target.offset <= self.active.write_offset,
+                "cannot sync past the written end"
+            );
+            self.active.durable_offset = target.offset;
+        }
+    }
+
+    /// Whether every written byte of the active segment is durable.
+    pub fn is_durable(&self) -> bool {
+        self.active.durable_offset == self.active.write_offset
+    }
+}
+
+fn op_type(op: &Op<'_>) -> RecordType {
+    match op {
+        Op::Entries(_) => RecordType::Entries,
+        Op::HardState(_) => RecordType::HardState,
+        Op::Snapshot { .. } => RecordType::Snapshot,
+        Op::Compact { .. } => RecordType::Compact,
+        Op::Checkpoint(_) => RecordType::Checkpoint,
+    }
+}
+
+fn encode_payload(op: &Op<'_>, out: &mut Vec<u8>) {
+    match op {
+        Op::Entries(entries) => format::encode_entries_payload(out, entries),
+        Op::HardState(hs) => Record::HardState(*hs).encode_payload(out),
+        Op::Snapshot {
+            metadata,
+            resets_log,
+        } => format::encode_snapshot_payload(out, metadata, *resets_log),
+        Op::Compact { index, term } => Record::Compact {
+            index: *index,
+            term: *term,
+        }
+        .encode_payload(out),
+        Op::Checkpoint(cp) => Record::Checkpoint((*cp).clone()).encode_payload(out),
+    }
+}
