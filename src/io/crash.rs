@@ -1,61 +1,5 @@
-//! `CrashFs`: an in-memory file system that simulates power cuts and injects I/O faults.
-//!
-//! # Model
-//!
-//! Every file is an inode with two images: the **volatile** image (what reads see now) and the
-//! **durable** image (what survives a power cut), plus the list of writes and size changes made
-//! since its last successful `sync_data`, in order. A write costs O(its length): it changes the
-//! volatile image and appends `(offset, bytes)` to that list; `sync_data` replays the list onto
-//! the durable image. Nothing ever copies a whole file per write.
-//!
-//! Every directory has a volatile namespace (name → inode) and a durable one, plus the list of
-//! its creates, renames, removes and subdirectory creations since its last `sync_dir`, in order.
-//! `sync_dir` makes the durable namespace equal the volatile one. `sync_data` on a file makes its
-//! contents durable but **not** its directory entry: a file fsynced but never `sync_dir`ed can
-//! vanish in a crash, as on a real file system.
-//!
-//! Directories created by `create_dir_all` are entries of their parent directory: a new
-//! directory survives a crash only if its creation reached its parent's durable namespace
-//! (`sync_dir` on the parent, or a crash that keeps that operation) and the parent survives too.
-//! The roots (`/` and the empty relative root) always exist. Directories are never removed
-//! otherwise (the seam has no `remove_dir`).
-//!
-//! Renames are supported only within one directory (raftwal renames `x.tmp` to `x` beside it);
-//! a rename across directories is refused with `ErrorKind::Unsupported`, because it would need
-//! a transaction spanning two directory journals.
-//!
-//! # Crashes
-//!
-//! [`CrashFs::crash`] turns the file system into one of the states a power cut could leave,
-//! chosen deterministically from a seed:
-//!
-//! - every byte made durable by `sync_data` is kept;
-//! - each unsynced write is independently lost, kept, or torn; a torn write is split at 512-byte
-//!   sector boundaries (`SECTOR_BYTES`) and each piece is kept or lost on its own, so a
-//!   sector is never half written;
-//! - each unsynced `set_len` or `allocate` is applied or not;
-//! - for each directory, a prefix (possibly empty, possibly all) of its unsynced namespace
-//!   operations survives, in order: the ordered metadata journaling of ext4 or XFS.
-//!
-//! After a crash every `File` handle and `DirLock` taken before it is dead: operations on old
-//! handles fail and the locks are released. The operation counter keeps counting.
-//!
-//! # Faults
-//!
-//! Every call through the seam ([`FileSystem`] and [`File`] methods alike) takes the next number
-//! of a global operation counter ([`CrashFs::op_count`] is the number the next call will take).
-//! A [`Fault`] armed with [`CrashFs::inject`] fires at the first call numbered `at_op` or later
-//! that its kind applies to (see [`FaultKind`]), once; [`FaultKind::Halt`] then persists until
-//! the next crash.
-//!
-//! # Limits
-//!
-//! Files and single writes are limited to `MAX_FILE_BYTES` (1 GiB); each file keeps at most
-//! `MAX_UNSYNCED_FILE_OPS` unsynced writes and each directory `MAX_UNSYNCED_DIR_OPS` unsynced
-//! operations (more is refused with an error: a workload that never syncs is a bug worth seeing);
-//! at most `MAX_INODES` files, `MAX_DIRS` directories, `MAX_PATH_DEPTH` path components and
-//! `MAX_ARMED_FAULTS` armed faults. Test helpers (`read_file`, `write_file_raw`, ...) do not count
-//! as operations and ignore faults.
+//! `CrashFs`: an in-memory file system that simulates power cuts and injects I/O faults, for
+//! raftwal's crash tests, fuzz targets and benches. Its semantics are documented on [`CrashFs`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -66,6 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use bytes::Bytes;
 
 use super::{DirLock, File, FileSystem};
+
+// The limits below are stated in `CrashFs`'s documentation; keep the two in step.
 
 /// The unit a torn write is cut into: disks write whole sectors atomically.
 const SECTOR_BYTES: u64 = 512;
@@ -406,7 +352,8 @@ impl State {
         self.ops += 1;
         if let Some(at) = self.halted_at {
             return Err(io::Error::other(format!(
-                "CrashFs halted at operation {at} (simulated process death); operation {number} refused"
+                "CrashFs halted at operation {at} (simulated process death): \
+                 operation {number} refused"
             )));
         }
         if let Some(epoch) = epoch
@@ -692,6 +639,65 @@ fn tear(image: &mut Vec<u8>, offset: u64, data: &[u8], policy: &mut CrashPolicy)
 
 /// The crash-simulating in-memory file system. Cloning gives another handle on the same files,
 /// so a test can keep one while the store under test owns another.
+///
+/// # Model
+///
+/// Every file is an inode with two images: the **volatile** image (what reads see now) and the
+/// **durable** image (what survives a power cut), plus the list of writes and size changes made
+/// since its last successful `sync_data`, in order. A write costs O(its length): it changes the
+/// volatile image and appends `(offset, bytes)` to that list; `sync_data` replays the list onto
+/// the durable image. Nothing ever copies a whole file per write.
+///
+/// Every directory has a volatile namespace (name → inode) and a durable one, plus the list of
+/// its creates, renames, removes and subdirectory creations since its last `sync_dir`, in order.
+/// `sync_dir` makes the durable namespace equal the volatile one. `sync_data` on a file makes its
+/// contents durable but **not** its directory entry: a file fsynced but never `sync_dir`ed can
+/// vanish in a crash, as on a real file system.
+///
+/// Directories created by `create_dir_all` are entries of their parent directory: a new
+/// directory survives a crash only if its creation reached its parent's durable namespace
+/// (`sync_dir` on the parent, or a crash that keeps that operation) and the parent survives too.
+/// The roots (`/` and the empty relative root) always exist. Directories are never removed
+/// otherwise (the seam has no `remove_dir`).
+///
+/// Renames are supported only within one directory (raftwal renames `x.tmp` to `x` beside it);
+/// a rename across directories is refused with `ErrorKind::Unsupported`, because it would need
+/// a transaction spanning two directory journals.
+///
+/// # Crashes
+///
+/// [`crash`](CrashFs::crash) turns the file system into one of the states a power cut could
+/// leave, chosen deterministically from a seed:
+///
+/// - every byte made durable by `sync_data` is kept;
+/// - each unsynced write is independently lost, kept, or torn; a torn write is split at 512-byte
+///   sector boundaries and each piece is kept or lost on its own, so a sector is never half
+///   written;
+/// - each unsynced `set_len` or `allocate` is applied or not;
+/// - for each directory, a prefix (possibly empty, possibly all) of its unsynced namespace
+///   operations survives, in order: the ordered metadata journaling of ext4 or XFS.
+///
+/// After a crash every `File` handle and `DirLock` taken before it is dead: operations on old
+/// handles fail and the locks are released. The operation counter keeps counting.
+///
+/// # Faults
+///
+/// Every call through the seam ([`FileSystem`] and [`File`] methods alike) takes the next number
+/// of a global operation counter ([`CrashFs::op_count`] is the number the next call will take).
+/// A [`Fault`] armed with [`CrashFs::inject`] fires at the first call numbered `at_op` or later
+/// that its kind applies to (see [`FaultKind`]), once; [`FaultKind::Halt`] then persists until
+/// the next crash. A failed `sync_data` ([`FaultKind::SyncEio`]) loses its file's unsynced
+/// changes from the durable image for good, as Linux does: a retried fsync that succeeds proves
+/// nothing.
+///
+/// # Limits
+///
+/// Files and single writes are limited to 1 GiB; each file keeps at most 2^20 unsynced writes and
+/// size changes and each directory 2^20 unsynced operations (more is refused with an error: a
+/// workload that never syncs is a bug worth seeing); at most 2^20 files, 2^16 directories, 64 path
+/// components and 1024 armed faults. Paths are normalized (`.` and repeated `/` dropped); `..` is
+/// refused. Test helpers (`read_file`, `write_file_raw`, ...) do not count as operations and ignore
+/// faults.
 #[derive(Clone)]
 pub struct CrashFs {
     state: Arc<Mutex<State>>,
@@ -762,12 +768,15 @@ impl CrashFs {
 
     /// Simulates a power cut and a reboot: every unsynced change is kept, lost or torn as chosen
     /// from `seed` (see the module documentation); the same history and seed always give the same
-    /// result. Old handles die, locks are released, a `Halt` is cleared.
+    /// result. Old handles die, locks are released, a fired `Halt` is cleared. Faults armed but
+    /// not yet fired stay armed, so recovery can be run under faults too; call
+    /// [`CrashFs::clear_faults`] for a clean reboot.
     pub fn crash(&self, seed: u64) {
         self.lock().crash(CrashPolicy::Random(SplitMix64(seed)));
     }
 
-    /// Simulates the harshest power cut: only what was synced survives.
+    /// Simulates the harshest power cut: only what was synced survives (every unsynced write,
+    /// size change and namespace operation is lost). Otherwise like [`CrashFs::crash`].
     pub fn crash_lose_all_unsynced(&self) {
         self.lock().crash(CrashPolicy::LoseAll);
     }
