@@ -1,7 +1,9 @@
 //! The I/O seam: every file and directory operation of the WAL and the snapshot store goes
 //! through [`FileSystem`] and [`File`], so that tests, fuzz targets and benches can swap the real
 //! file system ([`RealFs`]) for one that simulates power cuts and injects faults
-//! (`CrashFs`, behind the `testing` feature).
+//! (`CrashFs`, behind the `testing` feature: an in-memory file system that keeps each file's and
+//! each directory's durable image apart from its volatile one, turns into what a power cut could
+//! leave on `crash(seed)`, and fails chosen operations with EIO, ENOSPC, short writes or a halt).
 //!
 //! The traits promise only what POSIX promises: a write is durable after `sync_data` on its file;
 //! a create, rename or remove is durable after `sync_dir` on its directory. Code above this seam
@@ -11,6 +13,8 @@
 
 #![allow(unsafe_code)] // Only `real` maps files; every block there has a `// SAFETY:` comment.
 
+#[cfg(any(test, feature = "testing"))]
+mod crash;
 mod real;
 
 use std::any::Any;
@@ -21,6 +25,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "testing"))]
+pub use crash::{CrashFs, Fault, FaultKind};
 pub use real::RealFs;
 
 /// Upper bound on the calls `write_all_at`/`read_exact_at` make for one buffer: a file system that
