@@ -78,11 +78,7 @@ impl<'a> Decoder<'a> {
 
     /// Fails unless every byte was read.
     pub fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
-        if self.remaining() == 0 {
-            Ok(())
-        } else {
-            Err(DecodeError { what })
-        }
+        if self.remaining() == 0 { Ok(()) } else { Err(DecodeError { what }) }
     }
 }
 
@@ -119,12 +115,7 @@ pub fn decode_entry(dec: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
         EntryType::from_u8(dec.u8("entry type")?).ok_or(DecodeError { what: "entry type" })?;
     let len = dec.u32("entry data length")? as usize;
     let data = Bytes::copy_from_slice(dec.bytes(len, "entry data")?);
-    Ok(Entry {
-        index,
-        term,
-        entry_type,
-        data,
-    })
+    Ok(Entry { index, term, entry_type, data })
 }
 
 /// Appends the encoding of `hs`: [`HARD_STATE_LEN`] bytes.
@@ -179,18 +170,10 @@ pub fn decode_conf_state(dec: &mut Decoder<'_>) -> Result<ConfState, DecodeError
         0 => false,
         1 => true,
         _ => {
-            return Err(DecodeError {
-                what: "conf state auto_leave",
-            });
+            return Err(DecodeError { what: "conf state auto_leave" });
         }
     };
-    Ok(ConfState {
-        voters,
-        learners,
-        voters_outgoing,
-        learners_next,
-        auto_leave,
-    })
+    Ok(ConfState { voters, learners, voters_outgoing, learners_next, auto_leave })
 }
 
 /// Appends the encoding of `meta`.
@@ -215,12 +198,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
-        (
-            any::<u64>(),
-            any::<u64>(),
-            0u8..3,
-            proptest::collection::vec(any::<u8>(), 0..64),
-        )
+        (any::<u64>(), any::<u64>(), 0u8..3, proptest::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(index, term, t, data)| Entry {
                 index,
                 term,
@@ -276,11 +254,7 @@ mod tests {
 
     #[test]
     fn hard_state_encoding_has_its_documented_length() {
-        let hs = HardState {
-            term: 7,
-            vote: 3,
-            commit: 42,
-        };
+        let hs = HardState { term: 7, vote: 3, commit: 42 };
         let mut buf = Vec::new();
         encode_hard_state(&mut buf, &hs);
         assert_eq!(buf.len(), HARD_STATE_LEN);
@@ -301,10 +275,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_entry(&mut buf, &Entry::new(1, 1, vec![1, 2]));
         buf[16] = 9;
-        assert_eq!(
-            decode_entry(&mut Decoder::new(&buf)).unwrap_err().what,
-            "entry type"
-        );
+        assert_eq!(decode_entry(&mut Decoder::new(&buf)).unwrap_err().what, "entry type");
 
         let mut buf = Vec::new();
         encode_conf_state(&mut buf, &ConfState::default());

@@ -109,14 +109,10 @@ impl WalOptions {
             )));
         }
         if self.snapshot_retention == 0 {
-            return Err(Error::contract(
-                "snapshot_retention must keep at least one snapshot",
-            ));
+            return Err(Error::contract("snapshot_retention must keep at least one snapshot"));
         }
         if !(0..=22).contains(&self.snapshot_compression_level) {
-            return Err(Error::contract(
-                "snapshot_compression_level must be in 0..=22",
-            ));
+            return Err(Error::contract("snapshot_compression_level must be in 0..=22"));
         }
         Ok(())
     }

@@ -57,12 +57,7 @@ impl Entry {
 
     /// A `Normal` entry.
     pub fn new(index: u64, term: u64, data: impl Into<Bytes>) -> Entry {
-        Entry {
-            index,
-            term,
-            entry_type: EntryType::Normal,
-            data: data.into(),
-        }
+        Entry { index, term, entry_type: EntryType::Normal, data: data.into() }
     }
 
     /// The size of this entry's encoding ([`crate::codec::encode_entry`]); the unit in which
@@ -147,11 +142,7 @@ mod tests {
 
     #[test]
     fn entry_type_byte_round_trips_and_rejects_unknown() {
-        for t in [
-            EntryType::Normal,
-            EntryType::ConfChange,
-            EntryType::ConfChangeV2,
-        ] {
+        for t in [EntryType::Normal, EntryType::ConfChange, EntryType::ConfChangeV2] {
             assert_eq!(EntryType::from_u8(t.to_u8()), Some(t));
         }
         assert_eq!(EntryType::from_u8(3), None);

@@ -104,21 +104,10 @@ struct Inode {
 /// One unsynced change to a directory's namespace.
 #[derive(Debug)]
 enum DirOp {
-    Link {
-        name: String,
-        inode: InodeId,
-    },
-    Unlink {
-        name: String,
-    },
-    Rename {
-        from: String,
-        to: String,
-        inode: InodeId,
-    },
-    MkDir {
-        name: String,
-    },
+    Link { name: String, inode: InodeId },
+    Unlink { name: String },
+    Rename { from: String, to: String, inode: InodeId },
+    MkDir { name: String },
 }
 
 #[derive(Debug, Default)]
@@ -161,13 +150,7 @@ impl FaultKind {
             FaultKind::WriteEio => matches!(op, Op::Write { .. }),
             FaultKind::SyncEio => op == Op::Sync,
             FaultKind::NoSpace => {
-                matches!(
-                    op,
-                    Op::Write {
-                        reserved: false,
-                        ..
-                    } | Op::Allocate
-                )
+                matches!(op, Op::Write { reserved: false, .. } | Op::Allocate)
             }
             FaultKind::ShortWrite => matches!(op, Op::Write { len, .. } if len >= 2),
             FaultKind::Halt => true,
@@ -309,11 +292,7 @@ fn split_file_path(path: &Path) -> io::Result<(PathBuf, String)> {
             format!("{}: not a file path with a UTF-8 name", path.display()),
         )
     };
-    let name = normal
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(invalid)?
-        .to_owned();
+    let name = normal.file_name().and_then(|n| n.to_str()).ok_or_else(invalid)?.to_owned();
     let dir = normal.parent().ok_or_else(invalid)?.to_path_buf();
     Ok((dir, name))
 }
@@ -326,10 +305,7 @@ impl State {
     fn new() -> State {
         let mut dirs = BTreeMap::new();
         for root in ["", "/"] {
-            let dir = Dir {
-                durable_entry: true,
-                ..Dir::default()
-            };
+            let dir = Dir { durable_entry: true, ..Dir::default() };
             dirs.insert(PathBuf::from(root), dir);
         }
         State {
@@ -359,9 +335,7 @@ impl State {
         if let Some(epoch) = epoch
             && epoch != self.epoch
         {
-            return Err(io::Error::other(
-                "file handle opened before a simulated crash",
-            ));
+            return Err(io::Error::other("file handle opened before a simulated crash"));
         }
         // Faults are sorted by at_op, so the first applicable one is the earliest armed.
         let position = self
@@ -384,9 +358,7 @@ impl State {
 
     fn inode(&mut self, id: InodeId) -> &mut Inode {
         // A handle of the current epoch keeps its inode alive (handles > 0).
-        self.inodes
-            .get_mut(&id)
-            .expect("an open handle's inode is never freed")
+        self.inodes.get_mut(&id).expect("an open handle's inode is never freed")
     }
 
     fn dir(&mut self, dir: &Path) -> io::Result<&mut Dir> {
@@ -450,8 +422,7 @@ impl State {
                 }
             }
         }
-        self.inodes
-            .retain(|id, inode| inode.handles > 0 || named.contains(id));
+        self.inodes.retain(|id, inode| inode.handles > 0 || named.contains(id));
     }
 
     fn write(&mut self, id: InodeId, buf: &[u8], offset: u64) -> io::Result<usize> {
@@ -467,10 +438,7 @@ impl State {
             return Err(too_many("unsynced writes to one file"));
         }
         write_image(&mut inode.volatile, offset, buf);
-        inode.unsynced.push(FileOp::Write {
-            offset,
-            data: buf.to_vec(),
-        });
+        inode.unsynced.push(FileOp::Write { offset, data: buf.to_vec() });
         Ok(buf.len())
     }
 
@@ -540,10 +508,7 @@ impl State {
         let id = self.new_inode()?;
         let entry = self.dir(dir)?;
         entry.volatile.insert(name.to_owned(), id);
-        entry.unsynced.push(DirOp::Link {
-            name: name.to_owned(),
-            inode: id,
-        });
+        entry.unsynced.push(DirOp::Link { name: name.to_owned(), inode: id });
         Ok(id)
     }
 
@@ -732,9 +697,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl CrashFs {
     /// An empty file system: only the roots `/` and `` (for relative paths) exist.
     pub fn new() -> CrashFs {
-        CrashFs {
-            state: Arc::new(Mutex::new(State::new())),
-        }
+        CrashFs { state: Arc::new(Mutex::new(State::new())) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -807,10 +770,7 @@ impl CrashFs {
     pub fn write_file_raw(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let (dir, name) = split_file_path(path)?;
         if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "file passes the 1 GiB limit",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "file passes the 1 GiB limit"));
         }
         let mut state = self.lock();
         make_dirs(&mut state, &dir, true)?;
@@ -872,21 +832,15 @@ impl CrashFs {
     }
 
     fn handle(&self, (inode, epoch): (InodeId, u64)) -> Arc<dyn File> {
-        Arc::new(CrashFile {
-            state: Arc::clone(&self.state),
-            inode,
-            epoch,
-        })
+        Arc::new(CrashFile { state: Arc::clone(&self.state), inode, epoch })
     }
 }
 
 /// Creates `dir` and its missing ancestors, each journaled in its parent (or made durable at
 /// once when `durable`).
 fn make_dirs(state: &mut State, dir: &Path, durable: bool) -> io::Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|a| !state.dirs.contains_key(*a))
-        .collect();
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|a| !state.dirs.contains_key(*a)).collect();
     if state.dirs.len() + missing.len() > MAX_DIRS {
         return Err(too_many("directories"));
     }
@@ -912,10 +866,7 @@ fn make_dirs(state: &mut State, dir: &Path, durable: bool) -> io::Result<()> {
         if !durable {
             state.push_dir_op(parent, DirOp::MkDir { name })?;
         }
-        let created = Dir {
-            durable_entry: durable,
-            ..Dir::default()
-        };
+        let created = Dir { durable_entry: durable, ..Dir::default() };
         state.dirs.insert(path.to_path_buf(), created);
     }
     Ok(())
@@ -951,10 +902,7 @@ struct CrashFile {
 
 impl fmt::Debug for CrashFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CrashFile")
-            .field("inode", &self.inode)
-            .field("epoch", &self.epoch)
-            .finish()
+        f.debug_struct("CrashFile").field("inode", &self.inode).field("epoch", &self.epoch).finish()
     }
 }
 
@@ -1001,17 +949,8 @@ impl File for CrashFile {
         // handle's inode may be gone; its write fails in `begin` anyway.
         let end = offset.saturating_add(buf.len() as u64);
         let reserved = state.epoch == self.epoch
-            && state
-                .inodes
-                .get(&self.inode)
-                .is_some_and(|inode| end <= inode.reserved_bytes);
-        let fault = state.begin(
-            Op::Write {
-                len: buf.len(),
-                reserved,
-            },
-            Some(self.epoch),
-        )?;
+            && state.inodes.get(&self.inode).is_some_and(|inode| end <= inode.reserved_bytes);
+        let fault = state.begin(Op::Write { len: buf.len(), reserved }, Some(self.epoch))?;
         match fault {
             None => state.write(self.inode, buf, offset),
             Some(FaultKind::WriteEio) => Err(eio()),
@@ -1120,11 +1059,7 @@ impl FileSystem for CrashFs {
         }
         state.push_dir_op(
             &from_dir,
-            DirOp::Rename {
-                from: from_name.clone(),
-                to: to_name.clone(),
-                inode: id,
-            },
+            DirOp::Rename { from: from_name.clone(), to: to_name.clone(), inode: id },
         )?;
         let entry = state.dir(&from_dir)?;
         entry.volatile.remove(&from_name);
@@ -1139,11 +1074,7 @@ impl FileSystem for CrashFs {
         let mut state = self.lock();
         state.begin(Op::RemoveFile, None)?;
         let (dir, name) = split_file_path(path)?;
-        if !state
-            .dirs
-            .get(&dir)
-            .is_some_and(|d| d.volatile.contains_key(&name))
-        {
+        if !state.dirs.get(&dir).is_some_and(|d| d.volatile.contains_key(&name)) {
             return Err(not_found(path));
         }
         state.push_dir_op(&dir, DirOp::Unlink { name: name.clone() })?;
@@ -1198,11 +1129,7 @@ impl FileSystem for CrashFs {
         let id = state.next_lock;
         state.next_lock += 1;
         state.locks.insert(key.clone(), id);
-        Ok(Some(DirLock::new(LockHolder {
-            state: Arc::downgrade(&self.state),
-            path: key,
-            id,
-        })))
+        Ok(Some(DirLock::new(LockHolder { state: Arc::downgrade(&self.state), path: key, id })))
     }
 }
 
@@ -1233,9 +1160,7 @@ mod tests {
     }
 
     fn pattern(len: usize, salt: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31) ^ salt)
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
     }
 
     #[test]
@@ -1249,18 +1174,9 @@ mod tests {
             // Unsynced writes after the synced ones, only past the synced range.
             file.write_all_at(&pattern(1500, 2), 3000).unwrap();
             fs.crash(seed);
-            let after = fs
-                .read_file(&p("/db/a"))
-                .expect("a synced, dir-synced file survives");
-            assert!(
-                after.len() >= synced.len(),
-                "seed {seed}: synced length kept"
-            );
-            assert_eq!(
-                &after[..synced.len()],
-                &synced[..],
-                "seed {seed}: synced bytes kept"
-            );
+            let after = fs.read_file(&p("/db/a")).expect("a synced, dir-synced file survives");
+            assert!(after.len() >= synced.len(), "seed {seed}: synced length kept");
+            assert_eq!(&after[..synced.len()], &synced[..], "seed {seed}: synced bytes kept");
         }
     }
 
@@ -1298,15 +1214,8 @@ mod tests {
                 }
                 start = end;
             }
-            assert_eq!(
-                &after[..offset],
-                &base[..offset],
-                "bytes outside the write untouched"
-            );
-            assert_eq!(
-                &after[offset + update.len()..],
-                &base[offset + update.len()..]
-            );
+            assert_eq!(&after[..offset], &base[..offset], "bytes outside the write untouched");
+            assert_eq!(&after[offset + update.len()..], &base[offset + update.len()..]);
             match (new_pieces, old_pieces) {
                 (0, _) => lost += 1,
                 (_, 0) => kept += 1,
@@ -1334,10 +1243,7 @@ mod tests {
                 other => panic!("seed {seed}: length {other} is neither before nor after"),
             }
         }
-        assert!(
-            applied > 0 && not_applied > 0,
-            "{applied} applied, {not_applied} not"
-        );
+        assert!(applied > 0 && not_applied > 0, "{applied} applied, {not_applied} not");
     }
 
     #[test]
@@ -1354,22 +1260,13 @@ mod tests {
             fs.create(&p("/db/late")).unwrap();
             fs.crash(seed);
             let names = fs.list(&p("/db")).unwrap();
-            assert!(
-                names.contains(&"new".to_owned()),
-                "seed {seed}: synced create kept"
-            );
+            assert!(names.contains(&"new".to_owned()), "seed {seed}: synced create kept");
             if names.contains(&"old".to_owned()) {
                 assert!(!names.contains(&"renamed".to_owned()), "a rename is atomic");
-                assert!(
-                    !names.contains(&"late".to_owned()),
-                    "a later op needs the earlier one"
-                );
+                assert!(!names.contains(&"late".to_owned()), "a later op needs the earlier one");
                 rename_undone += 1;
             } else {
-                assert!(
-                    names.contains(&"renamed".to_owned()),
-                    "seed {seed}: file under one name"
-                );
+                assert!(names.contains(&"renamed".to_owned()), "seed {seed}: file under one name");
             }
             if !names.contains(&"late".to_owned()) {
                 create_vanished += 1;
@@ -1401,17 +1298,11 @@ mod tests {
             assert_eq!(fs.read_file(&p("/db/a")), None);
             fs.crash(seed);
             if let Some(contents) = fs.read_file(&p("/db/a")) {
-                assert_eq!(
-                    contents, b"data",
-                    "an undone remove brings back the synced data"
-                );
+                assert_eq!(contents, b"data", "an undone remove brings back the synced data");
                 undone += 1;
             }
         }
-        assert!(
-            undone > 0 && undone < SEEDS,
-            "{undone} of {SEEDS} removes undone"
-        );
+        assert!(undone > 0 && undone < SEEDS, "{undone} of {SEEDS} removes undone");
     }
 
     #[test]
@@ -1428,10 +1319,7 @@ mod tests {
                 Some(contents) => assert_eq!(contents, b"synced"),
             }
         }
-        assert!(
-            vanished > 0,
-            "the entry can be lost though the data was synced"
-        );
+        assert!(vanished > 0, "the entry can be lost though the data was synced");
 
         let fs = fs_with_db();
         let file = fs.create(&p("/db/a")).unwrap();
@@ -1447,10 +1335,7 @@ mod tests {
         let fs = CrashFs::new();
         fs.create_dir_all(&p("/a/b")).unwrap();
         fs.crash_lose_all_unsynced();
-        assert_eq!(
-            fs.list(&p("/a")).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
+        assert_eq!(fs.list(&p("/a")).unwrap_err().kind(), io::ErrorKind::NotFound);
 
         let fs = CrashFs::new();
         fs.create_dir_all(&p("/a/b")).unwrap();
@@ -1481,19 +1366,12 @@ mod tests {
     fn write_eio_fails_and_writes_nothing() {
         let fs = fs_with_db();
         let file = durable_empty_file(&fs, "a");
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::WriteEio,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::WriteEio });
         let err = file.write_at(b"hello", 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(EIO));
         assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"");
         file.write_all_at(b"hello", 0).unwrap();
-        assert_eq!(
-            fs.read_file(&p("/db/a")).unwrap(),
-            b"hello",
-            "a fault fires once"
-        );
+        assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"hello", "a fault fires once");
     }
 
     #[test]
@@ -1504,10 +1382,7 @@ mod tests {
             file.write_all_at(b"first", 0).unwrap();
             file.sync_data().unwrap();
             file.write_all_at(b"SECOND", 5).unwrap();
-            fs.inject(Fault {
-                at_op: fs.op_count(),
-                kind: FaultKind::SyncEio,
-            });
+            fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::SyncEio });
             let err = file.sync_data().unwrap_err();
             assert_eq!(err.raw_os_error(), Some(EIO));
             assert_eq!(
@@ -1527,20 +1402,14 @@ mod tests {
     fn no_space_fails_writes_and_allocations_with_enospc() {
         let fs = fs_with_db();
         let file = durable_empty_file(&fs, "a");
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::NoSpace,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::NoSpace });
         let err = file.write_at(b"x", 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(ENOSPC));
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
         assert_eq!(file.len().unwrap(), 0);
 
         // A fault armed for an op it does not apply to waits for the next one it applies to.
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::NoSpace,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::NoSpace });
         assert_eq!(file.len().unwrap(), 0);
         let err = file.allocate(4096).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(ENOSPC));
@@ -1549,44 +1418,28 @@ mod tests {
         assert_eq!(file.len().unwrap(), 4096);
 
         // Writes inside allocated space cannot run out of space; the first one past it does.
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::NoSpace,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::NoSpace });
         file.write_all_at(&[1; 96], 4000).unwrap();
         let err = file.write_at(&[1; 2], 4095).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(ENOSPC));
         // set_len gives back the reservation above the new length.
         file.set_len(100).unwrap();
         file.set_len(4096).unwrap();
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::NoSpace,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::NoSpace });
         let err = file.write_at(&[1], 200).unwrap_err();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(ENOSPC),
-            "a hole from set_len is not reserved"
-        );
+        assert_eq!(err.raw_os_error(), Some(ENOSPC), "a hole from set_len is not reserved");
     }
 
     #[test]
     fn short_write_writes_half_and_returns_the_count() {
         let fs = fs_with_db();
         let file = durable_empty_file(&fs, "a");
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::ShortWrite,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::ShortWrite });
         assert_eq!(file.write_at(b"0123456789", 0).unwrap(), 5);
         assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"01234");
 
         // A one-byte write cannot be short; write_all_at finishes after a short write.
-        fs.inject(Fault {
-            at_op: fs.op_count(),
-            kind: FaultKind::ShortWrite,
-        });
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::ShortWrite });
         assert_eq!(file.write_at(b"z", 0).unwrap(), 1);
         let before = fs.op_count();
         file.write_all_at(b"abc", 10).unwrap();
@@ -1601,10 +1454,7 @@ mod tests {
         file.write_all_at(b"kept", 0).unwrap();
         file.sync_data().unwrap();
         let halt_at = fs.op_count() + 1;
-        fs.inject(Fault {
-            at_op: halt_at,
-            kind: FaultKind::Halt,
-        });
+        fs.inject(Fault { at_op: halt_at, kind: FaultKind::Halt });
         file.write_all_at(b"one", 4).unwrap(); // op halt_at - 1 still runs
         assert!(file.write_at(b"two", 7).is_err(), "the halting op fails");
         assert!(fs.is_halted());
@@ -1618,11 +1468,7 @@ mod tests {
         assert!(fs.try_lock(&p("/db/LOCK")).is_err());
         assert!(fs.create_dir_all(&p("/x")).is_err());
         assert_eq!(fs.op_count(), halt_at + 10, "refused ops still count");
-        assert_eq!(
-            fs.read_file(&p("/db/a")).unwrap(),
-            b"keptone",
-            "no effect after the halt"
-        );
+        assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"keptone", "no effect after the halt");
 
         fs.crash_lose_all_unsynced();
         assert!(!fs.is_halted());
@@ -1640,11 +1486,7 @@ mod tests {
         let first = fs.try_lock(&lock_path).unwrap();
         assert!(first.is_some());
         assert!(fs.try_lock(&lock_path).unwrap().is_none(), "held: refused");
-        assert_eq!(
-            fs.list(&p("/db")).unwrap(),
-            ["LOCK"],
-            "a lock file is a file"
-        );
+        assert_eq!(fs.list(&p("/db")).unwrap(), ["LOCK"], "a lock file is a file");
         drop(first);
         let second = fs.try_lock(&lock_path).unwrap();
         assert!(second.is_some(), "released on drop");
@@ -1653,10 +1495,7 @@ mod tests {
         let third = fs.try_lock(&lock_path).unwrap();
         assert!(third.is_some(), "released by the crash");
         drop(second); // The old guard must not release the new holder's lock.
-        assert!(
-            fs.try_lock(&lock_path).unwrap().is_none(),
-            "third still held"
-        );
+        assert!(fs.try_lock(&lock_path).unwrap().is_none(), "third still held");
         drop(third);
         assert!(fs.try_lock(&lock_path).unwrap().is_some());
     }
@@ -1675,19 +1514,11 @@ mod tests {
         assert!(file.set_len(0).is_err());
         assert!(file.allocate(10).is_err());
         assert!(file.map().is_err());
-        assert_eq!(
-            fs.read_file(&p("/db/a")).unwrap(),
-            b"abc",
-            "no effect through a dead handle"
-        );
+        assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"abc", "no effect through a dead handle");
         let fresh = fs.open(&p("/db/a")).unwrap();
         assert_eq!(&fresh.map().unwrap()[..], b"abc");
         drop(file);
-        assert_eq!(
-            &fresh.map().unwrap()[..],
-            b"abc",
-            "dropping a dead handle is harmless"
-        );
+        assert_eq!(&fresh.map().unwrap()[..], b"abc", "dropping a dead handle is harmless");
     }
 
     /// Runs a fixed workload with plenty of unsynced state, crashes with `seed`, and returns
@@ -1696,8 +1527,7 @@ mod tests {
         let fs = fs_with_db();
         for i in 0..8u8 {
             let file = fs.create(&p(&format!("/db/f{i}"))).unwrap();
-            file.write_all_at(&pattern(1500 + usize::from(i) * 100, i), 0)
-                .unwrap();
+            file.write_all_at(&pattern(1500 + usize::from(i) * 100, i), 0).unwrap();
             if i % 2 == 0 {
                 file.sync_data().unwrap();
             }
@@ -1726,10 +1556,7 @@ mod tests {
             assert_eq!(first, crash_result(seed), "seed {seed} must replay exactly");
             distinct.insert(first);
         }
-        assert!(
-            distinct.len() > 10,
-            "different seeds explore different outcomes"
-        );
+        assert!(distinct.len() > 10, "different seeds explore different outcomes");
     }
 
     #[test]
@@ -1739,27 +1566,13 @@ mod tests {
         assert_eq!(kind(fs.open(&p("/db/missing"))), io::ErrorKind::NotFound);
         assert_eq!(kind(fs.create(&p("/nodir/a"))), io::ErrorKind::NotFound);
         assert_eq!(
-            fs.rename(&p("/db/missing"), &p("/db/b"))
-                .unwrap_err()
-                .kind(),
+            fs.rename(&p("/db/missing"), &p("/db/b")).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
-        assert_eq!(
-            fs.remove_file(&p("/db/missing")).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(
-            fs.list(&p("/nodir")).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(
-            fs.sync_dir(&p("/nodir")).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(
-            fs.try_lock(&p("/nodir/LOCK")).unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
+        assert_eq!(fs.remove_file(&p("/db/missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs.list(&p("/nodir")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs.sync_dir(&p("/nodir")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs.try_lock(&p("/nodir/LOCK")).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
@@ -1767,17 +1580,9 @@ mod tests {
         let fs = fs_with_db();
         let file = durable_empty_file(&fs, "a");
         file.write_all_at(b"hello", 2).unwrap();
-        assert_eq!(
-            fs.read_file(&p("/db/a")).unwrap(),
-            b"\0\0hello",
-            "gaps read as zeros"
-        );
+        assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"\0\0hello", "gaps read as zeros");
         let mut buf = [0u8; 10];
-        assert_eq!(
-            file.read_at(&mut buf, 4).unwrap(),
-            3,
-            "short only at the end"
-        );
+        assert_eq!(file.read_at(&mut buf, 4).unwrap(), 3, "short only at the end");
         assert_eq!(&buf[..3], b"llo");
         assert_eq!(file.read_at(&mut buf, 100).unwrap(), 0);
         file.allocate(3).unwrap();
@@ -1794,11 +1599,7 @@ mod tests {
         b.write_all_at(b"bee", 0).unwrap();
         fs.rename(&p("/db/b"), &p("/db/a")).unwrap();
         assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"bee");
-        assert_eq!(
-            file.len().unwrap(),
-            1,
-            "the replaced inode lives on while open"
-        );
+        assert_eq!(file.len().unwrap(), 1, "the replaced inode lives on while open");
         fs.remove_file(&p("/db/a")).unwrap();
         assert_eq!(b.len().unwrap(), 3);
         assert_eq!(fs.list(&p("/db")).unwrap(), Vec::<String>::new());
@@ -1820,10 +1621,7 @@ mod tests {
         let file = fs.open(&p("/db/a")).unwrap();
         assert!(file.write_at(b"x", MAX_FILE_BYTES).is_err());
         assert!(file.set_len(MAX_FILE_BYTES + 1).is_err());
-        assert!(
-            file.write_at(b"x", u64::MAX).is_err(),
-            "no overflow on huge offsets"
-        );
+        assert!(file.write_at(b"x", u64::MAX).is_err(), "no overflow on huge offsets");
     }
 
     #[test]
@@ -1872,10 +1670,7 @@ mod tests {
     /// Replaces `/db/cur` with `contents` through `/db/cur.tmp`, halting at operation `halt_at`
     /// (counted from the start), optionally skipping the fsync of the temporary file.
     fn replace_with_halt(fs: &CrashFs, contents: &[u8], halt_at: u64, fsync_tmp: bool) {
-        fs.inject(Fault {
-            at_op: halt_at,
-            kind: FaultKind::Halt,
-        });
+        fs.inject(Fault { at_op: halt_at, kind: FaultKind::Halt });
         let steps = || -> io::Result<()> {
             let tmp = fs.create(&p("/db/cur.tmp"))?;
             tmp.write_all_at(contents, 0)?;
@@ -1956,10 +1751,7 @@ mod tests {
         assert_eq!(after.len(), 2048);
         for i in 0..4u8 {
             let sector = &after[usize::from(i) * 512..usize::from(i + 1) * 512];
-            assert!(
-                sector.iter().all(|&b| b == i),
-                "sector {i} written by thread {i}"
-            );
+            assert!(sector.iter().all(|&b| b == i), "sector {i} written by thread {i}");
         }
     }
 }

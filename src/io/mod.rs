@@ -76,11 +76,7 @@ pub trait File: Send + Sync + fmt::Debug {
                 Err(e) => return Err(e),
             }
         }
-        if buf.is_empty() {
-            Ok(())
-        } else {
-            Err(io::ErrorKind::WriteZero.into())
-        }
+        if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::WriteZero.into()) }
     }
 
     /// Fills all of `buf` from `offset`; reaching the end of the file first is `UnexpectedEof`.
@@ -99,11 +95,7 @@ pub trait File: Send + Sync + fmt::Debug {
                 Err(e) => return Err(e),
             }
         }
-        if buf.is_empty() {
-            Ok(())
-        } else {
-            Err(io::ErrorKind::UnexpectedEof.into())
-        }
+        if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) }
     }
 }
 
@@ -153,3 +145,25 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
 
 /// A shared handle on a file system.
 pub type Fs = Arc<dyn FileSystem>;
+
+/// Creates `dir` and its missing ancestors, and makes each new directory's entry durable in its
+/// parent: a directory whose own entry can vanish in a crash would take the log with it.
+pub fn create_dir_all_durable(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    // Bounded by the path's depth.
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        if fs.list(path).is_ok() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    fs.create_dir_all(dir)?;
+    for path in missing.iter().rev() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}

@@ -71,12 +71,8 @@ impl FileSystem for RealFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file =
+            fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         Ok(Arc::new(RealFile(file)))
     }
 
@@ -141,10 +137,7 @@ mod tests {
         assert_eq!(file.len().unwrap(), 4096);
         let map = file.map().unwrap();
         assert_eq!(&map[..5], b"hello");
-        assert!(
-            map[5..].iter().all(|&b| b == 0),
-            "allocated space reads as zeros"
-        );
+        assert!(map[5..].iter().all(|&b| b == 0), "allocated space reads as zeros");
         fs.rename(&path, &dir.path().join("b")).unwrap();
         fs.sync_dir(dir.path()).unwrap();
         assert_eq!(fs.list(dir.path()).unwrap(), ["b"]);
@@ -158,14 +151,8 @@ mod tests {
         let path = dir.path().join("LOCK");
         let first = RealFs.try_lock(&path).unwrap();
         assert!(first.is_some());
-        assert!(
-            RealFs.try_lock(&path).unwrap().is_none(),
-            "a held lock must refuse a second"
-        );
+        assert!(RealFs.try_lock(&path).unwrap().is_none(), "a held lock must refuse a second");
         drop(first);
-        assert!(
-            RealFs.try_lock(&path).unwrap().is_some(),
-            "a dropped lock must be free again"
-        );
+        assert!(RealFs.try_lock(&path).unwrap().is_some(), "a dropped lock must be free again");
     }
 }

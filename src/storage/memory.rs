@@ -47,15 +47,11 @@ impl MemoryStorage {
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A panic while the lock was held cannot leave `Inner` half-changed: every mutation
         // checks first and changes last, so the poison flag carries no information.
-        self.inner
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces the persisted hard state.
@@ -123,14 +119,7 @@ impl MemoryStorage {
             other => other,
         })?;
         let conf_state = conf_state.unwrap_or_else(|| inner.snapshot.metadata.conf_state.clone());
-        inner.snapshot = Snapshot {
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        };
+        inner.snapshot = Snapshot { metadata: SnapshotMetadata { index, term, conf_state }, data };
         Ok(inner.snapshot.clone())
     }
 
@@ -176,21 +165,13 @@ impl Inner {
         if index < offset {
             return Err(Error::Compacted);
         }
-        self.entries
-            .get((index - offset) as usize)
-            .map(|e| e.term)
-            .ok_or(Error::Unavailable)
+        self.entries.get((index - offset) as usize).map(|e| e.term).ok_or(Error::Unavailable)
     }
 
     fn check_invariants(&self) {
-        assert!(
-            !self.entries.is_empty(),
-            "the dummy entry must always be present"
-        );
+        assert!(!self.entries.is_empty(), "the dummy entry must always be present");
         debug_assert!(
-            self.entries
-                .windows(2)
-                .all(|w| w[1].index == w[0].index + 1),
+            self.entries.windows(2).all(|w| w[1].index == w[0].index + 1),
             "entries must be contiguous after the dummy at {}",
             self.offset()
         );

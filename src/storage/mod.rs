@@ -83,14 +83,10 @@ pub(crate) fn check_entries_range(lo: u64, hi: u64, offset: u64, last: u64) -> R
         return Err(Error::Compacted);
     }
     if hi > last.saturating_add(1) {
-        return Err(Error::contract(format!(
-            "entries hi({hi}) is out of bound lastindex({last})"
-        )));
+        return Err(Error::contract(format!("entries hi({hi}) is out of bound lastindex({last})")));
     }
     if lo > hi {
-        return Err(Error::contract(format!(
-            "entries lo({lo}) is greater than hi({hi})"
-        )));
+        return Err(Error::contract(format!("entries lo({lo}) is greater than hi({hi})")));
     }
     if last == offset {
         // Only the dummy is present.
@@ -164,9 +160,6 @@ mod tests {
     #[test]
     fn trim_append_rejects_non_contiguous_input() {
         let es = [Entry::new(5, 1, vec![]), Entry::new(7, 1, vec![])];
-        assert!(matches!(
-            trim_append(&es, 1, 10),
-            Err(Error::ContractViolation(_))
-        ));
+        assert!(matches!(trim_append(&es, 1, 10), Err(Error::ContractViolation(_))));
     }
 }

@@ -17,18 +17,13 @@ pub struct EntryCache {
 impl EntryCache {
     /// An empty cache holding up to `limit_bytes`.
     pub fn new(limit_bytes: u64) -> EntryCache {
-        EntryCache {
-            entries: VecDeque::new(),
-            bytes: 0,
-            limit_bytes,
-        }
+        EntryCache { entries: VecDeque::new(), bytes: 0, limit_bytes }
     }
 
     /// The entry at `index`, if cached.
     pub fn get(&self, index: u64) -> Option<&Entry> {
         let first = self.entries.front()?.index;
-        self.entries
-            .get(usize::try_from(index.checked_sub(first)?).ok()?)
+        self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?)
     }
 
     /// Records that `entries` (contiguous) replaced everything from their first index on.
@@ -92,29 +87,16 @@ mod tests {
     fn keeps_a_bounded_contiguous_tail_and_follows_overwrites() {
         let mut cache = EntryCache::new(300);
         cache.append(&[e(1, 1), e(2, 1), e(3, 1), e(4, 1)]);
-        assert!(
-            cache.get(1).is_none(),
-            "over the limit, the oldest entry is dropped"
-        );
+        assert!(cache.get(1).is_none(), "over the limit, the oldest entry is dropped");
         assert_eq!(cache.get(2).unwrap().index, 2);
         cache.append(&[e(3, 2)]);
-        assert_eq!(
-            cache.get(3).unwrap().term,
-            2,
-            "an overwrite replaces the suffix"
-        );
-        assert!(
-            cache.get(4).is_none(),
-            "entries after an overwrite are gone"
-        );
+        assert_eq!(cache.get(3).unwrap().term, 2, "an overwrite replaces the suffix");
+        assert!(cache.get(4).is_none(), "entries after an overwrite are gone");
         cache.compact(2);
         assert!(cache.get(2).is_none());
         cache.append(&[e(10, 3)]);
         assert_eq!(cache.get(10).unwrap().index, 10);
-        assert!(
-            cache.get(3).is_none(),
-            "a non-contiguous append restarts the cache"
-        );
+        assert!(cache.get(3).is_none(), "a non-contiguous append restarts the cache");
     }
 
     #[test]

@@ -29,10 +29,7 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     if seq.len() != 16 || first.len() != 16 {
         return None;
     }
-    Some((
-        u64::from_str_radix(seq, 16).ok()?,
-        u64::from_str_radix(first, 16).ok()?,
-    ))
+    Some((u64::from_str_radix(seq, 16).ok()?, u64::from_str_radix(first, 16).ok()?))
 }
 
 /// `{sequence:016x}.tmp`: the file prepared to become segment `sequence`.
@@ -67,7 +64,7 @@ pub const SEGMENT_HEADER_LEN: usize = HEADER_CRC_OFFSET + size_of::<u32>();
 /// Records are aligned to this many bytes.
 pub const RECORD_ALIGN: usize = 8;
 
-const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 
 /// The fixed first bytes of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +154,7 @@ pub const DURABLE_OFFSET: usize = FRAME_PREV_CRC_OFFSET + size_of::<u32>();
 /// Bytes of the frame header; the payload starts here.
 pub const FRAME_HEADER_LEN: usize = DURABLE_OFFSET + size_of::<u64>();
 
-const _: () = assert!(FRAME_HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(FRAME_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 
 /// The largest payload a record may have unless configured otherwise.
 pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 << 20;
@@ -222,9 +219,7 @@ impl FrameHeader {
             record_type: buf[TYPE_OFFSET],
             prev_crc: LittleEndian::read_u32(&buf[FRAME_PREV_CRC_OFFSET..]),
             durable: LittleEndian::read_u64(&buf[DURABLE_OFFSET..]),
-            reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET]
-                .iter()
-                .all(|&b| b == 0),
+            reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET].iter().all(|&b| b == 0),
         }
     }
 }
@@ -248,11 +243,7 @@ pub fn append_record(
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) -> u32 {
     let start = out.len();
-    debug_assert_eq!(
-        start % RECORD_ALIGN,
-        0,
-        "records start aligned within the buffer"
-    );
+    debug_assert_eq!(start % RECORD_ALIGN, 0, "records start aligned within the buffer");
     out.resize(start + FRAME_HEADER_LEN, 0);
     write_payload(out);
     let payload_len = out.len() - start - FRAME_HEADER_LEN;
@@ -339,10 +330,7 @@ impl Record {
             }
             Record::Entries(entries) => encode_entries_payload(out, entries),
             Record::HardState(hs) => codec::encode_hard_state(out, hs),
-            Record::Snapshot {
-                metadata,
-                resets_log,
-            } => {
+            Record::Snapshot { metadata, resets_log } => {
                 out.push(u8::from(*resets_log));
                 codec::encode_snapshot_metadata(out, metadata);
             }
@@ -371,9 +359,7 @@ impl Record {
                     0 => false,
                     1 => true,
                     _ => {
-                        return Err(DecodeError {
-                            what: "snapshot reset flag",
-                        });
+                        return Err(DecodeError { what: "snapshot reset flag" });
                     }
                 };
                 Record::Snapshot {
@@ -381,10 +367,9 @@ impl Record {
                     resets_log,
                 }
             }
-            RecordType::Compact => Record::Compact {
-                index: dec.u64("compact index")?,
-                term: dec.u64("compact term")?,
-            },
+            RecordType::Compact => {
+                Record::Compact { index: dec.u64("compact index")?, term: dec.u64("compact term")? }
+            }
         };
         dec.finish("record payload")?;
         Ok(record)
@@ -418,9 +403,7 @@ fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeErr
     let count = dec.u32("entries count")? as usize;
     // Each entry takes at least its header: bound the allocation by the bytes present.
     if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
-        return Err(DecodeError {
-            what: "entries count",
-        });
+        return Err(DecodeError { what: "entries count" });
     }
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
@@ -428,9 +411,7 @@ fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeErr
         if let Some(prev) = entries.last().map(|e: &Entry| e.index)
             && entry.index != prev.wrapping_add(1)
         {
-            return Err(DecodeError {
-                what: "entries indices",
-            });
+            return Err(DecodeError { what: "entries indices" });
         }
         entries.push(entry);
     }
@@ -457,11 +438,7 @@ mod tests {
         ];
         let design = [(0, 8), (8, 4), (12, 4), (16, 8), (24, 8), (32, 4), (36, 4)];
         for ((offset, size, name), (want_offset, want_size)) in header.iter().zip(design) {
-            assert_eq!(
-                (*offset, *size),
-                (want_offset, want_size),
-                "segment header field {name}"
-            );
+            assert_eq!((*offset, *size), (want_offset, want_size), "segment header field {name}");
         }
         assert_eq!(SEGMENT_HEADER_LEN, 40);
 
@@ -482,55 +459,35 @@ mod tests {
 
     #[test]
     fn segment_names_sort_in_log_order_and_parse_back() {
-        let names = [
-            segment_name(1, 1),
-            segment_name(2, 900),
-            segment_name(10, 65_536),
-        ];
+        let names = [segment_name(1, 1), segment_name(2, 900), segment_name(10, 65_536)];
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, names);
         assert_eq!(parse_segment_name(&names[2]), Some((10, 65_536)));
         assert_eq!(parse_segment_name("0000000000000001.tmp"), None);
         assert_eq!(parse_segment_name("zz-1.wal"), None);
-        assert_eq!(
-            parse_segment_name(&format!("{}-{}.wal", "0".repeat(16), "g".repeat(16))),
-            None
-        );
+        assert_eq!(parse_segment_name(&format!("{}-{}.wal", "0".repeat(16), "g".repeat(16))), None);
     }
 
     #[test]
     fn header_round_trips_and_every_damage_is_refused() {
-        let header = SegmentHeader {
-            sequence: 7,
-            first_index: 1234,
-            prev_crc: 0xDEAD_BEEF,
-        };
+        let header = SegmentHeader { sequence: 7, first_index: 1234, prev_crc: 0xDEAD_BEEF };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         assert_eq!(
             SegmentHeader::decode(&bytes[..SEGMENT_HEADER_LEN - 1]),
             Err(HeaderError::Short)
         );
-        assert_eq!(
-            SegmentHeader::decode(&[0u8; SEGMENT_HEADER_LEN]),
-            Err(HeaderError::Zeroed)
-        );
+        assert_eq!(SegmentHeader::decode(&[0u8; SEGMENT_HEADER_LEN]), Err(HeaderError::Zeroed));
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
             let mut damaged = bytes;
             damaged[bit / 8] ^= 1 << (bit % 8);
             let got = SegmentHeader::decode(&damaged);
-            assert!(
-                got.is_err(),
-                "bit {bit} flipped must be refused, got {got:?}"
-            );
+            assert!(got.is_err(), "bit {bit} flipped must be refused, got {got:?}");
         }
         let mut wrong_magic = bytes;
         wrong_magic[MAGIC_OFFSET] = b'X';
-        assert_eq!(
-            SegmentHeader::decode(&wrong_magic),
-            Err(HeaderError::BadMagic)
-        );
+        assert_eq!(SegmentHeader::decode(&wrong_magic), Err(HeaderError::BadMagic));
         let mut newer = bytes;
         LittleEndian::write_u32(&mut newer[VERSION_OFFSET..], 2);
         let crc = crc32fast::hash(&newer[..HEADER_CRC_OFFSET]);
@@ -544,30 +501,16 @@ mod tests {
                 dummy_index: 5,
                 dummy_term: 2,
                 last_index: 9,
-                hard_state: HardState {
-                    term: 3,
-                    vote: 1,
-                    commit: 5,
-                },
+                hard_state: HardState { term: 3, vote: 1, commit: 5 },
                 snapshot: SnapshotMetadata {
                     index: 5,
                     term: 2,
-                    conf_state: ConfState {
-                        voters: vec![1, 2, 3],
-                        ..ConfState::default()
-                    },
+                    conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
                 },
             }),
             Record::Entries(vec![Entry::new(6, 3, "a"), Entry::new(7, 3, vec![9u8; 33])]),
-            Record::HardState(HardState {
-                term: 4,
-                vote: 0,
-                commit: 7,
-            }),
-            Record::Snapshot {
-                metadata: SnapshotMetadata::default(),
-                resets_log: true,
-            },
+            Record::HardState(HardState { term: 4, vote: 0, commit: 7 }),
+            Record::Snapshot { metadata: SnapshotMetadata::default(), resets_log: true },
             Record::Compact { index: 6, term: 3 },
         ]
     }
@@ -587,10 +530,7 @@ mod tests {
         let mut offset = 0;
         for (i, want) in sample_records().into_iter().enumerate() {
             let head = FrameHeader::read(&buf[offset..]);
-            assert_eq!(
-                head.prev_crc, crcs[i],
-                "record {i} names its predecessor's crc"
-            );
+            assert_eq!(head.prev_crc, crcs[i], "record {i} names its predecessor's crc");
             assert_eq!(head.durable, 40);
             assert!(head.reserved_zero);
             let payload =

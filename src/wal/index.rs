@@ -20,10 +20,7 @@ impl Loc {
     /// An entry known to exist (the checkpoint of the first segment says so) whose record lay in
     /// a segment that was already deleted. Such an entry must be compacted away by the end of
     /// recovery; a live one is corruption.
-    pub const MISSING: Loc = Loc {
-        segment: u32::MAX,
-        offset: u32::MAX,
-    };
+    pub const MISSING: Loc = Loc { segment: u32::MAX, offset: u32::MAX };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +45,7 @@ pub struct LogIndex {
 impl LogIndex {
     /// A log of just the dummy `(index, term)`.
     pub fn new(dummy_index: u64, dummy_term: u64) -> LogIndex {
-        LogIndex {
-            dummy_index,
-            dummy_term,
-            locs: VecDeque::new(),
-            runs: VecDeque::new(),
-        }
+        LogIndex { dummy_index, dummy_term, locs: VecDeque::new(), runs: VecDeque::new() }
     }
 
     /// The dummy entry's index.
@@ -119,13 +111,11 @@ impl LogIndex {
             self.last_index()
         );
         self.truncate_from(first);
-        let mut index = first;
-        for term in terms {
+        for (index, term) in (first..).zip(terms) {
             if self.runs.back().is_none_or(|run| run.term != term) {
                 self.runs.push_back(TermRun { first: index, term });
             }
             self.locs.push_back(loc);
-            index += 1;
         }
         self.check();
     }
@@ -199,16 +189,9 @@ impl LogIndex {
             );
         }
         debug_assert!(
-            self.runs
-                .iter()
-                .zip(self.runs.iter().skip(1))
-                .all(|(a, b)| a.first < b.first)
+            self.runs.iter().zip(self.runs.iter().skip(1)).all(|(a, b)| a.first < b.first)
         );
-        debug_assert!(
-            self.runs
-                .back()
-                .is_none_or(|run| run.first <= self.last_index())
-        );
+        debug_assert!(self.runs.back().is_none_or(|run| run.first <= self.last_index()));
     }
 }
 
@@ -218,10 +201,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    const L: Loc = Loc {
-        segment: 1,
-        offset: 40,
-    };
+    const L: Loc = Loc { segment: 1, offset: 40 };
 
     #[test]
     fn terms_and_bounds_follow_the_storage_contract() {
@@ -233,10 +213,7 @@ mod tests {
         assert_eq!(index.term(6).unwrap(), 5);
         assert!(matches!(index.term(7), Err(Error::Unavailable)));
         index.compact(5, 4);
-        assert_eq!(
-            (index.dummy_index(), index.dummy_term(), index.last_index()),
-            (5, 4, 6)
-        );
+        assert_eq!((index.dummy_index(), index.dummy_term(), index.last_index()), (5, 4, 6));
         assert_eq!(index.term(6).unwrap(), 5);
         index.compact(6, 5);
         assert_eq!(index.len(), 0);

@@ -55,9 +55,7 @@ pub struct Wal {
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Wal").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -83,11 +81,7 @@ impl Wal {
     /// Opens (creating if missing) the WAL in `dir` on `fs`, recovering it.
     pub fn open(fs: Fs, dir: &Path, options: WalOptions) -> Result<Wal> {
         options.validate()?;
-        fs.create_dir_all(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // The directory's own entry must be durable before anything in it is.
-            fs.sync_dir(parent)?;
-        }
+        crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
         let recovered = replay::recover(&fs, dir, &options)?;
         let mut state = recovered.state;
@@ -120,25 +114,14 @@ impl Wal {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let checkpoint = state.checkpoint();
             let mut sealed = None;
-            writer
-                .write(&[], &checkpoint, &mut sealed)
-                .map_err(Error::from)?;
+            writer.write(&[], &checkpoint, &mut sealed).map_err(Error::from)?;
             writer.active.file.sync_data()?;
             let target = writer.sync_target();
             writer.mark_durable(&target);
         }
-        let sealed = recovered
-            .sealed
-            .into_iter()
-            .map(|s| (s.sequence, s))
-            .collect();
+        let sealed = recovered.sealed.into_iter().map(|s| (s.sequence, s)).collect();
         state.index.shrink();
-        let inner = Inner {
-            writer,
-            sealed,
-            state,
-            cache: EntryCache::new(options.cache_bytes),
-        };
+        let inner = Inner { writer, sealed, state, cache: EntryCache::new(options.cache_bytes) };
         Ok(Wal {
             fs,
             dir: dir.to_path_buf(),
@@ -174,11 +157,7 @@ impl Wal {
     }
 
     fn check_poisoned(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
-            Err(Error::Poisoned)
-        } else {
-            Ok(())
-        }
+        if self.poisoned.load(Ordering::Acquire) { Err(Error::Poisoned) } else { Ok(()) }
     }
 
     fn poison(&self, error: Error) -> Error {
@@ -198,12 +177,7 @@ impl Wal {
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
                 sealed.sequence,
-                Segment {
-                    sequence: sealed.sequence,
-                    name: sealed.name,
-                    file: sealed.file,
-                    map,
-                },
+                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file, map },
             );
             let mut sync = self.lock_sync();
             sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
@@ -239,10 +213,7 @@ impl Wal {
                     }
                 }
                 Op::HardState(hs) => inner.state.apply_hard_state(*hs),
-                Op::Snapshot {
-                    metadata,
-                    resets_log,
-                } => {
+                Op::Snapshot { metadata, resets_log } => {
                     inner.state.apply_snapshot(metadata, *resets_log);
                     if *resets_log {
                         inner.cache.clear();
@@ -289,11 +260,7 @@ impl Wal {
             result = self.fs.sync_dir(&self.dir);
         }
         if result.is_ok() {
-            self.inner
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .writer
-                .mark_durable(&target);
+            self.inner.write().unwrap_or_else(|p| p.into_inner()).writer.mark_durable(&target);
         }
         let mut sync = self.lock_sync();
         sync.syncing = false;
@@ -328,10 +295,8 @@ impl Wal {
     pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
         let (lsn, needed) = {
             let mut inner = self.write()?;
-            let (first, last) = (
-                inner.state.index.dummy_index() + 1,
-                inner.state.index.last_index(),
-            );
+            let (first, last) =
+                (inner.state.index.dummy_index() + 1, inner.state.index.last_index());
             let kept = trim_append(entries, first, last)?;
             let old = inner.state.hard_state;
             let hs = hard_state.filter(|hs| **hs != old);
@@ -357,10 +322,7 @@ impl Wal {
     pub fn compact(&self, index: u64) -> Result<()> {
         let lsn = {
             let mut inner = self.write()?;
-            let (dummy, last) = (
-                inner.state.index.dummy_index(),
-                inner.state.index.last_index(),
-            );
+            let (dummy, last) = (inner.state.index.dummy_index(), inner.state.index.last_index());
             if index <= dummy {
                 return Err(Error::Compacted);
             }
@@ -389,13 +351,7 @@ impl Wal {
                     metadata.index
                 );
             }
-            self.write_ops(
-                &mut inner,
-                &[Op::Snapshot {
-                    metadata,
-                    resets_log,
-                }],
-            )?
+            self.write_ops(&mut inner, &[Op::Snapshot { metadata, resets_log }])?
         };
         self.sync_per_policy(lsn, true)?;
         if resets_log { self.purge() } else { Ok(()) }
@@ -425,11 +381,7 @@ impl Wal {
             Some(loc) if loc != Loc::MISSING => u64::from(loc.segment),
             _ => inner.writer.active.sequence,
         };
-        let doomed: Vec<u64> = inner
-            .sealed
-            .range(..first_needed)
-            .map(|(seq, _)| *seq)
-            .collect();
+        let doomed: Vec<u64> = inner.sealed.range(..first_needed).map(|(seq, _)| *seq).collect();
         for sequence in doomed {
             let segment = inner.sealed.remove(&sequence).expect("listed above");
             self.fs.remove_file(&self.dir.join(&segment.name))?;
@@ -518,10 +470,7 @@ impl Wal {
                 next += 1;
             }
         }
-        debug_assert_eq!(
-            out.len(),
-            limit_size(out.iter().map(Entry::encoded_len), max_size)
-        );
+        debug_assert_eq!(out.len(), limit_size(out.iter().map(Entry::encoded_len), max_size));
         Ok(out)
     }
 
@@ -556,14 +505,11 @@ impl Inner {
                 max_record,
             );
         }
-        let segment = self
-            .sealed
-            .get(&sequence)
-            .ok_or_else(|| Error::Corruption {
-                segment: PathBuf::from(format!("segment {sequence}")),
-                offset: u64::from(loc.offset),
-                kind: crate::error::CorruptionKind::Missing,
-            })?;
+        let segment = self.sealed.get(&sequence).ok_or_else(|| Error::Corruption {
+            segment: PathBuf::from(format!("segment {sequence}")),
+            offset: u64::from(loc.offset),
+            kind: crate::error::CorruptionKind::Missing,
+        })?;
         segment.read_entries(u64::from(loc.offset), max_record)
     }
 

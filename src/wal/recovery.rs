@@ -190,9 +190,7 @@ fn look_after(bytes: &[u8], stop: usize, max_record: u32) -> After {
     while offset + FRAME_HEADER_LEN <= bytes.len() {
         if let Some((head, _)) = valid_frame_at(bytes, offset, max_record) {
             if head.durable > stop as u64 {
-                return After::DurableWitness {
-                    offset: offset as u64,
-                };
+                return After::DurableWitness { offset: offset as u64 };
             }
             after = After::NotDurable;
         }
@@ -441,11 +439,7 @@ mod tests {
             StopClass::BadHeader,
             StopClass::Version,
         ];
-        let afters = [
-            AfterClass::Nothing,
-            AfterClass::NotDurable,
-            AfterClass::Witness,
-        ];
+        let afters = [AfterClass::Nothing, AfterClass::NotDurable, AfterClass::Witness];
         let mut used = std::collections::HashSet::new();
         for position in positions {
             for stop in stops {
@@ -488,11 +482,7 @@ mod tests {
     }
 
     fn build(records: &[Record], synced_writes: usize, size: usize) -> Built {
-        let header = SegmentHeader {
-            sequence: 1,
-            first_index: 1,
-            prev_crc: 0,
-        };
+        let header = SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 };
         let mut bytes = header.encode().to_vec();
         let mut prev = 0;
         let mut offsets = Vec::new();
@@ -513,11 +503,7 @@ mod tests {
     fn entries(n: u64) -> Vec<Record> {
         (1..=n)
             .map(|i| Record::Entries(vec![Entry::new(i, 1, vec![i as u8; 40])]))
-            .chain([Record::HardState(HardState {
-                term: 1,
-                vote: 1,
-                commit: n,
-            })])
+            .chain([Record::HardState(HardState { term: 1, vote: 1, commit: n })])
             .collect()
     }
 
@@ -533,14 +519,8 @@ mod tests {
         let scan = scan_segment(&built.bytes, MAX);
         assert_eq!(scan.records.len(), 5);
         assert_eq!(scan.stop, Stop::End);
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R1", Decision::Accept)
-        );
-        assert_eq!(
-            decision(&built.bytes, Position::Sealed),
-            ("R1", Decision::Accept)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R1", Decision::Accept));
+        assert_eq!(decision(&built.bytes, Position::Sealed), ("R1", Decision::Accept));
     }
 
     #[test]
@@ -551,10 +531,7 @@ mod tests {
         let scan = scan_segment(&built.bytes, MAX);
         assert_eq!(scan.records.len(), 2);
         assert_eq!(scan.after, After::NotDurable);
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R2", Decision::TruncateTail)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R2", Decision::TruncateTail));
     }
 
     #[test]
@@ -562,10 +539,7 @@ mod tests {
         let mut built = build(&entries(4), 4, 4096);
         let last = built.offsets[4];
         built.bytes[last + FRAME_HEADER_LEN + 2] ^= 0xFF;
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R3", Decision::TruncateTail)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R3", Decision::TruncateTail));
         let scan = scan_segment(&built.bytes, MAX);
         assert_eq!(scan.stop_offset, last as u64);
     }
@@ -583,10 +557,7 @@ mod tests {
     fn r4_damaged_unsynced_record_before_a_surviving_unsynced_one_is_cut() {
         let mut built = build(&entries(4), 2, 4096);
         built.bytes[built.offsets[2] + FRAME_HEADER_LEN] ^= 1;
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R4", Decision::TruncateTail)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R4", Decision::TruncateTail));
     }
 
     #[test]
@@ -596,24 +567,15 @@ mod tests {
         built.bytes[a..b].fill(0);
         let scan = scan_segment(&built.bytes, MAX);
         assert!(matches!(scan.after, After::DurableWitness { .. }));
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R5", Decision::Corruption)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R5", Decision::Corruption));
     }
 
     #[test]
     fn r6_flipped_bit_in_a_durable_record_is_corruption() {
         let mut built = build(&entries(4), 4, 4096);
         built.bytes[built.offsets[1] + FRAME_HEADER_LEN + 3] ^= 0x10;
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("R6", Decision::Corruption)
-        );
-        assert_eq!(
-            decision(&built.bytes, Position::Sealed),
-            ("R8", Decision::Corruption)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("R6", Decision::Corruption));
+        assert_eq!(decision(&built.bytes, Position::Sealed), ("R8", Decision::Corruption));
     }
 
     #[test]
@@ -621,41 +583,22 @@ mod tests {
         let mut zeroed = build(&entries(4), 0, 4096);
         let (a, b) = (zeroed.offsets[1], zeroed.offsets[2]);
         zeroed.bytes[a..b].fill(0);
-        assert_eq!(
-            decision(&zeroed.bytes, Position::Sealed),
-            ("R7", Decision::Corruption)
-        );
+        assert_eq!(decision(&zeroed.bytes, Position::Sealed), ("R7", Decision::Corruption));
         let mut torn = build(&entries(4), 0, 4096);
         torn.bytes[torn.offsets[4] + FRAME_HEADER_LEN] ^= 1;
-        assert_eq!(
-            decision(&torn.bytes, Position::Sealed),
-            ("R8", Decision::Corruption)
-        );
+        assert_eq!(decision(&torn.bytes, Position::Sealed), ("R8", Decision::Corruption));
     }
 
     #[test]
     fn r9_record_with_valid_crc_but_bad_contents_is_corruption() {
-        let mut bytes = SegmentHeader {
-            sequence: 1,
-            first_index: 1,
-            prev_crc: 0,
-        }
-        .encode()
-        .to_vec();
+        let mut bytes =
+            SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 }.encode().to_vec();
         // A HardState record with one byte too many: the CRC is right, the payload is not.
-        append_record(&mut bytes, RecordType::HardState, 0, 0, |out| {
-            out.extend([0u8; 25])
-        });
+        append_record(&mut bytes, RecordType::HardState, 0, 0, |out| out.extend([0u8; 25]));
         bytes.resize(1024, 0);
         let scan = scan_segment(&bytes, MAX);
-        assert!(matches!(
-            scan.stop,
-            Stop::Damaged(CorruptionKind::Malformed(_))
-        ));
-        assert_eq!(
-            decision(&bytes, Position::Last),
-            ("R9", Decision::Corruption)
-        );
+        assert!(matches!(scan.stop, Stop::Damaged(CorruptionKind::Malformed(_))));
+        assert_eq!(decision(&bytes, Position::Last), ("R9", Decision::Corruption));
     }
 
     #[test]
@@ -678,34 +621,19 @@ mod tests {
 
     #[test]
     fn h1_h2_unwritten_or_torn_header_of_the_last_segment_is_dropped() {
-        assert_eq!(
-            decision(&[0u8; 4096], Position::Last),
-            ("H1", Decision::TruncateTail)
-        );
-        assert_eq!(
-            decision(&[], Position::Last),
-            ("H1", Decision::TruncateTail)
-        );
+        assert_eq!(decision(&[0u8; 4096], Position::Last), ("H1", Decision::TruncateTail));
+        assert_eq!(decision(&[], Position::Last), ("H1", Decision::TruncateTail));
         let mut built = build(&entries(2), 0, 4096);
         built.bytes[3] ^= 1;
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("H2", Decision::TruncateTail)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
     }
 
     #[test]
     fn h3_h4_damaged_durable_header_is_corruption() {
         let mut built = build(&entries(2), 3, 4096);
         built.bytes[20] ^= 1;
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("H3", Decision::Corruption)
-        );
-        assert_eq!(
-            decision(&built.bytes, Position::Sealed),
-            ("H4", Decision::Corruption)
-        );
+        assert_eq!(decision(&built.bytes, Position::Last), ("H3", Decision::Corruption));
+        assert_eq!(decision(&built.bytes, Position::Sealed), ("H4", Decision::Corruption));
     }
 
     #[test]
@@ -713,19 +641,10 @@ mod tests {
         let mut built = build(&entries(1), 2, 1024);
         LittleEndian::write_u32(&mut built.bytes[crate::wal::format::VERSION_OFFSET..], 9);
         let crc = crc32fast::hash(&built.bytes[..crate::wal::format::HEADER_CRC_OFFSET]);
-        LittleEndian::write_u32(
-            &mut built.bytes[crate::wal::format::HEADER_CRC_OFFSET..],
-            crc,
-        );
+        LittleEndian::write_u32(&mut built.bytes[crate::wal::format::HEADER_CRC_OFFSET..], crc);
         let scan = scan_segment(&built.bytes, MAX);
-        assert_eq!(
-            scan.stop,
-            Stop::Damaged(CorruptionKind::UnsupportedVersion(9))
-        );
-        assert_eq!(
-            decision(&built.bytes, Position::Last),
-            ("H5", Decision::Corruption)
-        );
+        assert_eq!(scan.stop, Stop::Damaged(CorruptionKind::UnsupportedVersion(9)));
+        assert_eq!(decision(&built.bytes, Position::Last), ("H5", Decision::Corruption));
     }
 
     #[test]
@@ -734,10 +653,7 @@ mod tests {
         let at = built.offsets[1];
         LittleEndian::write_u32(&mut built.bytes[at + LEN_OFFSET..], u32::MAX);
         let scan = scan_segment(&built.bytes, MAX);
-        assert_eq!(
-            scan.stop,
-            Stop::Damaged(CorruptionKind::BadLength(u64::from(u32::MAX)))
-        );
+        assert_eq!(scan.stop, Stop::Damaged(CorruptionKind::BadLength(u64::from(u32::MAX))));
     }
 
     #[test]

@@ -54,11 +54,7 @@ struct Found {
 }
 
 fn corruption(name: &str, offset: u64, kind: CorruptionKind) -> Error {
-    Error::Corruption {
-        segment: PathBuf::from(name),
-        offset,
-        kind,
-    }
+    Error::Corruption { segment: PathBuf::from(name), offset, kind }
 }
 
 /// Lists the segments, removing leftover temp files.
@@ -69,11 +65,7 @@ fn list_segments(fs: &Fs, dir: &Path) -> Result<Vec<Found>> {
             // A segment being prepared when the process stopped; never part of the log.
             fs.remove_file(&dir.join(&name))?;
         } else if let Some((sequence, first_index)) = format::parse_segment_name(&name) {
-            found.push(Found {
-                sequence,
-                first_index,
-                name,
-            });
+            found.push(Found { sequence, first_index, name });
         }
     }
     found.sort_by_key(|f| f.sequence);
@@ -110,11 +102,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut remove_from: Option<usize> = None;
 
     for (i, f) in found.iter().enumerate() {
-        let position = if i + 1 == found.len() {
-            Position::Last
-        } else {
-            Position::Sealed
-        };
+        let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
         let file = fs.open(&dir.join(&f.name))?;
         let bytes = file.map()?;
         let scan = scan_segment(&bytes, options.max_record_bytes);
@@ -181,10 +169,8 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         let mut contradiction = None;
         for (k, record) in scan.records[..keep_records].iter().enumerate() {
             if k == 0 && !matches!(record.record, Record::Checkpoint(_)) {
-                contradiction = Some((
-                    record.offset,
-                    "a segment must start with a checkpoint".to_string(),
-                ));
+                contradiction =
+                    Some((record.offset, "a segment must start with a checkpoint".to_string()));
             } else if let Err(why) = replay_record(&mut state, f.sequence, record, !replayed_any) {
                 contradiction = Some((record.offset, why));
             }
@@ -207,25 +193,14 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         let truncated_here = end != scan.stop_offset || stop_here;
         let data_start = scan.records.first().map_or(0, |r| r.offset + r.framed_len);
         if let Some((segment, _, _)) = last_kept.take() {
-            sealed.push(Segment {
-                map: segment.file.map().ok(),
-                ..segment
-            });
+            sealed.push(Segment { map: segment.file.map().ok(), ..segment });
         }
         next_sequence = f.sequence + 1;
-        let segment = Segment {
-            sequence: f.sequence,
-            name: f.name.clone(),
-            file,
-            map: None,
-        };
+        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, map: None };
         last_kept = Some((segment, end, data_start));
         if truncated_here {
             // Erase the tail after `end`: the bytes after a cut must never look like records.
-            let last_nonzero = bytes
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |p| p as u64 + 1);
+            let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
             if last_nonzero > end {
                 let (seg, _, _) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
@@ -278,14 +253,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         }
         None => None,
     };
-    Ok(Recovered {
-        state,
-        sealed,
-        resume,
-        next_sequence,
-        last_crc,
-        report,
-    })
+    Ok(Recovered { state, sealed, resume, next_sequence, last_crc, report })
 }
 
 /// Applies one accepted record to the state.
@@ -311,10 +279,7 @@ fn replay_record(
             state.apply_hard_state(*hs);
             Ok(())
         }
-        Record::Snapshot {
-            metadata,
-            resets_log,
-        } => {
+        Record::Snapshot { metadata, resets_log } => {
             state.apply_snapshot(metadata, *resets_log);
             Ok(())
         }

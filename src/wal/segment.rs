@@ -28,13 +28,7 @@ pub struct Segment {
 impl Segment {
     /// Reads the entries record at `offset` (see [`read_entries`]).
     pub fn read_entries(&self, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
-        read_entries(
-            &self.name,
-            self.file.as_ref(),
-            self.map.as_ref(),
-            offset,
-            max_record,
-        )
+        read_entries(&self.name, self.file.as_ref(), self.map.as_ref(), offset, max_record)
     }
 }
 
@@ -48,11 +42,7 @@ pub fn read_entries(
     offset: u64,
     max_record: u32,
 ) -> Result<Vec<Entry>> {
-    let corruption = |kind| Error::Corruption {
-        segment: PathBuf::from(name),
-        offset,
-        kind,
-    };
+    let corruption = |kind| Error::Corruption { segment: PathBuf::from(name), offset, kind };
     let mut header = [0u8; FRAME_HEADER_LEN];
     let owned;
     let (header, payload): (&[u8], &[u8]) = match map {

@@ -58,9 +58,7 @@ impl LogState {
         }
         let here = self.checkpoint();
         if here != *cp {
-            return Err(format!(
-                "checkpoint {cp:?} disagrees with the replayed state {here:?}"
-            ));
+            return Err(format!("checkpoint {cp:?} disagrees with the replayed state {here:?}"));
         }
         Ok(())
     }
@@ -74,9 +72,7 @@ impl LogState {
     ) -> Result<(), Contradiction> {
         let (dummy, last) = (self.index.dummy_index(), self.index.last_index());
         if first <= dummy || first > last + 1 {
-            return Err(format!(
-                "entries at {first} do not attach to the log ({dummy}, {last}]"
-            ));
+            return Err(format!("entries at {first} do not attach to the log ({dummy}, {last}]"));
         }
         self.index.append(first, terms, loc);
         Ok(())
@@ -99,9 +95,7 @@ impl LogState {
     pub fn apply_compact(&mut self, index: u64, term: u64) -> Result<(), Contradiction> {
         let (dummy, last) = (self.index.dummy_index(), self.index.last_index());
         if index <= dummy || index > last {
-            return Err(format!(
-                "compaction at {index} is outside the log ({dummy}, {last}]"
-            ));
+            return Err(format!("compaction at {index} is outside the log ({dummy}, {last}]"));
         }
         if self.index.loc(index) != Loc::MISSING {
             let known = self.index.term(index).expect("index is live");

@@ -144,10 +144,7 @@ pub struct Writer {
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("active", &self.active)
-            .field("lsn", &self.lsn)
-            .finish()
+        f.debug_struct("Writer").field("active", &self.active).field("lsn", &self.lsn).finish()
     }
 }
 
@@ -268,11 +265,7 @@ impl Writer {
         if has_data && self.active.write_offset + plan.bytes > self.segment_size_bytes {
             *sealed = Some(self.roll(checkpoint.last_index + 1)?);
         }
-        let start = if self.active.fresh {
-            0
-        } else {
-            self.active.write_offset
-        };
+        let start = if self.active.fresh { 0 } else { self.active.write_offset };
         // A fresh segment starts with a header and a checkpoint of a few hundred bytes at most;
         // the margin keeps every offset within 32 bits.
         if start + plan.bytes + (1 << 20) >= MAX_SEGMENT_SPAN_BYTES {
@@ -293,13 +286,10 @@ impl Writer {
             };
             self.buf.extend_from_slice(&header.encode());
             let record = Record::Checkpoint(checkpoint.clone());
-            prev_crc = append_record(
-                &mut self.buf,
-                RecordType::Checkpoint,
-                prev_crc,
-                durable,
-                |out| record.encode_payload(out),
-            );
+            prev_crc =
+                append_record(&mut self.buf, RecordType::Checkpoint, prev_crc, durable, |out| {
+                    record.encode_payload(out)
+                });
             self.active.data_start = self.buf.len() as u64;
         }
         let mut written = Vec::new();
@@ -343,23 +333,16 @@ impl Writer {
     fn roll(&mut self, first_index: u64) -> Result<Sealed, Failure> {
         let sequence = self.active.sequence + 1;
         // Get the next file first: if that fails, nothing has changed.
-        let file = self
-            .take_prepared(sequence)
-            .map_err(|e| Failure::Refused(e.into()))?;
+        let file = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
         // A later segment must never be durable while an earlier one is not: recovery treats
         // every segment but the last as synced whole.
         if self.active.durable_offset < self.active.write_offset {
-            self.active
-                .file
-                .sync_data()
-                .map_err(|e| Failure::Poison(e.into()))?;
+            self.active.file.sync_data().map_err(|e| Failure::Poison(e.into()))?;
             self.active.durable_offset = self.active.write_offset;
         }
         let name = format::segment_name(sequence, first_index);
         let temp = self.dir.join(format::temp_name(sequence));
-        self.fs
-            .rename(&temp, &self.dir.join(&name))
-            .map_err(|e| Failure::Refused(e.into()))?;
+        self.fs.rename(&temp, &self.dir.join(&name)).map_err(|e| Failure::Refused(e.into()))?;
         self.renames += 1;
         let next = Active {
             sequence,
@@ -374,12 +357,7 @@ impl Writer {
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
-        Ok(Sealed {
-            sequence: old.sequence,
-            name: old.name,
-            file: old.file,
-            durable_lsn: self.lsn,
-        })
+        Ok(Sealed { sequence: old.sequence, name: old.name, file: old.file, durable_lsn: self.lsn })
     }
 
     /// What a sync issued now would cover.
@@ -396,10 +374,7 @@ impl Writer {
     /// Records that a sync of `target` returned successfully.
     pub fn mark_durable(&mut self, target: &SyncTarget) {
         if self.active.sequence == target.sequence && target.offset > self.active.durable_offset {
-            assert!(
-                target.offset <= self.active.write_offset,
-                "cannot sync past the written end"
-            );
+            assert!(target.offset <= self.active.write_offset, "cannot sync past the written end");
             self.active.durable_offset = target.offset;
         }
     }
@@ -424,15 +399,12 @@ fn encode_payload(op: &Op<'_>, out: &mut Vec<u8>) {
     match op {
         Op::Entries(entries) => format::encode_entries_payload(out, entries),
         Op::HardState(hs) => Record::HardState(*hs).encode_payload(out),
-        Op::Snapshot {
-            metadata,
-            resets_log,
-        } => format::encode_snapshot_payload(out, metadata, *resets_log),
-        Op::Compact { index, term } => Record::Compact {
-            index: *index,
-            term: *term,
+        Op::Snapshot { metadata, resets_log } => {
+            format::encode_snapshot_payload(out, metadata, *resets_log)
         }
-        .encode_payload(out),
+        Op::Compact { index, term } => {
+            Record::Compact { index: *index, term: *term }.encode_payload(out)
+        }
         Op::Checkpoint(cp) => Record::Checkpoint((*cp).clone()).encode_payload(out),
     }
 }

@@ -30,28 +30,20 @@ fn e(index: u64, term: u64) -> Entry {
 
 fn snap(index: u64, term: u64, cs: ConfState) -> Snapshot {
     Snapshot {
-        metadata: SnapshotMetadata {
-            index,
-            term,
-            conf_state: cs,
-        },
+        metadata: SnapshotMetadata { index, term, conf_state: cs },
         data: Bytes::from("data"),
     }
 }
 
 fn voters(ids: &[u64]) -> ConfState {
-    ConfState {
-        voters: ids.to_vec(),
-        ..ConfState::default()
-    }
+    ConfState { voters: ids.to_vec(), ..ConfState::default() }
 }
 
 /// A subject whose log is the dummy `(dummy, dummy)` followed by entries `(i, i)` up to `last`,
 /// built through public calls only.
 fn with_log(fresh: Fresh<'_>, dummy: u64, last: u64) -> Box<dyn Subject> {
     let mut s = fresh();
-    s.apply_snapshot(snap(dummy, dummy, ConfState::default()))
-        .unwrap();
+    s.apply_snapshot(snap(dummy, dummy, ConfState::default())).unwrap();
     s.settle();
     let es: Vec<Entry> = (dummy + 1..=last).map(|i| e(i, i)).collect();
     s.append(&es).unwrap();
@@ -66,16 +58,9 @@ pub fn log_of(storage: &dyn Storage) -> Vec<(u64, u64)> {
     let mut log = vec![(first - 1, storage.term(first - 1).unwrap())];
     if last >= first {
         let es = storage.entries(first, last + 1, u64::MAX).unwrap();
-        assert_eq!(
-            es.len() as u64,
-            last + 1 - first,
-            "entries() must return the whole range"
-        );
+        assert_eq!(es.len() as u64, last + 1 - first, "entries() must return the whole range");
         for (entry, index) in es.iter().zip(first..) {
-            assert_eq!(
-                entry.index, index,
-                "entries() must return consecutive indices"
-            );
+            assert_eq!(entry.index, index, "entries() must return consecutive indices");
             assert_eq!(
                 storage.term(index).unwrap(),
                 entry.term,
@@ -108,21 +93,12 @@ pub fn entries(fresh: Fresh<'_>) {
     assert!(matches!(st.entries(2, 6, u64::MAX), Err(Error::Compacted)));
     assert!(matches!(st.entries(3, 4, u64::MAX), Err(Error::Compacted)));
     assert_eq!(pairs(&st.entries(4, 5, u64::MAX).unwrap()), [(4, 4)]);
-    assert_eq!(
-        pairs(&st.entries(4, 6, u64::MAX).unwrap()),
-        [(4, 4), (5, 5)]
-    );
-    assert_eq!(
-        pairs(&st.entries(4, 7, u64::MAX).unwrap()),
-        [(4, 4), (5, 5), (6, 6)]
-    );
+    assert_eq!(pairs(&st.entries(4, 6, u64::MAX).unwrap()), [(4, 4), (5, 5)]);
+    assert_eq!(pairs(&st.entries(4, 7, u64::MAX).unwrap()), [(4, 4), (5, 5), (6, 6)]);
     // Even if max_size is zero, the first entry is returned.
     assert_eq!(pairs(&st.entries(4, 7, 0).unwrap()), [(4, 4)]);
     // The limit is exactly the first two entries.
-    assert_eq!(
-        pairs(&st.entries(4, 7, size(4) + size(5)).unwrap()),
-        [(4, 4), (5, 5)]
-    );
+    assert_eq!(pairs(&st.entries(4, 7, size(4) + size(5)).unwrap()), [(4, 4), (5, 5)]);
     // The limit reaches half into the third entry.
     let half = size(4) + size(5) + size(6) / 2;
     assert_eq!(pairs(&st.entries(4, 7, half).unwrap()), [(4, 4), (5, 5)]);
@@ -130,37 +106,19 @@ pub fn entries(fresh: Fresh<'_>) {
     assert_eq!(pairs(&st.entries(4, 7, short).unwrap()), [(4, 4), (5, 5)]);
     // The limit is exactly all three entries.
     let all = size(4) + size(5) + size(6);
-    assert_eq!(
-        pairs(&st.entries(4, 7, all).unwrap()),
-        [(4, 4), (5, 5), (6, 6)]
-    );
+    assert_eq!(pairs(&st.entries(4, 7, all).unwrap()), [(4, 4), (5, 5), (6, 6)]);
     // Empty range, and the contract violations etcd panics on.
     assert!(st.entries(5, 5, u64::MAX).unwrap().is_empty());
-    assert!(matches!(
-        st.entries(4, 8, u64::MAX),
-        Err(Error::ContractViolation(_))
-    ));
-    assert!(matches!(
-        st.entries(6, 5, u64::MAX),
-        Err(Error::ContractViolation(_))
-    ));
+    assert!(matches!(st.entries(4, 8, u64::MAX), Err(Error::ContractViolation(_))));
+    assert!(matches!(st.entries(6, 5, u64::MAX), Err(Error::ContractViolation(_))));
 }
 
 pub fn entries_of_a_dummy_only_log_are_unavailable(fresh: Fresh<'_>) {
     let s = fresh();
-    assert!(matches!(
-        s.storage().entries(1, 1, u64::MAX),
-        Err(Error::Unavailable)
-    ));
+    assert!(matches!(s.storage().entries(1, 1, u64::MAX), Err(Error::Unavailable)));
     let s = with_log(fresh, 5, 5);
-    assert!(matches!(
-        s.storage().entries(6, 6, u64::MAX),
-        Err(Error::Unavailable)
-    ));
-    assert!(matches!(
-        s.storage().entries(5, 6, u64::MAX),
-        Err(Error::Compacted)
-    ));
+    assert!(matches!(s.storage().entries(6, 6, u64::MAX), Err(Error::Unavailable)));
+    assert!(matches!(s.storage().entries(5, 6, u64::MAX), Err(Error::Compacted)));
 }
 
 pub fn fresh_storage_is_the_zero_dummy(fresh: Fresh<'_>) {
@@ -192,20 +150,12 @@ pub fn first_index(fresh: Fresh<'_>) {
 
 pub fn compact(fresh: Fresh<'_>) {
     // (compact at, refused as compacted?, dummy index, dummy term, entries left with the dummy)
-    let rows = [
-        (2, true, 3, 3, 3),
-        (3, true, 3, 3, 3),
-        (4, false, 4, 4, 2),
-        (5, false, 5, 5, 1),
-    ];
+    let rows = [(2, true, 3, 3, 3), (3, true, 3, 3, 3), (4, false, 4, 4, 2), (5, false, 5, 5, 1)];
     for (at, compacted, dummy, dummy_term, len) in rows {
         let mut s = with_log(fresh, 3, 5);
         let got = s.compact(at);
         if compacted {
-            assert!(
-                matches!(got, Err(Error::Compacted)),
-                "compact({at}) gave {got:?}"
-            );
+            assert!(matches!(got, Err(Error::Compacted)), "compact({at}) gave {got:?}");
         } else {
             got.unwrap();
         }
@@ -216,20 +166,14 @@ pub fn compact(fresh: Fresh<'_>) {
     }
     let mut s = with_log(fresh, 3, 5);
     assert!(matches!(s.compact(6), Err(Error::ContractViolation(_))));
-    assert_eq!(
-        log_of(s.storage()),
-        [(3, 3), (4, 4), (5, 5)],
-        "a refused compact changes nothing"
-    );
+    assert_eq!(log_of(s.storage()), [(3, 3), (4, 4), (5, 5)], "a refused compact changes nothing");
 }
 
 pub fn create_snapshot(fresh: Fresh<'_>) {
     let cs = voters(&[1, 2, 3]);
     for (at, term) in [(4, 4), (5, 5)] {
         let mut s = with_log(fresh, 3, 5);
-        let made = s
-            .create_snapshot(at, Some(cs.clone()), Bytes::from("data"))
-            .unwrap();
+        let made = s.create_snapshot(at, Some(cs.clone()), Bytes::from("data")).unwrap();
         let want = snap(at, term, cs.clone());
         assert_eq!(made, want);
         s.settle();
@@ -242,21 +186,11 @@ pub fn create_snapshot(fresh: Fresh<'_>) {
         );
     }
     let mut s = with_log(fresh, 3, 5);
-    assert!(matches!(
-        s.create_snapshot(3, None, Bytes::new()),
-        Err(Error::SnapshotOutOfDate)
-    ));
-    assert!(matches!(
-        s.create_snapshot(6, None, Bytes::new()),
-        Err(Error::ContractViolation(_))
-    ));
-    s.create_snapshot(4, Some(cs.clone()), Bytes::new())
-        .unwrap();
+    assert!(matches!(s.create_snapshot(3, None, Bytes::new()), Err(Error::SnapshotOutOfDate)));
+    assert!(matches!(s.create_snapshot(6, None, Bytes::new()), Err(Error::ContractViolation(_))));
+    s.create_snapshot(4, Some(cs.clone()), Bytes::new()).unwrap();
     s.settle();
-    assert!(matches!(
-        s.create_snapshot(4, None, Bytes::new()),
-        Err(Error::SnapshotOutOfDate)
-    ));
+    assert!(matches!(s.create_snapshot(4, None, Bytes::new()), Err(Error::SnapshotOutOfDate)));
     // Without a conf state the previous one carries over.
     let next = s.create_snapshot(5, None, Bytes::from("d2")).unwrap();
     assert_eq!(next.metadata.conf_state, cs);
@@ -267,19 +201,10 @@ pub fn append(fresh: Fresh<'_>) {
     let rows: [Row; 7] = [
         // Every incoming entry lies below first_index: nothing changes.
         (vec![e(1, 1), e(2, 2)], vec![(3, 3), (4, 4), (5, 5)]),
-        (
-            vec![e(3, 3), e(4, 4), e(5, 5)],
-            vec![(3, 3), (4, 4), (5, 5)],
-        ),
+        (vec![e(3, 3), e(4, 4), e(5, 5)], vec![(3, 3), (4, 4), (5, 5)]),
         // Conflicting terms replace the suffix.
-        (
-            vec![e(3, 3), e(4, 6), e(5, 6)],
-            vec![(3, 3), (4, 6), (5, 6)],
-        ),
-        (
-            vec![e(3, 3), e(4, 4), e(5, 5), e(6, 5)],
-            vec![(3, 3), (4, 4), (5, 5), (6, 5)],
-        ),
+        (vec![e(3, 3), e(4, 6), e(5, 6)], vec![(3, 3), (4, 6), (5, 6)]),
+        (vec![e(3, 3), e(4, 4), e(5, 5), e(6, 5)], vec![(3, 3), (4, 4), (5, 5), (6, 5)]),
         // Incoming entries below first_index are trimmed, existing ones from 4 truncated.
         (vec![e(2, 3), e(3, 3), e(4, 5)], vec![(3, 3), (4, 5)]),
         // Truncate the existing entries and append.
@@ -291,23 +216,12 @@ pub fn append(fresh: Fresh<'_>) {
         let mut s = with_log(fresh, 3, 5);
         s.append(&incoming).unwrap();
         s.settle();
-        assert_eq!(
-            log_of(s.storage()),
-            want,
-            "after appending {:?}",
-            pairs(&incoming)
-        );
+        assert_eq!(log_of(s.storage()), want, "after appending {:?}", pairs(&incoming));
     }
     // A gap is refused and changes nothing.
     let mut s = with_log(fresh, 3, 5);
-    assert!(matches!(
-        s.append(&[e(7, 5)]),
-        Err(Error::ContractViolation(_))
-    ));
-    assert!(matches!(
-        s.append(&[e(6, 5), e(8, 5)]),
-        Err(Error::ContractViolation(_))
-    ));
+    assert!(matches!(s.append(&[e(7, 5)]), Err(Error::ContractViolation(_))));
+    assert!(matches!(s.append(&[e(6, 5), e(8, 5)]), Err(Error::ContractViolation(_))));
     s.settle();
     assert_eq!(log_of(s.storage()), [(3, 3), (4, 4), (5, 5)]);
     // An empty append is a no-op.
@@ -322,14 +236,8 @@ pub fn apply_snapshot(fresh: Fresh<'_>) {
     s.settle();
     assert_eq!(s.storage().snapshot().unwrap(), snap(4, 4, cs.clone()));
     assert_eq!(log_of(s.storage()), [(4, 4)]);
-    assert!(matches!(
-        s.apply_snapshot(snap(3, 3, cs.clone())),
-        Err(Error::SnapshotOutOfDate)
-    ));
-    assert!(matches!(
-        s.apply_snapshot(snap(4, 4, cs.clone())),
-        Err(Error::SnapshotOutOfDate)
-    ));
+    assert!(matches!(s.apply_snapshot(snap(3, 3, cs.clone())), Err(Error::SnapshotOutOfDate)));
+    assert!(matches!(s.apply_snapshot(snap(4, 4, cs.clone())), Err(Error::SnapshotOutOfDate)));
     s.settle();
     assert_eq!(
         s.storage().snapshot().unwrap().metadata.index,
@@ -359,11 +267,7 @@ pub fn index_zero_snapshot_bootstraps_a_fresh_storage(fresh: Fresh<'_>) {
 
 pub fn hard_state_and_initial_state(fresh: Fresh<'_>) {
     let mut s = with_log(fresh, 3, 5);
-    let hs = HardState {
-        term: 5,
-        vote: 2,
-        commit: 4,
-    };
+    let hs = HardState { term: 5, vote: 2, commit: 4 };
     s.set_hard_state(hs).unwrap();
     s.settle();
     assert_eq!(s.storage().initial_state().unwrap().hard_state, hs);
@@ -371,8 +275,7 @@ pub fn hard_state_and_initial_state(fresh: Fresh<'_>) {
 
 pub fn returned_entries_are_owned(fresh: Fresh<'_>) {
     let mut s = fresh();
-    s.append(&[Entry::new(1, 1, "one"), Entry::new(2, 1, "two")])
-        .unwrap();
+    s.append(&[Entry::new(1, 1, "one"), Entry::new(2, 1, "two")]).unwrap();
     let held = s.storage().entries(1, 3, u64::MAX).unwrap();
     s.append(&[Entry::new(2, 2, "changed")]).unwrap();
     s.compact(2).unwrap();

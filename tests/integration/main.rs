@@ -3,3 +3,4 @@
 mod etcd_cases;
 mod memory_storage;
 mod model;
+mod wal;

@@ -95,14 +95,7 @@ impl Model {
             other => panic!("model term gave {other:?}"),
         };
         let conf_state = cs.unwrap_or_else(|| self.snapshot.metadata.conf_state.clone());
-        self.snapshot = Snapshot {
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        };
+        self.snapshot = Snapshot { metadata: SnapshotMetadata { index, term, conf_state }, data };
         Outcome::Ok(self.snapshot.clone())
     }
 
@@ -123,9 +116,7 @@ impl Model {
         } else if index == self.dummy.0 {
             Outcome::Ok(self.dummy.1)
         } else {
-            self.log
-                .get(&index)
-                .map_or(Outcome::Unavailable, |e| Outcome::Ok(e.term))
+            self.log.get(&index).map_or(Outcome::Unavailable, |e| Outcome::Ok(e.term))
         }
     }
 
@@ -223,12 +214,7 @@ pub fn resolve(op: &Op, model: &Model, step: usize) -> Call {
     let last = model.last();
     let last_term = model.term(last).into_ok().unwrap_or(0);
     match op {
-        Op::Append {
-            back,
-            len,
-            bump,
-            size,
-        } => {
+        Op::Append { back, len, bump, size } => {
             let start = (last as i64 + 1 - back).max(0) as u64;
             let term = last_term + bump;
             let es = (start..start + len)
@@ -239,18 +225,13 @@ pub fn resolve(op: &Op, model: &Model, step: usize) -> Call {
                 .collect();
             Call::Append(es)
         }
-        Op::SetHardState { term, vote, commit } => Call::SetHardState(HardState {
-            term: *term,
-            vote: *vote,
-            commit: *commit,
-        }),
+        Op::SetHardState { term, vote, commit } => {
+            Call::SetHardState(HardState { term: *term, vote: *vote, commit: *commit })
+        }
         Op::Compact { back } => Call::Compact(last.saturating_sub(*back)),
         Op::CreateSnapshot { back, voters } => Call::CreateSnapshot(
             last.saturating_sub(*back),
-            voters.as_ref().map(|v| ConfState {
-                voters: v.clone(),
-                ..ConfState::default()
-            }),
+            voters.as_ref().map(|v| ConfState { voters: v.clone(), ..ConfState::default() }),
             Bytes::from(format!("state at step {step}")),
         ),
         Op::ApplySnapshot { ahead, term_bump } => {
@@ -259,10 +240,7 @@ pub fn resolve(op: &Op, model: &Model, step: usize) -> Call {
                 metadata: SnapshotMetadata {
                     index,
                     term: last_term + term_bump,
-                    conf_state: ConfState {
-                        voters: vec![1, 2, 3],
-                        ..ConfState::default()
-                    },
+                    conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
                 },
                 data: Bytes::from(vec![step as u8; step % 50]),
             })
@@ -283,34 +261,14 @@ impl<T> Outcome<T> {
 /// Asserts that every `Storage` answer of `subject` equals the model's, over every index from
 /// below the dummy to past the end and a spread of ranges and size limits.
 pub fn assert_same_answers(model: &Model, subject: &dyn Storage, context: &str) {
-    assert_eq!(
-        subject.first_index().unwrap(),
-        model.dummy.0 + 1,
-        "first_index {context}"
-    );
-    assert_eq!(
-        subject.last_index().unwrap(),
-        model.last(),
-        "last_index {context}"
-    );
-    assert_eq!(
-        subject.snapshot().unwrap(),
-        model.snapshot,
-        "snapshot {context}"
-    );
-    assert_eq!(
-        subject.initial_state().unwrap(),
-        model.initial_state(),
-        "initial_state {context}"
-    );
+    assert_eq!(subject.first_index().unwrap(), model.dummy.0 + 1, "first_index {context}");
+    assert_eq!(subject.last_index().unwrap(), model.last(), "last_index {context}");
+    assert_eq!(subject.snapshot().unwrap(), model.snapshot, "snapshot {context}");
+    assert_eq!(subject.initial_state().unwrap(), model.initial_state(), "initial_state {context}");
     let lo_bound = model.dummy.0.saturating_sub(2);
     let hi_bound = model.last() + 3;
     for i in lo_bound..hi_bound {
-        assert_eq!(
-            Outcome::from(subject.term(i)),
-            model.term(i),
-            "term({i}) {context}"
-        );
+        assert_eq!(Outcome::from(subject.term(i)), model.term(i), "term({i}) {context}");
     }
     for lo in lo_bound..hi_bound {
         for hi in [lo, lo + 1, lo + 3, model.last() + 1, model.last() + 2] {

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use raftwal::{Entry, HardState, MemoryStorage, Storage};
 
 #[derive(Parser)]
-#[command(
-    name = "raftwal",
-    version,
-    about = "Benchmark, inspect and repair raftwal logs"
-)]
+#[command(name = "raftwal", version, about = "Benchmark, inspect and repair raftwal logs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,10 +28,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Smoke {
-            entries,
-            entry_size,
-        } => match smoke(entries, entry_size) {
+        Command::Smoke { entries, entry_size } => match smoke(entries, entry_size) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("raftwal smoke: {e}");
@@ -53,23 +46,14 @@ fn smoke(count: u64, entry_size: usize) -> raftwal::Result<()> {
     let mut index = 1;
     while index <= count {
         let end = (index + BATCH).min(count + 1);
-        let batch: Vec<Entry> = (index..end)
-            .map(|i| Entry::new(i, 1, payload.clone()))
-            .collect();
+        let batch: Vec<Entry> = (index..end).map(|i| Entry::new(i, 1, payload.clone())).collect();
         storage.append(&batch)?;
-        storage.set_hard_state(HardState {
-            term: 1,
-            vote: 1,
-            commit: end - 1,
-        })?;
+        storage.set_hard_state(HardState { term: 1, vote: 1, commit: end - 1 })?;
         index = end;
     }
     let appended = started.elapsed();
     let read = storage.entries(1, count + 1, u64::MAX)?;
-    let intact = read
-        .iter()
-        .zip(1..)
-        .all(|(e, i)| e.index == i && e.data == payload);
+    let intact = read.iter().zip(1..).all(|(e, i)| e.index == i && e.data == payload);
     if read.len() as u64 != count || !intact {
         return Err(raftwal::Error::ContractViolation(
             "read back differs from what was appended".into(),

@@ -1,0 +1,464 @@
+//! The WAL through CrashFs: reopen, rollover and compaction, locking, crashes at every I/O
+//! operation, every single-bit flip, and injected faults.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
+use raftwal::wal::Wal;
+use raftwal::{CorruptionKind, Entry, Error, HardState, SyncPolicy, WalOptions};
+
+use crate::model::{Model, Outcome};
+
+pub fn small_options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 4096,
+        max_record_bytes: 2048,
+        prepare_in_background: false,
+        cache_bytes: 512,
+        ..WalOptions::default()
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("/node/wal")
+}
+
+fn open(fs: &CrashFs, options: &WalOptions) -> raftwal::Result<Wal> {
+    let fs: Fs = Arc::new(fs.clone());
+    Wal::open(fs, &dir(), options.clone())
+}
+
+/// A payload that names its index and term, so a misplaced byte shows.
+fn entry(index: u64, term: u64, len: usize) -> Entry {
+    let mut data = format!("{index}:{term}:").into_bytes();
+    data.resize(len.max(data.len()), (index as u8).wrapping_mul(31) ^ term as u8);
+    Entry::new(index, term, Bytes::from(data))
+}
+
+/// One step of the fixed workloads.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Save(Option<HardState>, Vec<Entry>),
+    Compact(u64),
+    /// An explicit sync (the only durability point under `SyncPolicy::Never`).
+    Sync,
+}
+
+/// Appends, overwrites, hard states and compactions that roll over several 4 KiB segments.
+pub fn workload() -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut term = 1;
+    for round in 0..20u64 {
+        let first = round * 6 + 1;
+        let es: Vec<Entry> =
+            (first..first + 6).map(|i| entry(i, term, 60 + (i as usize * 37) % 300)).collect();
+        steps.push(Step::Save(
+            Some(HardState { term, vote: 1, commit: first.saturating_sub(2) }),
+            es,
+        ));
+        if round % 4 == 3 {
+            // A new leader overwrites the last three entries.
+            term += 1;
+            let at = first + 3;
+            let es: Vec<Entry> = (at..at + 3).map(|i| entry(i, term, 90)).collect();
+            steps.push(Step::Save(Some(HardState { term, vote: 2, commit: at - 1 }), es));
+        }
+        if round % 6 == 5 {
+            steps.push(Step::Compact(first - 2));
+        }
+    }
+    steps.push(Step::Save(Some(HardState { term, vote: 2, commit: 70 }), vec![]));
+    steps
+}
+
+/// The model after each step; `states[k]` is the state after the first k steps, and
+/// `partial[k]` the state if step k wrote its entries but not its hard state.
+pub struct Expected {
+    pub states: Vec<Model>,
+    pub partial: Vec<Option<Model>>,
+}
+
+pub fn expected(steps: &[Step]) -> Expected {
+    let mut model = Model::default();
+    let mut states = vec![model.clone()];
+    let mut partial = vec![None];
+    for step in steps {
+        match step {
+            Step::Save(hs, es) => {
+                assert_eq!(model.append(es), Outcome::Ok(()));
+                partial.push(hs.is_some().then(|| model.clone()));
+                if let Some(hs) = hs {
+                    model.hard_state = *hs;
+                }
+            }
+            Step::Compact(i) => {
+                assert_eq!(model.compact(*i), Outcome::Ok(()));
+                partial.push(None);
+            }
+            Step::Sync => partial.push(None),
+        }
+        states.push(model.clone());
+    }
+    Expected { states, partial }
+}
+
+fn apply(wal: &Wal, step: &Step) -> raftwal::Result<()> {
+    match step {
+        Step::Save(hs, es) => wal.save(hs.as_ref(), es),
+        Step::Compact(i) => wal.compact(*i),
+        Step::Sync => wal.sync(),
+    }
+}
+
+/// Whether the WAL's answers equal the model's (log, terms, entries' bytes, hard state).
+pub fn same_as(wal: &Wal, model: &Model) -> bool {
+    let (first, last) = (wal.first_index(), wal.last_index());
+    if first != model.dummy.0 + 1 || last != model.last() || wal.hard_state() != model.hard_state {
+        return false;
+    }
+    if wal.term(model.dummy.0).ok() != Some(model.dummy.1) {
+        return false;
+    }
+    if last < first {
+        return true;
+    }
+    match wal.entries(first, last + 1, u64::MAX) {
+        Ok(es) => es.iter().eq(model.log.values()),
+        Err(_) => false,
+    }
+}
+
+fn describe(wal: &Wal) -> String {
+    format!(
+        "first {} last {} hs {:?} terms {:?}",
+        wal.first_index(),
+        wal.last_index(),
+        wal.hard_state(),
+        (wal.first_index()..=wal.last_index()).map(|i| wal.term(i).ok()).collect::<Vec<_>>()
+    )
+}
+
+#[test]
+fn reopen_returns_what_was_saved_across_rollovers_and_compactions() {
+    let fs = CrashFs::new();
+    let steps = workload();
+    let want = expected(&steps);
+    let wal = open(&fs, &small_options()).unwrap();
+    let mut most_segments = 0;
+    for (k, step) in steps.iter().enumerate() {
+        apply(&wal, step).unwrap();
+        assert!(same_as(&wal, &want.states[k + 1]), "after step {k}: {}", describe(&wal));
+        most_segments = most_segments.max(wal.segment_count());
+    }
+    assert!(most_segments > 2, "the workload must roll over several segments, saw {most_segments}");
+    drop(wal);
+    let wal = open(&fs, &small_options()).unwrap();
+    assert!(same_as(&wal, want.states.last().unwrap()), "after reopen: {}", describe(&wal));
+    assert_eq!(wal.recovery_report().truncated, None, "a clean log is not cut");
+}
+
+#[test]
+fn compaction_deletes_only_segments_no_live_entry_needs() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    for i in 1..=200u64 {
+        wal.save(None, &[entry(i, 1, 100)]).unwrap();
+    }
+    let before = wal.segment_count();
+    assert!(before > 4, "{before} segments");
+    wal.compact(150).unwrap();
+    let after = wal.segment_count();
+    assert!(after < before, "compaction must release segments ({before} -> {after})");
+    let es = wal.entries(151, 201, u64::MAX).unwrap();
+    assert_eq!(es.len(), 50);
+    assert_eq!(es[0], entry(151, 1, 100));
+    drop(wal);
+    let wal = open(&fs, &small_options()).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (151, 200));
+    assert_eq!(wal.entries(151, 201, u64::MAX).unwrap()[49], entry(200, 1, 100));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_locked() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    assert!(matches!(open(&fs, &small_options()), Err(Error::Locked)));
+    drop(wal);
+    assert!(open(&fs, &small_options()).is_ok(), "the lock is released on drop");
+}
+
+#[test]
+fn a_batch_larger_than_a_record_is_split_and_an_oversized_entry_refused() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    let es: Vec<Entry> = (1..=40).map(|i| entry(i, 1, 300)).collect();
+    wal.save(None, &es).unwrap();
+    let too_big = entry(41, 1, 4000);
+    assert!(matches!(wal.save(None, &[too_big]), Err(Error::ContractViolation(_))));
+    drop(wal);
+    let wal = open(&fs, &small_options()).unwrap();
+    assert_eq!(wal.entries(1, 41, u64::MAX).unwrap(), es);
+}
+
+#[test]
+fn the_real_file_system_round_trips_a_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = WalOptions { segment_size_bytes: 64 << 10, ..WalOptions::default() };
+    let fs: Fs = Arc::new(raftwal::io::RealFs);
+    let wal = Wal::open(fs.clone(), tmp.path(), options.clone()).unwrap();
+    let es: Vec<Entry> = (1..=500).map(|i| entry(i, 1 + i / 200, 300)).collect();
+    for chunk in es.chunks(7) {
+        wal.save(Some(&HardState { term: chunk[0].term, vote: 1, commit: chunk[0].index }), chunk)
+            .unwrap();
+    }
+    assert!(matches!(Wal::open(fs.clone(), tmp.path(), options.clone()), Err(Error::Locked)));
+    wal.close().unwrap();
+    let wal = Wal::open(fs, tmp.path(), options).unwrap();
+    assert_eq!(wal.entries(1, 501, u64::MAX).unwrap(), es);
+    assert_eq!(wal.term(500).unwrap(), 3);
+    assert!(wal.segment_count() > 1);
+}
+
+/// Runs `steps` on a fresh CrashFs with a halt at operation `halt_at`, crashes with `seed`,
+/// reopens, and checks the recovered state: it must lie between the last durable point (every
+/// acknowledged step under `SyncPolicy::Always`; the last completed `Sync` under `Never`) and
+/// the step in flight, possibly with that step's entries but not its hard state. Returns
+/// whether the halt was reached.
+fn crash_once(
+    options: &WalOptions,
+    steps: &[Step],
+    want: &Expected,
+    halt_at: u64,
+    seed: u64,
+) -> bool {
+    let fs = CrashFs::new();
+    fs.inject(Fault { at_op: halt_at, kind: FaultKind::Halt });
+    let always = options.sync_policy == SyncPolicy::Always;
+    let (mut acked, mut durable) = (0, 0);
+    if let Ok(wal) = open(&fs, options) {
+        for step in steps {
+            if apply(&wal, step).is_err() {
+                break;
+            }
+            acked += 1;
+            if always || matches!(step, Step::Sync) {
+                durable = acked;
+            }
+        }
+    }
+    let halted = fs.is_halted();
+    fs.crash(seed);
+    fs.clear_faults();
+    let wal = match open(&fs, options) {
+        Ok(wal) => wal,
+        Err(e) => panic!("reopen after a crash at op {halt_at} (seed {seed}) failed: {e}"),
+    };
+    let newest = (acked + 1).min(steps.len());
+    let allowed = (durable..=newest)
+        .flat_map(|k| [Some(&want.states[k]), want.partial[k].as_ref()])
+        .flatten()
+        .any(|m| same_as(&wal, m));
+    assert!(
+        allowed,
+        "crash at op {halt_at} seed {seed}: steps {durable}..{acked} acknowledged, recovered {}",
+        describe(&wal)
+    );
+    halted
+}
+
+fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
+    let want = expected(steps);
+    let mut points = 0;
+    for at in 0.. {
+        // Three crash outcomes per point: unsynced writes lost, kept or torn as the seed says.
+        let mut reached = false;
+        for seed in 0..3 {
+            reached |= crash_once(options, steps, &want, at, at * 7 + seed);
+        }
+        if !reached {
+            break;
+        }
+        points += 1;
+        assert!(points < 100_000, "the workload must end");
+    }
+    assert!(points > 100, "the workload must perform many I/O operations, saw {points}");
+    points
+}
+
+#[test]
+fn a_crash_at_every_io_operation_loses_nothing_acknowledged() {
+    let points = crash_at_every_operation(&small_options(), &workload());
+    println!(
+        "wal crash points checked (sync always): {points} x 3 seeds, nothing acknowledged lost"
+    );
+}
+
+#[test]
+fn a_crash_at_every_io_operation_keeps_everything_before_the_last_sync() {
+    let options = WalOptions { sync_policy: SyncPolicy::Never, ..small_options() };
+    let mut steps = Vec::new();
+    for (k, step) in workload().into_iter().enumerate() {
+        steps.push(step);
+        if k % 3 == 2 {
+            steps.push(Step::Sync);
+        }
+    }
+    let points = crash_at_every_operation(&options, &steps);
+    println!("wal crash points checked (sync never, explicit syncs): {points} x 3 seeds");
+}
+
+/// Copies every file of `from` into a fresh CrashFs.
+fn copy_fs(from: &CrashFs) -> CrashFs {
+    let to = CrashFs::new();
+    for path in from.list_all() {
+        if let Some(bytes) = from.read_file(&path) {
+            to.write_file_raw(&path, &bytes).unwrap();
+        }
+    }
+    to
+}
+
+#[test]
+fn every_single_bit_flip_is_corruption_or_harmless() {
+    let steps: Vec<Step> = workload().into_iter().take(6).collect();
+    let want = expected(&steps);
+    let model = want.states.last().unwrap();
+    let pristine = CrashFs::new();
+    let wal = open(&pristine, &small_options()).unwrap();
+    for step in &steps {
+        apply(&wal, step).unwrap();
+    }
+    wal.close().unwrap();
+    let segments: Vec<PathBuf> = pristine
+        .list_all()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    assert!(segments.len() >= 2, "the log must span segments");
+    let (mut flips, mut refused) = (0u64, 0u64);
+    for segment in &segments {
+        let bytes = pristine.read_file(segment).unwrap();
+        // Flip every bit of the written part, and of the zeroes just after it.
+        let written = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let end = (written + 64).min(bytes.len());
+        for bit in 0..end as u64 * 8 {
+            let fs = copy_fs(&pristine);
+            fs.flip_bit(segment, bit).unwrap();
+            flips += 1;
+            match open(&fs, &small_options()) {
+                Ok(wal) => assert!(
+                    same_as(&wal, model),
+                    "bit {bit} of {segment:?} opened with different contents: {}",
+                    describe(&wal)
+                ),
+                Err(Error::Corruption { segment: named, .. }) => {
+                    refused += 1;
+                    assert_eq!(
+                        Path::new("/node/wal").join(&named),
+                        *segment,
+                        "bit {bit}: wrong segment named"
+                    );
+                }
+                Err(e) => panic!("bit {bit} of {segment:?}: unexpected error {e}"),
+            }
+        }
+    }
+    assert!(refused > flips / 2, "most flips hit checked bytes: {refused} of {flips} refused");
+    println!(
+        "wal bit flips checked: {flips}, refused as corruption: {refused}, none returned wrong bytes"
+    );
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_log_and_nothing_acknowledged_is_lost() {
+    let steps = workload();
+    let want = expected(&steps);
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    apply(&wal, &steps[0]).unwrap();
+    apply(&wal, &steps[1]).unwrap();
+    // Arm several: the sync of a segment being prepared may take the first, harmlessly.
+    for at in fs.op_count()..fs.op_count() + 8 {
+        fs.inject(Fault { at_op: at, kind: FaultKind::SyncEio });
+    }
+    let failed = apply(&wal, &steps[2]);
+    assert!(matches!(failed, Err(Error::Io(_))), "the failed sync is reported: {failed:?}");
+    assert!(matches!(apply(&wal, &steps[3]), Err(Error::Poisoned)), "later writes are refused");
+    assert!(matches!(wal.sync(), Err(Error::Poisoned)), "the sync is never retried");
+    drop(wal);
+    fs.crash(11);
+    fs.clear_faults();
+    let wal = open(&fs, &small_options()).unwrap();
+    assert!(same_as(&wal, &want.states[2]) || same_as(&wal, &want.states[3]), "{}", describe(&wal));
+}
+
+#[test]
+fn injected_write_faults_lose_nothing_acknowledged() {
+    let steps = workload();
+    let want = expected(&steps);
+    let mut injected = 0;
+    for kind in [FaultKind::WriteEio, FaultKind::NoSpace, FaultKind::SyncEio, FaultKind::ShortWrite]
+    {
+        for at in (0..400).step_by(7) {
+            let fs = CrashFs::new();
+            fs.inject(Fault { at_op: at, kind });
+            injected += 1;
+            let mut acked = 0;
+            if let Ok(wal) = open(&fs, &small_options()) {
+                for step in &steps {
+                    if apply(&wal, step).is_err() {
+                        break;
+                    }
+                    acked += 1;
+                }
+            }
+            if kind == FaultKind::ShortWrite {
+                assert_eq!(acked, steps.len(), "short writes are completed, not failed (op {at})");
+            }
+            fs.crash(at);
+            fs.clear_faults();
+            let wal = open(&fs, &small_options())
+                .unwrap_or_else(|e| panic!("{kind:?} at {at}: reopen failed: {e}"));
+            let ok = same_as(&wal, &want.states[acked])
+                || (acked < steps.len() && same_as(&wal, &want.states[acked + 1]))
+                || want
+                    .partial
+                    .get(acked + 1)
+                    .and_then(|p| p.as_ref())
+                    .is_some_and(|m| same_as(&wal, m));
+            assert!(ok, "{kind:?} at op {at}: {acked} acknowledged, recovered {}", describe(&wal));
+        }
+    }
+    println!("wal faults injected: {injected}, nothing acknowledged lost");
+}
+
+#[test]
+fn a_record_damaged_after_open_is_reported_on_read() {
+    // Reads check each record's CRC again, so damage that happens after recovery is caught.
+    let fs = CrashFs::new();
+    let wal = open(&fs, &WalOptions { cache_bytes: 0, ..small_options() }).unwrap();
+    for i in 1..=10u64 {
+        wal.save(None, &[entry(i, 1, 100)]).unwrap();
+    }
+    assert_eq!(wal.segment_count(), 1, "the damage goes into the active segment");
+    let path =
+        fs.list_all().into_iter().find(|p| p.extension().is_some_and(|e| e == "wal")).unwrap();
+    let written = fs.read_file(&path).unwrap().iter().rposition(|&b| b != 0).unwrap();
+    fs.flip_bit(&path, (written as u64 / 2) * 8 + 3).unwrap();
+    let damaged: Vec<u64> = (1..=10)
+        .filter(|&i| match wal.entries(i, i + 1, u64::MAX) {
+            Err(Error::Corruption { kind, .. }) => {
+                assert_eq!(kind, CorruptionKind::ChecksumMismatch);
+                true
+            }
+            Err(e) => panic!("entry {i}: unexpected error {e}"),
+            Ok(es) => {
+                assert_eq!(es, [entry(i, 1, 100)], "an undamaged entry reads back intact");
+                false
+            }
+        })
+        .collect();
+    assert_eq!(damaged.len(), 1, "exactly the damaged record is reported: {damaged:?}");
+}
