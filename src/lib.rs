@@ -3,26 +3,33 @@
 //!
 //! The crate is layered; each layer depends only on the ones above it in this list:
 //!
-//! - [`types`] and [`codec`]: the shared Raft types and their little-endian encoding;
-//! - [`storage`]: the [`Storage`] contract and [`MemoryStorage`], the model the durable
-//!   storage is tested against;
-//! - [`io`]: the seam every file and directory operation goes through.
+//! - [`types`], [`codec`], [`contract`]: the shared Raft types, their little-endian encoding,
+//!   and the [`Storage`] trait with the argument rules every storage shares;
+//! - [`io`]: the seam every file and directory operation goes through (the real file system,
+//!   and `CrashFs` behind the `testing` feature);
+//! - [`wal`]: the segmented, CRC-checked write-ahead log;
+//! - [`snapshot`]: the snapshot store;
+//! - [`storage`]: [`MemoryStorage`] (the reference model) and [`WalStorage`] (WAL + snapshot
+//!   store behind [`Storage`]).
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod contract;
 mod error;
 pub mod io;
 mod options;
+pub mod snapshot;
 pub mod storage;
 pub mod types;
 pub mod wal;
 
+pub use contract::Storage;
 pub use error::{CorruptionKind, Error, Result};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
-pub use storage::{MemoryStorage, Storage};
+pub use storage::{MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage};
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
 
 /// The README's example, compiled and run as a doctest so it stays true.

@@ -4,7 +4,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
-use super::{Storage, check_entries_range, limit_size, trim_append};
+use crate::contract::{Storage, check_entries_range, limit_size, trim_append};
 use crate::error::{Error, Result};
 use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 

@@ -25,10 +25,10 @@ use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWrite
 
 pub use replay::RecoveryReport;
 
+use crate::contract::{check_entries_range, limit_size, trim_append};
 use crate::error::{Error, Result};
 use crate::io::{DirLock, Fs};
 use crate::options::{SyncPolicy, WalOptions};
-use crate::storage::{check_entries_range, limit_size, trim_append};
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use cache::EntryCache;
 use index::Loc;
@@ -339,21 +339,22 @@ impl Wal {
     }
 
     /// Records that `metadata` is the newest snapshot; with `resets_log`, the log is replaced
-    /// by the dummy `(metadata.index, metadata.term)`. Checks are the caller's.
+    /// by the dummy `(metadata.index, metadata.term)`. Without it, entry `metadata.index` must
+    /// still have `metadata.term` (the log may have changed while the snapshot was written).
+    /// Always synced, whatever the policy: the marker is the commit point of a snapshot, and
+    /// older snapshot files and segments are released only once it is durable.
     pub fn save_snapshot(&self, metadata: &SnapshotMetadata, resets_log: bool) -> Result<()> {
         let lsn = {
             let mut inner = self.write()?;
-            if !resets_log {
-                let last = inner.state.index.last_index();
-                assert!(
-                    metadata.index <= last,
-                    "snapshot {} is beyond the log's end {last}",
-                    metadata.index
-                );
+            if !resets_log && inner.state.index.term(metadata.index).ok() != Some(metadata.term) {
+                return Err(Error::contract(format!(
+                    "snapshot ({}, {}) no longer matches the log",
+                    metadata.index, metadata.term
+                )));
             }
             self.write_ops(&mut inner, &[Op::Snapshot { metadata, resets_log }])?
         };
-        self.sync_per_policy(lsn, true)?;
+        self.sync_to(lsn, None)?;
         if resets_log { self.purge() } else { Ok(()) }
     }
 

@@ -4,3 +4,4 @@ mod etcd_cases;
 mod memory_storage;
 mod model;
 mod wal;
+mod wal_storage;

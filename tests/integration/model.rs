@@ -261,24 +261,47 @@ impl<T> Outcome<T> {
 /// Asserts that every `Storage` answer of `subject` equals the model's, over every index from
 /// below the dummy to past the end and a spread of ranges and size limits.
 pub fn assert_same_answers(model: &Model, subject: &dyn Storage, context: &str) {
-    assert_eq!(subject.first_index().unwrap(), model.dummy.0 + 1, "first_index {context}");
-    assert_eq!(subject.last_index().unwrap(), model.last(), "last_index {context}");
-    assert_eq!(subject.snapshot().unwrap(), model.snapshot, "snapshot {context}");
-    assert_eq!(subject.initial_state().unwrap(), model.initial_state(), "initial_state {context}");
+    if let Err(difference) = same_answers(model, subject) {
+        panic!("{difference} {context}");
+    }
+}
+
+/// The first answer where `subject` and the model differ, if any.
+pub fn same_answers(model: &Model, subject: &dyn Storage) -> Result<(), String> {
+    fn check<T: PartialEq + std::fmt::Debug>(what: String, got: T, want: T) -> Result<(), String> {
+        if got == want { Ok(()) } else { Err(format!("{what}: got {got:?}, want {want:?}")) }
+    }
+    check(
+        "first_index".into(),
+        Outcome::from(subject.first_index()),
+        Outcome::Ok(model.dummy.0 + 1),
+    )?;
+    check("last_index".into(), Outcome::from(subject.last_index()), Outcome::Ok(model.last()))?;
+    check(
+        "snapshot".into(),
+        Outcome::from(subject.snapshot()),
+        Outcome::Ok(model.snapshot.clone()),
+    )?;
+    check(
+        "initial_state".into(),
+        Outcome::from(subject.initial_state()),
+        Outcome::Ok(model.initial_state()),
+    )?;
     let lo_bound = model.dummy.0.saturating_sub(2);
     let hi_bound = model.last() + 3;
     for i in lo_bound..hi_bound {
-        assert_eq!(Outcome::from(subject.term(i)), model.term(i), "term({i}) {context}");
+        check(format!("term({i})"), Outcome::from(subject.term(i)), model.term(i))?;
     }
     for lo in lo_bound..hi_bound {
         for hi in [lo, lo + 1, lo + 3, model.last() + 1, model.last() + 2] {
             for max in [0, 100, 500, u64::MAX] {
-                assert_eq!(
+                check(
+                    format!("entries({lo}, {hi}, {max})"),
                     Outcome::from(subject.entries(lo, hi, max)),
                     model.entries(lo, hi, max),
-                    "entries({lo}, {hi}, {max}) {context}"
-                );
+                )?;
             }
         }
     }
+    Ok(())
 }

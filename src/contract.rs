@@ -1,0 +1,162 @@
+//! The `Storage` contract a Raft node reads its log through, and the argument rules every
+//! implementation shares.
+//!
+//! The contract is etcd-raft's. The log always begins with a *dummy entry* that carries only the
+//! index and term of the last compacted (or snapshotted) entry; with `offset` the dummy's index,
+//! `first_index() == offset + 1` and `last_index() == offset + len - 1`, where `len` counts the
+//! dummy. A fresh storage holds only the dummy `(0, 0)`: first index 1, last index 0.
+//!
+//! The argument checks below ([`check_entries_range`], [`trim_append`], ...) are the rules every
+//! implementation shares, so that `MemoryStorage` and `WalStorage` refuse exactly the same calls.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::types::{Entry, RaftState, Snapshot};
+
+/// Read access to a Raft log, its persisted state and its newest snapshot.
+///
+/// Every method takes `&self`; implementations that change underneath (all of raftwal's) lock
+/// internally, and what they return is owned by the caller.
+pub trait Storage {
+    /// The persisted hard state and the membership as of the newest snapshot.
+    fn initial_state(&self) -> Result<RaftState>;
+
+    /// The entries in `[lo, hi)`, cut to the longest prefix whose summed
+    /// [`Entry::encoded_len`] is at most `max_size` but never fewer than one entry
+    /// (`u64::MAX` means no limit).
+    ///
+    /// Errors: `lo <= offset` gives [`Error::Compacted`]; a log holding only the dummy gives
+    /// [`Error::Unavailable`]; `hi > last_index() + 1` or `lo > hi` is a contract violation.
+    fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>>;
+
+    /// The term of the entry at `index`; `index == offset` answers the dummy's term.
+    ///
+    /// Errors: `index < offset` gives [`Error::Compacted`], `index > last_index()` gives
+    /// [`Error::Unavailable`].
+    fn term(&self, index: u64) -> Result<u64>;
+
+    /// The index of the first entry that can be read: the dummy's index plus one.
+    fn first_index(&self) -> Result<u64>;
+
+    /// The index of the last entry (the dummy's index when the log holds no entry).
+    fn last_index(&self) -> Result<u64>;
+
+    /// The newest snapshot.
+    fn snapshot(&self) -> Result<Snapshot>;
+}
+
+macro_rules! forward_storage {
+    ($($target:ty),*) => {$(
+        impl<S: Storage + ?Sized> Storage for $target {
+            fn initial_state(&self) -> Result<RaftState> {
+                (**self).initial_state()
+            }
+            fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
+                (**self).entries(lo, hi, max_size)
+            }
+            fn term(&self, index: u64) -> Result<u64> {
+                (**self).term(index)
+            }
+            fn first_index(&self) -> Result<u64> {
+                (**self).first_index()
+            }
+            fn last_index(&self) -> Result<u64> {
+                (**self).last_index()
+            }
+            fn snapshot(&self) -> Result<Snapshot> {
+                (**self).snapshot()
+            }
+        }
+    )*};
+}
+
+forward_storage!(&S, Arc<S>, Box<S>);
+
+/// Checks the arguments of [`Storage::entries`] against a log whose dummy is at `offset` and
+/// whose last entry is `last`.
+pub(crate) fn check_entries_range(lo: u64, hi: u64, offset: u64, last: u64) -> Result<()> {
+    if lo <= offset {
+        return Err(Error::Compacted);
+    }
+    if hi > last.saturating_add(1) {
+        return Err(Error::contract(format!("entries hi({hi}) is out of bound lastindex({last})")));
+    }
+    if lo > hi {
+        return Err(Error::contract(format!("entries lo({lo}) is greater than hi({hi})")));
+    }
+    if last == offset {
+        // Only the dummy is present.
+        return Err(Error::Unavailable);
+    }
+    Ok(())
+}
+
+/// How many of `sizes` (encoded lengths, in log order) fit in `max_size`: the longest prefix whose
+/// sum is at most `max_size`, but at least one when there is any.
+pub(crate) fn limit_size(sizes: impl IntoIterator<Item = u64>, max_size: u64) -> usize {
+    let mut total = 0u64;
+    let mut count = 0usize;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if count > 0 && total > max_size {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The part of `entries` an append keeps, given a log whose first readable index is `first` and
+/// last index `last`: entries below `first` are dropped; the rest must start at or before
+/// `last + 1` and be contiguous. An empty result means the append is a no-op. The caller replaces
+/// its log from the first kept entry's index onward.
+pub(crate) fn trim_append(entries: &[Entry], first: u64, last: u64) -> Result<&[Entry]> {
+    let Some(head) = entries.first() else {
+        return Ok(entries);
+    };
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.wrapping_add(1) {
+            return Err(Error::contract(format!(
+                "appended entries are not contiguous: {} follows {}",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    let tail = entries[entries.len() - 1].index;
+    if tail < first {
+        return Ok(&[]);
+    }
+    let kept = &entries[first.saturating_sub(head.index) as usize..];
+    let kept_head = kept[0].index;
+    if kept_head > last.saturating_add(1) {
+        return Err(Error::contract(format!(
+            "missing log entry [last: {last}, append at: {kept_head}]"
+        )));
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_size_keeps_at_least_one_and_the_longest_fitting_prefix() {
+        assert_eq!(limit_size([], 0), 0);
+        assert_eq!(limit_size([10, 10, 10], 0), 1);
+        assert_eq!(limit_size([10, 10, 10], 19), 1);
+        assert_eq!(limit_size([10, 10, 10], 20), 2);
+        assert_eq!(limit_size([10, 10, 10], 29), 2);
+        assert_eq!(limit_size([10, 10, 10], u64::MAX), 3);
+        // u64::MAX means no limit, even when the sum saturates.
+        assert_eq!(limit_size([u64::MAX, 1], u64::MAX), 2);
+        assert_eq!(limit_size([u64::MAX - 1, 2], u64::MAX - 1), 1);
+    }
+
+    #[test]
+    fn trim_append_rejects_non_contiguous_input() {
+        let es = [Entry::new(5, 1, vec![]), Entry::new(7, 1, vec![])];
+        assert!(matches!(trim_append(&es, 1, 10), Err(Error::ContractViolation(_))));
+    }
+}
