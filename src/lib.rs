@@ -18,6 +18,8 @@
 
 pub mod codec;
 pub mod contract;
+#[cfg(test)]
+mod design_doc;
 mod error;
 pub mod io;
 mod options;

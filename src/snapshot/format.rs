@@ -191,23 +191,27 @@ mod tests {
     use super::*;
     use crate::types::ConfState;
 
+    /// The offset table of DESIGN.md §6, read from the file, against the constants.
     #[test]
     fn offsets_match_the_design_table() {
         let fields = [
-            (MAGIC_OFFSET, "magic"),
-            (VERSION_OFFSET, "version"),
-            (COMPRESSION_OFFSET, "compression"),
-            (DATA_LEN_OFFSET, "data_len"),
-            (STORED_LEN_OFFSET, "stored_len"),
-            (BODY_CRC_OFFSET, "body_crc"),
-            (META_LEN_OFFSET, "meta_len"),
-            (HEADER_CRC_OFFSET, "header_crc"),
-            (RESERVED_OFFSET, "reserved"),
+            (MAGIC_OFFSET, VERSION_OFFSET - MAGIC_OFFSET, "magic"),
+            (VERSION_OFFSET, COMPRESSION_OFFSET - VERSION_OFFSET, "version"),
+            (COMPRESSION_OFFSET, DATA_LEN_OFFSET - COMPRESSION_OFFSET, "compression"),
+            (DATA_LEN_OFFSET, STORED_LEN_OFFSET - DATA_LEN_OFFSET, "data_len"),
+            (STORED_LEN_OFFSET, BODY_CRC_OFFSET - STORED_LEN_OFFSET, "stored_len"),
+            (BODY_CRC_OFFSET, META_LEN_OFFSET - BODY_CRC_OFFSET, "body_crc"),
+            (META_LEN_OFFSET, HEADER_CRC_OFFSET - META_LEN_OFFSET, "meta_len"),
+            (HEADER_CRC_OFFSET, RESERVED_OFFSET - HEADER_CRC_OFFSET, "header_crc"),
+            (RESERVED_OFFSET, SNAPSHOT_HEADER_LEN - RESERVED_OFFSET, "reserved"),
         ];
-        let design = [0, 8, 12, 16, 24, 32, 36, 40, 44];
-        for ((offset, name), want) in fields.iter().zip(design) {
-            assert_eq!(*offset, want, "snapshot header field {name}");
-        }
+        let code: Vec<(usize, usize, String)> =
+            fields.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
+        assert_eq!(
+            code,
+            crate::design_doc::table("snapshot-header-table"),
+            "snapshot header: code vs DESIGN.md"
+        );
         assert_eq!(SNAPSHOT_HEADER_LEN, 48);
     }
 

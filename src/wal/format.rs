@@ -423,37 +423,36 @@ mod tests {
     use super::*;
     use crate::types::ConfState;
 
-    /// The offset tables of DESIGN.md §5, checked against the constants the code uses.
+    /// The offset tables of DESIGN.md §5, read from the file, against the constants.
     #[test]
     fn offsets_match_the_design_table() {
-        // Segment header: (offset, size, name).
         let header = [
-            (MAGIC_OFFSET, 8, "magic"),
-            (VERSION_OFFSET, 4, "version"),
-            (FLAGS_OFFSET, 4, "flags"),
-            (SEQUENCE_OFFSET, 8, "sequence"),
-            (FIRST_INDEX_OFFSET, 8, "first_index"),
-            (PREV_CRC_OFFSET, 4, "prev_crc"),
-            (HEADER_CRC_OFFSET, 4, "header_crc"),
+            (MAGIC_OFFSET, SEGMENT_MAGIC.len(), "magic"),
+            (VERSION_OFFSET, FLAGS_OFFSET - VERSION_OFFSET, "version"),
+            (FLAGS_OFFSET, SEQUENCE_OFFSET - FLAGS_OFFSET, "flags"),
+            (SEQUENCE_OFFSET, FIRST_INDEX_OFFSET - SEQUENCE_OFFSET, "sequence"),
+            (FIRST_INDEX_OFFSET, PREV_CRC_OFFSET - FIRST_INDEX_OFFSET, "first_index"),
+            (PREV_CRC_OFFSET, HEADER_CRC_OFFSET - PREV_CRC_OFFSET, "prev_crc"),
+            (HEADER_CRC_OFFSET, SEGMENT_HEADER_LEN - HEADER_CRC_OFFSET, "header_crc"),
         ];
-        let design = [(0, 8), (8, 4), (12, 4), (16, 8), (24, 8), (32, 4), (36, 4)];
-        for ((offset, size, name), (want_offset, want_size)) in header.iter().zip(design) {
-            assert_eq!((*offset, *size), (want_offset, want_size), "segment header field {name}");
-        }
+        let documented = crate::design_doc::table("segment-header-table");
+        let code: Vec<(usize, usize, String)> =
+            header.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
+        assert_eq!(code, documented, "segment header: code vs DESIGN.md");
         assert_eq!(SEGMENT_HEADER_LEN, 40);
 
         let frame = [
-            (CRC_OFFSET, "crc"),
-            (LEN_OFFSET, "len"),
-            (TYPE_OFFSET, "type"),
-            (RESERVED_OFFSET, "reserved"),
-            (FRAME_PREV_CRC_OFFSET, "prev_crc"),
-            (DURABLE_OFFSET, "durable"),
+            (CRC_OFFSET, LEN_OFFSET - CRC_OFFSET, "crc"),
+            (LEN_OFFSET, TYPE_OFFSET - LEN_OFFSET, "len"),
+            (TYPE_OFFSET, RESERVED_OFFSET - TYPE_OFFSET, "type"),
+            (RESERVED_OFFSET, FRAME_PREV_CRC_OFFSET - RESERVED_OFFSET, "reserved"),
+            (FRAME_PREV_CRC_OFFSET, DURABLE_OFFSET - FRAME_PREV_CRC_OFFSET, "prev_crc"),
+            (DURABLE_OFFSET, FRAME_HEADER_LEN - DURABLE_OFFSET, "durable"),
         ];
-        let design = [0, 4, 8, 9, 12, 16];
-        for ((offset, name), want) in frame.iter().zip(design) {
-            assert_eq!(*offset, want, "frame header field {name}");
-        }
+        let documented = crate::design_doc::table("frame-header-table");
+        let code: Vec<(usize, usize, String)> =
+            frame.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
+        assert_eq!(code, documented, "record frame: code vs DESIGN.md");
         assert_eq!(FRAME_HEADER_LEN, 24);
     }
 
