@@ -362,7 +362,9 @@ impl Wal {
     pub fn sync(&self) -> Result<()> {
         self.check_poisoned()?;
         let lsn = self.read().writer.lsn;
-        self.sync_to(lsn, None)
+        self.sync_to(lsn, None)?;
+        // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments.
+        self.purge()
     }
 
     /// Deletes sealed segments that hold no live entry, oldest first, once everything written is
