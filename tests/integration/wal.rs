@@ -580,3 +580,57 @@ fn concurrent_writers_share_syncs_and_return_only_when_durable() {
         }
     }
 }
+
+#[test]
+fn the_must_sync_rule_skips_the_sync_only_for_commit_only_changes() {
+    let fs = CrashFs::new();
+    let options = WalOptions { must_sync_rule: true, ..small_options() };
+    let wal = open(&fs, &options).unwrap();
+    let hs = |term, vote, commit| HardState { term, vote, commit };
+    wal.save(Some(&hs(1, 1, 0)), &[entry(1, 1, 50), entry(2, 1, 50)]).unwrap();
+    // Only the commit index moves: written, not synced.
+    wal.save(Some(&hs(1, 1, 2)), &[]).unwrap();
+    assert_eq!(wal.hard_state(), hs(1, 1, 2), "the new commit index is visible at once");
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.hard_state(), hs(1, 1, 0), "a commit-only change was not synced");
+    assert_eq!(wal.last_index(), 2, "entries are always synced");
+    // A vote change must be synced before the vote is sent.
+    wal.save(Some(&hs(2, 3, 2)), &[]).unwrap();
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.hard_state(), hs(2, 3, 2), "a term or vote change is synced");
+
+    // Without the rule, every save is synced.
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    wal.save(Some(&hs(1, 1, 0)), &[entry(1, 1, 50)]).unwrap();
+    wal.save(Some(&hs(1, 1, 1)), &[]).unwrap();
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    assert_eq!(open(&fs, &small_options()).unwrap().hard_state(), hs(1, 1, 1));
+}
+
+#[test]
+fn a_failed_write_poisons_the_log() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    wal.save(None, &[entry(1, 1, 50)]).unwrap();
+    fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::WriteEio });
+    assert!(
+        matches!(wal.save(None, &[entry(2, 1, 50)]), Err(Error::Io(_))),
+        "the failed write is reported"
+    );
+    assert!(
+        matches!(wal.save(None, &[entry(2, 1, 50)]), Err(Error::Poisoned)),
+        "and the log refuses writes after it"
+    );
+    assert!(matches!(wal.compact(1), Err(Error::Poisoned)));
+    assert_eq!(wal.entries(1, 2, u64::MAX).unwrap(), [entry(1, 1, 50)], "reads still work");
+    drop(wal);
+    let wal = open(&fs, &small_options()).unwrap();
+    assert_eq!(wal.last_index(), 1, "reopening recovers what was acknowledged");
+    wal.save(None, &[entry(2, 1, 50)]).unwrap();
+}
