@@ -279,9 +279,11 @@ pub fn inspect_with(
                 link = Some((format::PREV_CRC_OFFSET as u64, CorruptionKind::Gap));
             }
         }
-        if let Some(last) = scan.records.last() {
-            chain = Some(last.crc);
-        }
+        // The next segment's link can be checked only against a segment accepted whole.
+        chain = match case.decision {
+            Decision::Accept => scan.records.last().map(|r| r.crc).or(chain),
+            Decision::TruncateTail | Decision::Corruption => None,
+        };
 
         // Records from `kept_until` on (and the whole segment when `None`) are dropped.
         let first_problem_here = problem.is_none();
@@ -662,6 +664,8 @@ mod tests {
         assert_eq!(problem.cut.truncated, Some((victim_segment.clone(), victim.offset)));
         assert_eq!(problem.cut.removed, later);
         assert!(problem.cut.drops_unreadable);
+        // A segment read only up to damage cannot vouch for the next one's chain, nor fault it.
+        assert_eq!(inspection.segments[2].link, None);
         // Records after the damage are dropped, those before it kept.
         for (segment, record, kept) in &records {
             let before = *segment < victim_segment
