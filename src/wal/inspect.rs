@@ -767,6 +767,75 @@ mod tests {
         assert!(missing.is_err(), "a missing directory is an I/O error, got {missing:?}");
     }
 
+    /// A one-segment log written record by record, each durable before the next.
+    fn write_segment(fs: &CrashFs, records: &[Record]) -> String {
+        let name = format::segment_name(1, 1);
+        let mut bytes =
+            SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 }.encode().to_vec();
+        let mut prev = 0;
+        for record in records {
+            let durable = bytes.len() as u64;
+            prev = format::append_record(&mut bytes, record.record_type(), prev, durable, |out| {
+                record.encode_payload(out)
+            });
+        }
+        bytes.resize(4096, 0);
+        fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
+        name
+    }
+
+    #[test]
+    fn a_valid_record_that_contradicts_the_log_is_corruption_open_cuts_only_when_forced() {
+        let fs = CrashFs::new();
+        let stray = Record::Entries(vec![Entry::new(5, 1, "does not attach")]);
+        let name = write_segment(&fs, &[Record::Checkpoint(Default::default()), stray]);
+        let offset =
+            scan_segment(&fs.read_file(&dir().join(&name)).unwrap(), 2048).records[1].offset;
+
+        let inspection = inspect(&fs, &dir(), &options()).unwrap();
+
+        assert_eq!(inspection.verdict(), Verdict::Corruption);
+        let problem = inspection.problem.clone().unwrap();
+        assert_eq!((problem.label, problem.offset), ("replay", offset));
+        assert!(
+            matches!(problem.kind, CorruptionKind::Malformed(_)),
+            "a contradiction is malformed, got {:?}",
+            problem.kind
+        );
+        assert_eq!(problem.cut.truncated, Some((name.clone(), offset)));
+        assert_eq!(problem.cut.dropped_entries, Some((5, 5)));
+        assert!(inspection.segments[0].kept, "the checkpoint before the record is kept");
+        match open(&fs, RecoveryMode::Strict) {
+            Err(Error::Corruption { offset: at, kind: CorruptionKind::Malformed(_), .. }) => {
+                assert_eq!(at, offset);
+            }
+            other => panic!("open must refuse, got {other:?}"),
+        }
+        let wal = open(&fs, RecoveryMode::TruncateCorrupt).unwrap();
+        assert_eq!(wal.recovery_report().truncated, Some((name, offset, "R9")));
+        assert_eq!(wal.last_index(), problem.cut.last_kept_index);
+    }
+
+    #[test]
+    fn entries_of_deleted_segments_still_live_are_missing_and_not_fixable() {
+        let fs = CrashFs::new();
+        let checkpoint = format::Checkpoint { last_index: 10, ..Default::default() };
+        write_segment(&fs, &[Record::Checkpoint(checkpoint)]);
+
+        let inspection = inspect(&fs, &dir(), &options()).unwrap();
+
+        assert_eq!(inspection.verdict(), Verdict::Corruption);
+        let problem = inspection.problem.clone().unwrap();
+        assert_eq!((problem.label, problem.kind.clone()), ("missing", CorruptionKind::Missing));
+        assert!(!problem.fixable, "no recovery mode brings deleted entries back");
+        for mode in [RecoveryMode::Strict, RecoveryMode::TruncateCorrupt] {
+            match open(&fs, mode) {
+                Err(Error::Corruption { kind, .. }) => assert_eq!(kind, CorruptionKind::Missing),
+                other => panic!("open in {mode:?} must refuse, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn affected_ranges_name_what_is_known() {
         let none = Cut { last_kept_index: 7, ..Cut::default() };
