@@ -277,7 +277,7 @@ fn affected_text(p: &Problem) -> String {
     match p.cut.affected() {
         None => "none".into(),
         Some((lo, Some(hi))) => format!("{lo}..={hi}"),
-        Some((lo, None)) => format!("{lo} and after (the damaged bytes cannot be read)"),
+        Some((lo, None)) => format!("possibly from {lo} on (held in bytes that cannot be read)"),
     }
 }
 
@@ -302,7 +302,7 @@ fn problem_text(p: &Problem) -> String {
                  everything from here on\n";
     }
     text += &format!(
-        "  entries affected: {} (the log keeps entries up to {})\n",
+        "  entries affected: {}; the log keeps entries up to {}\n",
         affected_text(p),
         p.cut.last_kept_index
     );
@@ -322,8 +322,11 @@ fn drop_plan(p: &Problem) -> String {
     for segment in &cut.removed {
         text += &format!("  remove segment {segment}\n");
     }
-    text +=
-        &format!("  entries dropped: {} (kept: up to {})\n", affected_text(p), cut.last_kept_index);
+    text += &format!(
+        "  entries dropped: {}; the log keeps entries up to {}\n",
+        affected_text(p),
+        cut.last_kept_index
+    );
     if let Some((lo, hi)) = cut.dropped_entries {
         text += &format!("  of which readable: {lo}..={hi}\n");
     }
