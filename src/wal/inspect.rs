@@ -157,6 +157,8 @@ pub struct Inspection {
     pub temp_files: Vec<String>,
     /// Files that are neither segments nor temp files (the lock file, kept `.broken` copies).
     pub other_files: Vec<String>,
+    /// Oldest segments listed but deleted before they could be read: a live log purged them.
+    pub vanished: Vec<String>,
     /// The first problem, as open meets it.
     pub problem: Option<Problem>,
     /// The state open would recover.
@@ -238,12 +240,24 @@ pub fn inspect_with(
     // Whether the last segment with unreadable dropped bytes has no later segment yet.
     let mut unreadable_pending = false;
     let mut segments = Vec::with_capacity(found.len());
+    let mut vanished = Vec::new();
+    // Sequence of the segment read before.
+    let mut previous: Option<u64> = None;
     let (mut total_records, mut total_valid) = (0, 0);
 
     for (i, f) in found.iter().enumerate() {
         let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
         let path = dir.join(&f.name);
-        let file = fs.open(&path)?;
+        let file = match fs.open(&path) {
+            Ok(file) => file,
+            // Deleted since the listing: a live log purges its oldest segments first, so what
+            // is left is still a suffix of the log.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && segments.is_empty() => {
+                vanished.push(f.name.clone());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let size_bytes = file.len()?;
         if size_bytes > MAX_SEGMENT_SPAN_BYTES {
             // raftwal never writes a segment this long, and offsets beyond it do not fit the
@@ -263,9 +277,10 @@ pub fn inspect_with(
 
         // Links, as replay checks them.
         let mut link = None;
-        if i > 0 && f.sequence != found[i - 1].sequence + 1 {
+        if previous.is_some_and(|sequence| f.sequence != sequence + 1) {
             link = Some((0, CorruptionKind::Gap));
         }
+        previous = Some(f.sequence);
         if let Ok(header) = &scan.header {
             if header.sequence != f.sequence || header.first_index != f.first_index {
                 link = Some((
@@ -458,6 +473,7 @@ pub fn inspect_with(
         segments,
         temp_files,
         other_files,
+        vanished,
         problem,
         summary: Summary {
             first_index: state.index.dummy_index() + 1,
@@ -834,6 +850,53 @@ mod tests {
                 other => panic!("open in {mode:?} must refuse, got {other:?}"),
             }
         }
+    }
+
+    /// Lists one more, older segment than there is: what a reader sees when a live log deletes
+    /// its oldest segment between the listing and the read.
+    #[derive(Debug)]
+    struct PurgedWhileListing(CrashFs);
+
+    impl FileSystem for PurgedWhileListing {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            self.0.create_dir_all(dir)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Arc<dyn crate::io::File>> {
+            self.0.open(path)
+        }
+        fn create(&self, path: &Path) -> std::io::Result<Arc<dyn crate::io::File>> {
+            self.0.create(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.0.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            self.0.remove_file(path)
+        }
+        fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            let mut names = self.0.list(dir)?;
+            names.insert(0, format::segment_name(0, 1));
+            Ok(names)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.0.sync_dir(dir)
+        }
+        fn try_lock(&self, path: &Path) -> std::io::Result<Option<crate::io::DirLock>> {
+            self.0.try_lock(path)
+        }
+    }
+
+    #[test]
+    fn a_segment_purged_while_listing_is_skipped_not_a_gap() {
+        let fs = build(true);
+        let (clean, _) = all_records(&fs);
+
+        let inspection = inspect(&PurgedWhileListing(fs), &dir(), &options()).unwrap();
+
+        assert_eq!(inspection.vanished, vec![format::segment_name(0, 1)]);
+        assert_eq!(inspection.verdict(), Verdict::Clean);
+        assert_eq!(inspection.segments.len(), clean.segments.len());
+        assert_eq!(inspection.summary, clean.summary);
     }
 
     #[test]
