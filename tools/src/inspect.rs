@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use raftwal::io::{Fs, RealFs};
+use raftwal::io::{FileSystem, Fs, RealFs};
 use raftwal::snapshot::SnapshotStore;
 use raftwal::snapshot::format::snapshot_name;
 use raftwal::wal::Wal;
@@ -70,8 +70,7 @@ impl Layout {
             let snap = snap.is_dir().then_some(snap);
             return Ok(Layout { dir: dir.to_path_buf(), wal, snap });
         }
-        let names =
-            ReadOnlyFs.list_names(dir).map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
+        let names = ReadOnlyFs.list(dir).map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
         if names.iter().any(|n| n.ends_with(SEGMENT_SUFFIX)) {
             return Ok(Layout { dir: dir.to_path_buf(), wal: dir.to_path_buf(), snap: None });
         }
@@ -79,12 +78,6 @@ impl Layout {
             "{} is not a raftwal directory: it has neither a wal/ subdirectory nor *{SEGMENT_SUFFIX} segments",
             dir.display()
         )))
-    }
-}
-
-impl ReadOnlyFs {
-    fn list_names(&self, dir: &Path) -> io::Result<Vec<String>> {
-        raftwal::io::FileSystem::list(self, dir)
     }
 }
 
@@ -850,6 +843,8 @@ struct StatView {
     snapshots: Vec<SnapshotView>,
     temp_files: Vec<String>,
     other_files: Vec<String>,
+    /// Oldest segments deleted by a live log between the listing and the read.
+    vanished: Vec<String>,
 }
 
 /// `raftwal stat`.
@@ -871,6 +866,7 @@ pub fn stat(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
             snapshots: snaps,
             temp_files: inspection.temp_files.clone(),
             other_files: inspection.other_files.clone(),
+            vanished: inspection.vanished.clone(),
         })?;
         return Ok(code);
     }
@@ -904,6 +900,12 @@ pub fn stat(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
     text += &snapshot_lines(&snaps, &missing);
     if !inspection.temp_files.is_empty() {
         text += &format!("temp files (open removes them): {}\n", inspection.temp_files.join(", "));
+    }
+    if !inspection.vanished.is_empty() {
+        text += &format!(
+            "deleted while being read (purged by the live log): {}\n",
+            inspection.vanished.join(", ")
+        );
     }
     let kept: Vec<&String> =
         inspection.other_files.iter().filter(|n| n.contains(".broken")).collect();
@@ -997,6 +999,14 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         text += "Use it only on a node whose log will be re-fetched from the leader, never on a \
                  majority of the nodes.\n";
         return finish(&mut view, text, EXIT_CORRUPTION);
+    }
+    // Checked before the copies are made; open takes the lock itself.
+    match RealFs.try_lock(&layout.wal.join(raftwal::wal::LOCK_FILE)) {
+        Ok(Some(lock)) => drop(lock),
+        Ok(None) => {
+            return Err(Failure("the log is open in another process; stop it first".into()));
+        }
+        Err(e) => return Err(e.into()),
     }
     text += if torn { "cutting the torn tail:\n" } else { "--force-truncate: dropping:\n" };
     text += &drop_plan(problem);
