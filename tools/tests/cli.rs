@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bytes::Bytes;
+use raftwal::io::{FileSystem, RealFs};
 use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN};
 use raftwal::wal::recovery::{ScannedRecord, scan_segment};
 use raftwal::{ConfState, Entry, HardState, Storage, WalOptions, WalStorage};
@@ -278,6 +279,28 @@ fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
     let stat = json(&run_on("stat", dir.path(), &["--json"]));
     assert_eq!(stat["log"]["last_index"], 60, "only the torn hard state record was cut");
     assert!(stat["other_files"].as_array().unwrap().iter().any(|f| *f == name(&copy)));
+}
+
+#[test]
+fn a_log_another_process_holds_is_inspected_but_not_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), false, false);
+    let last = segments(dir.path()).pop().unwrap();
+    let torn = records(&last).pop().unwrap();
+    let cut_len = torn.offset + FRAME_HEADER_LEN as u64 + 3;
+    fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut_len).unwrap();
+    let lock_path = dir.path().join("wal").join(raftwal::wal::LOCK_FILE);
+    let _lock = RealFs.try_lock(&lock_path).unwrap().expect("nobody else holds it");
+
+    let verify = run_on("verify", dir.path(), &[]);
+    let repair = run_on("repair", dir.path(), &[]);
+
+    assert_eq!(verify.code, 3, "inspection takes no lock: {}{}", verify.stdout, verify.stderr);
+    assert_eq!(repair.code, 2, "{}{}", repair.stdout, repair.stderr);
+    assert!(repair.stderr.contains("open in another process"), "{}", repair.stderr);
+    assert_eq!(fs::metadata(&last).unwrap().len(), cut_len, "the segment is untouched");
+    let copy = last.with_file_name(format!("{}.broken", name(&last)));
+    assert!(!copy.exists(), "no copy is made when the repair cannot go on");
 }
 
 #[test]
