@@ -954,6 +954,24 @@ fn keep_copy(dir: &Path, name: &str) -> Result<String, Failure> {
     Err(Failure(format!("{name}: 100 .broken copies exist already")))
 }
 
+/// What a repair says: printed at once for people (so the plan is on the screen before anything
+/// changes), gathered into the JSON report for scripts.
+struct Transcript {
+    json: bool,
+    text: String,
+}
+
+impl Transcript {
+    fn say(&mut self, line: &str) {
+        if !self.json {
+            let mut out = io::stdout().lock();
+            // Best effort: a closed stdout must not stop a repair half-way.
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+        }
+        self.text += line;
+    }
+}
+
 /// `raftwal repair`.
 pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json: bool) -> Outcome {
     let inspection = inspect(&ReadOnlyFs, &layout.wal, &options(max_record_bytes))?;
@@ -968,37 +986,40 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         last_index: None,
         message: String::new(),
     };
-    let mut text = String::new();
-    let finish = |view: &mut RepairView, text: String, code: u8| -> Outcome {
+    let mut t = Transcript { json, text: String::new() };
+    let finish = |mut view: RepairView, t: Transcript, code: u8| -> Outcome {
         view.exit_code = code;
         if json {
-            view.message = text;
-            print_json(view)?;
-        } else {
-            print!("{text}");
+            view.message = t.text;
+            print_json(&view)?;
         }
         Ok(code)
     };
     let Some(problem) = &inspection.problem else {
-        return finish(&mut view, "nothing to repair: the WAL is clean\n".into(), EXIT_CLEAN);
+        t.say("nothing to repair: the WAL is clean\n");
+        return finish(view, t, EXIT_CLEAN);
     };
-    text += &problem_text(problem);
+    t.say(&problem_text(problem));
     if !problem.fixable {
         view.action = "refused";
-        text += "refused: no recovery mode can open this log; restore the node from a peer\n";
-        return finish(&mut view, text, EXIT_CORRUPTION);
+        t.say("refused: no recovery mode can open this log; restore the node from a peer\n");
+        return finish(view, t, EXIT_CORRUPTION);
     }
     let torn = inspection.verdict() == Verdict::TornTail;
     if !torn && !force_truncate {
         view.action = "refused";
-        text += "refused: this is damage to data that had been made durable, not a torn write. \
-                 Cutting the log here drops entries that were acknowledged and that a Raft quorum \
-                 may have counted as committed.\n\
-                 With --force-truncate, repair would:\n";
-        text += &drop_plan(problem);
-        text += "Use it only on a node whose log will be re-fetched from the leader, never on a \
-                 majority of the nodes.\n";
-        return finish(&mut view, text, EXIT_CORRUPTION);
+        t.say(
+            "refused: this is damage to data that had been made durable, not a torn write. \
+             Cutting the log here drops entries that were acknowledged and that a Raft quorum \
+             may have counted as committed.\n\
+             With --force-truncate, repair would:\n",
+        );
+        t.say(&drop_plan(problem));
+        t.say(
+            "Use it only on a node whose log will be re-fetched from the leader, never on a \
+             majority of the nodes.\n",
+        );
+        return finish(view, t, EXIT_CORRUPTION);
     }
     // Checked before the copies are made; open takes the lock itself.
     match RealFs.try_lock(&layout.wal.join(raftwal::wal::LOCK_FILE)) {
@@ -1008,12 +1029,12 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         }
         Err(e) => return Err(e.into()),
     }
-    text += if torn { "cutting the torn tail:\n" } else { "--force-truncate: dropping:\n" };
-    text += &drop_plan(problem);
+    t.say(if torn { "cutting the torn tail:\n" } else { "--force-truncate: dropping:\n" });
+    t.say(&drop_plan(problem));
     let damaged = problem.cut.truncated.iter().map(|(s, _)| s).chain(&problem.cut.removed);
     for name in damaged {
         let copy = keep_copy(&layout.wal, name)?;
-        text += &format!("  kept a copy: {copy}\n");
+        t.say(&format!("  kept a copy: {copy}\n"));
         view.broken_copies.push(copy);
     }
     let mode = if torn { RecoveryMode::Strict } else { RecoveryMode::TruncateCorrupt };
@@ -1047,17 +1068,17 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
     view.last_index = Some(last_index);
     wal.close()?;
     if let Some((segment, offset, case)) = &report.truncated {
-        text += &format!("recovery cut {segment} at offset {offset} (case {case})\n");
+        t.say(&format!("recovery cut {segment} at offset {offset} (case {case})\n"));
     }
     for removed in &report.removed {
-        text += &format!("recovery removed {removed}\n");
+        t.say(&format!("recovery removed {removed}\n"));
     }
-    text += &format!("repaired: the log now ends at index {last_index}\n");
+    t.say(&format!("repaired: the log now ends at index {last_index}\n"));
     view.action = if torn { "cut_torn_tail" } else { "truncated_corruption" };
     let after = inspect(&ReadOnlyFs, &layout.wal, &options(max_record_bytes))?;
     if let Some(p) = &after.problem {
-        text += &format!("but the WAL is still not clean:\n{}", problem_text(p));
-        return finish(&mut view, text, exit_for(after.verdict()));
+        t.say(&format!("but the WAL is still not clean:\n{}", problem_text(p)));
+        return finish(view, t, exit_for(after.verdict()));
     }
-    finish(&mut view, text, EXIT_CLEAN)
+    finish(view, t, EXIT_CLEAN)
 }

@@ -221,6 +221,14 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
     assert!(refused.stdout.contains("refused"), "{}", refused.stdout);
     assert!(refused.stdout.contains("--force-truncate"), "{}", refused.stdout);
+    let refused_json = run_on("repair", dir.path(), &["--json"]);
+    assert_eq!(refused_json.code, 1);
+    let refusal = json(&refused_json);
+    assert_eq!(
+        (refusal["action"].as_str(), refusal["exit_code"].as_u64()),
+        (Some("refused"), Some(1))
+    );
+    assert_eq!(refusal["problem"]["removed_segments"].as_array().unwrap().len(), all.len() - 2);
     assert_eq!(fs::read(victim).unwrap(), damaged, "a refused repair changes nothing");
     assert_eq!(segments(dir.path()), all);
 
