@@ -196,8 +196,9 @@ pub enum Event<'a> {
     },
 }
 
-/// Inspects the WAL in `dir` (see the module documentation). Errors are I/O errors only; damage
-/// is reported in the [`Inspection`].
+/// Inspects the WAL in `dir` (see the module documentation). Damage is reported in the
+/// [`Inspection`]; the errors are I/O errors, and `Corruption` with `BadLength` for a segment file
+/// longer than any raftwal writes (4 GiB), which is not read into memory.
 pub fn inspect(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<Inspection> {
     inspect_with(fs, dir, options, |_| {})
 }
