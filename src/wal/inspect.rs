@@ -54,6 +54,12 @@ pub struct SegmentReport {
     pub link: Option<(u64, CorruptionKind)>,
     /// Whether open keeps this segment (wholly or up to a cut).
     pub kept: bool,
+    /// Lowest and highest index of the entries in this segment's valid records that open drops
+    /// (with `RecoveryMode::TruncateCorrupt` when the problem is corruption).
+    pub dropped_entries: Option<(u64, u64)>,
+    /// Written bytes that do not read as valid records (after the stop, or the whole segment when
+    /// its header is bad): whatever entries they held cannot be named.
+    pub unreadable_bytes: u64,
 }
 
 /// What opening would do about the first problem in the log.
@@ -392,6 +398,12 @@ pub fn inspect_with(
             case,
             link,
             kept: kept_until > 0,
+            dropped_entries: entry_range(scan.records.iter().filter(|r| r.offset >= kept_until)),
+            unreadable_bytes: written_bytes.saturating_sub(if scan.header.is_ok() {
+                scan.stop_offset
+            } else {
+                0
+            }),
         };
         total_records += report.records;
         total_valid += report.valid_bytes;
@@ -409,16 +421,17 @@ pub fn inspect_with(
                 cut.unreadable_bound = Some(f.first_index.saturating_sub(1));
                 unreadable_pending = false;
             }
-            let unreadable_from = if report.header.is_ok() { report.valid_bytes } else { 0 };
-            if written_bytes > unreadable_from {
+            if report.unreadable_bytes > 0 {
                 cut.drops_unreadable = true;
                 cut.unreadable_bound = None;
                 unreadable_pending = true;
             }
-            let dropped = scan.records.iter().filter(|r| r.offset >= kept_until);
-            cut.dropped_entries = merge(cut.dropped_entries, entry_range(dropped.clone()));
-            cut.dropped_other_records +=
-                dropped.filter(|r| !matches!(r.record, Record::Entries(_))).count();
+            cut.dropped_entries = merge(cut.dropped_entries, report.dropped_entries);
+            cut.dropped_other_records += scan
+                .records
+                .iter()
+                .filter(|r| r.offset >= kept_until && !matches!(r.record, Record::Entries(_)))
+                .count();
         }
 
         visit(Event::Segment(&report));
@@ -681,6 +694,13 @@ mod tests {
         assert_eq!(problem.cut.truncated, Some((victim_segment.clone(), victim.offset)));
         assert_eq!(problem.cut.removed, later);
         assert!(problem.cut.drops_unreadable);
+        let damaged = &inspection.segments[1];
+        assert!(damaged.kept, "kept up to the damaged record");
+        assert_eq!(damaged.records, 2, "the two records before the damaged third");
+        assert!(damaged.unreadable_bytes > 0, "the damaged record and those after it");
+        assert_eq!(damaged.dropped_entries, None, "no valid record after the damage is read");
+        assert_eq!(inspection.segments[2].dropped_entries, inspection.segments[2].entries);
+        assert_eq!(inspection.segments[0].dropped_entries, None);
         // A segment read only up to damage cannot vouch for the next one's chain, nor fault it.
         assert_eq!(inspection.segments[2].link, None);
         // Records after the damage are dropped, those before it kept.

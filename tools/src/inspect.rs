@@ -110,6 +110,11 @@ struct SegmentView {
     damage: Option<DamageView>,
     link: Option<DamageView>,
     kept: bool,
+    /// Entries in this segment's valid records that recovery drops.
+    dropped_entries_first: Option<u64>,
+    dropped_entries_last: Option<u64>,
+    /// Written bytes that do not read as records.
+    unreadable_bytes: u64,
 }
 
 impl From<&SegmentReport> for SegmentView {
@@ -138,6 +143,9 @@ impl From<&SegmentReport> for SegmentView {
                 .as_ref()
                 .map(|(offset, kind)| DamageView { offset: *offset, kind: kind.to_string() }),
             kept: s.kept,
+            dropped_entries_first: s.dropped_entries.map(|(lo, _)| lo),
+            dropped_entries_last: s.dropped_entries.map(|(_, hi)| hi),
+            unreadable_bytes: s.unreadable_bytes,
         }
     }
 }

@@ -214,6 +214,9 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     let last_kept = report["problem"]["last_kept_index"].as_u64().unwrap();
     assert_eq!(report["problem"]["affected_first"], last_kept + 1);
     assert_eq!(report["problem"]["affected_last"], 60);
+    assert_eq!(report["segments"][1]["damage"]["offset"], record.offset);
+    assert_eq!(report["segments"][2]["kept"], false);
+    assert_eq!(report["segments"][2]["dropped_entries_last"], 60);
     let affected = format!("entries affected: {}..=60", last_kept + 1);
     assert!(verify.stdout.contains(&affected), "{}", verify.stdout);
 
