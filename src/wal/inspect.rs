@@ -117,7 +117,7 @@ impl Cut {
     /// (`None` as the upper end when unreadable bytes may hold higher ones), or `None` when no
     /// entry is affected.
     pub fn affected(&self) -> Option<(u64, Option<u64>)> {
-        let first = self.last_kept_index + 1;
+        let first = self.last_kept_index.saturating_add(1);
         let readable = self.dropped_entries;
         if readable.is_none() && !self.drops_unreadable {
             return None;
@@ -284,7 +284,7 @@ pub fn inspect_with(
 
         // Links, as replay checks them.
         let mut link = None;
-        if previous.is_some_and(|sequence| f.sequence != sequence + 1) {
+        if previous.is_some_and(|sequence| sequence.checked_add(1) != Some(f.sequence)) {
             link = Some((0, CorruptionKind::Gap));
         }
         previous = Some(f.sequence);
@@ -452,7 +452,7 @@ pub fn inspect_with(
              later record compacts them away",
         ));
     } else if let Some((true, first_index)) = last_kept
-        && first_index != last_index + 1
+        && Some(first_index) != last_index.checked_add(1)
     {
         let name = segments.iter().rfind(|s| s.kept).map_or(String::new(), |s| s.name.clone());
         unrecoverable = Some((
@@ -490,7 +490,7 @@ pub fn inspect_with(
         vanished,
         problem,
         summary: Summary {
-            first_index: state.index.dummy_index() + 1,
+            first_index: state.index.dummy_index().saturating_add(1),
             last_index,
             hard_state: state.hard_state,
             snapshot: state.snapshot,
@@ -918,6 +918,21 @@ mod tests {
         assert_eq!(inspection.verdict(), Verdict::Clean);
         assert_eq!(inspection.segments.len(), clean.segments.len());
         assert_eq!(inspection.summary, clean.summary);
+    }
+
+    #[test]
+    fn names_at_the_end_of_the_sequence_space_are_a_gap_not_an_overflow() {
+        let fs = CrashFs::new();
+        for first_index in [1, 2] {
+            let name = format::segment_name(u64::MAX, first_index);
+            fs.write_file_raw(&dir().join(name), &[0u8; 4096]).unwrap();
+        }
+
+        let inspection = inspect(&fs, &dir(), &options()).unwrap();
+
+        assert_eq!(inspection.segments.len(), 2);
+        assert_eq!(inspection.segments[1].link, Some((0, CorruptionKind::Gap)));
+        assert_eq!(inspection.verdict(), Verdict::Corruption);
     }
 
     #[test]

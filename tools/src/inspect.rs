@@ -879,7 +879,7 @@ pub fn stat(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
         return Ok(code);
     }
     let s = &inspection.summary;
-    let live = s.last_index + 1 - s.first_index;
+    let live = (s.last_index.saturating_add(1)).saturating_sub(s.first_index);
     let mut text = format!("directory:  {}\n", layout.dir.display());
     text += &format!(
         "first index: {}\nlast index:  {}  ({live} live entries)\n",
