@@ -16,7 +16,13 @@ use raftwal::wal::format::DEFAULT_MAX_RECORD_BYTES;
 use raftwal::{Entry, HardState, MemoryStorage, Storage};
 
 #[derive(Parser)]
-#[command(name = "raftwal", version, about = "Benchmark, inspect and repair raftwal logs")]
+#[command(
+    name = "raftwal",
+    version,
+    about = "Benchmark, inspect and repair raftwal logs",
+    after_help = "Exit codes of dump, verify, repair and stat: 0 clean (or repaired), \
+                  1 corruption (or a repair refused), 2 usage or I/O error, 3 a torn tail only."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,9 +39,11 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         entry_size: usize,
     },
-    /// Print every record of a log (entries with index, term, type, size and a data preview;
-    /// hard states; snapshot markers; compactions; checkpoints), like etcd-dump-logs. Records
-    /// that recovery would drop are marked `x`. With --json, one JSON object per line.
+    /// Print every record of a log, like etcd-dump-logs.
+    ///
+    /// Entries (index, term, type, size and the start of the data), hard states, snapshot
+    /// markers, compactions and checkpoints, in log order. Records that recovery would drop are
+    /// marked `x`. With --json, one JSON object per line.
     Dump {
         #[command(flatten)]
         target: Target,
@@ -46,14 +54,20 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Read every segment and snapshot file and check every CRC. Exit 0 when clean, 1 on
+    /// Check every record and snapshot file; the exit code says what was found.
+    ///
+    /// Reads every segment and snapshot file through and checks every CRC. On damage, prints the
+    /// segment, the offset, the kind and the entries affected. Exit 0 when clean, 1 on
     /// corruption, 3 on a torn tail only (which opening the log cuts), 2 on usage or I/O errors.
     Verify {
         #[command(flatten)]
         target: Target,
     },
-    /// Cut a torn tail (keeping a `.broken` copy of the segment). Refuses to cut damage to
-    /// durable data unless --force-truncate.
+    /// Cut a torn tail; refuse mid-log corruption unless --force-truncate.
+    ///
+    /// Keeps a `<segment>.broken` copy of every segment it cuts or removes. Corruption (damage to
+    /// data that had been made durable) is cut only with --force-truncate, which first prints
+    /// what it drops.
     Repair {
         #[command(flatten)]
         target: Target,
@@ -63,8 +77,10 @@ enum Command {
         #[arg(long)]
         force_truncate: bool,
     },
-    /// Summarize a log: segments and sizes, first and last index, hard state, snapshot marker,
-    /// snapshot files.
+    /// Summarize a log: segments, first and last index, hard state, snapshots.
+    ///
+    /// Segments with their sizes and entry ranges, the first and last index, the hard state,
+    /// the snapshot marker and the snapshot files.
     Stat {
         #[command(flatten)]
         target: Target,
