@@ -52,6 +52,12 @@ impl SnapshotStore {
         Ok(SnapshotStore { fs, dir: dir.to_path_buf() })
     }
 
+    /// The store in `dir` as it is, for inspection: nothing is created, removed or locked.
+    /// Reading works while another process has the storage open.
+    pub fn open_existing(fs: Fs, dir: &Path) -> SnapshotStore {
+        SnapshotStore { fs, dir: dir.to_path_buf() }
+    }
+
     /// The finished snapshot files, oldest first.
     pub fn list(&self) -> Result<Vec<StoredSnapshot>> {
         let mut found: Vec<StoredSnapshot> = self

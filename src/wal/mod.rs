@@ -12,6 +12,7 @@
 mod cache;
 pub mod format;
 mod index;
+pub mod inspect;
 pub mod recovery;
 mod replay;
 mod segment;

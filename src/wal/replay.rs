@@ -257,7 +257,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
 }
 
 /// Applies one accepted record to the state.
-fn replay_record(
+pub(super) fn replay_record(
     state: &mut LogState,
     sequence: u64,
     record: &ScannedRecord,

@@ -1,13 +1,28 @@
 //! The `raftwal` command.
+//!
+//! Exit codes of the inspection commands (`dump`, `verify`, `repair`, `stat`): 0 clean (or
+//! repaired), 1 corruption (or a repair refused), 2 usage or I/O error, 3 a torn tail only
+//! (which opening the log cuts).
 
+mod inspect;
+mod readonly;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use raftwal::wal::format::DEFAULT_MAX_RECORD_BYTES;
 use raftwal::{Entry, HardState, MemoryStorage, Storage};
 
 #[derive(Parser)]
-#[command(name = "raftwal", version, about = "Benchmark, inspect and repair raftwal logs")]
+#[command(
+    name = "raftwal",
+    version,
+    about = "Benchmark, inspect and repair raftwal logs",
+    after_help = "Exit codes of dump, verify, repair and stat: 0 clean (or repaired), \
+                  1 corruption (or a repair refused), 2 usage or I/O error, 3 a torn tail only."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +39,80 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         entry_size: usize,
     },
+    /// Print every record of a log, like etcd-dump-logs.
+    ///
+    /// Entries (index, term, type, size and the start of the data), hard states, snapshot
+    /// markers, compactions and checkpoints, in log order. Records that recovery would drop are
+    /// marked `x`. With --json, one JSON object per line.
+    Dump {
+        #[command(flatten)]
+        target: Target,
+        /// Show entries from this index on, and other records written after entry FROM.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Show entries up to this index, and other records written before entry TO + 1.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Check every record and snapshot file; the exit code says what was found.
+    ///
+    /// Reads every segment and snapshot file through and checks every CRC. On damage, prints the
+    /// segment, the offset, the kind and the entries affected. Exit 0 when clean, 1 on
+    /// corruption, 3 on a torn tail only (which opening the log cuts), 2 on usage or I/O errors.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cut a torn tail; refuse mid-log corruption unless --force-truncate.
+    ///
+    /// Keeps a `<segment>.broken` copy of every segment it cuts or removes. Corruption (damage to
+    /// data that had been made durable) is cut only with --force-truncate, which first prints
+    /// what it drops.
+    Repair {
+        #[command(flatten)]
+        target: Target,
+        /// Cut the log at mid-log corruption too, dropping every record from the damage on
+        /// (listed before anything is changed). Only for a node whose log will be re-fetched
+        /// from its leader.
+        #[arg(long)]
+        force_truncate: bool,
+    },
+    /// Summarize a log: segments, first and last index, hard state, snapshots.
+    ///
+    /// Segments with their sizes and entry ranges, the first and last index, the hard state,
+    /// the snapshot marker and the snapshot files.
+    Stat {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// The directory an inspection command works on.
+#[derive(Args)]
+struct Target {
+    /// A storage directory (holding wal/ and snap/) or a bare WAL directory (holding *.wal).
+    dir: PathBuf,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// The largest record payload the log was written with (WalOptions::max_record_bytes).
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: u32,
+}
+
+fn run_inspection(
+    name: &str,
+    target: &Target,
+    command: impl FnOnce(&inspect::Layout) -> Result<u8, inspect::Failure>,
+) -> ExitCode {
+    let result = inspect::Layout::find(&target.dir).and_then(|layout| command(&layout));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(inspect::Failure(why)) => {
+            eprintln!("raftwal {name}: {why}");
+            ExitCode::from(inspect::EXIT_ERROR)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -35,6 +124,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dump { target, from, to } => run_inspection("dump", &target, |layout| {
+            inspect::dump(layout, target.max_record_bytes, from, to, target.json)
+        }),
+        Command::Verify { target } => run_inspection("verify", &target, |layout| {
+            inspect::verify(layout, target.max_record_bytes, target.json)
+        }),
+        Command::Repair { target, force_truncate } => run_inspection("repair", &target, |layout| {
+            inspect::repair(layout, target.max_record_bytes, force_truncate, target.json)
+        }),
+        Command::Stat { target } => run_inspection("stat", &target, |layout| {
+            inspect::stat(layout, target.max_record_bytes, target.json)
+        }),
     }
 }
 

@@ -1,0 +1,354 @@
+//! The inspection commands, run as the built `raftwal` binary on real directories written by
+//! `WalStorage`, clean and damaged at offsets derived from the format's constants.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::Bytes;
+use raftwal::io::{FileSystem, RealFs};
+use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN};
+use raftwal::wal::recovery::{ScannedRecord, scan_segment};
+use raftwal::{ConfState, Entry, HardState, Storage, WalOptions, WalStorage};
+use serde_json::Value;
+
+fn options() -> WalOptions {
+    WalOptions { segment_size_bytes: 4096, prepare_in_background: false, ..WalOptions::default() }
+}
+
+/// Entries 1..=60 of 100 bytes (text naming the index), saved three at a time with a hard state,
+/// over several 4 KiB segments; with `snapshot`, a snapshot at 30 and compaction to 20. Closed
+/// cleanly (every record then has a durable witness) when `close`, else dropped after the last
+/// save.
+fn build(dir: &Path, snapshot: bool, close: bool) {
+    let storage = WalStorage::open(dir, options()).unwrap();
+    for batch in 0..20u64 {
+        let entries: Vec<Entry> = (batch * 3 + 1..=batch * 3 + 3)
+            .map(|i| Entry::new(i, 2, format!("entry {i:03} ").repeat(10).into_bytes()))
+            .collect();
+        let hs = HardState { term: 2, vote: 1, commit: batch * 3 };
+        storage.save(Some(&hs), &entries).unwrap();
+    }
+    if snapshot {
+        let voters = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+        storage.create_snapshot(30, Some(voters), Bytes::from(vec![7u8; 5000])).unwrap();
+        storage.compact(20).unwrap();
+    }
+    if close {
+        storage.close().unwrap();
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn raftwal(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftwal")).args(args).output().unwrap();
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn run_on(command: &str, dir: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![command, dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    raftwal(&args)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn records(segment: &Path) -> Vec<ScannedRecord> {
+    scan_segment(&fs::read(segment).unwrap(), DEFAULT_MAX_RECORD_BYTES).records
+}
+
+fn name(path: &Path) -> String {
+    path.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+fn json(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", run.stdout, run.stderr))
+}
+
+#[test]
+fn stat_shows_segments_first_and_last_index_hard_state_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), true, true);
+
+    let run = run_on("stat", dir.path(), &[]);
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("first index: 21\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("last index:  60"), "{}", run.stdout);
+    assert!(run.stdout.contains("hard state: term 2 vote 1 commit 57"), "{}", run.stdout);
+    assert!(run.stdout.contains("snapshot marker: index 30 term 2 voters [1, 2, 3]"));
+    assert!(run.stdout.contains("0000000000000002-000000000000001e.snap"), "{}", run.stdout);
+    for segment in segments(dir.path()) {
+        assert!(run.stdout.contains(&name(&segment)), "{} not listed", name(&segment));
+    }
+
+    let stat = json(&run_on("stat", dir.path(), &["--json"]));
+    assert_eq!(stat["verdict"], "clean");
+    assert_eq!(stat["log"]["first_index"], 21);
+    assert_eq!(stat["log"]["last_index"], 60);
+    assert_eq!(stat["log"]["hard_state"]["commit"], 57);
+    assert_eq!(stat["log"]["snapshot_marker"]["index"], 30);
+    assert_eq!(stat["segment_count"], segments(dir.path()).len());
+    assert!(stat["segment_count"].as_u64().unwrap() >= 2, "the log spans several segments");
+    assert_eq!(stat["snapshots"][0]["index"], 30);
+    assert_eq!(stat["snapshots"][0]["term"], 2);
+    assert_eq!(stat["snapshots"][0]["data_bytes"], 5000);
+    assert_eq!(stat["snapshots"][0]["marked"], true);
+}
+
+#[test]
+fn a_bare_wal_directory_is_inspected_like_the_storage_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), true, true);
+
+    let stat = json(&run_on("stat", &dir.path().join("wal"), &["--json"]));
+
+    assert_eq!(stat["log"]["first_index"], 21);
+    assert_eq!(stat["log"]["last_index"], 60);
+    assert_eq!(stat["snapshots"].as_array().unwrap().len(), 0, "no snap/ beside a bare WAL");
+}
+
+#[test]
+fn dump_json_lists_every_entry_and_the_other_records() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), true, true);
+
+    let run = run_on("dump", dir.path(), &["--json"]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Value> = run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    let last_60: Vec<u64> = entries.iter().copied().filter(|&i| i >= 21).collect();
+    assert_eq!(last_60, (21..=60).collect::<Vec<_>>(), "every live entry once, in order");
+    let e42 = rows.iter().find(|r| r["record"] == "entry" && r["index"] == 42).unwrap();
+    assert_eq!(e42["term"], 2);
+    assert_eq!(e42["entry_type"], "normal");
+    assert_eq!(e42["size"], 100);
+    assert!(e42["data"].as_str().unwrap().starts_with("\"entry 042 entry 042"), "{e42}");
+    assert!(rows.iter().all(|r| r["kept"] == true));
+    let kinds = |kind: &str| rows.iter().filter(|r| r["record"] == kind).count();
+    assert_eq!(kinds("hard_state"), 20);
+    assert_eq!(kinds("snapshot"), 1);
+    assert_eq!(kinds("compact"), 1);
+    assert!(kinds("checkpoint") >= segments(dir.path()).len(), "one per segment at least");
+    let marker = rows.iter().find(|r| r["record"] == "snapshot").unwrap();
+    assert_eq!((marker["index"].as_u64(), marker["resets_log"].as_bool()), (Some(30), Some(false)));
+
+    let range = run_on("dump", dir.path(), &["--json", "--from", "25", "--to", "30"]);
+    let shown: Vec<u64> = range
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shown, (25..=30).collect::<Vec<_>>());
+
+    let table = run_on("dump", dir.path(), &["--from", "42", "--to", "42"]);
+    let line = table.stdout.lines().find(|l| l.contains(" entry ")).unwrap();
+    assert!(line.contains(" 42 ") && line.contains("normal") && line.contains("\"entry 042"));
+}
+
+#[test]
+fn verify_is_clean_on_a_closed_log() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), true, true);
+
+    let run = run_on("verify", dir.path(), &[]);
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("WAL: clean"), "{}", run.stdout);
+    assert!(run.stdout.contains("ok (marked)"), "the snapshot file is read and checked");
+    let report = json(&run_on("verify", dir.path(), &["--json"]));
+    assert_eq!(report["verdict"], "clean");
+    assert_eq!(report["problem"], Value::Null);
+}
+
+#[test]
+fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_what_it_says() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), false, true);
+    let all = segments(dir.path());
+    assert!(all.len() >= 3, "the workload spans several segments: {all:?}");
+    // The third record of the second (sealed) segment, one byte into its payload.
+    let victim = &all[1];
+    let record = records(victim)[2].clone();
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[record.offset as usize + FRAME_HEADER_LEN + 1] ^= 0x04;
+    fs::write(victim, &bytes).unwrap();
+    let damaged = bytes;
+
+    let verify = run_on("verify", dir.path(), &[]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    let at = format!("corruption in segment {} at offset {}", name(victim), record.offset);
+    assert!(verify.stdout.contains(&at), "{}", verify.stdout);
+    assert!(verify.stdout.contains("checksum mismatch"), "{}", verify.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--json"]));
+    assert_eq!(report["exit_code"], 1);
+    assert_eq!(report["problem"]["segment"], name(victim));
+    assert_eq!(report["problem"]["offset"], record.offset);
+    assert_eq!(report["problem"]["case"], "R8");
+    assert_eq!(report["problem"]["open"], "refuse");
+    let last_kept = report["problem"]["last_kept_index"].as_u64().unwrap();
+    assert_eq!(report["problem"]["affected_first"], last_kept + 1);
+    assert_eq!(report["problem"]["affected_last"], 60);
+    assert_eq!(report["segments"][1]["damage"]["offset"], record.offset);
+    assert_eq!(report["segments"][2]["kept"], false);
+    assert_eq!(report["segments"][2]["dropped_entries_last"], 60);
+    let affected = format!("entries affected: {}..=60", last_kept + 1);
+    assert!(verify.stdout.contains(&affected), "{}", verify.stdout);
+
+    let refused = run_on("repair", dir.path(), &[]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stdout.contains("refused"), "{}", refused.stdout);
+    assert!(refused.stdout.contains("--force-truncate"), "{}", refused.stdout);
+    let refused_json = run_on("repair", dir.path(), &["--json"]);
+    assert_eq!(refused_json.code, 1);
+    let refusal = json(&refused_json);
+    assert_eq!(
+        (refusal["action"].as_str(), refusal["exit_code"].as_u64()),
+        (Some("refused"), Some(1))
+    );
+    assert_eq!(refusal["problem"]["removed_segments"].as_array().unwrap().len(), all.len() - 2);
+    assert_eq!(fs::read(victim).unwrap(), damaged, "a refused repair changes nothing");
+    assert_eq!(segments(dir.path()), all);
+
+    let forced = run_on("repair", dir.path(), &["--force-truncate"]);
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    let cut = format!("cut segment {} at offset {}", name(victim), record.offset);
+    assert!(forced.stdout.contains(&cut), "{}", forced.stdout);
+    for later in &all[2..] {
+        let removed = format!("remove segment {}", name(later));
+        assert!(forced.stdout.contains(&removed), "{}", forced.stdout);
+        assert!(!later.exists(), "{} is removed", name(later));
+    }
+    let dropped = format!("entries dropped: {}..=60", last_kept + 1);
+    assert!(forced.stdout.contains(&dropped), "{}", forced.stdout);
+    assert!(forced.stdout.contains(&format!("the log now ends at index {last_kept}")));
+    let copy = victim.with_file_name(format!("{}.broken", name(victim)));
+    assert_eq!(fs::read(&copy).unwrap(), damaged, "the damaged segment is kept as it was");
+
+    let after = run_on("verify", dir.path(), &[]);
+    assert_eq!(after.code, 0, "{}{}", after.stdout, after.stderr);
+    let storage = WalStorage::open(dir.path(), options()).unwrap();
+    assert_eq!(storage.last_index().unwrap(), last_kept);
+}
+
+#[test]
+fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), false, false);
+    let last = segments(dir.path()).pop().unwrap();
+    // Cut the file three bytes into the payload of its last record: a write cut short.
+    let torn = records(&last).pop().unwrap();
+    let cut_len = torn.offset + FRAME_HEADER_LEN as u64 + 3;
+    fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut_len).unwrap();
+
+    let verify = run_on("verify", dir.path(), &[]);
+    assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+    let at = format!("torn tail in segment {} at offset {}", name(&last), torn.offset);
+    assert!(verify.stdout.contains(&at), "{}", verify.stdout);
+    assert!(verify.stdout.contains("open cuts it"), "{}", verify.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--json"]));
+    assert_eq!(
+        (report["verdict"].as_str(), report["problem"]["case"].as_str()),
+        (Some("torn_tail"), Some("R3"))
+    );
+    assert_eq!(report["problem"]["open"], "cut");
+
+    let repair = run_on("repair", dir.path(), &[]);
+    assert_eq!(repair.code, 0, "{}{}", repair.stdout, repair.stderr);
+    let cut = format!("recovery cut {} at offset {} (case R3)", name(&last), torn.offset);
+    assert!(repair.stdout.contains(&cut), "{}", repair.stdout);
+    let copy = last.with_file_name(format!("{}.broken", name(&last)));
+    assert_eq!(fs::metadata(&copy).unwrap().len(), cut_len, "the copy is the torn segment");
+
+    let after = run_on("verify", dir.path(), &[]);
+    assert_eq!(after.code, 0, "{}{}", after.stdout, after.stderr);
+    let stat = json(&run_on("stat", dir.path(), &["--json"]));
+    assert_eq!(stat["log"]["last_index"], 60, "only the torn hard state record was cut");
+    assert!(stat["other_files"].as_array().unwrap().iter().any(|f| *f == name(&copy)));
+}
+
+#[test]
+fn a_log_another_process_holds_is_inspected_but_not_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), false, false);
+    let last = segments(dir.path()).pop().unwrap();
+    let torn = records(&last).pop().unwrap();
+    let cut_len = torn.offset + FRAME_HEADER_LEN as u64 + 3;
+    fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut_len).unwrap();
+    let lock_path = dir.path().join("wal").join(raftwal::wal::LOCK_FILE);
+    let _lock = RealFs.try_lock(&lock_path).unwrap().expect("nobody else holds it");
+
+    let verify = run_on("verify", dir.path(), &[]);
+    let repair = run_on("repair", dir.path(), &[]);
+
+    assert_eq!(verify.code, 3, "inspection takes no lock: {}{}", verify.stdout, verify.stderr);
+    assert_eq!(repair.code, 2, "{}{}", repair.stdout, repair.stderr);
+    assert!(repair.stderr.contains("open in another process"), "{}", repair.stderr);
+    assert_eq!(fs::metadata(&last).unwrap().len(), cut_len, "the segment is untouched");
+    let copy = last.with_file_name(format!("{}.broken", name(&last)));
+    assert!(!copy.exists(), "no copy is made when the repair cannot go on");
+}
+
+#[test]
+fn a_damaged_snapshot_file_fails_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), true, true);
+    let snap = dir.path().join("snap").join("0000000000000002-000000000000001e.snap");
+    let mut bytes = fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&snap, &bytes).unwrap();
+
+    let run = run_on("verify", dir.path(), &[]);
+
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("WAL: clean"), "{}", run.stdout);
+    assert!(run.stdout.contains("damaged (marked)"), "{}", run.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--json"]));
+    assert_eq!(report["snapshots"][0]["status"], "damaged");
+    assert_eq!(report["verdict"], "corruption");
+}
+
+#[test]
+fn usage_and_io_errors_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = run_on("verify", &dir.path().join("absent"), &[]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    let empty = run_on("stat", dir.path(), &[]);
+    assert_eq!(empty.code, 2);
+    assert!(empty.stderr.contains("not a raftwal directory"), "{}", empty.stderr);
+    let bad_flag = run_on("dump", dir.path(), &["--no-such-flag"]);
+    assert_eq!(bad_flag.code, 2, "{}", bad_flag.stderr);
+}
+
+#[test]
+fn smoke_still_runs() {
+    let run = raftwal(&["smoke", "--entries", "1000", "--entry-size", "16"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("read back intact"), "{}", run.stdout);
+}
