@@ -409,7 +409,7 @@ fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeErr
     for _ in 0..count {
         let entry = codec::decode_entry(dec)?;
         if let Some(prev) = entries.last().map(|e: &Entry| e.index)
-            && entry.index != prev.wrapping_add(1)
+            && prev.checked_add(1) != Some(entry.index)
         {
             return Err(DecodeError { what: "entries indices" });
         }

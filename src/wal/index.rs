@@ -31,21 +31,43 @@ struct TermRun {
 }
 
 /// The dummy entry, then one [`Loc`] and term per live entry.
+///
+/// Entries in `(dummy, base]` are *missing*: a checkpoint says they exist, but their records lay
+/// in segments already deleted (they must all be compacted by the end of recovery). They take no
+/// memory, so a forged checkpoint cannot make recovery allocate.
 #[derive(Debug, Default)]
 pub struct LogIndex {
     dummy_index: u64,
     dummy_term: u64,
-    // Invariant: locs[k] locates entry dummy_index + 1 + k.
+    // Invariant: dummy_index <= base; locs[k] locates entry base + 1 + k.
+    base: u64,
     locs: VecDeque<Loc>,
-    // Invariant: runs cover (dummy_index, last] exactly when locs is non-empty; first indices
-    // strictly increase; runs[0].first == dummy_index + 1.
+    // Invariant: runs cover (dummy_index, last] exactly (empty when no entry is live); first
+    // indices strictly increase; runs[0].first == dummy_index + 1. Missing entries have term 0.
     runs: VecDeque<TermRun>,
 }
 
 impl LogIndex {
     /// A log of just the dummy `(index, term)`.
     pub fn new(dummy_index: u64, dummy_term: u64) -> LogIndex {
-        LogIndex { dummy_index, dummy_term, locs: VecDeque::new(), runs: VecDeque::new() }
+        LogIndex {
+            dummy_index,
+            dummy_term,
+            base: dummy_index,
+            locs: VecDeque::new(),
+            runs: VecDeque::new(),
+        }
+    }
+
+    /// A log whose entries `(dummy_index, last_index]` are all missing.
+    pub fn with_missing(dummy_index: u64, dummy_term: u64, last_index: u64) -> LogIndex {
+        assert!(last_index >= dummy_index, "last index {last_index} below the dummy {dummy_index}");
+        let mut index = LogIndex::new(dummy_index, dummy_term);
+        if last_index > dummy_index {
+            index.base = last_index;
+            index.runs.push_back(TermRun { first: dummy_index + 1, term: 0 });
+        }
+        index
     }
 
     /// The dummy entry's index.
@@ -60,12 +82,12 @@ impl LogIndex {
 
     /// The last index (the dummy's when no entry is live).
     pub fn last_index(&self) -> u64 {
-        self.dummy_index + self.locs.len() as u64
+        self.base + self.locs.len() as u64
     }
 
     /// Number of live entries.
     pub fn len(&self) -> usize {
-        self.locs.len()
+        (self.last_index() - self.dummy_index) as usize
     }
 
     /// The term at `index`, as `Storage::term` answers it.
@@ -85,7 +107,8 @@ impl LogIndex {
         Ok(self.runs[at - 1].term)
     }
 
-    /// Where entry `index` is. `index` must be live.
+    /// Where entry `index` is ([`Loc::MISSING`] for an entry of a deleted segment). `index` must
+    /// be live.
     pub fn loc(&self, index: u64) -> Loc {
         assert!(
             index > self.dummy_index && index <= self.last_index(),
@@ -93,25 +116,36 @@ impl LogIndex {
             self.dummy_index,
             self.last_index()
         );
-        self.locs[(index - self.dummy_index - 1) as usize]
+        if index <= self.base { Loc::MISSING } else { self.locs[(index - self.base - 1) as usize] }
     }
 
     /// Location of the first live entry, if any.
     pub fn first_loc(&self) -> Option<Loc> {
-        self.locs.front().copied()
+        (self.last_index() > self.dummy_index).then(|| self.loc(self.dummy_index + 1))
     }
 
     /// Replaces every entry from `first` on with entries `first..first + terms.len()`, each in
-    /// the record at `loc`. `first` must lie in `(dummy, last + 1]`.
-    pub fn append(&mut self, first: u64, terms: impl IntoIterator<Item = u64>, loc: Loc) {
+    /// the record at `loc`. `first` must lie in `(dummy, last + 1]`, and the last new index
+    /// below `u64::MAX`.
+    pub fn append<T>(&mut self, first: u64, terms: T, loc: Loc)
+    where
+        T: IntoIterator<Item = u64>,
+        T::IntoIter: ExactSizeIterator,
+    {
+        let terms = terms.into_iter();
         assert!(
             first > self.dummy_index && first <= self.last_index() + 1,
             "append at {first} leaves a gap or rewrites the dummy: log is ({}, {}]",
             self.dummy_index,
             self.last_index()
         );
+        assert!(
+            first.checked_add(terms.len() as u64).is_some(),
+            "append at {first} overflows the index space"
+        );
         self.truncate_from(first);
-        for (index, term) in (first..).zip(terms) {
+        for (k, term) in terms.enumerate() {
+            let index = first + k as u64;
             if self.runs.back().is_none_or(|run| run.term != term) {
                 self.runs.push_back(TermRun { first: index, term });
             }
@@ -120,17 +154,21 @@ impl LogIndex {
         self.check();
     }
 
-    /// Drops every entry at or after `index`.
+    /// Drops every entry at or after `index` (which is above the dummy).
     fn truncate_from(&mut self, index: u64) {
-        let keep = (index - self.dummy_index - 1) as usize;
-        self.locs.truncate(keep);
+        if index <= self.base {
+            self.base = index - 1;
+            self.locs.clear();
+        } else {
+            self.locs.truncate((index - self.base - 1) as usize);
+        }
         while self.runs.back().is_some_and(|run| run.first >= index) {
             self.runs.pop_back();
         }
     }
 
     /// Makes entry `index` (with `term`) the dummy, dropping every entry up to it. `index` must
-    /// lie in `(dummy, last]`; `term` must be its term unless its location is missing.
+    /// lie in `(dummy, last]`.
     pub fn compact(&mut self, index: u64, term: u64) {
         assert!(
             index > self.dummy_index && index <= self.last_index(),
@@ -138,19 +176,21 @@ impl LogIndex {
             self.dummy_index,
             self.last_index()
         );
-        let drop = (index - self.dummy_index) as usize;
-        self.locs.drain(..drop);
+        if index > self.base {
+            self.locs.drain(..(index - self.base) as usize);
+            self.base = index;
+        }
         // Keep the run that covers index + 1, moved to start there.
         while self.runs.len() > 1 && self.runs[1].first <= index + 1 {
             self.runs.pop_front();
         }
-        if self.locs.is_empty() {
+        self.dummy_index = index;
+        self.dummy_term = term;
+        if self.last_index() == index {
             self.runs.clear();
         } else if let Some(run) = self.runs.front_mut() {
             run.first = index + 1;
         }
-        self.dummy_index = index;
-        self.dummy_term = term;
         self.check();
     }
 
@@ -161,7 +201,7 @@ impl LogIndex {
 
     /// Whether any live entry's record lies in a deleted segment.
     pub fn has_missing(&self) -> bool {
-        self.locs.iter().any(|loc| *loc == Loc::MISSING)
+        self.base > self.dummy_index
     }
 
     /// Releases spare capacity (after recovery built the index).
@@ -176,9 +216,15 @@ impl LogIndex {
     }
 
     fn check(&self) {
+        assert!(
+            self.base >= self.dummy_index,
+            "base {} below the dummy {}",
+            self.base,
+            self.dummy_index
+        );
         assert_eq!(
             self.runs.is_empty(),
-            self.locs.is_empty(),
+            self.len() == 0,
             "term runs cover exactly the live entries"
         );
         if let Some(run) = self.runs.front() {
@@ -218,6 +264,31 @@ mod tests {
         index.compact(6, 5);
         assert_eq!(index.len(), 0);
         assert!(matches!(index.term(7), Err(Error::Unavailable)));
+    }
+
+    #[test]
+    fn missing_entries_take_no_memory_and_compact_away() {
+        let mut index = LogIndex::with_missing(10, 2, u64::MAX - 5);
+        assert!(index.has_missing());
+        assert_eq!(
+            index.heap_bytes(),
+            index.runs.capacity() * size_of::<TermRun>(),
+            "no memory per missing entry"
+        );
+        assert_eq!(index.loc(11), Loc::MISSING);
+        index.compact(1000, 3);
+        assert!(index.has_missing());
+        index.append(1001, [4, 4], L);
+        assert!(!index.has_missing(), "an overwrite replaces the missing entries after it");
+        assert_eq!(index.loc(1002), L);
+        assert_eq!(index.term(1001).unwrap(), 4);
+        index.compact(1002, 4);
+        assert_eq!((index.len(), index.last_index()), (0, 1002));
+        let mut covered = LogIndex::with_missing(0, 0, 50);
+        covered.append(51, [1], L);
+        covered.compact(50, 7);
+        assert!(!covered.has_missing(), "compacting past every missing entry clears them");
+        assert_eq!(covered.first_loc(), Some(L));
     }
 
     #[test]

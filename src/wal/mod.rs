@@ -215,7 +215,10 @@ impl Wal {
                 }
                 Op::HardState(hs) => inner.state.apply_hard_state(*hs),
                 Op::Snapshot { metadata, resets_log } => {
-                    inner.state.apply_snapshot(metadata, *resets_log);
+                    inner
+                        .state
+                        .apply_snapshot(metadata, *resets_log)
+                        .unwrap_or_else(|why| panic!("a checked snapshot was refused: {why}"));
                     if *resets_log {
                         inner.cache.clear();
                     }
@@ -299,6 +302,9 @@ impl Wal {
             let (first, last) =
                 (inner.state.index.dummy_index() + 1, inner.state.index.last_index());
             let kept = trim_append(entries, first, last)?;
+            if kept.last().is_some_and(|e| e.index == u64::MAX) {
+                return Err(Error::contract("index u64::MAX is reserved"));
+            }
             let old = inner.state.hard_state;
             let hs = hard_state.filter(|hs| **hs != old);
             let mut ops = Vec::with_capacity(2);
@@ -345,6 +351,9 @@ impl Wal {
     /// Always synced, whatever the policy: the marker is the commit point of a snapshot, and
     /// older snapshot files and segments are released only once it is durable.
     pub fn save_snapshot(&self, metadata: &SnapshotMetadata, resets_log: bool) -> Result<()> {
+        if metadata.index == u64::MAX {
+            return Err(Error::contract("index u64::MAX is reserved"));
+        }
         let lsn = {
             let mut inner = self.write()?;
             if !resets_log && inner.state.index.term(metadata.index).ok() != Some(metadata.term) {

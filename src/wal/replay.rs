@@ -112,7 +112,16 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         // Links between segments: consecutive sequences, names that match headers, and a record
         // chain that crosses files. A broken link is never a torn write.
         let mut link_error = None;
-        if i > 0 && f.sequence != found[i - 1].sequence + 1 {
+        if f.sequence >= u64::from(u32::MAX) {
+            // Entry locations keep 32-bit sequences (`Loc::MISSING` uses the top value).
+            link_error = Some((
+                0,
+                CorruptionKind::Malformed(format!(
+                    "segment sequence {} is out of range",
+                    f.sequence
+                )),
+            ));
+        } else if i > 0 && f.sequence != found[i - 1].sequence + 1 {
             link_error = Some((0, CorruptionKind::Gap));
         }
         if let Ok(header) = &scan.header {
@@ -279,10 +288,7 @@ pub(super) fn replay_record(
             state.apply_hard_state(*hs);
             Ok(())
         }
-        Record::Snapshot { metadata, resets_log } => {
-            state.apply_snapshot(metadata, *resets_log);
-            Ok(())
-        }
+        Record::Snapshot { metadata, resets_log } => state.apply_snapshot(metadata, *resets_log),
         Record::Compact { index, term } => state.apply_compact(*index, *term),
     }
 }

@@ -34,24 +34,16 @@ impl LogState {
     /// A checkpoint: establishes the state when it starts the replay (`first`), otherwise must
     /// equal the state replayed so far.
     pub fn apply_checkpoint(&mut self, cp: &Checkpoint, first: bool) -> Result<(), Contradiction> {
-        if cp.last_index < cp.dummy_index {
+        if cp.last_index < cp.dummy_index || cp.last_index == u64::MAX {
             return Err(format!(
-                "checkpoint last index {} below dummy {}",
+                "checkpoint last index {} with dummy {}",
                 cp.last_index, cp.dummy_index
             ));
         }
         if first {
-            self.index = LogIndex::new(cp.dummy_index, cp.dummy_term);
-            if cp.last_index > cp.dummy_index {
-                // Entries that lay in segments deleted after they were compacted: placeholders
-                // that later records must compact away.
-                let count = cp.last_index - cp.dummy_index;
-                self.index.append(
-                    cp.dummy_index + 1,
-                    std::iter::repeat_n(0, count as usize),
-                    Loc::MISSING,
-                );
-            }
+            // Entries up to the checkpoint's last index lay in segments deleted after they were
+            // compacted: later records must compact them away.
+            self.index = LogIndex::with_missing(cp.dummy_index, cp.dummy_term, cp.last_index);
             self.hard_state = cp.hard_state;
             self.snapshot = cp.snapshot.clone();
             return Ok(());
@@ -71,8 +63,11 @@ impl LogState {
         loc: Loc,
     ) -> Result<(), Contradiction> {
         let (dummy, last) = (self.index.dummy_index(), self.index.last_index());
-        if first <= dummy || first > last + 1 {
+        if first <= dummy || first > last.saturating_add(1) {
             return Err(format!("entries at {first} do not attach to the log ({dummy}, {last}]"));
+        }
+        if first.checked_add(terms.len() as u64).is_none() {
+            return Err(format!("{} entries at {first} overflow the index space", terms.len()));
         }
         self.index.append(first, terms, loc);
         Ok(())
@@ -84,11 +79,19 @@ impl LogState {
     }
 
     /// A snapshot marker.
-    pub fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, resets_log: bool) {
+    pub fn apply_snapshot(
+        &mut self,
+        metadata: &SnapshotMetadata,
+        resets_log: bool,
+    ) -> Result<(), Contradiction> {
+        if resets_log && metadata.index == u64::MAX {
+            return Err("a snapshot at the last possible index".to_string());
+        }
         if resets_log {
             self.index.reset(metadata.index, metadata.term);
         }
         self.snapshot = metadata.clone();
+        Ok(())
     }
 
     /// A compaction marker.
@@ -97,6 +100,8 @@ impl LogState {
         if index <= dummy || index > last {
             return Err(format!("compaction at {index} is outside the log ({dummy}, {last}]"));
         }
+        // Snapshot markers that reset the log may name any index; compaction never passes the
+        // last entry, so `index + 1` below stays in range.
         if self.index.loc(index) != Loc::MISSING {
             let known = self.index.term(index).expect("index is live");
             if known != term {
