@@ -1,5 +1,7 @@
 //! The `raftwal` command.
 
+mod bench;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,6 +26,9 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         entry_size: usize,
     },
+    /// Measure fsync and batch throughput, group commit, reads and recovery against the raw
+    /// limit of the same disk.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench(args) => bench::run(args),
     }
 }
 
