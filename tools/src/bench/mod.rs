@@ -41,7 +41,7 @@ pub struct BenchArgs {
     /// Print the results as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
-    /// Write a latency histogram of the write workloads (.svg or .png; needs the `plot`
+    /// Write a latency histogram of the write workloads to this .svg file (needs the `plot`
     /// feature).
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
@@ -165,6 +165,11 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
         return Err("this raftwal was built without plots; run `cargo run --release -p \
              raftwal-tools --features plot -- bench --plot PATH`"
             .into());
+    }
+    if let Some(path) = &args.plot
+        && path.extension().and_then(|e| e.to_str()) != Some("svg")
+    {
+        return Err(format!("--plot {}: name an .svg file", path.display()).into());
     }
     let engines = engines(args)?;
     let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));

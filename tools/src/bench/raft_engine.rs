@@ -8,12 +8,12 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use protobuf::well_known_types::BytesValue;
 use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize};
 
 use super::BenchResult;
 use super::target::{Mode, Sizing, Target};
+use super::workloads::entry_data;
 
 /// Writers (regions) a log serves.
 const MAX_WRITERS: usize = 64;
@@ -74,12 +74,12 @@ fn region(writer: usize) -> u64 {
 }
 
 impl Target for RaftEngine {
-    fn append(&self, writer: usize, count: usize, payload: &Bytes) -> BenchResult<()> {
+    fn append(&self, writer: usize, count: usize, size: usize) -> BenchResult<()> {
         assert!(writer < MAX_WRITERS, "writer {writer} is beyond the {MAX_WRITERS} regions");
         // Each writer owns its region's counter.
         let first = self.next[writer].fetch_add(count as u64, Ordering::Relaxed);
         let entries: Vec<BytesValue> =
-            (first..first + count as u64).map(|i| entry(i, 1, payload)).collect();
+            (first..first + count as u64).map(|i| entry(i, 1, &entry_data(i, size))).collect();
         let mut batch = LogBatch::with_capacity(count);
         batch.add_entries::<Entries>(region(writer), &entries).map_err(err)?;
         self.engine.write(&mut batch, self.sync).map_err(err)?;

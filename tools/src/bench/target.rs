@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use raftwal::{Entry, Storage, SyncPolicy, WalOptions, WalStorage};
 
 use super::BenchResult;
+use super::workloads::entry_data;
 
 /// How a workload uses the log it opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +23,10 @@ pub enum Mode {
 
 /// A log engine under test. Index numbers start at 1 in every log.
 pub trait Target: Send + Sync {
-    /// Appends `count` entries of `payload` after the last one, as one write; durable on return
-    /// unless the target was opened `Unsynced`. `writer` names the calling thread.
-    fn append(&self, writer: usize, count: usize, payload: &Bytes) -> BenchResult<()>;
+    /// Appends `count` entries of `size` bytes (`entry_data`) after the last one, as one write;
+    /// durable on return unless the target was opened `Unsynced`. `writer` names the calling
+    /// thread.
+    fn append(&self, writer: usize, count: usize, size: usize) -> BenchResult<()>;
     /// Reads entries `[lo, hi)` written by writer 0; returns the payload bytes read.
     fn read(&self, lo: u64, hi: u64) -> BenchResult<u64>;
     /// The last index writer 0 appended.
@@ -85,12 +86,13 @@ pub fn open_raftwal(dir: &Path, mode: Mode, sizing: Sizing) -> BenchResult<Box<d
 }
 
 impl Target for Raftwal {
-    fn append(&self, _writer: usize, count: usize, payload: &Bytes) -> BenchResult<()> {
+    fn append(&self, _writer: usize, count: usize, size: usize) -> BenchResult<()> {
         {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
             let first = *next;
-            let entries: Vec<Entry> =
-                (first..first + count as u64).map(|i| Entry::new(i, 1, payload.clone())).collect();
+            let entries: Vec<Entry> = (first..first + count as u64)
+                .map(|i| Entry::new(i, 1, entry_data(i, size)))
+                .collect();
             self.storage.append(&entries)?;
             *next += count as u64;
         }

@@ -103,7 +103,6 @@ pub fn append(
         format!("{count} × {} / sync", human_bytes(size as u64))
     };
     ctx.progress.start(&name);
-    let payload = payload(size);
     let sync_bytes = record_bytes(count, size);
     let mut targets = Vec::new();
     for engine in ctx.engines {
@@ -119,7 +118,7 @@ pub fn append(
         raw_syncs.1 += t;
         ctx.progress.tick();
         for ((_, target), tally) in targets.iter().zip(&mut tallies) {
-            run_for(ctx.budget.round, tally, || target.append(0, count, &payload), count, size)?;
+            run_for(ctx.budget.round, tally, || target.append(0, count, size), count, size)?;
             ctx.progress.tick();
         }
     }
@@ -195,7 +194,6 @@ fn row(
 pub fn concurrent(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
     let name = format!("{writers} writer{} × 1 KiB", if writers == 1 { "" } else { "s" });
     ctx.progress.start(&name);
-    let payload = payload(KIB);
     let sync_bytes = record_bytes(1, KIB);
     let mut targets = Vec::new();
     for engine in ctx.engines {
@@ -217,10 +215,9 @@ pub fn concurrent(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
             let per_thread: Vec<BenchResult<Tally>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..writers)
                     .map(|w| {
-                        let payload = payload.clone();
                         s.spawn(move || {
                             let mut mine = Tally { hist: Some(histogram()), ..Default::default() };
-                            run_for(round, &mut mine, || target.append(w, 1, &payload), 1, KIB)
+                            run_for(round, &mut mine, || target.append(w, 1, KIB), 1, KIB)
                                 .map(|()| mine)
                         })
                     })
@@ -251,12 +248,11 @@ pub fn concurrent(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
 
 /// Fills a log with 1 KiB entries in batches of 1024, unsynced, then syncs it.
 fn fill(target: &dyn Target, bytes: u64, progress: &Progress) -> BenchResult<u64> {
-    let payload = payload(KIB);
     let batch = 1024usize;
     let batches = bytes.div_ceil((batch * record_bytes(1, KIB)) as u64).max(1);
     // Bounded: `batches` appends.
     for i in 0..batches {
-        target.append(0, batch, &payload)?;
+        target.append(0, batch, KIB)?;
         if i % 64 == 0 {
             progress.tick();
         }
@@ -339,10 +335,7 @@ fn read_loop(target: &dyn Target, from: u64, to: u64, duration: Duration) -> Ben
     let started = Instant::now();
     // Bounded by the duration.
     loop {
-        // xorshift: a cheap, reproducible sequence of start positions.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+        state = xorshift(state);
         let lo = from + state % (span - READ_SPAN);
         tally.bytes += target.read(lo, lo + READ_SPAN)?;
         tally.entries += READ_SPAN;
@@ -460,19 +453,34 @@ pub fn recovery(ctx: &mut Ctx<'_>) -> BenchResult<Vec<Row>> {
     Ok(rows)
 }
 
-/// `size` pseudo-random bytes: incompressible, so that an engine that compresses batches
-/// (raft-engine does above 8 KiB) writes as many bytes as one that does not.
-pub fn payload(size: usize) -> Bytes {
-    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ size as u64;
-    let mut data = Vec::with_capacity(size + 8);
-    while data.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    data.truncate(size);
-    data.into()
+/// Bytes of pseudo-random data entries take their payloads from.
+const POOL_BYTES: usize = 8 << 20;
+
+/// The payload of entry `index`: `size` bytes of a pseudo-random pool, at an offset that depends
+/// on the index. Entries differ from each other and do not compress, so an engine that
+/// compresses batches (raft-engine does above 8 KiB) writes as many bytes as one that does not.
+pub fn entry_data(index: u64, size: usize) -> Bytes {
+    static POOL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut data = Vec::with_capacity(POOL_BYTES);
+        while data.len() < POOL_BYTES {
+            state = xorshift(state);
+            data.extend_from_slice(&state.to_le_bytes());
+        }
+        data.into()
+    });
+    assert!(size <= POOL_BYTES / 2, "an entry of {size} bytes is larger than the pool allows");
+    let at = (xorshift(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as usize)
+        % (POOL_BYTES - size);
+    pool.slice(at..at + size)
+}
+
+fn xorshift(mut state: u64) -> u64 {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    state
 }
 
 /// `1536` → "1.5 KiB".
