@@ -41,8 +41,15 @@ where
         .rows
         .iter()
         .filter_map(|r| r.histogram.as_ref().map(|h| (r.workload.as_str(), series(h))))
+        .map(|(name, points)| (name, points.into_iter().filter(|p| p.0 >= 1.0).collect()))
         .collect();
     let max_x = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.0)).fold(2.0, f64::max);
+    // Start the axis one bucket below the fastest call.
+    let min_x = lines
+        .iter()
+        .flat_map(|(_, s)| s.iter().filter(|p| p.1 > 0.0).map(|p| p.0))
+        .fold(max_x, f64::min)
+        / 2.0;
     let max_y = lines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0, f64::max);
     area.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(area)
@@ -50,7 +57,7 @@ where
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((1.0..max_x * 1.5).log_scale(), 0.0..max_y * 1.1)
+        .build_cartesian_2d((min_x.max(1.0)..max_x * 1.5).log_scale(), 0.0..max_y * 1.1)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
