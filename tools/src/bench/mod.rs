@@ -170,16 +170,16 @@ fn engines(args: &BenchArgs) -> BenchResult<Vec<Engine>> {
 }
 
 fn bench(args: &BenchArgs) -> BenchResult<()> {
+    if let Some(path) = &args.plot
+        && path.extension().and_then(|e| e.to_str()) != Some("svg")
+    {
+        return Err(format!("--plot {}: name an .svg file", path.display()).into());
+    }
     #[cfg(not(feature = "plot"))]
     if args.plot.is_some() {
         return Err("this raftwal was built without plots; run `cargo run --release -p \
              raftwal-tools --features plot -- bench --plot PATH`"
             .into());
-    }
-    if let Some(path) = &args.plot
-        && path.extension().and_then(|e| e.to_str()) != Some("svg")
-    {
-        return Err(format!("--plot {}: name an .svg file", path.display()).into());
     }
     let engines = engines(args)?;
     let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));

@@ -121,3 +121,34 @@ pub fn read_files(dir: &Path) -> io::Result<(u64, Duration)> {
     }
     Ok((total, started.elapsed()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_loop_writes_into_its_zero_filled_file_and_wraps_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sync_loop = SyncLoop::new(dir.path()).unwrap();
+        let path = dir.path().join("raw-fdatasync.dat");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SYNC_FILE_BYTES);
+        // Start near the end: the next write must wrap to offset 0, never grow the file.
+        sync_loop.offset = SYNC_FILE_BYTES - 100;
+        let (syncs, _) = sync_loop.run(4096, Duration::ZERO).unwrap();
+        assert_eq!(syncs, 1);
+        assert_eq!(sync_loop.offset, 4096);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SYNC_FILE_BYTES);
+        drop(sync_loop);
+        assert!(!path.exists(), "the loop's file is removed when it is dropped");
+    }
+
+    #[test]
+    fn read_files_reads_every_file_below_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 3000]).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![2u8; (1 << 20) + 5]).unwrap();
+        let (bytes, _) = read_files(dir.path()).unwrap();
+        assert_eq!(bytes, 3000 + (1 << 20) + 5);
+    }
+}

@@ -303,3 +303,70 @@ pub fn table(report: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(value: f64, ratio_to_raw: Option<f64>) -> Measure {
+        Measure { value, ratio_to_raw, mb_per_s: None, latency_us: None }
+    }
+
+    fn row(
+        group: &'static str,
+        workload: &str,
+        unit: &'static str,
+        value: f64,
+        ratio: Option<f64>,
+    ) -> Row {
+        Row {
+            group,
+            workload: workload.to_string(),
+            unit,
+            raftwal: measure(value, ratio),
+            raw: None,
+            raw_what: String::new(),
+            seq_mb_per_s: None,
+            raft_engine: None,
+            histogram: None,
+        }
+    }
+
+    #[test]
+    fn goals_are_met_or_missed_by_their_thresholds() {
+        let rows = vec![
+            row("append+sync", "1 × 64 B / sync", "syncs/s", 100.0, Some(0.96)),
+            row("append+sync", "1 × 1 KiB / sync", "syncs/s", 100.0, Some(0.94)),
+            row("batch", "256 × 1 KiB / sync", "syncs/s", 10.0, Some(0.8)),
+            row("group commit", "1 writer × 1 KiB", "entries/s", 100.0, None),
+            row("group commit", "8 writers × 1 KiB", "entries/s", 499.0, None),
+            row("index", "index memory after recovery (10 entries)", "B/entry", 16.0, None),
+            row("recovery", "recovery scan of a 1 GiB log", "GB/s", 0.99, None),
+        ];
+        let goals = goals(&rows);
+        let met: Vec<bool> = goals.iter().map(|g| g.met).collect();
+        // One single-entry row below 0.95 misses the goal; 0.8 and 16 B are on the line (met);
+        // 4.99× and 0.99 GB/s are just below (missed).
+        assert_eq!(met, [false, true, false, true, false]);
+        assert!(goals[0].measured.contains("0.94×"), "{}", goals[0].measured);
+    }
+
+    #[test]
+    fn the_comparison_is_oriented_so_that_above_one_favours_raftwal() {
+        let mut rate = row("batch", "16 × 1 KiB / sync", "syncs/s", 300.0, None);
+        rate.raft_engine = Some(measure(100.0, None));
+        assert_eq!(rate.vs_raft_engine(), Some(3.0));
+        let mut time = row("recovery", "open a 1 GiB log", "s", 0.5, None);
+        time.raft_engine = Some(measure(1.0, None));
+        assert_eq!(time.vs_raft_engine(), Some(2.0));
+    }
+
+    #[test]
+    fn numbers_are_grouped_and_rounded_for_the_table() {
+        assert_eq!(num(1_234_567.4), "1,234,567");
+        assert_eq!(num(1000.0), "1,000");
+        assert_eq!(num(345.6), "346");
+        assert_eq!(num(12.345), "12.35");
+        assert_eq!(num(0.0512), "0.051");
+    }
+}

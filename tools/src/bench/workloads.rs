@@ -514,3 +514,34 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_data_is_reproducible_and_differs_between_entries() {
+        assert_eq!(entry_data(7, 1024), entry_data(7, 1024));
+        assert_ne!(entry_data(7, 1024), entry_data(8, 1024));
+        assert_eq!(entry_data(1, 16 << 10).len(), 16 << 10);
+    }
+
+    #[test]
+    fn record_bytes_counts_the_frame_the_count_and_each_entry() {
+        let one = record_bytes(1, 1024);
+        assert_eq!(one, framed_len(ENTRIES_COUNT_LEN + 21 + 1024));
+        assert!(
+            record_bytes(2, 1024) >= 2 * (21 + 1024),
+            "two entries take at least their encoding"
+        );
+        assert_eq!(one % 8, 0, "frames are 8-byte aligned");
+    }
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(64), "64 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(128 << 20), "128 MiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+    }
+}
