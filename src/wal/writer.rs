@@ -161,8 +161,9 @@ fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc
 
 /// Writes zeros over `[0, size)` of a freshly allocated file. On extent-based file systems
 /// (ext4, XFS) `allocate` leaves the blocks *unwritten*: a later append into them makes its
-/// fdatasync also journal the extent's conversion to written, which costs the log a large part
-/// of the disk's sync rate. Overwriting written zeros needs no metadata change. The contents do
+/// fdatasync also persist the extent's conversion to written (a journal commit, or the extent
+/// and inode blocks on ext4 without a journal), which costs the log a large part of the disk's
+/// sync rate. Overwriting written zeros needs no metadata change. The contents do
 /// not change (an allocated file already reads as zeros), so recovery is unaffected.
 pub(crate) fn zero_fill(file: &dyn File, size: u64) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
