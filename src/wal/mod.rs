@@ -95,6 +95,7 @@ impl Wal {
                 let name = format::segment_name(sequence, first_index);
                 let file = fs.create(&dir.join(&name))?;
                 file.allocate(options.segment_size_bytes)?;
+                writer::zero_fill(file.as_ref(), options.segment_size_bytes)?;
                 file.sync_data()?;
                 fs.sync_dir(dir)?;
                 Active {

@@ -4,6 +4,7 @@
 //! repaired), 1 corruption (or a repair refused), 2 usage or I/O error, 3 a torn tail only
 //! (which opening the log cuts).
 
+mod bench;
 mod inspect;
 mod readonly;
 
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Measure fsync and batch throughput, group commit, reads and recovery against the raw
+    /// limit of the same disk.
+    Bench(bench::BenchArgs),
 }
 
 /// The directory an inspection command works on.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::Stat { target } => run_inspection("stat", &target, |layout| {
             inspect::stat(layout, target.max_record_bytes, target.json)
         }),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

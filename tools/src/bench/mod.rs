@@ -1,0 +1,271 @@
+//! `raftwal bench`: fsync and batch throughput, group commit, reads, recovery and index memory,
+//! each set against the raw limit of the same disk measured in the same run.
+//!
+//! Absolute figures on shared disks swing widely from one hour to the next, so every write
+//! workload alternates rounds of the log with rounds of a raw pwrite + fdatasync loop of the same
+//! byte count into a preallocated, zero-filled file, and prints the ratio.
+
+mod raw;
+pub mod report;
+mod target;
+mod workloads;
+
+#[cfg(feature = "plot")]
+mod plot;
+#[cfg(feature = "raft-engine")]
+mod raft_engine;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::Report;
+use workloads::{Ctx, Engine};
+
+/// Errors of the benchmark (I/O, the log's own, or a result that does not add up).
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Arguments of `raftwal bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Directory to measure in: a temporary directory is made inside it and removed at the end
+    /// [default: the current directory, so the run measures its file system].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// A run of about 10 seconds (a 128 MiB log for recovery instead of 1 GiB).
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write a latency histogram of the write workloads to this .svg file (needs the `plot`
+    /// feature).
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+    /// Run the same workloads on another engine in the same run and print the ratios (needs the
+    /// `raft-engine` feature).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    compare: Option<Compare>,
+}
+
+/// Engines raftwal can be compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compare {
+    /// raft-engine 0.4, TiKV's log engine.
+    RaftEngine,
+}
+
+/// How long and how large the workloads are. Rounds are short and many: a shared disk's sync
+/// rate changes within seconds, and fine interleaving lets the log and the raw loop see the
+/// same disk.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    /// Rounds of each write workload (each round runs the raw loop, then every engine).
+    pub rounds: u32,
+    /// Duration of one engine's (or the raw loop's) round.
+    pub round: Duration,
+    /// Uncounted run of the raw loop and of each engine before a write workload's rounds.
+    pub warmup: Duration,
+    /// Duration of each read workload.
+    pub read: Duration,
+    /// Bytes written for the sequential bandwidth figure, once per append workload.
+    pub seq_bytes: u64,
+    /// Size of the log the read workloads run on.
+    pub read_fill_bytes: u64,
+    /// Size of the log recovery opens.
+    pub recovery_bytes: u64,
+}
+
+impl Budget {
+    fn new(quick: bool) -> Budget {
+        if quick {
+            Budget {
+                rounds: 5,
+                round: Duration::from_millis(40),
+                warmup: Duration::from_millis(100),
+                read: Duration::from_millis(150),
+                seq_bytes: 16 << 20,
+                read_fill_bytes: 32 << 20,
+                recovery_bytes: 128 << 20,
+            }
+        } else {
+            Budget {
+                rounds: 16,
+                round: Duration::from_millis(100),
+                warmup: Duration::from_millis(400),
+                read: Duration::from_millis(600),
+                seq_bytes: 64 << 20,
+                read_fill_bytes: 64 << 20,
+                recovery_bytes: 1 << 30,
+            }
+        }
+    }
+}
+
+/// The progress display: one bar over the workloads, naming the current one.
+pub struct Progress {
+    bar: ProgressBar,
+    started: std::cell::Cell<bool>,
+}
+
+impl Progress {
+    fn new(workloads: u64) -> Progress {
+        let bar = ProgressBar::new(workloads);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("valid progress template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Progress { bar, started: std::cell::Cell::new(false) }
+    }
+
+    /// Moves on to workload `name`.
+    pub fn start(&self, name: &str) {
+        if self.started.replace(true) {
+            self.bar.inc(1);
+        }
+        self.bar.set_message(name.to_string());
+    }
+
+    /// Shows that the current workload is alive.
+    pub fn tick(&self) {
+        self.bar.tick();
+    }
+}
+
+/// Runs `raftwal bench`.
+pub fn run(args: BenchArgs) -> ExitCode {
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftwal bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn engines(args: &BenchArgs) -> BenchResult<Vec<Engine>> {
+    #[cfg_attr(not(feature = "raft-engine"), allow(unused_mut))]
+    let mut engines = vec![Engine { name: "raftwal", open: target::open_raftwal }];
+    match args.compare {
+        None => {}
+        #[cfg(feature = "raft-engine")]
+        Some(Compare::RaftEngine) => {
+            engines.push(Engine { name: "raft-engine", open: raft_engine::open });
+        }
+        #[cfg(not(feature = "raft-engine"))]
+        Some(Compare::RaftEngine) => {
+            return Err("this raftwal was built without the comparison with raft-engine; run \
+                 `cargo run --release -p raftwal-tools --features raft-engine -- bench --compare \
+                 raft-engine`"
+                .into());
+        }
+    }
+    Ok(engines)
+}
+
+fn bench(args: &BenchArgs) -> BenchResult<()> {
+    if let Some(path) = &args.plot
+        && path.extension().and_then(|e| e.to_str()) != Some("svg")
+    {
+        return Err(format!("--plot {}: name an .svg file", path.display()).into());
+    }
+    #[cfg(not(feature = "plot"))]
+    if args.plot.is_some() {
+        return Err("this raftwal was built without plots; run `cargo run --release -p \
+             raftwal-tools --features plot -- bench --plot PATH`"
+            .into());
+    }
+    let engines = engines(args)?;
+    let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let temp = tempfile::Builder::new().prefix(".raftwal-bench-").tempdir_in(&parent)?;
+    let dir = temp.path();
+    let budget = Budget::new(args.quick);
+    let started = Instant::now();
+    // 6 append workloads, 4 concurrent, reads, recovery.
+    let progress = Progress::new(12);
+    let mut ctx = Ctx {
+        dir,
+        budget: &budget,
+        engines: &engines,
+        sync_loop: raw::SyncLoop::new(dir)?,
+        progress: &progress,
+    };
+    let mut rows = Vec::new();
+    for size in [64, 1024, 16 << 10] {
+        rows.push(workloads::append(&mut ctx, "append+sync", 1, size)?);
+    }
+    for count in [16, 256, 1024] {
+        rows.push(workloads::append(&mut ctx, "batch", count, 1024)?);
+    }
+    for writers in [1, 2, 4, 8] {
+        rows.push(workloads::concurrent(&mut ctx, writers)?);
+    }
+    rows.extend(workloads::reads(&mut ctx)?);
+    rows.extend(workloads::recovery(&mut ctx)?);
+    progress.bar.finish_and_clear();
+    drop(ctx);
+
+    let mut notes = vec![
+        format!(
+            "Each write workload ran {} rounds of {} ms, alternating the raw loop and each engine, \
+             after {} ms of each not counted.",
+            budget.rounds,
+            budget.round.as_millis(),
+            budget.warmup.as_millis()
+        ),
+        "Concurrent writers append to one log: raftwal writes each append under a lock that \
+         hands out indices, then the writer calls sync(), which joins or leads a group commit."
+            .into(),
+        "reads after reopen: the entries that were cache hits, read again after closing and \
+         reopening the log (empty entry cache; the files are still in the page cache)."
+            .into(),
+        "index memory while appending counts the index's spare capacity (it grows by doubling); \
+         recovery sizes it to fit."
+            .into(),
+    ];
+    if args.quick {
+        notes.push(format!(
+            "--quick: recovery opens a {} log instead of 1 GiB, and rounds are short.",
+            workloads::human_bytes(budget.recovery_bytes)
+        ));
+    }
+    if engines.len() > 1 {
+        notes.push(
+            "raft-engine: default configuration but the file size, one region per writer, \
+             entries are protobuf messages of the same payload size."
+                .into(),
+        );
+    }
+    let goals = report::goals(&rows);
+    let report = Report {
+        dir: std::fs::canonicalize(&parent)?.display().to_string(),
+        quick: args.quick,
+        seconds: started.elapsed().as_secs_f64(),
+        rows,
+        goals,
+        notes,
+    };
+    #[cfg(feature = "plot")]
+    if let Some(path) = &args.plot {
+        plot::latency(path, &report)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "raftwal bench on {} ({}; {:.0} s)\n",
+            report.dir,
+            if args.quick { "quick" } else { "full" },
+            report.seconds
+        );
+        print!("{}", report::table(&report));
+    }
+    temp.close()?;
+    Ok(())
+}

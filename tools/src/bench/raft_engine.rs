@@ -1,0 +1,118 @@
+//! raft-engine 0.4 behind the benchmark's [`Target`], for `--compare raft-engine`.
+//!
+//! raft-engine stores entries as protobuf messages of a type the caller names. The benchmark uses
+//! the well-known `BytesValue` message holding index and term (8 bytes each, little-endian) and the
+//! payload, so an entry is about as large as raftwal's (21 bytes of header plus the payload).
+//! Each writer appends to its own Raft group (region); reads and recovery use group 1.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use protobuf::well_known_types::BytesValue;
+use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize};
+
+use super::BenchResult;
+use super::target::{Mode, Sizing, Target};
+use super::workloads::entry_data;
+
+/// Writers (regions) a log serves.
+const MAX_WRITERS: usize = 64;
+/// Bytes of index and term before the payload.
+const ENTRY_HEADER_BYTES: usize = 16;
+
+/// The entry type raft-engine is given.
+struct Entries;
+
+impl MessageExt for Entries {
+    type Entry = BytesValue;
+
+    fn index(entry: &BytesValue) -> u64 {
+        let mut index = [0u8; 8];
+        index.copy_from_slice(&entry.value[..8]);
+        u64::from_le_bytes(index)
+    }
+}
+
+fn entry(index: u64, term: u64, payload: &[u8]) -> BytesValue {
+    let mut value = Vec::with_capacity(ENTRY_HEADER_BYTES + payload.len());
+    value.extend_from_slice(&index.to_le_bytes());
+    value.extend_from_slice(&term.to_le_bytes());
+    value.extend_from_slice(payload);
+    let mut entry = BytesValue::new();
+    entry.value = value;
+    entry
+}
+
+fn err(e: raft_engine::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("raft-engine: {e}").into()
+}
+
+/// An open raft-engine.
+pub struct RaftEngine {
+    engine: Engine,
+    // next[w]: the next index of writer w's region.
+    next: Vec<AtomicU64>,
+    sync: bool,
+}
+
+/// Opens raft-engine in `dir` with its default configuration but the file size.
+pub fn open(dir: &Path, mode: Mode, sizing: Sizing) -> BenchResult<Box<dyn Target>> {
+    let config = Config {
+        dir: dir.to_str().ok_or("the directory's name is not UTF-8")?.to_string(),
+        target_file_size: ReadableSize(sizing.segment_bytes),
+        ..Default::default()
+    };
+    let engine = Engine::open(config).map_err(err)?;
+    let next = (0..MAX_WRITERS)
+        .map(|w| AtomicU64::new(engine.last_index(region(w)).unwrap_or(0) + 1))
+        .collect();
+    Ok(Box::new(RaftEngine { engine, next, sync: mode != Mode::Unsynced }))
+}
+
+fn region(writer: usize) -> u64 {
+    writer as u64 + 1
+}
+
+impl Target for RaftEngine {
+    fn append(&self, writer: usize, count: usize, size: usize) -> BenchResult<()> {
+        assert!(writer < MAX_WRITERS, "writer {writer} is beyond the {MAX_WRITERS} regions");
+        // Each writer owns its region's counter.
+        let first = self.next[writer].fetch_add(count as u64, Ordering::Relaxed);
+        let entries: Vec<BytesValue> =
+            (first..first + count as u64).map(|i| entry(i, 1, &entry_data(i, size))).collect();
+        let mut batch = LogBatch::with_capacity(count);
+        batch.add_entries::<Entries>(region(writer), &entries).map_err(err)?;
+        self.engine.write(&mut batch, self.sync).map_err(err)?;
+        Ok(())
+    }
+
+    fn read(&self, lo: u64, hi: u64) -> BenchResult<u64> {
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        self.engine.fetch_entries_to::<Entries>(region(0), lo, hi, None, &mut out).map_err(err)?;
+        if out.len() as u64 != hi - lo {
+            return Err(format!("raft-engine read {} entries of [{lo}, {hi})", out.len()).into());
+        }
+        Ok(out.iter().map(|e| (e.value.len() - ENTRY_HEADER_BYTES) as u64).sum())
+    }
+
+    fn last_index(&self) -> u64 {
+        self.engine.last_index(region(0)).unwrap_or(0)
+    }
+
+    fn sync(&self) -> BenchResult<()> {
+        self.engine.sync().map_err(err)
+    }
+
+    fn index_memory(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    fn bytes_recovered(&self) -> Option<u64> {
+        None
+    }
+
+    fn close(self: Box<Self>) -> BenchResult<()> {
+        drop(self);
+        Ok(())
+    }
+}

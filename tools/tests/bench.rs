@@ -1,0 +1,74 @@
+//! `raftwal bench`, run as a built binary on a real directory.
+
+use std::process::Command;
+
+fn raftwal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_raftwal"))
+}
+
+#[test]
+fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        raftwal().args(["bench", "--quick", "--json", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["quick"], true);
+    let rows = report["rows"].as_array().unwrap();
+    let workloads: Vec<&str> = rows.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    for expected in [
+        "1 × 64 B / sync",
+        "1 × 1 KiB / sync",
+        "1 × 16 KiB / sync",
+        "16 × 1 KiB / sync",
+        "256 × 1 KiB / sync",
+        "1024 × 1 KiB / sync",
+        "1 writer × 1 KiB",
+        "8 writers × 1 KiB",
+        "entries() cache hit, 64 × 1 KiB",
+        "recovery scan of a 128 MiB log",
+    ] {
+        assert!(workloads.contains(&expected), "{expected} missing from {workloads:?}");
+    }
+    for row in rows.iter().filter(|r| r["group"] != "index" && r["unit"] != "s") {
+        assert!(row["raftwal"]["value"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["raw"].as_f64().unwrap() > 0.0, "{row}: no raw figure");
+        assert!(row["raftwal"]["ratio_to_raw"].as_f64().is_some(), "{row}: no ratio");
+    }
+    let concurrent = rows.iter().find(|r| r["workload"] == "8 writers × 1 KiB").unwrap();
+    let latency = &concurrent["raftwal"]["latency_us"];
+    assert!(latency["p50"].as_u64().unwrap() <= latency["p99"].as_u64().unwrap());
+    assert!(latency["p99"].as_u64().unwrap() <= latency["p999"].as_u64().unwrap());
+    let index = rows.iter().find(|r| r["group"] == "index").unwrap();
+    assert!(index["raftwal"]["value"].as_f64().unwrap() >= 8.0, "one 8-byte location per entry");
+    assert_eq!(report["goals"].as_array().unwrap().len(), 5);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
+}
+
+#[test]
+fn a_plot_that_is_not_svg_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = raftwal()
+        .args(["bench", "--quick", "--plot", "latency.png", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(".svg"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+}
+
+#[cfg(not(feature = "raft-engine"))]
+#[test]
+fn the_comparison_says_how_to_build_it_when_it_is_not_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = raftwal()
+        .args(["bench", "--quick", "--compare", "raft-engine", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--features raft-engine"), "{stderr}");
+}
