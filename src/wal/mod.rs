@@ -94,8 +94,10 @@ impl Wal {
                 let first_index = state.index.last_index() + 1;
                 let name = format::segment_name(sequence, first_index);
                 let file = fs.create(&dir.join(&name))?;
+                // Allocated but not zero-filled: creating a log stays cheap. Only this first
+                // segment pays for appending into unwritten extents; the writer prepares every
+                // later one zero-filled, in the background.
                 file.allocate(options.segment_size_bytes)?;
-                writer::zero_fill(file.as_ref(), options.segment_size_bytes)?;
                 file.sync_data()?;
                 fs.sync_dir(dir)?;
                 Active {

@@ -165,7 +165,7 @@ fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc
 /// and inode blocks on ext4 without a journal), which costs the log a large part of the disk's
 /// sync rate. Overwriting written zeros needs no metadata change. The contents do
 /// not change (an allocated file already reads as zeros), so recovery is unaffected.
-pub(crate) fn zero_fill(file: &dyn File, size: u64) -> std::io::Result<()> {
+fn zero_fill(file: &dyn File, size: u64) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(size) as usize];
     let mut at = 0;
