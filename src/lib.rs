@@ -10,12 +10,16 @@
 //! - [`wal`]: the segmented, CRC-checked write-ahead log;
 //! - [`snapshot`]: the snapshot store;
 //! - [`storage`]: [`MemoryStorage`] (the reference model) and [`WalStorage`] (WAL + snapshot
-//!   store behind [`Storage`]).
+//!   store behind [`Storage`]);
+//! - `adapters` (behind the `raft-rs` feature): [`WalStorage`] as the storage of raft-rs
+//!   nodes.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "raft-rs")]
+pub mod adapters;
 pub mod codec;
 pub mod contract;
 #[cfg(test)]
