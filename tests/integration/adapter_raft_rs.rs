@@ -303,3 +303,97 @@ fn a_restarted_node_behind_the_compacted_log_catches_up_by_snapshot() {
     assert_eq!(cluster.nodes[2].applied, expected[..cluster.nodes[2].applied.len()]);
     wait_caught_up(&mut cluster, 2, &expected);
 }
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry { index, term, data: Bytes::from(format!("e{index}")), ..Default::default() }
+}
+
+fn storage_error(result: raft::Result<impl std::fmt::Debug>) -> raft::StorageError {
+    match result {
+        Err(raft::Error::Store(e)) => e,
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+/// The same appends and compactions on raft-rs's `MemStorage` and on the adapter give the same
+/// first and last index, terms and entries, where raft-rs's contract defines them.
+#[test]
+fn compaction_and_reads_match_raft_rs_mem_storage() {
+    let theirs = raft::storage::MemStorage::new();
+    let ours = open_storage(&CrashFs::new());
+    let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 4)).collect();
+    theirs.wl().append(&entries).unwrap();
+    ours.append(&entries).unwrap();
+    // raft-rs compact(i): entries before i go; at or below first_index it is a no-op.
+    for compact in [1, 4, 4, 3, 7] {
+        theirs.wl().compact(compact).unwrap();
+        ours.compact(compact).unwrap();
+        let first = theirs.first_index().unwrap();
+        assert_eq!(ours.first_index().unwrap(), first, "first index after compact({compact})");
+        assert_eq!(ours.last_index().unwrap(), theirs.last_index().unwrap());
+        for index in first..=10 {
+            assert_eq!(ours.term(index).unwrap(), theirs.term(index).unwrap(), "term({index})");
+        }
+        // raft-rs's contract: term(first_index - 1) answers (MemStorage only at a snapshot).
+        let dummy_term = if first == 1 { 0 } else { entries[(first - 2) as usize].term };
+        assert_eq!(ours.term(first - 1).unwrap(), dummy_term);
+        if first >= 3 {
+            let below = storage_error(ours.term(first - 2));
+            assert_eq!(below, raft::StorageError::Compacted, "below the dummy");
+        }
+        let ctx = || raft::GetEntriesContext::empty(false);
+        assert_eq!(
+            ours.entries(first, 11, None, ctx()).unwrap(),
+            theirs.entries(first, 11, None, ctx()).unwrap()
+        );
+        let compacted = storage_error(ours.entries(first - 1, 11, None, ctx()));
+        assert_eq!(compacted, raft::StorageError::Compacted);
+        assert_eq!(storage_error(ours.term(11)), raft::StorageError::Unavailable);
+    }
+    // compact(last + 1) is allowed (nothing readable is left); beyond it is refused.
+    let refused = storage_error(ours.compact(12));
+    assert!(matches!(refused, raft::StorageError::Other(_)), "{refused:?}");
+    ours.compact(11).unwrap();
+    assert_eq!(ours.first_index().unwrap(), 11);
+    assert_eq!(ours.last_index().unwrap(), 10);
+    assert_eq!(ours.term(10).unwrap(), entries[9].term, "the last entry is now the dummy");
+}
+
+#[test]
+fn snapshot_requests_initialization_and_a_crash_between_snapshot_and_hard_state() {
+    let fs = CrashFs::new();
+    let storage = open_storage(&fs);
+    let cs = ConfState { voters: vec![1, 2], ..Default::default() };
+    storage.initialize_with_conf_state(&cs).unwrap();
+    let again = storage_error(storage.initialize_with_conf_state(&cs));
+    assert!(matches!(again, raft::StorageError::Other(_)), "initialized twice: {again:?}");
+    let state = storage.initial_state().unwrap();
+    assert_eq!(state.conf_state, cs);
+    assert!(state.initialized());
+    assert_eq!(storage.first_index().unwrap(), 2);
+    assert_eq!(storage.term(1).unwrap(), 1, "the initial snapshot's term");
+
+    // A snapshot older than the one asked for is not there yet.
+    let asked = storage_error(storage.snapshot(5, 2));
+    assert_eq!(asked, raft::StorageError::SnapshotTemporarilyUnavailable);
+    assert_eq!(storage.snapshot(1, 2).unwrap().get_metadata().index, 1);
+
+    // A leader's snapshot applied, then a power cut before the hard state that goes with it:
+    // the commit index still covers the snapshot.
+    let mut snapshot =
+        raft::eraftpb::Snapshot { data: Bytes::from_static(b"image"), ..Default::default() };
+    snapshot.mut_metadata().index = 20;
+    snapshot.mut_metadata().term = 3;
+    snapshot.mut_metadata().set_conf_state(cs.clone());
+    storage.apply_snapshot(&snapshot).unwrap();
+    let stale = storage_error(storage.apply_snapshot(&snapshot));
+    assert_eq!(stale, raft::StorageError::SnapshotOutOfDate);
+    drop(storage);
+    fs.crash(9);
+    let storage = open_storage(&fs);
+    let state = storage.initial_state().unwrap();
+    assert_eq!(state.hard_state.commit, 20, "commit raised to the snapshot's index");
+    assert_eq!(storage.first_index().unwrap(), 21);
+    assert_eq!(storage.term(20).unwrap(), 3);
+    assert_eq!(storage.snapshot(0, 2).unwrap(), snapshot);
+}
