@@ -17,7 +17,7 @@ use openraft::{
     StoredMembership, Vote,
 };
 use raftwal::adapters::openraft::{OpenRaftLogStore, STATE_DIR, STATE_FILE};
-use raftwal::io::{CrashFs, Fs};
+use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
 use raftwal::{CorruptionKind, Error, WalOptions};
 
 openraft::declare_raft_types!(
@@ -269,4 +269,87 @@ fn a_damaged_state_record_refuses_to_open() {
             "{err}"
         );
     });
+}
+
+/// Everything the store answers about itself.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    log_state: (Option<LogId<u64>>, Option<LogId<u64>>),
+    entries: Vec<Entry>,
+}
+
+async fn observe(store: &mut Store) -> Observed {
+    Observed {
+        vote: store.read_vote().await.unwrap(),
+        committed: store.read_committed().await.unwrap(),
+        log_state: log_state(store).await,
+        entries: all_entries(store).await,
+    }
+}
+
+/// Operations that exercise every kind of write: vote, appends, committed, truncation, a purge
+/// inside the log and one beyond it.
+const WORKLOAD_STEPS: usize = 9;
+
+async fn workload_step(store: &mut Store, step: usize) -> Result<(), StorageError<u64>> {
+    match step {
+        0 => store.save_vote(&Vote::new(1, 1)).await,
+        1 => store.blocking_append((0..6).map(|i| normal(1, i))).await,
+        2 => store.save_committed(Some(log_id(1, 3))).await,
+        3 => store.truncate(log_id(1, 4)).await,
+        4 => store.blocking_append([normal(2, 4), normal(2, 5)]).await,
+        5 => store.purge(log_id(1, 2)).await,
+        6 => store.save_vote(&Vote::new_committed(2, 1)).await,
+        7 => store.purge(log_id(2, 10)).await,
+        8 => store.blocking_append([normal(3, 11)]).await,
+        _ => unreachable!("{WORKLOAD_STEPS} steps"),
+    }
+}
+
+/// A power cut at every I/O operation of the workload: the store reopens, and answers exactly
+/// as it did after the last acknowledged step or after the step that was running.
+#[test]
+fn a_power_cut_at_every_operation_leaves_the_last_acknowledged_state_or_the_next() {
+    // The states after 0..=WORKLOAD_STEPS steps, and the operations the whole workload takes.
+    let fs = CrashFs::new();
+    let mut store = open(&fs).unwrap();
+    let start = fs.op_count();
+    let mut states = vec![block_on(observe(&mut store))];
+    for step in 0..WORKLOAD_STEPS {
+        block_on(workload_step(&mut store, step)).unwrap();
+        states.push(block_on(observe(&mut store)));
+    }
+    let total_ops = fs.op_count() - start;
+    drop(store);
+    assert!(total_ops < 2000, "the workload stays small: {total_ops} operations");
+
+    // How many crashes recovered to the acknowledged state, and to the one after it.
+    let mut outcomes = [0usize; 2];
+    for at in 0..total_ops {
+        let fs = CrashFs::new();
+        let mut store = open(&fs).unwrap();
+        fs.inject(Fault { at_op: fs.op_count() + at, kind: FaultKind::Halt });
+        let mut acknowledged = 0;
+        for step in 0..WORKLOAD_STEPS {
+            if block_on(workload_step(&mut store, step)).is_err() {
+                break;
+            }
+            acknowledged += 1;
+        }
+        assert!(acknowledged < WORKLOAD_STEPS, "operation {at} halted some step");
+        drop(store);
+        fs.crash(at);
+        fs.clear_faults();
+        let mut store = open(&fs).unwrap_or_else(|e| panic!("crash at operation {at}: {e}"));
+        let seen = block_on(observe(&mut store));
+        let outcome = states[acknowledged..=acknowledged + 1].iter().position(|s| *s == seen);
+        let outcome = outcome.unwrap_or_else(|| {
+            panic!("crash at operation {at} after {acknowledged} steps: {seen:?}")
+        });
+        outcomes[outcome] += 1;
+    }
+    assert!(outcomes[0] > 0, "some crashes lost the step that was running");
+    assert!(outcomes[1] > 0, "some crashes kept the step that was running: {outcomes:?}");
 }
