@@ -11,6 +11,7 @@
 //! | `purge(log_id)` beyond the last entry (after a snapshot install) | `apply_snapshot` of an empty snapshot at `(log_id.index + 1, term)`: the log restarts after it |
 //! | `truncate(log_id)` | the state record's `end = log_id.index`: entries from there on are hidden until the next `append` replaces them (etcd's suffix replacement) |
 //! | `append` | `append`, then `end` cleared; the callback runs once both are durable |
+//! | `append` to an empty log, starting past its end | the WAL restarted (as for a purge past the end) just before the first entry |
 //! | vote, committed log id, last purged log id | the state record |
 //!
 //! The *state record* is one small file, `<dir>/openraft/STATE`: a `u32` little-endian CRC-32
