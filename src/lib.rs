@@ -10,12 +10,16 @@
 //! - [`wal`]: the segmented, CRC-checked write-ahead log;
 //! - [`snapshot`]: the snapshot store;
 //! - [`storage`]: [`MemoryStorage`] (the reference model) and [`WalStorage`] (WAL + snapshot
-//!   store behind [`Storage`]).
+//!   store behind [`Storage`]);
+//! - `adapters` (behind the `raft-rs` and `openraft` features): [`WalStorage`] as the storage of
+//!   raft-rs and openraft nodes.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
 #![deny(unsafe_code)]
 
+#[cfg(any(feature = "raft-rs", feature = "openraft"))]
+pub mod adapters;
 pub mod codec;
 pub mod contract;
 #[cfg(test)]
