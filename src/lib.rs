@@ -5,7 +5,9 @@
 //!
 //! - [`types`] and [`codec`]: the shared Raft types and their little-endian encoding;
 //! - [`storage`]: the [`Storage`] contract and [`MemoryStorage`], the model the durable
-//!   storage is tested against.
+//!   storage is tested against;
+//! - [`raft`]: the Raft core (RawNode / Ready / Advance), which reads its log through a
+//!   [`Storage`] and does no I/O of its own.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
@@ -13,6 +15,7 @@
 
 pub mod codec;
 mod error;
+pub mod raft;
 pub mod storage;
 pub mod types;
 
