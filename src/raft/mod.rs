@@ -15,6 +15,7 @@
 //! - [`message`]: the wire types and their encoding (a leaf; used by the layers above).
 
 pub mod confchange;
+pub mod log;
 pub mod message;
 pub mod quorum;
 pub mod tracker;
