@@ -24,3 +24,10 @@ pub use message::{
     AnyConfChange, ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
     ConfChangeV2, Message, MessageType, ReadState, SnapshotStatus, SoftState, StateRole,
 };
+pub mod config;
+pub mod core;
+pub mod raw_node;
+pub mod read_only;
+
+pub use config::{Config, ReadOnlyOption};
+pub use raw_node::{RawNode, Ready, Status};

@@ -3,3 +3,5 @@
 mod etcd_cases;
 mod memory_storage;
 mod model;
+mod raft_election;
+mod raft_net;
