@@ -258,9 +258,16 @@ impl<S: Storage> Raft<S> {
         }
         let next = pr.next_idx;
         let recent_active = pr.recent_active;
+        // A full window in Replicate state still allows an empty append: if every message in
+        // flight was lost, its answer (prompted by a heartbeat response) clears the window.
+        let throttled = pr.state == ProgressState::Replicate && pr.inflights.full();
         let prev_index = next - 1;
         let prev_term = self.raft_log.term(prev_index);
-        let ents = self.raft_log.entries(next, self.max_msg_size);
+        let ents = if throttled {
+            Ok(Vec::new())
+        } else {
+            self.raft_log.entries(next, self.max_msg_size)
+        };
         if let (Ok(prev_term), Ok(ents)) = (&prev_term, &ents) {
             if ents.is_empty() && !send_if_empty {
                 return false;

@@ -5,3 +5,4 @@ mod memory_storage;
 mod model;
 mod raft_election;
 mod raft_net;
+mod raft_replication;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use raftwal::raft::{
-    ConfChange, ConfChangeV2, Config, Message, MessageType, RawNode, ReadState, StateRole,
+    ConfChange, ConfChangeV2, Config, Message, MessageType, RawNode, ReadState, SnapshotStatus,
+    StateRole,
 };
 use raftwal::{ConfState, Entry, EntryType, MemoryStorage, Snapshot, SnapshotMetadata, Storage};
 
@@ -27,6 +28,8 @@ pub struct Node {
     pub conf_state: ConfState,
     pub read_states: Vec<ReadState>,
     pub config: Config,
+    /// Index of the last snapshot restored from the leader (0: none).
+    pub snapshot_index: u64,
 }
 
 impl Node {
@@ -64,6 +67,9 @@ impl Node {
     }
 }
 
+/// A predicate on messages: true drops the message.
+pub type Filter = Box<dyn Fn(&Message) -> bool>;
+
 pub struct Network {
     pub nodes: BTreeMap<u64, Node>,
     /// Directed links that drop everything.
@@ -73,6 +79,8 @@ pub struct Network {
     pub queue: VecDeque<Message>,
     /// Every message delivered, for tests that count.
     pub delivered: Vec<Message>,
+    /// Drops every message for which it returns true.
+    pub filter: Option<Filter>,
 }
 
 /// `MessageType` is not `Ord`; tests name ignored types by their wire byte.
@@ -105,6 +113,7 @@ impl Network {
             ignored: BTreeSet::new(),
             queue: VecDeque::new(),
             delivered: Vec::new(),
+            filter: None,
         };
         for id in ids {
             let store = Arc::new(MemoryStorage::new());
@@ -140,6 +149,7 @@ impl Network {
                 conf_state,
                 read_states: Vec::new(),
                 config: cfg,
+                snapshot_index: 0,
             },
         );
     }
@@ -164,6 +174,7 @@ impl Network {
         if let Some(s) = &rd.snapshot {
             node.store.apply_snapshot(s.clone()).unwrap();
             node.conf_state = s.metadata.conf_state.clone();
+            node.snapshot_index = s.metadata.index;
         }
         node.store.append(&rd.entries).unwrap();
         if let Some(hs) = rd.hard_state {
@@ -198,6 +209,7 @@ impl Network {
         !self.cut.contains(&(m.from, m.to))
             && !self.ignored.contains(&message_key(m.msg_type))
             && self.nodes.contains_key(&m.to)
+            && !self.filter.as_ref().is_some_and(|f| f(m))
     }
 
     /// Handles every Ready and delivers every message until the cluster is quiet.
@@ -210,12 +222,20 @@ impl Network {
             }
             while let Some(m) = self.queue.pop_front() {
                 busy = true;
+                let is_snap = m.msg_type == MessageType::MsgSnap;
+                let (from, to) = (m.from, m.to);
                 if !self.deliverable(&m) {
+                    if is_snap && let Some(leader) = self.nodes.get_mut(&from) {
+                        leader.raw.report_snapshot(to, SnapshotStatus::Failure);
+                    }
                     continue;
                 }
                 self.delivered.push(m.clone());
-                let to = m.to;
                 let _ = self.nodes.get_mut(&to).unwrap().raw.step(m);
+                if is_snap && let Some(leader) = self.nodes.get_mut(&from) {
+                    // The transport tells the sender how the snapshot went.
+                    leader.raw.report_snapshot(to, SnapshotStatus::Finish);
+                }
             }
             if !busy {
                 return;
@@ -235,9 +255,40 @@ impl Network {
         }
     }
 
+    /// Snapshots node `id`'s state at `index` (which it applied) and compacts its log there.
+    pub fn compact(&mut self, id: u64, index: u64) {
+        let n = self.node(id);
+        let cs = n.conf_state.clone();
+        n.store
+            .create_snapshot(index, Some(cs), Bytes::from(format!("image@{index}")))
+            .unwrap();
+        n.store.compact(index).unwrap();
+    }
+
+    /// Restarts node `id` from its storage, as after a crash that lost nothing persisted.
+    pub fn restart(&mut self, id: u64) {
+        let old = self.nodes.remove(&id).unwrap();
+        // The state machine restarts from the stored snapshot and replays the log after it,
+        // re-applying membership changes on the way.
+        let applied = old.store.snapshot().unwrap().metadata.index;
+        let cfg = Config {
+            applied,
+            ..old.config.clone()
+        };
+        self.add_node(id, old.store.clone(), cfg);
+        let n = self.node(id);
+        n.applied = old
+            .applied
+            .into_iter()
+            .filter(|e| e.index <= applied)
+            .collect();
+        n.snapshot_index = old.snapshot_index;
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
         self.ignored.clear();
+        self.filter = None;
     }
 
     pub fn campaign(&mut self, id: u64) {
