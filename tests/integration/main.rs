@@ -4,5 +4,7 @@ mod etcd_cases;
 mod memory_storage;
 mod model;
 mod raft_election;
+mod raft_features;
+mod raft_membership;
 mod raft_net;
 mod raft_replication;

@@ -154,7 +154,22 @@ impl Network {
         );
     }
 
-    /// A node that starts with an empty storage (a new member about to be added).
+    /// Starts node `id`, already added to the membership by a change `leader` applied, with
+    /// an empty storage. The leader first compacts its log at its applied index, so the new
+    /// node starts from a snapshot that carries the membership (as a real deployment would:
+    /// the log alone does not hold the initial membership).
+    pub fn start_new_member(&mut self, leader: u64, id: u64) {
+        let applied = self.node(leader).applied.last().unwrap().index;
+        assert!(
+            self.node(leader).conf_state.voters.contains(&id)
+                || self.node(leader).conf_state.learners.contains(&id),
+            "{id} must be a member before it starts"
+        );
+        self.compact(leader, applied);
+        self.add_empty_node(id);
+    }
+
+    /// A node that starts with an empty storage.
     pub fn add_empty_node(&mut self, id: u64) {
         let store = Arc::new(MemoryStorage::new());
         self.add_node(id, store, config(id));
