@@ -8,3 +8,4 @@ mod raft_features;
 mod raft_membership;
 mod raft_net;
 mod raft_replication;
+mod raft_sim;
