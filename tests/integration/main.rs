@@ -7,5 +7,6 @@ mod raft_election;
 mod raft_features;
 mod raft_membership;
 mod raft_net;
+mod raft_properties;
 mod raft_replication;
 mod raft_sim;
