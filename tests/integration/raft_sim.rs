@@ -14,7 +14,10 @@
 //!   index equal the applied ones;
 //! - leader completeness: a leader of a term above the cluster's highest term at the time an
 //!   entry was first applied holds that entry;
-//! - results: every node computes the same result for the same operation.
+//! - results: every node computes the same result for the same operation;
+//! - linearizability: at the end of each run, the history of client operations (puts,
+//!   compare-and-swaps and reads through the log, reads through `read_index`) is checked
+//!   key by key with a Wing-Gong-Lowe search against a register model.
 //!
 //! At the end the network heals, every node restarts, and the cluster must elect a leader and
 //! commit a final operation on every node (liveness under good conditions).
@@ -72,8 +75,11 @@ struct Kv {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Op {
     Put(String, String),
+    /// A read through the log.
     Get(String),
     Cas(String, String, String),
+    /// A read through `read_index`, served locally once the read index is applied.
+    Read(String),
 }
 
 impl Op {
@@ -82,6 +88,7 @@ impl Op {
             Op::Put(k, v) => format!("{id} put {k} {v}"),
             Op::Get(k) => format!("{id} get {k}"),
             Op::Cas(k, e, v) => format!("{id} cas {k} {e} {v}"),
+            Op::Read(_) => unreachable!("reads do not go through the log"),
         };
         Bytes::from(s)
     }
@@ -112,7 +119,7 @@ impl Kv {
                 self.data.insert(k.clone(), v.clone());
                 "ok".into()
             }
-            Op::Get(k) => get(&self.data, k),
+            Op::Get(k) | Op::Read(k) => get(&self.data, k),
             Op::Cas(k, e, v) => {
                 let cur = get(&self.data, k);
                 if &cur == e {
@@ -155,6 +162,88 @@ impl Kv {
     }
 }
 
+/// One client operation as the checker sees it: when it was invoked and when (and with what
+/// result) it returned, on a logical clock that counts events.
+#[derive(Clone, Debug)]
+struct HistOp {
+    op: Op,
+    call: u64,
+    ret: Option<u64>,
+    result: Option<String>,
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Put(k, _) | Op::Get(k) | Op::Cas(k, _, _) | Op::Read(k) => k,
+        }
+    }
+}
+
+/// The register model of one key: the state after `op` if `op` could return `result` (None:
+/// the op never returned, any result goes) from `state`.
+fn model_step(state: &str, op: &Op, result: Option<&str>) -> Option<String> {
+    let allows = |want: &str| result.is_none_or(|r| r == want);
+    match op {
+        Op::Put(_, v) => allows("ok").then(|| v.clone()),
+        Op::Get(_) | Op::Read(_) => allows(state).then(|| state.to_string()),
+        Op::Cas(_, e, v) if state == e => allows("swapped").then(|| v.clone()),
+        Op::Cas(..) => allows(&format!("failed:{state}")).then(|| state.to_string()),
+    }
+}
+
+/// Limit on operations per key in one history: the search tracks them in a `u128`.
+const MAX_OPS_PER_KEY: usize = 120;
+/// Limit on search states per key; far above what the histories here need.
+const MAX_SEARCH_STATES: usize = 1 << 20;
+
+/// Wing and Gong's search with Lowe's memoization: is there an order of the operations,
+/// consistent with real time (an op returned before another was called comes first), in
+/// which every returned result is what the register model gives? Ops that never returned
+/// may take effect at any point after their call, or never.
+fn linearizable(ops: &[HistOp]) -> bool {
+    assert!(
+        ops.len() <= MAX_OPS_PER_KEY,
+        "{} ops exceed the checker's limit",
+        ops.len()
+    );
+    fn search(
+        ops: &[HistOp],
+        done: u128,
+        state: String,
+        memo: &mut std::collections::HashSet<(u128, String)>,
+    ) -> bool {
+        let open = |i: usize| done & (1u128 << i) == 0;
+        // The earliest return among ops not yet placed: only ops called before it can come
+        // next.
+        let Some(min_ret) = (0..ops.len())
+            .filter(|i| open(*i))
+            .filter_map(|i| ops[i].ret)
+            .min()
+        else {
+            return true; // every returned op is placed
+        };
+        for (i, o) in ops.iter().enumerate() {
+            if !open(i) || o.call > min_ret {
+                continue;
+            }
+            let Some(next) = model_step(&state, &o.op, o.result.as_deref()) else {
+                continue;
+            };
+            let placed = done | (1u128 << i);
+            assert!(
+                memo.len() < MAX_SEARCH_STATES,
+                "linearizability search too large"
+            );
+            if memo.insert((placed, next.clone())) && search(ops, placed, next, memo) {
+                return true;
+            }
+        }
+        false
+    }
+    search(ops, 0, String::new(), &mut std::collections::HashSet::new())
+}
+
 struct SimNode {
     raw: Option<RawNode<Arc<MemoryStorage>>>,
     store: Arc<MemoryStorage>,
@@ -162,6 +251,8 @@ struct SimNode {
     conf_state: ConfState,
     /// Highest index applied by the state machine (or restored from a snapshot).
     applied: u64,
+    /// Confirmed reads (op id, read index) waiting for the applied index to reach theirs.
+    reads: Vec<(u64, u64)>,
 }
 
 struct InFlight {
@@ -184,6 +275,10 @@ struct Sim {
     /// Result of each operation, as the first node to apply it computed.
     results: BTreeMap<u64, String>,
     next_op: u64,
+    /// Every client operation, by id.
+    history: BTreeMap<u64, HistOp>,
+    /// Logical clock of invocations and returns.
+    clock: u64,
     /// What happened, for the failure message.
     trace: Vec<String>,
 }
@@ -231,6 +326,7 @@ impl Sim {
                     kv: Kv::default(),
                     conf_state: cs.clone(),
                     applied: 0,
+                    reads: Vec::new(),
                 },
             );
         }
@@ -245,6 +341,8 @@ impl Sim {
             leaders: BTreeMap::new(),
             results: BTreeMap::new(),
             next_op: 1,
+            history: BTreeMap::new(),
+            clock: 0,
             trace: Vec::new(),
         }
     }
@@ -306,6 +404,14 @@ impl Sim {
         for m in &rd.messages {
             out.push(Message::decode(&m.encode()).unwrap());
         }
+        for rs in &rd.read_states {
+            let op_id: u64 = std::str::from_utf8(&rs.request_ctx)
+                .unwrap()
+                .parse()
+                .unwrap();
+            node.reads.push((op_id, rs.index));
+        }
+        let mut returned: Vec<(u64, String)> = Vec::new();
         let mut applied_now = Vec::new();
         for e in &rd.committed_entries {
             assert_eq!(
@@ -327,7 +433,8 @@ impl Sim {
                                 "node {id}: op {op_id} gave a different result"
                             ),
                             None => {
-                                self.results.insert(op_id, result);
+                                self.results.insert(op_id, result.clone());
+                                returned.push((op_id, result));
                             }
                         }
                     }
@@ -337,6 +444,28 @@ impl Sim {
             }
         }
         raw.advance(rd);
+        // Serve the reads whose index is applied, from this node's state machine.
+        let applied = node.applied;
+        let kv = &node.kv;
+        let history = &self.history;
+        node.reads.retain(|(op_id, index)| {
+            if *index > applied {
+                return true;
+            }
+            if let Some(Op::Read(k)) = history.get(op_id).map(|h| &h.op) {
+                returned.push((*op_id, kv.data.get(k).cloned().unwrap_or_default()));
+            }
+            false
+        });
+        for (op_id, result) in returned {
+            self.clock += 1;
+            if let Some(h) = self.history.get_mut(&op_id)
+                && h.ret.is_none()
+            {
+                h.ret = Some(self.clock);
+                h.result = Some(result);
+            }
+        }
         for e in applied_now {
             match self.committed.get(&e.index) {
                 Some((term, data, _)) => {
@@ -464,6 +593,8 @@ impl Sim {
         n.kv = Kv::decode(&snap.data);
         n.conf_state = snap.metadata.conf_state.clone();
         n.applied = snap.metadata.index;
+        // Reads confirmed before the crash are lost with the process.
+        n.reads.clear();
         let raw = RawNode::new(&config(id, seed, snap.metadata.index), n.store.clone()).unwrap();
         n.raw = Some(raw);
     }
@@ -488,21 +619,58 @@ impl Sim {
 
     fn client(&mut self, id: u64) {
         let key = format!("k{}", self.rng.below(3));
+        let per_key = self.history.values().filter(|h| h.op.key() == key).count();
+        if per_key >= MAX_OPS_PER_KEY {
+            return;
+        }
         let val = format!("v{}", self.rng.below(5));
-        let op = match self.rng.below(3) {
+        let op = match self.rng.below(4) {
             0 => Op::Put(key, val),
             1 => Op::Get(key),
+            2 => Op::Read(key),
             _ => Op::Cas(key, format!("v{}", self.rng.below(5)), val),
         };
         let op_id = self.next_op;
         self.next_op += 1;
+        self.clock += 1;
+        self.history.insert(
+            op_id,
+            HistOp {
+                op: op.clone(),
+                call: self.clock,
+                ret: None,
+                result: None,
+            },
+        );
         if let Some(raw) = self.nodes.get_mut(&id).unwrap().raw.as_mut() {
-            let _ = raw.propose(op.encode(op_id));
+            match op {
+                Op::Read(_) => raw.read_index(Bytes::from(op_id.to_string())),
+                op => {
+                    let _ = raw.propose(op.encode(op_id));
+                }
+            }
         }
     }
 
-    /// Checks the invariants; `full` also re-reads every node's whole committed log (the
-    /// per-step check reads only the newest committed entries, to keep steps cheap).
+    /// Checks the whole history for linearizability, key by key (linearizability is local).
+    ///
+    /// Called at the end of a run, once every node applied the final operation: an operation
+    /// not applied by then was lost (its proposal dropped, its leader deposed) and will never
+    /// take effect, and a read never served returned nothing; both are left out, which is one
+    /// of the choices linearizability allows for operations that never return.
+    fn check_linearizable(&self) {
+        let mut by_key: BTreeMap<&str, Vec<HistOp>> = BTreeMap::new();
+        for h in self.history.values().filter(|h| h.ret.is_some()) {
+            by_key.entry(h.op.key()).or_default().push(h.clone());
+        }
+        for (key, ops) in by_key {
+            assert!(
+                linearizable(&ops),
+                "history of {key} is not linearizable: {ops:?}"
+            );
+        }
+    }
+
     fn check(&mut self, full: bool) {
         // Election safety.
         for id in self.live() {
@@ -656,6 +824,7 @@ impl Sim {
         }
         self.trace.push(format!("t{} calm", self.now));
         let final_id = self.next_op;
+        self.next_op += 1;
         let mut proposed = false;
         for step in 0..CALM_STEPS {
             self.step(false);
@@ -699,6 +868,7 @@ impl Sim {
             );
         }
         self.check(true);
+        self.check_linearizable();
         // With everything applied, every replica holds the same state.
         let kvs: Vec<&Kv> = self.nodes.values().map(|n| &n.kv).collect();
         let applied: Vec<u64> = self.nodes.values().map(|n| n.applied).collect();
@@ -782,4 +952,40 @@ fn kv_snapshot_encoding_round_trips() {
     assert_eq!(Kv::decode(&kv.encode()), kv);
     let e = Entry::new(1, 1, Op::Get("a".into()).encode(7));
     assert_eq!(Op::decode(&e.data), (7, Op::Get("a".into())));
+}
+
+#[test]
+fn linearizability_checker_rejects_stale_reads_and_accepts_overlaps() {
+    let h = |op: Op, call, ret, result: &str| HistOp {
+        op,
+        call,
+        ret: Some(ret),
+        result: Some(result.to_string()),
+    };
+    let put = || Op::Put("k".into(), "v1".into());
+    let read = || Op::Read("k".into());
+    // The write returned before the read began, yet the read missed it.
+    assert!(!linearizable(&[h(put(), 1, 2, "ok"), h(read(), 3, 4, "")]));
+    // Overlapping, either order is possible.
+    assert!(linearizable(&[h(put(), 1, 4, "ok"), h(read(), 2, 3, "")]));
+    assert!(linearizable(&[h(put(), 1, 4, "ok"), h(read(), 2, 3, "v1")]));
+    // A compare-and-swap must see the value the history implies.
+    let cas = Op::Cas("k".into(), "v1".into(), "v2".into());
+    assert!(linearizable(&[
+        h(put(), 1, 2, "ok"),
+        h(cas.clone(), 3, 4, "swapped")
+    ]));
+    assert!(!linearizable(&[
+        h(put(), 1, 2, "ok"),
+        h(cas, 3, 4, "failed:")
+    ]));
+    // An operation that never returned may have taken effect, or not.
+    let pending = HistOp {
+        op: put(),
+        call: 1,
+        ret: None,
+        result: None,
+    };
+    assert!(linearizable(&[pending.clone(), h(read(), 2, 3, "v1")]));
+    assert!(linearizable(&[pending, h(read(), 2, 3, "")]));
 }
