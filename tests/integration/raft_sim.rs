@@ -803,6 +803,20 @@ impl Sim {
                 self.client(id);
             }
         }
+        if faults && self.rng.chance(2) {
+            // Leadership transfers, to any node (a transfer to itself or a down node must be
+            // harmless).
+            let ids = self.ids();
+            let to = ids[self.rng.below(ids.len() as u64) as usize];
+            for id in self.live() {
+                let raw = self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap();
+                if raw.status().soft_state.raft_state == StateRole::Leader {
+                    self.trace
+                        .push(format!("t{} transfer {id} -> {to}", self.now));
+                    raw.transfer_leader(to);
+                }
+            }
+        }
         self.settle(faults);
         self.deliver();
         self.settle(faults);
