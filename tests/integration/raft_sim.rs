@@ -3,8 +3,10 @@
 //! Three- and five-node clusters on `MemoryStorage` run under a network that drops,
 //! duplicates, delays and reorders messages and partitions nodes, while nodes crash and
 //! restart from their storage (losing nothing persisted: they follow the Ready contract and
-//! persist synchronously), snapshot and compact their logs, and clients issue put, get and
-//! compare-and-swap through the log. After every step the invariants are checked:
+//! persist synchronously), snapshot and compact their logs, leadership moves, membership
+//! changes (add, remove, demote, promote, joint consensus with automatic and explicit leave),
+//! and clients issue put, get and compare-and-swap through the log and reads through
+//! `read_index`. After every step the invariants are checked:
 //!
 //! - election safety: at most one leader per term, ever;
 //! - state machine safety: an index, once applied anywhere, holds the same entry everywhere
@@ -19,8 +21,9 @@
 //!   compare-and-swaps and reads through the log, reads through `read_index`) is checked
 //!   key by key with a Wing-Gong-Lowe search against a register model.
 //!
-//! At the end the network heals, every node restarts, and the cluster must elect a leader and
-//! commit a final operation on every node (liveness under good conditions).
+//! At the end the network heals, every node restarts, and the cluster must elect a leader,
+//! bring every node back as a voter and commit a final operation on every node (liveness under
+//! good conditions).
 //!
 //! `RAFTWAL_SIM_SEEDS=n` runs n seeds (default 200); `RAFTWAL_SIM_SEED=s` replays one seed.
 
@@ -29,7 +32,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raftwal::raft::{Config, Message, MessageType, RawNode, SnapshotStatus, StateRole};
+use raftwal::raft::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Config,
+    Message, MessageType, RawNode, SnapshotStatus, StateRole,
+};
 use raftwal::{ConfState, Entry, EntryType, MemoryStorage, Snapshot, SnapshotMetadata, Storage};
 
 /// Steps of random faults per seed, then steps of calm to check liveness.
@@ -293,6 +299,7 @@ fn config(id: u64, seed: u64, applied: u64) -> Config {
         max_inflight_msgs: 8,
         check_quorum: (seed >> 1) & 1 == 0,
         pre_vote: !seed.is_multiple_of(3),
+        step_down_on_removal: (seed >> 2) & 1 == 1,
         seed,
         ..Config::default()
     }
@@ -440,7 +447,14 @@ impl Sim {
                     }
                 }
                 EntryType::Normal => {}
-                _ => panic!("the simulation proposes no membership changes"),
+                EntryType::ConfChange => {
+                    let cc = ConfChange::decode(&e.data).unwrap();
+                    node.conf_state = raw.apply_conf_change(&cc);
+                }
+                EntryType::ConfChangeV2 => {
+                    let cc = ConfChangeV2::decode(&e.data).unwrap();
+                    node.conf_state = raw.apply_conf_change(&cc);
+                }
             }
         }
         raw.advance(rd);
@@ -729,6 +743,156 @@ impl Sim {
         }
     }
 
+    /// The live leader of the highest term, if any (a deposed leader may not know yet).
+    fn leader(&self) -> Option<u64> {
+        self.live()
+            .into_iter()
+            .filter_map(|id| {
+                let st = self.nodes[&id].raw.as_ref().unwrap().status();
+                (st.soft_state.raft_state == StateRole::Leader).then_some((st.hard_state.term, id))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    fn propose_change(&mut self, leader: u64, changes: Vec<ConfChangeSingle>, v1: bool) {
+        let transition = match self.rng.below(3) {
+            0 => ConfChangeTransition::Auto,
+            1 => ConfChangeTransition::Implicit,
+            _ => ConfChangeTransition::Explicit,
+        };
+        self.trace.push(format!(
+            "t{} leader {leader} proposes {changes:?} ({})",
+            self.now,
+            if v1 {
+                "v1".to_string()
+            } else {
+                format!("{transition:?}")
+            }
+        ));
+        let raw = self.nodes.get_mut(&leader).unwrap().raw.as_mut().unwrap();
+        let _ = if v1 {
+            raw.propose_conf_change(ConfChange {
+                change_type: changes[0].change_type,
+                node_id: changes[0].node_id,
+                context: Bytes::new(),
+            })
+        } else {
+            raw.propose_conf_change(ConfChangeV2 {
+                transition,
+                changes,
+                context: Bytes::new(),
+            })
+        };
+    }
+
+    /// A random membership change among the cluster's nodes: add, remove, demote, promote,
+    /// one at a time or several through joint consensus, or leaving a joint state.
+    fn random_membership_change(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let cs = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .unwrap()
+            .status()
+            .conf_state;
+        if !cs.voters_outgoing.is_empty() {
+            if !cs.auto_leave {
+                self.propose_change(leader, Vec::new(), false);
+            }
+            return;
+        }
+        let single = |change_type, node_id| ConfChangeSingle {
+            change_type,
+            node_id,
+        };
+        let mut options = Vec::new();
+        for id in self.ids() {
+            let (voter, learner) = (cs.voters.contains(&id), cs.learners.contains(&id));
+            if !voter && !learner {
+                options.push(single(ConfChangeType::AddNode, id));
+                options.push(single(ConfChangeType::AddLearnerNode, id));
+            } else if learner {
+                options.push(single(ConfChangeType::AddNode, id));
+                options.push(single(ConfChangeType::RemoveNode, id));
+            } else if cs.voters.len() > 2 {
+                options.push(single(ConfChangeType::RemoveNode, id));
+                options.push(single(ConfChangeType::AddLearnerNode, id));
+            }
+        }
+        if options.is_empty() {
+            return;
+        }
+        let first = options[self.rng.below(options.len() as u64) as usize];
+        let mut changes = vec![first];
+        if self.rng.chance(40) {
+            let others: Vec<_> = options
+                .iter()
+                .filter(|c| c.node_id != first.node_id)
+                .collect();
+            if !others.is_empty() {
+                changes.push(*others[self.rng.below(others.len() as u64) as usize]);
+            }
+        }
+        let v1 = changes.len() == 1 && self.rng.chance(50);
+        self.propose_change(leader, changes, v1);
+    }
+
+    /// A leader removed from (or demoted in) the configuration cannot propose, and without
+    /// `step_down_on_removal` it keeps leading; the application hands leadership to a voter,
+    /// as a server would before shutting the removed member down.
+    fn hand_off_if_removed(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let raw = self.nodes.get_mut(&leader).unwrap().raw.as_mut().unwrap();
+        let st = raw.status();
+        let cs = st.conf_state;
+        if cs.voters.contains(&leader) || cs.voters_outgoing.contains(&leader) {
+            return;
+        }
+        if let Some(to) = cs.voters.first()
+            && st.lead_transferee.is_none()
+        {
+            self.trace.push(format!(
+                "t{} removed leader {leader} hands off to {to}",
+                self.now
+            ));
+            raw.transfer_leader(*to);
+        }
+    }
+
+    /// In calm conditions, brings every node back as a voter, one change at a time.
+    fn repair_membership(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let cs = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .unwrap()
+            .status()
+            .conf_state;
+        if !cs.voters_outgoing.is_empty() {
+            if !cs.auto_leave {
+                self.propose_change(leader, Vec::new(), false);
+            }
+            return;
+        }
+        if let Some(id) = self.ids().into_iter().find(|id| !cs.voters.contains(id)) {
+            let change = ConfChangeSingle {
+                change_type: ConfChangeType::AddNode,
+                node_id: id,
+            };
+            self.propose_change(leader, vec![change], true);
+        }
+    }
+
+    fn full_membership(&self) -> bool {
+        let ids = self.ids();
+        self.nodes.values().all(|n| {
+            n.conf_state.voters == ids
+                && n.conf_state.learners.is_empty()
+                && n.conf_state.voters_outgoing.is_empty()
+        })
+    }
+
     fn describe(&self) -> String {
         let mut out = String::new();
         for (id, n) in &self.nodes {
@@ -803,6 +967,9 @@ impl Sim {
                 self.client(id);
             }
         }
+        if faults && self.rng.chance(3) {
+            self.random_membership_change();
+        }
         if faults && self.rng.chance(2) {
             // Leadership transfers, to any node (a transfer to itself or a down node must be
             // harmless).
@@ -820,6 +987,7 @@ impl Sim {
         self.settle(faults);
         self.deliver();
         self.settle(faults);
+        self.hand_off_if_removed();
         let full = self.now.is_multiple_of(50);
         self.check(full);
     }
@@ -842,6 +1010,16 @@ impl Sim {
         let mut proposed = false;
         for step in 0..CALM_STEPS {
             self.step(false);
+            if step % 10 == 5 && !self.full_membership() {
+                self.repair_membership();
+            }
+            // Snapshots go on, so that a node re-added after the last snapshot can still be
+            // caught up by one that includes it.
+            if step % 25 == 0 {
+                for id in self.live() {
+                    self.compact(id);
+                }
+            }
             let live = self.live();
             let leader = live.iter().copied().find(|id| {
                 self.nodes[id]
@@ -864,7 +1042,10 @@ impl Sim {
                 let op = Op::Put("final".into(), "x".into());
                 proposed |= raw.propose(op.encode(final_id)).is_ok();
             }
-            if proposed && self.nodes.values().all(|n| n.kv.seen.contains(&final_id)) {
+            if proposed
+                && self.full_membership()
+                && self.nodes.values().all(|n| n.kv.seen.contains(&final_id))
+            {
                 break;
             }
         }
@@ -881,6 +1062,11 @@ impl Sim {
                 self.describe()
             );
         }
+        assert!(
+            self.full_membership(),
+            "membership not restored in {CALM_STEPS} calm steps; nodes: {}",
+            self.describe()
+        );
         self.check(true);
         self.check_linearizable();
         // With everything applied, every replica holds the same state.
