@@ -1305,3 +1305,209 @@ impl<S: Storage> Raft<S> {
         self.read_only.pending_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+    use crate::types::SnapshotMetadata;
+
+    /// A node over a storage holding entries of the given terms and membership {1, 2, 3}.
+    fn node(
+        id: u64,
+        terms: &[u64],
+        term: u64,
+        cfg: impl FnOnce(&mut Config),
+    ) -> Raft<MemoryStorage> {
+        let s = MemoryStorage::new();
+        s.apply_snapshot(Snapshot {
+            metadata: SnapshotMetadata {
+                conf_state: ConfState {
+                    voters: vec![1, 2, 3],
+                    ..ConfState::default()
+                },
+                ..SnapshotMetadata::default()
+            },
+            data: Bytes::new(),
+        })
+        .unwrap();
+        let es: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(k, t)| Entry::new(k as u64 + 1, *t, Bytes::new()))
+            .collect();
+        s.append(&es).unwrap();
+        s.set_hard_state(HardState {
+            term,
+            vote: 0,
+            commit: 0,
+        })
+        .unwrap();
+        let mut c = Config::new(id);
+        cfg(&mut c);
+        Raft::new(&c, s).unwrap()
+    }
+
+    fn msg(t: MessageType, from: u64, to: u64, term: u64) -> Message {
+        Message {
+            msg_type: t,
+            from,
+            to,
+            term,
+            ..Message::default()
+        }
+    }
+
+    fn take(r: &mut Raft<MemoryStorage>) -> Vec<Message> {
+        std::mem::take(&mut r.msgs)
+    }
+
+    #[test]
+    fn votes_go_only_to_candidates_at_least_as_up_to_date() {
+        let mut r = node(1, &[1, 2], 2, |_| {});
+        // Candidate 2 with last (1, term 2) is behind our (2, term 2).
+        let mut m = msg(MessageType::MsgVote, 2, 1, 3);
+        m.index = 1;
+        m.log_term = 2;
+        r.step(m).unwrap();
+        let out = take(&mut r);
+        assert!(out[0].reject, "a shorter log of the same term is rejected");
+        assert_eq!(r.vote, 0);
+        // Candidate 3 with a higher last term wins the vote even with a shorter log.
+        let mut m = msg(MessageType::MsgVote, 3, 1, 3);
+        m.index = 1;
+        m.log_term = 3;
+        r.step(m).unwrap();
+        let out = take(&mut r);
+        assert!(!out[0].reject);
+        assert_eq!(r.vote, 3);
+        // And not to anyone else in the same term.
+        let mut m = msg(MessageType::MsgVote, 2, 1, 3);
+        m.index = 10;
+        m.log_term = 3;
+        r.step(m).unwrap();
+        assert!(take(&mut r)[0].reject, "one vote per term");
+    }
+
+    #[test]
+    fn a_pre_vote_changes_neither_term_nor_vote() {
+        let mut r = node(1, &[1], 1, |c| c.pre_vote = true);
+        let mut m = msg(MessageType::MsgPreVote, 2, 1, 5);
+        m.index = 1;
+        m.log_term = 1;
+        r.step(m).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out[0].msg_type, MessageType::MsgPreVoteResp);
+        assert!(!out[0].reject);
+        assert_eq!(out[0].term, 5, "the grant carries the future term");
+        assert_eq!((r.term, r.vote), (1, 0));
+
+        // Its own pre-campaign does not raise its term either.
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        assert_eq!(r.state, StateRole::PreCandidate);
+        assert_eq!(r.term, 1);
+        let out = take(&mut r);
+        assert!(
+            out.iter()
+                .all(|m| m.msg_type == MessageType::MsgPreVote && m.term == 2)
+        );
+    }
+
+    #[test]
+    fn a_rejected_append_carries_a_term_skipping_hint() {
+        // Follower log terms: 1 1 2 2 2 2; the leader probes at (6, term 4).
+        let mut r = node(2, &[1, 1, 2, 2, 2, 2], 4, |_| {});
+        let mut m = msg(MessageType::MsgApp, 1, 2, 4);
+        m.index = 6;
+        m.log_term = 4;
+        r.step(m).unwrap();
+        let out = take(&mut r);
+        assert!(out[0].reject);
+        assert_eq!(out[0].index, 6);
+        assert_eq!(
+            (out[0].reject_hint, out[0].log_term),
+            (6, 2),
+            "the last entry with a term at most 4"
+        );
+        // A probe past the follower's end gets a hint at its last entry.
+        let mut m = msg(MessageType::MsgApp, 1, 2, 4);
+        m.index = 9;
+        m.log_term = 1;
+        r.step(m).unwrap();
+        let out = take(&mut r);
+        assert_eq!((out[0].reject_hint, out[0].log_term), (2, 1));
+    }
+
+    #[test]
+    fn a_stale_leader_learns_the_new_term_under_check_quorum() {
+        let mut r = node(2, &[1], 5, |c| c.check_quorum = true);
+        r.step(msg(MessageType::MsgHeartbeat, 1, 2, 3)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg_type, MessageType::MsgAppResp);
+        assert_eq!(
+            out[0].term, 5,
+            "the answer tells the old leader about term 5"
+        );
+        // Without check-quorum or pre-vote a stale message is simply dropped.
+        let mut r = node(2, &[1], 5, |_| {});
+        r.step(msg(MessageType::MsgHeartbeat, 1, 2, 3)).unwrap();
+        assert!(take(&mut r).is_empty());
+    }
+
+    #[test]
+    fn a_leader_commits_only_entries_of_its_term_by_counting() {
+        let mut r = node(1, &[1, 1], 1, |_| {});
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        let mut grant = msg(MessageType::MsgVoteResp, 2, 1, 2);
+        grant.reject = false;
+        r.step(grant).unwrap();
+        assert_eq!(r.state, StateRole::Leader);
+        assert_eq!(r.raft_log.last_index(), 3, "the no-op of term 2");
+        take(&mut r);
+        // Follower 2 acknowledges the old entries only: a majority holds index 2 of term 1.
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 2);
+        ack.index = 2;
+        r.step(ack).unwrap();
+        assert_eq!(r.raft_log.committed, 0);
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 2);
+        ack.index = 3;
+        r.step(ack).unwrap();
+        assert_eq!(
+            r.raft_log.committed, 3,
+            "the no-op commits, and everything before it"
+        );
+    }
+
+    #[test]
+    fn conf_change_proposals_are_refused_while_one_is_pending() {
+        let mut r = node(1, &[], 0, |_| {});
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        r.step(msg(MessageType::MsgVoteResp, 2, 1, 1)).unwrap();
+        assert_eq!(r.state, StateRole::Leader);
+        let cc = |node_id| Entry {
+            entry_type: EntryType::ConfChange,
+            data: ConfChange {
+                change_type: super::super::message::ConfChangeType::AddNode,
+                node_id,
+                context: Bytes::new(),
+            }
+            .encode()
+            .into(),
+            ..Entry::default()
+        };
+        let mut prop = msg(MessageType::MsgProp, 1, 0, 0);
+        prop.entries = vec![cc(4), cc(5)];
+        r.step(prop).unwrap();
+        let es = r.raft_log.unstable_entries();
+        let n = es.len();
+        assert_eq!(es[n - 2].entry_type, EntryType::ConfChange);
+        assert_eq!(
+            es[n - 1].entry_type,
+            EntryType::Normal,
+            "the second became a no-op"
+        );
+        assert!(es[n - 1].data.is_empty());
+        assert_eq!(r.pending_conf_index, es[n - 2].index);
+    }
+}
