@@ -101,4 +101,4 @@ pub use message::{
     AnyConfChange, ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
     ConfChangeV2, Message, MessageType, ReadState, SnapshotStatus, SoftState, StateRole,
 };
-pub use raw_node::{RawNode, Ready, Status};
+pub use raw_node::{Payload, RawNode, Ready, Status};

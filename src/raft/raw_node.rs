@@ -16,6 +16,43 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot};
 
+/// Anything `propose` and `read_index` accept as a payload: owned buffers are taken without
+/// copying, borrowed ones are copied.
+pub trait Payload {
+    /// The payload as `Bytes`.
+    fn into_payload(self) -> Bytes;
+}
+
+impl Payload for Bytes {
+    fn into_payload(self) -> Bytes {
+        self
+    }
+}
+
+impl Payload for Vec<u8> {
+    fn into_payload(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl Payload for String {
+    fn into_payload(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl<const N: usize> Payload for [u8; N] {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(&self)
+    }
+}
+
+impl<T: AsRef<[u8]> + ?Sized> Payload for &T {
+    fn into_payload(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_ref())
+    }
+}
+
 /// What the application must do next: persist, send, apply. See [`RawNode::ready`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
@@ -156,12 +193,12 @@ impl<S: Storage> RawNode<S> {
 
     /// Proposes `data` to be appended to the log. Fails with [`Error::ProposalDropped`] when
     /// the proposal certainly was not accepted; success does not mean it will commit.
-    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<()> {
+    pub fn propose(&mut self, data: impl Payload) -> Result<()> {
         let m = Message {
             msg_type: MessageType::MsgProp,
             from: self.raft.id,
             entries: vec![Entry {
-                data: data.into(),
+                data: data.into_payload(),
                 ..Entry::default()
             }],
             ..Message::default()
@@ -224,12 +261,12 @@ impl<S: Storage> RawNode<S> {
 
     /// Requests a linearizable read identified by `ctx` (unique per request). The answer
     /// comes back as a [`ReadState`] in a later Ready.
-    pub fn read_index(&mut self, ctx: impl Into<Bytes>) {
+    pub fn read_index(&mut self, ctx: impl Payload) {
         let m = Message {
             msg_type: MessageType::MsgReadIndex,
             from: self.raft.id,
             entries: vec![Entry {
-                data: ctx.into(),
+                data: ctx.into_payload(),
                 ..Entry::default()
             }],
             ..Message::default()
@@ -331,5 +368,102 @@ impl<S: Storage> RawNode<S> {
             r.reduce_uncommitted_size(&rd.committed_entries);
             r.applied_to(last.index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+    use std::sync::Arc;
+
+    type Node = RawNode<Arc<MemoryStorage>>;
+
+    fn persist(store: &MemoryStorage, rd: &Ready) {
+        store.append(&rd.entries).unwrap();
+        if let Some(hs) = rd.hard_state {
+            store.set_hard_state(hs).unwrap();
+        }
+    }
+
+    fn single() -> (Node, Arc<MemoryStorage>) {
+        let store = Arc::new(MemoryStorage::new());
+        let n = RawNode::new(&Config::new(1), store.clone()).unwrap();
+        (n, store)
+    }
+
+    fn handle(n: &mut Node, store: &MemoryStorage) -> Ready {
+        let rd = n.ready();
+        persist(store, &rd);
+        for e in &rd.committed_entries {
+            if e.entry_type == EntryType::ConfChange {
+                n.apply_conf_change(ConfChange::decode(&e.data).unwrap());
+            }
+        }
+        n.advance(rd.clone());
+        rd
+    }
+
+    #[test]
+    fn propose_accepts_owned_and_borrowed_payloads() {
+        let (mut n, store) = single();
+        n.bootstrap([1u64]).unwrap();
+        handle(&mut n, &store);
+        n.campaign().unwrap();
+        handle(&mut n, &store);
+        let buf = vec![1u8, 2];
+        n.propose(Bytes::from_static(b"a")).unwrap();
+        n.propose(buf.clone()).unwrap();
+        n.propose(&buf).unwrap();
+        n.propose(&buf[..]).unwrap();
+        n.propose("text").unwrap();
+        n.propose(String::from("owned")).unwrap();
+        n.propose(*b"xy").unwrap();
+        n.propose(b"xy").unwrap();
+        let rd = n.ready();
+        let data: Vec<&[u8]> = rd.entries.iter().map(|e| e.data.as_ref()).collect();
+        let want: [&[u8]; 8] = [
+            b"a",
+            &[1, 2],
+            &[1, 2],
+            &[1, 2],
+            b"text",
+            b"owned",
+            b"xy",
+            b"xy",
+        ];
+        assert_eq!(data, want);
+    }
+
+    #[test]
+    fn ready_reports_only_changes_and_must_sync_for_entries_or_votes() {
+        let (mut n, store) = single();
+        assert!(!n.has_ready(), "a fresh node has nothing to do");
+        n.bootstrap([1u64]).unwrap();
+        let rd = handle(&mut n, &store);
+        assert!(rd.must_sync);
+        assert_eq!(rd.hard_state.map(|h| h.term), Some(1));
+        assert!(!n.has_ready());
+        n.campaign().unwrap();
+        let rd = handle(&mut n, &store);
+        assert_eq!(
+            rd.soft_state.map(|s| s.raft_state),
+            Some(StateRole::Leader),
+            "a single voter wins at once"
+        );
+        assert!(rd.must_sync, "new term, vote and the no-op");
+        assert_eq!(rd.committed_entries.len(), 1, "the no-op commits at once");
+        assert!(!n.has_ready());
+        assert_eq!(n.status().applied, 2);
+        assert!(
+            matches!(
+                n.step(Message::new(MessageType::MsgHup, 1, 1)),
+                Err(Error::StepLocalMsg)
+            ),
+            "local messages are refused from the outside"
+        );
+        let mut resp = Message::new(MessageType::MsgAppResp, 9, 1);
+        resp.term = 2;
+        assert!(matches!(n.step(resp), Err(Error::StepPeerNotFound)));
     }
 }
