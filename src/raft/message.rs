@@ -679,6 +679,17 @@ mod tests {
         }
 
         #[test]
+        fn corrupted_encodings_never_panic(m in arb_message(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut buf = m.encode();
+            let at = at % buf.len();
+            buf[at] = byte;
+            // Either it decodes (the byte was a value, not a length) or it is refused.
+            if let Ok(d) = Message::decode(&buf) {
+                prop_assert_eq!(d.encode(), buf);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Message::decode(&buf);
             let _ = ConfChange::decode(&buf);
