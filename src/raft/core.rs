@@ -1241,6 +1241,10 @@ impl<S: Storage> Raft<S> {
             // Removed or demoted. Without step-down it keeps replicating (without counting
             // itself) until the application stops it.
             if self.step_down_on_removal {
+                // Tell every peer the commit index first: the remaining voters may not know
+                // yet that the change removing this node is committed, and until they apply
+                // it they count this node in their quorum and cannot elect a successor.
+                self.bcast_append();
                 let term = self.term;
                 self.become_follower(term, 0);
             }

@@ -815,7 +815,9 @@ impl Sim {
             } else if learner {
                 options.push(single(ConfChangeType::AddNode, id));
                 options.push(single(ConfChangeType::RemoveNode, id));
-            } else if cs.voters.len() > 2 {
+            } else if cs.voters.len() > 2 && id != leader {
+                // Like a server, move leadership away before removing or demoting the leader
+                // (see `hand_off_if_removed` for a leader that is removed anyway).
                 options.push(single(ConfChangeType::RemoveNode, id));
                 options.push(single(ConfChangeType::AddLearnerNode, id));
             }
@@ -898,8 +900,9 @@ impl Sim {
         for (id, n) in &self.nodes {
             let st = n.raw.as_ref().map(|r| r.status());
             out.push_str(&format!(
-                "\n  {id}: applied {} store [{}, {}] snap {} {:?}",
+                "\n  {id}: applied {} conf {:?} store [{}, {}] snap {} {:?}",
                 n.applied,
+                n.conf_state,
                 n.store.first_index().unwrap(),
                 n.store.last_index().unwrap(),
                 n.store.snapshot().unwrap().metadata.index,
