@@ -480,6 +480,10 @@ impl<S: Storage> Raft<S> {
             // A transfer that did not finish within an election timeout is abandoned.
             if self.state == StateRole::Leader && self.lead_transferee.is_some() {
                 self.lead_transferee = None;
+                if self.step_down_on_removal && !self.is_voter() {
+                    // A removed leader keeps trying to hand off to another voter.
+                    self.start_hand_off();
+                }
             }
         }
         if self.state != StateRole::Leader {
@@ -966,6 +970,56 @@ impl<S: Storage> Raft<S> {
             && self.prs.progress[&from].matched == self.raft_log.last_index()
         {
             self.send_timeout_now(from);
+            self.finish_hand_off();
+        }
+    }
+
+    /// Whether this node is a voter (in either half) of its configuration.
+    fn is_voter(&self) -> bool {
+        self.prs
+            .progress
+            .get(&self.id)
+            .is_some_and(|p| !p.is_learner)
+            && self.prs.is_voter(self.id)
+    }
+
+    /// A leader removed from the voters hands leadership to the most up-to-date voter: it
+    /// keeps replicating (and sending its commit index) until that voter holds its whole log,
+    /// then tells it to campaign and steps down. Stepping down at once could leave the
+    /// remaining voters unable to elect anyone: until they learn that the change is
+    /// committed they still count this node, and a voter missing the last entries gets no
+    /// votes from the nodes that have them.
+    fn start_hand_off(&mut self) {
+        let best = self
+            .prs
+            .progress
+            .iter()
+            .filter(|(id, _)| **id != self.id && self.prs.conf.voters.contains(**id))
+            // Prefer a voter that stays after a joint configuration is left.
+            .max_by_key(|(id, pr)| {
+                let stays = self.prs.conf.voters.incoming.contains(**id);
+                (stays, pr.matched, std::cmp::Reverse(**id))
+            })
+            .map(|(id, pr)| (*id, pr.matched));
+        let Some((to, matched)) = best else {
+            let term = self.term;
+            self.become_follower(term, 0);
+            return;
+        };
+        self.election_elapsed = 0;
+        self.lead_transferee = Some(to);
+        if matched == self.raft_log.last_index() {
+            self.send_timeout_now(to);
+            self.finish_hand_off();
+        } else {
+            self.send_append(to);
+        }
+    }
+
+    fn finish_hand_off(&mut self) {
+        if self.step_down_on_removal && !self.is_voter() && self.state == StateRole::Leader {
+            let term = self.term;
+            self.become_follower(term, 0);
         }
     }
 
@@ -1241,12 +1295,10 @@ impl<S: Storage> Raft<S> {
             // Removed or demoted. Without step-down it keeps replicating (without counting
             // itself) until the application stops it.
             if self.step_down_on_removal {
-                // Tell every peer the commit index first: the remaining voters may not know
-                // yet that the change removing this node is committed, and until they apply
-                // it they count this node in their quorum and cannot elect a successor.
+                // Tell every peer the commit index, then hand off (see `start_hand_off`).
                 self.bcast_append();
-                let term = self.term;
-                self.become_follower(term, 0);
+                self.bcast_heartbeat();
+                self.start_hand_off();
             }
             return cs;
         }

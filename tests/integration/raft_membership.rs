@@ -249,6 +249,17 @@ fn a_removed_leader_steps_down_when_configured_to() {
             want,
             "step_down_on_removal = {step_down}"
         );
+        if step_down {
+            let leaders = net.leaders();
+            assert_eq!(
+                leaders.len(),
+                1,
+                "leadership was handed to a remaining voter"
+            );
+            assert!(leaders[0] == 2 || leaders[0] == 3);
+            net.propose(leaders[0], "after").unwrap();
+            assert_eq!(net.node(2).applied_data(), vec![Bytes::from("after")]);
+        }
     }
 }
 
