@@ -831,7 +831,10 @@ impl<S: Storage> Raft<S> {
                 return Ok(());
             }
             MessageType::MsgReadIndex => {
-                if self.prs.is_singleton() {
+                // The only voter needs no confirmation. That voter must be this node: a
+                // leader removed from a one-voter configuration may still believe it leads
+                // while that voter has been elected and has committed more.
+                if self.prs.is_singleton() && self.prs.is_voter(self.id) {
                     let committed = self.raft_log.committed;
                     if let Some(resp) = self.response_to_read_index_req(m, committed) {
                         self.send(resp);

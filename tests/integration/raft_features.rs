@@ -225,3 +225,42 @@ fn forget_leader_lets_a_follower_vote_within_the_lease() {
         "2 granted its vote at once"
     );
 }
+
+#[test]
+fn a_leader_removed_from_a_one_voter_config_does_not_serve_reads_alone() {
+    let mut net = Network::new(&[1, 2]);
+    net.campaign(1);
+    net.node(1)
+        .raw
+        .propose_conf_change(raftwal::raft::ConfChange {
+            change_type: raftwal::raft::ConfChangeType::RemoveNode,
+            node_id: 1,
+            context: Bytes::new(),
+        })
+        .unwrap();
+    net.stabilize();
+    assert_eq!(net.node(2).conf_state, voters(&[2]));
+    assert_eq!(
+        net.node(1).state(),
+        StateRole::Leader,
+        "no step-down configured"
+    );
+    // 2, the only voter, takes over and commits more while 1 is cut off.
+    net.isolate(1);
+    net.campaign(2);
+    net.propose(2, "newer").unwrap();
+    let committed = net.node(2).committed();
+    // 1 still believes it leads; a one-voter configuration whose voter is not itself must
+    // not let it answer a read from its own (stale) commit index.
+    net.node(1).raw.read_index(Bytes::from("stale?"));
+    net.stabilize();
+    let rs = &net.node(1).read_states;
+    assert!(
+        rs.iter().all(|r| r.index >= committed),
+        "stale read index {rs:?}, the cluster committed {committed}"
+    );
+    assert!(
+        rs.is_empty(),
+        "no confirmation can come from the cut-off voter"
+    );
+}

@@ -25,7 +25,9 @@
 //! bring every node back as a voter and commit a final operation on every node (liveness under
 //! good conditions).
 //!
-//! `RAFTWAL_SIM_SEEDS=n` runs n seeds (default 200); `RAFTWAL_SIM_SEED=s` replays one seed.
+//! `RAFTWAL_SIM_SEEDS=n` runs n seeds (default 200); `RAFTWAL_SIM_SEED=s` replays one seed;
+//! `RAFTWAL_SIM_DEBUG=1` prints role changes, membership changes, applied operations and
+//! confirmed reads as they happen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -391,6 +393,15 @@ impl Sim {
             return false;
         }
         let rd = raw.ready();
+        if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some()
+            && let Some(ss) = rd.soft_state
+        {
+            eprintln!(
+                "t{} node {id} soft {ss:?} term {}",
+                self.now,
+                raw.status().hard_state.term
+            );
+        }
         if let Some(s) = &rd.snapshot {
             node.store.apply_snapshot(s.clone()).unwrap();
             node.kv = Kv::decode(&s.data);
@@ -417,6 +428,15 @@ impl Sim {
                 .parse()
                 .unwrap();
             node.reads.push((op_id, rs.index));
+            if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some() {
+                eprintln!(
+                    "t{} node {id} read {op_id} confirmed at index {} (applied {}, commit {})",
+                    self.now,
+                    rs.index,
+                    node.applied,
+                    raw.status().hard_state.commit
+                );
+            }
         }
         let mut returned: Vec<(u64, String)> = Vec::new();
         let mut applied_now = Vec::new();
@@ -440,6 +460,12 @@ impl Sim {
                                 "node {id}: op {op_id} gave a different result"
                             ),
                             None => {
+                                if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some() {
+                                    eprintln!(
+                                        "t{} node {id} applies op {op_id} {op:?} at index {} term {}",
+                                        self.now, e.index, e.term
+                                    );
+                                }
                                 self.results.insert(op_id, result.clone());
                                 returned.push((op_id, result));
                             }
@@ -450,10 +476,22 @@ impl Sim {
                 EntryType::ConfChange => {
                     let cc = ConfChange::decode(&e.data).unwrap();
                     node.conf_state = raw.apply_conf_change(&cc);
+                    if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some() {
+                        eprintln!(
+                            "t{} node {id} applies {cc:?} at {} -> {:?}",
+                            self.now, e.index, node.conf_state
+                        );
+                    }
                 }
                 EntryType::ConfChangeV2 => {
                     let cc = ConfChangeV2::decode(&e.data).unwrap();
                     node.conf_state = raw.apply_conf_change(&cc);
+                    if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some() {
+                        eprintln!(
+                            "t{} node {id} applies {cc:?} at {} -> {:?}",
+                            self.now, e.index, node.conf_state
+                        );
+                    }
                 }
             }
         }
