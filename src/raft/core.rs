@@ -589,8 +589,7 @@ impl<S: Storage> Raft<S> {
             self.become_candidate();
             (MessageType::MsgVote, self.term)
         };
-        let resp = vote_msg.vote_response();
-        if self.poll(self.id, resp, true) == VoteResult::Won {
+        if self.poll(self.id, true) == VoteResult::Won {
             // A single voter wins at once.
             if t == CampaignType::PreElection {
                 self.campaign(CampaignType::Election);
@@ -621,7 +620,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn poll(&mut self, id: u64, _t: MessageType, granted: bool) -> VoteResult {
+    fn poll(&mut self, id: u64, granted: bool) -> VoteResult {
         self.prs.record_vote(id, granted);
         self.prs.tally_votes().2
     }
@@ -1076,7 +1075,7 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.handle_snapshot(m);
             }
-            t if t == my_resp => match self.poll(m.from, t, !m.reject) {
+            t if t == my_resp => match self.poll(m.from, !m.reject) {
                 VoteResult::Won => {
                     if self.state == StateRole::PreCandidate {
                         self.campaign(CampaignType::Election);
