@@ -629,6 +629,13 @@ impl<S: Storage> Raft<S> {
 
     /// Feeds one message to the state machine.
     pub fn step(&mut self, m: Message) -> Result<()> {
+        if matches!(
+            m.msg_type,
+            MessageType::MsgVoteResp | MessageType::MsgPreVoteResp
+        ) {
+            // Whatever its term, the answer says which entry the voter knows committed.
+            self.learn_commit(m.commit, m.log_term);
+        }
         if m.term == 0 {
             // Local message or a forwarded proposal / read.
         } else if m.term > self.term {
@@ -662,11 +669,14 @@ impl<S: Storage> Raft<S> {
                 // ignored; tell it.
                 self.send(Message::new(MessageType::MsgAppResp, 0, m.from));
             } else if m.msg_type == MessageType::MsgPreVote {
+                let (commit, commit_term) = self.commit_marker();
                 self.send(Message {
                     msg_type: MessageType::MsgPreVoteResp,
                     to: m.from,
                     term: self.term,
                     reject: true,
+                    commit,
+                    log_term: commit_term,
                     ..Message::default()
                 });
             }
@@ -690,10 +700,13 @@ impl<S: Storage> Raft<S> {
                 if can_vote && self.raft_log.is_up_to_date(m.index, m.log_term) {
                     // Answer with the request's term: a pre-vote grant is for a future term
                     // that this node has not entered.
+                    let (commit, commit_term) = self.commit_marker();
                     self.send(Message {
                         msg_type: resp,
                         to: m.from,
                         term: m.term,
+                        commit,
+                        log_term: commit_term,
                         ..Message::default()
                     });
                     if m.msg_type == MessageType::MsgVote {
@@ -701,11 +714,14 @@ impl<S: Storage> Raft<S> {
                         self.vote = m.from;
                     }
                 } else {
+                    let (commit, commit_term) = self.commit_marker();
                     self.send(Message {
                         msg_type: resp,
                         to: m.from,
                         term: self.term,
                         reject: true,
+                        commit,
+                        log_term: commit_term,
                         ..Message::default()
                     });
                 }
@@ -716,6 +732,28 @@ impl<S: Storage> Raft<S> {
                 StateRole::Candidate | StateRole::PreCandidate => self.step_candidate(m),
                 StateRole::Follower => self.step_follower(m),
             },
+        }
+    }
+
+    /// The commit index and the term of the entry there, which vote responses carry.
+    fn commit_marker(&self) -> (u64, u64) {
+        let commit = self.raft_log.committed;
+        // The entry at the commit index may be compacted only down to the dummy, whose term
+        // is kept; an unreadable term (0) makes the marker useless, never wrong.
+        (commit, self.raft_log.term(commit).unwrap_or(0))
+    }
+
+    /// Adopts another node's commit index if this log holds the same entry there.
+    ///
+    /// Beyond etcd-raft: the configuration in force is the last one *applied*, so a voter
+    /// that has not learned that a membership change is committed still counts the old
+    /// members. If they left and hold a longer log (entries the old leader appended after the
+    /// change), they refuse their vote, and no one could ever be elected. An entry with the
+    /// same index and term is the same entry (log matching), and a committed entry stays
+    /// committed, so learning the commit index from any node is safe.
+    fn learn_commit(&mut self, commit: u64, term: u64) {
+        if commit > self.raft_log.committed && term != 0 && self.raft_log.match_term(commit, term) {
+            self.raft_log.commit_to(commit);
         }
     }
 
@@ -1535,6 +1573,35 @@ mod tests {
             r.raft_log.committed, 3,
             "the no-op commits, and everything before it"
         );
+    }
+
+    #[test]
+    fn vote_responses_carry_the_commit_index_and_candidates_adopt_matching_ones() {
+        let mut voter = node(2, &[1, 1, 1], 1, |_| {});
+        voter.raft_log.commit_to(3);
+        let mut m = msg(MessageType::MsgVote, 1, 2, 2);
+        m.index = 2;
+        m.log_term = 1;
+        voter.step(m).unwrap();
+        let out = take(&mut voter);
+        assert!(out[0].reject, "the candidate's log is shorter");
+        assert_eq!((out[0].commit, out[0].log_term), (3, 1));
+
+        let mut candidate = node(1, &[1, 1, 1], 1, |_| {});
+        candidate.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        assert_eq!(candidate.raft_log.committed, 0);
+        let mut resp = msg(MessageType::MsgVoteResp, 2, 1, 2);
+        resp.reject = true;
+        resp.commit = 3;
+        resp.log_term = 9;
+        candidate.step(resp.clone()).unwrap();
+        assert_eq!(
+            candidate.raft_log.committed, 0,
+            "a different entry at 3: ignored"
+        );
+        resp.log_term = 1;
+        candidate.step(resp).unwrap();
+        assert_eq!(candidate.raft_log.committed, 3, "the same entry: committed");
     }
 
     #[test]
