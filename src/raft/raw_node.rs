@@ -436,6 +436,45 @@ mod tests {
     }
 
     #[test]
+    fn committed_entries_are_handed_out_in_size_limited_batches() {
+        let store = Arc::new(MemoryStorage::new());
+        let cfg = Config {
+            max_committed_size_per_ready: 1,
+            ..Config::new(1)
+        };
+        let mut n = RawNode::new(&cfg, store.clone()).unwrap();
+        n.bootstrap([1u64]).unwrap();
+        let rd = handle(&mut n, &store);
+        assert_eq!(rd.committed_entries.len(), 1, "the one bootstrap entry");
+        assert!(!n.has_ready());
+        n.campaign().unwrap();
+        handle(&mut n, &store);
+        for k in 0..3u8 {
+            n.propose(vec![k]).unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            if !n.has_ready() {
+                break;
+            }
+            let rd = handle(&mut n, &store);
+            assert!(
+                rd.committed_entries.len() <= 1,
+                "at most one entry per Ready"
+            );
+            seen.extend(rd.committed_entries.iter().map(|e| e.data.clone()));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Bytes::from(vec![0]),
+                Bytes::from(vec![1]),
+                Bytes::from(vec![2])
+            ]
+        );
+    }
+
+    #[test]
     fn ready_reports_only_changes_and_must_sync_for_entries_or_votes() {
         let (mut n, store) = single();
         assert!(!n.has_ready(), "a fresh node has nothing to do");
