@@ -661,12 +661,13 @@ impl<S: Storage> Raft<S> {
                 _ => self.become_follower(m.term, 0),
             }
         } else if m.term < self.term {
-            if (self.check_quorum || self.pre_vote)
-                && matches!(m.msg_type, MessageType::MsgHeartbeat | MessageType::MsgApp)
-            {
-                // A stale leader (for instance one cut off and now back) would never learn of
-                // the new term with check-quorum or pre-vote on, since its vote requests are
-                // ignored; tell it.
+            if matches!(m.msg_type, MessageType::MsgHeartbeat | MessageType::MsgApp) {
+                // Tell a stale leader about the newer term, as the paper's rule has it. etcd
+                // does this only with check-quorum or pre-vote, counting otherwise on this
+                // node's vote requests to reach the leader; but a node whose (stale)
+                // configuration does not include the leader never sends it one, and a leader
+                // that cannot reach a node it needs would then wait forever. Removed nodes
+                // are not disturbed by this: a leader sends them nothing.
                 self.send(Message::new(MessageType::MsgAppResp, 0, m.from));
             } else if m.msg_type == MessageType::MsgPreVote {
                 let (commit, commit_term) = self.commit_marker();
@@ -1535,7 +1536,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_leader_learns_the_new_term_under_check_quorum() {
+    fn a_stale_leader_learns_the_new_term_from_its_followers() {
         let mut r = node(2, &[1], 5, |c| c.check_quorum = true);
         r.step(msg(MessageType::MsgHeartbeat, 1, 2, 3)).unwrap();
         let out = take(&mut r);
@@ -1545,10 +1546,13 @@ mod tests {
             out[0].term, 5,
             "the answer tells the old leader about term 5"
         );
-        // Without check-quorum or pre-vote a stale message is simply dropped.
+        // Also without them (unlike etcd): a node with a stale configuration may never send
+        // the old leader a vote request that would tell it.
         let mut r = node(2, &[1], 5, |_| {});
-        r.step(msg(MessageType::MsgHeartbeat, 1, 2, 3)).unwrap();
-        assert!(take(&mut r).is_empty());
+        r.step(msg(MessageType::MsgApp, 1, 2, 3)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].msg_type, out[0].term), (MessageType::MsgAppResp, 5));
     }
 
     #[test]
