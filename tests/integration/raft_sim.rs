@@ -25,7 +25,8 @@
 //! bring every node back as a voter and commit a final operation on every node (liveness under
 //! good conditions).
 //!
-//! `RAFTWAL_SIM_SEEDS=n` runs n seeds (default 200); `RAFTWAL_SIM_SEED=s` replays one seed;
+//! `RAFTWAL_SIM_SEEDS=n` runs n seeds (default 200), from `RAFTWAL_SIM_FIRST_SEED` (default
+//! 0); `RAFTWAL_SIM_SEED=s` replays one seed;
 //! `RAFTWAL_SIM_DEBUG=1` prints role changes, membership changes, applied operations and
 //! confirmed reads as they happen.
 
@@ -1151,7 +1152,10 @@ fn env_u64(name: &str) -> Option<u64> {
 fn seeded_cluster_simulation_keeps_raft_invariants() {
     let seeds: Vec<u64> = match env_u64("RAFTWAL_SIM_SEED") {
         Some(s) => vec![s],
-        None => (0..env_u64("RAFTWAL_SIM_SEEDS").unwrap_or(200)).collect(),
+        None => {
+            let first = env_u64("RAFTWAL_SIM_FIRST_SEED").unwrap_or(0);
+            (first..first + env_u64("RAFTWAL_SIM_SEEDS").unwrap_or(200)).collect()
+        }
     };
     let (mut entries, mut ops) = (0, 0);
     for seed in &seeds {
