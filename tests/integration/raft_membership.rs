@@ -293,3 +293,73 @@ fn bootstrap_commits_one_add_node_entry_per_peer() {
     // Bootstrapping twice is refused.
     assert!(nodes[0].bootstrap([1u64]).is_err());
 }
+
+#[test]
+fn a_joint_configuration_needs_both_majorities() {
+    let cs = ConfState {
+        voters: vec![1, 2, 3],
+        learners: vec![4, 5],
+        ..ConfState::default()
+    };
+    let mut net = Network::with_conf(&[1, 2, 3, 4, 5], &cs, config);
+    net.campaign(1);
+    let change = ConfChangeV2 {
+        transition: ConfChangeTransition::Explicit,
+        changes: vec![
+            single(ConfChangeType::AddNode, 4),
+            single(ConfChangeType::AddNode, 5),
+            single(ConfChangeType::RemoveNode, 2),
+            single(ConfChangeType::RemoveNode, 3),
+        ],
+        context: Bytes::new(),
+    };
+    net.node(1).raw.propose_conf_change(change).unwrap();
+    net.stabilize();
+    let joint = net.node(1).conf_state.clone();
+    assert_eq!(joint.voters, vec![1, 4, 5]);
+    assert_eq!(joint.voters_outgoing, vec![1, 2, 3]);
+
+    // The incoming majority alone (1, 4, 5) cannot commit.
+    net.isolate(2);
+    net.isolate(3);
+    let before = net.node(1).committed();
+    net.propose(1, "needs-both").unwrap();
+    assert_eq!(
+        net.node(1).committed(),
+        before,
+        "the outgoing half has only 1 of 3"
+    );
+    // Nor the outgoing one alone (1, 2, 3): 2 and 3 get both entries, 4 and 5 only the
+    // first, so the first commits and the second does not.
+    net.heal();
+    net.isolate(4);
+    net.isolate(5);
+    net.propose(1, "second").unwrap();
+    let second = net.node(1).raw.status().last_index;
+    net.node(1).raw.tick();
+    net.stabilize();
+    assert_eq!(
+        net.node(1).committed(),
+        second - 1,
+        "the incoming half has only 1 of 3 for the second"
+    );
+    net.heal();
+    net.node(1).raw.tick();
+    net.stabilize();
+    assert!(net.node(1).committed() > before, "both halves: committed");
+
+    // After leaving, 1, 4 and 5 suffice.
+    net.node(1)
+        .raw
+        .propose_conf_change(ConfChangeV2::default())
+        .unwrap();
+    net.stabilize();
+    assert_eq!(net.node(1).conf_state, voters(&[1, 4, 5]));
+    net.isolate(2);
+    net.isolate(3);
+    net.propose(1, "new-config").unwrap();
+    assert_eq!(
+        net.node(4).applied_data().last(),
+        Some(&Bytes::from("new-config"))
+    );
+}
