@@ -21,6 +21,10 @@
 //!   compare-and-swaps and reads through the log, reads through `read_index`) is checked
 //!   key by key with a Wing-Gong-Lowe search against a register model.
 //!
+//! Each seed also picks the options (check-quorum, pre-vote, step-down on removal) and the
+//! limits (entries per append, inflight count and bytes, committed bytes per Ready,
+//! uncommitted bytes).
+//!
 //! At the end the network heals, every node restarts, and the cluster must elect a leader,
 //! bring every node back as a voter and commit a final operation on every node (liveness under
 //! good conditions).
@@ -294,17 +298,25 @@ struct Sim {
     trace: Vec<String>,
 }
 
+/// The configuration of every node of a run; the seed's bits vary the options and limits.
 fn config(id: u64, seed: u64, applied: u64) -> Config {
+    // Mixed so that a short range of seeds covers every combination.
+    let b = Rng(seed ^ 0xC0_F1C0).next();
+    // One entry per append, a few, or many.
+    let max_size_per_msg = [256, 0, 4096][((b >> 3) % 3) as usize];
     Config {
         id,
         election_tick: 10,
         heartbeat_tick: 2,
         applied,
-        max_size_per_msg: 256,
-        max_inflight_msgs: 8,
-        check_quorum: (seed >> 1) & 1 == 0,
-        pre_vote: !seed.is_multiple_of(3),
-        step_down_on_removal: (seed >> 2) & 1 == 1,
+        max_size_per_msg,
+        max_inflight_msgs: [8, 1, 3][((b >> 5) % 3) as usize],
+        max_inflight_bytes: if (b >> 7) & 1 == 1 { 4096 } else { 0 },
+        max_committed_size_per_ready: if (b >> 8) & 1 == 1 { 1 } else { 0 },
+        max_uncommitted_entries_size: if (b >> 9) & 1 == 1 { 64 } else { 0 },
+        check_quorum: (b >> 1) & 1 == 0,
+        pre_vote: !(b >> 10).is_multiple_of(3),
+        step_down_on_removal: (b >> 2) & 1 == 1,
         seed,
         ..Config::default()
     }
