@@ -80,6 +80,23 @@ pub enum Error {
     /// Another handle (in this or another process) holds the directory's lock.
     #[error("the directory is locked by another raftwal instance")]
     Locked,
+    /// Bytes received from a peer (a Raft message or a membership change) do not decode.
+    #[error("cannot decode: {0}")]
+    Decode(#[from] crate::codec::DecodeError),
+    /// The Raft core refused a proposal: no leader is known, forwarding is disabled, a
+    /// leadership transfer is under way, a membership change is pending, or the uncommitted
+    /// log is over its size limit. The proposal may be retried.
+    #[error("raft proposal dropped")]
+    ProposalDropped,
+    /// A Raft configuration is invalid; the text says why.
+    #[error("invalid raft configuration: {0}")]
+    InvalidConfig(String),
+    /// A local-only Raft message was passed to `RawNode::step`.
+    #[error("raft: cannot step a local message")]
+    StepLocalMsg,
+    /// A response came from a peer this node does not track.
+    #[error("raft: cannot step a response from an unknown peer")]
+    StepPeerNotFound,
 }
 
 /// `Result` with raftwal's [`Error`].

@@ -11,6 +11,8 @@
 //! - [`snapshot`]: the snapshot store;
 //! - [`storage`]: [`MemoryStorage`] (the reference model) and [`WalStorage`] (WAL + snapshot
 //!   store behind [`Storage`]);
+//! - [`raft`]: the Raft core (RawNode / Ready / Advance), which reads its log through any
+//!   [`Storage`] and does no I/O of its own;
 //! - `adapters` (behind the `raft-rs` and `openraft` features): [`WalStorage`] as the storage of
 //!   raft-rs and openraft nodes.
 //!
@@ -27,6 +29,7 @@ mod design_doc;
 mod error;
 pub mod io;
 mod options;
+pub mod raft;
 pub mod snapshot;
 pub mod storage;
 pub mod types;
