@@ -230,8 +230,12 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let resume = match last_kept {
         Some((segment, end, data_start)) => {
             // Whatever was read may still be only in the page cache after a process crash:
-            // make it durable before anything is acknowledged on top of it.
+            // make it durable before anything is acknowledged on top of it. That includes the
+            // segments' names: a rollover's rename that the stopped process never synced would
+            // otherwise vanish in a later power cut, taking acknowledged writes with it (a later
+            // sync only syncs the directory for renames made since open).
             segment.file.sync_data()?;
+            fs.sync_dir(dir)?;
             // A segment whose checkpoint never became durable is rewritten from its header on.
             let fresh = data_start == 0;
             let first_index =

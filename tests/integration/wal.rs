@@ -462,3 +462,27 @@ fn a_record_damaged_after_open_is_reported_on_read() {
         .collect();
     assert_eq!(damaged.len(), 1, "exactly the damaged record is reported: {damaged:?}");
 }
+
+#[test]
+fn a_sync_after_reopen_makes_a_segment_created_before_it_durable() {
+    // A process stops (no power cut) after rolling over to a segment whose directory entry was
+    // never synced; the next process syncs: everything it reads back must now survive a power
+    // cut, the new segment's name included.
+    let options = WalOptions { sync_policy: SyncPolicy::Never, ..small_options() };
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    let es: Vec<Entry> = (1..=30).map(|i| entry(i, 1, 200)).collect();
+    for chunk in es.chunks(3) {
+        wal.save(None, chunk).unwrap();
+    }
+    assert!(wal.segment_count() > 1, "the log rolled over");
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), 30, "a clean reopen reads every write back");
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), 30, "the sync made every entry durable: {}", describe(&wal));
+    assert_eq!(wal.entries(1, 31, u64::MAX).unwrap(), es);
+}
