@@ -10,7 +10,9 @@
 //! - [`wal`]: the segmented, CRC-checked write-ahead log;
 //! - [`snapshot`]: the snapshot store;
 //! - [`storage`]: [`MemoryStorage`] (the reference model) and [`WalStorage`] (WAL + snapshot
-//!   store behind [`Storage`]).
+//!   store behind [`Storage`]);
+//! - `fuzzing` (behind the `testing` feature): the checks the fuzz targets run, also replayed
+//!   over the committed corpus by `cargo test`.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
@@ -19,6 +21,8 @@
 pub mod codec;
 pub mod contract;
 mod error;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod io;
 mod options;
 pub mod snapshot;
