@@ -1,6 +1,7 @@
 //! raftwal's integration tests, in one binary so the workspace links it once.
 
 mod etcd_cases;
+mod fuzz_corpus;
 mod memory_storage;
 mod model;
 mod wal;
