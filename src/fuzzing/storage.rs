@@ -196,6 +196,8 @@ struct Recovery {
     /// match the disk (after a failed fsync Linux keeps pages it never wrote), so the next
     /// restart is a power cut, as an operator's would be.
     failed: bool,
+    /// Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`), to read a finding.
+    trace: bool,
 }
 
 impl Recovery {
@@ -205,7 +207,13 @@ impl Recovery {
         };
         let next = self.history.current().clone();
         let want = call.apply_model(&next);
-        match call.apply_wal(storage) {
+        let halted_before = self.fs.is_halted();
+        let result = call.apply_wal(storage);
+        if self.trace {
+            let shown = result.as_ref().map(|s| s.as_ref().map(|s| &s.metadata));
+            eprintln!("step {step}: {call:?} -> {shown:?} (model {want:?})");
+        }
+        match result {
             Ok(snapshot) => {
                 assert_eq!(
                     Outcome::Ok(snapshot),
@@ -221,6 +229,11 @@ impl Recovery {
             Err(e) if fault_error(&e) => {
                 assert!(self.armed > 0, "step {step}: {call:?} failed with no fault armed: {e}");
                 self.failed = true;
+                if matches!(e, Error::Poisoned) || halted_before {
+                    // Refused before any I/O: an earlier failure stopped the log (or the
+                    // simulated process is dead already).
+                    return;
+                }
                 if !want.is_ok() || self.fs.is_halted() {
                     // Refused by the rules anyway, or the process is "dead": nothing to learn
                     // from the live state. A halted write may still have reached the disk.
@@ -260,7 +273,11 @@ impl Recovery {
         let Some(storage) = self.storage.as_ref() else {
             return;
         };
-        match storage.sync() {
+        let result = storage.sync();
+        if self.trace {
+            eprintln!("step {step}: sync -> {result:?}");
+        }
+        match result {
             Ok(()) => self.history.durable = self.history.states.len() - 1,
             Err(e) => {
                 assert!(
@@ -276,6 +293,13 @@ impl Recovery {
     /// failure makes the page cache untrustworthy; then checks what was recovered.
     fn restart(&mut self, seed: Option<u64>, step: usize) {
         drop(self.storage.take());
+        if self.trace {
+            eprintln!(
+                "step {step}: restart (seed {seed:?}, failed {}, halted {})",
+                self.failed,
+                self.fs.is_halted()
+            );
+        }
         let mut crashed = seed.is_some() || self.failed || self.fs.is_halted();
         let seed = seed.unwrap_or(step as u64);
         // Bounded: a halt fires once, and the second attempt runs with every fault disarmed.
@@ -321,6 +345,9 @@ impl Recovery {
         for candidate in candidates {
             match same_answers(&candidate.model, storage) {
                 Ok(()) => {
+                    if self.trace {
+                        eprintln!("recovered {} (crashed {crashed})", candidate.describe());
+                    }
                     self.history.adopt(candidate);
                     return Ok(());
                 }
@@ -362,6 +389,7 @@ pub fn check_recovery(case: &RecoveryCase) {
         },
         armed: 0,
         failed: false,
+        trace: std::env::var_os("RAFTWAL_FUZZ_TRACE").is_some(),
     };
     let mut faults = 0;
     for (step, op) in case.ops.iter().take(MAX_OPS).enumerate() {
