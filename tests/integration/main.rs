@@ -2,6 +2,7 @@
 
 mod etcd_cases;
 mod fuzz_corpus;
+mod kill;
 mod memory_storage;
 mod model;
 mod wal;
