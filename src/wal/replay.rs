@@ -53,6 +53,9 @@ struct Found {
     name: String,
 }
 
+/// The largest segment sequence number a log can have (see `Loc`).
+const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64;
+
 fn corruption(name: &str, offset: u64, kind: CorruptionKind) -> Error {
     Error::Corruption { segment: PathBuf::from(name), offset, kind }
 }
@@ -90,6 +93,12 @@ fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
 /// Opens the WAL in `dir`: scans, decides, replays, repairs. The caller holds the directory lock.
 pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let found = list_segments(fs, dir)?;
+    // The index locates entries by a 32-bit segment number, so raftwal never names a segment
+    // beyond it; such a name is damage (and the sequence arithmetic below must not overflow).
+    if let Some(f) = found.iter().find(|f| f.sequence > MAX_SEGMENT_SEQUENCE) {
+        let why = format!("segment sequence {} is beyond 2^32", f.sequence);
+        return Err(corruption(&f.name, 0, CorruptionKind::Malformed(why)));
+    }
     let mut state = LogState::default();
     let mut report = RecoveryReport::default();
     let mut sealed: Vec<Segment> = Vec::new();

@@ -486,3 +486,19 @@ fn a_sync_after_reopen_makes_a_segment_created_before_it_durable() {
     assert_eq!(wal.last_index(), 30, "the sync made every entry durable: {}", describe(&wal));
     assert_eq!(wal.entries(1, 31, u64::MAX).unwrap(), es);
 }
+
+#[test]
+fn a_segment_named_beyond_the_largest_sequence_is_corruption_not_a_panic() {
+    // No raftwal log reaches sequence 2^32; a file named so (here with a damaged header, which
+    // recovery would otherwise cut and remove) is refused by name.
+    let fs = CrashFs::new();
+    let name = raftwal::wal::format::segment_name(u64::MAX, 5);
+    fs.write_file_raw(&dir().join(&name), &[0xAB; 40]).unwrap();
+    match open(&fs, &small_options()) {
+        Err(Error::Corruption { segment, offset, kind: CorruptionKind::Malformed(_) }) => {
+            assert_eq!(segment, Path::new(&name));
+            assert_eq!(offset, 0);
+        }
+        other => panic!("expected corruption naming {name}, got {other:?}"),
+    }
+}
