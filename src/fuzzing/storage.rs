@@ -80,18 +80,23 @@ pub fn check_storage_model(case: &StorageCase) {
     let mut storage = Some(open(&fs, &options).expect("a fresh storage opens"));
     let model = MemoryStorage::new();
     for (step, op) in case.ops.iter().take(MAX_OPS).enumerate() {
-        let Some(call) = resolve(op, &model, step) else {
-            drop(storage.take());
-            storage =
-                Some(open(&fs, &options).unwrap_or_else(|e| panic!("reopen at step {step}: {e}")));
-            continue;
+        let what = match resolve(op, &model, step) {
+            Some(call) => {
+                let subject = storage.as_ref().expect("open");
+                let got = Outcome::from(call.apply_wal(subject));
+                let want = call.apply_model(&model);
+                assert_eq!(got, want, "step {step}: {call:?} answered differently");
+                format!("{call:?}")
+            }
+            None => {
+                drop(storage.take());
+                let reopened = open(&fs, &options);
+                storage = Some(reopened.unwrap_or_else(|e| panic!("reopen at step {step}: {e}")));
+                "a reopen".to_string()
+            }
         };
-        let subject = storage.as_ref().expect("open");
-        let got = Outcome::from(call.apply_wal(subject));
-        let want = call.apply_model(&model);
-        assert_eq!(got, want, "step {step}: {call:?} answered differently");
-        if let Err(difference) = same_answers(&model, subject) {
-            panic!("step {step}: after {call:?}: {difference}");
+        if let Err(difference) = same_answers(&model, storage.as_ref().expect("open")) {
+            panic!("step {step}: after {what}: {difference}");
         }
     }
 }
