@@ -72,15 +72,71 @@ fn split_segments(bytes: &[u8]) -> Vec<(String, &[u8])> {
 }
 
 /// Opens `bytes` as a one-segment WAL and, when the bytes hold several segment headers, as the
-/// directory of up to three segments they split into; see [`check_decode_dir`].
+/// directory of up to three segments they split into; then the same directory with every
+/// checksum recomputed, so that mutated headers and payloads get past the CRCs and recovery's
+/// checks of what records say (indices, chains, checkpoints) are fuzzed too. See
+/// [`check_decode_dir`].
 pub fn check_decode(bytes: &[u8]) {
-    let mut files = split_segments(bytes);
+    check_decode_dir(&[(split_segments(bytes)[0].0.clone(), bytes)]);
+    let files = split_segments(bytes);
     if files.len() > 1 {
         check_decode_dir(&files);
     }
-    files.truncate(1);
-    files[0].1 = bytes;
-    check_decode_dir(&files);
+    let repaired = with_valid_checksums(&files);
+    if repaired.iter().zip(&files).any(|((_, new), (_, old))| new.as_slice() != *old) {
+        let repaired: Vec<(String, &[u8])> =
+            repaired.iter().map(|(name, bytes)| (name.clone(), bytes.as_slice())).collect();
+        check_decode_dir(&repaired);
+    }
+}
+
+/// `files` with every header CRC and record CRC recomputed and the record chain linked across
+/// files, as far as the frames' length fields allow.
+fn with_valid_checksums(files: &[(String, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    let mut chain = None;
+    files
+        .iter()
+        .map(|(name, bytes)| {
+            let mut out = bytes.to_vec();
+            if out.len() >= SEGMENT_HEADER_LEN && out.starts_with(&SEGMENT_MAGIC) {
+                if let Some(prev) = chain {
+                    LittleEndian::write_u32(&mut out[format::PREV_CRC_OFFSET..], prev);
+                }
+                let crc = crc32fast::hash(&out[..format::HEADER_CRC_OFFSET]);
+                LittleEndian::write_u32(&mut out[format::HEADER_CRC_OFFSET..], crc);
+                let mut prev = LittleEndian::read_u32(&out[format::PREV_CRC_OFFSET..]);
+                let mut offset = SEGMENT_HEADER_LEN;
+                // Bounded: each pass moves past one frame.
+                while offset + format::FRAME_HEADER_LEN <= out.len() {
+                    let frame = offset..offset + format::FRAME_HEADER_LEN;
+                    let len = LittleEndian::read_u32(&out[offset + format::LEN_OFFSET..]) as usize;
+                    let end = frame.end + len;
+                    if out[frame.clone()].iter().all(|&b| b == 0)
+                        || len > DECODE_MAX_RECORD_BYTES as usize
+                        || end > out.len()
+                    {
+                        break;
+                    }
+                    out[offset + format::RESERVED_OFFSET..offset + format::FRAME_PREV_CRC_OFFSET]
+                        .fill(0);
+                    LittleEndian::write_u32(
+                        &mut out[offset + format::FRAME_PREV_CRC_OFFSET..],
+                        prev,
+                    );
+                    let crc = format::frame_crc(
+                        prev,
+                        &out[offset + format::LEN_OFFSET..frame.end],
+                        &out[frame.end..end],
+                    );
+                    LittleEndian::write_u32(&mut out[offset + format::CRC_OFFSET..], crc);
+                    prev = crc;
+                    offset += format::framed_len(len);
+                }
+                chain = Some(prev);
+            }
+            (name.clone(), out)
+        })
+        .collect()
 }
 
 /// Writes `files` (name, bytes) as a WAL directory and opens it. Opening must not panic; it
@@ -114,8 +170,8 @@ pub fn check_decode_dir(files: &[(String, &[u8])]) {
     let report = wal.recovery_report().clone();
     // Recovery may cut the tail of the segment it stops in and remove the segments after it;
     // everything before the cut stays byte for byte. The last surviving segment is the one
-    // writing resumes in (and may get a fresh header and checkpoint), so only a cut is checked
-    // there.
+    // writing resumes in: only a cut is checked there, and not its header, which is written
+    // again when no record of it was kept (a segment whose checkpoint never became durable).
     let surviving: Vec<&str> = files
         .keys()
         .copied()
@@ -125,15 +181,17 @@ pub fn check_decode_dir(files: &[(String, &[u8])]) {
     for name in &surviving {
         let before = files[name];
         let now = fs.read_file(&dir.join(name)).unwrap_or_else(|| panic!("{name} vanished"));
+        let last = Some(name) == surviving.last();
         let kept = match &report.truncated {
             Some((cut, offset, _)) if cut == name => *offset as usize,
-            _ if Some(name) == surviving.last() => 0,
+            _ if last => 0,
             _ => before.len(),
         };
         let kept = kept.min(before.len());
+        let from = if last { SEGMENT_HEADER_LEN.min(kept) } else { 0 };
         assert!(
-            now.len() >= kept && now[..kept] == before[..kept],
-            "recovery changed {name} before the point it kept it to ({kept} bytes)"
+            now.len() >= kept && now[from..kept] == before[from..kept],
+            "recovery changed {name} between {from} and the point it kept it to ({kept} bytes)"
         );
     }
     let state = (wal.first_index(), wal.last_index(), wal.hard_state(), wal.snapshot_metadata());
