@@ -502,3 +502,23 @@ fn a_segment_named_beyond_the_largest_sequence_is_corruption_not_a_panic() {
         other => panic!("expected corruption naming {name}, got {other:?}"),
     }
 }
+
+#[test]
+fn a_segment_ending_inside_the_padding_of_its_last_record_opens() {
+    // The padding after a record's payload is not covered by its CRC; a file cut inside it
+    // (shorter than the aligned frame) still holds the whole record.
+    let fs = CrashFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    // A 5-byte payload after the 21-byte entry header and the 4-byte count: 30 bytes, padded.
+    let es = [Entry::new(1, 1, Bytes::from_static(b"abcde"))];
+    wal.save(None, &es).unwrap();
+    drop(wal);
+    let path =
+        fs.list_all().into_iter().find(|p| p.extension().is_some_and(|e| e == "wal")).unwrap();
+    let bytes = fs.read_file(&path).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert_ne!(end % 8, 0, "the file is cut inside the last record's padding");
+    fs.write_file_raw(&path, &bytes[..end]).unwrap();
+    let wal = open(&fs, &small_options()).expect("the log opens");
+    assert_eq!(wal.entries(1, 2, u64::MAX).unwrap(), es, "the record is whole");
+}
