@@ -35,7 +35,10 @@ struct TermRun {
 pub struct LogIndex {
     dummy_index: u64,
     dummy_term: u64,
-    // Invariant: locs[k] locates entry dummy_index + 1 + k.
+    // Entries dummy_index + 1 ..= dummy_index + missing are `Loc::MISSING`: counted, not stored,
+    // because a checkpoint's claim of how many there are is not bounded by any file's size.
+    missing: u64,
+    // Invariant: locs[k] locates entry dummy_index + missing + 1 + k.
     locs: VecDeque<Loc>,
     // Invariant: runs cover (dummy_index, last] exactly when locs is non-empty; first indices
     // strictly increase; runs[0].first == dummy_index + 1.
@@ -45,7 +48,13 @@ pub struct LogIndex {
 impl LogIndex {
     /// A log of just the dummy `(index, term)`.
     pub fn new(dummy_index: u64, dummy_term: u64) -> LogIndex {
-        LogIndex { dummy_index, dummy_term, locs: VecDeque::new(), runs: VecDeque::new() }
+        LogIndex {
+            dummy_index,
+            dummy_term,
+            missing: 0,
+            locs: VecDeque::new(),
+            runs: VecDeque::new(),
+        }
     }
 
     /// The dummy entry's index.
@@ -60,12 +69,12 @@ impl LogIndex {
 
     /// The last index (the dummy's when no entry is live).
     pub fn last_index(&self) -> u64 {
-        self.dummy_index + self.locs.len() as u64
+        self.dummy_index + self.missing + self.locs.len() as u64
     }
 
     /// Number of live entries.
     pub fn len(&self) -> usize {
-        self.locs.len()
+        usize::try_from(self.missing).unwrap_or(usize::MAX).saturating_add(self.locs.len())
     }
 
     /// The term at `index`, as `Storage::term` answers it.
@@ -93,12 +102,33 @@ impl LogIndex {
             self.dummy_index,
             self.last_index()
         );
-        self.locs[(index - self.dummy_index - 1) as usize]
+        let k = index - self.dummy_index - 1;
+        if k < self.missing {
+            return Loc::MISSING;
+        }
+        self.locs[(k - self.missing) as usize]
     }
 
     /// Location of the first live entry, if any.
     pub fn first_loc(&self) -> Option<Loc> {
-        self.locs.front().copied()
+        if self.missing > 0 { Some(Loc::MISSING) } else { self.locs.front().copied() }
+    }
+
+    /// Makes the empty log hold `count` entries of term `term` whose records are missing
+    /// ([`Loc::MISSING`]), in constant memory.
+    pub fn append_missing(&mut self, count: u64, term: u64) {
+        assert_eq!(self.len(), 0, "missing entries come first, right after the dummy");
+        if count == 0 {
+            return;
+        }
+        assert!(
+            self.dummy_index.checked_add(count).is_some(),
+            "{count} missing entries after {} overflow the index",
+            self.dummy_index
+        );
+        self.missing = count;
+        self.runs.push_back(TermRun { first: self.dummy_index + 1, term });
+        self.check();
     }
 
     /// Replaces every entry from `first` on with entries `first..first + terms.len()`, each in
@@ -122,8 +152,13 @@ impl LogIndex {
 
     /// Drops every entry at or after `index`.
     fn truncate_from(&mut self, index: u64) {
-        let keep = (index - self.dummy_index - 1) as usize;
-        self.locs.truncate(keep);
+        let keep = index - self.dummy_index - 1;
+        if keep < self.missing {
+            self.missing = keep;
+            self.locs.clear();
+        } else {
+            self.locs.truncate((keep - self.missing) as usize);
+        }
         while self.runs.back().is_some_and(|run| run.first >= index) {
             self.runs.pop_back();
         }
@@ -138,13 +173,18 @@ impl LogIndex {
             self.dummy_index,
             self.last_index()
         );
-        let drop = (index - self.dummy_index) as usize;
-        self.locs.drain(..drop);
+        let drop = index - self.dummy_index;
+        if drop <= self.missing {
+            self.missing -= drop;
+        } else {
+            self.locs.drain(..(drop - self.missing) as usize);
+            self.missing = 0;
+        }
         // Keep the run that covers index + 1, moved to start there.
         while self.runs.len() > 1 && self.runs[1].first <= index + 1 {
             self.runs.pop_front();
         }
-        if self.locs.is_empty() {
+        if self.len() == 0 {
             self.runs.clear();
         } else if let Some(run) = self.runs.front_mut() {
             run.first = index + 1;
@@ -161,7 +201,7 @@ impl LogIndex {
 
     /// Whether any live entry's record lies in a deleted segment.
     pub fn has_missing(&self) -> bool {
-        self.locs.iter().any(|loc| *loc == Loc::MISSING)
+        self.missing > 0 || self.locs.iter().any(|loc| *loc == Loc::MISSING)
     }
 
     /// Releases spare capacity (after recovery built the index).
@@ -178,7 +218,7 @@ impl LogIndex {
     fn check(&self) {
         assert_eq!(
             self.runs.is_empty(),
-            self.locs.is_empty(),
+            self.len() == 0,
             "term runs cover exactly the live entries"
         );
         if let Some(run) = self.runs.front() {
@@ -218,6 +258,26 @@ mod tests {
         index.compact(6, 5);
         assert_eq!(index.len(), 0);
         assert!(matches!(index.term(7), Err(Error::Unavailable)));
+    }
+
+    #[test]
+    fn missing_entries_are_counted_not_stored() {
+        let mut index = LogIndex::new(10, 2);
+        index.append_missing(1 << 40, 0);
+        assert_eq!(index.last_index(), 10 + (1 << 40));
+        assert!(index.heap_bytes() < 1024, "no memory per missing entry");
+        assert_eq!((index.loc(11), index.first_loc()), (Loc::MISSING, Some(Loc::MISSING)));
+        assert!(index.has_missing());
+        index.truncate_from(16);
+        assert_eq!(index.last_index(), 15);
+        index.compact(13, 0);
+        assert_eq!((index.dummy_index(), index.last_index(), index.len()), (13, 15, 2));
+        assert!(index.has_missing(), "14 and 15 are still missing");
+        index.append(15, [3, 3], L);
+        assert_eq!((index.loc(14), index.loc(15), index.loc(16)), (Loc::MISSING, L, L));
+        index.compact(14, 0);
+        assert!(!index.has_missing());
+        assert_eq!((index.first_loc(), index.len(), index.term(16).unwrap()), (Some(L), 2, 3));
     }
 
     #[test]

@@ -45,12 +45,7 @@ impl LogState {
             if cp.last_index > cp.dummy_index {
                 // Entries that lay in segments deleted after they were compacted: placeholders
                 // that later records must compact away.
-                let count = cp.last_index - cp.dummy_index;
-                self.index.append(
-                    cp.dummy_index + 1,
-                    std::iter::repeat_n(0, count as usize),
-                    Loc::MISSING,
-                );
+                self.index.append_missing(cp.last_index - cp.dummy_index, 0);
             }
             self.hard_state = cp.hard_state;
             self.snapshot = cp.snapshot.clone();

@@ -522,3 +522,23 @@ fn a_segment_ending_inside_the_padding_of_its_last_record_opens() {
     let wal = open(&fs, &small_options()).expect("the log opens");
     assert_eq!(wal.entries(1, 2, u64::MAX).unwrap(), es, "the record is whole");
 }
+
+#[test]
+fn a_checkpoint_claiming_a_huge_deleted_prefix_costs_no_memory_and_is_corruption() {
+    // A first checkpoint says entries (0, 2^40) lay in segments already deleted. Those entries
+    // must be compacted away later in the log; here they are not, so the log is corrupt. The
+    // claim is not bounded by any file's size, so it must not be materialized entry by entry.
+    use raftwal::wal::format::{Checkpoint, Record, RecordType, SegmentHeader, append_record};
+    let last = 1u64 << 40;
+    let header = SegmentHeader { sequence: 1, first_index: last + 1, prev_crc: 0 };
+    let mut bytes = header.encode().to_vec();
+    let checkpoint = Record::Checkpoint(Checkpoint { last_index: last, ..Checkpoint::default() });
+    append_record(&mut bytes, RecordType::Checkpoint, 0, 0, |out| checkpoint.encode_payload(out));
+    let fs = CrashFs::new();
+    let name = raftwal::wal::format::segment_name(1, last + 1);
+    fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
+    match open(&fs, &small_options()) {
+        Err(Error::Corruption { kind: CorruptionKind::Missing, .. }) => {}
+        other => panic!("expected corruption (missing entries), got {other:?}"),
+    }
+}
