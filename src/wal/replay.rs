@@ -53,8 +53,9 @@ struct Found {
     name: String,
 }
 
-/// The largest segment sequence number a log can have (see `Loc`).
-const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64;
+/// The largest segment sequence number recovery accepts: `Loc` holds 32 bits, and the next
+/// segment created after recovery must fit too.
+const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64 - 1;
 
 fn corruption(name: &str, offset: u64, kind: CorruptionKind) -> Error {
     Error::Corruption { segment: PathBuf::from(name), offset, kind }
@@ -96,7 +97,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     // The index locates entries by a 32-bit segment number, so raftwal never names a segment
     // beyond it; such a name is damage (and the sequence arithmetic below must not overflow).
     if let Some(f) = found.iter().find(|f| f.sequence > MAX_SEGMENT_SEQUENCE) {
-        let why = format!("segment sequence {} is beyond 2^32", f.sequence);
+        let why = format!("segment sequence {} leaves no room below 2^32", f.sequence);
         return Err(corruption(&f.name, 0, CorruptionKind::Malformed(why)));
     }
     let mut state = LogState::default();
