@@ -14,7 +14,9 @@
 //! - [`raft`]: the Raft core (RawNode / Ready / Advance), which reads its log through any
 //!   [`Storage`] and does no I/O of its own;
 //! - `adapters` (behind the `raft-rs` and `openraft` features): [`WalStorage`] as the storage of
-//!   raft-rs and openraft nodes.
+//!   raft-rs and openraft nodes;
+//! - `fuzzing` (behind the `testing` feature): the checks the fuzz targets run, also replayed
+//!   over the committed corpus by `cargo test`.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
 
@@ -27,6 +29,8 @@ pub mod contract;
 #[cfg(test)]
 mod design_doc;
 mod error;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod io;
 mod options;
 pub mod raft;

@@ -26,6 +26,20 @@ struct Inner {
     entries: Vec<Entry>,
 }
 
+impl Clone for MemoryStorage {
+    /// An independent copy of the storage as it is now (entries share their data buffers).
+    fn clone(&self) -> Self {
+        let inner = self.read();
+        MemoryStorage {
+            inner: RwLock::new(Inner {
+                hard_state: inner.hard_state,
+                snapshot: inner.snapshot.clone(),
+                entries: inner.entries.clone(),
+            }),
+        }
+    }
+}
+
 impl Default for MemoryStorage {
     fn default() -> Self {
         MemoryStorage::new()

@@ -256,8 +256,12 @@ impl WalStorage {
         let name = file.finish()?;
         // 2. The marker: the commit point.
         if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {
-            // Not committed: the file is an orphan (open would remove it too).
-            let _ = self.snaps.remove(&name);
+            // Not committed, so the file is an orphan (open would remove it too); unless the
+            // marker was written and only its sync failed: then the log names this snapshot and
+            // the marker may be durable, so the file must stay.
+            if self.wal.snapshot_metadata() != metadata {
+                let _ = self.snaps.remove(&name);
+            }
             return Err(e);
         }
         snap.cached = data.map(|data| Snapshot { metadata: metadata.clone(), data });

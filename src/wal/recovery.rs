@@ -124,8 +124,10 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
     // `bytes.len() / FRAME_HEADER_LEN` iterations.
     let stop = loop {
         let Some(header_bytes) = bytes.get(offset..offset + FRAME_HEADER_LEN) else {
-            // Fewer bytes left than a frame header.
-            break if bytes[offset..].iter().all(|&b| b == 0) {
+            // Fewer bytes left than a frame header (none at all when the file ends inside the
+            // padding of the last record, which its CRC does not cover).
+            let rest = bytes.get(offset..).unwrap_or_default();
+            break if rest.iter().all(|&b| b == 0) {
                 Stop::End
             } else {
                 Stop::Damaged(CorruptionKind::Torn)

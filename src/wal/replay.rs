@@ -53,6 +53,10 @@ struct Found {
     name: String,
 }
 
+/// The largest segment sequence number recovery accepts: `Loc` holds 32 bits, and the next
+/// segment created after recovery must fit too.
+const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64 - 1;
+
 fn corruption(name: &str, offset: u64, kind: CorruptionKind) -> Error {
     Error::Corruption { segment: PathBuf::from(name), offset, kind }
 }
@@ -90,6 +94,12 @@ fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
 /// Opens the WAL in `dir`: scans, decides, replays, repairs. The caller holds the directory lock.
 pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let found = list_segments(fs, dir)?;
+    // The index locates entries by a 32-bit segment number, so raftwal never names a segment
+    // beyond it; such a name is damage (and the sequence arithmetic below must not overflow).
+    if let Some(f) = found.iter().find(|f| f.sequence > MAX_SEGMENT_SEQUENCE) {
+        let why = format!("segment sequence {} leaves no room below 2^32", f.sequence);
+        return Err(corruption(&f.name, 0, CorruptionKind::Malformed(why)));
+    }
     let mut state = LogState::default();
     let mut report = RecoveryReport::default();
     let mut sealed: Vec<Segment> = Vec::new();
@@ -112,16 +122,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         // Links between segments: consecutive sequences, names that match headers, and a record
         // chain that crosses files. A broken link is never a torn write.
         let mut link_error = None;
-        if f.sequence >= u64::from(u32::MAX) {
-            // Entry locations keep 32-bit sequences (`Loc::MISSING` uses the top value).
-            link_error = Some((
-                0,
-                CorruptionKind::Malformed(format!(
-                    "segment sequence {} is out of range",
-                    f.sequence
-                )),
-            ));
-        } else if i > 0 && f.sequence != found[i - 1].sequence + 1 {
+        if i > 0 && f.sequence != found[i - 1].sequence + 1 {
             link_error = Some((0, CorruptionKind::Gap));
         }
         if let Ok(header) = &scan.header {
@@ -239,8 +240,12 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let resume = match last_kept {
         Some((segment, end, data_start)) => {
             // Whatever was read may still be only in the page cache after a process crash:
-            // make it durable before anything is acknowledged on top of it.
+            // make it durable before anything is acknowledged on top of it. That includes the
+            // segments' names: a rollover's rename that the stopped process never synced would
+            // otherwise vanish in a later power cut, taking acknowledged writes with it (a later
+            // sync only syncs the directory for renames made since open).
             segment.file.sync_data()?;
+            fs.sync_dir(dir)?;
             // A segment whose checkpoint never became durable is rewritten from its header on.
             let fresh = data_start == 0;
             let first_index =

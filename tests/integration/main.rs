@@ -5,6 +5,8 @@ mod adapter_openraft;
 #[cfg(feature = "raft-rs")]
 mod adapter_raft_rs;
 mod etcd_cases;
+mod fuzz_corpus;
+mod kill;
 mod memory_storage;
 mod model;
 mod raft_election;

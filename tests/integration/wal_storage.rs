@@ -496,3 +496,27 @@ fn default_options_make_every_call_durable() {
     );
     assert_eq!(storage.snapshot().unwrap().data, Bytes::from("three"));
 }
+
+#[test]
+fn a_snapshot_whose_marker_sync_fails_keeps_its_file() {
+    // The marker reaches the log but its fsync fails: the log may name the snapshot from now
+    // on (the marker may be durable), so its file must not be removed.
+    let mut hit = false;
+    for after in 0..40 {
+        let fs = CrashFs::new();
+        let storage = open(&fs).unwrap();
+        storage.save(None, &run(1, 10, 1)).unwrap();
+        fs.inject(Fault { at_op: fs.op_count() + after, kind: FaultKind::SyncEio });
+        let data = Bytes::from_static(b"state at eight");
+        if storage.create_snapshot(8, None, data.clone()).is_ok() {
+            continue;
+        }
+        if storage.wal().snapshot_metadata().index != 8 {
+            continue; // Failed before the marker was written.
+        }
+        hit = true;
+        let snapshot = storage.snapshot().expect("the snapshot the log names is readable");
+        assert_eq!((snapshot.metadata.index, snapshot.data), (8, data));
+    }
+    assert!(hit, "some fault position fails the marker's sync");
+}

@@ -1,0 +1,86 @@
+//! Comparing a storage's answers with the model's.
+
+use crate::contract::Storage;
+use crate::error::{Error, Result};
+use crate::storage::MemoryStorage;
+
+/// An answer in a form two storages can be compared by: errors by kind, not by message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The call succeeded with this value.
+    Ok(T),
+    /// [`Error::Compacted`].
+    Compacted,
+    /// [`Error::Unavailable`].
+    Unavailable,
+    /// [`Error::SnapshotOutOfDate`].
+    SnapshotOutOfDate,
+    /// [`Error::SnapshotTemporarilyUnavailable`].
+    SnapshotTemporarilyUnavailable,
+    /// [`Error::ContractViolation`], whatever the explanation.
+    ContractViolation,
+    /// Any other error, by its message.
+    Other(String),
+}
+
+impl<T> From<Result<T>> for Outcome<T> {
+    fn from(r: Result<T>) -> Self {
+        match r {
+            Ok(v) => Outcome::Ok(v),
+            Err(Error::Compacted) => Outcome::Compacted,
+            Err(Error::Unavailable) => Outcome::Unavailable,
+            Err(Error::SnapshotOutOfDate) => Outcome::SnapshotOutOfDate,
+            Err(Error::SnapshotTemporarilyUnavailable) => Outcome::SnapshotTemporarilyUnavailable,
+            Err(Error::ContractViolation(_)) => Outcome::ContractViolation,
+            Err(other) => Outcome::Other(other.to_string()),
+        }
+    }
+}
+
+impl<T> Outcome<T> {
+    /// Whether the call succeeded.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok(_))
+    }
+}
+
+/// The first answer where `subject` differs from `model`, if any: indices, hard state,
+/// membership, the snapshot, the term of every index from below the dummy to past the end, the
+/// whole log, and `entries` over a bounded spread of ranges and size limits.
+pub fn same_answers(model: &MemoryStorage, subject: &dyn Storage) -> Result<(), String> {
+    fn check<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
+        if got == want { Ok(()) } else { Err(format!("{what}: got {got:?}, want {want:?}")) }
+    }
+    let first = model.first_index().expect("the model always answers");
+    let last = model.last_index().expect("the model always answers");
+    check("first_index", Outcome::from(subject.first_index()), Outcome::Ok(first))?;
+    check("last_index", Outcome::from(subject.last_index()), Outcome::Ok(last))?;
+    check("initial_state", Outcome::from(subject.initial_state()), model.initial_state().into())?;
+    check("snapshot", Outcome::from(subject.snapshot()), model.snapshot().into())?;
+    let dummy = first - 1;
+    let (lo_bound, hi_bound) = (dummy.saturating_sub(2), last + 3);
+    for i in lo_bound..hi_bound {
+        check(&format!("term({i})"), Outcome::from(subject.term(i)), model.term(i).into())?;
+    }
+    check(
+        "the whole log",
+        Outcome::from(subject.entries(first, last + 1, u64::MAX)),
+        model.entries(first, last + 1, u64::MAX).into(),
+    )?;
+    // Bounded: 8 starts x 5 ends x 4 limits, whatever the log's length.
+    let middle = first + (last.saturating_sub(first)) / 2;
+    let starts =
+        [dummy.saturating_sub(1), dummy, first, first + 1, middle, last, last + 1, last + 2];
+    for lo in starts {
+        for hi in [lo, lo + 1, lo + 3, last + 1, last + 2] {
+            for max in [0, 100, 500, u64::MAX] {
+                check(
+                    &format!("entries({lo}, {hi}, {max})"),
+                    Outcome::from(subject.entries(lo, hi, max)),
+                    model.entries(lo, hi, max).into(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

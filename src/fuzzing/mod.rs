@@ -1,0 +1,35 @@
+//! The checks raftwal's fuzz targets run (behind the `testing` feature).
+//!
+//! Each check takes an input a fuzzer can produce (raw bytes, or operations decoded with
+//! [`arbitrary`]) and panics on a finding. The same functions serve two callers: the libFuzzer
+//! targets in `fuzz/` (nightly, `cargo fuzz run <target>`) and the corpus replay test, which runs
+//! every committed corpus file through them on stable Rust.
+//!
+//! | target          | check                                   | property                          |
+//! |-----------------|-----------------------------------------|-----------------------------------|
+//! | `recovery`      | [`check_recovery`]                      | crashes and faults lose nothing acknowledged; recovered answers equal the model's for an allowed prefix |
+//! | `decode`        | [`check_decode`], [`check_decode_dir`]  | any segment bytes open to a consistent prefix or `Corruption`, never a panic |
+//! | `snapshot_file` | [`check_snapshot_file`]                 | any snapshot file reads back only if its CRCs hold, never a panic |
+//! | `storage_model` | [`check_storage_model`]                 | WalStorage answers exactly like [`crate::MemoryStorage`] |
+//!
+//! Inputs are bounded (operations, entry and snapshot sizes) so that one execution stays in the
+//! low milliseconds. The model of the `Storage` contract is [`crate::MemoryStorage`]: WalStorage is
+//! driven with the same calls and every answer compared.
+//!
+//! Allocation bounds are not measured here (that would take a counting global allocator, and
+//! raftwal has no `unsafe`): the fuzz targets are run with libFuzzer's `-malloc_limit_mb`, which
+//! turns any single allocation above the limit into a finding.
+
+mod compare;
+mod decode;
+mod ops;
+mod seeds;
+mod storage;
+
+pub use compare::{Outcome, same_answers};
+pub use decode::{DECODE_MAX_RECORD_BYTES, check_decode, check_decode_dir, check_snapshot_file};
+pub use ops::{FaultChoice, RecoveryOp, StorageOp};
+pub use seeds::{SeedFile, encode_recovery_case, encode_storage_case, seed_corpus};
+pub use storage::{
+    MAX_OPS, RecoveryCase, StorageCase, check_recovery, check_storage_model, recovery_options,
+};
