@@ -42,6 +42,27 @@ impl<T> Outcome<T> {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok(_))
     }
+
+    /// The value of a successful call.
+    pub fn into_ok(self) -> Option<T> {
+        match self {
+            Outcome::Ok(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The same outcome with the success value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Ok(v) => Outcome::Ok(f(v)),
+            Outcome::Compacted => Outcome::Compacted,
+            Outcome::Unavailable => Outcome::Unavailable,
+            Outcome::SnapshotOutOfDate => Outcome::SnapshotOutOfDate,
+            Outcome::SnapshotTemporarilyUnavailable => Outcome::SnapshotTemporarilyUnavailable,
+            Outcome::ContractViolation => Outcome::ContractViolation,
+            Outcome::Other(e) => Outcome::Other(e),
+        }
+    }
 }
 
 /// The first answer where `subject` differs from `model`, if any: indices, hard state,

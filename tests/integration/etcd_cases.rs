@@ -19,6 +19,8 @@ pub trait Subject {
     ) -> Result<Snapshot>;
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<()>;
     fn settle(&mut self) {}
+    /// Closes and reopens a durable subject; nothing for an in-memory one.
+    fn reopen(&mut self) {}
 }
 
 /// Makes a fresh, empty subject.

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use raftwal::{ConfState, Entry, HardState, MemoryStorage, Result, Snapshot, Storage};
 
 use crate::etcd_cases::Subject;
-use crate::model::{Call, Model, Outcome, arb_op, assert_same_answers, resolve};
+use crate::model::{arb_op, run_against_model};
 
 impl Subject for MemoryStorage {
     fn storage(&self) -> &dyn Storage {
@@ -47,28 +47,6 @@ proptest! {
 
     #[test]
     fn memory_storage_answers_like_the_model(ops in proptest::collection::vec(arb_op(), 1..40)) {
-        let storage = MemoryStorage::new();
-        let mut model = Model::default();
-        for (step, op) in ops.iter().enumerate() {
-            let call = resolve(op, &model, step);
-            let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
-                Call::Append(es) => (storage.append(&es).into(), model.append(&es)),
-                Call::SetHardState(hs) => {
-                    model.hard_state = hs;
-                    (storage.set_hard_state(hs).into(), Outcome::Ok(()))
-                }
-                Call::Compact(i) => (storage.compact(i).into(), model.compact(i)),
-                Call::CreateSnapshot(i, cs, data) => {
-                    let got = Outcome::from(storage.create_snapshot(i, cs.clone(), data.clone()));
-                    let want = model.create_snapshot(i, cs, data);
-                    prop_assert_eq!(&got, &want, "step {} {:?}", step, call);
-                    (Outcome::Ok(()), Outcome::Ok(()))
-                }
-                Call::ApplySnapshot(s) => (storage.apply_snapshot(s.clone()).into(), model.apply_snapshot(s)),
-                Call::Reopen => (Outcome::Ok(()), Outcome::Ok(())),
-            };
-            prop_assert_eq!(got, want, "step {} {:?}", step, call);
-            assert_same_answers(&model, &storage, &format!("after step {step} {call:?}"));
-        }
+        run_against_model(&mut MemoryStorage::new(), &ops);
     }
 }

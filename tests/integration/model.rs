@@ -8,33 +8,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raftwal::{ConfState, Entry, Error, HardState, RaftState, Snapshot, SnapshotMetadata, Storage};
+use raftwal::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata, Storage};
 
-/// What an answer was, in a form two implementations can be compared by.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome<T> {
-    Ok(T),
-    Compacted,
-    Unavailable,
-    SnapshotOutOfDate,
-    SnapshotTemporarilyUnavailable,
-    ContractViolation,
-    Other(String),
-}
-
-impl<T> From<raftwal::Result<T>> for Outcome<T> {
-    fn from(r: raftwal::Result<T>) -> Self {
-        match r {
-            Ok(v) => Outcome::Ok(v),
-            Err(Error::Compacted) => Outcome::Compacted,
-            Err(Error::Unavailable) => Outcome::Unavailable,
-            Err(Error::SnapshotOutOfDate) => Outcome::SnapshotOutOfDate,
-            Err(Error::SnapshotTemporarilyUnavailable) => Outcome::SnapshotTemporarilyUnavailable,
-            Err(Error::ContractViolation(_)) => Outcome::ContractViolation,
-            Err(other) => Outcome::Other(other.to_string()),
-        }
-    }
-}
+pub use raftwal::fuzzing::Outcome;
 
 #[derive(Debug, Default, Clone)]
 pub struct Model {
@@ -249,15 +225,6 @@ pub fn resolve(op: &Op, model: &Model, step: usize) -> Call {
     }
 }
 
-impl<T> Outcome<T> {
-    pub fn into_ok(self) -> Option<T> {
-        match self {
-            Outcome::Ok(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
 /// Asserts that every `Storage` answer of `subject` equals the model's, over every index from
 /// below the dummy to past the end and a spread of ranges and size limits.
 pub fn assert_same_answers(model: &Model, subject: &dyn Storage, context: &str) {
@@ -304,4 +271,36 @@ pub fn same_answers(model: &Model, subject: &dyn Storage) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// Runs `ops` on `subject` and on the naive model side by side, checking that every call answers
+/// the same and that every `Storage` answer agrees after every step.
+pub fn run_against_model(subject: &mut dyn crate::etcd_cases::Subject, ops: &[Op]) {
+    let mut model = Model::default();
+    for (step, op) in ops.iter().enumerate() {
+        let call = resolve(op, &model, step);
+        let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
+            Call::Append(es) => (subject.append(&es).into(), model.append(&es)),
+            Call::SetHardState(hs) => {
+                model.hard_state = hs;
+                (subject.set_hard_state(hs).into(), Outcome::Ok(()))
+            }
+            Call::Compact(i) => (subject.compact(i).into(), model.compact(i)),
+            Call::CreateSnapshot(i, cs, data) => {
+                let got = Outcome::from(subject.create_snapshot(i, cs.clone(), data.clone()));
+                let want = model.create_snapshot(i, cs, data);
+                assert_eq!(got, want, "step {step} {call:?}");
+                (Outcome::Ok(()), Outcome::Ok(()))
+            }
+            Call::ApplySnapshot(s) => {
+                (subject.apply_snapshot(s.clone()).into(), model.apply_snapshot(s))
+            }
+            Call::Reopen => {
+                subject.reopen();
+                (Outcome::Ok(()), Outcome::Ok(()))
+            }
+        };
+        assert_eq!(got, want, "step {step} {call:?}");
+        assert_same_answers(&model, subject.storage(), &format!("after step {step} {call:?}"));
+    }
 }

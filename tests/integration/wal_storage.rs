@@ -15,7 +15,7 @@ use raftwal::{
 };
 
 use crate::etcd_cases::Subject;
-use crate::model::{Call, Model, Outcome, arb_op, assert_same_answers, resolve, same_answers};
+use crate::model::{Model, Outcome, arb_op, assert_same_answers, run_against_model, same_answers};
 
 fn options() -> WalOptions {
     WalOptions {
@@ -54,14 +54,13 @@ impl Durable {
     fn get(&self) -> &WalStorage {
         self.storage.as_ref().expect("open")
     }
+}
 
+impl Subject for Durable {
     fn reopen(&mut self) {
         drop(self.storage.take());
         self.storage = Some(open(&self.fs).unwrap());
     }
-}
-
-impl Subject for Durable {
     fn storage(&self) -> &dyn Storage {
         self.get()
     }
@@ -115,33 +114,7 @@ proptest! {
 
     #[test]
     fn wal_storage_answers_like_the_model_across_reopens(ops in proptest::collection::vec(arb_op(), 1..40)) {
-        let mut subject = Durable::new(false);
-        let mut model = Model::default();
-        for (step, op) in ops.iter().enumerate() {
-            let call = resolve(op, &model, step);
-            let storage = subject.get();
-            let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
-                Call::Append(es) => (storage.append(&es).into(), model.append(&es)),
-                Call::SetHardState(hs) => {
-                    model.hard_state = hs;
-                    (storage.set_hard_state(hs).into(), Outcome::Ok(()))
-                }
-                Call::Compact(i) => (storage.compact(i).into(), model.compact(i)),
-                Call::CreateSnapshot(i, cs, data) => {
-                    let got = Outcome::from(storage.create_snapshot(i, cs.clone(), data.clone()));
-                    let want = model.create_snapshot(i, cs, data);
-                    prop_assert_eq!(&got, &want, "step {} {:?}", step, call);
-                    (Outcome::Ok(()), Outcome::Ok(()))
-                }
-                Call::ApplySnapshot(s) => (storage.apply_snapshot(s.clone()).into(), model.apply_snapshot(s)),
-                Call::Reopen => {
-                    subject.reopen();
-                    (Outcome::Ok(()), Outcome::Ok(()))
-                }
-            };
-            prop_assert_eq!(got, want, "step {} {:?}", step, call);
-            assert_same_answers(&model, subject.get(), &format!("after step {step} {call:?}"));
-        }
+        run_against_model(&mut Durable::new(false), &ops);
     }
 }
 
@@ -222,24 +195,6 @@ fn expected(steps: &[Step]) -> Expected {
         states.push(model.clone());
     }
     Expected { states, partial }
-}
-
-trait OutcomeMap<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U>;
-}
-
-impl<T> OutcomeMap<T> for Outcome<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
-        match self {
-            Outcome::Ok(v) => Outcome::Ok(f(v)),
-            Outcome::Compacted => Outcome::Compacted,
-            Outcome::Unavailable => Outcome::Unavailable,
-            Outcome::SnapshotOutOfDate => Outcome::SnapshotOutOfDate,
-            Outcome::SnapshotTemporarilyUnavailable => Outcome::SnapshotTemporarilyUnavailable,
-            Outcome::ContractViolation => Outcome::ContractViolation,
-            Outcome::Other(e) => Outcome::Other(e),
-        }
-    }
 }
 
 fn apply(storage: &WalStorage, step: &Step) -> Result<()> {
