@@ -56,7 +56,18 @@ fn snapshot_data(index: u64) -> Bytes {
 /// `ack <index>` once each save returns; with `snapshots`, also creates a snapshot and compacts
 /// up to it regularly (printing `snap <index>` and `compact <index>`).
 fn child(dir: &Path, snapshots: bool) {
-    let storage = WalStorage::open(dir, options()).expect("the child opens the storage");
+    // The parent's own check of the previous round held the lock; a process it forked at that
+    // moment (for the other kill test) shares the descriptor until it execs, so wait a bounded
+    // time for the lock to come free.
+    let storage = (0..500)
+        .find_map(|_| match WalStorage::open(dir, options()) {
+            Err(raftwal::Error::Locked) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            }
+            other => Some(other.expect("the child opens the storage")),
+        })
+        .expect("the lock comes free once the parent's check is closed");
     let mut out = std::io::stdout().lock();
     let first = storage.last_index().unwrap() + 1;
     for next in first..first + CHILD_MAX_SAVES {
