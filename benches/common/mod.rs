@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each bench uses a part.
 
+pub mod cycle;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -174,13 +174,17 @@ impl<S: Storage> Raft<S> {
 
     fn load_state(&mut self, hs: &HardState) -> Result<()> {
         let (committed, last) = (self.raft_log.committed, self.raft_log.last_index());
-        if hs.commit < committed || hs.commit > last {
+        if hs.commit > last {
             return Err(Error::InvalidConfig(format!(
                 "stored commit {} is out of range [{committed}, {last}]",
                 hs.commit
             )));
         }
-        self.raft_log.committed = hs.commit;
+        // `committed` starts at the snapshot's index: a snapshot holds only committed entries.
+        // A stored commit index below it is one a crash lost, not an error (etcd panics): a
+        // hard state whose only change is the commit index need not be synced (the MustSync
+        // rule), while the snapshot installed in the same Ready is.
+        self.raft_log.committed = hs.commit.max(committed);
         self.term = hs.term;
         self.vote = hs.vote;
         Ok(())

@@ -1,9 +1,8 @@
 //! A deterministic, seeded simulation of Raft clusters serving a tiny key-value store.
 //!
-//! Three- and five-node clusters on `MemoryStorage` run under a network that drops,
-//! duplicates, delays and reorders messages and partitions nodes, while nodes crash and
-//! restart from their storage (losing nothing persisted: they follow the Ready contract and
-//! persist synchronously), snapshot and compact their logs, leadership moves, membership
+//! Three- and five-node clusters run under a network that drops, duplicates, delays and
+//! reorders messages and partitions nodes, while nodes crash and restart from their storage,
+//! snapshot and compact their logs, leadership moves, membership
 //! changes (add, remove, demote, promote, joint consensus with automatic and explicit leave),
 //! and clients issue put, get and compare-and-swap through the log and reads through
 //! `read_index`. After every step the invariants are checked:
@@ -23,7 +22,17 @@
 //!
 //! Each seed also picks the options (check-quorum, pre-vote, step-down on removal) and the
 //! limits (entries per append, inflight count and bytes, committed bytes per Ready,
-//! uncommitted bytes).
+//! uncommitted bytes), and the storage ([`Backend`]): most seeds run every node on its own
+//! `WalStorage` over a `CrashFs` with small segments, so that rollovers, compaction and segment
+//! release happen, and with one of three sync modes (`SyncPolicy::Always`; `Always` with
+//! etcd's MustSync rule; `SyncPolicy::Never` with an explicit `sync()` when the Ready's
+//! `must_sync` asks for it, before its messages go out). A crash there is a power cut: the
+//! process's handles are dropped, `CrashFs::crash` keeps, loses or tears each unsynced write,
+//! and the node reopens `WalStorage` from what survived; a crash may also strike in the
+//! middle of a Ready, after its writes and before their sync and its messages. The state
+//! machine restarts as etcd's does: from the storage's newest snapshot, re-applying the
+//! committed entries after it. One seed in four runs on `MemoryStorage`, where a crash loses
+//! only the process's memory.
 //!
 //! At the end the network heals, every node restarts, and the cluster must elect a leader,
 //! bring every node back as a voter and commit a final operation on every node (liveness under
@@ -39,11 +48,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use raftwal::io::CrashFs;
 use raftwal::raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Config,
     Message, MessageType, RawNode, SnapshotStatus, StateRole,
 };
-use raftwal::{ConfState, Entry, EntryType, MemoryStorage, Snapshot, SnapshotMetadata, Storage};
+use raftwal::{
+    ConfState, Entry, EntryType, HardState, MemoryStorage, RaftState, Snapshot, SnapshotMetadata,
+    Storage, SyncPolicy, WalOptions, WalStorage,
+};
 
 /// Steps of random faults per seed.
 const FAULT_STEPS: usize = 300;
@@ -249,9 +262,177 @@ fn linearizable(ops: &[HistOp]) -> bool {
     search(ops, 0, String::new(), &mut std::collections::HashSet::new())
 }
 
+/// Where a seed's nodes keep their state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// `MemoryStorage`: a crash loses the process, never what was persisted.
+    Memory,
+    /// `WalStorage` over a `CrashFs` per node: a crash loses or tears unsynced writes.
+    Wal(SyncMode),
+}
+
+/// How a durable node makes a Ready durable before sending its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncMode {
+    /// `SyncPolicy::Always`: every save is synced.
+    Always,
+    /// `SyncPolicy::Always` with `must_sync_rule`: a save that changes only the commit index
+    /// is not synced.
+    AlwaysMustSyncRule,
+    /// `SyncPolicy::Never`, and an explicit `sync()` when the Ready's `must_sync` is set.
+    NeverExplicitSync,
+}
+
+/// Segment size of the simulated logs: small, so that a run rolls over and releases segments.
+const SIM_SEGMENT_BYTES: u64 = 4096;
+
+/// The backend of a seed: three seeds in four on `WalStorage` (one of the three sync modes),
+/// one on `MemoryStorage`.
+fn backend(seed: u64) -> Backend {
+    let b = Rng(seed ^ 0x0005_70DE).next();
+    match b % 4 {
+        0 => Backend::Memory,
+        1 => Backend::Wal(SyncMode::Always),
+        2 => Backend::Wal(SyncMode::AlwaysMustSyncRule),
+        _ => Backend::Wal(SyncMode::NeverExplicitSync),
+    }
+}
+
+fn wal_options(mode: SyncMode) -> WalOptions {
+    WalOptions {
+        segment_size_bytes: SIM_SEGMENT_BYTES,
+        max_record_bytes: 2048,
+        sync_policy: match mode {
+            SyncMode::Always | SyncMode::AlwaysMustSyncRule => SyncPolicy::Always,
+            SyncMode::NeverExplicitSync => SyncPolicy::Never,
+        },
+        must_sync_rule: mode == SyncMode::AlwaysMustSyncRule,
+        cache_bytes: 2048,
+        prepare_in_background: false,
+        snapshot_retention: 2,
+        ..WalOptions::default()
+    }
+}
+
+/// A node's storage, one of the backends.
+#[derive(Debug)]
+enum SimStore {
+    Memory(Box<MemoryStorage>),
+    Wal(Box<WalStorage>),
+}
+
+impl SimStore {
+    fn hard_state(&self) -> HardState {
+        match self {
+            SimStore::Memory(s) => s.hard_state(),
+            SimStore::Wal(s) => s.wal().hard_state(),
+        }
+    }
+
+    fn apply_snapshot(&self, snapshot: Snapshot) {
+        match self {
+            SimStore::Memory(s) => s.apply_snapshot(snapshot),
+            SimStore::Wal(s) => s.apply_snapshot(snapshot),
+        }
+        .unwrap()
+    }
+
+    /// Writes a Ready's entries and hard state, as one save on `WalStorage`.
+    fn save(&self, hard_state: Option<HardState>, entries: &[Entry]) {
+        match self {
+            SimStore::Memory(s) => {
+                s.append(entries).unwrap();
+                if let Some(hs) = hard_state {
+                    s.set_hard_state(hs).unwrap();
+                }
+            }
+            SimStore::Wal(s) => s.save(hard_state.as_ref(), entries).unwrap(),
+        }
+    }
+
+    fn sync(&self) {
+        if let SimStore::Wal(s) = self {
+            s.sync().unwrap();
+        }
+    }
+
+    fn create_snapshot(&self, index: u64, cs: ConfState, data: Bytes) {
+        match self {
+            SimStore::Memory(s) => s.create_snapshot(index, Some(cs), data).map(|_| ()),
+            SimStore::Wal(s) => s.create_snapshot(index, Some(cs), data).map(|_| ()),
+        }
+        .unwrap()
+    }
+
+    fn compact(&self, index: u64) {
+        match self {
+            SimStore::Memory(s) => s.compact(index),
+            SimStore::Wal(s) => s.compact(index),
+        }
+        .unwrap()
+    }
+}
+
+impl Storage for SimStore {
+    fn initial_state(&self) -> raftwal::Result<RaftState> {
+        match self {
+            SimStore::Memory(s) => s.initial_state(),
+            SimStore::Wal(s) => s.initial_state(),
+        }
+    }
+    fn entries(&self, lo: u64, hi: u64, max_size: u64) -> raftwal::Result<Vec<Entry>> {
+        match self {
+            SimStore::Memory(s) => s.entries(lo, hi, max_size),
+            SimStore::Wal(s) => s.entries(lo, hi, max_size),
+        }
+    }
+    fn term(&self, index: u64) -> raftwal::Result<u64> {
+        match self {
+            SimStore::Memory(s) => s.term(index),
+            SimStore::Wal(s) => s.term(index),
+        }
+    }
+    fn first_index(&self) -> raftwal::Result<u64> {
+        match self {
+            SimStore::Memory(s) => s.first_index(),
+            SimStore::Wal(s) => s.first_index(),
+        }
+    }
+    fn last_index(&self) -> raftwal::Result<u64> {
+        match self {
+            SimStore::Memory(s) => s.last_index(),
+            SimStore::Wal(s) => s.last_index(),
+        }
+    }
+    fn snapshot(&self) -> raftwal::Result<Snapshot> {
+        match self {
+            SimStore::Memory(s) => s.snapshot(),
+            SimStore::Wal(s) => s.snapshot(),
+        }
+    }
+}
+
+/// The directory of every node's log on its own `CrashFs`.
+fn node_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from("/node")
+}
+
+/// A node's storage, new (`Memory`) or opened from what its file system holds.
+fn open_store(backend: Backend, fs: &CrashFs) -> SimStore {
+    match backend {
+        Backend::Memory => SimStore::Memory(Box::default()),
+        Backend::Wal(mode) => SimStore::Wal(Box::new(
+            WalStorage::open_with_fs(Arc::new(fs.clone()), &node_dir(), wal_options(mode))
+                .unwrap_or_else(|e| panic!("reopening the node's WalStorage failed: {e}")),
+        )),
+    }
+}
+
 struct SimNode {
-    raw: Option<RawNode<Arc<MemoryStorage>>>,
-    store: Arc<MemoryStorage>,
+    raw: Option<RawNode<Arc<SimStore>>>,
+    store: Arc<SimStore>,
+    /// The node's disk (unused on `MemoryStorage`).
+    fs: CrashFs,
     kv: Kv,
     conf_state: ConfState,
     /// Highest index applied by the state machine (or restored from a snapshot).
@@ -265,9 +446,23 @@ struct InFlight {
     msg: Message,
 }
 
+/// What the durable runs exercised, so that a sweep can tell it tested something.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DurableStats {
+    /// Power cuts of a node on `WalStorage`.
+    crashes: usize,
+    /// Power cuts after which the reopened storage held less than before (a shorter log or an
+    /// older hard state): unsynced writes were lost.
+    lossy_crashes: usize,
+    /// The most segment files one node's log held at once.
+    max_segments: usize,
+}
+
 struct Sim {
     rng: Rng,
     seed: u64,
+    backend: Backend,
+    stats: DurableStats,
     now: u64,
     nodes: BTreeMap<u64, SimNode>,
     net: Vec<InFlight>,
@@ -317,20 +512,22 @@ impl Sim {
         let ids: Vec<u64> = (1..=size).collect();
         let cs = ConfState { voters: ids.clone(), ..ConfState::default() };
         let mut nodes = BTreeMap::new();
+        let backend = backend(seed);
         for id in &ids {
-            let store = Arc::new(MemoryStorage::new());
-            store
-                .apply_snapshot(Snapshot {
-                    metadata: SnapshotMetadata { conf_state: cs.clone(), ..Default::default() },
-                    data: Bytes::new(),
-                })
-                .unwrap();
+            let fs = CrashFs::new();
+            let store = Arc::new(open_store(backend, &fs));
+            // Every storage starts from an index-0 snapshot carrying the membership.
+            store.apply_snapshot(Snapshot {
+                metadata: SnapshotMetadata { conf_state: cs.clone(), ..Default::default() },
+                data: Bytes::new(),
+            });
             let raw = RawNode::new(&config(*id, seed, 0), store.clone()).unwrap();
             nodes.insert(
                 *id,
                 SimNode {
                     raw: Some(raw),
                     store,
+                    fs,
                     kv: Kv::default(),
                     conf_state: cs.clone(),
                     applied: 0,
@@ -341,6 +538,8 @@ impl Sim {
         Sim {
             rng: Rng(seed ^ 0x5EED),
             seed,
+            backend,
+            stats: DurableStats::default(),
             now: 0,
             nodes,
             net: Vec::new(),
@@ -389,8 +588,25 @@ impl Sim {
         {
             eprintln!("t{} node {id} soft {ss:?} term {}", self.now, raw.status().hard_state.term);
         }
+        // 1. Persist: the snapshot, then entries and hard state in one save, then the sync
+        //    the policy leaves to the application.
         if let Some(s) = &rd.snapshot {
-            node.store.apply_snapshot(s.clone()).unwrap();
+            node.store.apply_snapshot(s.clone());
+        }
+        node.store.save(rd.hard_state, &rd.entries);
+        if faults && self.backend != Backend::Memory && self.rng.chance(1) {
+            // The process dies after writing and before syncing: nothing of this Ready was
+            // sent or applied, and the power cut decides what of its writes survives.
+            self.trace.push(format!("t{} crash {id} before syncing a Ready", self.now));
+            self.crash(id);
+            return true;
+        }
+        if self.backend == Backend::Wal(SyncMode::NeverExplicitSync) && rd.must_sync {
+            node.store.sync();
+        }
+        // 2. Apply the snapshot to the state machine (the messages go out below, after the
+        //    committed entries are applied: both only after step 1).
+        if let Some(s) = &rd.snapshot {
             node.kv = Kv::decode(&s.data);
             node.conf_state = s.metadata.conf_state.clone();
             assert!(
@@ -400,10 +616,6 @@ impl Sim {
                 node.applied
             );
             node.applied = s.metadata.index;
-        }
-        node.store.append(&rd.entries).unwrap();
-        if let Some(hs) = rd.hard_state {
-            node.store.set_hard_state(hs).unwrap();
         }
         let mut out = Vec::new();
         for m in &rd.messages {
@@ -601,10 +813,36 @@ impl Sim {
         }
     }
 
+    /// The node's process dies; on `WalStorage` its machine loses power too: the unsynced
+    /// writes are kept, lost or torn (chosen by the run's generator), and the storage is reopened
+    /// from what survived, as the restarted process will find it.
     fn crash(&mut self, id: u64) {
         self.trace.push(format!("t{} crash {id}", self.now));
+        let backend = self.backend;
+        let crash_seed = self.rng.next();
         let n = self.nodes.get_mut(&id).unwrap();
         n.raw = None;
+        if backend != Backend::Memory {
+            // The process's handles go with it (nothing else holds the storage now).
+            assert_eq!(Arc::strong_count(&n.store), 1, "node {id}: storage still shared");
+            let before = (n.store.last_index().unwrap(), n.store.hard_state());
+            n.store = Arc::new(SimStore::Memory(Box::default()));
+            n.fs.crash(crash_seed);
+            n.store = Arc::new(open_store(backend, &n.fs));
+            let after = (n.store.last_index().unwrap(), n.store.hard_state());
+            if std::env::var_os("RAFTWAL_SIM_DEBUG").is_some() {
+                eprintln!(
+                    "t{} node {id} power cut: (last index, hard state) {before:?} -> {after:?}, \
+                     snapshot {}",
+                    self.now,
+                    n.store.snapshot().unwrap().metadata.index
+                );
+            }
+            self.stats.crashes += 1;
+            if after != before {
+                self.stats.lossy_crashes += 1;
+            }
+        }
         // In-flight messages to it are lost with it.
         self.net.retain(|f| f.msg.to != id);
     }
@@ -631,11 +869,11 @@ impl Sim {
             return;
         }
         self.trace.push(format!("t{} snapshot {id} at {}", self.now, n.applied));
-        n.store.create_snapshot(n.applied, Some(n.conf_state.clone()), n.kv.encode()).unwrap();
+        n.store.create_snapshot(n.applied, n.conf_state.clone(), n.kv.encode());
         // Keep a few entries so that slightly lagging followers need no snapshot.
         let keep = 5;
         if n.applied > snap_index + keep {
-            n.store.compact(n.applied - keep).unwrap();
+            n.store.compact(n.applied - keep);
         }
     }
 
@@ -695,6 +933,9 @@ impl Sim {
         }
         for id in self.ids() {
             let n = &self.nodes[&id];
+            if let SimStore::Wal(w) = n.store.as_ref() {
+                self.stats.max_segments = self.stats.max_segments.max(w.wal().segment_count());
+            }
             let hs = n.store.hard_state();
             let (first, last) = (n.store.first_index().unwrap(), n.store.last_index().unwrap());
             // Log matching on the committed prefix.
@@ -1028,20 +1269,22 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> (usize, usize) {
+fn run_seed(seed: u64) -> (usize, usize, DurableStats) {
     let size = if seed.is_multiple_of(2) { 3 } else { 5 };
     let mut sim = Sim::new(seed, size);
     let outcome = catch_unwind(AssertUnwindSafe(|| sim.run()));
     if let Err(panic) = outcome {
         eprintln!(
-            "raft simulation failed: seed {seed} ({size} nodes) at step {}. Last events: {:?}\n\
+            "raft simulation failed: seed {seed} ({size} nodes, {:?}) at step {}. \
+             Last events: {:?}\n\
              replay with: RAFTWAL_SIM_SEED={seed} cargo test --test integration raft_sim",
+            sim.backend,
             sim.now,
             sim.trace.iter().rev().take(12).collect::<Vec<_>>()
         );
         resume_unwind(panic);
     }
-    (sim.committed.len(), sim.results.len())
+    (sim.committed.len(), sim.results.len(), sim.stats)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -1060,10 +1303,21 @@ fn seeded_cluster_simulation_keeps_raft_invariants() {
         }
     };
     let (mut entries, mut ops) = (0, 0);
+    let mut durable = DurableStats::default();
     for seed in &seeds {
-        let (e, o) = run_seed(*seed);
+        let (e, o, stats) = run_seed(*seed);
         entries += e;
         ops += o;
+        durable.crashes += stats.crashes;
+        durable.lossy_crashes += stats.lossy_crashes;
+        durable.max_segments = durable.max_segments.max(stats.max_segments);
+    }
+    if seeds.len() >= 50 {
+        // A sweep exercises the durable storage: crashes that lose unsynced writes, and logs
+        // that span several segments.
+        assert!(durable.crashes > seeds.len(), "only {durable:?} over {} seeds", seeds.len());
+        assert!(durable.lossy_crashes > 0, "no crash lost an unsynced write: {durable:?}");
+        assert!(durable.max_segments >= 2, "no log rolled over: {durable:?}");
     }
     // The runs must have done real work, not idled through the faults.
     assert!(
@@ -1079,9 +1333,19 @@ fn the_same_seed_replays_the_same_history() {
     let run = |seed| {
         let mut sim = Sim::new(seed, 3);
         sim.run();
-        (sim.committed.clone(), sim.results.clone(), sim.now)
+        (sim.committed.clone(), sim.results.clone(), sim.now, sim.stats)
     };
-    assert_eq!(run(11), run(11));
+    // One seed of each backend, crashes of the durable ones included.
+    let backends = [
+        Backend::Memory,
+        Backend::Wal(SyncMode::Always),
+        Backend::Wal(SyncMode::AlwaysMustSyncRule),
+        Backend::Wal(SyncMode::NeverExplicitSync),
+    ];
+    for b in backends {
+        let seed = (0..64).find(|s| backend(*s) == b).expect("every backend within 64 seeds");
+        assert_eq!(run(seed), run(seed), "seed {seed} ({b:?})");
+    }
 }
 
 #[test]

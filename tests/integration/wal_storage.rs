@@ -475,3 +475,32 @@ fn a_snapshot_whose_marker_sync_fails_keeps_its_file() {
     }
     assert!(hit, "some fault position fails the marker's sync");
 }
+
+#[test]
+fn raft_restarts_after_a_crash_loses_the_commit_saved_with_an_installed_snapshot() {
+    // Found by the cluster simulator: a follower installs a leader's snapshot (its marker is
+    // synced), then saves the hard state whose only change is the commit index, which the
+    // MustSync rule leaves unsynced. After a power cut the stored commit index is below the
+    // snapshot, which Raft refused.
+    let fs = CrashFs::new();
+    let options = WalOptions { must_sync_rule: true, ..options() };
+    let open_rule = |fs: &CrashFs| {
+        let fs: Fs = Arc::new(fs.clone());
+        WalStorage::open_with_fs(fs, &root(), options.clone()).unwrap()
+    };
+    let storage = open_rule(&fs);
+    storage.save(Some(&HardState { term: 2, vote: 1, commit: 3 }), &run(1, 5, 1)).unwrap();
+    let metadata = SnapshotMetadata { index: 20, term: 2, conf_state: voters(&[1, 2, 3]) };
+    storage.apply_snapshot(Snapshot { metadata, data: Bytes::from("twenty") }).unwrap();
+    storage.save(Some(&HardState { term: 2, vote: 1, commit: 20 }), &[]).unwrap();
+    drop(storage);
+    fs.crash_lose_all_unsynced();
+    let storage = Arc::new(open_rule(&fs));
+    assert_eq!(storage.wal().hard_state().commit, 3, "the commit-only hard state was lost");
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 20, "the snapshot was not");
+    // Raft starts with the snapshot's index committed: a snapshot holds only committed entries.
+    let config = raftwal::raft::Config { applied: 20, ..raftwal::raft::Config::new(1) };
+    let node = raftwal::raft::RawNode::new(&config, storage).unwrap();
+    assert_eq!(node.status().hard_state.commit, 20);
+    assert_eq!(node.status().applied, 20);
+}
