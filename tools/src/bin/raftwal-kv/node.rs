@@ -26,7 +26,7 @@ pub type Reply = Result<Option<String>, String>;
 /// Everything the node thread reacts to.
 pub enum Event {
     /// A message from a peer.
-    Message(Message),
+    Message(Box<Message>),
     /// A message to this peer could not be sent.
     Unreachable(u64),
     /// Sending a snapshot to this peer succeeded (true) or failed.
@@ -109,6 +109,10 @@ pub struct Node {
     snapshot_index: u64,
     /// Snapshots received from a leader since this process started.
     snapshots_received: u64,
+    /// A membership change was applied since the last snapshot: take one now. A node accepts
+    /// a snapshot only if its membership names the node, so a node just added can be caught
+    /// up only from a snapshot taken after its addition.
+    snapshot_due: bool,
     peers: BTreeMap<u64, Peer>,
     events: Sender<Event>,
     incarnation: u64,
@@ -156,6 +160,7 @@ impl Node {
             applied: snap.metadata.index,
             snapshot_index: snap.metadata.index,
             snapshots_received: 0,
+            snapshot_due: false,
             peers: BTreeMap::new(),
             events,
             incarnation,
@@ -227,7 +232,7 @@ impl Node {
         match ev {
             Event::Message(m) => {
                 // Messages from removed or unknown peers are refused by the core; nothing to do.
-                let _ = self.raw.step(m);
+                let _ = self.raw.step(*m);
             }
             Event::Unreachable(id) => self.raw.report_unreachable(id),
             Event::SnapshotStatus(id, ok) => {
@@ -473,6 +478,7 @@ impl Node {
                 }
             }
         }
+        self.snapshot_due = true;
         let reply = if took_effect {
             Ok(None)
         } else {
@@ -500,12 +506,15 @@ impl Node {
         }
     }
 
-    /// Every `snapshot_every` applied entries: a snapshot of the map, then compaction of the
-    /// log up to `compact_keep` entries below it.
+    /// Every `snapshot_every` applied entries, and after a membership change: a snapshot of the
+    /// map, then compaction of the log up to `compact_keep` entries below it.
     fn maybe_snapshot(&mut self) -> Fallible<()> {
-        if self.applied < self.snapshot_index + self.options.snapshot_every {
+        let due = self.applied >= self.snapshot_index + self.options.snapshot_every
+            || (self.snapshot_due && self.applied > self.snapshot_index);
+        if !due {
             return Ok(());
         }
+        self.snapshot_due = false;
         let image = Bytes::from(self.kv.encode());
         self.storage.create_snapshot(self.applied, Some(self.conf_state.clone()), image)?;
         self.snapshot_index = self.applied;

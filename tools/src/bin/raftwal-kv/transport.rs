@@ -70,7 +70,7 @@ fn read_frames(stream: TcpStream, events: &Sender<Event>) {
         }
         match Message::decode(&frame) {
             Ok(m) => {
-                if events.send(Event::Message(m)).is_err() {
+                if events.send(Event::Message(Box::new(m))).is_err() {
                     return;
                 }
             }
