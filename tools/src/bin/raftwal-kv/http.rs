@@ -1,0 +1,134 @@
+//! The HTTP API (tiny_http, a few worker threads):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /keys/{key}` | 200 and the value, 404 if absent (a linearizable read through `read_index`) |
+//! | `PUT /keys/{key}` (body: the value) | 204 once the write is committed and applied here |
+//! | `DELETE /keys/{key}` | 204 once the delete is committed and applied here |
+//! | `POST /members/{id}` (body: its Raft address) | 204 once the node is a voter |
+//! | `DELETE /members/{id}` | 204 once the node is removed |
+//! | `GET /status` | 200 and JSON: id, leader, term, role, commit, applied, log bounds, members |
+//!
+//! A request that cannot be served (no leader, proposal dropped, not applied within the
+//! request timeout) gets 503 with the reason; a write answered 503 may still take effect.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread;
+use std::time::Duration;
+
+use tiny_http::{Method, Request, Response, Server};
+
+use crate::kv::Op;
+use crate::node::{Event, Reply};
+
+/// Worker threads answering requests; each blocks while its request waits for Raft.
+const HTTP_THREADS: usize = 8;
+/// Largest request body read (a value or an address).
+const MAX_BODY_BYTES: u64 = 1 << 20;
+
+/// Serves the API on `addr`.
+pub fn serve(addr: &str, events: Sender<Event>, timeout: Duration) -> io::Result<()> {
+    let server = Arc::new(Server::http(addr).map_err(|e| io::Error::other(e.to_string()))?);
+    for k in 0..HTTP_THREADS {
+        let server = server.clone();
+        let events = events.clone();
+        thread::Builder::new().name(format!("http-{k}")).spawn(move || {
+            // Until the server fails: it lives as long as the process.
+            while let Ok(request) = server.recv() {
+                respond(request, &events, timeout);
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn respond(mut request: Request, events: &Sender<Event>, timeout: Duration) {
+    let (code, body) = route(&mut request, events, timeout);
+    let _ = request.respond(Response::from_string(body).with_status_code(code));
+}
+
+/// Sends an event carrying a reply channel and waits for the answer, at most `timeout`.
+fn ask<T>(
+    events: &Sender<Event>,
+    timeout: Duration,
+    event: impl FnOnce(Sender<T>) -> Event,
+) -> Option<T> {
+    let (tx, rx) = channel();
+    events.send(event(tx)).ok()?;
+    rx.recv_timeout(timeout).ok()
+}
+
+fn reply_to_http(reply: Option<Reply>, absent_is_not_found: bool) -> (u16, String) {
+    match reply {
+        None => (503, "timed out: not committed and applied in time\n".into()),
+        Some(Err(why)) => (503, format!("{why}\n")),
+        Some(Ok(Some(value))) => (200, value),
+        Some(Ok(None)) if absent_is_not_found => (404, "no such key\n".into()),
+        Some(Ok(None)) => (204, String::new()),
+    }
+}
+
+fn body(request: &mut Request) -> Result<String, (u16, String)> {
+    let mut text = String::new();
+    request
+        .as_reader()
+        .take(MAX_BODY_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| (400, format!("body: {e}\n")))?;
+    Ok(text)
+}
+
+fn route(request: &mut Request, events: &Sender<Event>, timeout: Duration) -> (u16, String) {
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or_default();
+    let method = request.method().clone();
+    if path == "/status" && method == Method::Get {
+        return match ask(events, timeout, Event::Status) {
+            Some(json) => (200, json),
+            None => (503, "node not answering\n".into()),
+        };
+    }
+    if let Some(key) = path.strip_prefix("/keys/").filter(|k| !k.is_empty()) {
+        let key = key.to_string();
+        return match method {
+            Method::Get => reply_to_http(ask(events, timeout, |tx| Event::Read(key, tx)), true),
+            Method::Put => match body(request) {
+                Ok(value) => {
+                    let op = Op::Put { key, value };
+                    reply_to_http(ask(events, timeout, |tx| Event::Propose(op, tx)), false)
+                }
+                Err(e) => e,
+            },
+            Method::Delete => {
+                let op = Op::Delete { key };
+                reply_to_http(ask(events, timeout, |tx| Event::Propose(op, tx)), false)
+            }
+            _ => (405, "GET, PUT or DELETE\n".into()),
+        };
+    }
+    if let Some(id) = path.strip_prefix("/members/") {
+        let Ok(id) = id.parse::<u64>() else {
+            return (400, "a member id is a positive integer\n".into());
+        };
+        if id == 0 {
+            return (400, "a member id is a positive integer\n".into());
+        }
+        return match method {
+            Method::Post => match body(request) {
+                Ok(addr) if !addr.trim().is_empty() => {
+                    let addr = addr.trim().to_string();
+                    reply_to_http(ask(events, timeout, |tx| Event::AddMember(id, addr, tx)), false)
+                }
+                Ok(_) => (400, "the body is the new member's Raft address\n".into()),
+                Err(e) => e,
+            },
+            Method::Delete => {
+                reply_to_http(ask(events, timeout, |tx| Event::RemoveMember(id, tx)), false)
+            }
+            _ => (405, "POST or DELETE\n".into()),
+        };
+    }
+    (404, "see GET/PUT/DELETE /keys/{key}, POST/DELETE /members/{id}, GET /status\n".into())
+}

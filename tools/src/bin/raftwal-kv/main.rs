@@ -1,0 +1,151 @@
+//! `raftwal-kv`: a replicated key-value store, one process per node, on the bundled Raft core
+//! and `WalStorage`. Peers talk over TCP; clients over HTTP (see `http.rs` for the API).
+//!
+//! ```text
+//! raftwal-kv --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
+//!            --http 127.0.0.1:8001 --dir /tmp/kv1
+//! ```
+//!
+//! Structure: `node.rs` owns the `RawNode`, the storage and the map on one thread and runs the
+//! Ready loop; `transport.rs` and `http.rs` feed it events; `kv.rs` is the state machine.
+
+mod http;
+mod kv;
+mod node;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use clap::Parser;
+
+use node::{Node, Options};
+
+#[derive(Parser)]
+#[command(name = "raftwal-kv", version, about = "A replicated key-value store on raftwal")]
+struct Args {
+    /// This node's id (a positive integer listed in --peers).
+    #[arg(long)]
+    id: u64,
+    /// Raft addresses of the members: ID=HOST:PORT,... (this node's included).
+    #[arg(long)]
+    peers: String,
+    /// Address of the HTTP API.
+    #[arg(long)]
+    http: String,
+    /// Directory of this node's WalStorage (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Join a running cluster (add this node with POST /members/{id} first) instead of
+    /// bootstrapping a new one. Ignored when --dir already holds a log.
+    #[arg(long)]
+    join: bool,
+    /// Milliseconds per Raft tick (the leader heartbeats every tick).
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+    /// Ticks before a follower that hears no leader campaigns.
+    #[arg(long, default_value_t = 10)]
+    election_ticks: usize,
+    /// Take a snapshot of the map every this many applied entries.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: u64,
+    /// Entries kept in the log below a snapshot when compacting.
+    #[arg(long, default_value_t = 100)]
+    compact_keep: u64,
+    /// Milliseconds a request may wait to be committed and applied before a 503.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or(format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let peers = match parse_peers(&args.peers) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("raftwal-kv: --peers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(raft_addr) = peers.get(&args.id).cloned() else {
+        eprintln!("raftwal-kv: --peers must include this node ({})", args.id);
+        return ExitCode::from(2);
+    };
+    if args.snapshot_every == 0 {
+        eprintln!("raftwal-kv: --snapshot-every must be at least 1");
+        return ExitCode::from(2);
+    }
+    let timeout = Duration::from_millis(args.request_timeout_ms);
+    let options = Options {
+        id: args.id,
+        peers,
+        join: args.join,
+        tick: Duration::from_millis(args.tick_ms.max(1)),
+        election_ticks: args.election_ticks,
+        snapshot_every: args.snapshot_every,
+        compact_keep: args.compact_keep,
+        request_timeout: timeout,
+    };
+    let (tx, rx) = channel();
+    let node = match Node::open(options, &args.dir, tx.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("raftwal-kv: cannot open {}: {e}", args.dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = transport::listen(&raft_addr, tx.clone()) {
+        eprintln!("raftwal-kv: cannot listen for peers on {raft_addr}: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = http::serve(&args.http, tx, timeout) {
+        eprintln!("raftwal-kv: cannot serve HTTP on {}: {e}", args.http);
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "raftwal-kv: node {} (raft {raft_addr}, http {}, dir {})",
+        args.id,
+        args.http,
+        args.dir.display()
+    );
+    match node.run(&rx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftwal-kv: node {} stopped: {e}", args.id);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_peers;
+
+    #[test]
+    fn peers_parse_and_reject_malformed_lists() {
+        let p = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&2], "127.0.0.1:7002");
+        assert!(parse_peers("1=a,1=b").is_err(), "duplicate id");
+        assert!(parse_peers("0=a").is_err(), "id 0");
+        assert!(parse_peers("x=a").is_err(), "not a number");
+        assert!(parse_peers("1:a").is_err(), "no '='");
+    }
+}

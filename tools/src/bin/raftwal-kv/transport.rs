@@ -1,0 +1,179 @@
+//! Peers over TCP: one outgoing connection per peer, carrying length-prefixed frames
+//! (`u32` little-endian length, then `Message::encode`), and a listener whose connections are
+//! read frame by frame into the node's event queue.
+//!
+//! Sending never blocks the Raft loop: each peer has a bounded queue drained by its own thread.
+//! A message that cannot be queued or written is dropped and reported (`Unreachable`, and a
+//! failed snapshot for `MsgSnap`); Raft retransmits. After a failed connect or write, the
+//! sender waits out a backoff (doubling, bounded) before it connects again, dropping what
+//! arrives meanwhile.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, sync_channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use raftwal::raft::{Message, MessageType};
+
+use crate::node::Event;
+
+/// Largest frame accepted: far above any message this example sends (snapshots included).
+const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Messages queued for one peer before new ones are dropped.
+const PEER_QUEUE_LEN: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts peers' connections on `addr`; every decoded message becomes an
+/// [`Event::Message`].
+pub fn listen(addr: &str, events: Sender<Event>) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    thread::Builder::new().name("raft-accept".into()).spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let events = events.clone();
+                    let spawned = thread::Builder::new()
+                        .name("raft-read".into())
+                        .spawn(move || read_frames(stream, &events));
+                    if let Err(e) = spawned {
+                        eprintln!("raft transport: cannot start a reader: {e}");
+                    }
+                }
+                Err(e) => eprintln!("raft transport: accept failed: {e}"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Reads frames until the connection closes or sends something malformed.
+fn read_frames(stream: TcpStream, events: &Sender<Event>) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut len = [0u8; 4];
+        if reader.read_exact(&mut len).is_err() {
+            return;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME_BYTES {
+            eprintln!("raft transport: frame of {len} bytes exceeds {MAX_FRAME_BYTES}; closing");
+            return;
+        }
+        let mut frame = vec![0u8; len];
+        if reader.read_exact(&mut frame).is_err() {
+            return;
+        }
+        match Message::decode(&frame) {
+            Ok(m) => {
+                if events.send(Event::Message(Box::new(m))).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("raft transport: undecodable frame ({e}); closing");
+                return;
+            }
+        }
+    }
+}
+
+/// The sending side of one peer. Dropping it ends its thread.
+pub struct Peer {
+    /// The address the peer listens on.
+    pub addr: String,
+    queue: SyncSender<Message>,
+}
+
+impl Peer {
+    /// Starts the sender thread for peer `id` at `addr`.
+    pub fn start(id: u64, addr: String, events: Sender<Event>) -> io::Result<Peer> {
+        let (queue, rx) = sync_channel(PEER_QUEUE_LEN);
+        let target = addr.clone();
+        thread::Builder::new()
+            .name(format!("raft-send-{id}"))
+            .spawn(move || send_loop(id, &target, &rx, &events))?;
+        Ok(Peer { addr, queue })
+    }
+
+    /// Queues `m`; false if the queue is full (or the thread gone) and `m` was dropped.
+    pub fn send(&self, m: Message) -> bool {
+        match self.queue.try_send(m) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn connect(addr: &str) -> io::Result<BufWriter<TcpStream>> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to nothing"));
+    for sa in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                return Ok(BufWriter::new(s));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> io::Result<()> {
+    let frame = m.encode();
+    assert!(frame.len() <= MAX_FRAME_BYTES, "message of {} bytes is too large", frame.len());
+    let len = u32::try_from(frame.len()).expect("bounded by MAX_FRAME_BYTES");
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Runs until the [`Peer`] is dropped (its queue closes).
+fn send_loop(to: u64, addr: &str, rx: &Receiver<Message>, events: &Sender<Event>) {
+    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut retry_at = Instant::now();
+    while let Ok(m) = rx.recv() {
+        if conn.is_none() && Instant::now() >= retry_at {
+            match connect(addr) {
+                Ok(c) => {
+                    conn = Some(c);
+                    backoff = BACKOFF_MIN;
+                }
+                Err(_) => {
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        let sent = match conn.as_mut() {
+            Some(w) => match write_frame(w, &m) {
+                Ok(()) => true,
+                Err(_) => {
+                    conn = None;
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    false
+                }
+            },
+            None => false,
+        };
+        let report = if sent {
+            (m.msg_type == MessageType::MsgSnap).then_some(Event::SnapshotStatus(to, true))
+        } else if m.msg_type == MessageType::MsgSnap {
+            Some(Event::SnapshotStatus(to, false))
+        } else {
+            Some(Event::Unreachable(to))
+        };
+        if let Some(ev) = report
+            && events.send(ev).is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `raftwal-kv` as built, as real processes on 127.0.0.1: a 3-node cluster survives the
+//! SIGKILL of its leader without losing an acknowledged write, the killed node restarts on its
+//! directory and catches up by snapshot, and membership changes add and remove a node. Every
+//! wait is bounded; every child is killed and reaped on every path (the guard's `Drop`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::process::{Child, Command};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Limit on any one wait (an election, a catch-up); elections take well under a second here.
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Nodes of one cluster; kills and reaps every process it started when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    raft_ports: BTreeMap<u64, u16>,
+    http_ports: BTreeMap<u64, u16>,
+    children: BTreeMap<u64, Child>,
+    agent: ureq::Agent,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Ports the kernel hands out for 127.0.0.1 right now (released before use).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` until it gives a value; panics naming `what` after `WAIT_LIMIT`.
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    let max_polls = (WAIT_LIMIT.as_millis() / POLL.as_millis()) as usize + 1;
+    for _ in 0..max_polls {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        sleep(POLL);
+    }
+    panic!("timed out waiting for {what}");
+}
+
+impl Cluster {
+    fn new(ids: &[u64]) -> Cluster {
+        let ports = free_ports(ids.len() * 2);
+        let (raft, http) = ports.split_at(ids.len());
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            raft_ports: ids.iter().copied().zip(raft.iter().copied()).collect(),
+            http_ports: ids.iter().copied().zip(http.iter().copied()).collect(),
+            children: BTreeMap::new(),
+            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build(),
+        }
+    }
+
+    fn raft_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.raft_ports[&id])
+    }
+
+    /// Starts node `id` with `members` as its --peers.
+    fn start(&mut self, id: u64, members: &[u64], join: bool) {
+        let peers: Vec<String> =
+            members.iter().map(|m| format!("{m}={}", self.raft_addr(*m))).collect();
+        let log = File::create(self.dir.path().join(format!("n{id}.log"))).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftwal-kv"));
+        cmd.args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args(["--http", &format!("127.0.0.1:{}", self.http_ports[&id])])
+            .arg("--dir")
+            .arg(self.dir.path().join(format!("n{id}")))
+            .args(["--tick-ms", "20", "--election-ticks", "10"])
+            .args(["--snapshot-every", "5", "--compact-keep", "2"])
+            .args(["--request-timeout-ms", "2000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        if join {
+            cmd.arg("--join");
+        }
+        let child = cmd.spawn().unwrap();
+        assert!(self.children.insert(id, child).is_none(), "node {id} started twice");
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("node running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// (status code, body), or None if the node did not answer.
+    fn request(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_ports[&id]);
+        let req = self.agent.request(method, &url);
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+            Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+            Err(_) => None,
+        }
+    }
+
+    fn status(&self, id: u64) -> Option<Value> {
+        let (code, body) = self.request(id, "GET", "/status", None)?;
+        (code == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    /// A node among `ids` that reports itself leader.
+    fn leader_among(&self, ids: &[u64]) -> u64 {
+        until("a leader", || {
+            ids.iter()
+                .copied()
+                .find(|id| self.status(*id).is_some_and(|s| s["leader"].as_u64() == Some(*id)))
+        })
+    }
+
+    /// A write through `id`, retried while leadership settles; true once acknowledged (204).
+    fn put(&self, id: u64, key: &str, value: &str) -> bool {
+        for _ in 0..20 {
+            if let Some((204, _)) = self.request(id, "PUT", &format!("/keys/{key}"), Some(value)) {
+                return true;
+            }
+            sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn get(&self, id: u64, key: &str) -> Option<(u16, String)> {
+        self.request(id, "GET", &format!("/keys/{key}"), None)
+    }
+}
+
+#[test]
+fn leader_killed_keeps_acknowledged_writes_and_restarted_node_catches_up_by_snapshot() {
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids);
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    let leader = c.leader_among(&ids);
+    let mut acked = BTreeMap::new();
+    for k in 0..10 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(leader, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert!(!acked.is_empty(), "a healthy cluster acknowledges writes");
+
+    c.kill(leader);
+    let rest: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let new_leader = c.leader_among(&rest);
+    assert_ne!(new_leader, leader);
+    for (key, value) in &acked {
+        assert_eq!(
+            c.get(new_leader, key),
+            Some((200, value.clone())),
+            "the new leader serves acknowledged write {key}"
+        );
+    }
+
+    // Enough writes for several snapshots: the log is compacted past the dead node's end.
+    for k in 10..30 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(new_leader, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert!(c.put(new_leader, "k0", "overwritten"), "an overwrite is acknowledged");
+    acked.insert("k0".into(), "overwritten".into());
+    assert_eq!(c.request(new_leader, "DELETE", "/keys/k1", None).map(|r| r.0), Some(204));
+    acked.remove("k1");
+    let leader_status = c.status(new_leader).unwrap();
+    let commit = leader_status["commit"].as_u64().unwrap();
+    assert!(
+        leader_status["first_index"].as_u64().unwrap() > 12,
+        "the leader compacted its log: {leader_status}"
+    );
+
+    c.start(leader, &ids, false);
+    let status = until("the restarted node to catch up", || {
+        c.status(leader).filter(|s| s["applied"].as_u64().unwrap() >= commit)
+    });
+    assert!(
+        status["snapshots_received"].as_u64().unwrap() >= 1,
+        "the restarted node caught up by snapshot: {status}"
+    );
+    for (key, value) in &acked {
+        assert_eq!(c.get(leader, key), Some((200, value.clone())), "restarted node serves {key}");
+    }
+    assert_eq!(c.get(leader, "k1").map(|r| r.0), Some(404), "the delete reached it too");
+}
+
+#[test]
+fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&[1, 2, 3, 4]);
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    let leader = c.leader_among(&ids);
+    for k in 0..8 {
+        assert!(c.put(leader, &format!("k{k}"), &format!("v{k}")), "write k{k}");
+    }
+    let addr = c.raft_addr(4);
+    assert_eq!(c.request(leader, "POST", "/members/4", Some(&addr)).map(|r| r.0), Some(204));
+    c.start(4, &[1, 2, 3, 4], true);
+    until("node 4 to serve every key", || {
+        (0..8).all(|k| c.get(4, &format!("k{k}")) == Some((200, format!("v{k}")))).then_some(())
+    });
+    let status = c.status(4).unwrap();
+    assert_eq!(status["voters"], serde_json::json!([1, 2, 3, 4]), "{status}");
+
+    let leader = c.leader_among(&[1, 2, 3, 4]);
+    assert!(c.put(leader, "after-join", "yes"));
+    assert_eq!(c.get(4, "after-join"), Some((200, "yes".into())));
+
+    let remover = if leader == 4 { 1 } else { leader };
+    assert_eq!(c.request(remover, "DELETE", "/members/4", None).map(|r| r.0), Some(204));
+    let status = until("node 4 to leave the membership", || {
+        c.status(remover).filter(|s| s["voters"] == serde_json::json!([1, 2, 3]))
+    });
+    assert_eq!(status["voters"], serde_json::json!([1, 2, 3]));
+}
