@@ -116,9 +116,8 @@ impl Wal {
         let mut writer = Writer::new(fs.clone(), dir.to_path_buf(), &options, active);
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
-            let checkpoint = state.checkpoint();
             let mut sealed = None;
-            writer.write(&[], &checkpoint, &mut sealed).map_err(Error::from)?;
+            writer.write(&[], &|| state.checkpoint(), &mut sealed).map_err(Error::from)?;
             writer.active.file.sync_data()?;
             let target = writer.sync_target();
             writer.mark_durable(&target);
@@ -172,9 +171,9 @@ impl Wal {
 
     /// Writes `ops` and applies them to the state. Returns the LSN a sync must reach.
     fn write_ops(&self, inner: &mut Inner, ops: &[Op<'_>]) -> Result<u64> {
-        let checkpoint = inner.state.checkpoint();
         let mut sealed: Option<Sealed> = None;
-        let result = inner.writer.write(ops, &checkpoint, &mut sealed);
+        let state = &inner.state;
+        let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
             // The rollover synced the old segment whole: everything before it is durable.
             let map = sealed.file.map().ok();

@@ -272,18 +272,22 @@ impl Writer {
     }
 
     /// Writes `ops` as one buffer with one write call, rolling over first if they do not fit.
-    /// `checkpoint` is the state before `ops`, written first in a new segment. Returns where each
+    /// `checkpoint` builds the state before `ops`, written first in a new segment. Returns where each
     /// run of entries went.
     pub fn write(
         &mut self,
         ops: &[Op<'_>],
-        checkpoint: &Checkpoint,
+        checkpoint: &dyn Fn() -> Checkpoint,
         sealed: &mut Option<Sealed>,
     ) -> Result<Vec<EntriesWritten>, Failure> {
         let plan = self.plan(ops).map_err(Failure::Refused)?;
+        // The state is built (it clones the membership) only for a rollover or a fresh segment.
+        let mut rolled: Option<Checkpoint> = None;
         let has_data = !self.active.fresh && self.active.write_offset > self.active.data_start;
         if has_data && self.active.write_offset + plan.bytes > self.segment_size_bytes {
-            *sealed = Some(self.roll(checkpoint.last_index + 1)?);
+            let state = checkpoint();
+            *sealed = Some(self.roll(state.last_index + 1)?);
+            rolled = Some(state);
         }
         let start = if self.active.fresh { 0 } else { self.active.write_offset };
         // A fresh segment starts with a header and a checkpoint of a few hundred bytes at most;
@@ -305,7 +309,7 @@ impl Writer {
                 prev_crc,
             };
             self.buf.extend_from_slice(&header.encode());
-            let record = Record::Checkpoint(checkpoint.clone());
+            let record = Record::Checkpoint(rolled.take().unwrap_or_else(checkpoint));
             prev_crc =
                 append_record(&mut self.buf, RecordType::Checkpoint, prev_crc, durable, |out| {
                     record.encode_payload(out)
