@@ -4,7 +4,9 @@
 //! The crate is layered; each layer depends only on the ones above it in this list:
 //!
 //! - [`types`], [`codec`], [`contract`]: the shared Raft types, their little-endian encoding,
-//!   and the [`Storage`] trait with the argument rules every storage shares;
+//!   and the [`Storage`] trait with the argument rules every storage shares; [`rng`], the one
+//!   seeded generator behind every reproducible random choice; [`metrics`], the counters a log
+//!   keeps of what it did;
 //! - [`io`]: the seam every file and directory operation goes through (the real file system,
 //!   and `CrashFs` behind the `testing` feature);
 //! - [`wal`]: the segmented, CRC-checked write-ahead log;
@@ -19,6 +21,48 @@
 //!   over the committed corpus by `cargo test`.
 //!
 //! See `DESIGN.md` for the architecture, the on-disk formats and the invariants.
+//!
+//! # A Raft node on a durable log
+//!
+//! The bundled core hands back a [`raft::Ready`]; persist it with one [`WalStorage::save`] (one
+//! write, one fsync), only then send its messages, apply what it committed, and advance:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use raftwal::raft::{Config, RawNode, StateRole};
+//! use raftwal::{WalOptions, WalStorage};
+//!
+//! # fn main() -> raftwal::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let storage = Arc::new(WalStorage::open(dir.path(), WalOptions::default())?);
+//! let mut node = RawNode::new(&Config::new(1), storage.clone())?;
+//! node.bootstrap([1u64])?; // a new one-node cluster
+//! node.campaign()?;
+//! let mut applied = Vec::new();
+//! for _ in 0..2 {
+//!     while node.has_ready() {
+//!         let rd = node.ready();
+//!         // 1. Persist: a snapshot first, then entries and hard state in one durable save.
+//!         if let Some(snapshot) = &rd.snapshot {
+//!             storage.apply_snapshot(snapshot.clone())?;
+//!         }
+//!         storage.save(rd.hard_state.as_ref(), &rd.entries)?;
+//!         // 2. Only now send rd.messages to their peers (none in a one-node cluster).
+//!         assert!(rd.messages.is_empty());
+//!         // 3. Apply what is committed (membership entries go to `apply_conf_change`).
+//!         applied.extend(rd.committed_entries.iter().filter(|e| !e.data.is_empty()).cloned());
+//!         // 4. Tell the core it was all done.
+//!         node.advance(rd);
+//!     }
+//!     if applied.is_empty() {
+//!         assert_eq!(node.status().soft_state.raft_state, StateRole::Leader);
+//!         node.propose(&b"hello"[..])?;
+//!     }
+//! }
+//! assert_eq!(applied[0].data, &b"hello"[..]);
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(unsafe_code)]
 
@@ -32,8 +76,10 @@ mod error;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod io;
+pub mod metrics;
 mod options;
 pub mod raft;
+pub mod rng;
 pub mod snapshot;
 pub mod storage;
 pub mod types;
@@ -41,6 +87,7 @@ pub mod wal;
 
 pub use contract::Storage;
 pub use error::{CorruptionKind, Error, Result};
+pub use metrics::{RecoveryMetrics, Summary, WalMetrics};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use storage::{MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage};
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
