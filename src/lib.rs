@@ -30,16 +30,14 @@
 //! ```
 //! use std::sync::Arc;
 //! use raftwal::raft::{Config, RawNode, StateRole};
-//! use raftwal::{WalOptions, WalStorage};
+//! use raftwal::{Entry, EntryType, WalOptions, WalStorage};
 //!
-//! # fn main() -> raftwal::Result<()> {
-//! let dir = tempfile::tempdir()?;
-//! let storage = Arc::new(WalStorage::open(dir.path(), WalOptions::default())?);
-//! let mut node = RawNode::new(&Config::new(1), storage.clone())?;
-//! node.bootstrap([1u64])?; // a new one-node cluster
-//! node.campaign()?;
-//! let mut applied = Vec::new();
-//! for _ in 0..2 {
+//! /// Handles every Ready: the loop an application runs after each tick, step or propose.
+//! fn drive(
+//!     node: &mut RawNode<Arc<WalStorage>>,
+//!     storage: &WalStorage,
+//!     applied: &mut Vec<Entry>,
+//! ) -> raftwal::Result<()> {
 //!     while node.has_ready() {
 //!         let rd = node.ready();
 //!         // 1. Persist: a snapshot first, then entries and hard state in one durable save.
@@ -49,16 +47,28 @@
 //!         storage.save(rd.hard_state.as_ref(), &rd.entries)?;
 //!         // 2. Only now send rd.messages to their peers (none in a one-node cluster).
 //!         assert!(rd.messages.is_empty());
-//!         // 3. Apply what is committed (membership entries go to `apply_conf_change`).
-//!         applied.extend(rd.committed_entries.iter().filter(|e| !e.data.is_empty()).cloned());
+//!         // 3. Apply what is committed (membership entries go to `apply_conf_change`; a new
+//!         //    leader's entry is empty).
+//!         let normal = |e: &&Entry| e.entry_type == EntryType::Normal && !e.data.is_empty();
+//!         applied.extend(rd.committed_entries.iter().filter(normal).cloned());
 //!         // 4. Tell the core it was all done.
 //!         node.advance(rd);
 //!     }
-//!     if applied.is_empty() {
-//!         assert_eq!(node.status().soft_state.raft_state, StateRole::Leader);
-//!         node.propose(&b"hello"[..])?;
-//!     }
+//!     Ok(())
 //! }
+//!
+//! # fn main() -> raftwal::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let storage = Arc::new(WalStorage::open(dir.path(), WalOptions::default())?);
+//! let mut node = RawNode::new(&Config::new(1), storage.clone())?;
+//! let mut applied = Vec::new();
+//! node.bootstrap([1u64])?; // a new one-node cluster
+//! drive(&mut node, &storage, &mut applied)?;
+//! node.campaign()?;
+//! drive(&mut node, &storage, &mut applied)?;
+//! assert_eq!(node.status().soft_state.raft_state, StateRole::Leader);
+//! node.propose(&b"hello"[..])?;
+//! drive(&mut node, &storage, &mut applied)?;
 //! assert_eq!(applied[0].data, &b"hello"[..]);
 //! # Ok(())
 //! # }
