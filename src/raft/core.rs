@@ -945,7 +945,13 @@ impl<S: Storage> Raft<S> {
         }
         let pr = self.prs.progress.get_mut(&from).expect("checked");
         let old_paused = pr.is_paused();
-        if !pr.maybe_update(m.index) {
+        // A probe answered at exactly the match index also counts: the follower is caught up
+        // (the empty probe a heartbeat response prompts), and without this it would stay in
+        // Probe, costing a round trip per heartbeat. Not in Snapshot state: there an answer
+        // at the match index says nothing about the pending snapshot.
+        let caught_up_probe =
+            |pr: &Progress| pr.matched == m.index && pr.state == ProgressState::Probe;
+        if !pr.maybe_update(m.index) && !caught_up_probe(pr) {
             return;
         }
         match pr.state {
