@@ -16,7 +16,7 @@ pub type ChangeResult = Result<(Configuration, BTreeMap<u64, Progress>), String>
 pub struct Changer<'a> {
     /// The tracker whose configuration is the starting point.
     pub tracker: &'a ProgressTracker,
-    /// The leader's last log index; new peers are probed from just after it.
+    /// The leader's last log index; new peers are probed at it.
     pub last_index: u64,
 }
 
@@ -115,8 +115,12 @@ impl Changer<'_> {
         } else {
             cfg.voters.incoming.ids_mut().insert(id);
         }
+        // Probe from the last entry rather than after it: the first append then carries an
+        // entry and goes out as soon as the change is applied, instead of being an empty
+        // message that waits for the next heartbeat. The new peer most likely has no log and
+        // rejects it, which starts the backtracking (or a snapshot) at once.
         let mut pr = Progress::new(
-            self.last_index + 1,
+            self.last_index.max(1),
             self.tracker.max_inflight,
             self.tracker.max_inflight_bytes,
         );
