@@ -159,12 +159,19 @@ impl<S: Storage> Raft<S> {
             r.load_state(&rs.hard_state)?;
         }
         if c.applied > 0 {
-            if c.applied > r.raft_log.committed {
+            let last = r.raft_log.last_index();
+            if c.applied > last {
                 return Err(Error::InvalidConfig(format!(
-                    "applied {} is beyond the committed index {}",
-                    c.applied, r.raft_log.committed
+                    "applied {} is beyond the last index {last}: the log lost entries the \
+                     application applied",
+                    c.applied
                 )));
             }
+            // Only committed entries are applied, so everything up to `applied` is committed
+            // even if the stored commit index is lower: a hard state whose only change is the
+            // commit index need not be synced (the MustSync rule), while the application may
+            // record its applied index durably. etcd refuses this start.
+            r.raft_log.commit_to(c.applied);
             r.raft_log.applied_to(c.applied.max(r.raft_log.applied));
         }
         let term = r.term;
