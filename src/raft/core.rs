@@ -1720,6 +1720,18 @@ mod tests {
         }
     }
 
+    // etcd's TestSendAppendForProgressSnapshot.
+    #[test]
+    fn a_leader_sends_nothing_while_a_snapshot_is_in_flight() {
+        let mut r = leader_of(&[1, 2]);
+        r.prs.progress.get_mut(&2).unwrap().become_snapshot(10);
+        for k in 0..10 {
+            assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+            r.send_append(2);
+            assert!(take(&mut r).is_empty(), "#{k}");
+        }
+    }
+
     // etcd's TestMsgAppRespWaitReset.
     #[test]
     fn an_acknowledgement_ends_the_probe_wait_of_that_follower_only() {

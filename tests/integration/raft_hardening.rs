@@ -2,6 +2,8 @@
 //! returns to pipelining, new members probed at once, and restarts with the applied index
 //! above the stored commit index.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -79,6 +81,70 @@ fn a_deposed_leader_does_not_release_a_duplicated_read_with_acks_of_an_old_round
         "deposed leader released a read at index {:?}; the cluster committed {new_commit}",
         answers.iter().map(|m| m.index).collect::<Vec<_>>()
     );
+}
+
+/// etcd's TestReadOnlyDuplicateRequest: a read on a deposed leader, queued before a
+/// duplicate of an earlier read, is not released by late acknowledgements of the round that
+/// confirmed the earlier one.
+#[test]
+fn late_acks_of_a_duplicated_read_release_no_read_queued_before_it() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.campaign(1);
+    net.propose(1, "a").unwrap();
+    let min_a = net.node(1).committed();
+    let read_a = Message {
+        msg_type: MessageType::MsgReadIndex,
+        from: 2,
+        to: 1,
+        entries: vec![Entry { data: Bytes::from("A"), ..Entry::default() }],
+        ..Message::default()
+    };
+
+    // The first round's acknowledgements are held back until the end.
+    let delayed = Rc::new(RefCell::new(Vec::new()));
+    let held = delayed.clone();
+    net.filter = Some(Box::new(move |m: &Message| {
+        let hold = m.msg_type == MessageType::MsgHeartbeatResp;
+        if hold {
+            held.borrow_mut().push(m.clone());
+        }
+        hold
+    }));
+    net.node(1).raw.step(read_a.clone()).unwrap();
+    net.stabilize();
+    net.filter = None;
+    assert!(!delayed.borrow().is_empty());
+    // The next heartbeat round confirms A.
+    net.node(1).raw.tick();
+    net.stabilize();
+    assert_eq!(net.node(2).read_states.len(), 1, "A is answered");
+
+    // 1 is cut off; 2 leads and commits more; a read B on 1 waits.
+    net.isolate(1);
+    net.campaign(2);
+    net.propose(2, "someOp").unwrap();
+    let min_b = net.node(2).committed();
+    net.node(1).raw.read_index(Bytes::from("B"));
+    net.stabilize();
+
+    // The duplicate of A arrives, then the held acknowledgements.
+    net.heal();
+    net.node(1).raw.step(read_a).unwrap();
+    for m in delayed.borrow().iter() {
+        net.node(1).raw.step(m.clone()).unwrap();
+    }
+    net.stabilize();
+    for id in [1, 2, 3] {
+        for rs in &net.node(id).read_states {
+            let min = if rs.request_ctx == "A" { min_a } else { min_b };
+            assert!(
+                rs.index >= min,
+                "node {id}: read {:?} at index {}, below {min}",
+                rs.request_ctx,
+                rs.index
+            );
+        }
+    }
 }
 
 #[test]
