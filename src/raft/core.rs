@@ -956,9 +956,9 @@ impl<S: Storage> Raft<S> {
         // (the empty probe a heartbeat response prompts), and without this it would stay in
         // Probe, costing a round trip per heartbeat. Not in Snapshot state: there an answer
         // at the match index says nothing about the pending snapshot.
-        let caught_up_probe =
-            |pr: &Progress| pr.matched == m.index && pr.state == ProgressState::Probe;
-        if !pr.maybe_update(m.index) && !caught_up_probe(pr) {
+        let progressed =
+            pr.maybe_update(m.index) || (pr.matched == m.index && pr.state == ProgressState::Probe);
+        if !progressed {
             return;
         }
         match pr.state {

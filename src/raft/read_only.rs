@@ -40,8 +40,9 @@ pub struct ReadOnly {
     unconfirmed: VecDeque<ReadIndexStatus>,
     // Reads of this term already confirmed (numbers 1..=confirmed).
     confirmed: u64,
-    // The highest read number each peer acknowledged.
-    // Invariant: every value <= confirmed + unconfirmed.len() (the newest number sent).
+    // The highest read number each peer acknowledged; one entry per peer that was a member
+    // during this term (the leader passes only members' acknowledgements), cleared with the
+    // term. Invariant: every value <= confirmed + unconfirmed.len() (the newest number sent).
     acks: BTreeMap<u64, u64>,
 }
 
