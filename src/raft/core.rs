@@ -1732,6 +1732,28 @@ mod tests {
         }
     }
 
+    // etcd's TestHandleHeartbeatResp.
+    #[test]
+    fn heartbeat_responses_resend_appends_until_the_follower_is_caught_up() {
+        let mut r = leader_of(&[1, 2]);
+        for _ in 0..3 {
+            assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+        }
+        let last = r.raft_log.last_index();
+        for k in 0..2 {
+            r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+            let out = take(&mut r);
+            assert_eq!(out.len(), 1, "#{k}: {out:?}");
+            assert_eq!(out[0].msg_type, MessageType::MsgApp, "#{k}");
+        }
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 1);
+        ack.index = last;
+        r.step(ack).unwrap();
+        take(&mut r);
+        r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+        assert!(take(&mut r).is_empty(), "a caught-up follower needs no append");
+    }
+
     // etcd's TestMsgAppRespWaitReset.
     #[test]
     fn an_acknowledgement_ends_the_probe_wait_of_that_follower_only() {
@@ -1833,6 +1855,28 @@ mod tests {
             assert_eq!(apps[0].index, last - 1);
             assert_eq!(apps[0].entries.len(), 1);
         }
+    }
+
+    // etcd's TestAddNodeCheckQuorum.
+    #[test]
+    fn a_new_member_counts_as_active_for_one_check_quorum_round() {
+        use super::super::message::ConfChangeType::AddNode;
+        let mut r = node_of(1, &[1], &[], 0, |c| c.check_quorum = true);
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        assert_eq!(r.state, StateRole::Leader);
+        let timeout = r.election_timeout;
+        for _ in 0..timeout - 1 {
+            r.tick();
+        }
+        r.apply_conf_change(&add(AddNode, 2));
+        // This tick reaches the election timeout: a quorum check, which 2 passes.
+        r.tick();
+        assert_eq!(r.state, StateRole::Leader);
+        // Another timeout without hearing from 2: 1 of 2 voters is no quorum.
+        for _ in 0..timeout {
+            r.tick();
+        }
+        assert_eq!(r.state, StateRole::Follower);
     }
 
     fn snapshot(index: u64, term: u64, conf_state: ConfState) -> Snapshot {
