@@ -3,7 +3,7 @@
 //!
 //! Depends on [`super::tracker`] (and the change types of [`super::message`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::message::{ConfChangeSingle, ConfChangeType};
 use super::tracker::{Configuration, Progress, ProgressTracker};
@@ -16,7 +16,7 @@ pub type ChangeResult = Result<(Configuration, BTreeMap<u64, Progress>), String>
 pub struct Changer<'a> {
     /// The tracker whose configuration is the starting point.
     pub tracker: &'a ProgressTracker,
-    /// The leader's last log index; new peers are probed from just after it.
+    /// The leader's last log index; new peers are probed at it.
     pub last_index: u64,
 }
 
@@ -115,8 +115,12 @@ impl Changer<'_> {
         } else {
             cfg.voters.incoming.ids_mut().insert(id);
         }
+        // Probe from the last entry rather than after it: the first append then carries an
+        // entry and goes out as soon as the change is applied, instead of being an empty
+        // message that waits for the next heartbeat. The new peer most likely has no log and
+        // rejects it, which starts the backtracking (or a snapshot) at once.
         let mut pr = Progress::new(
-            self.last_index + 1,
+            self.last_index.max(1),
             self.tracker.max_inflight,
             self.tracker.max_inflight_bytes,
         );
@@ -206,8 +210,21 @@ fn check(cfg: &Configuration, prs: &BTreeMap<u64, Progress>) -> Result<(), Strin
     Ok(())
 }
 
+/// Whether two memberships are the same: each list compared as a set (a `ConfState` stored
+/// or sent by another implementation need not be sorted), and `auto_leave` equal.
+pub fn equivalent(a: &ConfState, b: &ConfState) -> bool {
+    let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+    set(&a.voters) == set(&b.voters)
+        && set(&a.learners) == set(&b.learners)
+        && set(&a.voters_outgoing) == set(&b.voters_outgoing)
+        && set(&a.learners_next) == set(&b.learners_next)
+        && a.auto_leave == b.auto_leave
+}
+
 /// Builds the configuration a `ConfState` describes, as a sequence of valid changes from an
 /// empty tracker: the outgoing voters one by one, then (if joint) entering the joint state.
+/// A `ConfState` that no valid configuration matches (a learner that is also a voter, no
+/// voter, a next learner that is not an outgoing voter, ...) is an error, whoever sent it.
 pub fn restore(tracker: &ProgressTracker, last_index: u64, cs: &ConfState) -> ChangeResult {
     let single = |change_type, node_id| ConfChangeSingle { change_type, node_id };
     let mut incoming = Vec::new();
@@ -241,6 +258,12 @@ pub fn restore(tracker: &ProgressTracker, last_index: u64, cs: &ConfState) -> Ch
         }
         let r = Changer { tracker: &t, last_index }.enter_joint(cs.auto_leave, &incoming);
         step(&mut t, r)?;
+    }
+    // The changes above are each valid, but their sum may not be what `cs` says (a voter
+    // also listed as learner ends up a learner only).
+    let got = t.conf.to_conf_state();
+    if !equivalent(&got, cs) {
+        return Err(format!("{cs:?} is not a valid configuration (it restores as {got:?})"));
     }
     Ok((t.conf, t.progress))
 }
@@ -280,6 +303,50 @@ mod tests {
             auto_leave: true,
         };
         assert_eq!(tracker_of(&joint).conf_state(), joint);
+    }
+
+    #[test]
+    fn restore_accepts_lists_in_any_order_and_refuses_impossible_ones() {
+        let unsorted = ConfState {
+            voters: vec![5, 2, 1],
+            learners: vec![6, 4],
+            voters_outgoing: vec![3, 1, 2],
+            learners_next: vec![3],
+            auto_leave: true,
+        };
+        let cs = tracker_of(&unsorted).conf_state();
+        assert!(equivalent(&cs, &unsorted));
+        assert_eq!(cs.voters, vec![1, 2, 5], "held sorted");
+        assert_eq!(cs.learners, vec![4, 6]);
+        assert_eq!(cs.voters_outgoing, vec![1, 2, 3]);
+
+        let t = ProgressTracker::new(16, 0);
+        let impossible = [
+            ConfState { voters: vec![1, 2], learners: vec![2], ..ConfState::default() },
+            ConfState { learners: vec![2], ..ConfState::default() },
+            ConfState {
+                voters: vec![1],
+                voters_outgoing: vec![1],
+                learners_next: vec![3],
+                ..ConfState::default()
+            },
+            ConfState { voters: vec![1], auto_leave: true, ..ConfState::default() },
+        ];
+        for cs in impossible {
+            assert!(restore(&t, 10, &cs).is_err(), "{cs:?}");
+        }
+    }
+
+    #[test]
+    fn equivalence_compares_each_list_as_a_set_and_auto_leave() {
+        let a = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+        let b = ConfState { voters: vec![3, 1, 2], ..ConfState::default() };
+        assert!(equivalent(&a, &b));
+        let moved = ConfState { voters: vec![1, 2], learners: vec![3], ..ConfState::default() };
+        assert!(!equivalent(&a, &moved), "a voter is not a learner");
+        let joint = ConfState { voters_outgoing: vec![1, 2, 3], ..b.clone() };
+        assert!(!equivalent(&a, &joint));
+        assert!(!equivalent(&joint, &ConfState { auto_leave: true, ..joint.clone() }));
     }
 
     #[test]

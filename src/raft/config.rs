@@ -24,7 +24,9 @@ pub struct Config {
     /// Ticks between a leader's heartbeats. Must be below `election_tick`.
     pub heartbeat_tick: usize,
     /// The last index the application applied before restarting; committed entries up to it
-    /// are not handed out again.
+    /// are not handed out again. It may be above the stored commit index (a commit-only hard
+    /// state need not be synced), which is then raised to it; it may not be above the last
+    /// index of the log.
     pub applied: u64,
     /// Bytes (of [`crate::Entry::encoded_len`]) of entries in one append message; at least one
     /// entry is always sent.

@@ -154,17 +154,24 @@ impl<S: Storage> Raft<S> {
         let (cfg, prs) = confchange::restore(&r.prs, last, &rs.conf_state)
             .map_err(|e| Error::InvalidConfig(format!("stored configuration: {e}")))?;
         let cs = r.switch_to_config(cfg, prs);
-        assert_eq!(cs, rs.conf_state, "restored configuration differs from the stored one");
+        debug_assert!(confchange::equivalent(&cs, &rs.conf_state), "{cs:?} != {:?}", rs.conf_state);
         if !rs.hard_state.is_empty() {
             r.load_state(&rs.hard_state)?;
         }
         if c.applied > 0 {
-            if c.applied > r.raft_log.committed {
+            let last = r.raft_log.last_index();
+            if c.applied > last {
                 return Err(Error::InvalidConfig(format!(
-                    "applied {} is beyond the committed index {}",
-                    c.applied, r.raft_log.committed
+                    "applied {} is beyond the last index {last}: the log lost entries the \
+                     application applied",
+                    c.applied
                 )));
             }
+            // Only committed entries are applied, so everything up to `applied` is committed
+            // even if the stored commit index is lower: a hard state whose only change is the
+            // commit index need not be synced (the MustSync rule), while the application may
+            // record its applied index durably. etcd refuses this start.
+            r.raft_log.commit_to(c.applied);
             r.raft_log.applied_to(c.applied.max(r.raft_log.applied));
         }
         let term = r.term;
@@ -324,7 +331,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn bcast_heartbeat(&mut self) {
-        let ctx = self.read_only.last_pending_request_ctx().unwrap_or_default();
+        let ctx = self.read_only.heartbeat_ctx();
         self.bcast_heartbeat_with_ctx(ctx);
     }
 
@@ -748,10 +755,11 @@ impl<S: Storage> Raft<S> {
         let committed = self.raft_log.committed;
         match self.read_only_option {
             ReadOnlyOption::Safe => {
-                let ctx = m.entries[0].data.clone();
                 if !self.read_only.add_request(committed, m) {
                     return;
                 }
+                // A round numbered after this read: only its acknowledgements confirm it.
+                let ctx = self.read_only.heartbeat_ctx();
                 self.read_only.recv_ack(self.id, &ctx);
                 self.bcast_heartbeat_with_ctx(ctx);
             }
@@ -944,7 +952,13 @@ impl<S: Storage> Raft<S> {
         }
         let pr = self.prs.progress.get_mut(&from).expect("checked");
         let old_paused = pr.is_paused();
-        if !pr.maybe_update(m.index) {
+        // A probe answered at exactly the match index also counts: the follower is caught up
+        // (the empty probe a heartbeat response prompts), and without this it would stay in
+        // Probe, costing a round trip per heartbeat. Not in Snapshot state: there an answer
+        // at the match index says nothing about the pending snapshot.
+        let progressed =
+            pr.maybe_update(m.index) || (pr.matched == m.index && pr.state == ProgressState::Probe);
+        if !progressed {
             return;
         }
         match pr.state {
@@ -1034,15 +1048,8 @@ impl<S: Storage> Raft<S> {
         if self.read_only_option != ReadOnlyOption::Safe || m.context.is_empty() {
             return;
         }
-        let Some(acks) = self.read_only.recv_ack(m.from, &m.context) else {
-            return;
-        };
-        let acks = acks.clone();
-        let won = self.prs.conf.voters.vote_result(&|id| acks.contains(&id).then_some(true));
-        if won != VoteResult::Won {
-            return;
-        }
-        for rs in self.read_only.advance(&m.context) {
+        self.read_only.recv_ack(m.from, &m.context);
+        for rs in self.read_only.maybe_advance(&self.prs.conf.voters) {
             if let Some(resp) = self.response_to_read_index_req(rs.req, rs.index) {
                 self.send(resp);
             }
@@ -1205,7 +1212,8 @@ impl<S: Storage> Raft<S> {
 
     /// Restores the log and membership from `s` if it is newer than what this node has
     /// committed. Returns false for a stale snapshot (or one whose entries we already hold,
-    /// in which case only the commit index moves).
+    /// in which case only the commit index moves), and for one whose membership excludes
+    /// this node or is not a valid configuration; those change nothing else.
     pub fn restore(&mut self, s: Snapshot) -> bool {
         let (sindex, sterm) = (s.metadata.index, s.metadata.term);
         if sindex <= self.raft_log.committed {
@@ -1233,15 +1241,19 @@ impl<S: Storage> Raft<S> {
             self.raft_log.commit_to(sindex);
             return false;
         }
+        // Build the membership before touching the log: a snapshot whose membership no valid
+        // configuration matches is refused (it came from a peer; never panic on it). The log
+        // will end at the snapshot's index.
+        let fresh = ProgressTracker::new(self.prs.max_inflight, self.prs.max_inflight_bytes);
+        let Ok((cfg, prs)) = confchange::restore(&fresh, sindex, cs) else {
+            return false;
+        };
         let cs = cs.clone();
         self.raft_log.restore(s);
-        let fresh = ProgressTracker::new(self.prs.max_inflight, self.prs.max_inflight_bytes);
-        let last = self.raft_log.last_index();
-        let (cfg, prs) = confchange::restore(&fresh, last, &cs)
-            .unwrap_or_else(|e| panic!("snapshot {sindex} carries an invalid configuration: {e}"));
+        assert_eq!(self.raft_log.last_index(), sindex, "a restored log ends at the snapshot");
         self.prs = fresh;
         let got = self.switch_to_config(cfg, prs);
-        assert_eq!(got, cs, "restored configuration differs from the snapshot's");
+        debug_assert!(confchange::equivalent(&got, &cs), "{got:?} != {cs:?}");
         true
     }
 
@@ -1358,10 +1370,21 @@ mod tests {
         term: u64,
         cfg: impl FnOnce(&mut Config),
     ) -> Raft<MemoryStorage> {
+        node_of(id, &[1, 2, 3], terms, term, cfg)
+    }
+
+    /// A node over a storage holding entries of the given terms and membership `voters`.
+    fn node_of(
+        id: u64,
+        voters: &[u64],
+        terms: &[u64],
+        term: u64,
+        cfg: impl FnOnce(&mut Config),
+    ) -> Raft<MemoryStorage> {
         let s = MemoryStorage::new();
         s.apply_snapshot(Snapshot {
             metadata: SnapshotMetadata {
-                conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+                conf_state: ConfState { voters: voters.to_vec(), ..ConfState::default() },
                 ..SnapshotMetadata::default()
             },
             data: Bytes::new(),
@@ -1550,5 +1573,357 @@ mod tests {
         assert_eq!(es[n - 1].entry_type, EntryType::Normal, "the second became a no-op");
         assert!(es[n - 1].data.is_empty());
         assert_eq!(r.pending_conf_index, es[n - 2].index);
+    }
+
+    /// Node 1 elected leader of `voters` at term 1, its no-op acknowledged by every peer (so
+    /// committed, and every peer in Replicate state), with no message left to read.
+    fn leader_of(voters: &[u64]) -> Raft<MemoryStorage> {
+        let mut r = node_of(1, voters, &[], 0, |_| {});
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        for id in voters.iter().copied().filter(|id| *id != 1) {
+            if r.state != StateRole::Leader {
+                r.step(msg(MessageType::MsgVoteResp, id, 1, 1)).unwrap();
+            }
+        }
+        assert_eq!(r.state, StateRole::Leader);
+        let last = r.raft_log.last_index();
+        for id in voters.iter().copied().filter(|id| *id != 1) {
+            let mut ack = msg(MessageType::MsgAppResp, id, 1, 1);
+            ack.index = last;
+            r.step(ack).unwrap();
+        }
+        assert_eq!(r.raft_log.committed, last);
+        take(&mut r);
+        r
+    }
+
+    fn read_request(from: u64, ctx: &'static [u8]) -> Message {
+        let mut m = msg(MessageType::MsgReadIndex, from, 1, 0);
+        m.entries = vec![Entry { data: Bytes::from_static(ctx), ..Entry::default() }];
+        m
+    }
+
+    fn heartbeat_ack(from: u64, context: &Bytes) -> Message {
+        let mut m = msg(MessageType::MsgHeartbeatResp, from, 1, 1);
+        m.context = context.clone();
+        m
+    }
+
+    fn of_type(out: &[Message], t: MessageType) -> Vec<&Message> {
+        out.iter().filter(|m| m.msg_type == t).collect()
+    }
+
+    // etcd's TestRaftFreesReadOnlyMem.
+    #[test]
+    fn a_confirmed_read_is_no_longer_held() {
+        let mut r = leader_of(&[1, 2]);
+        r.step(read_request(2, b"ctx")).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg_type, MessageType::MsgHeartbeat);
+        assert_eq!(r.pending_read_count(), 1);
+        r.step(heartbeat_ack(2, &out[0].context)).unwrap();
+        assert_eq!(r.pending_read_count(), 0);
+        let out = take(&mut r);
+        let answers = of_type(&out, MessageType::MsgReadIndexResp);
+        assert_eq!(answers.len(), 1);
+        assert_eq!((answers[0].to, answers[0].index), (2, 1));
+    }
+
+    #[test]
+    fn acks_of_a_round_sent_before_a_read_do_not_confirm_it() {
+        let mut r = leader_of(&[1, 2, 3]);
+        r.step(read_request(2, b"x")).unwrap();
+        let first_round = take(&mut r)[0].context.clone();
+        r.step(heartbeat_ack(2, &first_round)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(of_type(&out, MessageType::MsgReadIndexResp).len(), 1, "first read confirmed");
+
+        // The same request again (a duplicate): only a later round may confirm it.
+        r.step(read_request(2, b"x")).unwrap();
+        let second_round = take(&mut r)[0].context.clone();
+        assert_ne!(second_round, first_round, "each round is told apart");
+        r.step(heartbeat_ack(2, &first_round)).unwrap();
+        r.step(heartbeat_ack(3, &first_round)).unwrap();
+        let out = take(&mut r);
+        assert!(of_type(&out, MessageType::MsgReadIndexResp).is_empty(), "{out:?}");
+        assert_eq!(r.pending_read_count(), 1);
+        r.step(heartbeat_ack(3, &second_round)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(of_type(&out, MessageType::MsgReadIndexResp).len(), 1, "second read confirmed");
+        assert_eq!(r.pending_read_count(), 0);
+    }
+
+    #[test]
+    fn heartbeat_acks_with_a_context_never_sent_are_ignored() {
+        let mut r = leader_of(&[1, 2, 3]);
+        r.step(read_request(2, b"x")).unwrap();
+        let round = take(&mut r)[0].context.clone();
+        for bogus in [
+            Bytes::from_static(b"abc"),
+            Bytes::from(u64::MAX.to_le_bytes().to_vec()),
+            Bytes::from(vec![7u8; 16]),
+        ] {
+            r.step(heartbeat_ack(2, &bogus)).unwrap();
+            r.step(heartbeat_ack(3, &bogus)).unwrap();
+            let out = take(&mut r);
+            assert!(of_type(&out, MessageType::MsgReadIndexResp).is_empty(), "{bogus:?}");
+        }
+        assert_eq!(r.pending_read_count(), 1);
+        r.step(heartbeat_ack(3, &round)).unwrap();
+        assert_eq!(r.pending_read_count(), 0, "the real round still confirms it");
+    }
+
+    // etcd's TestSendAppendForProgressProbe.
+    #[test]
+    fn a_probing_leader_sends_one_append_per_heartbeat_response() {
+        let mut r = leader_of(&[1, 2]);
+        r.prs.progress.get_mut(&2).unwrap().become_probe();
+        let sent_from = r.prs.progress[&2].next_idx - 1;
+        for round in 0..3 {
+            if round == 0 {
+                assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+                r.send_append(2);
+                let out = take(&mut r);
+                assert_eq!(out.len(), 1);
+                assert_eq!((out[0].msg_type, out[0].index), (MessageType::MsgApp, sent_from));
+            }
+            assert!(r.prs.progress[&2].msg_app_flow_paused);
+            for _ in 0..10 {
+                assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+                r.send_append(2);
+                assert!(take(&mut r).is_empty(), "round {round}: the probe is outstanding");
+            }
+            r.step(msg(MessageType::MsgBeat, 1, 1, 0)).unwrap();
+            assert!(r.prs.progress[&2].msg_app_flow_paused);
+            let out = take(&mut r);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].msg_type, MessageType::MsgHeartbeat);
+        }
+        // A heartbeat response lets one more probe go.
+        r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].msg_type, out[0].index), (MessageType::MsgApp, sent_from));
+        assert!(r.prs.progress[&2].msg_app_flow_paused);
+    }
+
+    // etcd's TestSendAppendForProgressReplicate.
+    #[test]
+    fn a_replicating_leader_pipelines_appends() {
+        let mut r = leader_of(&[1, 2]);
+        assert_eq!(r.prs.progress[&2].state, ProgressState::Replicate);
+        for k in 0..10 {
+            assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+            r.send_append(2);
+            assert_eq!(take(&mut r).len(), 1, "#{k}");
+        }
+    }
+
+    // etcd's TestSendAppendForProgressSnapshot.
+    #[test]
+    fn a_leader_sends_nothing_while_a_snapshot_is_in_flight() {
+        let mut r = leader_of(&[1, 2]);
+        r.prs.progress.get_mut(&2).unwrap().become_snapshot(10);
+        for k in 0..10 {
+            assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+            r.send_append(2);
+            assert!(take(&mut r).is_empty(), "#{k}");
+        }
+    }
+
+    // etcd's TestHandleHeartbeatResp.
+    #[test]
+    fn heartbeat_responses_resend_appends_until_the_follower_is_caught_up() {
+        let mut r = leader_of(&[1, 2]);
+        for _ in 0..3 {
+            assert!(r.append_entry(vec![Entry::new(0, 0, Bytes::from("data"))]));
+        }
+        let last = r.raft_log.last_index();
+        for k in 0..2 {
+            r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+            let out = take(&mut r);
+            assert_eq!(out.len(), 1, "#{k}: {out:?}");
+            assert_eq!(out[0].msg_type, MessageType::MsgApp, "#{k}");
+        }
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 1);
+        ack.index = last;
+        r.step(ack).unwrap();
+        take(&mut r);
+        r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+        assert!(take(&mut r).is_empty(), "a caught-up follower needs no append");
+    }
+
+    // etcd's TestMsgAppRespWaitReset.
+    #[test]
+    fn an_acknowledgement_ends_the_probe_wait_of_that_follower_only() {
+        let mut r = node(1, &[], 0, |_| {});
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        r.step(msg(MessageType::MsgVoteResp, 2, 1, 1)).unwrap();
+        assert_eq!(r.state, StateRole::Leader);
+        take(&mut r);
+        // 2 acknowledges the no-op, which commits.
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 1);
+        ack.index = 1;
+        r.step(ack).unwrap();
+        assert_eq!(r.raft_log.committed, 1);
+        take(&mut r);
+        // A new entry goes to 2 only: 3 still waits for the answer to its probe.
+        let mut prop = msg(MessageType::MsgProp, 1, 1, 0);
+        prop.entries = vec![Entry::default()];
+        r.step(prop).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].msg_type, out[0].to), (MessageType::MsgApp, 2));
+        assert_eq!(out[0].entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2]);
+        // 3 acknowledges the no-op: the wait ends and entry 2 goes out.
+        let mut ack = msg(MessageType::MsgAppResp, 3, 1, 1);
+        ack.index = 1;
+        r.step(ack).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].msg_type, out[0].to), (MessageType::MsgApp, 3));
+        assert_eq!(out[0].entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_probe_answered_at_the_match_index_returns_to_replicate() {
+        let mut r = leader_of(&[1, 2]);
+        let last = r.raft_log.last_index();
+        r.prs.progress.get_mut(&2).unwrap().become_probe();
+        r.step(msg(MessageType::MsgHeartbeatResp, 2, 1, 1)).unwrap();
+        let out = take(&mut r);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].msg_type, out[0].index), (MessageType::MsgApp, last));
+        assert!(out[0].entries.is_empty(), "2 is caught up: the probe is empty");
+        let mut ack = msg(MessageType::MsgAppResp, 2, 1, 1);
+        ack.index = last;
+        r.step(ack).unwrap();
+        let pr = &r.prs.progress[&2];
+        assert_eq!(pr.state, ProgressState::Replicate, "{pr:?}");
+        assert_eq!((pr.matched, pr.next_idx), (last, last + 1));
+    }
+
+    fn add(change_type: super::super::message::ConfChangeType, node_id: u64) -> ConfChangeV2 {
+        use super::super::message::AnyConfChange;
+        ConfChange { change_type, node_id, context: Bytes::new() }.as_v2()
+    }
+
+    // etcd's TestAddNode and TestAddLearner.
+    #[test]
+    fn added_voters_and_learners_get_the_right_progress() {
+        use super::super::message::ConfChangeType::{AddLearnerNode, AddNode};
+        let mut r = node_of(1, &[1], &[], 0, |_| {});
+        let cs = r.apply_conf_change(&add(AddNode, 2));
+        assert_eq!(cs.voters, vec![1, 2]);
+
+        let mut r = node_of(1, &[1], &[], 0, |_| {});
+        let cs = r.apply_conf_change(&add(AddLearnerNode, 2));
+        assert_eq!((cs.voters, cs.learners), (vec![1], vec![2]));
+        assert!(r.prs.progress[&2].is_learner);
+        assert!(r.promotable());
+        r.apply_conf_change(&add(AddNode, 2));
+        assert!(!r.prs.progress[&2].is_learner, "promoted");
+        r.apply_conf_change(&add(AddLearnerNode, 1));
+        assert!(r.prs.progress[&1].is_learner, "demoted itself");
+        assert!(!r.promotable());
+        r.apply_conf_change(&add(AddNode, 1));
+        assert!(!r.prs.progress[&1].is_learner);
+        assert!(r.promotable());
+    }
+
+    #[test]
+    fn a_new_member_is_probed_in_the_step_that_adds_it() {
+        use super::super::message::ConfChangeType::{AddLearnerNode, AddNode};
+        for change in [AddNode, AddLearnerNode] {
+            let mut r = node_of(1, &[1], &[], 0, |_| {});
+            r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+            assert_eq!(r.state, StateRole::Leader);
+            let last = r.raft_log.last_index();
+            take(&mut r);
+            r.apply_conf_change(&add(change, 2));
+            let pr = &r.prs.progress[&2];
+            assert_eq!(
+                (pr.matched, pr.next_idx),
+                (0, last),
+                "{change:?}: probed at the last entry"
+            );
+            let out = take(&mut r);
+            let apps = of_type(&out, MessageType::MsgApp);
+            assert_eq!(apps.len(), 1, "{change:?}: {out:?}");
+            assert_eq!(apps[0].to, 2);
+            assert_eq!(apps[0].index, last - 1);
+            assert_eq!(apps[0].entries.len(), 1);
+        }
+    }
+
+    // etcd's TestAddNodeCheckQuorum.
+    #[test]
+    fn a_new_member_counts_as_active_for_one_check_quorum_round() {
+        use super::super::message::ConfChangeType::AddNode;
+        let mut r = node_of(1, &[1], &[], 0, |c| c.check_quorum = true);
+        r.step(msg(MessageType::MsgHup, 0, 0, 0)).unwrap();
+        assert_eq!(r.state, StateRole::Leader);
+        let timeout = r.election_timeout;
+        for _ in 0..timeout - 1 {
+            r.tick();
+        }
+        r.apply_conf_change(&add(AddNode, 2));
+        // This tick reaches the election timeout: a quorum check, which 2 passes.
+        r.tick();
+        assert_eq!(r.state, StateRole::Leader);
+        // Another timeout without hearing from 2: 1 of 2 voters is no quorum.
+        for _ in 0..timeout {
+            r.tick();
+        }
+        assert_eq!(r.state, StateRole::Follower);
+    }
+
+    fn snapshot(index: u64, term: u64, conf_state: ConfState) -> Snapshot {
+        Snapshot {
+            metadata: SnapshotMetadata { index, term, conf_state },
+            data: Bytes::from_static(b"image"),
+        }
+    }
+
+    // etcd's TestRestoreWithVotersOutgoing, with the lists also out of order.
+    #[test]
+    fn an_outgoing_voter_restores_a_joint_snapshot() {
+        let sorted = ConfState {
+            voters: vec![2, 3, 4],
+            voters_outgoing: vec![1, 2, 3],
+            ..ConfState::default()
+        };
+        let unsorted = ConfState {
+            voters: vec![4, 3, 2],
+            voters_outgoing: vec![3, 1, 2],
+            ..ConfState::default()
+        };
+        for cs in [sorted.clone(), unsorted] {
+            let mut r = node_of(1, &[1, 2], &[], 0, |_| {});
+            let s = snapshot(11, 11, cs.clone());
+            assert!(r.restore(s.clone()), "{cs:?}");
+            assert_eq!(r.raft_log.last_index(), 11);
+            assert_eq!(r.raft_log.term(11).unwrap(), 11);
+            let ids: Vec<u64> = r.prs.conf.voters.ids().into_iter().collect();
+            assert_eq!(ids, vec![1, 2, 3, 4]);
+            assert_eq!(r.prs.conf_state(), sorted);
+            assert!(!r.restore(s), "already restored");
+            // Not before the snapshot is persisted and applied.
+            for _ in 0..2 * r.randomized_election_timeout() {
+                r.tick();
+            }
+            assert_eq!(r.state, StateRole::Follower);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_an_impossible_membership_is_refused_and_changes_nothing() {
+        let bad = ConfState { voters: vec![1, 2], learners: vec![2], ..ConfState::default() };
+        let mut r = node_of(2, &[1, 2], &[1, 1], 1, |_| {});
+        assert!(!r.restore(snapshot(11, 11, bad)));
+        assert_eq!(r.raft_log.last_index(), 2);
+        assert!(r.raft_log.unstable.snapshot.is_none());
+        assert_eq!(r.prs.conf_state().voters, vec![1, 2]);
     }
 }

@@ -11,6 +11,7 @@ mod memory_storage;
 mod model;
 mod raft_election;
 mod raft_features;
+mod raft_hardening;
 mod raft_membership;
 mod raft_net;
 mod raft_properties;
