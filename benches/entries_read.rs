@@ -12,13 +12,8 @@ const SPAN: u64 = 64;
 
 /// Start positions spread over `[from, to - SPAN)`, reproducibly.
 fn starts(from: u64, to: u64) -> impl FnMut() -> u64 {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        from + state % (to - SPAN - from)
-    }
+    let mut rng = raftwal::rng::Rng::new(0x9E37_79B9_7F4A_7C15);
+    move || rng.in_range(from..to - SPAN)
 }
 
 fn entries_read(c: &mut Criterion) {

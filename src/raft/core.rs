@@ -15,6 +15,7 @@ use super::read_only::ReadOnly;
 use super::tracker::{Configuration, Progress, ProgressState, ProgressTracker};
 use crate::contract::Storage;
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot};
 
 /// Context of a vote request that a leadership transfer started: voters grant it even while
@@ -29,21 +30,6 @@ enum CampaignType {
     PreElection,
     Election,
     Transfer,
-}
-
-/// A small deterministic generator (splitmix64) for election timeouts: no dependency, and a
-/// seed reproduces a run exactly.
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 fn payload_size(entries: &[Entry]) -> u64 {
@@ -94,7 +80,8 @@ pub struct Raft<S: Storage> {
     election_elapsed: usize,
     heartbeat_elapsed: usize,
     randomized_election_timeout: usize,
-    rng: SplitMix64,
+    // Election timeouts: seeded, so a seed reproduces a run exactly.
+    rng: Rng,
     max_msg_size: u64,
     max_uncommitted_size: u64,
     check_quorum: bool,
@@ -135,7 +122,7 @@ impl<S: Storage> Raft<S> {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
-            rng: SplitMix64(c.seed ^ c.id.wrapping_mul(0xA076_1D64_78BD_642F)),
+            rng: Rng::new(c.seed ^ c.id.wrapping_mul(0xA076_1D64_78BD_642F)),
             max_msg_size: c.max_size_per_msg,
             max_uncommitted_size: if c.max_uncommitted_entries_size == 0 {
                 u64::MAX
@@ -428,7 +415,7 @@ impl<S: Storage> Raft<S> {
     fn reset_randomized_election_timeout(&mut self) {
         let spread = self.election_timeout as u64;
         self.randomized_election_timeout =
-            self.election_timeout + (self.rng.next() % spread) as usize;
+            self.election_timeout + self.rng.below(spread as u64) as usize;
         debug_assert!(
             self.randomized_election_timeout >= self.election_timeout
                 && self.randomized_election_timeout < 2 * self.election_timeout

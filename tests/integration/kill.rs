@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use raftwal::rng::Rng;
 use raftwal::{Entry, HardState, Storage, SyncPolicy, WalOptions, WalStorage};
 
 /// Set in a child: the storage directory it appends to.
@@ -128,18 +129,9 @@ impl Acked {
     }
 }
 
-/// SplitMix64: the seeded randomness of the kill moments.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// One round: start a child on `dir`, kill it after a random number of acknowledgements (and a
 /// random short pause), and return what it acknowledged.
-fn kill_round(test_name: &str, dir: &Path, rng: &mut u64) -> Acked {
+fn kill_round(test_name: &str, dir: &Path, rng: &mut Rng) -> Acked {
     let exe = std::env::current_exe().expect("the test binary's path");
     let child = Command::new(exe)
         .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
@@ -161,7 +153,7 @@ fn kill_round(test_name: &str, dir: &Path, rng: &mut u64) -> Acked {
             }
         }
     });
-    let wanted = 1 + next_random(rng) % MAX_ACKS_BEFORE_KILL;
+    let wanted = 1 + rng.below(MAX_ACKS_BEFORE_KILL);
     let mut acked = Acked::default();
     let deadline = Instant::now() + ROUND_DEADLINE;
     // Bounded by `wanted` lines and by the deadline.
@@ -172,7 +164,7 @@ fn kill_round(test_name: &str, dir: &Path, rng: &mut u64) -> Acked {
             Err(_) => break,
         }
     }
-    std::thread::sleep(Duration::from_micros(next_random(rng) % 3000));
+    std::thread::sleep(Duration::from_micros(rng.below(3000)));
     let exited = child.0.try_wait().expect("the child's status");
     assert!(
         exited.is_none(),
@@ -250,7 +242,7 @@ fn run(test_name: &str, snapshots: bool, seed: u64) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut rng = seed;
+    let mut rng = Rng::new(seed);
     let (mut acked_total, mut checked_total) = (0u64, 0u64);
     let rounds = rounds();
     for round in 0..rounds {

@@ -6,26 +6,13 @@ use std::collections::BTreeMap;
 
 use raftwal::Entry;
 use raftwal::raft::StateRole;
+use raftwal::rng::Rng;
 
 use crate::raft_net::Network;
 
 /// Seeds per property; each run is short.
 const SEEDS: u64 = 12;
 const STEPS: usize = 120;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What a checker sees after each step.
 struct View<'a> {
@@ -38,7 +25,7 @@ struct View<'a> {
 fn explore(seed: u64, mut check: impl FnMut(&mut View<'_>)) {
     let ids = [1u64, 2, 3, 4, 5];
     let mut net = Network::new(&ids);
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let mut leaders = BTreeMap::new();
     for step in 0..STEPS {
         match rng.below(10) {

@@ -53,6 +53,7 @@ use raftwal::raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Config,
     Message, MessageType, RawNode, SnapshotStatus, StateRole,
 };
+use raftwal::rng::Rng;
 use raftwal::{
     ConfState, Entry, EntryType, HardState, MemoryStorage, RaftState, Snapshot, SnapshotMetadata,
     Storage, SyncPolicy, WalOptions, WalStorage,
@@ -69,28 +70,6 @@ const RECENT_CHECKED: u64 = 8;
 const MAX_ROUNDS_PER_STEP: usize = 64;
 /// Limit on messages held by the network; beyond it new messages are dropped.
 const MAX_IN_FLIGHT: usize = 4096;
-
-/// splitmix64: small, deterministic, good enough for schedules.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The replicated state machine: a few keys, plus the ids of applied operations so that an
 /// operation proposed twice (a duplicated forward) takes effect once.
@@ -289,7 +268,7 @@ const SIM_SEGMENT_BYTES: u64 = 4096;
 /// The backend of a seed: three seeds in four on `WalStorage` (one of the three sync modes),
 /// one on `MemoryStorage`.
 fn backend(seed: u64) -> Backend {
-    let b = Rng(seed ^ 0x0005_70DE).next();
+    let b = Rng::new(seed ^ 0x0005_70DE).next_u64();
     match b % 4 {
         0 => Backend::Memory,
         1 => Backend::Wal(SyncMode::Always),
@@ -486,7 +465,7 @@ struct Sim {
 /// The configuration of every node of a run; the seed's bits vary the options and limits.
 fn config(id: u64, seed: u64, applied: u64) -> Config {
     // Mixed so that a short range of seeds covers every combination.
-    let b = Rng(seed ^ 0xC0_F1C0).next();
+    let b = Rng::new(seed ^ 0xC0_F1C0).next_u64();
     // One entry per append, a few, or many.
     let max_size_per_msg = [256, 0, 4096][((b >> 3) % 3) as usize];
     Config {
@@ -536,7 +515,7 @@ impl Sim {
             );
         }
         Sim {
-            rng: Rng(seed ^ 0x5EED),
+            rng: Rng::new(seed ^ 0x5EED),
             seed,
             backend,
             stats: DurableStats::default(),
@@ -819,7 +798,7 @@ impl Sim {
     fn crash(&mut self, id: u64) {
         self.trace.push(format!("t{} crash {id}", self.now));
         let backend = self.backend;
-        let crash_seed = self.rng.next();
+        let crash_seed = self.rng.next_u64();
         let n = self.nodes.get_mut(&id).unwrap();
         n.raw = None;
         if backend != Backend::Memory {
