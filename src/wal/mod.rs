@@ -70,10 +70,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct SyncState {
-    // Bytes (since open) known durable.
+    // Bytes (since open) known durable, and every rename they depend on.
     durable_lsn: u64,
-    // Directory renames known durable.
-    durable_renames: u64,
     // Whether a thread is leading a sync now.
     syncing: bool,
 }
@@ -175,7 +173,8 @@ impl Wal {
         let state = &inner.state;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
-            // The rollover synced the old segment whole: everything before it is durable.
+            // The rollover synced the old segment whole, and the directory if a rename was
+            // unsynced: everything before the new segment is durable, names included.
             let map = sealed.file.map().ok();
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
@@ -254,7 +253,6 @@ impl Wal {
             sync = self.synced.wait(sync).unwrap_or_else(|p| p.into_inner());
         }
         sync.syncing = true;
-        let durable_renames = sync.durable_renames;
         drop(sync);
         if let Some(wait) = wait {
             // Let more writers join this group commit.
@@ -262,7 +260,7 @@ impl Wal {
         }
         let target: SyncTarget = self.read().writer.sync_target();
         let mut result = target.file.sync_data();
-        if result.is_ok() && target.renames > durable_renames {
+        if result.is_ok() && target.renames > target.durable_renames {
             result = self.fs.sync_dir(&self.dir);
         }
         if result.is_ok() {
@@ -273,7 +271,6 @@ impl Wal {
         match result {
             Ok(()) => {
                 sync.durable_lsn = sync.durable_lsn.max(target.lsn);
-                sync.durable_renames = sync.durable_renames.max(target.renames);
                 drop(sync);
                 self.synced.notify_all();
                 Ok(())

@@ -101,7 +101,8 @@ pub struct Sealed {
     pub name: String,
     /// The open file.
     pub file: Arc<dyn File>,
-    /// Log sequence number up to which everything is durable now that the segment is sealed.
+    /// Log sequence number up to which everything is durable, names included, now that the
+    /// segment is sealed.
     pub durable_lsn: u64,
 }
 
@@ -118,6 +119,8 @@ pub struct SyncTarget {
     pub lsn: u64,
     /// Directory changes made so far; a sync also syncs the directory if any is unsynced.
     pub renames: u64,
+    /// Directory changes known durable when the target was taken.
+    pub durable_renames: u64,
 }
 
 enum Prepared {
@@ -140,6 +143,9 @@ pub struct Writer {
     pub lsn: u64,
     /// Renames made in the directory since open.
     pub renames: u64,
+    /// Renames known durable (a directory fsync after them returned). Invariant:
+    /// `durable_renames <= renames`.
+    pub durable_renames: u64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -198,6 +204,7 @@ impl Writer {
             buf: Vec::new(),
             lsn: 0,
             renames: 0,
+            durable_renames: 0,
         };
         writer.start_preparing();
         writer
@@ -364,6 +371,14 @@ impl Writer {
             self.active.file.sync_data().map_err(|e| Failure::Poison(e.into()))?;
             self.active.durable_offset = self.active.write_offset;
         }
+        // The same for names: the rename that created the old segment (and any before it) must
+        // be durable before the new one's, or a power cut could keep the new segment and lose
+        // the old one (a gap). It also lets the caller count everything written so far as
+        // durable: an acknowledgement must never depend on a rename no directory fsync covered.
+        if self.renames > self.durable_renames {
+            self.fs.sync_dir(&self.dir).map_err(|e| Failure::Poison(e.into()))?;
+            self.durable_renames = self.renames;
+        }
         let name = format::segment_name(sequence, first_index);
         let temp = self.dir.join(format::temp_name(sequence));
         self.fs.rename(&temp, &self.dir.join(&name)).map_err(|e| Failure::Refused(e.into()))?;
@@ -392,11 +407,15 @@ impl Writer {
             offset: self.active.write_offset,
             lsn: self.lsn,
             renames: self.renames,
+            durable_renames: self.durable_renames,
         }
     }
 
     /// Records that a sync of `target` returned successfully.
     pub fn mark_durable(&mut self, target: &SyncTarget) {
+        // The sync covered the directory too whenever a rename was unsynced.
+        assert!(target.renames <= self.renames, "cannot sync renames not made yet");
+        self.durable_renames = self.durable_renames.max(target.renames);
         if self.active.sequence == target.sequence && target.offset > self.active.durable_offset {
             assert!(target.offset <= self.active.write_offset, "cannot sync past the written end");
             self.active.durable_offset = target.offset;
