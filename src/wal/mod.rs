@@ -35,7 +35,7 @@ use cache::EntryCache;
 use index::Loc;
 use segment::Segment;
 use state::LogState;
-use writer::{Active, Failure, Op, Sealed, SyncTarget, Writer};
+use writer::{Active, Failure, MAX_SEGMENT_SEQUENCE, Op, Sealed, SyncTarget, Writer};
 
 /// Name of the lock file in a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -89,6 +89,9 @@ impl Wal {
             None => {
                 // A new log (or one whose only segment never got a durable header).
                 let sequence = recovered.next_sequence;
+                if sequence > MAX_SEGMENT_SEQUENCE {
+                    return Err(writer::sequence_exhausted(sequence));
+                }
                 let first_index = state.index.last_index() + 1;
                 let name = format::segment_name(sequence, first_index);
                 let file = fs.create(&dir.join(&name))?;

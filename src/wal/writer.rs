@@ -13,6 +13,21 @@ use crate::wal::format::{
     self, Checkpoint, ENTRIES_COUNT_LEN, Record, RecordType, SegmentHeader, append_record,
     framed_len,
 };
+use crate::wal::index::Loc;
+
+/// The largest sequence a segment may have. The index keeps a segment's sequence in 32 bits and
+/// reserves the largest value, and recovery refuses any sequence above this one, so the writer
+/// never creates one: a log whose last segment has it refuses to roll over.
+pub const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64 - 1;
+const _: () = assert!(MAX_SEGMENT_SEQUENCE < Loc::MISSING.segment as u64);
+
+/// The error a rollover (or a new log) past [`MAX_SEGMENT_SEQUENCE`] gets.
+pub fn sequence_exhausted(sequence: u64) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "segment sequence {sequence} is beyond the largest a log may use \
+         ({MAX_SEGMENT_SEQUENCE}): this log cannot grow; start a new one from a snapshot"
+    )))
+}
 
 /// One logical change to write.
 #[derive(Clone, Copy, Debug)]
@@ -193,6 +208,11 @@ struct Plan<'a> {
 impl Writer {
     /// A writer appending to `active`.
     pub fn new(fs: Fs, dir: PathBuf, options: &crate::WalOptions, active: Active) -> Writer {
+        assert!(
+            active.sequence <= MAX_SEGMENT_SEQUENCE,
+            "segment sequence {} is beyond {MAX_SEGMENT_SEQUENCE}",
+            active.sequence
+        );
         let mut writer = Writer {
             fs,
             dir,
@@ -212,6 +232,10 @@ impl Writer {
 
     fn start_preparing(&mut self) {
         let sequence = self.active.sequence + 1;
+        if sequence > MAX_SEGMENT_SEQUENCE {
+            // No segment can follow this one; the rollover will say so.
+            return self.prepared = None;
+        }
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
         self.prepared = Some(if self.background {
             Prepared::Pending(
@@ -363,6 +387,10 @@ impl Writer {
     /// entry will be `first_index`.
     fn roll(&mut self, first_index: u64) -> Result<Sealed, Failure> {
         let sequence = self.active.sequence + 1;
+        // A segment that recovery would refuse is never created.
+        if sequence > MAX_SEGMENT_SEQUENCE {
+            return Err(Failure::Refused(sequence_exhausted(sequence)));
+        }
         // Get the next file first: if that fails, nothing has changed.
         let file = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
         // A later segment must never be durable while an earlier one is not: recovery treats

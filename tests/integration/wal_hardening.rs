@@ -12,7 +12,8 @@ use std::thread::ThreadId;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs, OpEvent, OpKind};
 use raftwal::wal::Wal;
-use raftwal::{Entry, SyncPolicy, WalOptions};
+use raftwal::wal::format::{SegmentHeader, parse_segment_name, segment_name};
+use raftwal::{Entry, Error, SyncPolicy, WalOptions};
 
 use crate::wal::small_options;
 
@@ -32,6 +33,10 @@ fn entry(index: u64, term: u64, len: usize) -> Entry {
     let mut data = format!("{index}:{term}:").into_bytes();
     data.resize(len.max(data.len()), (index as u8).wrapping_mul(31) ^ term as u8);
     Entry::new(index, term, Bytes::from(data))
+}
+
+fn segment_files(fs: &CrashFs) -> Vec<PathBuf> {
+    fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect()
 }
 
 /// Shared state of a scripted interleaving: a hook and the test's threads wait on it.
@@ -163,4 +168,56 @@ fn a_write_acknowledged_in_a_new_segment_survives_a_power_cut_that_loses_the_dir
         crash.list_all()
     );
     assert_eq!(wal.entries(2, 3, u64::MAX).unwrap(), [entry(2, 1, 2000)]);
+}
+
+#[test]
+fn the_last_segment_sequence_refuses_a_rollover_before_writing_anything() {
+    // Recovery accepts sequences up to 2^32 - 2 (the index keeps 32 bits and reserves the
+    // largest value); a log whose last segment has that sequence can never roll over.
+    let crash = CrashFs::new();
+    open(&crash, &small_options()).unwrap().close().unwrap();
+    let files = segment_files(&crash);
+    let [first] = &files[..] else { panic!("one segment: {files:?}") };
+    let mut bytes = crash.read_file(first).unwrap();
+    let last = u64::from(u32::MAX) - 1;
+    let header = SegmentHeader { sequence: last, first_index: 1, prev_crc: 0 };
+    bytes[..header.encode().len()].copy_from_slice(&header.encode());
+    crash.write_file_raw(&dir().join(segment_name(last, 1)), &bytes).unwrap();
+    let fs: Fs = Arc::new(crash.clone());
+    fs.remove_file(first).unwrap();
+    fs.sync_dir(&dir()).unwrap();
+
+    let wal = open(&crash, &small_options()).unwrap();
+    let mut acked = 0;
+    let mut refusals = Vec::new();
+    // Bounded: 100 entries of 100 bytes need three 4 KiB segments; the first rollover is refused,
+    // and a second attempt is refused the same way.
+    for i in 1..=100u64 {
+        match wal.save(None, &[entry(acked + 1, 1, 100)]) {
+            Ok(()) => acked += 1,
+            Err(e) => {
+                refusals.push(e);
+                if refusals.len() == 2 {
+                    break;
+                }
+            }
+        }
+        assert!(i < 100, "the segment must fill up");
+    }
+    assert!(acked > 0, "entries fit in the last segment");
+    for e in &refusals {
+        assert!(matches!(e, Error::Io(_)), "a clear refusal, not poison or corruption: {e:?}");
+    }
+    assert!(wal.sync().is_ok(), "the log is not poisoned by a refused rollover");
+    assert_eq!(wal.last_index(), acked);
+    let names: Vec<u64> = segment_files(&crash)
+        .iter()
+        .filter_map(|p| parse_segment_name(p.file_name()?.to_str()?).map(|(seq, _)| seq))
+        .collect();
+    assert_eq!(names, [last], "no segment beyond the last sequence was created");
+    drop(wal);
+    let wal = open(&crash, &small_options()).expect("the next open accepts the log");
+    assert_eq!(wal.last_index(), acked);
+    let want: Vec<Entry> = (1..=acked).map(|i| entry(i, 1, 100)).collect();
+    assert_eq!(wal.entries(1, acked + 1, u64::MAX).unwrap(), want);
 }
