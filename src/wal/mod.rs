@@ -7,7 +7,9 @@
 //!
 //! Concurrency: one `RwLock` guards the log's state and the writer; writes hold it only while
 //! framing and handing the bytes to the kernel. fdatasync runs outside it, led by one thread at
-//! a time, and covers every write made before it started (group commit).
+//! a time, and covers every write made before it started (group commit). A rollover's
+//! fdatasync runs under the lock; a leader counts its own sync only after taking the lock and
+//! finding the log not poisoned, so a sync that overlapped a failed one is never acknowledged.
 
 mod cache;
 pub mod format;
@@ -164,8 +166,12 @@ impl Wal {
         if self.poisoned.load(Ordering::Acquire) { Err(Error::Poisoned) } else { Ok(()) }
     }
 
+    /// Poisons the log for good. Set under the sync lock, so no sync can start between the
+    /// failure and the poison, and no waiter can miss the wake-up.
     fn poison(&self, error: Error) -> Error {
+        let sync = self.lock_sync();
         self.poisoned.store(true, Ordering::Release);
+        drop(sync);
         self.synced.notify_all();
         error
     }
@@ -261,30 +267,48 @@ impl Wal {
             // Let more writers join this group commit.
             std::thread::sleep(wait);
         }
-        let target: SyncTarget = self.read().writer.sync_target();
-        let mut result = target.file.sync_data();
-        if result.is_ok() && target.renames > target.durable_renames {
-            result = self.fs.sync_dir(&self.dir);
-        }
-        if result.is_ok() {
-            self.inner.write().unwrap_or_else(|p| p.into_inner()).writer.mark_durable(&target);
-        }
+        let result = self.lead_sync();
         let mut sync = self.lock_sync();
         sync.syncing = false;
         match result {
-            Ok(()) => {
-                sync.durable_lsn = sync.durable_lsn.max(target.lsn);
+            Ok(durable_lsn) => {
+                sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
                 drop(sync);
                 self.synced.notify_all();
                 Ok(())
             }
             Err(e) => {
-                drop(sync);
                 // Never retried: after a failed fsync the kernel may have dropped the dirty
-                // pages and marked them clean, so a second fsync could succeed falsely.
-                Err(self.poison(e.into()))
+                // pages and marked them clean, so a second fsync could succeed falsely. Poisoned
+                // before the lock is released, so that no thread can lead that second fsync.
+                self.poisoned.store(true, Ordering::Release);
+                drop(sync);
+                self.synced.notify_all();
+                Err(e)
             }
         }
+    }
+
+    /// A leader's sync: makes everything written when it starts durable, the directory too if a
+    /// rename is unsynced, and returns the log sequence number reached.
+    fn lead_sync(&self) -> Result<u64> {
+        let target: SyncTarget = {
+            let inner = self.read();
+            // A failure under the lock (a rollover's) must stop this sync from starting.
+            self.check_poisoned()?;
+            inner.writer.sync_target()
+        };
+        target.file.sync_data()?;
+        if target.renames > target.durable_renames {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // A rollover may have synced the same file while this sync ran and failed. Linux reports
+        // a writeback error once per open file, so this sync's success would then prove nothing.
+        // Such a rollover poisons the log before it releases the lock just taken.
+        self.check_poisoned()?;
+        inner.writer.mark_durable(&target);
+        Ok(target.lsn)
     }
 
     fn sync_per_policy(&self, lsn: u64, needed: bool) -> Result<()> {

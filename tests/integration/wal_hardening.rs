@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
 use bytes::Bytes;
-use raftwal::io::{CrashFs, Fs, OpEvent, OpKind};
+use raftwal::io::{CrashFs, Fault, FaultKind, Fs, OpEvent, OpKind};
 use raftwal::wal::Wal;
 use raftwal::wal::format::{SegmentHeader, parse_segment_name, segment_name};
 use raftwal::{Entry, Error, SyncPolicy, WalOptions};
@@ -168,6 +168,61 @@ fn a_write_acknowledged_in_a_new_segment_survives_a_power_cut_that_loses_the_dir
         crash.list_all()
     );
     assert_eq!(wal.entries(2, 3, u64::MAX).unwrap(), [entry(2, 1, 2000)]);
+}
+
+#[derive(Default)]
+struct OverlapScript {
+    leader: Option<ThreadId>,
+    leader_paused: bool,
+    release_leader: bool,
+}
+
+#[test]
+fn a_sync_overlapping_a_failed_rollover_sync_is_not_acknowledged() {
+    // A leader's fdatasync and a rollover's fdatasync of the same segment overlap; the rollover's
+    // fails. Linux reports a writeback error once per open file, so the leader's may return 0
+    // although the pages it had to make durable were dropped: it must not be acknowledged.
+    let crash = CrashFs::new();
+    let wal = Arc::new(open(&crash, &small_options()).unwrap());
+    wal.save(None, &[entry(1, 1, 2000)]).unwrap();
+    let script = Script::new(OverlapScript::default());
+    let hook_script = script.clone();
+    crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+        let mut s = hook_script.lock();
+        if s.leader == Some(std::thread::current().id())
+            && e.kind == OpKind::Sync
+            && !s.leader_paused
+        {
+            s.leader_paused = true;
+            drop(s);
+            hook_script.changed.notify_all();
+            hook_script.wait_for(|s| s.release_leader);
+        }
+        Ok(())
+    })));
+    let leader = {
+        let (wal, script) = (wal.clone(), script.clone());
+        std::thread::spawn(move || {
+            script.update(|s| s.leader = Some(std::thread::current().id()));
+            wal.save(None, &[entry(2, 1, 100)])
+        })
+    };
+    script.wait_for(|s| s.leader_paused);
+    // The rollover's fdatasync of segment 1 is the next sync to run, and fails.
+    crash.inject(Fault { at_op: crash.op_count(), kind: FaultKind::SyncEio });
+    let rolled = wal.save(None, &[entry(3, 1, 2000)]);
+    assert!(matches!(rolled, Err(Error::Io(_))), "the failed sync is reported: {rolled:?}");
+    script.update(|s| s.release_leader = true);
+    let answer = leader.join().unwrap();
+    crash.set_hook(None);
+    assert!(
+        matches!(answer, Err(Error::Poisoned | Error::Io(_))),
+        "a sync that ran beside a failed one proves nothing: {answer:?}"
+    );
+    drop(wal);
+    crash.crash_lose_all_unsynced();
+    let wal = open(&crash, &small_options()).unwrap();
+    assert_eq!(wal.last_index(), 1, "entry 2's bytes were dropped with the failed sync");
 }
 
 #[test]
