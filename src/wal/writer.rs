@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -140,7 +141,36 @@ pub struct SyncTarget {
 
 enum Prepared {
     Ready(u64, Arc<dyn File>),
-    Pending(u64, JoinHandle<std::io::Result<Arc<dyn File>>>),
+    Pending(Preparation),
+}
+
+/// A segment being prepared on a background thread. Dropping it stops the thread and waits for
+/// it: the thread must never outlive the log, or it could truncate and zero-fill a file of the
+/// same name that a reopened log has prepared, or even started writing to.
+struct Preparation {
+    sequence: u64,
+    cancel: Arc<AtomicBool>,
+    // `None` only once joined.
+    handle: Option<JoinHandle<std::io::Result<Arc<dyn File>>>>,
+}
+
+impl Preparation {
+    /// Waits for the prepared file.
+    fn wait(mut self) -> std::io::Result<Arc<dyn File>> {
+        let handle = self.handle.take().expect("joined only here and in drop");
+        handle.join().unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked")))
+    }
+}
+
+impl Drop for Preparation {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            // Its result (a file no segment will use, or the cancellation) is not needed; a
+            // leftover temp file is removed at the next open.
+            let _ = handle.join();
+        }
+    }
 }
 
 /// The write side of the WAL. Owned by the log's lock.
@@ -152,6 +182,9 @@ pub struct Writer {
     background: bool,
     /// The segment being appended to.
     pub active: Active,
+    /// The next segment's file. Declared after `active`: a writer being dropped tells a
+    /// preparation to stop (in `Drop for Writer`), closes its files, then waits for the thread
+    /// here.
     prepared: Option<Prepared>,
     buf: Vec<u8>,
     /// Bytes written since open (a log sequence number for group commit).
@@ -163,17 +196,44 @@ pub struct Writer {
     pub durable_renames: u64,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(Prepared::Pending(preparation)) = &self.prepared {
+            // Stop it now rather than after the files close; `prepared`'s drop joins it.
+            preparation.cancel.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer").field("active", &self.active).field("lsn", &self.lsn).finish()
     }
 }
 
-/// Creates, preallocates, zero-fills and syncs the file that will become segment `sequence`.
-fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc<dyn File>> {
+/// Fails once `cancel` is set: the log that wanted the segment is closing.
+fn check_cancel(cancel: &AtomicBool) -> std::io::Result<()> {
+    if cancel.load(Ordering::Acquire) {
+        return Err(std::io::Error::other("segment preparation stopped: the log is closing"));
+    }
+    Ok(())
+}
+
+/// Creates, preallocates, zero-fills and syncs the file that will become segment `sequence`,
+/// stopping between steps once `cancel` is set.
+fn prepare(
+    fs: &Fs,
+    dir: &Path,
+    sequence: u64,
+    size: u64,
+    cancel: &AtomicBool,
+) -> std::io::Result<Arc<dyn File>> {
+    check_cancel(cancel)?;
     let file = fs.create(&dir.join(format::temp_name(sequence)))?;
+    check_cancel(cancel)?;
     file.allocate(size)?;
-    zero_fill(file.as_ref(), size)?;
+    zero_fill(file.as_ref(), size, cancel)?;
+    check_cancel(cancel)?;
     // Sync the allocation and the zeros now, off the write path, so the first fdatasync of the
     // segment does not also have to persist its size.
     file.sync_data()?;
@@ -186,12 +246,13 @@ fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc
 /// and inode blocks on ext4 without a journal), which costs the log a large part of the disk's
 /// sync rate. Overwriting written zeros needs no metadata change. The contents do
 /// not change (an allocated file already reads as zeros), so recovery is unaffected.
-fn zero_fill(file: &dyn File, size: u64) -> std::io::Result<()> {
+fn zero_fill(file: &dyn File, size: u64, cancel: &AtomicBool) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(size) as usize];
     let mut at = 0;
     // Bounded: size / CHUNK passes.
     while at < size {
+        check_cancel(cancel)?;
         let n = CHUNK.min(size - at);
         file.write_all_at(&zeros[..n as usize], at)?;
         at += n;
@@ -237,13 +298,13 @@ impl Writer {
             return self.prepared = None;
         }
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
+        let cancel = Arc::new(AtomicBool::new(false));
         self.prepared = Some(if self.background {
-            Prepared::Pending(
-                sequence,
-                std::thread::spawn(move || prepare(&fs, &dir, sequence, size)),
-            )
+            let stop = cancel.clone();
+            let handle = std::thread::spawn(move || prepare(&fs, &dir, sequence, size, &stop));
+            Prepared::Pending(Preparation { sequence, cancel, handle: Some(handle) })
         } else {
-            match prepare(&fs, &dir, sequence, size) {
+            match prepare(&fs, &dir, sequence, size, &cancel) {
                 Ok(file) => Prepared::Ready(sequence, file),
                 // Not fatal: the rollover will try again and report the error then.
                 Err(_) => return self.prepared = None,
@@ -254,10 +315,13 @@ impl Writer {
     fn take_prepared(&mut self, sequence: u64) -> std::io::Result<Arc<dyn File>> {
         match self.prepared.take() {
             Some(Prepared::Ready(seq, file)) if seq == sequence => Ok(file),
-            Some(Prepared::Pending(seq, handle)) if seq == sequence => handle
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked"))),
-            _ => prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes),
+            Some(Prepared::Pending(preparation)) if preparation.sequence == sequence => {
+                preparation.wait()
+            }
+            _ => {
+                let never = AtomicBool::new(false);
+                prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes, &never)
+            }
         }
     }
 

@@ -276,3 +276,69 @@ fn the_last_segment_sequence_refuses_a_rollover_before_writing_anything() {
     let want: Vec<Entry> = (1..=acked).map(|i| entry(i, 1, 100)).collect();
     assert_eq!(wal.entries(1, acked + 1, u64::MAX).unwrap(), want);
 }
+
+#[derive(Default)]
+struct PrepareScript {
+    preparer: Option<ThreadId>,
+    paused: bool,
+    dropping: bool,
+    release: bool,
+    dropped: bool,
+}
+
+#[test]
+fn dropping_a_log_stops_its_segment_preparation_before_returning() {
+    // The background thread preparing the next segment must not outlive its log: a reopened
+    // log would prepare a file of the same name, which the old thread could then truncate and
+    // zero-fill under it.
+    let crash = CrashFs::new();
+    let options = WalOptions { prepare_in_background: true, ..small_options() };
+    let script = Script::new(PrepareScript::default());
+    let hook_script = script.clone();
+    crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+        let me = std::thread::current().id();
+        let mut s = hook_script.lock();
+        let is_temp = e.path.is_some_and(|p| p.extension().is_some_and(|x| x == "tmp"));
+        if s.preparer.is_none() && e.kind == OpKind::Create && is_temp {
+            // The preparation started by open: hold it until the log is being dropped.
+            s.preparer = Some(me);
+            s.paused = true;
+            drop(s);
+            hook_script.changed.notify_all();
+            hook_script.wait_for(|s| s.release);
+        } else if e.kind == OpKind::Close && s.dropping && !s.release {
+            // The log is closing its files.
+            s.release = true;
+            drop(s);
+            hook_script.changed.notify_all();
+        } else if s.preparer == Some(me) && s.release && e.kind != OpKind::Close {
+            // Any further step of the old preparation waits until the drop has returned.
+            drop(s);
+            hook_script.wait_for(|s| s.dropped);
+        }
+        Ok(())
+    })));
+    let fs: Fs = Arc::new(crash.clone());
+    let wal = open_on(&fs, &options).unwrap();
+    wal.save(None, &[entry(1, 1, 100)]).unwrap();
+    script.wait_for(|s| s.paused);
+    script.update(|s| s.dropping = true);
+    drop(wal);
+    // Every clone of the file system the log handed out, its threads' included, is gone.
+    let holders = Arc::strong_count(&fs);
+    script.update(|s| s.dropped = true);
+    assert_eq!(holders, 1, "a thread of the dropped log still holds the file system");
+
+    crash.set_hook(None);
+    let wal = open_on(&fs, &options).unwrap();
+    let es: Vec<Entry> = (2..=40).map(|i| entry(i, 1, 200)).collect();
+    for e in &es {
+        wal.save(None, std::slice::from_ref(e)).unwrap();
+    }
+    assert!(wal.segment_count() > 2, "the reopened log rolled over into prepared segments");
+    drop(wal);
+    crash.crash_lose_all_unsynced();
+    let wal = open_on(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), 40);
+    assert_eq!(wal.entries(2, 41, u64::MAX).unwrap(), es);
+}
