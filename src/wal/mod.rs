@@ -368,7 +368,9 @@ impl Wal {
             self.write_ops(&mut inner, &[Op::Compact { index, term }])?
         };
         self.sync_per_policy(lsn, true)?;
-        self.purge()
+        // The compaction has happened; releasing segments is housekeeping that cannot fail it.
+        self.purge();
+        Ok(())
     }
 
     /// Records that `metadata` is the newest snapshot; with `resets_log`, the log is replaced
@@ -391,7 +393,11 @@ impl Wal {
             self.write_ops(&mut inner, &[Op::Snapshot { metadata, resets_log }])?
         };
         self.sync_to(lsn, None)?;
-        if resets_log { self.purge() } else { Ok(()) }
+        if resets_log {
+            // The marker is durable: the snapshot is recorded whatever happens to old segments.
+            self.purge();
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -399,35 +405,57 @@ impl Wal {
         self.check_poisoned()?;
         let lsn = self.read().writer.lsn;
         self.sync_to(lsn, None)?;
-        // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments.
-        self.purge()
+        // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments; a
+        // purge that failed earlier is retried here too.
+        self.purge();
+        Ok(())
     }
 
     /// Deletes sealed segments that hold no live entry, oldest first, once everything written is
     /// durable (a deleted segment may hold the only durable copy of a compaction's prerequisites).
-    fn purge(&self) -> Result<()> {
+    ///
+    /// It never fails its caller: it runs after the record that made the segments unnecessary is
+    /// durable, so that change has happened. A segment whose removal fails stays, known to the
+    /// log, and the next purge (after the next compaction, snapshot or explicit sync) tries
+    /// again; nothing newer is removed before it, so a crash still leaves a suffix of the log. A
+    /// failed directory fsync poisons the log: whether the removal is durable is unknown, and
+    /// every later rename relies on that directory's fsync.
+    fn purge(&self) {
         let lsn = self.read().writer.lsn;
         if self.lock_sync().durable_lsn < lsn {
             // Not durable yet (SyncPolicy::Never): the next purge after a sync deletes them.
-            return Ok(());
+            return;
         }
-        let mut inner = self.write()?;
+        let Ok(mut inner) = self.write() else {
+            // Poisoned: the next open starts afresh, and its first purge deletes them.
+            return;
+        };
         if !inner.writer.is_durable() {
             // A write slipped in since the check; the purge after its sync will do this.
-            return Ok(());
+            return;
         }
         let first_needed = match inner.state.index.first_loc() {
             Some(loc) if loc != Loc::MISSING => u64::from(loc.segment),
             _ => inner.writer.active.sequence,
         };
         let doomed: Vec<u64> = inner.sealed.range(..first_needed).map(|(seq, _)| *seq).collect();
+        // Bounded by the sealed segments listed.
         for sequence in doomed {
-            let segment = inner.sealed.remove(&sequence).expect("listed above");
-            self.fs.remove_file(&self.dir.join(&segment.name))?;
+            let path = self.dir.join(&inner.sealed[&sequence].name);
+            match self.fs.remove_file(&path) {
+                Ok(()) => {}
+                // Gone already (by hand): nothing left to remove.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Still there: keep it, and everything newer, for the next purge.
+                Err(_) => return,
+            }
+            inner.sealed.remove(&sequence);
             // One at a time and durably: a crash must leave a suffix of the log, not a hole.
-            self.fs.sync_dir(&self.dir)?;
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                self.poison(e.into());
+                return;
+            }
         }
-        Ok(())
     }
 
     /// Writes a final checkpoint and syncs, so every record has a durable witness (a bit flip

@@ -5,7 +5,7 @@
 //! every run takes the same interleaving.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
@@ -13,7 +13,9 @@ use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs, OpEvent, OpKind};
 use raftwal::wal::Wal;
 use raftwal::wal::format::{SegmentHeader, parse_segment_name, segment_name};
-use raftwal::{Entry, Error, SyncPolicy, WalOptions};
+use raftwal::{
+    ConfState, Entry, Error, Snapshot, SnapshotMetadata, SyncPolicy, WalOptions, WalStorage,
+};
 
 use crate::wal::small_options;
 
@@ -37,6 +39,10 @@ fn entry(index: u64, term: u64, len: usize) -> Entry {
 
 fn segment_files(fs: &CrashFs) -> Vec<PathBuf> {
     fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect()
+}
+
+fn eio() -> std::io::Error {
+    std::io::Error::from_raw_os_error(5)
 }
 
 /// Shared state of a scripted interleaving: a hook and the test's threads wait on it.
@@ -341,4 +347,101 @@ fn dropping_a_log_stops_its_segment_preparation_before_returning() {
     let wal = open_on(&fs, &options).unwrap();
     assert_eq!(wal.last_index(), 40);
     assert_eq!(wal.entries(2, 41, u64::MAX).unwrap(), es);
+}
+
+/// A log of 200 entries over many 4 KiB segments, and the hook that fails the next operation of
+/// `kind` once `armed` is set.
+fn long_log(crash: &CrashFs, kind: OpKind) -> (Wal, Arc<Mutex<bool>>) {
+    let wal = open(crash, &small_options()).unwrap();
+    for i in 1..=200u64 {
+        wal.save(None, &[entry(i, 1, 100)]).unwrap();
+    }
+    let armed = Arc::new(Mutex::new(false));
+    let trigger = armed.clone();
+    crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+        let mut armed = trigger.lock().unwrap();
+        if *armed && e.kind == kind {
+            *armed = false;
+            return Err(eio());
+        }
+        Ok(())
+    })));
+    (wal, armed)
+}
+
+#[test]
+fn a_failed_remove_after_a_durable_compaction_is_retried_and_not_reported() {
+    let crash = CrashFs::new();
+    let (wal, armed) = long_log(&crash, OpKind::RemoveFile);
+    let before = wal.segment_count();
+    *armed.lock().unwrap() = true;
+    let compacted = wal.compact(150);
+    assert!(compacted.is_ok(), "the compaction is durable, so it succeeded: {compacted:?}");
+    assert_eq!(wal.first_index(), 151);
+    assert_eq!(
+        wal.segment_count(),
+        segment_files(&crash).len(),
+        "the log still knows every segment file that exists"
+    );
+    assert_eq!(wal.segment_count(), before, "the first removal failed, so nothing was removed");
+    // The next purge (after any sync) removes them.
+    wal.save(None, &[entry(201, 1, 100)]).unwrap();
+    wal.sync().unwrap();
+    assert!(wal.segment_count() < before, "the purge was retried");
+    assert_eq!(wal.segment_count(), segment_files(&crash).len());
+    drop(wal);
+    crash.set_hook(None);
+    crash.crash_lose_all_unsynced();
+    let wal = open(&crash, &small_options()).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (151, 201));
+}
+
+#[test]
+fn a_failed_directory_sync_while_purging_keeps_the_compaction_and_poisons_the_log() {
+    let crash = CrashFs::new();
+    let (wal, armed) = long_log(&crash, OpKind::SyncDir);
+    *armed.lock().unwrap() = true;
+    let compacted = wal.compact(150);
+    assert!(compacted.is_ok(), "the compaction is durable, so it succeeded: {compacted:?}");
+    assert_eq!(wal.first_index(), 151);
+    assert_eq!(wal.segment_count(), segment_files(&crash).len());
+    // Whether the removal is durable is unknown: no later write may depend on the directory.
+    assert!(matches!(wal.save(None, &[entry(201, 1, 100)]), Err(Error::Poisoned)));
+    drop(wal);
+    crash.set_hook(None);
+    crash.crash_lose_all_unsynced();
+    let wal = open(&crash, &small_options()).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (151, 200));
+}
+
+#[test]
+fn apply_snapshot_succeeds_when_releasing_old_files_fails_after_its_marker() {
+    let crash = CrashFs::new();
+    let fs: Fs = Arc::new(crash.clone());
+    let options = WalOptions { snapshot_retention: 1, ..small_options() };
+    let storage = WalStorage::open_with_fs(fs, Path::new("/node"), options.clone()).unwrap();
+    let es: Vec<Entry> = (1..=100).map(|i| entry(i, 1, 100)).collect();
+    storage.append(&es).unwrap();
+    let conf_state = ConfState { voters: vec![1], ..ConfState::default() };
+    let first = SnapshotMetadata { index: 100, term: 1, conf_state: conf_state.clone() };
+    storage.apply_snapshot(Snapshot { metadata: first, data: Bytes::from("one") }).unwrap();
+    storage.append(&(101..=200).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
+    // Every remove fails from here on: old segments and the older snapshot file both stay.
+    crash.set_hook(Some(Arc::new(
+        |e: &OpEvent<'_>| {
+            if e.kind == OpKind::RemoveFile { Err(eio()) } else { Ok(()) }
+        },
+    )));
+    let second = SnapshotMetadata { index: 300, term: 2, conf_state };
+    let applied = storage.apply_snapshot(Snapshot { metadata: second, data: Bytes::from("two") });
+    assert!(applied.is_ok(), "the marker is durable, so the snapshot is applied: {applied:?}");
+    assert_eq!(storage.wal().first_index(), 301);
+    assert_eq!(storage.wal().segment_count(), segment_files(&crash).len());
+    crash.set_hook(None);
+    drop(storage);
+    crash.crash_lose_all_unsynced();
+    let fs: Fs = Arc::new(crash.clone());
+    let storage = WalStorage::open_with_fs(fs, Path::new("/node"), options).unwrap();
+    assert_eq!(storage.wal().snapshot_metadata().index, 300);
+    assert_eq!(storage.wal().first_index(), 301);
 }
