@@ -98,9 +98,8 @@ struct RollScript {
 
 #[test]
 fn a_write_acknowledged_in_a_new_segment_survives_a_power_cut_that_loses_the_directory() {
-    // 2,000-byte entries: a segment of 4 KiB takes one besides its header and checkpoint, and a
-    // second only if it is the first record. So entry 1 fills segment 1, entry 2 rolls over to
-    // segment 2 and entry 3 rolls over to segment 3.
+    // 2,000-byte entries: a 4 KiB segment holds one besides its header and checkpoint, so entry 1
+    // fills segment 1, entry 2 rolls over to segment 2 and entry 3 rolls over to segment 3.
     let crash = CrashFs::new();
     let options = WalOptions { sync_policy: SyncPolicy::Always, ..small_options() };
     let wal = Arc::new(open(&crash, &options).unwrap());
@@ -158,6 +157,7 @@ fn a_write_acknowledged_in_a_new_segment_survives_a_power_cut_that_loses_the_dir
     let roller = spawn(Role::Roller, entry(3, 1, 2000));
     let acked = writer.join().unwrap();
     assert!(acked.is_ok(), "the writer's save is acknowledged: {acked:?}");
+    assert_eq!(wal.segment_count(), 3, "the roller had rolled over when the writer returned");
     // Power cut right after the acknowledgement: nothing unsynced survives, names included.
     crash.crash_lose_all_unsynced();
     script.update(|s| s.crashed = true);
