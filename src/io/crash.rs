@@ -69,11 +69,64 @@ pub enum FaultKind {
     Halt,
 }
 
+/// The operations a [`Hook`] is told about: one per method of the seam, plus `Close`, a file
+/// handle being dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// [`File::read_at`].
+    Read,
+    /// [`File::write_at`].
+    Write,
+    /// [`File::sync_data`].
+    Sync,
+    /// [`File::len`].
+    Len,
+    /// [`File::set_len`].
+    SetLen,
+    /// [`File::allocate`].
+    Allocate,
+    /// [`File::map`].
+    Map,
+    /// [`FileSystem::create_dir_all`].
+    CreateDirAll,
+    /// [`FileSystem::open`].
+    Open,
+    /// [`FileSystem::create`].
+    Create,
+    /// [`FileSystem::rename`].
+    Rename,
+    /// [`FileSystem::remove_file`].
+    RemoveFile,
+    /// [`FileSystem::list`].
+    List,
+    /// [`FileSystem::sync_dir`].
+    SyncDir,
+    /// [`FileSystem::try_lock`].
+    TryLock,
+    /// A file handle was dropped (after the fact; the hook cannot fail it).
+    Close,
+}
+
+/// An operation about to run, as a [`Hook`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct OpEvent<'a> {
+    /// Which operation.
+    pub kind: OpKind,
+    /// The path it names, for the [`FileSystem`] methods (the source of a rename).
+    pub path: Option<&'a Path>,
+    /// The destination of a rename.
+    pub to: Option<&'a Path>,
+}
+
+/// Called by [`CrashFs`] on the calling thread before every operation (see
+/// [`CrashFs::set_hook`]).
+pub type Hook = Arc<dyn Fn(&OpEvent<'_>) -> io::Result<()> + Send + Sync>;
+
 /// Identifies an inode for the life of a `CrashFs`; ids are never reused.
 type InodeId = u64;
 
 /// One unsynced change to a file's contents, replayed onto the durable image on sync or crash.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum FileOp {
     Write {
         offset: u64,
@@ -85,7 +138,7 @@ enum FileOp {
     Allocate(u64),
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Inode {
     volatile: Vec<u8>,
     durable: Vec<u8>,
@@ -102,7 +155,7 @@ struct Inode {
 }
 
 /// One unsynced change to a directory's namespace.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum DirOp {
     Link { name: String, inode: InodeId },
     Unlink { name: String },
@@ -110,7 +163,7 @@ enum DirOp {
     MkDir { name: String },
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Dir {
     volatile: BTreeMap<String, InodeId>,
     durable: BTreeMap<String, InodeId>,
@@ -144,6 +197,28 @@ enum Op {
     TryLock,
 }
 
+impl Op {
+    fn kind(self) -> OpKind {
+        match self {
+            Op::Read => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
+            Op::Sync => OpKind::Sync,
+            Op::Len => OpKind::Len,
+            Op::SetLen => OpKind::SetLen,
+            Op::Allocate => OpKind::Allocate,
+            Op::Map => OpKind::Map,
+            Op::CreateDirAll => OpKind::CreateDirAll,
+            Op::Open => OpKind::Open,
+            Op::Create => OpKind::Create,
+            Op::Rename => OpKind::Rename,
+            Op::RemoveFile => OpKind::RemoveFile,
+            Op::List => OpKind::List,
+            Op::SyncDir => OpKind::SyncDir,
+            Op::TryLock => OpKind::TryLock,
+        }
+    }
+}
+
 impl FaultKind {
     fn applies_to(self, op: Op) -> bool {
         match self {
@@ -158,6 +233,7 @@ impl FaultKind {
     }
 }
 
+#[derive(Clone)]
 struct State {
     /// The number the next operation takes.
     ops: u64,
@@ -174,6 +250,8 @@ struct State {
     /// Held locks: normalized path → the id of the guard holding it.
     locks: HashMap<PathBuf, u64>,
     next_lock: u64,
+    /// Run before every operation, outside this state's lock.
+    hook: Option<Hook>,
 }
 
 /// How a crash treats each unsynced change.
@@ -318,6 +396,7 @@ impl State {
             dirs,
             locks: HashMap::new(),
             next_lock: 0,
+            hook: None,
         }
     }
 
@@ -657,6 +736,14 @@ fn tear(image: &mut Vec<u8>, offset: u64, data: &[u8], policy: &mut CrashPolicy)
 /// changes from the durable image for good, as Linux does: a retried fsync that succeeds proves
 /// nothing.
 ///
+/// # Hooks
+///
+/// A [`Hook`] set with [`CrashFs::set_hook`] runs on the calling thread before every operation,
+/// outside CrashFs's lock, and is told which operation (and path) it is. Tests of concurrent code
+/// use it to pause a thread at a chosen operation until another thread has done something (no
+/// sleeping, so the interleaving is the same on every run), or to fail one particular operation
+/// (a directory fsync, a remove) that no [`FaultKind`] covers.
+///
 /// # Limits
 ///
 /// Files and single writes are limited to 1 GiB; each file keeps at most 2^20 unsynced writes and
@@ -694,6 +781,20 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs the hook, if one is set, for `event`, without holding the state's lock: the hook may
+/// block its thread or call back into the file system.
+fn run_hook(state: &Mutex<State>, event: OpEvent<'_>) -> io::Result<()> {
+    let hook = lock(state).hook.clone();
+    match hook {
+        Some(hook) => hook(&event),
+        None => Ok(()),
+    }
+}
+
+fn event(kind: OpKind, path: Option<&Path>) -> OpEvent<'_> {
+    OpEvent { kind, path, to: None }
+}
+
 impl CrashFs {
     /// An empty file system: only the roots `/` and `` (for relative paths) exist.
     pub fn new() -> CrashFs {
@@ -726,6 +827,16 @@ impl CrashFs {
         self.lock().faults.clear();
     }
 
+    /// Sets (or with `None` removes) the hook run before every operation, on the calling thread
+    /// and outside CrashFs's lock, before the operation takes its number. A hook orders threads in
+    /// a test: it may block (pausing the thread at that operation until the test lets it go), call
+    /// back into the file system, or return an error, which the operation then returns without
+    /// effect and without taking a number. It also sees every file handle dropped
+    /// ([`OpKind::Close`]), after the fact; its result is then ignored.
+    pub fn set_hook(&self, hook: Option<Hook>) {
+        self.lock().hook = hook;
+    }
+
     /// Whether a `Halt` fault has fired and no crash has happened since.
     pub fn is_halted(&self) -> bool {
         self.lock().halted_at.is_some()
@@ -744,6 +855,18 @@ impl CrashFs {
     /// size change and namespace operation is lost). Otherwise like [`CrashFs::crash`].
     pub fn crash_lose_all_unsynced(&self) {
         self.lock().crash(CrashPolicy::LoseAll);
+    }
+
+    /// A separate file system holding what the harshest power cut now would leave (as
+    /// [`CrashFs::crash_lose_all_unsynced`] would), without faults or a hook; this one is left
+    /// as it is. A test can check after each acknowledgement that it depends on nothing unsynced,
+    /// names included, while the code under test runs on.
+    pub fn power_cut_copy(&self) -> CrashFs {
+        let mut state = self.lock().clone();
+        state.faults.clear();
+        state.hook = None;
+        state.crash(CrashPolicy::LoseAll);
+        CrashFs { state: Arc::new(Mutex::new(state)) }
     }
 
     /// The volatile contents (what reads see now) of the file at `path`, if it exists.
@@ -918,11 +1041,18 @@ impl Drop for CrashFile {
         if inode.handles == 0 {
             state.free_if_unreferenced(self.inode);
         }
+        let hook = state.hook.clone();
+        drop(state);
+        if let Some(hook) = hook {
+            // A close cannot fail; the hook only learns of it.
+            let _ = hook(&event(OpKind::Close, None));
+        }
     }
 }
 
 impl CrashFile {
     fn begin(&self, op: Op) -> io::Result<(MutexGuard<'_, State>, Option<FaultKind>)> {
+        run_hook(&self.state, event(op.kind(), None))?;
         let mut state = lock(&self.state);
         let fault = state.begin(op, Some(self.epoch))?;
         Ok((state, fault))
@@ -944,6 +1074,7 @@ impl File for CrashFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        run_hook(&self.state, event(OpKind::Write, None))?;
         let mut state = lock(&self.state);
         // Decided under the same lock as the fault, so no allocate can slip in between. A dead
         // handle's inode may be gone; its write fails in `begin` anyway.
@@ -1000,6 +1131,7 @@ impl File for CrashFile {
 
 impl FileSystem for CrashFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        run_hook(&self.state, event(OpKind::CreateDirAll, Some(dir)))?;
         let mut state = self.lock();
         state.begin(Op::CreateDirAll, None)?;
         let dir = normalize(dir)?;
@@ -1007,6 +1139,7 @@ impl FileSystem for CrashFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        run_hook(&self.state, event(OpKind::Open, Some(path)))?;
         let mut state = self.lock();
         state.begin(Op::Open, None)?;
         let (dir, name) = split_file_path(path)?;
@@ -1020,6 +1153,7 @@ impl FileSystem for CrashFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        run_hook(&self.state, event(OpKind::Create, Some(path)))?;
         let mut state = self.lock();
         state.begin(Op::Create, None)?;
         let (dir, name) = split_file_path(path)?;
@@ -1029,6 +1163,7 @@ impl FileSystem for CrashFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        run_hook(&self.state, OpEvent { kind: OpKind::Rename, path: Some(from), to: Some(to) })?;
         let mut state = self.lock();
         state.begin(Op::Rename, None)?;
         let (from_dir, from_name) = split_file_path(from)?;
@@ -1071,6 +1206,7 @@ impl FileSystem for CrashFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        run_hook(&self.state, event(OpKind::RemoveFile, Some(path)))?;
         let mut state = self.lock();
         state.begin(Op::RemoveFile, None)?;
         let (dir, name) = split_file_path(path)?;
@@ -1085,6 +1221,7 @@ impl FileSystem for CrashFs {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        run_hook(&self.state, event(OpKind::List, Some(dir)))?;
         let mut state = self.lock();
         state.begin(Op::List, None)?;
         let dir = normalize(dir)?;
@@ -1093,6 +1230,7 @@ impl FileSystem for CrashFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        run_hook(&self.state, event(OpKind::SyncDir, Some(dir)))?;
         let mut state = self.lock();
         state.begin(Op::SyncDir, None)?;
         let dir = normalize(dir)?;
@@ -1114,6 +1252,7 @@ impl FileSystem for CrashFs {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<DirLock>> {
+        run_hook(&self.state, event(OpKind::TryLock, Some(path)))?;
         let mut state = self.lock();
         state.begin(Op::TryLock, None)?;
         let (dir, name) = split_file_path(path)?;
@@ -1726,6 +1865,78 @@ mod tests {
             }
         }
         assert!(partial > 0, "the classic bug must be caught by CrashFs");
+    }
+
+    #[test]
+    fn a_power_cut_copy_keeps_only_what_is_synced_and_leaves_the_original_alone() {
+        let fs = fs_with_db();
+        let file = durable_empty_file(&fs, "a");
+        file.write_all_at(b"synced", 0).unwrap();
+        file.sync_data().unwrap();
+        file.write_all_at(b"+later", 6).unwrap();
+        let unnamed = fs.create(&p("/db/b")).unwrap();
+        unnamed.write_all_at(b"b", 0).unwrap();
+        unnamed.sync_data().unwrap();
+        let copy = fs.power_cut_copy();
+        assert_eq!(copy.read_file(&p("/db/a")).unwrap(), b"synced");
+        assert_eq!(copy.read_file(&p("/db/b")), None, "a name never synced is lost");
+        assert_eq!(fs.read_file(&p("/db/a")).unwrap(), b"synced+later", "the original runs on");
+        file.sync_data().unwrap();
+        fs.sync_dir(&p("/db")).unwrap();
+        assert_eq!(fs.power_cut_copy().read_file(&p("/db/b")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_hook_sees_every_operation_and_can_fail_or_pause_one() {
+        use std::sync::mpsc;
+        let fs = fs_with_db();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        fs.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+            log.lock().unwrap().push((e.kind, e.path.map(Path::to_path_buf)));
+            if e.kind == OpKind::RemoveFile {
+                return Err(eio());
+            }
+            Ok(())
+        })));
+        let file = fs.create(&p("/db/a")).unwrap();
+        file.write_all_at(b"x", 0).unwrap();
+        let before = fs.op_count();
+        assert_eq!(fs.remove_file(&p("/db/a")).unwrap_err().raw_os_error(), Some(EIO));
+        assert_eq!(fs.op_count(), before, "a failed hook keeps the operation from running");
+        assert_eq!(fs.list(&p("/db")).unwrap(), ["a"], "the remove had no effect");
+        drop(file);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (OpKind::Create, Some(p("/db/a"))),
+                (OpKind::Write, None),
+                (OpKind::RemoveFile, Some(p("/db/a"))),
+                (OpKind::List, Some(p("/db"))),
+                (OpKind::Close, None),
+            ]
+        );
+
+        // Pausing: the sync waits inside the hook until the test lets it go.
+        let (paused_tx, paused_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        fs.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+            if e.kind == OpKind::Sync {
+                paused_tx.send(()).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+            }
+            Ok(())
+        })));
+        let file = fs.open(&p("/db/a")).unwrap();
+        fs.sync_dir(&p("/db")).unwrap();
+        let syncer = std::thread::spawn(move || file.sync_data());
+        paused_rx.recv().unwrap();
+        assert_eq!(fs.durable_file(&p("/db/a")), Some(Vec::new()), "not synced while paused");
+        go_tx.send(()).unwrap();
+        syncer.join().unwrap().unwrap();
+        assert_eq!(fs.durable_file(&p("/db/a")), Some(b"x".to_vec()));
+        fs.set_hook(None);
     }
 
     #[test]

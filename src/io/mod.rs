@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 #[cfg(any(test, feature = "testing"))]
-pub use crash::{CrashFs, Fault, FaultKind};
+pub use crash::{CrashFs, Fault, FaultKind, Hook, OpEvent, OpKind};
 pub use real::RealFs;
 
 /// Upper bound on the calls `write_all_at`/`read_exact_at` make for one buffer: a file system that

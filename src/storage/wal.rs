@@ -266,8 +266,10 @@ impl WalStorage {
         }
         snap.cached = data.map(|data| Snapshot { metadata: metadata.clone(), data });
         drop(snap);
-        // 3. Release what the new snapshot makes unnecessary.
-        self.retain()?;
+        // 3. Release what the new snapshot makes unnecessary. The snapshot is committed already,
+        //    so a file that cannot be removed now is not this call's failure: the next commit,
+        //    or the next open, removes it.
+        let _ = self.retain();
         match self.lock_snap().cached.clone() {
             Some(snapshot) => Ok(snapshot),
             None => self.snaps.read_all(&name),

@@ -7,7 +7,9 @@
 //!
 //! Concurrency: one `RwLock` guards the log's state and the writer; writes hold it only while
 //! framing and handing the bytes to the kernel. fdatasync runs outside it, led by one thread at
-//! a time, and covers every write made before it started (group commit).
+//! a time, and covers every write made before it started (group commit). A rollover's
+//! fdatasync runs under the lock; a leader counts its own sync only after taking the lock and
+//! finding the log not poisoned, so a sync that overlapped a failed one is never acknowledged.
 
 mod cache;
 pub mod format;
@@ -35,7 +37,7 @@ use cache::EntryCache;
 use index::Loc;
 use segment::Segment;
 use state::LogState;
-use writer::{Active, Failure, Op, Sealed, SyncTarget, Writer};
+use writer::{Active, Failure, MAX_SEGMENT_SEQUENCE, Op, Sealed, SyncTarget, Writer};
 
 /// Name of the lock file in a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -70,10 +72,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct SyncState {
-    // Bytes (since open) known durable.
+    // Bytes (since open) known durable, and every rename they depend on.
     durable_lsn: u64,
-    // Directory renames known durable.
-    durable_renames: u64,
     // Whether a thread is leading a sync now.
     syncing: bool,
 }
@@ -91,6 +91,9 @@ impl Wal {
             None => {
                 // A new log (or one whose only segment never got a durable header).
                 let sequence = recovered.next_sequence;
+                if sequence > MAX_SEGMENT_SEQUENCE {
+                    return Err(writer::sequence_exhausted(sequence));
+                }
                 let first_index = state.index.last_index() + 1;
                 let name = format::segment_name(sequence, first_index);
                 let file = fs.create(&dir.join(&name))?;
@@ -163,8 +166,12 @@ impl Wal {
         if self.poisoned.load(Ordering::Acquire) { Err(Error::Poisoned) } else { Ok(()) }
     }
 
+    /// Poisons the log for good. Set under the sync lock, so no sync can start between the
+    /// failure and the poison, and no waiter can miss the wake-up.
     fn poison(&self, error: Error) -> Error {
+        let sync = self.lock_sync();
         self.poisoned.store(true, Ordering::Release);
+        drop(sync);
         self.synced.notify_all();
         error
     }
@@ -175,7 +182,8 @@ impl Wal {
         let state = &inner.state;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
-            // The rollover synced the old segment whole: everything before it is durable.
+            // The rollover synced the old segment whole, and the directory if a rename was
+            // unsynced: everything before the new segment is durable, names included.
             let map = sealed.file.map().ok();
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
@@ -254,37 +262,53 @@ impl Wal {
             sync = self.synced.wait(sync).unwrap_or_else(|p| p.into_inner());
         }
         sync.syncing = true;
-        let durable_renames = sync.durable_renames;
         drop(sync);
         if let Some(wait) = wait {
             // Let more writers join this group commit.
             std::thread::sleep(wait);
         }
-        let target: SyncTarget = self.read().writer.sync_target();
-        let mut result = target.file.sync_data();
-        if result.is_ok() && target.renames > durable_renames {
-            result = self.fs.sync_dir(&self.dir);
-        }
-        if result.is_ok() {
-            self.inner.write().unwrap_or_else(|p| p.into_inner()).writer.mark_durable(&target);
-        }
+        let result = self.lead_sync();
         let mut sync = self.lock_sync();
         sync.syncing = false;
         match result {
-            Ok(()) => {
-                sync.durable_lsn = sync.durable_lsn.max(target.lsn);
-                sync.durable_renames = sync.durable_renames.max(target.renames);
+            Ok(durable_lsn) => {
+                sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
                 drop(sync);
                 self.synced.notify_all();
                 Ok(())
             }
             Err(e) => {
-                drop(sync);
                 // Never retried: after a failed fsync the kernel may have dropped the dirty
-                // pages and marked them clean, so a second fsync could succeed falsely.
-                Err(self.poison(e.into()))
+                // pages and marked them clean, so a second fsync could succeed falsely. Poisoned
+                // before the lock is released, so that no thread can lead that second fsync.
+                self.poisoned.store(true, Ordering::Release);
+                drop(sync);
+                self.synced.notify_all();
+                Err(e)
             }
         }
+    }
+
+    /// A leader's sync: makes everything written when it starts durable, the directory too if a
+    /// rename is unsynced, and returns the log sequence number reached.
+    fn lead_sync(&self) -> Result<u64> {
+        let target: SyncTarget = {
+            let inner = self.read();
+            // A failure under the lock (a rollover's) must stop this sync from starting.
+            self.check_poisoned()?;
+            inner.writer.sync_target()
+        };
+        target.file.sync_data()?;
+        if target.renames > target.durable_renames {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // A rollover may have synced the same file while this sync ran and failed. Linux reports
+        // a writeback error once per open file, so this sync's success would then prove nothing.
+        // Such a rollover poisons the log before it releases the lock just taken.
+        self.check_poisoned()?;
+        inner.writer.mark_durable(&target);
+        Ok(target.lsn)
     }
 
     fn sync_per_policy(&self, lsn: u64, needed: bool) -> Result<()> {
@@ -344,7 +368,9 @@ impl Wal {
             self.write_ops(&mut inner, &[Op::Compact { index, term }])?
         };
         self.sync_per_policy(lsn, true)?;
-        self.purge()
+        // The compaction has happened; releasing segments is housekeeping that cannot fail it.
+        self.purge();
+        Ok(())
     }
 
     /// Records that `metadata` is the newest snapshot; with `resets_log`, the log is replaced
@@ -367,7 +393,11 @@ impl Wal {
             self.write_ops(&mut inner, &[Op::Snapshot { metadata, resets_log }])?
         };
         self.sync_to(lsn, None)?;
-        if resets_log { self.purge() } else { Ok(()) }
+        if resets_log {
+            // The marker is durable: the snapshot is recorded whatever happens to old segments.
+            self.purge();
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -375,35 +405,57 @@ impl Wal {
         self.check_poisoned()?;
         let lsn = self.read().writer.lsn;
         self.sync_to(lsn, None)?;
-        // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments.
-        self.purge()
+        // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments; a
+        // purge that failed earlier is retried here too.
+        self.purge();
+        Ok(())
     }
 
     /// Deletes sealed segments that hold no live entry, oldest first, once everything written is
     /// durable (a deleted segment may hold the only durable copy of a compaction's prerequisites).
-    fn purge(&self) -> Result<()> {
+    ///
+    /// It never fails its caller: it runs after the record that made the segments unnecessary is
+    /// durable, so that change has happened. A segment whose removal fails stays, known to the
+    /// log, and the next purge (after the next compaction, snapshot or explicit sync) tries
+    /// again; nothing newer is removed before it, so a crash still leaves a suffix of the log. A
+    /// failed directory fsync poisons the log: whether the removal is durable is unknown, and
+    /// every later rename relies on that directory's fsync.
+    fn purge(&self) {
         let lsn = self.read().writer.lsn;
         if self.lock_sync().durable_lsn < lsn {
             // Not durable yet (SyncPolicy::Never): the next purge after a sync deletes them.
-            return Ok(());
+            return;
         }
-        let mut inner = self.write()?;
+        let Ok(mut inner) = self.write() else {
+            // Poisoned: the next open starts afresh, and its first purge deletes them.
+            return;
+        };
         if !inner.writer.is_durable() {
             // A write slipped in since the check; the purge after its sync will do this.
-            return Ok(());
+            return;
         }
         let first_needed = match inner.state.index.first_loc() {
             Some(loc) if loc != Loc::MISSING => u64::from(loc.segment),
             _ => inner.writer.active.sequence,
         };
         let doomed: Vec<u64> = inner.sealed.range(..first_needed).map(|(seq, _)| *seq).collect();
+        // Bounded by the sealed segments listed.
         for sequence in doomed {
-            let segment = inner.sealed.remove(&sequence).expect("listed above");
-            self.fs.remove_file(&self.dir.join(&segment.name))?;
+            let path = self.dir.join(&inner.sealed[&sequence].name);
+            match self.fs.remove_file(&path) {
+                Ok(()) => {}
+                // Gone already (by hand): nothing left to remove.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Still there: keep it, and everything newer, for the next purge.
+                Err(_) => return,
+            }
+            inner.sealed.remove(&sequence);
             // One at a time and durably: a crash must leave a suffix of the log, not a hole.
-            self.fs.sync_dir(&self.dir)?;
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                self.poison(e.into());
+                return;
+            }
         }
-        Ok(())
     }
 
     /// Writes a final checkpoint and syncs, so every record has a durable witness (a bit flip

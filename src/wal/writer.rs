@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -13,6 +14,21 @@ use crate::wal::format::{
     self, Checkpoint, ENTRIES_COUNT_LEN, Record, RecordType, SegmentHeader, append_record,
     framed_len,
 };
+use crate::wal::index::Loc;
+
+/// The largest sequence a segment may have. The index keeps a segment's sequence in 32 bits and
+/// reserves the largest value, and recovery refuses any sequence above this one, so the writer
+/// never creates one: a log whose last segment has it refuses to roll over.
+pub const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64 - 1;
+const _: () = assert!(MAX_SEGMENT_SEQUENCE < Loc::MISSING.segment as u64);
+
+/// The error a rollover (or a new log) past [`MAX_SEGMENT_SEQUENCE`] gets.
+pub fn sequence_exhausted(sequence: u64) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "segment sequence {sequence} is beyond the largest a log may use \
+         ({MAX_SEGMENT_SEQUENCE}): this log cannot grow; start a new one from a snapshot"
+    )))
+}
 
 /// One logical change to write.
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +117,8 @@ pub struct Sealed {
     pub name: String,
     /// The open file.
     pub file: Arc<dyn File>,
-    /// Log sequence number up to which everything is durable now that the segment is sealed.
+    /// Log sequence number up to which everything is durable, names included, now that the
+    /// segment is sealed.
     pub durable_lsn: u64,
 }
 
@@ -118,11 +135,42 @@ pub struct SyncTarget {
     pub lsn: u64,
     /// Directory changes made so far; a sync also syncs the directory if any is unsynced.
     pub renames: u64,
+    /// Directory changes known durable when the target was taken.
+    pub durable_renames: u64,
 }
 
 enum Prepared {
     Ready(u64, Arc<dyn File>),
-    Pending(u64, JoinHandle<std::io::Result<Arc<dyn File>>>),
+    Pending(Preparation),
+}
+
+/// A segment being prepared on a background thread. Dropping it stops the thread and waits for
+/// it: the thread must never outlive the log, or it could truncate and zero-fill a file of the
+/// same name that a reopened log has prepared, or even started writing to.
+struct Preparation {
+    sequence: u64,
+    cancel: Arc<AtomicBool>,
+    // `None` only once joined.
+    handle: Option<JoinHandle<std::io::Result<Arc<dyn File>>>>,
+}
+
+impl Preparation {
+    /// Waits for the prepared file.
+    fn wait(mut self) -> std::io::Result<Arc<dyn File>> {
+        let handle = self.handle.take().expect("joined only here and in drop");
+        handle.join().unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked")))
+    }
+}
+
+impl Drop for Preparation {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            // Its result (a file no segment will use, or the cancellation) is not needed; a
+            // leftover temp file is removed at the next open.
+            let _ = handle.join();
+        }
+    }
 }
 
 /// The write side of the WAL. Owned by the log's lock.
@@ -134,12 +182,27 @@ pub struct Writer {
     background: bool,
     /// The segment being appended to.
     pub active: Active,
+    /// The next segment's file. Declared after `active`: a writer being dropped tells a
+    /// preparation to stop (in `Drop for Writer`), closes its files, then waits for the thread
+    /// here.
     prepared: Option<Prepared>,
     buf: Vec<u8>,
     /// Bytes written since open (a log sequence number for group commit).
     pub lsn: u64,
     /// Renames made in the directory since open.
     pub renames: u64,
+    /// Renames known durable (a directory fsync after them returned). Invariant:
+    /// `durable_renames <= renames`.
+    pub durable_renames: u64,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(Prepared::Pending(preparation)) = &self.prepared {
+            // Stop it now rather than after the files close; `prepared`'s drop joins it.
+            preparation.cancel.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Writer {
@@ -148,11 +211,29 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-/// Creates, preallocates, zero-fills and syncs the file that will become segment `sequence`.
-fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc<dyn File>> {
+/// Fails once `cancel` is set: the log that wanted the segment is closing.
+fn check_cancel(cancel: &AtomicBool) -> std::io::Result<()> {
+    if cancel.load(Ordering::Acquire) {
+        return Err(std::io::Error::other("segment preparation stopped: the log is closing"));
+    }
+    Ok(())
+}
+
+/// Creates, preallocates, zero-fills and syncs the file that will become segment `sequence`,
+/// stopping between steps once `cancel` is set.
+fn prepare(
+    fs: &Fs,
+    dir: &Path,
+    sequence: u64,
+    size: u64,
+    cancel: &AtomicBool,
+) -> std::io::Result<Arc<dyn File>> {
+    check_cancel(cancel)?;
     let file = fs.create(&dir.join(format::temp_name(sequence)))?;
+    check_cancel(cancel)?;
     file.allocate(size)?;
-    zero_fill(file.as_ref(), size)?;
+    zero_fill(file.as_ref(), size, cancel)?;
+    check_cancel(cancel)?;
     // Sync the allocation and the zeros now, off the write path, so the first fdatasync of the
     // segment does not also have to persist its size.
     file.sync_data()?;
@@ -165,12 +246,13 @@ fn prepare(fs: &Fs, dir: &Path, sequence: u64, size: u64) -> std::io::Result<Arc
 /// and inode blocks on ext4 without a journal), which costs the log a large part of the disk's
 /// sync rate. Overwriting written zeros needs no metadata change. The contents do
 /// not change (an allocated file already reads as zeros), so recovery is unaffected.
-fn zero_fill(file: &dyn File, size: u64) -> std::io::Result<()> {
+fn zero_fill(file: &dyn File, size: u64, cancel: &AtomicBool) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(size) as usize];
     let mut at = 0;
     // Bounded: size / CHUNK passes.
     while at < size {
+        check_cancel(cancel)?;
         let n = CHUNK.min(size - at);
         file.write_all_at(&zeros[..n as usize], at)?;
         at += n;
@@ -187,6 +269,11 @@ struct Plan<'a> {
 impl Writer {
     /// A writer appending to `active`.
     pub fn new(fs: Fs, dir: PathBuf, options: &crate::WalOptions, active: Active) -> Writer {
+        assert!(
+            active.sequence <= MAX_SEGMENT_SEQUENCE,
+            "segment sequence {} is beyond {MAX_SEGMENT_SEQUENCE}",
+            active.sequence
+        );
         let mut writer = Writer {
             fs,
             dir,
@@ -198,6 +285,7 @@ impl Writer {
             buf: Vec::new(),
             lsn: 0,
             renames: 0,
+            durable_renames: 0,
         };
         writer.start_preparing();
         writer
@@ -205,14 +293,18 @@ impl Writer {
 
     fn start_preparing(&mut self) {
         let sequence = self.active.sequence + 1;
+        if sequence > MAX_SEGMENT_SEQUENCE {
+            // No segment can follow this one; the rollover will say so.
+            return self.prepared = None;
+        }
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
+        let cancel = Arc::new(AtomicBool::new(false));
         self.prepared = Some(if self.background {
-            Prepared::Pending(
-                sequence,
-                std::thread::spawn(move || prepare(&fs, &dir, sequence, size)),
-            )
+            let stop = cancel.clone();
+            let handle = std::thread::spawn(move || prepare(&fs, &dir, sequence, size, &stop));
+            Prepared::Pending(Preparation { sequence, cancel, handle: Some(handle) })
         } else {
-            match prepare(&fs, &dir, sequence, size) {
+            match prepare(&fs, &dir, sequence, size, &cancel) {
                 Ok(file) => Prepared::Ready(sequence, file),
                 // Not fatal: the rollover will try again and report the error then.
                 Err(_) => return self.prepared = None,
@@ -223,10 +315,13 @@ impl Writer {
     fn take_prepared(&mut self, sequence: u64) -> std::io::Result<Arc<dyn File>> {
         match self.prepared.take() {
             Some(Prepared::Ready(seq, file)) if seq == sequence => Ok(file),
-            Some(Prepared::Pending(seq, handle)) if seq == sequence => handle
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked"))),
-            _ => prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes),
+            Some(Prepared::Pending(preparation)) if preparation.sequence == sequence => {
+                preparation.wait()
+            }
+            _ => {
+                let never = AtomicBool::new(false);
+                prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes, &never)
+            }
         }
     }
 
@@ -356,6 +451,10 @@ impl Writer {
     /// entry will be `first_index`.
     fn roll(&mut self, first_index: u64) -> Result<Sealed, Failure> {
         let sequence = self.active.sequence + 1;
+        // A segment that recovery would refuse is never created.
+        if sequence > MAX_SEGMENT_SEQUENCE {
+            return Err(Failure::Refused(sequence_exhausted(sequence)));
+        }
         // Get the next file first: if that fails, nothing has changed.
         let file = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
         // A later segment must never be durable while an earlier one is not: recovery treats
@@ -363,6 +462,14 @@ impl Writer {
         if self.active.durable_offset < self.active.write_offset {
             self.active.file.sync_data().map_err(|e| Failure::Poison(e.into()))?;
             self.active.durable_offset = self.active.write_offset;
+        }
+        // The same for names: the rename that created the old segment (and any before it) must
+        // be durable before the new one's, or a power cut could keep the new segment and lose
+        // the old one (a gap). It also lets the caller count everything written so far as
+        // durable: an acknowledgement must never depend on a rename no directory fsync covered.
+        if self.renames > self.durable_renames {
+            self.fs.sync_dir(&self.dir).map_err(|e| Failure::Poison(e.into()))?;
+            self.durable_renames = self.renames;
         }
         let name = format::segment_name(sequence, first_index);
         let temp = self.dir.join(format::temp_name(sequence));
@@ -392,11 +499,15 @@ impl Writer {
             offset: self.active.write_offset,
             lsn: self.lsn,
             renames: self.renames,
+            durable_renames: self.durable_renames,
         }
     }
 
     /// Records that a sync of `target` returned successfully.
     pub fn mark_durable(&mut self, target: &SyncTarget) {
+        // The sync covered the directory too whenever a rename was unsynced.
+        assert!(target.renames <= self.renames, "cannot sync renames not made yet");
+        self.durable_renames = self.durable_renames.max(target.renames);
         if self.active.sequence == target.sequence && target.offset > self.active.durable_offset {
             assert!(target.offset <= self.active.write_offset, "cannot sync past the written end");
             self.active.durable_offset = target.offset;

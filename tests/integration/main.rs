@@ -18,4 +18,5 @@ mod raft_properties;
 mod raft_replication;
 mod raft_sim;
 mod wal;
+mod wal_hardening;
 mod wal_storage;

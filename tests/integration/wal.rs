@@ -309,6 +309,55 @@ fn a_crash_at_every_io_operation_keeps_everything_before_the_last_sync() {
     println!("wal crash points checked (sync never, explicit syncs): {points} x 3 seeds");
 }
 
+/// Runs `steps` once and, after each, opens what a power cut right then would leave (nothing
+/// unsynced, directory operations included): it must hold every durable step (every
+/// acknowledged one under `SyncPolicy::Always`, those up to the last `Sync` under `Never`).
+fn every_acknowledgement_survives_a_power_cut_right_after_it(options: &WalOptions, steps: &[Step]) {
+    let want = expected(steps);
+    let fs = CrashFs::new();
+    let wal = open(&fs, options).unwrap();
+    let always = options.sync_policy == SyncPolicy::Always;
+    let mut durable = 0;
+    for (k, step) in steps.iter().enumerate() {
+        apply(&wal, step).unwrap();
+        if always || matches!(step, Step::Sync) {
+            durable = k + 1;
+        }
+        let cut = fs.power_cut_copy();
+        let after = open(&cut, options)
+            .unwrap_or_else(|e| panic!("a power cut after step {k} leaves no log: {e}"));
+        let allowed = if always {
+            same_as(&after, &want.states[k + 1])
+        } else {
+            (durable..=k + 1)
+                .flat_map(|j| [Some(&want.states[j]), want.partial[j].as_ref()])
+                .flatten()
+                .any(|m| same_as(&after, m))
+        };
+        assert!(
+            allowed,
+            "power cut after step {k} (durable up to {durable}): {}",
+            describe(&after)
+        );
+    }
+}
+
+#[test]
+fn every_acknowledged_step_survives_a_power_cut_right_after_it() {
+    every_acknowledgement_survives_a_power_cut_right_after_it(&small_options(), &workload());
+    let background = WalOptions { prepare_in_background: true, ..small_options() };
+    every_acknowledgement_survives_a_power_cut_right_after_it(&background, &workload());
+    let never = WalOptions { sync_policy: SyncPolicy::Never, ..small_options() };
+    let mut steps = Vec::new();
+    for (k, step) in workload().into_iter().enumerate() {
+        steps.push(step);
+        if k % 3 == 2 {
+            steps.push(Step::Sync);
+        }
+    }
+    every_acknowledgement_survives_a_power_cut_right_after_it(&never, &steps);
+}
+
 /// Copies every file of `from` into a fresh CrashFs.
 fn copy_fs(from: &CrashFs) -> CrashFs {
     let to = CrashFs::new();
