@@ -20,9 +20,11 @@ pub fn snapshot_name(term: u64, index: u64) -> String {
     format!("{term:016x}-{index:016x}{SNAPSHOT_SUFFIX}")
 }
 
-/// The temp file a snapshot is written to before it is renamed to [`snapshot_name`].
-pub fn temp_name(term: u64, index: u64) -> String {
-    format!("{term:016x}-{index:016x}{TEMP_SUFFIX}")
+/// The temp file writer number `writer` streams a snapshot into before it is renamed to
+/// [`snapshot_name`]: `{term:016x}-{index:016x}.{writer:x}.snap.tmp`. Each writer has its own
+/// file, so two writers of one snapshot never write into (or remove) each other's.
+pub fn temp_name(term: u64, index: u64, writer: u64) -> String {
+    format!("{term:016x}-{index:016x}.{writer:x}{TEMP_SUFFIX}")
 }
 
 /// The (term, index) a snapshot file name carries.
@@ -256,5 +258,8 @@ mod tests {
         assert_eq!(parse_snapshot_name(&names[2]), Some((2, 301)));
         assert_eq!(parse_snapshot_name("x.snap"), None);
         assert_eq!(parse_snapshot_name(&format!("{}{}", snapshot_name(1, 1), BROKEN_SUFFIX)), None);
+        assert_eq!(parse_snapshot_name(&temp_name(1, 1, 0)), None);
+        assert_ne!(temp_name(1, 1, 0), temp_name(1, 1, 1));
+        assert!(temp_name(1, 1, u64::MAX).ends_with(TEMP_SUFFIX));
     }
 }

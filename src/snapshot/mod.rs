@@ -7,6 +7,7 @@ pub mod format;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -20,6 +21,11 @@ const WRITE_BUFFER_BYTES: usize = 256 << 10;
 /// Largest allocation made up front for a snapshot's data; more grows as bytes really arrive, so a
 /// forged length field cannot make a reader allocate.
 const MAX_PREALLOCATION_BYTES: u64 = 64 << 20;
+
+/// Numbers the temp files of snapshot writers. Process-wide, so that writers never share a temp
+/// file even through two stores on one directory; another process is kept out of the directory
+/// by the WAL's lock.
+static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
 
 /// The snapshot directory.
 #[derive(Clone, Debug)]
@@ -40,7 +46,8 @@ pub struct StoredSnapshot {
 }
 
 impl SnapshotStore {
-    /// The store in `dir` (created durably if missing); leftover temp files are removed.
+    /// The store in `dir` (created durably if missing); leftover temp files (of every writer)
+    /// are removed.
     pub fn open(fs: Fs, dir: &Path) -> Result<SnapshotStore> {
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         for name in fs.list(dir)? {
@@ -92,7 +99,10 @@ impl SnapshotStore {
     /// as is). Nothing is visible until [`SnapshotFileWriter::finish`].
     pub fn begin(&self, metadata: SnapshotMetadata, level: i32) -> Result<SnapshotFileWriter> {
         let name = format::snapshot_name(metadata.term, metadata.index);
-        let temp = format::temp_name(metadata.term, metadata.index);
+        // Its own temp file: a second writer of the same snapshot (a retried install, two
+        // creates at one index) must not truncate, overwrite or remove this one's.
+        let writer = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
+        let temp = format::temp_name(metadata.term, metadata.index, writer);
         let file = self.fs.create(&self.dir.join(&temp))?;
         let compression = if level == 0 { Compression::None } else { Compression::Zstd };
         // The header is rewritten with the lengths and CRC at the end; its metadata part is final
@@ -423,5 +433,45 @@ impl Read for SnapshotReader {
             self.check_end()?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FileSystem, RealFs};
+    use crate::types::ConfState;
+
+    fn store(dir: &Path) -> SnapshotStore {
+        SnapshotStore::open(Arc::new(RealFs), dir).unwrap()
+    }
+
+    fn metadata() -> SnapshotMetadata {
+        SnapshotMetadata {
+            index: 9,
+            term: 2,
+            conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+        }
+    }
+
+    #[test]
+    fn open_removes_the_temp_files_of_every_unfinished_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let (mut a, mut b) =
+            (store.begin(metadata(), 3).unwrap(), store.begin(metadata(), 0).unwrap());
+        a.write_all(b"one").unwrap();
+        b.write_all(b"two").unwrap();
+        // A crash: neither finishes nor cleans up.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        let temps = |dir: &Path| {
+            let names = RealFs.list(dir).unwrap();
+            names.into_iter().filter(|n| n.ends_with(format::TEMP_SUFFIX)).count()
+        };
+        assert_eq!(temps(tmp.path()), 2, "one temp file per writer");
+        let store = self::store(tmp.path());
+        assert_eq!(temps(tmp.path()), 0);
+        assert_eq!(store.list().unwrap(), Vec::new());
     }
 }

@@ -16,5 +16,6 @@ mod raft_net;
 mod raft_properties;
 mod raft_replication;
 mod raft_sim;
+mod snapshot_hardening;
 mod wal;
 mod wal_storage;
