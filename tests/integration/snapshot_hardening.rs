@@ -1,11 +1,15 @@
 //! The snapshot paths of both storages under unusual but legal use: two writers of one snapshot
-//! at once.
+//! at once, a log compacted while a snapshot streams, and a membership-only snapshot (index 0)
+//! offered to a log that already holds entries.
 
 use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
-use raftwal::{ConfState, Entry, Error, SnapshotMetadata, Storage, WalOptions, WalStorage};
+use raftwal::{
+    ConfState, Entry, Error, MemoryStorage, Snapshot, SnapshotMetadata, Storage, WalOptions,
+    WalStorage,
+};
 
 fn options() -> WalOptions {
     WalOptions {
@@ -116,4 +120,59 @@ fn a_dropped_writer_of_one_snapshot_leaves_the_other_writers_file_alone() {
     let storage = WalStorage::open(tmp.path(), options()).unwrap();
     assert_eq!(storage.snapshot().unwrap().data, Bytes::from(data_a));
     assert_eq!(snap_files(tmp.path()), [raftwal::snapshot::format::snapshot_name(1, 8)]);
+}
+
+#[test]
+fn a_snapshot_of_an_index_compacted_away_is_compacted_on_both_storages() {
+    let memory = MemoryStorage::new();
+    memory.append(&run(1, 10, 1)).unwrap();
+    memory.compact(7).unwrap();
+    assert!(matches!(memory.create_snapshot(5, None, Bytes::new()), Err(Error::Compacted)));
+    assert_eq!(memory.snapshot().unwrap().metadata.index, 0, "nothing recorded");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.append(&run(1, 10, 1)).unwrap();
+    // Compacted while the snapshot streams: the commit finds the entry gone.
+    let mut writer = storage.snapshot_writer(5, None).unwrap();
+    writer.write_all(b"state at five").unwrap();
+    storage.compact(7).unwrap();
+    assert!(matches!(writer.finish(), Err(Error::Compacted)));
+    // Compacted before: refused at once.
+    assert!(matches!(storage.create_snapshot(5, None, Bytes::new()), Err(Error::Compacted)));
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 0, "nothing recorded");
+    assert_eq!(storage.first_index().unwrap(), 8);
+    drop(storage);
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 0);
+    assert_eq!(snap_files(tmp.path()), Vec::<String>::new(), "no file left behind");
+}
+
+fn membership_only() -> Snapshot {
+    Snapshot {
+        metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
+        data: Bytes::new(),
+    }
+}
+
+#[test]
+fn an_index_0_snapshot_bootstraps_an_empty_log_and_never_wipes_one_on_both_storages() {
+    let memory = MemoryStorage::new();
+    memory.apply_snapshot(membership_only()).unwrap();
+    memory.append(&run(1, 5, 1)).unwrap();
+    assert!(matches!(memory.apply_snapshot(membership_only()), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(memory.last_index().unwrap(), 5);
+    assert_eq!(memory.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.apply_snapshot(membership_only()).unwrap();
+    assert_eq!(storage.initial_state().unwrap().conf_state, voters(&[1, 2, 3]));
+    storage.append(&run(1, 5, 1)).unwrap();
+    assert!(matches!(storage.apply_snapshot(membership_only()), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(storage.last_index().unwrap(), 5);
+    drop(storage);
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.last_index().unwrap(), 5);
+    assert_eq!(storage.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
 }
