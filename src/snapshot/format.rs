@@ -66,6 +66,14 @@ pub const SNAPSHOT_HEADER_LEN: usize = RESERVED_OFFSET + size_of::<u32>();
 /// Largest metadata accepted: a membership of a few thousand nodes fits many times over.
 pub const MAX_META_LEN: u32 = 1 << 20;
 
+/// A zstd body's frames use a window of at most `1 << ZSTD_WINDOW_LOG_MAX` bytes (8 MiB): readers
+/// refuse a frame that declares more, so a forged file cannot make a reader allocate zstd's
+/// default limit of 128 MiB.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// The highest zstd level whose own window fits [`ZSTD_WINDOW_LOG_MAX`] (zstd's levels 20 to 22
+/// use 32 to 128 MiB); writers cap the window of the levels above it.
+pub const ZSTD_MAX_LEVEL_WITHIN_WINDOW: i32 = 19;
+
 /// How the body is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
