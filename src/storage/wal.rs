@@ -256,8 +256,10 @@ impl WalStorage {
             if self.wal.snapshot_metadata() != metadata {
                 let _ = self.snaps.remove(&name);
             }
-            // A compaction past the index since the check above: answered as if it came first.
-            if !resets_log && matches!(self.wal.term(metadata.index), Err(Error::Compacted)) {
+            // Refused because a compaction passed the index since the check above: answered as
+            // if it had come first. (A failed write or sync is reported as it is.)
+            let compacted = matches!(self.wal.term(metadata.index), Err(Error::Compacted));
+            if !resets_log && matches!(e, Error::ContractViolation(_)) && compacted {
                 return Err(Error::Compacted);
             }
             return Err(e);
