@@ -137,6 +137,46 @@ pub(crate) fn trim_append(entries: &[Entry], first: u64, last: u64) -> Result<&[
     Ok(kept)
 }
 
+/// The term of the snapshot a node creates at `index` (etcd's `CreateSnapshot`), given the index
+/// of the newest snapshot, the log's answer to `term(index)` and the last index.
+///
+/// Errors: `index` at or below the newest snapshot gives [`Error::SnapshotOutOfDate`]; an index
+/// the log has compacted past gives [`Error::Compacted`] (the entry's term is gone, as
+/// `Storage::term` says); an index beyond the last entry is a contract violation.
+pub(crate) fn snapshot_term(
+    index: u64,
+    snapshot_index: u64,
+    term: Result<u64>,
+    last: u64,
+) -> Result<u64> {
+    if index <= snapshot_index {
+        return Err(Error::SnapshotOutOfDate);
+    }
+    match term {
+        Err(Error::Unavailable) => {
+            Err(Error::contract(format!("snapshot {index} is out of bound lastindex({last})")))
+        }
+        other => other,
+    }
+}
+
+/// Checks that a snapshot at `incoming` may replace a log whose newest snapshot is at `current`
+/// and whose last index is `last` (etcd's `ApplySnapshot`).
+///
+/// A snapshot at index 0 carries only a membership: it bootstraps a storage that has never held
+/// an entry or a snapshot, and is [`Error::SnapshotOutOfDate`] on any other (applied there, it
+/// would wipe the log). Any other snapshot must be newer than the newest one.
+pub(crate) fn check_apply_snapshot(current: u64, last: u64, incoming: u64) -> Result<()> {
+    if incoming == 0 {
+        let empty = current == 0 && last == 0;
+        return if empty { Ok(()) } else { Err(Error::SnapshotOutOfDate) };
+    }
+    if current >= incoming {
+        return Err(Error::SnapshotOutOfDate);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +198,29 @@ mod tests {
     fn trim_append_rejects_non_contiguous_input() {
         let es = [Entry::new(5, 1, vec![]), Entry::new(7, 1, vec![])];
         assert!(matches!(trim_append(&es, 1, 10), Err(Error::ContractViolation(_))));
+    }
+
+    #[test]
+    fn snapshot_term_follows_etcd_create_snapshot() {
+        assert!(matches!(snapshot_term(5, 5, Ok(2), 9), Err(Error::SnapshotOutOfDate)));
+        assert!(matches!(snapshot_term(6, 5, Ok(2), 9), Ok(2)));
+        assert!(matches!(snapshot_term(6, 0, Err(Error::Compacted), 9), Err(Error::Compacted)));
+        assert!(matches!(
+            snapshot_term(10, 0, Err(Error::Unavailable), 9),
+            Err(Error::ContractViolation(_))
+        ));
+    }
+
+    #[test]
+    fn an_index_0_snapshot_only_bootstraps_an_empty_log() {
+        let out_of_date = |r: Result<()>| matches!(r, Err(Error::SnapshotOutOfDate));
+        assert!(check_apply_snapshot(0, 0, 0).is_ok());
+        assert!(out_of_date(check_apply_snapshot(0, 3, 0)));
+        assert!(out_of_date(check_apply_snapshot(4, 4, 0)));
+        // A snapshot at 4, then the log cut back by a conflicting append at 1.
+        assert!(out_of_date(check_apply_snapshot(4, 0, 0)));
+        assert!(check_apply_snapshot(0, 3, 2).is_ok());
+        assert!(out_of_date(check_apply_snapshot(4, 9, 4)));
+        assert!(check_apply_snapshot(4, 9, 5).is_ok());
     }
 }

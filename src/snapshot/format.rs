@@ -20,9 +20,11 @@ pub fn snapshot_name(term: u64, index: u64) -> String {
     format!("{term:016x}-{index:016x}{SNAPSHOT_SUFFIX}")
 }
 
-/// The temp file a snapshot is written to before it is renamed to [`snapshot_name`].
-pub fn temp_name(term: u64, index: u64) -> String {
-    format!("{term:016x}-{index:016x}{TEMP_SUFFIX}")
+/// The temp file writer number `writer` streams a snapshot into before it is renamed to
+/// [`snapshot_name`]: `{term:016x}-{index:016x}.{writer:x}.snap.tmp`. Each writer has its own
+/// file, so two writers of one snapshot never write into (or remove) each other's.
+pub fn temp_name(term: u64, index: u64, writer: u64) -> String {
+    format!("{term:016x}-{index:016x}.{writer:x}{TEMP_SUFFIX}")
 }
 
 /// The (term, index) a snapshot file name carries.
@@ -63,6 +65,14 @@ pub const SNAPSHOT_HEADER_LEN: usize = RESERVED_OFFSET + size_of::<u32>();
 
 /// Largest metadata accepted: a membership of a few thousand nodes fits many times over.
 pub const MAX_META_LEN: u32 = 1 << 20;
+
+/// A zstd body's frames use a window of at most `1 << ZSTD_WINDOW_LOG_MAX` bytes (8 MiB): readers
+/// refuse a frame that declares more, so a forged file cannot make a reader allocate zstd's
+/// default limit of 128 MiB.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// The highest zstd level whose own window fits [`ZSTD_WINDOW_LOG_MAX`] (zstd's levels 20 to 22
+/// use 32 to 128 MiB); writers cap the window of the levels above it.
+pub const ZSTD_MAX_LEVEL_WITHIN_WINDOW: i32 = 19;
 
 /// How the body is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,5 +266,8 @@ mod tests {
         assert_eq!(parse_snapshot_name(&names[2]), Some((2, 301)));
         assert_eq!(parse_snapshot_name("x.snap"), None);
         assert_eq!(parse_snapshot_name(&format!("{}{}", snapshot_name(1, 1), BROKEN_SUFFIX)), None);
+        assert_eq!(parse_snapshot_name(&temp_name(1, 1, 0)), None);
+        assert_ne!(temp_name(1, 1, 0), temp_name(1, 1, 1));
+        assert!(temp_name(1, 1, u64::MAX).ends_with(TEMP_SUFFIX));
     }
 }

@@ -4,9 +4,10 @@
 
 pub mod format;
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -17,9 +18,14 @@ use format::{Compression, HeaderError, SNAPSHOT_HEADER_LEN, SnapshotHeader};
 
 /// Bytes buffered before a body write reaches the file.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
-/// Largest allocation made up front for a snapshot's data; more grows as bytes really arrive, so a
-/// forged length field cannot make a reader allocate.
-const MAX_PREALLOCATION_BYTES: u64 = 64 << 20;
+/// Largest allocation made up front for a snapshot's data; more grows only as bytes really
+/// arrive, so a forged length field cannot make a reader allocate.
+const MAX_PREALLOCATION_BYTES: u64 = 64 << 10;
+
+/// Numbers the temp files of snapshot writers. Process-wide, so that writers never share a temp
+/// file even through two stores on one directory; another process is kept out of the directory
+/// by the WAL's lock.
+static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
 
 /// The snapshot directory.
 #[derive(Clone, Debug)]
@@ -40,7 +46,8 @@ pub struct StoredSnapshot {
 }
 
 impl SnapshotStore {
-    /// The store in `dir` (created durably if missing); leftover temp files are removed.
+    /// The store in `dir` (created durably if missing); leftover temp files (of every writer)
+    /// are removed.
     pub fn open(fs: Fs, dir: &Path) -> Result<SnapshotStore> {
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         for name in fs.list(dir)? {
@@ -92,7 +99,10 @@ impl SnapshotStore {
     /// as is). Nothing is visible until [`SnapshotFileWriter::finish`].
     pub fn begin(&self, metadata: SnapshotMetadata, level: i32) -> Result<SnapshotFileWriter> {
         let name = format::snapshot_name(metadata.term, metadata.index);
-        let temp = format::temp_name(metadata.term, metadata.index);
+        // Its own temp file: a second writer of the same snapshot (a retried install, two
+        // creates at one index) must not truncate, overwrite or remove this one's.
+        let writer = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
+        let temp = format::temp_name(metadata.term, metadata.index, writer);
         let file = self.fs.create(&self.dir.join(&temp))?;
         let compression = if level == 0 { Compression::None } else { Compression::Zstd };
         // The header is rewritten with the lengths and CRC at the end; its metadata part is final
@@ -108,7 +118,13 @@ impl SnapshotStore {
         };
         let body = match compression {
             Compression::None => Body::Plain(sink),
-            Compression::Zstd => Body::Zstd(zstd::stream::write::Encoder::new(sink, level)?),
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
+                if level > format::ZSTD_MAX_LEVEL_WITHIN_WINDOW {
+                    encoder.window_log(format::ZSTD_WINDOW_LOG_MAX)?;
+                }
+                Body::Zstd(encoder)
+            }
         };
         Ok(SnapshotFileWriter {
             store: self.clone(),
@@ -150,7 +166,7 @@ impl SnapshotStore {
         let source = BodySource { file, offset: start, end, crc: crc32fast::Hasher::new() };
         let body = match header.compression {
             Compression::None => Decoded::Plain(source),
-            Compression::Zstd => Decoded::Zstd(Box::new(zstd::stream::read::Decoder::new(source)?)),
+            Compression::Zstd => Decoded::Zstd(Box::new(ZstdBody::new(source)?)),
         };
         Ok(SnapshotReader {
             name: format!("snap/{name}"),
@@ -164,11 +180,17 @@ impl SnapshotStore {
 
     /// Reads the whole snapshot file `name` into memory, checking it.
     pub fn read_all(&self, name: &str) -> Result<Snapshot> {
+        let mut data = Vec::new();
+        let metadata = self.read_into(name, &mut data)?;
+        Ok(Snapshot { metadata, data: Bytes::from(data) })
+    }
+
+    /// Reads the data of the snapshot file `name` into `data`, checking it.
+    fn read_into(&self, name: &str, data: &mut Vec<u8>) -> Result<SnapshotMetadata> {
         let mut reader = self.reader(name)?;
-        let mut data =
-            Vec::with_capacity(reader.header.data_len.min(MAX_PREALLOCATION_BYTES) as usize);
-        reader.read_to_end(&mut data).map_err(io_to_error)?;
-        Ok(Snapshot { metadata: reader.header.metadata.clone(), data: Bytes::from(data) })
+        data.reserve(reader.header.data_len.min(MAX_PREALLOCATION_BYTES) as usize);
+        reader.read_to_end(data).map_err(io_to_error)?;
+        Ok(reader.header.metadata.clone())
     }
 
     /// Reads the snapshot file `name` through to the end without keeping it, checking every byte.
@@ -332,9 +354,97 @@ impl Read for BodySource {
     }
 }
 
+/// Why a zstd body could not be decoded.
+enum ZstdFailure {
+    /// Reading the stored bytes failed.
+    Io(io::Error),
+    /// The stored bytes are not a zstd stream raftwal writes.
+    Damaged,
+}
+
+/// Decodes a zstd body, with a window of at most `1 << ZSTD_WINDOW_LOG_MAX` bytes: the
+/// decoder's memory is bounded whatever the frames declare.
+struct ZstdBody {
+    source: BodySource,
+    context: zstd_safe::DCtx<'static>,
+    /// Stored bytes read but not yet decoded: `input[start..end]`.
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// The source has delivered its last byte.
+    source_done: bool,
+    /// The last decoding step ended a frame.
+    frame_done: bool,
+}
+
+impl ZstdBody {
+    fn new(source: BodySource) -> io::Result<ZstdBody> {
+        let mut context = zstd_safe::DCtx::try_create()
+            .ok_or_else(|| io::Error::other("zstd: cannot allocate a decoder"))?;
+        context
+            .set_parameter(zstd_safe::DParameter::WindowLogMax(format::ZSTD_WINDOW_LOG_MAX))
+            .map_err(|code| io::Error::other(zstd_safe::get_error_name(code)))?;
+        Ok(ZstdBody {
+            source,
+            context,
+            input: vec![0; zstd_safe::DCtx::in_size()].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            source_done: false,
+            // An empty body holds no frame to finish.
+            frame_done: true,
+        })
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::result::Result<usize, ZstdFailure> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Bounded: each pass returns, or reads stored bytes, or decodes some of them; the stored
+        // length bounds both.
+        loop {
+            if self.start == self.end && !self.source_done {
+                let n = self.source.read(&mut self.input).map_err(ZstdFailure::Io)?;
+                self.source_done = n == 0;
+                (self.start, self.end) = (0, n);
+            }
+            let mut output = zstd_safe::OutBuffer::around(&mut *buf);
+            let mut input = zstd_safe::InBuffer::around(&self.input[self.start..self.end]);
+            let hint = self
+                .context
+                .decompress_stream(&mut output, &mut input)
+                .map_err(|_| ZstdFailure::Damaged)?;
+            let (consumed, produced) = (input.pos(), output.pos());
+            self.start += consumed;
+            if hint == 0 {
+                self.frame_done = true;
+            } else if consumed > 0 || produced > 0 {
+                self.frame_done = false;
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if self.start == self.end && self.source_done {
+                // The stored bytes end: complete only if the last frame did.
+                return if self.frame_done { Ok(0) } else { Err(ZstdFailure::Damaged) };
+            }
+            if consumed == 0 && self.start < self.end {
+                // Input and room for output, and no progress: not a stream zstd can decode.
+                return Err(ZstdFailure::Damaged);
+            }
+        }
+    }
+
+    /// Bytes the decoder holds (its window and buffers).
+    #[cfg(test)]
+    fn memory_bytes(&self) -> usize {
+        self.context.sizeof() + self.input.len()
+    }
+}
+
 enum Decoded {
     Plain(BodySource),
-    Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<BodySource>>>),
+    Zstd(Box<ZstdBody>),
 }
 
 /// Streams a snapshot's data out of its file. The body's CRC and lengths are checked when the
@@ -381,7 +491,7 @@ impl SnapshotReader {
     fn source(&mut self) -> &mut BodySource {
         match &mut self.body {
             Decoded::Plain(source) => source,
-            Decoded::Zstd(decoder) => decoder.get_mut().get_mut(),
+            Decoded::Zstd(decoder) => &mut decoder.source,
         }
     }
 
@@ -411,8 +521,12 @@ impl Read for SnapshotReader {
             Decoded::Plain(source) => source.read(buf)?,
             Decoded::Zstd(decoder) => match decoder.read(buf) {
                 Ok(n) => n,
-                // A stream that does not decode is damage, whatever the decoder calls it.
-                Err(_) => return Err(self.damaged(CorruptionKind::ChecksumMismatch)),
+                Err(ZstdFailure::Io(e)) => return Err(e),
+                // A stream that does not decode (or declares a window beyond the limit) is
+                // damage, whatever the decoder calls it.
+                Err(ZstdFailure::Damaged) => {
+                    return Err(self.damaged(CorruptionKind::ChecksumMismatch));
+                }
             },
         };
         self.produced += n as u64;
@@ -423,5 +537,164 @@ impl Read for SnapshotReader {
             self.check_end()?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FileSystem, RealFs};
+    use crate::types::ConfState;
+
+    fn store(dir: &Path) -> SnapshotStore {
+        SnapshotStore::open(Arc::new(RealFs), dir).unwrap()
+    }
+
+    fn metadata() -> SnapshotMetadata {
+        SnapshotMetadata {
+            index: 9,
+            term: 2,
+            conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+        }
+    }
+
+    /// Writes a snapshot file whose header says `data_len` and whose body is `body` as stored,
+    /// with a correct CRC: what a forger (or a buggy writer) can produce.
+    fn forge(dir: &Path, compression: Compression, data_len: u64, body: &[u8]) -> String {
+        let header = SnapshotHeader {
+            compression,
+            data_len,
+            stored_len: body.len() as u64,
+            body_crc: crc32fast::hash(body),
+            metadata: metadata(),
+        };
+        let mut bytes = header.encode();
+        bytes.extend_from_slice(body);
+        let name = format::snapshot_name(2, 9);
+        std::fs::write(dir.join(&name), bytes).unwrap();
+        name
+    }
+
+    fn is_corruption(result: &Result<SnapshotMetadata>) -> bool {
+        matches!(result, Err(Error::Corruption { .. }))
+    }
+
+    #[test]
+    fn open_removes_the_temp_files_of_every_unfinished_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let (mut a, mut b) =
+            (store.begin(metadata(), 3).unwrap(), store.begin(metadata(), 0).unwrap());
+        a.write_all(b"one").unwrap();
+        b.write_all(b"two").unwrap();
+        // A crash: neither finishes nor cleans up.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        let temps = |dir: &Path| {
+            let names = RealFs.list(dir).unwrap();
+            names.into_iter().filter(|n| n.ends_with(format::TEMP_SUFFIX)).count()
+        };
+        assert_eq!(temps(tmp.path()), 2, "one temp file per writer");
+        let store = self::store(tmp.path());
+        assert_eq!(temps(tmp.path()), 0);
+        assert_eq!(store.list().unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_forged_data_len_allocates_only_what_the_body_delivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = zstd::bulk::compress(b"tiny", 3).unwrap();
+        let name = forge(tmp.path(), Compression::Zstd, 1 << 40, &body);
+        let mut data = Vec::new();
+        let result = store(tmp.path()).read_into(&name, &mut data);
+        assert!(is_corruption(&result), "{result:?}");
+        assert!(data.capacity() <= 64 << 10, "allocated {} bytes for 4", data.capacity());
+    }
+
+    #[test]
+    fn a_zstd_body_longer_than_data_len_is_corruption_before_it_is_all_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+        let name = forge(tmp.path(), Compression::Zstd, 10, &body);
+        let mut reader = store(tmp.path()).reader(&name).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let error = reader.read(&mut buf).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(reader.produced <= buf.len() as u64, "stopped at the first read past data_len");
+    }
+
+    /// A zstd frame of one raw block holding `payload`, whose header declares a window of
+    /// `1 << window_log` bytes (RFC 8878, 3.1.1).
+    fn frame_with_window(window_log: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD];
+        // Frame header descriptor: no content size, not single-segment, no checksum, no
+        // dictionary; then the window descriptor (exponent above 2^10, mantissa 0).
+        frame.push(0);
+        frame.push(((window_log - 10) << 3) as u8);
+        // Block header: last block, raw, `payload.len()` bytes.
+        let block = 1 | (payload.len() as u32) << 3;
+        frame.extend_from_slice(&block.to_le_bytes()[..3]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn a_zstd_frame_declaring_a_huge_window_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        // The frame is well formed: a window within the limit decodes.
+        let name = forge(tmp.path(), Compression::Zstd, 5, &frame_with_window(20, b"hello"));
+        assert_eq!(store.read_all(&name).unwrap().data, Bytes::from_static(b"hello"));
+        // 2^27 bytes: zstd's own default limit, far above what raftwal's writers use.
+        let name = forge(tmp.path(), Compression::Zstd, 5, &frame_with_window(27, b"hello"));
+        let mut data = Vec::new();
+        let result = store.read_into(&name, &mut data);
+        assert!(is_corruption(&result), "{result:?}");
+        // Refused before its window is allocated.
+        let mut reader = store.reader(&name).unwrap();
+        let error = reader.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let Decoded::Zstd(decoder) = &reader.body else { panic!("a zstd body") };
+        assert!(decoder.memory_bytes() < 1 << 20, "decoder holds {} bytes", decoder.memory_bytes());
+        // At the limit, the window is allocated and bounded by it.
+        let limit = format::ZSTD_WINDOW_LOG_MAX;
+        let name = forge(tmp.path(), Compression::Zstd, 5, &frame_with_window(limit, b"hello"));
+        let mut reader = store.reader(&name).unwrap();
+        assert_eq!(reader.read_to_end(&mut Vec::new()).unwrap(), 5);
+        let Decoded::Zstd(decoder) = &reader.body else { panic!("a zstd body") };
+        let held = decoder.memory_bytes();
+        assert!(held < (1 << limit) + (2 << 20), "decoder holds {held} bytes");
+    }
+
+    #[test]
+    fn every_compression_level_writes_a_window_readers_accept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let data: Vec<u8> =
+            (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for level in [1, 3, format::ZSTD_MAX_LEVEL_WITHIN_WINDOW, 20, 22] {
+            let mut writer = store.begin(metadata(), level).unwrap();
+            writer.write_all(&data).unwrap();
+            let name = writer.finish().unwrap();
+            let snapshot = store.read_all(&name).unwrap();
+            assert!(snapshot.data == data, "level {level} reads back");
+        }
+    }
+
+    #[test]
+    fn a_zstd_body_cut_at_a_frame_boundary_or_inside_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let frame = zstd::bulk::compress(&[5u8; 1000], 3).unwrap();
+        // Inside the frame: decoding never ends it.
+        let name = forge(tmp.path(), Compression::Zstd, 1000, &frame[..frame.len() - 2]);
+        assert!(is_corruption(&store(tmp.path()).verify(&name)));
+        // Bytes after the frame that are not another frame.
+        let mut trailing = frame.clone();
+        trailing.extend_from_slice(b"junk");
+        let name = forge(tmp.path(), Compression::Zstd, 1000, &trailing);
+        assert!(is_corruption(&store(tmp.path()).verify(&name)));
+        // Whole: it reads.
+        let name = forge(tmp.path(), Compression::Zstd, 1000, &frame);
+        assert_eq!(store(tmp.path()).read_all(&name).unwrap().data.len(), 1000);
     }
 }

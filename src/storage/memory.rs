@@ -4,7 +4,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
-use crate::contract::{Storage, check_entries_range, limit_size, trim_append};
+use crate::contract::{
+    Storage, check_apply_snapshot, check_entries_range, limit_size, snapshot_term, trim_append,
+};
 use crate::error::{Error, Result};
 use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 
@@ -122,29 +124,27 @@ impl MemoryStorage {
         data: Bytes,
     ) -> Result<Snapshot> {
         let mut inner = self.write();
-        if index <= inner.snapshot.metadata.index {
-            return Err(Error::SnapshotOutOfDate);
-        }
-        let term = inner.term(index).map_err(|e| match e {
-            Error::Unavailable => Error::contract(format!(
-                "snapshot {index} is out of bound lastindex({})",
-                inner.last_index()
-            )),
-            other => other,
-        })?;
+        let term = snapshot_term(
+            index,
+            inner.snapshot.metadata.index,
+            inner.term(index),
+            inner.last_index(),
+        )?;
         let conf_state = conf_state.unwrap_or_else(|| inner.snapshot.metadata.conf_state.clone());
         inner.snapshot = Snapshot { metadata: SnapshotMetadata { index, term, conf_state }, data };
         Ok(inner.snapshot.clone())
     }
 
     /// Replaces the whole log with `snapshot`: afterwards the log holds only the dummy
-    /// `(snapshot index, snapshot term)`.
+    /// `(snapshot index, snapshot term)`. A snapshot at index 0 (a membership only) is accepted
+    /// only by a storage that never held an entry or a snapshot.
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let mut inner = self.write();
-        let current = inner.snapshot.metadata.index;
-        if current != 0 && current >= snapshot.metadata.index {
-            return Err(Error::SnapshotOutOfDate);
-        }
+        check_apply_snapshot(
+            inner.snapshot.metadata.index,
+            inner.last_index(),
+            snapshot.metadata.index,
+        )?;
         inner.entries = vec![Entry {
             index: snapshot.metadata.index,
             term: snapshot.metadata.term,

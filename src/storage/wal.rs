@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::contract::Storage;
+use crate::contract::{Storage, check_apply_snapshot, snapshot_term};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::{Fs, RealFs};
 use crate::options::WalOptions;
@@ -192,7 +192,8 @@ impl WalStorage {
         writer.finish_with_data(data)
     }
 
-    /// Replaces the whole log with `snapshot`.
+    /// Replaces the whole log with `snapshot` (a snapshot at index 0, a membership only, only
+    /// on a storage that never held an entry or a snapshot).
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let mut writer = self.snapshot_installer(snapshot.metadata)?;
         writer.write_all(&snapshot.data)?;
@@ -208,16 +209,8 @@ impl WalStorage {
         conf_state: Option<ConfState>,
     ) -> Result<SnapshotWriter<'_>> {
         let current = self.wal.snapshot_metadata();
-        if index <= current.index {
-            return Err(Error::SnapshotOutOfDate);
-        }
-        let term = self.wal.term(index).map_err(|e| match e {
-            Error::Unavailable => Error::contract(format!(
-                "snapshot {index} is out of bound lastindex({})",
-                self.wal.last_index()
-            )),
-            other => other,
-        })?;
+        let term =
+            snapshot_term(index, current.index, self.wal.term(index), self.wal.last_index())?;
         let conf_state = conf_state.unwrap_or(current.conf_state);
         self.begin(SnapshotMetadata { index, term, conf_state }, false)
     }
@@ -225,7 +218,8 @@ impl WalStorage {
     /// Starts streaming a snapshot received from the leader; `finish` installs it as
     /// [`WalStorage::apply_snapshot`] would.
     pub fn snapshot_installer(&self, metadata: SnapshotMetadata) -> Result<SnapshotWriter<'_>> {
-        check_apply(&self.wal.snapshot_metadata(), &metadata)?;
+        let current = self.wal.snapshot_metadata();
+        check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
         self.begin(metadata, true)
     }
 
@@ -248,9 +242,9 @@ impl WalStorage {
         // Checked again: another snapshot may have been committed while this one streamed.
         let current = self.wal.snapshot_metadata();
         if resets_log {
-            check_apply(&current, &metadata)?;
-        } else if metadata.index <= current.index {
-            return Err(Error::SnapshotOutOfDate);
+            check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
+        } else {
+            self.check_still_matches(&metadata, current.index)?;
         }
         // 1. The file, durable under its final name.
         let name = file.finish()?;
@@ -261,6 +255,12 @@ impl WalStorage {
             // the marker may be durable, so the file must stay.
             if self.wal.snapshot_metadata() != metadata {
                 let _ = self.snaps.remove(&name);
+            }
+            // Refused because a compaction passed the index since the check above: answered as
+            // if it had come first. (A failed write or sync is reported as it is.)
+            let compacted = matches!(self.wal.term(metadata.index), Err(Error::Compacted));
+            if !resets_log && matches!(e, Error::ContractViolation(_)) && compacted {
+                return Err(Error::Compacted);
             }
             return Err(e);
         }
@@ -274,6 +274,20 @@ impl WalStorage {
             Some(snapshot) => Ok(snapshot),
             None => self.snaps.read_all(&name),
         }
+    }
+
+    /// Checks a created snapshot against the log as it is now (it may have changed while the
+    /// snapshot streamed): etcd's `CreateSnapshot` rules, and entry `index` still of its term.
+    fn check_still_matches(&self, metadata: &SnapshotMetadata, current: u64) -> Result<()> {
+        let index = metadata.index;
+        let term = snapshot_term(index, current, self.wal.term(index), self.wal.last_index())?;
+        if term != metadata.term {
+            return Err(Error::contract(format!(
+                "snapshot ({index}, {}) no longer matches the log: entry {index} has term {term}",
+                metadata.term
+            )));
+        }
+        Ok(())
     }
 
     /// A streaming reader over the newest snapshot's data.
@@ -294,13 +308,6 @@ impl WalStorage {
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
-}
-
-fn check_apply(current: &SnapshotMetadata, incoming: &SnapshotMetadata) -> Result<()> {
-    if current.index != 0 && current.index >= incoming.index {
-        return Err(Error::SnapshotOutOfDate);
-    }
-    Ok(())
 }
 
 /// Streams a snapshot into the store (implements [`std::io::Write`]); [`SnapshotWriter::finish`]

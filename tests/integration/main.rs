@@ -17,6 +17,7 @@ mod raft_net;
 mod raft_properties;
 mod raft_replication;
 mod raft_sim;
+mod snapshot_hardening;
 mod wal;
 mod wal_hardening;
 mod wal_storage;

@@ -77,7 +77,9 @@ impl Model {
 
     pub fn apply_snapshot(&mut self, s: Snapshot) -> Outcome<()> {
         let current = self.snapshot.metadata.index;
-        if current != 0 && current >= s.metadata.index {
+        // Index 0 (a membership only) bootstraps an empty log and never wipes one.
+        let wipes = s.metadata.index == 0 && (self.last() != 0 || current != 0);
+        if wipes || (current != 0 && current >= s.metadata.index) {
             return Outcome::SnapshotOutOfDate;
         }
         self.dummy = (s.metadata.index, s.metadata.term);

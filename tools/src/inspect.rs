@@ -24,7 +24,7 @@ use raftwal::wal::inspect::{
     Event, Inspection, Problem, SegmentReport, Verdict, inspect, inspect_with,
 };
 use raftwal::wal::recovery::{Decision, Stop};
-use raftwal::{Entry, EntryType, Error, RecoveryMode, WalOptions};
+use raftwal::{Entry, EntryType, Error, RecoveryMode, SnapshotMetadata, WalOptions};
 use serde::Serialize;
 
 use crate::readonly::ReadOnlyFs;
@@ -943,7 +943,72 @@ struct RepairView {
     recovery_truncated: Option<(String, u64, &'static str)>,
     recovery_removed: Vec<String>,
     last_index: Option<u64>,
+    /// The newest snapshot marker the cut drops, if it drops one the log had committed.
+    dropped_snapshot: Option<SnapshotRef>,
+    /// The snapshot the log falls back to (`None`: no snapshot remains), when one is dropped.
+    fallback_snapshot: Option<SnapshotRef>,
     message: String,
+}
+
+#[derive(Serialize, Clone, Copy, PartialEq, Eq)]
+struct SnapshotRef {
+    index: u64,
+    term: u64,
+}
+
+impl From<&SnapshotMetadata> for SnapshotRef {
+    fn from(m: &SnapshotMetadata) -> SnapshotRef {
+        SnapshotRef { index: m.index, term: m.term }
+    }
+}
+
+/// The newest snapshot marker a cut drops: the last one named by a dropped record (a marker, or
+/// a checkpoint carrying it) when it is not the one the log keeps.
+fn dropped_marker(
+    dropped: Option<SnapshotMetadata>,
+    kept: &SnapshotMetadata,
+) -> Option<SnapshotMetadata> {
+    dropped.filter(|m| m != kept && m.index > kept.index)
+}
+
+/// The warning for a cut that drops a committed snapshot marker: which one, what the log falls
+/// back to, and what happens to the snapshot files on the next open.
+fn snapshot_warning(
+    layout: &Layout,
+    dropped: &SnapshotMetadata,
+    kept: &SnapshotMetadata,
+) -> String {
+    let file_exists = |m: &SnapshotMetadata| {
+        layout.snap.as_ref().is_some_and(|dir| dir.join(snapshot_name(m.term, m.index)).exists())
+    };
+    let mut text = format!(
+        "warning: the cut drops the snapshot marker at index {} term {}: ",
+        dropped.index, dropped.term
+    );
+    if kept.index == 0 {
+        text += "no snapshot remains; the log falls back to none
+";
+    } else {
+        text += &format!(
+            "the log falls back to the snapshot at index {} term {} ({})
+",
+            kept.index,
+            kept.term,
+            snapshot_name(kept.term, kept.index)
+        );
+        if layout.snap.is_some() && !file_exists(kept) {
+            text += "  that snapshot's file is not in the snapshot directory: open will refuse                      until the node is restored from a peer
+";
+        }
+    }
+    if file_exists(dropped) {
+        text += &format!(
+            "  {} is then uncommitted: the next open of the storage removes it
+",
+            snapshot_name(dropped.term, dropped.index)
+        );
+    }
+    text
 }
 
 /// Copies `name` to a new `<name>.broken` (or `.broken.2`, …) and makes the copy durable.
@@ -982,7 +1047,18 @@ impl Transcript {
 
 /// `raftwal repair`.
 pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json: bool) -> Outcome {
-    let inspection = inspect(&ReadOnlyFs, &layout.wal, &options(max_record_bytes))?;
+    // The snapshot named last by a record the cut drops, in log order.
+    let mut dropped: Option<SnapshotMetadata> = None;
+    let inspection = inspect_with(&ReadOnlyFs, &layout.wal, &options(max_record_bytes), |event| {
+        if let Event::Record { record, kept: false, .. } = event {
+            match &record.record {
+                Record::Snapshot { metadata, .. } => dropped = Some(metadata.clone()),
+                Record::Checkpoint(cp) => dropped = Some(cp.snapshot.clone()),
+                _ => {}
+            }
+        }
+    })?;
+    let dropped = dropped_marker(dropped, &inspection.summary.snapshot);
     let mut view = RepairView {
         dir: layout.dir.clone(),
         action: "none",
@@ -992,6 +1068,8 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         recovery_truncated: None,
         recovery_removed: Vec::new(),
         last_index: None,
+        dropped_snapshot: None,
+        fallback_snapshot: None,
         message: String::new(),
     };
     let mut t = Transcript { json, text: String::new() };
@@ -1014,6 +1092,13 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         return finish(view, t, EXIT_CORRUPTION);
     }
     let torn = inspection.verdict() == Verdict::TornTail;
+    // A torn tail's marker was never synced, so never acknowledged: only a forced cut warns.
+    let dropped = dropped.filter(|_| !torn);
+    if let Some(marker) = &dropped {
+        view.dropped_snapshot = Some(SnapshotRef::from(marker));
+        view.fallback_snapshot =
+            Some(&inspection.summary.snapshot).filter(|kept| kept.index > 0).map(SnapshotRef::from);
+    }
     if !torn && !force_truncate {
         view.action = "refused";
         t.say(
@@ -1023,6 +1108,9 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
              With --force-truncate, repair would:\n",
         );
         t.say(&drop_plan(problem));
+        if let Some(marker) = &dropped {
+            t.say(&snapshot_warning(layout, marker, &inspection.summary.snapshot));
+        }
         t.say(
             "Use it only on a node whose log will be re-fetched from the leader, never on a \
              majority of the nodes.\n",
@@ -1039,6 +1127,9 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
     }
     t.say(if torn { "cutting the torn tail:\n" } else { "--force-truncate: dropping:\n" });
     t.say(&drop_plan(problem));
+    if let Some(marker) = &dropped {
+        t.say(&snapshot_warning(layout, marker, &inspection.summary.snapshot));
+    }
     let damaged = problem.cut.truncated.iter().map(|(s, _)| s).chain(&problem.cut.removed);
     for name in damaged {
         let copy = keep_copy(&layout.wal, name)?;

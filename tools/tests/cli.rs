@@ -7,7 +7,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use raftwal::io::{FileSystem, RealFs};
-use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN};
+use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN, Record};
 use raftwal::wal::recovery::{ScannedRecord, scan_segment};
 use raftwal::{ConfState, Entry, HardState, Storage, WalOptions, WalStorage};
 use serde_json::Value;
@@ -254,6 +254,109 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     assert_eq!(after.code, 0, "{}{}", after.stdout, after.stderr);
     let storage = WalStorage::open(dir.path(), options()).unwrap();
     assert_eq!(storage.last_index().unwrap(), last_kept);
+}
+
+/// Entries 1..=45 of 100 bytes, three a record, over 4 KiB segments; a snapshot at each index
+/// of `snapshots`, taken once the log holds five entries past it; closed cleanly.
+fn build_with_snapshots(dir: &Path, snapshots: &[u64]) {
+    let storage = WalStorage::open(dir, options()).unwrap();
+    let mut pending = snapshots.to_vec();
+    for batch in 0..15u64 {
+        let entries: Vec<Entry> = (batch * 3 + 1..=batch * 3 + 3)
+            .map(|i| Entry::new(i, 2, format!("entry {i:03} ").repeat(10).into_bytes()))
+            .collect();
+        storage.save(None, &entries).unwrap();
+        if let Some(due) = pending.iter().position(|&at| batch * 3 + 3 >= at + 5) {
+            let at = pending.remove(due);
+            let voters = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+            storage.create_snapshot(at, Some(voters), Bytes::from(vec![at as u8; 100])).unwrap();
+        }
+    }
+    assert!(pending.is_empty(), "every snapshot was taken");
+    storage.close().unwrap();
+}
+
+/// Flips a payload bit of the record holding entry `index`; returns its segment and offset.
+fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
+    for segment in segments(dir) {
+        for record in records(&segment) {
+            let holds = match &record.record {
+                Record::Entries(entries) => entries.iter().any(|e| e.index == index),
+                _ => false,
+            };
+            if holds {
+                let mut bytes = fs::read(&segment).unwrap();
+                bytes[record.offset as usize + FRAME_HEADER_LEN + 1] ^= 0x04;
+                fs::write(&segment, &bytes).unwrap();
+                return (segment, record.offset);
+            }
+        }
+    }
+    panic!("no record holds entry {index}");
+}
+
+fn snap_file(term: u64, index: u64) -> String {
+    raftwal::snapshot::format::snapshot_name(term, index)
+}
+
+#[test]
+fn force_truncate_warns_when_the_cut_drops_a_snapshot_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    build_with_snapshots(dir.path(), &[10, 20]);
+    // Entry 25 was saved after the snapshot at 10 and before the one at 20.
+    damage_entry(dir.path(), 25);
+    let dropped = "warning: the cut drops the snapshot marker at index 20 term 2: the log falls \
+                   back to the snapshot at index 10 term 2";
+
+    let refused = run_on("repair", dir.path(), &[]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stdout.contains(dropped), "the plan warns too: {}", refused.stdout);
+
+    let forced = run_on("repair", dir.path(), &["--force-truncate"]);
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    assert!(forced.stdout.contains(dropped), "{}", forced.stdout);
+    assert!(forced.stdout.contains(&snap_file(2, 10)), "{}", forced.stdout);
+    let orphan = format!("{} is then uncommitted: the next open", snap_file(2, 20));
+    assert!(forced.stdout.contains(&orphan), "{}", forced.stdout);
+
+    let storage = WalStorage::open(dir.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 10);
+    assert!(!dir.path().join("snap").join(snap_file(2, 20)).exists());
+}
+
+#[test]
+fn force_truncate_warns_when_no_snapshot_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    build_with_snapshots(dir.path(), &[20]);
+    damage_entry(dir.path(), 25);
+
+    let forced = run_on("repair", dir.path(), &["--force-truncate", "--json"]);
+
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    let report = json(&forced);
+    let message = report["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "warning: the cut drops the snapshot marker at index 20 term 2: no snapshot remains"
+        ),
+        "{message}"
+    );
+    assert_eq!(report["dropped_snapshot"]["index"], 20);
+    assert_eq!(report["fallback_snapshot"], Value::Null);
+    let storage = WalStorage::open(dir.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 0);
+}
+
+#[test]
+fn force_truncate_after_the_last_marker_does_not_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    build_with_snapshots(dir.path(), &[10]);
+    damage_entry(dir.path(), 40);
+
+    let forced = run_on("repair", dir.path(), &["--force-truncate"]);
+
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    assert!(!forced.stdout.contains("snapshot marker at"), "{}", forced.stdout);
 }
 
 #[test]

@@ -246,3 +246,19 @@ fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
     });
     assert_eq!(status["voters"], serde_json::json!([1, 2, 3]));
 }
+
+#[test]
+fn keys_in_urls_are_percent_decoded() {
+    let mut c = Cluster::new(&[1]);
+    c.start(1, &[1], false);
+    let leader = c.leader_among(&[1]);
+    assert!(c.put(leader, "a%20b", "spaced"), "write a%20b");
+
+    // The same key spelled another way: 'b' escaped, and a space kept escaped.
+    assert_eq!(c.get(leader, "a%20%62"), Some((200, "spaced".into())));
+    assert_eq!(c.get(leader, "a%2520b").map(|r| r.0), Some(404), "the key \"a%20b\" is another");
+    assert!(c.put(leader, "x%2Fy", "slash"), "write x%2Fy");
+    assert_eq!(c.get(leader, "x/y"), Some((200, "slash".into())));
+    let (code, body) = c.get(leader, "%FF").unwrap();
+    assert_eq!(code, 400, "{body}");
+}

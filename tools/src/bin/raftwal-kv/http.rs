@@ -9,6 +9,8 @@
 //! | `DELETE /members/{id}` | 204 once the node is removed |
 //! | `GET /status` | 200 and JSON: id, leader, term, role, commit, applied, log bounds, members |
 //!
+//! `{key}` is percent-decoded (`/keys/a%20b` is the key `a b`) and must be UTF-8 then.
+//!
 //! A request that cannot be served (no leader, proposal dropped, not applied within the
 //! request timeout) gets 503 with the reason; a write answered 503 may still take effect.
 
@@ -18,6 +20,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread;
 use std::time::Duration;
 
+use percent_encoding::percent_decode_str;
 use tiny_http::{Method, Request, Response, Server};
 
 use crate::kv::Op;
@@ -91,7 +94,10 @@ fn route(request: &mut Request, events: &Sender<Event>, timeout: Duration) -> (u
         };
     }
     if let Some(key) = path.strip_prefix("/keys/").filter(|k| !k.is_empty()) {
-        let key = key.to_string();
+        let Ok(key) = percent_decode_str(key).decode_utf8() else {
+            return (400, "a key is UTF-8 once percent-decoded\n".into());
+        };
+        let key = key.into_owned();
         return match method {
             Method::Get => reply_to_http(ask(events, timeout, |tx| Event::Read(key, tx)), true),
             Method::Put => match body(request) {

@@ -58,6 +58,22 @@ pub struct MemberContext {
     pub addr: Option<String>,
 }
 
+/// Requests of one node applied lately, so that a node which catches up by snapshot can answer
+/// the requests it was waiting for whose entries the snapshot covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRequests {
+    /// The proposing process; requests of an older one are forgotten (nobody waits for them).
+    pub incarnation: u64,
+    /// Outcome by sequence number: whether the request took effect (a membership change can be
+    /// refused). Holds the newest [`REMEMBERED_REQUESTS`].
+    pub outcomes: BTreeMap<u64, bool>,
+}
+
+/// Applied requests remembered per node. A request waits at most the request timeout; one that
+/// a node proposed this many requests ago has been answered or given up long since (and if not,
+/// its client gets the 503 of a timeout, as for any request whose outcome the node cannot tell).
+pub const REMEMBERED_REQUESTS: usize = 1024;
+
 /// The state machine, and its snapshot image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
@@ -66,9 +82,34 @@ pub struct KvState {
     /// Raft addresses of the nodes added through membership changes, so that a node restored
     /// from a snapshot can reach members the command line does not name.
     pub addrs: BTreeMap<u64, String>,
+    /// Recently applied requests by proposing node.
+    #[serde(default)]
+    pub applied: BTreeMap<u64, AppliedRequests>,
 }
 
 impl KvState {
+    /// Records that request `req` was applied, with its outcome.
+    pub fn record(&mut self, req: RequestId, took_effect: bool) {
+        let node = self.applied.entry(req.node).or_default();
+        if req.incarnation < node.incarnation {
+            return; // A request of a process that has restarted since: nobody waits for it.
+        }
+        if req.incarnation > node.incarnation {
+            *node = AppliedRequests { incarnation: req.incarnation, outcomes: BTreeMap::new() };
+        }
+        node.outcomes.insert(req.seq, took_effect);
+        // Bounded: the oldest requests go first.
+        while node.outcomes.len() > REMEMBERED_REQUESTS {
+            node.outcomes.pop_first();
+        }
+    }
+
+    /// The outcome of request `req`, if it was applied and is still remembered.
+    pub fn outcome(&self, req: &RequestId) -> Option<bool> {
+        let node = self.applied.get(&req.node).filter(|n| n.incarnation == req.incarnation)?;
+        node.outcomes.get(&req.seq).copied()
+    }
+
     /// Applies one command.
     pub fn apply(&mut self, op: &Op) {
         match op {
@@ -111,5 +152,30 @@ mod tests {
         assert_eq!(kv.data.get("b").map(String::as_str), Some("2"));
         assert_eq!(KvState::decode(b"").unwrap(), KvState::default());
         assert!(KvState::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn applied_requests_are_remembered_per_node_within_the_bound() {
+        let req = |incarnation, seq| RequestId { node: 1, incarnation, seq };
+        let mut kv = KvState::default();
+        kv.record(req(5, 1), true);
+        kv.record(req(5, 2), false);
+        assert_eq!(kv.outcome(&req(5, 1)), Some(true));
+        assert_eq!(kv.outcome(&req(5, 2)), Some(false));
+        assert_eq!(kv.outcome(&req(5, 3)), None);
+        assert_eq!(KvState::decode(&kv.encode()).unwrap(), kv, "the image carries them");
+        // An older process's request is not recorded; a newer process replaces the older's.
+        kv.record(req(4, 9), true);
+        assert_eq!(kv.outcome(&req(4, 9)), None);
+        kv.record(req(6, 1), true);
+        assert_eq!((kv.outcome(&req(5, 1)), kv.outcome(&req(6, 1))), (None, Some(true)));
+        for seq in 2..=REMEMBERED_REQUESTS as u64 + 1 {
+            kv.record(req(6, seq), true);
+        }
+        assert_eq!(kv.applied[&1].outcomes.len(), REMEMBERED_REQUESTS);
+        assert_eq!(kv.outcome(&req(6, 1)), None, "the oldest is forgotten first");
+        assert_eq!(kv.outcome(&req(6, 2)), Some(true));
+        // An image written before requests were recorded still decodes.
+        assert!(KvState::decode(br#"{"data":{},"addrs":{}}"#).unwrap().applied.is_empty());
     }
 }

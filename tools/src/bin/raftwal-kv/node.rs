@@ -408,8 +408,29 @@ impl Node {
         for (id, addr) in addrs {
             self.ensure_peer(id, &addr);
         }
+        self.answer_covered();
         eprintln!("node {}: restored from a snapshot at {}", self.id, s.metadata.index);
         Ok(())
+    }
+
+    /// Answers the writes and membership changes whose entries the snapshot just restored
+    /// covers: this node never applies those entries itself, so their outcome is the one the
+    /// snapshot's state machine recorded. The others keep waiting (they may commit later).
+    fn answer_covered(&mut self) {
+        let covered: Vec<(RequestId, bool)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.key.is_none())
+            .filter_map(|(req, _)| self.kv.outcome(req).map(|took_effect| (*req, took_effect)))
+            .collect();
+        for (req, took_effect) in covered {
+            let reply = if took_effect {
+                Ok(None)
+            } else {
+                Err("refused by the membership (applied through a snapshot)".into())
+            };
+            self.answer(Some(req), reply);
+        }
     }
 
     fn answer(&mut self, req: Option<RequestId>, reply: Reply) {
@@ -436,6 +457,7 @@ impl Node {
             EntryType::Normal => {
                 let cmd: Command = serde_json::from_slice(&e.data)?;
                 self.kv.apply(&cmd.op);
+                self.kv.record(cmd.req, true);
                 self.answer(Some(cmd.req), Ok(None));
             }
             EntryType::ConfChange => {
@@ -479,6 +501,9 @@ impl Node {
             }
         }
         self.snapshot_due = true;
+        if let Some(req) = context.req {
+            self.kv.record(req, took_effect);
+        }
         let reply = if took_effect {
             Ok(None)
         } else {
@@ -535,3 +560,72 @@ fn member_context(context: &[u8]) -> MemberContext {
 
 /// The node's fatal failures: storage errors, undecodable entries or snapshots.
 pub type Fallible<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{TryRecvError, channel};
+
+    use raftwal::SnapshotMetadata;
+
+    use super::*;
+
+    fn single_node(dir: &Path) -> Node {
+        let options = Options {
+            id: 1,
+            peers: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            join: false,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_every: 1000,
+            compact_keep: 10,
+            request_timeout: Duration::from_secs(60),
+        };
+        let (events, _) = channel();
+        Node::open(options, dir, events).unwrap()
+    }
+
+    /// A leader's snapshot at `index` whose state machine applied `applied` (with outcomes).
+    fn leader_snapshot(index: u64, applied: &[(RequestId, Op, bool)]) -> Snapshot {
+        let mut kv = KvState::default();
+        for (req, op, took_effect) in applied {
+            kv.apply(op);
+            kv.record(*req, *took_effect);
+        }
+        Snapshot {
+            metadata: SnapshotMetadata {
+                index,
+                term: 3,
+                conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+            },
+            data: Bytes::from(kv.encode()),
+        }
+    }
+
+    #[test]
+    fn a_write_covered_by_a_received_snapshot_is_answered_with_its_outcome() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = single_node(tmp.path());
+        let put = Op::Put { key: "k".into(), value: "v".into() };
+        let (covered, later, refused) =
+            (node.next_request(), node.next_request(), node.next_request());
+        let (tx_covered, rx_covered) = channel();
+        let (tx_later, rx_later) = channel();
+        let (tx_refused, rx_refused) = channel();
+        node.wait(covered, Ok(()), tx_covered, None);
+        node.wait(later, Ok(()), tx_later, None);
+        node.wait(refused, Ok(()), tx_refused, None);
+
+        // The leader applied `covered` and refused the membership change `refused`; `later`
+        // is not in the snapshot (it may still commit after it).
+        let snapshot = leader_snapshot(
+            40,
+            &[(covered, put.clone(), true), (refused, Op::Delete { key: "x".into() }, false)],
+        );
+        node.restore(&snapshot).unwrap();
+
+        assert_eq!(rx_covered.try_recv(), Ok(Ok(None)), "the write took effect");
+        assert!(matches!(rx_refused.try_recv(), Ok(Err(_))), "the change was refused");
+        assert_eq!(rx_later.try_recv(), Err(TryRecvError::Empty), "still waiting");
+        assert_eq!(node.kv.data.get("k").map(String::as_str), Some("v"));
+    }
+}

@@ -1,0 +1,178 @@
+//! The snapshot paths of both storages under unusual but legal use: two writers of one snapshot
+//! at once, a log compacted while a snapshot streams, and a membership-only snapshot (index 0)
+//! offered to a log that already holds entries.
+
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use raftwal::{
+    ConfState, Entry, Error, MemoryStorage, Snapshot, SnapshotMetadata, Storage, WalOptions,
+    WalStorage,
+};
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 64 << 10,
+        prepare_in_background: false,
+        ..WalOptions::default()
+    }
+}
+
+fn run(lo: u64, hi: u64, term: u64) -> Vec<Entry> {
+    (lo..=hi).map(|i| Entry::new(i, term, format!("entry {i}").into_bytes())).collect()
+}
+
+fn voters(ids: &[u64]) -> ConfState {
+    ConfState { voters: ids.to_vec(), ..ConfState::default() }
+}
+
+/// `len` incompressible bytes (xorshift from `seed`), so that compression keeps them long.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The names in the snapshot directory, sorted.
+fn snap_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(raftwal::storage::SNAP_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Bytes per interleaved write: above the snapshot writer's 256 KiB buffer together with the
+/// flush after each, so that every chunk reaches the file before the other writer's.
+const CHUNK_BYTES: usize = 100 << 10;
+
+#[test]
+fn two_writers_of_one_snapshot_both_finishing_leave_the_committed_file_intact() {
+    for install in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = WalStorage::open(tmp.path(), options()).unwrap();
+        storage.append(&run(1, 10, 1)).unwrap();
+        let metadata = SnapshotMetadata { index: 8, term: 1, conf_state: voters(&[1, 2, 3]) };
+        let writer = || {
+            if install {
+                storage.snapshot_installer(metadata.clone()).unwrap()
+            } else {
+                storage.snapshot_writer(8, Some(voters(&[1, 2, 3]))).unwrap()
+            }
+        };
+        let (mut a, mut b) = (writer(), writer());
+        let (data_a, data_b) = (noise(1, 6 * CHUNK_BYTES), noise(2, 7 * CHUNK_BYTES));
+        for (chunk_a, chunk_b) in data_a.chunks(CHUNK_BYTES).zip(data_b.chunks(CHUNK_BYTES)) {
+            a.write_all(chunk_a).unwrap();
+            a.flush().unwrap();
+            b.write_all(chunk_b).unwrap();
+            b.flush().unwrap();
+        }
+        let committed = a.finish().unwrap();
+        assert_eq!(committed.data, Bytes::from(data_a.clone()), "install {install}");
+        // The second writer goes on after the first one's file was committed.
+        b.write_all(&data_b[6 * CHUNK_BYTES..]).unwrap();
+        b.flush().unwrap();
+        assert!(
+            matches!(b.finish(), Err(Error::SnapshotOutOfDate)),
+            "install {install}: the same snapshot is committed already"
+        );
+        drop(storage);
+
+        let storage = WalStorage::open(tmp.path(), options()).unwrap();
+        let snapshot = storage.snapshot().unwrap();
+        assert_eq!(snapshot.metadata, metadata, "install {install}");
+        assert_eq!(snapshot.data, Bytes::from(data_a), "install {install}");
+        assert_eq!(
+            snap_files(tmp.path()),
+            [raftwal::snapshot::format::snapshot_name(1, 8)],
+            "install {install}: one snapshot file, no temp file"
+        );
+    }
+}
+
+#[test]
+fn a_dropped_writer_of_one_snapshot_leaves_the_other_writers_file_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.append(&run(1, 10, 1)).unwrap();
+    let (mut a, mut b) =
+        (storage.snapshot_writer(8, None).unwrap(), storage.snapshot_writer(8, None).unwrap());
+    let (data_a, data_b) = (noise(3, 4 * CHUNK_BYTES), noise(4, 2 * CHUNK_BYTES));
+    a.write_all(&data_a[..2 * CHUNK_BYTES]).unwrap();
+    a.flush().unwrap();
+    b.write_all(&data_b).unwrap();
+    b.flush().unwrap();
+    drop(b);
+    a.write_all(&data_a[2 * CHUNK_BYTES..]).unwrap();
+    let committed = a.finish().unwrap();
+    assert_eq!(committed.data, Bytes::from(data_a.clone()));
+    drop(storage);
+
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap().data, Bytes::from(data_a));
+    assert_eq!(snap_files(tmp.path()), [raftwal::snapshot::format::snapshot_name(1, 8)]);
+}
+
+#[test]
+fn a_snapshot_of_an_index_compacted_away_is_compacted_on_both_storages() {
+    let memory = MemoryStorage::new();
+    memory.append(&run(1, 10, 1)).unwrap();
+    memory.compact(7).unwrap();
+    assert!(matches!(memory.create_snapshot(5, None, Bytes::new()), Err(Error::Compacted)));
+    assert_eq!(memory.snapshot().unwrap().metadata.index, 0, "nothing recorded");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.append(&run(1, 10, 1)).unwrap();
+    // Compacted while the snapshot streams: the commit finds the entry gone.
+    let mut writer = storage.snapshot_writer(5, None).unwrap();
+    writer.write_all(b"state at five").unwrap();
+    storage.compact(7).unwrap();
+    assert!(matches!(writer.finish(), Err(Error::Compacted)));
+    // Compacted before: refused at once.
+    assert!(matches!(storage.create_snapshot(5, None, Bytes::new()), Err(Error::Compacted)));
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 0, "nothing recorded");
+    assert_eq!(storage.first_index().unwrap(), 8);
+    drop(storage);
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap().metadata.index, 0);
+    assert_eq!(snap_files(tmp.path()), Vec::<String>::new(), "no file left behind");
+}
+
+fn membership_only() -> Snapshot {
+    Snapshot {
+        metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
+        data: Bytes::new(),
+    }
+}
+
+#[test]
+fn an_index_0_snapshot_bootstraps_an_empty_log_and_never_wipes_one_on_both_storages() {
+    let memory = MemoryStorage::new();
+    memory.apply_snapshot(membership_only()).unwrap();
+    memory.append(&run(1, 5, 1)).unwrap();
+    assert!(matches!(memory.apply_snapshot(membership_only()), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(memory.last_index().unwrap(), 5);
+    assert_eq!(memory.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.apply_snapshot(membership_only()).unwrap();
+    assert_eq!(storage.initial_state().unwrap().conf_state, voters(&[1, 2, 3]));
+    storage.append(&run(1, 5, 1)).unwrap();
+    assert!(matches!(storage.apply_snapshot(membership_only()), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(storage.last_index().unwrap(), 5);
+    drop(storage);
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.last_index().unwrap(), 5);
+    assert_eq!(storage.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
+}
