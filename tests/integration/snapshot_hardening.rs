@@ -27,17 +27,11 @@ fn voters(ids: &[u64]) -> ConfState {
     ConfState { voters: ids.to_vec(), ..ConfState::default() }
 }
 
-/// `len` incompressible bytes (xorshift from `seed`), so that compression keeps them long.
+/// `len` incompressible bytes from `seed`, so that compression keeps them long.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut bytes = vec![0u8; len];
+    raftwal::rng::Rng::new(seed).fill(&mut bytes);
+    bytes
 }
 
 /// The names in the snapshot directory, sorted.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use raftwal::rng::Rng;
 use raftwal::wal::format::{ENTRIES_COUNT_LEN, framed_len};
 
 use super::raw::{self, SyncLoop};
@@ -347,12 +348,11 @@ fn read_loop(target: &dyn Target, from: u64, to: u64, duration: Duration) -> Ben
     let span = to - from;
     assert!(span > READ_SPAN, "a read range of {span} entries is too small");
     let mut tally = Tally::default();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let started = Instant::now();
     // Bounded by the duration.
     loop {
-        state = xorshift(state);
-        let lo = from + state % (span - READ_SPAN);
+        let lo = rng.in_range(from..to - READ_SPAN);
         tally.bytes += target.read(lo, lo + READ_SPAN)?;
         tally.entries += READ_SPAN;
         tally.ops += 1;
@@ -478,25 +478,14 @@ const POOL_BYTES: usize = 8 << 20;
 pub fn entry_data(index: u64, size: usize) -> Bytes {
     static POOL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let pool = POOL.get_or_init(|| {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut data = Vec::with_capacity(POOL_BYTES);
-        while data.len() < POOL_BYTES {
-            state = xorshift(state);
-            data.extend_from_slice(&state.to_le_bytes());
-        }
+        let mut data = vec![0u8; POOL_BYTES];
+        Rng::new(0x2545_F491_4F6C_DD1D).fill(&mut data);
         data.into()
     });
     assert!(size <= POOL_BYTES / 2, "an entry of {size} bytes is larger than the pool allows");
-    let at = (xorshift(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as usize)
-        % (POOL_BYTES - size);
+    // A fixed, well-spread start per index: the same entry always has the same bytes.
+    let at = Rng::new(index).below((POOL_BYTES - size) as u64) as usize;
     pool.slice(at..at + size)
-}
-
-fn xorshift(mut state: u64) -> u64 {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    state
 }
 
 /// `1536` → "1.5 KiB".
