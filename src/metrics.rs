@@ -187,6 +187,20 @@ pub struct WalMetrics {
     pub recovery: RecoveryMetrics,
 }
 
+impl WalMetrics {
+    /// Sends the gauges to the `metrics` facade. Counters and histograms go there as events
+    /// happen; gauges (sizes) are sent each time [`WalMetrics`] is read, so an exporter that
+    /// reads `metrics()` before rendering (as raftwal-kv's `/metrics` does) shows them current.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_gauges(&self) {
+        metrics::gauge!("raftwal_segments_live").set(self.segments_live as f64);
+        metrics::gauge!("raftwal_disk_bytes").set(self.bytes_on_disk as f64);
+        metrics::gauge!("raftwal_index_bytes").set(self.index_bytes as f64);
+        metrics::gauge!("raftwal_cache_bytes").set(self.cache_bytes as f64);
+        metrics::gauge!("raftwal_poisoned").set(if self.poisoned { 1.0 } else { 0.0 });
+    }
+}
+
 /// The live counters of a log; [`Counters::read`] turns them into a [`WalMetrics`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -237,6 +251,18 @@ impl Counters {
                 "slow fdatasync: the disk is slow to make writes durable"
             );
         }
+    }
+
+    /// Runs `sync` (an fdatasync) and, if it succeeds, records how long it took.
+    pub(crate) fn time_sync<T>(
+        &self,
+        slow: Duration,
+        sync: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let started = std::time::Instant::now();
+        let result = sync()?;
+        self.synced(started.elapsed(), slow);
+        Ok(result)
     }
 
     /// A group commit's sync ended the wait of `callers` callers.

@@ -63,6 +63,10 @@ pub struct WalOptions {
     pub snapshot_retention: usize,
     /// zstd level for snapshot data; 0 stores it uncompressed.
     pub snapshot_compression_level: i32,
+    /// An fdatasync that takes at least this long is counted in `WalMetrics::slow_syncs` and,
+    /// with the `tracing` feature, logged as a warning (etcd warns at one second too: a disk
+    /// that slow makes followers miss heartbeats and leaders lose their lease).
+    pub slow_sync_threshold: Duration,
 }
 
 impl Default for WalOptions {
@@ -77,6 +81,7 @@ impl Default for WalOptions {
             prepare_in_background: true,
             snapshot_retention: 2,
             snapshot_compression_level: 3,
+            slow_sync_threshold: Duration::from_secs(1),
         }
     }
 }

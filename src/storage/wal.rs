@@ -21,6 +21,7 @@ use bytes::Bytes;
 use crate::contract::{Storage, check_apply_snapshot, snapshot_term};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::{Fs, RealFs};
+use crate::metrics::WalMetrics;
 use crate::options::WalOptions;
 use crate::snapshot::format::snapshot_name;
 use crate::snapshot::{SnapshotFileWriter, SnapshotStore};
@@ -266,6 +267,14 @@ impl WalStorage {
         }
         snap.cached = data.map(|data| Snapshot { metadata: metadata.clone(), data });
         drop(snap);
+        self.wal.counters().snapshot_written();
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            index = metadata.index,
+            term = metadata.term,
+            installed = resets_log,
+            "snapshot committed"
+        );
         // 3. Release what the new snapshot makes unnecessary. The snapshot is committed already,
         //    so a file that cannot be removed now is not this call's failure: the next commit,
         //    or the next open, removes it.
@@ -302,6 +311,12 @@ impl WalStorage {
     /// Writes a final checkpoint and syncs: a cleanly closed log proves every record durable.
     pub fn close(self) -> Result<()> {
         self.wal.close()
+    }
+
+    /// What the storage has done since it was opened, and its size now: the WAL's counters and
+    /// gauges, and the snapshot files it made durable. See [`WalMetrics`].
+    pub fn metrics(&self) -> WalMetrics {
+        self.wal.metrics()
     }
 
     /// The WAL underneath (for statistics and tools).

@@ -20,6 +20,11 @@ impl EntryCache {
         EntryCache { entries: VecDeque::new(), bytes: 0, limit_bytes }
     }
 
+    /// Bytes of entries held ([`Entry::encoded_len`] summed).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The entry at `index`, if cached.
     pub fn get(&self, index: u64) -> Option<&Entry> {
         let first = self.entries.front()?.index;

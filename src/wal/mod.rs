@@ -24,13 +24,14 @@ mod writer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use replay::RecoveryReport;
 
 use crate::contract::{check_entries_range, limit_size, trim_append};
 use crate::error::{Error, Result};
 use crate::io::{DirLock, Fs};
+use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use cache::EntryCache;
@@ -53,6 +54,8 @@ pub struct Wal {
     // Set forever by a failed write or sync: the disk may no longer hold what memory says.
     poisoned: AtomicBool,
     report: RecoveryReport,
+    counters: Arc<Counters>,
+    recovery: RecoveryMetrics,
     _lock: DirLock,
 }
 
@@ -76,6 +79,8 @@ struct SyncState {
     durable_lsn: u64,
     // Whether a thread is leading a sync now.
     syncing: bool,
+    // Callers waiting for a running sync (for the group-commit metric only).
+    waiting: u64,
 }
 
 impl Wal {
@@ -84,7 +89,13 @@ impl Wal {
         options.validate()?;
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
-        let recovered = replay::recover(&fs, dir, &options)?;
+        let started = std::time::Instant::now();
+        let recovered = replay::recover(&fs, dir, &options).inspect_err(|_error| {
+            #[cfg(feature = "tracing")]
+            tracing::error!(dir = %dir.display(), error = %_error, "recovery refused to open the log");
+        })?;
+        let recovery = recovery_metrics(&recovered.report, started.elapsed());
+        let counters = Arc::new(Counters::default());
         let mut state = recovered.state;
         let active = match recovered.resume {
             Some(active) => active,
@@ -103,6 +114,7 @@ impl Wal {
                 file.allocate(options.segment_size_bytes)?;
                 file.sync_data()?;
                 fs.sync_dir(dir)?;
+                counters.segment(true);
                 Active {
                     sequence,
                     first_index,
@@ -116,7 +128,8 @@ impl Wal {
                 }
             }
         };
-        let mut writer = Writer::new(fs.clone(), dir.to_path_buf(), &options, active);
+        let mut writer =
+            Writer::new(fs.clone(), dir.to_path_buf(), &options, active, counters.clone());
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -137,6 +150,8 @@ impl Wal {
             synced: Condvar::new(),
             poisoned: AtomicBool::new(false),
             report: recovered.report,
+            counters,
+            recovery,
             _lock: lock,
         })
     }
@@ -170,7 +185,9 @@ impl Wal {
     /// failure and the poison, and no waiter can miss the wake-up.
     fn poison(&self, error: Error) -> Error {
         let sync = self.lock_sync();
-        self.poisoned.store(true, Ordering::Release);
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            self.counters.poisoned(&error);
+        }
         drop(sync);
         self.synced.notify_all();
         error
@@ -180,6 +197,7 @@ impl Wal {
     fn write_ops(&self, inner: &mut Inner, ops: &[Op<'_>]) -> Result<u64> {
         let mut sealed: Option<Sealed> = None;
         let state = &inner.state;
+        let lsn_before = inner.writer.lsn;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
             // The rollover synced the old segment whole, and the directory if a rename was
@@ -198,6 +216,9 @@ impl Wal {
             Err(Failure::Refused(e)) => return Err(e),
             Err(Failure::Poison(e)) => return Err(self.poison(e)),
         };
+        let entries: usize =
+            ops.iter().map(|op| if let Op::Entries(e) = op { e.len() } else { 0 }).sum();
+        self.counters.wrote(entries as u64, inner.writer.lsn - lsn_before);
         let mut runs = written.iter();
         for op in ops {
             match op {
@@ -259,7 +280,9 @@ impl Wal {
             if !sync.syncing {
                 break;
             }
+            sync.waiting += 1;
             sync = self.synced.wait(sync).unwrap_or_else(|p| p.into_inner());
+            sync.waiting -= 1;
         }
         sync.syncing = true;
         drop(sync);
@@ -273,6 +296,7 @@ impl Wal {
         match result {
             Ok(durable_lsn) => {
                 sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
+                self.counters.group_commit(1 + sync.waiting);
                 drop(sync);
                 self.synced.notify_all();
                 Ok(())
@@ -281,7 +305,9 @@ impl Wal {
                 // Never retried: after a failed fsync the kernel may have dropped the dirty
                 // pages and marked them clean, so a second fsync could succeed falsely. Poisoned
                 // before the lock is released, so that no thread can lead that second fsync.
-                self.poisoned.store(true, Ordering::Release);
+                if !self.poisoned.swap(true, Ordering::AcqRel) {
+                    self.counters.poisoned(&e);
+                }
                 drop(sync);
                 self.synced.notify_all();
                 Err(e)
@@ -298,7 +324,7 @@ impl Wal {
             self.check_poisoned()?;
             inner.writer.sync_target()
         };
-        target.file.sync_data()?;
+        self.counters.time_sync(self.options.slow_sync_threshold, || target.file.sync_data())?;
         if target.renames > target.durable_renames {
             self.fs.sync_dir(&self.dir)?;
         }
@@ -450,6 +476,9 @@ impl Wal {
                 Err(_) => return,
             }
             inner.sealed.remove(&sequence);
+            self.counters.segment(false);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(segment = %path.display(), "purged a segment no live entry needs");
             // One at a time and durably: a crash must leave a suffix of the log, not a hole.
             if let Err(e) = self.fs.sync_dir(&self.dir) {
                 self.poison(e.into());
@@ -546,10 +575,57 @@ impl Wal {
         self.read().sealed.len() + 1
     }
 
+    /// What the log has done since it was opened, and its size now. Cheap enough to call
+    /// every second: counters are atomics, and the gauges take the read lock once.
+    pub fn metrics(&self) -> WalMetrics {
+        let mut metrics = self.counters.read();
+        let inner = self.read();
+        let files = inner.sealed.values().map(|s| &s.file).chain([&inner.writer.active.file]);
+        // A length that cannot be read counts as 0: metrics never fail.
+        metrics.bytes_on_disk = files.map(|f| f.len().unwrap_or(0)).sum();
+        metrics.segments_live = inner.sealed.len() as u64 + 1;
+        metrics.index_bytes = inner.state.index.heap_bytes() as u64;
+        metrics.cache_bytes = inner.cache.bytes();
+        metrics.poisoned = self.poisoned.load(Ordering::Acquire);
+        metrics.recovery = self.recovery.clone();
+        #[cfg(feature = "metrics")]
+        metrics.publish_gauges();
+        metrics
+    }
+
+    /// The live counters, for the storage layer's own events (snapshot files).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// Heap bytes the in-memory index uses, and the live entries it indexes.
     pub fn index_memory(&self) -> (usize, usize) {
         let inner = self.read();
         (inner.state.index.heap_bytes(), inner.state.index.len())
+    }
+}
+
+/// What recovery did, as metrics (and, with the `tracing` feature, as warnings for what an
+/// operator must know: a cut tail and removed segments).
+fn recovery_metrics(report: &RecoveryReport, took: std::time::Duration) -> RecoveryMetrics {
+    let mut rows = Vec::new();
+    if let Some((_segment, _offset, row)) = &report.truncated {
+        rows.push((*row, 1));
+        #[cfg(feature = "tracing")]
+        tracing::warn!(segment = %_segment, offset = _offset, row, "recovery cut a torn tail");
+    }
+    #[cfg(feature = "tracing")]
+    for segment in &report.removed {
+        tracing::warn!(%segment, "recovery removed a segment");
+    }
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("raftwal_recovery_duration_seconds").set(took.as_secs_f64());
+    RecoveryMetrics {
+        duration_us: micros(took),
+        segments_scanned: report.segments_scanned as u64,
+        bytes_scanned: report.bytes_scanned,
+        rows,
+        tail_cut: report.truncated.is_some(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::io::{File, Fs};
+use crate::metrics::Counters;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use crate::wal::format::{
@@ -194,6 +195,9 @@ pub struct Writer {
     /// Renames known durable (a directory fsync after them returned). Invariant:
     /// `durable_renames <= renames`.
     pub durable_renames: u64,
+    /// The log's counters (rollover syncs and new segments are counted here).
+    counters: Arc<Counters>,
+    slow_sync: std::time::Duration,
 }
 
 impl Drop for Writer {
@@ -268,7 +272,13 @@ struct Plan<'a> {
 
 impl Writer {
     /// A writer appending to `active`.
-    pub fn new(fs: Fs, dir: PathBuf, options: &crate::WalOptions, active: Active) -> Writer {
+    pub fn new(
+        fs: Fs,
+        dir: PathBuf,
+        options: &crate::WalOptions,
+        active: Active,
+        counters: Arc<Counters>,
+    ) -> Writer {
         assert!(
             active.sequence <= MAX_SEGMENT_SEQUENCE,
             "segment sequence {} is beyond {MAX_SEGMENT_SEQUENCE}",
@@ -286,6 +296,8 @@ impl Writer {
             lsn: 0,
             renames: 0,
             durable_renames: 0,
+            counters,
+            slow_sync: options.slow_sync_threshold,
         };
         writer.start_preparing();
         writer
@@ -460,7 +472,10 @@ impl Writer {
         // A later segment must never be durable while an earlier one is not: recovery treats
         // every segment but the last as synced whole.
         if self.active.durable_offset < self.active.write_offset {
-            self.active.file.sync_data().map_err(|e| Failure::Poison(e.into()))?;
+            let file = &self.active.file;
+            self.counters
+                .time_sync(self.slow_sync, || file.sync_data())
+                .map_err(|e| Failure::Poison(e.into()))?;
             self.active.durable_offset = self.active.write_offset;
         }
         // The same for names: the rename that created the old segment (and any before it) must
@@ -475,6 +490,7 @@ impl Writer {
         let temp = self.dir.join(format::temp_name(sequence));
         self.fs.rename(&temp, &self.dir.join(&name)).map_err(|e| Failure::Refused(e.into()))?;
         self.renames += 1;
+        self.counters.segment(true);
         let next = Active {
             sequence,
             first_index,

@@ -8,6 +8,7 @@ mod etcd_cases;
 mod fuzz_corpus;
 mod kill;
 mod memory_storage;
+mod metrics;
 mod model;
 mod raft_election;
 mod raft_features;
