@@ -414,8 +414,7 @@ impl<S: Storage> Raft<S> {
 
     fn reset_randomized_election_timeout(&mut self) {
         let spread = self.election_timeout as u64;
-        self.randomized_election_timeout =
-            self.election_timeout + self.rng.below(spread) as usize;
+        self.randomized_election_timeout = self.election_timeout + self.rng.below(spread) as usize;
         debug_assert!(
             self.randomized_election_timeout >= self.election_timeout
                 && self.randomized_election_timeout < 2 * self.election_timeout

@@ -262,3 +262,41 @@ fn keys_in_urls_are_percent_decoded() {
     let (code, body) = c.get(leader, "%FF").unwrap();
     assert_eq!(code, 400, "{body}");
 }
+
+/// The value of the first sample of `name` (a line `name{...} value` or `name value`).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_are_scraped_in_prometheus_text_from_a_running_node() {
+    let mut c = Cluster::new(&[1]);
+    c.start(1, &[1], false);
+    let leader = c.leader_among(&[1]);
+    for k in 0..6 {
+        assert!(c.put(leader, &format!("m{k}"), "v"), "write m{k}");
+    }
+    assert_eq!(c.get(leader, "m0"), Some((200, "v".into())));
+    let (code, text) = c.request(leader, "GET", "/metrics", None).unwrap();
+    assert_eq!(code, 200, "{text}");
+
+    // The storage's counters: six writes at least (plus the election's), each synced.
+    let appends = sample(&text, "raftwal_appends_total").expect("raftwal_appends_total");
+    assert!(appends >= 6.0, "{appends} appends for 6 writes:\n{text}");
+    assert!(sample(&text, "raftwal_entries_written_total").unwrap() >= 6.0);
+    assert!(text.contains("raftwal_sync_duration_seconds"), "sync latency missing:\n{text}");
+    assert!(sample(&text, "raftwal_segments_live").unwrap() >= 1.0);
+    // The snapshot every 5 applied entries (the cluster's --snapshot-every).
+    assert!(sample(&text, "raftwal_snapshot_writes_total").unwrap() >= 1.0, "{text}");
+    // The node's: it leads, and applied what it committed.
+    assert_eq!(sample(&text, "raftwal_kv_is_leader"), Some(1.0), "{text}");
+    let commit = sample(&text, "raftwal_kv_commit_index").unwrap();
+    assert!(commit >= 7.0, "commit {commit}: an empty entry and six writes");
+    assert_eq!(sample(&text, "raftwal_kv_applied_index"), Some(commit));
+    assert!(sample(&text, "raftwal_kv_leader_changes_total").unwrap() >= 1.0);
+    assert!(text.contains("raftwal_kv_read_index_duration_seconds"), "read latency:\n{text}");
+}

@@ -8,6 +8,7 @@
 //! | `POST /members/{id}` (body: its Raft address) | 204 once the node is a voter |
 //! | `DELETE /members/{id}` | 204 once the node is removed |
 //! | `GET /status` | 200 and JSON: id, leader, term, role, commit, applied, log bounds, members |
+//! | `GET /metrics` | 200 and the storage's and the node's metrics, Prometheus text format |
 //!
 //! `{key}` is percent-decoded (`/keys/a%20b` is the key `a b`) and must be UTF-8 then.
 //!
@@ -20,8 +21,9 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use percent_encoding::percent_decode_str;
-use tiny_http::{Method, Request, Response, Server};
+use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::kv::Op;
 use crate::node::{Event, Reply};
@@ -31,26 +33,54 @@ const HTTP_THREADS: usize = 8;
 /// Largest request body read (a value or an address).
 const MAX_BODY_BYTES: u64 = 1 << 20;
 
-/// Serves the API on `addr`.
-pub fn serve(addr: &str, events: Sender<Event>, timeout: Duration) -> io::Result<()> {
+/// Serves the API on `addr`; `metrics` renders `GET /metrics`.
+pub fn serve(
+    addr: &str,
+    events: Sender<Event>,
+    timeout: Duration,
+    metrics: PrometheusHandle,
+) -> io::Result<()> {
     let server = Arc::new(Server::http(addr).map_err(|e| io::Error::other(e.to_string()))?);
     for k in 0..HTTP_THREADS {
         let server = server.clone();
         let events = events.clone();
+        let metrics = metrics.clone();
         thread::Builder::new().name(format!("http-{k}")).spawn(move || {
             // Until the server fails: it lives as long as the process.
             while let Ok(request) = server.recv() {
-                respond(request, &events, timeout);
+                respond(request, &events, timeout, &metrics);
             }
         })?;
     }
     Ok(())
 }
 
-fn respond(mut request: Request, events: &Sender<Event>, timeout: Duration) {
+fn respond(
+    mut request: Request,
+    events: &Sender<Event>,
+    timeout: Duration,
+    metrics: &PrometheusHandle,
+) {
+    let path = request.url().split('?').next().unwrap_or_default().to_string();
+    if path == "/metrics" && *request.method() == Method::Get {
+        let response = match ask(events, timeout, Event::RefreshMetrics) {
+            Some(()) => {
+                metrics.run_upkeep();
+                let content_type =
+                    Header::from_bytes("Content-Type", PROMETHEUS_TEXT).expect("a valid header");
+                Response::from_string(metrics.render()).with_header(content_type)
+            }
+            None => Response::from_string("node not answering\n").with_status_code(503),
+        };
+        let _ = request.respond(response);
+        return;
+    }
     let (code, body) = route(&mut request, events, timeout);
     let _ = request.respond(Response::from_string(body).with_status_code(code));
 }
+
+/// The content type of Prometheus's text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
 /// Sends an event carrying a reply channel and waits for the answer, at most `timeout`.
 fn ask<T>(
@@ -136,5 +166,9 @@ fn route(request: &mut Request, events: &Sender<Event>, timeout: Duration) -> (u
             _ => (405, "POST or DELETE\n".into()),
         };
     }
-    (404, "see GET/PUT/DELETE /keys/{key}, POST/DELETE /members/{id}, GET /status\n".into())
+    (
+        404,
+        "see GET/PUT/DELETE /keys/{key}, POST/DELETE /members/{id}, GET /status, GET /metrics\n"
+            .into(),
+    )
 }

@@ -21,6 +21,9 @@ use std::sync::mpsc::channel;
 use std::time::Duration;
 
 use clap::Parser;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tracing::level_filters::LevelFilter;
+use tracing::{error, info};
 
 use node::{Node, Options};
 
@@ -58,6 +61,9 @@ struct Args {
     /// Milliseconds a request may wait to be committed and applied before a 503.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Most detailed log events written to stderr: off, error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
 }
 
 fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -77,6 +83,19 @@ fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    // The storage's and the node's metrics, rendered by GET /metrics.
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("raftwal-kv: cannot set up metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let peers = match parse_peers(&args.peers) {
         Ok(p) => p,
         Err(e) => {
@@ -107,28 +126,23 @@ fn main() -> ExitCode {
     let node = match Node::open(options, &args.dir, tx.clone()) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("raftwal-kv: cannot open {}: {e}", args.dir.display());
+            error!(dir = %args.dir.display(), error = %e, "cannot open the storage");
             return ExitCode::FAILURE;
         }
     };
     if let Err(e) = transport::listen(&raft_addr, tx.clone()) {
-        eprintln!("raftwal-kv: cannot listen for peers on {raft_addr}: {e}");
+        error!(addr = %raft_addr, error = %e, "cannot listen for peers");
         return ExitCode::FAILURE;
     }
-    if let Err(e) = http::serve(&args.http, tx, timeout) {
-        eprintln!("raftwal-kv: cannot serve HTTP on {}: {e}", args.http);
+    if let Err(e) = http::serve(&args.http, tx, timeout, metrics) {
+        error!(addr = %args.http, error = %e, "cannot serve HTTP");
         return ExitCode::FAILURE;
     }
-    eprintln!(
-        "raftwal-kv: node {} (raft {raft_addr}, http {}, dir {})",
-        args.id,
-        args.http,
-        args.dir.display()
-    );
+    info!(id = args.id, raft = %raft_addr, http = %args.http, dir = %args.dir.display(), "node started");
     match node.run(&rx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("raftwal-kv: node {} stopped: {e}", args.id);
+            error!(id = args.id, error = %e, "node stopped");
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,7 @@ use raftwal::raft::{
 };
 use raftwal::{ConfState, Entry, EntryType, Snapshot, Storage, WalOptions, WalStorage};
 use serde::Serialize;
+use tracing::{info, warn};
 
 use crate::kv::{Command, KvState, MemberContext, Op, RequestId};
 use crate::transport::Peer;
@@ -41,6 +42,8 @@ pub enum Event {
     RemoveMember(u64, Sender<Reply>),
     /// The node's status as JSON.
     Status(Sender<String>),
+    /// Bring the gauges of the storage and the node up to date (before `GET /metrics`).
+    RefreshMetrics(Sender<()>),
 }
 
 /// How the node is set up (from the command line).
@@ -89,6 +92,8 @@ struct StatusReport {
 
 /// A request waiting for its entry to be applied or its read to be served.
 struct Waiter {
+    /// When it arrived (read latency is measured from here).
+    started: Instant,
     deadline: Instant,
     reply: Sender<Reply>,
     /// For a read: the key.
@@ -121,6 +126,8 @@ pub struct Node {
     waiting: HashMap<RequestId, Waiter>,
     /// Reads confirmed by the leader: (read index, context), served once applied reaches it.
     confirmed: Vec<(u64, Bytes)>,
+    /// The leader last seen (to count leader changes).
+    leader: u64,
 }
 
 impl Node {
@@ -167,6 +174,7 @@ impl Node {
             next_seq: 0,
             waiting: HashMap::new(),
             confirmed: Vec::new(),
+            leader: 0,
             options,
         };
         let known: Vec<(u64, String)> = node
@@ -224,7 +232,7 @@ impl Node {
             Ok(peer) => {
                 self.peers.insert(id, peer);
             }
-            Err(e) => eprintln!("node {}: cannot start the sender to {id}: {e}", self.id),
+            Err(e) => warn!(node = self.id, peer = id, error = %e, "cannot start the sender"),
         }
     }
 
@@ -279,7 +287,26 @@ impl Node {
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Event::RefreshMetrics(reply) => {
+                self.refresh_metrics();
+                let _ = reply.send(());
+            }
         }
+    }
+
+    /// Sets the gauges: the storage's (sizes) and the node's (term, commit, applied, role).
+    /// Counters and histograms are updated where their events happen.
+    fn refresh_metrics(&self) {
+        self.storage.metrics();
+        let st = self.raw.status();
+        metrics::gauge!("raftwal_kv_term").set(st.hard_state.term as f64);
+        metrics::gauge!("raftwal_kv_commit_index").set(st.hard_state.commit as f64);
+        metrics::gauge!("raftwal_kv_applied_index").set(self.applied as f64);
+        metrics::gauge!("raftwal_kv_last_index").set(st.last_index as f64);
+        metrics::gauge!("raftwal_kv_leader_id").set(st.soft_state.leader_id as f64);
+        let leading = st.soft_state.raft_state == StateRole::Leader;
+        metrics::gauge!("raftwal_kv_is_leader").set(if leading { 1.0 } else { 0.0 });
+        metrics::gauge!("raftwal_kv_requests_waiting").set(self.waiting.len() as f64);
     }
 
     fn wait(
@@ -290,6 +317,7 @@ impl Node {
         key: Option<String>,
     ) {
         if let Err(e) = proposed {
+            metrics::counter!("raftwal_kv_proposals_dropped_total").increment(1);
             let _ = reply.send(Err(format!("not proposed: {e}")));
             return;
         }
@@ -298,13 +326,17 @@ impl Node {
             let _ = reply.send(Err("too many requests waiting".into()));
             return;
         }
-        let deadline = Instant::now() + self.options.request_timeout;
-        self.waiting.insert(req, Waiter { deadline, reply, key });
+        let started = Instant::now();
+        let deadline = started + self.options.request_timeout;
+        self.waiting.insert(req, Waiter { started, deadline, reply, key });
     }
 
     /// Drops requests whose HTTP side has given up (it answers 503 on its own timeout).
     fn expire(&mut self, now: Instant) {
+        let before = self.waiting.len();
         self.waiting.retain(|_, w| w.deadline > now);
+        let expired = before - self.waiting.len();
+        metrics::counter!("raftwal_kv_requests_expired_total").increment(expired as u64);
         let waiting = &self.waiting;
         self.confirmed.retain(|(_, ctx)| {
             serde_json::from_slice::<RequestId>(ctx).is_ok_and(|req| waiting.contains_key(&req))
@@ -339,10 +371,15 @@ impl Node {
                 return Ok(());
             }
             let mut rd = self.raw.ready();
-            if let Some(ss) = rd.soft_state
-                && ss.raft_state == StateRole::Leader
-            {
-                eprintln!("node {}: leader in term {}", self.id, self.raw.status().hard_state.term);
+            if let Some(ss) = rd.soft_state {
+                if ss.leader_id != self.leader {
+                    self.leader = ss.leader_id;
+                    metrics::counter!("raftwal_kv_leader_changes_total").increment(1);
+                }
+                if ss.raft_state == StateRole::Leader {
+                    let term = self.raw.status().hard_state.term;
+                    info!(node = self.id, term, "became leader");
+                }
             }
             // 1. Persist: the snapshot, then entries and hard state in one synced write.
             if let Some(s) = &rd.snapshot {
@@ -409,7 +446,8 @@ impl Node {
             self.ensure_peer(id, &addr);
         }
         self.answer_covered();
-        eprintln!("node {}: restored from a snapshot at {}", self.id, s.metadata.index);
+        metrics::counter!("raftwal_kv_snapshots_received_total").increment(1);
+        info!(node = self.id, index = s.metadata.index, "restored from a snapshot");
         Ok(())
     }
 
@@ -496,7 +534,7 @@ impl Node {
             ConfChangeType::RemoveNode => {
                 self.kv.addrs.remove(&node);
                 if node == self.id {
-                    eprintln!("node {}: removed from the cluster", self.id);
+                    info!(node = self.id, "removed from the cluster");
                 }
             }
         }
@@ -525,6 +563,8 @@ impl Node {
         for ctx in ready {
             let Ok(req) = serde_json::from_slice::<RequestId>(&ctx) else { continue };
             if let Some(w) = self.waiting.remove(&req) {
+                let took = w.started.elapsed().as_secs_f64();
+                metrics::histogram!("raftwal_kv_read_index_duration_seconds").record(took);
                 let key = w.key.as_deref().unwrap_or_default();
                 let _ = w.reply.send(Ok(self.kv.data.get(key).cloned()));
             }

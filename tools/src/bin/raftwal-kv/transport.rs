@@ -40,10 +40,10 @@ pub fn listen(addr: &str, events: Sender<Event>) -> io::Result<()> {
                         .name("raft-read".into())
                         .spawn(move || read_frames(stream, &events));
                     if let Err(e) = spawned {
-                        eprintln!("raft transport: cannot start a reader: {e}");
+                        tracing::warn!(error = %e, "raft transport: cannot start a reader");
                     }
                 }
-                Err(e) => eprintln!("raft transport: accept failed: {e}"),
+                Err(e) => tracing::warn!(error = %e, "raft transport: accept failed"),
             }
         }
     })?;
@@ -61,7 +61,11 @@ fn read_frames(stream: TcpStream, events: &Sender<Event>) {
         }
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FRAME_BYTES {
-            eprintln!("raft transport: frame of {len} bytes exceeds {MAX_FRAME_BYTES}; closing");
+            tracing::warn!(
+                len,
+                limit = MAX_FRAME_BYTES,
+                "raft transport: frame too large; closing"
+            );
             return;
         }
         let mut frame = vec![0u8; len];
@@ -75,7 +79,7 @@ fn read_frames(stream: TcpStream, events: &Sender<Event>) {
                 }
             }
             Err(e) => {
-                eprintln!("raft transport: undecodable frame ({e}); closing");
+                tracing::warn!(error = %e, "raft transport: undecodable frame; closing");
                 return;
             }
         }
