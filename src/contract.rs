@@ -6,7 +6,7 @@
 //! `first_index() == offset + 1` and `last_index() == offset + len - 1`, where `len` counts the
 //! dummy. A fresh storage holds only the dummy `(0, 0)`: first index 1, last index 0.
 //!
-//! The argument checks below ([`check_entries_range`], [`trim_append`], ...) are the rules every
+//! The argument checks below (`check_entries_range`, `trim_append`, ...) are the rules every
 //! implementation shares, so that `MemoryStorage` and `WalStorage` refuse exactly the same calls.
 
 use std::sync::Arc;

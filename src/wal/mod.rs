@@ -1,7 +1,7 @@
 //! The write-ahead log: segment files of checksummed, chained records, with etcd's log
 //! semantics (dummy entry, suffix replacement, compaction) and group commit.
 //!
-//! - [`format`]: the bytes on disk; [`recovery`]: the scan and the decision table;
+//! - [`format`](mod@format): the bytes on disk; [`recovery`]: the scan and the decision table;
 //!   `replay`: opening a directory; `writer`: framing and rollover; `segment`, `cache`, `index`:
 //!   the read side.
 //!
