@@ -176,11 +176,10 @@ impl Wal {
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
             // The rollover synced the old segment whole: everything before it is durable.
-            let map = sealed.file.map().ok();
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
                 sealed.sequence,
-                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file, map },
+                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file },
             );
             let mut sync = self.lock_sync();
             sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
@@ -515,7 +514,6 @@ impl Inner {
             return segment::read_entries(
                 &active.name,
                 active.file.as_ref(),
-                None,
                 u64::from(loc.offset),
                 max_record,
             );

@@ -11,7 +11,7 @@ use crate::wal::index::Loc;
 use crate::wal::recovery::{
     Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
 };
-use crate::wal::segment::Segment;
+use crate::wal::segment::{self, Segment};
 use crate::wal::state::LogState;
 use crate::wal::writer::Active;
 
@@ -114,7 +114,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     for (i, f) in found.iter().enumerate() {
         let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
         let file = fs.open(&dir.join(&f.name))?;
-        let bytes = file.map()?;
+        let bytes = segment::read_whole(&f.name, file.as_ref())?;
         let scan = scan_segment(&bytes, options.max_record_bytes);
         report.segments_scanned += 1;
         report.bytes_scanned += scan.stop_offset;
@@ -203,10 +203,10 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         let truncated_here = end != scan.stop_offset || stop_here;
         let data_start = scan.records.first().map_or(0, |r| r.offset + r.framed_len);
         if let Some((segment, _, _)) = last_kept.take() {
-            sealed.push(Segment { map: segment.file.map().ok(), ..segment });
+            sealed.push(segment);
         }
         next_sequence = f.sequence + 1;
-        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, map: None };
+        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file };
         last_kept = Some((segment, end, data_start));
         if truncated_here {
             // Erase the tail after `end`: the bytes after a cut must never look like records.

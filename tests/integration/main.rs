@@ -17,4 +17,5 @@ mod raft_properties;
 mod raft_replication;
 mod raft_sim;
 mod wal;
+mod wal_recovery_hardening;
 mod wal_storage;
