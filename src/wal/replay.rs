@@ -29,6 +29,9 @@ pub struct RecoveryReport {
     /// Segment files removed (torn new segments; in `TruncateCorrupt` mode, everything after
     /// the damage).
     pub removed: Vec<String>,
+    /// Bytes zeroed after the end of the segment writing resumes in: (segment file, offset,
+    /// bytes). Set after a cut, and when garbage (no valid record) followed an accepted end.
+    pub erased: Option<(String, u64, u64)>,
 }
 
 /// The result of opening: the state, the segments in order, and where writing resumes.
@@ -208,13 +211,20 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         next_sequence = f.sequence + 1;
         let segment = Segment { sequence: f.sequence, name: f.name.clone(), file };
         last_kept = Some((segment, end, data_start));
-        if truncated_here {
-            // Erase the tail after `end`: the bytes after a cut must never look like records.
+        if truncated_here || position != Position::Sealed {
+            // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
+            // after an accepted end too (a torn write whose first sector was lost but a later
+            // one survived). Left in place, bytes after a cut could pass for records, and
+            // shorter appends would leave them right behind the last record, where the sealed
+            // segment would read as damaged.
             let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
             if last_nonzero > end {
                 let (seg, _, _) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
+                report.erased = Some((f.name.clone(), end, last_nonzero - end));
             }
+        }
+        if truncated_here {
             if i + 1 < found.len() {
                 remove_from = Some(i + 1);
             }
