@@ -86,6 +86,7 @@ impl Wal {
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
         let recovered = replay::recover(&fs, dir, &options)?;
         let mut state = recovered.state;
+        let created = recovered.resume.is_none();
         let active = match recovered.resume {
             Some(active) => active,
             None => {
@@ -93,13 +94,14 @@ impl Wal {
                 let sequence = recovered.next_sequence;
                 let first_index = state.index.last_index() + 1;
                 let name = format::segment_name(sequence, first_index);
-                let file = fs.create(&dir.join(&name))?;
+                // Written under a temp name and renamed once its header and checkpoint are
+                // durable (below): a log's only segment never shows a header that was not
+                // synced, so recovery can treat a bad one as damage (row H6).
+                let file = fs.create(&dir.join(format::temp_name(sequence)))?;
                 // Allocated but not zero-filled: creating a log stays cheap. Only this first
                 // segment pays for appending into unwritten extents; the writer prepares every
                 // later one zero-filled, in the background.
                 file.allocate(options.segment_size_bytes)?;
-                file.sync_data()?;
-                fs.sync_dir(dir)?;
                 Active {
                     sequence,
                     first_index,
@@ -121,6 +123,11 @@ impl Wal {
             writer.active.file.sync_data()?;
             let target = writer.sync_target();
             writer.mark_durable(&target);
+            if created {
+                let temp = dir.join(format::temp_name(writer.active.sequence));
+                fs.rename(&temp, &dir.join(&writer.active.name))?;
+                fs.sync_dir(dir)?;
+            }
         }
         let sealed = recovered.sealed.into_iter().map(|s| (s.sequence, s)).collect();
         state.index.shrink();

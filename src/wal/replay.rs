@@ -115,7 +115,11 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut remove_from: Option<usize> = None;
 
     for (i, f) in found.iter().enumerate() {
-        let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
+        let position = match (i + 1 == found.len(), i == 0) {
+            (true, true) => Position::Only,
+            (true, false) => Position::Last,
+            (false, _) => Position::Sealed,
+        };
         let file = fs.open(&dir.join(&f.name))?;
         let bytes = segment::read_whole(&f.name, file.as_ref())?;
         let scan = scan_segment(&bytes, options.max_record_bytes);
