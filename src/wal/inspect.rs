@@ -71,9 +71,10 @@ pub struct Problem {
     pub offset: u64,
     /// What is wrong.
     pub kind: CorruptionKind,
-    /// The recovery table row (`R1`…`H5`), or `link` (segments do not follow each other),
-    /// `replay` (a valid record contradicts the log), `missing` (entries whose segments were
-    /// deleted are still live), `fresh` (a segment without a checkpoint does not continue the log).
+    /// The recovery table row (`R1`…`R9`, `H1`…`H6`, `U1`…`U3`), or `link` (segments do not
+    /// follow each other), `replay` (a valid record contradicts the log), `missing` (entries
+    /// whose segments were deleted are still live), `fresh` (a segment without a checkpoint does
+    /// not continue the log).
     pub label: &'static str,
     /// Why the decision is what it is.
     pub reason: String,
