@@ -951,7 +951,10 @@ mod tests {
         let (clean, _) = all_records(&fs);
         assert_eq!(clean.segments.len(), 1);
         let name = clean.segments[0].name.clone();
-        fs.flip_bit(&dir().join(&name), (format::SEQUENCE_OFFSET as u64) * 8).unwrap();
+        // Its first sector zeroed: the header and the records in it.
+        let mut bytes = fs.read_file(&dir().join(&name)).unwrap();
+        bytes[..512].fill(0);
+        fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
 
         let inspection = inspect(&fs, &dir(), &options()).unwrap();
 

@@ -32,6 +32,12 @@ pub const LOOKAHEAD_BUDGET_PER_BYTE: u64 = 2;
 /// Bytes the look-ahead may checksum whatever the segment's size (room for one large record).
 pub const LOOKAHEAD_BUDGET_MIN_BYTES: u64 = 1 << 20;
 
+/// The unit a disk writes whole (DESIGN.md §7 assumes 512-byte sectors are written atomically):
+/// a crash can lose or keep a sector, never leave half of it.
+pub const ATOMIC_SECTOR_BYTES: u64 = 512;
+
+const _: () = assert!(SEGMENT_HEADER_LEN as u64 <= ATOMIC_SECTOR_BYTES);
+
 /// A record found by a scan, checked and decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScannedRecord {
@@ -91,6 +97,8 @@ pub struct SegmentScan {
     /// [`LOOKAHEAD_BUDGET_PER_BYTE`] times the bytes after the stop plus
     /// [`LOOKAHEAD_BUDGET_MIN_BYTES`]).
     pub lookahead_checked_bytes: u64,
+    /// Offset of the first valid record the look-ahead found past the stop, if any.
+    pub first_valid_after: Option<u64>,
 }
 
 impl SegmentScan {
@@ -108,8 +116,8 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
     let header = SegmentHeader::decode(bytes);
     let Ok(segment_header) = header else {
         // With no header there is no chain to follow: only the witness question remains.
-        let mut lookahead_checked_bytes = 0;
-        let after = look_after(bytes, 0, &mut lookahead_checked_bytes);
+        let mut work = LookAhead::default();
+        let after = look_after(bytes, 0, &mut work);
         return SegmentScan {
             header,
             records: Vec::new(),
@@ -124,7 +132,8 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
                 Err(HeaderError::Short | HeaderError::Zeroed) | Ok(_) => CorruptionKind::Torn,
             }),
             after,
-            lookahead_checked_bytes,
+            lookahead_checked_bytes: work.checked_bytes,
+            first_valid_after: work.first_valid,
         };
     };
     let mut records = Vec::new();
@@ -194,15 +203,16 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
         prev_crc = crc;
         offset += framed;
     };
-    let mut lookahead_checked_bytes = 0;
-    let after = look_after(bytes, offset, &mut lookahead_checked_bytes);
+    let mut work = LookAhead::default();
+    let after = look_after(bytes, offset, &mut work);
     SegmentScan {
         header,
         records,
         stop_offset: offset as u64,
         after,
         stop,
-        lookahead_checked_bytes,
+        lookahead_checked_bytes: work.checked_bytes,
+        first_valid_after: work.first_valid,
     }
 }
 
@@ -230,9 +240,19 @@ fn candidate_at(bytes: &[u8], offset: usize) -> Option<(FrameHeader, &[u8])> {
     Some((head, payload))
 }
 
+/// What a look-ahead did besides its answer.
+#[derive(Default)]
+struct LookAhead {
+    /// Bytes checksummed.
+    checked_bytes: u64,
+    /// Offset of the first valid record found.
+    first_valid: Option<u64>,
+}
+
 /// Looks past a stop for valid records, and for one that proves the stop was durable. Counts
-/// the bytes it checksums in `checked` and gives up (`Undecided`) past its budget.
-fn look_after(bytes: &[u8], stop: usize, checked: &mut u64) -> After {
+/// the bytes it checksums and gives up (`Undecided`) past its budget.
+fn look_after(bytes: &[u8], stop: usize, work: &mut LookAhead) -> After {
+    let checked = &mut work.checked_bytes;
     let rest = bytes.len().saturating_sub(stop) as u64;
     let budget = rest.saturating_mul(LOOKAHEAD_BUDGET_PER_BYTE) + LOOKAHEAD_BUDGET_MIN_BYTES;
     let mut after = After::Nothing;
@@ -253,6 +273,7 @@ fn look_after(bytes: &[u8], stop: usize, checked: &mut u64) -> After {
             offset += RECORD_ALIGN;
             continue;
         }
+        work.first_valid.get_or_insert(offset as u64);
         if head.durable > stop as u64 {
             return After::DurableWitness { offset: offset as u64 };
         }
@@ -295,6 +316,10 @@ pub enum StopClass {
     Malformed,
     /// The segment header is missing, torn or fails its CRC.
     BadHeader,
+    /// The segment header is bad although a valid record starts in its sector: sectors are
+    /// written whole, so the header was written and has been damaged since; no torn write
+    /// leaves this.
+    DamagedHeader,
     /// The header is intact but written by another format version, or with flags this build
     /// does not know.
     Version,
@@ -479,6 +504,15 @@ pub const DECISION_TABLE: &[Case] = &[
                     it is damaged, and removing the segment would forget the hard state",
     },
     Case {
+        label: "H7",
+        positions: ANY,
+        stop: StopClass::DamagedHeader,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "a valid record in the header's sector proves the sector was written whole: \
+                    the header is damaged, not torn",
+    },
+    Case {
         label: "U1",
         positions: ANY,
         stop: StopClass::End,
@@ -525,6 +559,9 @@ pub fn decide(position: Position, stop: StopClass, after: AfterClass) -> &'stati
 pub fn classify(scan: &SegmentScan) -> StopClass {
     match (&scan.header, &scan.stop) {
         (Err(HeaderError::Version(_) | HeaderError::Flags(_)), _) => StopClass::Version,
+        (Err(_), _) if scan.first_valid_after.is_some_and(|at| at < ATOMIC_SECTOR_BYTES) => {
+            StopClass::DamagedHeader
+        }
         (Err(_), _) => StopClass::BadHeader,
         (Ok(_), Stop::End) => StopClass::End,
         (Ok(_), Stop::Damaged(CorruptionKind::Malformed(_))) => StopClass::Malformed,
@@ -549,6 +586,7 @@ mod tests {
             StopClass::BadRecord,
             StopClass::Malformed,
             StopClass::BadHeader,
+            StopClass::DamagedHeader,
             StopClass::Version,
         ];
         let afters = [
@@ -740,15 +778,34 @@ mod tests {
     fn h1_h2_unwritten_or_torn_header_of_the_last_segment_is_dropped() {
         assert_eq!(decision(&[0u8; 4096], Position::Last), ("H1", Decision::TruncateTail));
         assert_eq!(decision(&[], Position::Last), ("H1", Decision::TruncateTail));
+        // The first sector of the first write was lost, a later one survived.
+        let built = lost_first_sector(0);
+        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
+    }
+
+    /// Eight records written in one segment, the first `synced_writes` of them synced, then the
+    /// first sector (header and first records) zeroed: a torn write that kept a later sector.
+    fn lost_first_sector(synced_writes: usize) -> Built {
+        let mut built = build(&entries(8), synced_writes, 4096);
+        assert!(*built.offsets.last().unwrap() as u64 > ATOMIC_SECTOR_BYTES, "records beyond it");
+        built.bytes[..ATOMIC_SECTOR_BYTES as usize].fill(0);
+        built
+    }
+
+    #[test]
+    fn h7_bad_header_sharing_its_sector_with_a_valid_record_is_corruption() {
         let mut built = build(&entries(2), 0, 4096);
         built.bytes[3] ^= 1;
-        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.first_valid_after, Some(SEGMENT_HEADER_LEN as u64));
+        for position in [Position::Last, Position::Only, Position::Sealed] {
+            assert_eq!(decision(&built.bytes, position), ("H7", Decision::Corruption));
+        }
     }
 
     #[test]
     fn h3_h4_damaged_durable_header_is_corruption() {
-        let mut built = build(&entries(2), 3, 4096);
-        built.bytes[20] ^= 1;
+        let built = lost_first_sector(3);
         assert_eq!(decision(&built.bytes, Position::Last), ("H3", Decision::Corruption));
         assert_eq!(decision(&built.bytes, Position::Sealed), ("H4", Decision::Corruption));
     }
@@ -792,8 +849,7 @@ mod tests {
 
     #[test]
     fn h6_damaged_header_of_the_only_segment_is_corruption_whatever_follows() {
-        let mut built = build(&entries(2), 0, 4096);
-        built.bytes[20] ^= 1;
+        let built = lost_first_sector(0);
         assert_eq!(decision(&built.bytes, Position::Only), ("H6", Decision::Corruption));
         assert_eq!(decision(&[0u8; 4096], Position::Only), ("H6", Decision::Corruption));
         // The newest of several segments with the same bytes is a torn new segment.

@@ -119,7 +119,10 @@ fn a_damaged_header_of_the_only_segment_is_refused_not_reset() {
     let fs = CrashFs::new();
     let (name, _) = only_segment_without_witness(&fs);
     let path = wal_dir().join(&name);
-    fs.flip_bit(&path, (SEQUENCE_OFFSET as u64) * 8 + 3).unwrap();
+    // Its first sector lost: the header and the records in that sector read as zeros.
+    let mut bytes = fs.read_file(&path).unwrap();
+    bytes[..512].fill(0);
+    fs.write_file_raw(&path, &bytes).unwrap();
 
     let never = WalOptions { sync_policy: SyncPolicy::Never, ..options() };
     for _ in 0..2 {
@@ -313,4 +316,36 @@ fn lowering_max_record_bytes_below_a_stored_record_is_refused_naming_the_option(
     // Nothing was cut: the old limit still opens the whole log.
     let wal = open(&fs, &big).unwrap();
     assert_eq!(wal.last_index(), 2);
+}
+
+/// The batch that starts a new segment is written with its header and checkpoint in one write,
+/// all with durable = 0, and acknowledged after its sync. A bit flip in that header later must
+/// not pass for a new segment torn in its first write: the header shares its sector with the
+/// checkpoint after it, and a sector is written whole, so the header was written and is damaged.
+#[test]
+fn a_damaged_header_sharing_its_sector_with_a_valid_record_is_refused() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options()).unwrap();
+    let mut last = 0;
+    // Bounded: a few dozen entries fill a 4 KiB segment.
+    while wal.segment_count() < 2 {
+        last += 1;
+        wal.save(Some(&HardState { term: 1, vote: 1, commit: last }), &[entry(last, 1, 100)])
+            .unwrap();
+    }
+    // Acknowledged: the save returned after its sync. Not closed, so nothing witnesses it.
+    drop(wal);
+    let name = segments(&fs, &wal_dir()).pop().unwrap();
+    fs.flip_bit(&wal_dir().join(&name), (SEQUENCE_OFFSET as u64) * 8 + 2).unwrap();
+
+    match open(&fs, &options()) {
+        Err(Error::Corruption { segment, offset, .. }) => {
+            assert_eq!((segment, offset), (PathBuf::from(&name), 0));
+        }
+        Ok(wal) => panic!(
+            "open must refuse, but dropped the acknowledged entry {last}: last index {}",
+            wal.last_index()
+        ),
+        Err(other) => panic!("open must refuse with Corruption, got {other:?}"),
+    }
 }
