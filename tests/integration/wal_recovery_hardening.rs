@@ -78,6 +78,8 @@ fn garbage_behind_an_accepted_end_is_erased_before_appending() {
 
     let wal = open(&fs, &options()).unwrap();
     assert_eq!(wal.last_index(), 3);
+    let erased = wal.recovery_report().erased.clone();
+    assert_eq!(erased, Some((name.clone(), end as u64, (bytes.len() - end) as u64)));
     let mut last = 3;
     // Small writes until the segment rolls over twice: the damaged one is sealed then.
     // Bounded: each 4 KiB segment holds a few dozen of these entries.
@@ -347,5 +349,48 @@ fn a_damaged_header_sharing_its_sector_with_a_valid_record_is_refused() {
             wal.last_index()
         ),
         Err(other) => panic!("open must refuse with Corruption, got {other:?}"),
+    }
+}
+
+/// Records larger than one read-ahead are read with a second `pread`; a sealed segment cut
+/// short inside such a record reads as torn.
+#[test]
+fn large_records_of_sealed_segments_read_back_and_a_cut_inside_one_is_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Fs = Arc::new(RealFs);
+    let opts = WalOptions {
+        segment_size_bytes: 64 << 10,
+        max_record_bytes: 64 << 10,
+        cache_bytes: 0,
+        ..options()
+    };
+    let wal = Wal::open(fs.clone(), dir.path(), opts).unwrap();
+    let big = |i: u64| entry(i, 1, 10_000 + i as usize * 7);
+    let mut last = 0;
+    // Bounded: six or so 10 KiB entries fill a 64 KiB segment.
+    while wal.segment_count() < 3 {
+        last += 1;
+        wal.save(None, &[big(last)]).unwrap();
+    }
+    let got = wal.entries(1, last + 1, u64::MAX).unwrap();
+    assert_eq!(got, (1..=last).map(big).collect::<Vec<_>>());
+
+    let first_sealed = segments(fs.as_ref(), dir.path()).remove(0);
+    let path = dir.path().join(&first_sealed);
+    let bytes = std::fs::read(&path).unwrap();
+    let second = scan_segment(&bytes, 64 << 10).records[2].clone();
+    // Cut 6000 bytes into the second entry's record: past the first read, before its end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(second.offset + 6000)
+        .unwrap();
+    match wal.entries(2, 3, u64::MAX) {
+        Err(Error::Corruption { segment, offset, kind }) => {
+            assert_eq!((segment, offset), (PathBuf::from(&first_sealed), second.offset));
+            assert_eq!(kind, raftwal::CorruptionKind::Torn);
+        }
+        other => panic!("a record cut short must read as torn, got {other:?}"),
     }
 }
