@@ -9,9 +9,9 @@
 //! a create, rename or remove is durable after `sync_dir` on its directory. Code above this seam
 //! must never rely on more.
 //!
-//! This is the one module allowed `unsafe` (memory-mapping sealed files in [`real`]).
-
-#![allow(unsafe_code)] // Only `real` maps files; every block there has a `// SAFETY:` comment.
+//! Files are read with positional reads only, never memory-mapped: a mapped file that another
+//! program truncates, or a sector that fails to read, would kill the process with SIGBUS
+//! instead of returning an error.
 
 #[cfg(any(test, feature = "testing"))]
 mod crash;
@@ -22,8 +22,6 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 #[cfg(any(test, feature = "testing"))]
 pub use crash::{CrashFs, Fault, FaultKind, Hook, OpEvent, OpKind};
@@ -55,10 +53,6 @@ pub trait File: Send + Sync + fmt::Debug {
     /// Reserves disk space so that the file is at least `len` bytes long, zero-filled, and writes
     /// below `len` cannot fail for lack of space.
     fn allocate(&self, len: u64) -> io::Result<()>;
-
-    /// A read-only image of the whole file as it is now. The real file system maps the file into
-    /// memory; call it only on files that are never written again (sealed segments).
-    fn map(&self) -> io::Result<Bytes>;
 
     /// Writes all of `buf` at `offset`, continuing after short writes.
     fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {

@@ -1,4 +1,4 @@
-//! The real file system: std files, `fs2` for locks and allocation, `memmap2` for sealed files.
+//! The real file system: std files, and `fs2` for locks and allocation.
 
 use std::fs;
 use std::io;
@@ -6,7 +6,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use fs2::FileExt as _;
 
 use super::{DirLock, File, FileSystem};
@@ -43,20 +42,6 @@ impl File for RealFile {
         // fallocate(2) where supported; fs2 falls back to set_len, which is still correct (the
         // file reads as zeros) but does not reserve the blocks.
         self.0.allocate(len)
-    }
-
-    fn map(&self) -> io::Result<Bytes> {
-        if self.len()? == 0 {
-            // mmap(2) rejects empty mappings.
-            return Ok(Bytes::new());
-        }
-        // SAFETY: mapping a file is undefined behaviour if the file changes underneath the map.
-        // raftwal maps only sealed segments and finished snapshot files, which it never writes,
-        // truncates or reuses while mapped, and it holds the directory's exclusive lock, so no
-        // other raftwal process writes them either. Removing a mapped file is fine: the mapping
-        // keeps the inode alive.
-        let map = unsafe { memmap2::Mmap::map(&self.0)? };
-        Ok(Bytes::from_owner(map))
     }
 }
 
@@ -123,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_read_map_and_list_on_a_real_directory() {
+    fn write_read_and_list_on_a_real_directory() {
         let dir = tempfile::tempdir().unwrap();
         let fs = RealFs;
         let path = dir.path().join("a");
@@ -135,9 +120,10 @@ mod tests {
         assert_eq!(&buf, b"hello");
         file.allocate(4096).unwrap();
         assert_eq!(file.len().unwrap(), 4096);
-        let map = file.map().unwrap();
-        assert_eq!(&map[..5], b"hello");
-        assert!(map[5..].iter().all(|&b| b == 0), "allocated space reads as zeros");
+        let mut whole = vec![1u8; 4096];
+        file.read_exact_at(&mut whole, 0).unwrap();
+        assert_eq!(&whole[..5], b"hello");
+        assert!(whole[5..].iter().all(|&b| b == 0), "allocated space reads as zeros");
         fs.rename(&path, &dir.path().join("b")).unwrap();
         fs.sync_dir(dir.path()).unwrap();
         assert_eq!(fs.list(dir.path()).unwrap(), ["b"]);

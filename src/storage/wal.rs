@@ -63,6 +63,7 @@ impl WalStorage {
 
     /// Opens the storage in `dir` on `fs` (for example a `CrashFs` in tests).
     pub fn open_with_fs(fs: Fs, dir: &Path, options: WalOptions) -> Result<WalStorage> {
+        refuse_lost_log(&fs, dir)?;
         let wal = Wal::open(fs.clone(), &dir.join(WAL_DIR), options.clone())?;
         let snaps = SnapshotStore::open(fs, &dir.join(SNAP_DIR))?;
         let storage = WalStorage {
@@ -322,6 +323,38 @@ impl WalStorage {
     /// The WAL underneath (for statistics and tools).
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+}
+
+/// Refuses a directory whose snapshot files survived while its WAL has no segment. A new
+/// storage creates its log (durably) before any snapshot file can be written, so such a WAL
+/// lost its segments: opening would build an empty log, forget the hard state and remove the
+/// snapshot files as orphans of an uncommitted snapshot.
+fn refuse_lost_log(fs: &Fs, dir: &Path) -> Result<()> {
+    let wal_dir = dir.join(WAL_DIR);
+    let has_segment = match fs.list(&wal_dir) {
+        Ok(names) => names.iter().any(|n| crate::wal::format::parse_segment_name(n).is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    if has_segment {
+        return Ok(());
+    }
+    let snapshots = match SnapshotStore::open_existing(fs.clone(), &dir.join(SNAP_DIR)).list() {
+        Ok(snapshots) => snapshots,
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    match snapshots.last() {
+        None => Ok(()),
+        Some(newest) => Err(Error::Corruption {
+            segment: PathBuf::from(WAL_DIR),
+            offset: 0,
+            kind: CorruptionKind::Malformed(format!(
+                "the log has no segment, but snapshot {} exists: the log's segments were lost",
+                newest.name
+            )),
+        }),
     }
 }
 

@@ -89,6 +89,9 @@ pub enum HeaderError {
     BadMagic,
     /// Written by an unknown format version.
     Version(u32),
+    /// Flags this build does not know (every flag is reserved and written 0): the segment was
+    /// written with a feature this build lacks, so its records may not mean what they seem.
+    Flags(u32),
     /// The header CRC does not match.
     Checksum,
 }
@@ -128,6 +131,10 @@ impl SegmentHeader {
         let version = LittleEndian::read_u32(&buf[VERSION_OFFSET..]);
         if version != FORMAT_VERSION {
             return Err(HeaderError::Version(version));
+        }
+        let flags = LittleEndian::read_u32(&buf[FLAGS_OFFSET..]);
+        if flags != 0 {
+            return Err(HeaderError::Flags(flags));
         }
         Ok(SegmentHeader {
             sequence: LittleEndian::read_u64(&buf[SEQUENCE_OFFSET..]),

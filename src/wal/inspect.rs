@@ -71,9 +71,10 @@ pub struct Problem {
     pub offset: u64,
     /// What is wrong.
     pub kind: CorruptionKind,
-    /// The recovery table row (`R1`…`H5`), or `link` (segments do not follow each other),
-    /// `replay` (a valid record contradicts the log), `missing` (entries whose segments were
-    /// deleted are still live), `fresh` (a segment without a checkpoint does not continue the log).
+    /// The recovery table row (`R1`…`R9`, `H1`…`H6`, `U1`…`U3`), or `link` (segments do not
+    /// follow each other), `replay` (a valid record contradicts the log), `missing` (entries
+    /// whose segments were deleted are still live), `fresh` (a segment without a checkpoint does
+    /// not continue the log).
     pub label: &'static str,
     /// Why the decision is what it is.
     pub reason: String,
@@ -253,7 +254,12 @@ pub fn inspect_with(
     let (mut total_records, mut total_valid) = (0, 0);
 
     for (i, f) in found.iter().enumerate() {
-        let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
+        // As open sees it: the newest segment is the only one when none was read before it.
+        let position = match (i + 1 == found.len(), segments.is_empty()) {
+            (true, true) => Position::Only,
+            (true, false) => Position::Last,
+            (false, _) => Position::Sealed,
+        };
         let path = dir.join(&f.name);
         let file = match fs.open(&path) {
             Ok(file) => file,
@@ -933,6 +939,70 @@ mod tests {
         assert_eq!(inspection.segments.len(), 2);
         assert_eq!(inspection.segments[1].link, Some((0, CorruptionKind::Gap)));
         assert_eq!(inspection.verdict(), Verdict::Corruption);
+    }
+
+    #[test]
+    fn a_damaged_header_of_the_only_segment_is_corruption_as_open_finds_it() {
+        let fs = CrashFs::new();
+        let wal = open(&fs, RecoveryMode::Strict).unwrap();
+        wal.save(Some(&HardState { term: 3, vote: 1, commit: 0 }), &[Entry::new(1, 3, "x")])
+            .unwrap();
+        drop(wal);
+        let (clean, _) = all_records(&fs);
+        assert_eq!(clean.segments.len(), 1);
+        let name = clean.segments[0].name.clone();
+        // Its first sector zeroed: the header and the records in it.
+        let mut bytes = fs.read_file(&dir().join(&name)).unwrap();
+        bytes[..512].fill(0);
+        fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
+
+        let inspection = inspect(&fs, &dir(), &options()).unwrap();
+
+        assert_eq!(inspection.verdict(), Verdict::Corruption);
+        let problem = inspection.problem.clone().unwrap();
+        assert_eq!((problem.label, problem.segment.as_str()), ("H6", name.as_str()));
+        match open(&fs, RecoveryMode::Strict) {
+            Err(Error::Corruption { segment, offset, .. }) => {
+                assert_eq!((segment, offset), (PathBuf::from(&name), 0));
+            }
+            other => panic!("open must refuse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hostile_segment_is_refused_by_inspection_and_open_alike() {
+        let fs = CrashFs::new();
+        let wal = open(&fs, RecoveryMode::Strict).unwrap();
+        wal.save(None, &[Entry::new(1, 1, "x")]).unwrap();
+        drop(wal);
+        let (clean, _) = all_records(&fs);
+        let path = segment_path(&clean, 0);
+        let mut bytes = fs.read_file(&path).unwrap();
+        let from = (clean.segments[0].valid_bytes as usize + 8).next_multiple_of(8);
+        bytes.truncate(from);
+        // Every 8 bytes a candidate frame of type 2 whose 3000-byte payload fails its CRC.
+        while bytes.len() < 64 << 10 {
+            bytes.extend([2, 0, 0, 0]);
+            bytes.extend(3000u32.to_le_bytes());
+        }
+        fs.write_file_raw(&path, &bytes).unwrap();
+        let wide = WalOptions { max_record_bytes: 4096, ..options() };
+
+        let inspection = inspect(&fs, &dir(), &wide).unwrap();
+
+        assert_eq!(inspection.verdict(), Verdict::Corruption);
+        let problem = inspection.problem.clone().unwrap();
+        assert_eq!(problem.label, "U2");
+        let shared: Fs = Arc::new(fs.clone());
+        match Wal::open(shared, &dir(), wide) {
+            Err(Error::Corruption { segment, offset, .. }) => {
+                assert_eq!(
+                    (segment, offset),
+                    (PathBuf::from(&clean.segments[0].name), problem.offset)
+                );
+            }
+            other => panic!("open must refuse, got {other:?}"),
+        }
     }
 
     #[test]

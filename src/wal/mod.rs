@@ -97,6 +97,7 @@ impl Wal {
         let recovery = recovery_metrics(&recovered.report, started.elapsed());
         let counters = Arc::new(Counters::default());
         let mut state = recovered.state;
+        let created = recovered.resume.is_none();
         let active = match recovered.resume {
             Some(active) => active,
             None => {
@@ -107,14 +108,14 @@ impl Wal {
                 }
                 let first_index = state.index.last_index() + 1;
                 let name = format::segment_name(sequence, first_index);
-                let file = fs.create(&dir.join(&name))?;
+                // Written under a temp name and renamed once its header and checkpoint are
+                // durable (below): a log's only segment never shows a header that was not
+                // synced, so recovery can treat a bad one as damage (row H6).
+                let file = fs.create(&dir.join(format::temp_name(sequence)))?;
                 // Allocated but not zero-filled: creating a log stays cheap. Only this first
                 // segment pays for appending into unwritten extents; the writer prepares every
                 // later one zero-filled, in the background.
                 file.allocate(options.segment_size_bytes)?;
-                file.sync_data()?;
-                fs.sync_dir(dir)?;
-                counters.segment(true);
                 Active {
                     sequence,
                     first_index,
@@ -137,6 +138,12 @@ impl Wal {
             writer.active.file.sync_data()?;
             let target = writer.sync_target();
             writer.mark_durable(&target);
+            if created {
+                let temp = dir.join(format::temp_name(writer.active.sequence));
+                fs.rename(&temp, &dir.join(&writer.active.name))?;
+                fs.sync_dir(dir)?;
+                counters.segment(true);
+            }
         }
         let sealed = recovered.sealed.into_iter().map(|s| (s.sequence, s)).collect();
         state.index.shrink();
@@ -202,11 +209,10 @@ impl Wal {
         if let Some(sealed) = sealed {
             // The rollover synced the old segment whole, and the directory if a rename was
             // unsynced: everything before the new segment is durable, names included.
-            let map = sealed.file.map().ok();
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
                 sealed.sequence,
-                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file, map },
+                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file },
             );
             let mut sync = self.lock_sync();
             sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
@@ -643,7 +649,6 @@ impl Inner {
             return segment::read_entries(
                 &active.name,
                 active.file.as_ref(),
-                None,
                 u64::from(loc.offset),
                 max_record,
             );

@@ -4,11 +4,14 @@
 //! link to the record before, and stops at the first spot that is not a valid record. What that
 //! spot means depends on a few facts, looked up in [`DECISION_TABLE`]:
 //!
-//! - is this the last segment (the only one that can hold unsynced writes)?
+//! - is this the last segment (the only one that can hold unsynced writes), and is it the only
+//!   one?
 //! - what is at the stop: the end of the written data (zeroes or end of file), or damage?
 //! - what follows: nothing valid, only records written before the damaged spot was durable,
 //!   or a *durable witness*: a valid record whose `durable` field says the damaged spot had
-//!   already been made durable when that record was written.
+//!   already been made durable when that record was written. The look-ahead that answers this
+//!   checksums at most a small multiple of the segment's size; a file that would make it do
+//!   more (nearly every offset a plausible long frame) is *undecided*, and refused.
 //!
 //! A torn tail (an unsynced write cut short by a crash) is cut off. Damage to bytes that were
 //! durable is corruption: recovery refuses to guess, because cutting the log there would
@@ -20,6 +23,20 @@ use crate::wal::format::{
     FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record, RecordType,
     SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
 };
+
+/// Bytes the look-ahead past a stop may checksum, per byte after the stop. Each valid record is
+/// checksummed once (the look-ahead then jumps over it), so an honest segment stays below 1x;
+/// only candidate frames that fail their CRC cost more, and a file built so that nearly every
+/// offset starts a long candidate would otherwise cost its size times the record limit.
+pub const LOOKAHEAD_BUDGET_PER_BYTE: u64 = 2;
+/// Bytes the look-ahead may checksum whatever the segment's size (room for one large record).
+pub const LOOKAHEAD_BUDGET_MIN_BYTES: u64 = 1 << 20;
+
+/// The unit a disk writes whole (DESIGN.md §7 assumes 512-byte sectors are written atomically):
+/// a crash can lose or keep a sector, never leave half of it.
+pub const ATOMIC_SECTOR_BYTES: u64 = 512;
+
+const _: () = assert!(SEGMENT_HEADER_LEN as u64 <= ATOMIC_SECTOR_BYTES);
 
 /// A record found by a scan, checked and decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +72,12 @@ pub enum After {
         /// Offset of the witnessing record.
         offset: u64,
     },
+    /// The look-ahead spent its budget before it could tell: too many candidate frames failed
+    /// their CRC (see [`LOOKAHEAD_BUDGET_PER_BYTE`]).
+    Undecided {
+        /// Offset of the candidate it stopped at.
+        offset: u64,
+    },
 }
 
 /// The outcome of scanning one segment.
@@ -70,6 +93,12 @@ pub struct SegmentScan {
     pub stop: Stop,
     /// What follows `stop_offset`.
     pub after: After,
+    /// Bytes the look-ahead past the stop checksummed (a work counter, bounded by
+    /// [`LOOKAHEAD_BUDGET_PER_BYTE`] times the bytes after the stop plus
+    /// [`LOOKAHEAD_BUDGET_MIN_BYTES`]).
+    pub lookahead_checked_bytes: u64,
+    /// Offset of the first valid record the look-ahead found past the stop, if any.
+    pub first_valid_after: Option<u64>,
 }
 
 impl SegmentScan {
@@ -82,28 +111,13 @@ impl SegmentScan {
     }
 }
 
-/// Reads a self-consistent frame at `offset`: sane length, known type, zero reserved bytes and a
-/// CRC that matches its own `prev_crc` field. Says nothing about its link to the record before.
-fn valid_frame_at(bytes: &[u8], offset: usize, max_record: u32) -> Option<(FrameHeader, &[u8])> {
-    let header_bytes = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
-    let head = FrameHeader::read(header_bytes);
-    if head.len > max_record
-        || !head.reserved_zero
-        || RecordType::from_u8(head.record_type).is_none()
-    {
-        return None;
-    }
-    let payload_start = offset + FRAME_HEADER_LEN;
-    let payload = bytes.get(payload_start..payload_start.checked_add(head.len as usize)?)?;
-    let crc = frame_crc(head.prev_crc, &header_bytes[LEN_OFFSET..], payload);
-    (crc == head.crc).then_some((head, payload))
-}
-
 /// Scans the records after the header. `bytes` is the whole segment file.
 pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
     let header = SegmentHeader::decode(bytes);
     let Ok(segment_header) = header else {
         // With no header there is no chain to follow: only the witness question remains.
+        let mut work = LookAhead::default();
+        let after = look_after(bytes, 0, &mut work);
         return SegmentScan {
             header,
             records: Vec::new(),
@@ -111,10 +125,15 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
             stop: Stop::Damaged(match header {
                 Err(HeaderError::BadMagic) => CorruptionKind::BadMagic,
                 Err(HeaderError::Version(v)) => CorruptionKind::UnsupportedVersion(v),
+                Err(HeaderError::Flags(flags)) => CorruptionKind::Malformed(format!(
+                    "segment header flags {flags:#x}: written with a feature this build lacks"
+                )),
                 Err(HeaderError::Checksum) => CorruptionKind::ChecksumMismatch,
                 Err(HeaderError::Short | HeaderError::Zeroed) | Ok(_) => CorruptionKind::Torn,
             }),
-            after: look_after(bytes, 0, max_record),
+            after,
+            lookahead_checked_bytes: work.checked_bytes,
+            first_valid_after: work.first_valid,
         };
     };
     let mut records = Vec::new();
@@ -138,6 +157,15 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
         }
         let head = FrameHeader::read(header_bytes);
         if head.len > max_record {
+            if valid_frame_at(bytes, offset).is_some() {
+                // A whole, checksummed record larger than the limit: the limit was lowered
+                // since it was written. Cutting it as torn would drop it and all after it.
+                break Stop::Damaged(CorruptionKind::Malformed(format!(
+                    "a valid record of {} bytes is larger than max_record_bytes {max_record}: \
+                     open with max_record_bytes of at least {}",
+                    head.len, head.len
+                )));
+            }
             break Stop::Damaged(CorruptionKind::BadLength(u64::from(head.len)));
         }
         let payload_start = offset + FRAME_HEADER_LEN;
@@ -175,28 +203,83 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
         prev_crc = crc;
         offset += framed;
     };
+    let mut work = LookAhead::default();
+    let after = look_after(bytes, offset, &mut work);
     SegmentScan {
         header,
         records,
         stop_offset: offset as u64,
-        after: look_after(bytes, offset, max_record),
+        after,
         stop,
+        lookahead_checked_bytes: work.checked_bytes,
+        first_valid_after: work.first_valid,
     }
 }
 
-/// Looks past a stop for valid records, and for one that proves the stop was durable.
-fn look_after(bytes: &[u8], stop: usize, max_record: u32) -> After {
+/// Reads a self-consistent frame at `offset`: known type, zero reserved bytes, a payload within
+/// the file and a CRC that matches its own `prev_crc` field. Says nothing about its link to the
+/// record before. The length is checked against the file, not against `max_record_bytes`: a
+/// valid record written under a larger limit still witnesses, and is still refused.
+fn valid_frame_at(bytes: &[u8], offset: usize) -> Option<FrameHeader> {
+    let (head, payload) = candidate_at(bytes, offset)?;
+    let crc =
+        frame_crc(head.prev_crc, &bytes[offset + LEN_OFFSET..offset + FRAME_HEADER_LEN], payload);
+    (crc == head.crc).then_some(head)
+}
+
+/// A frame header at `offset` that could start a record (known type, zero reserved bytes, a
+/// payload within the file), with its payload; the CRC is not checked.
+fn candidate_at(bytes: &[u8], offset: usize) -> Option<(FrameHeader, &[u8])> {
+    let header_bytes = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
+    let head = FrameHeader::read(header_bytes);
+    if !head.reserved_zero || RecordType::from_u8(head.record_type).is_none() {
+        return None;
+    }
+    let payload_start = offset + FRAME_HEADER_LEN;
+    let payload = bytes.get(payload_start..payload_start.checked_add(head.len as usize)?)?;
+    Some((head, payload))
+}
+
+/// What a look-ahead did besides its answer.
+#[derive(Default)]
+struct LookAhead {
+    /// Bytes checksummed.
+    checked_bytes: u64,
+    /// Offset of the first valid record found.
+    first_valid: Option<u64>,
+}
+
+/// Looks past a stop for valid records, and for one that proves the stop was durable. Counts
+/// the bytes it checksums and gives up (`Undecided`) past its budget.
+fn look_after(bytes: &[u8], stop: usize, work: &mut LookAhead) -> After {
+    let checked = &mut work.checked_bytes;
+    let rest = bytes.len().saturating_sub(stop) as u64;
+    let budget = rest.saturating_mul(LOOKAHEAD_BUDGET_PER_BYTE) + LOOKAHEAD_BUDGET_MIN_BYTES;
     let mut after = After::Nothing;
     let mut offset = stop + RECORD_ALIGN;
-    // Bounded by the file: one step per aligned offset.
+    // Bounded by the file: every step moves at least one aligned slot forward.
     while offset + FRAME_HEADER_LEN <= bytes.len() {
-        if let Some((head, _)) = valid_frame_at(bytes, offset, max_record) {
-            if head.durable > stop as u64 {
-                return After::DurableWitness { offset: offset as u64 };
-            }
-            after = After::NotDurable;
+        let Some((head, payload)) = candidate_at(bytes, offset) else {
+            offset += RECORD_ALIGN;
+            continue;
+        };
+        let cost = (FRAME_HEADER_LEN - LEN_OFFSET + payload.len()) as u64;
+        if *checked + cost > budget {
+            return After::Undecided { offset: offset as u64 };
         }
-        offset += RECORD_ALIGN;
+        *checked += cost;
+        let header_after_crc = &bytes[offset + LEN_OFFSET..offset + FRAME_HEADER_LEN];
+        if frame_crc(head.prev_crc, header_after_crc, payload) != head.crc {
+            offset += RECORD_ALIGN;
+            continue;
+        }
+        work.first_valid.get_or_insert(offset as u64);
+        if head.durable > stop as u64 {
+            return After::DurableWitness { offset: offset as u64 };
+        }
+        after = After::NotDurable;
+        // Its payload is its own: nothing in it starts a record.
+        offset += framed_len(payload.len());
     }
     after
 }
@@ -204,11 +287,22 @@ fn look_after(bytes: &[u8], stop: usize, max_record: u32) -> After {
 /// Where in the log a segment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Position {
-    /// The newest segment: the only one that can hold unsynced writes.
+    /// The newest segment, with older ones before it: the only one that can hold unsynced
+    /// writes.
     Last,
+    /// The newest segment and the only one. It can hold unsynced writes too, but its header was
+    /// durable before anything in it could be acknowledged: a new log's first segment takes its
+    /// name only once its header and checkpoint are synced, and older segments are deleted only
+    /// once everything in the newest is durable.
+    Only,
     /// Any older segment: synced whole before the next one was started.
     Sealed,
 }
+
+/// Every position.
+pub const ANY: &[Position] = &[Position::Last, Position::Only, Position::Sealed];
+/// The newest segment, whether or not older ones precede it.
+pub const NEWEST: &[Position] = &[Position::Last, Position::Only];
 
 /// What the stop looks like, reduced to what the decision needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +316,12 @@ pub enum StopClass {
     Malformed,
     /// The segment header is missing, torn or fails its CRC.
     BadHeader,
-    /// The header is intact but written by another format version.
+    /// The segment header is bad although a valid record starts in its sector: sectors are
+    /// written whole, so the header was written and has been damaged since; no torn write
+    /// leaves this.
+    DamagedHeader,
+    /// The header is intact but written by another format version, or with flags this build
+    /// does not know.
     Version,
 }
 
@@ -243,8 +342,8 @@ pub enum Decision {
 pub struct Case {
     /// Row label, used in tests and DESIGN.md.
     pub label: &'static str,
-    /// Segments it applies to (`None`: any).
-    pub position: Option<Position>,
+    /// Segments it applies to.
+    pub positions: &'static [Position],
     /// The stop it applies to.
     pub stop: StopClass,
     /// What follows, reduced to: nothing valid / valid but not durable / durable witness
@@ -265,6 +364,8 @@ pub enum AfterClass {
     NotDurable,
     /// A durable witness.
     Witness,
+    /// The look-ahead's budget ran out before it could tell.
+    Undecided,
 }
 
 impl From<After> for AfterClass {
@@ -273,6 +374,7 @@ impl From<After> for AfterClass {
             After::Nothing => AfterClass::Nothing,
             After::NotDurable => AfterClass::NotDurable,
             After::DurableWitness { .. } => AfterClass::Witness,
+            After::Undecided { .. } => AfterClass::Undecided,
         }
     }
 }
@@ -282,7 +384,7 @@ impl From<After> for AfterClass {
 pub const DECISION_TABLE: &[Case] = &[
     Case {
         label: "R1",
-        position: None,
+        positions: ANY,
         stop: StopClass::End,
         after: Some(AfterClass::Nothing),
         decision: Decision::Accept,
@@ -290,7 +392,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R2",
-        position: Some(Position::Last),
+        positions: NEWEST,
         stop: StopClass::End,
         after: Some(AfterClass::NotDurable),
         decision: Decision::TruncateTail,
@@ -298,7 +400,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R3",
-        position: Some(Position::Last),
+        positions: NEWEST,
         stop: StopClass::BadRecord,
         after: Some(AfterClass::Nothing),
         decision: Decision::TruncateTail,
@@ -306,7 +408,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R4",
-        position: Some(Position::Last),
+        positions: NEWEST,
         stop: StopClass::BadRecord,
         after: Some(AfterClass::NotDurable),
         decision: Decision::TruncateTail,
@@ -314,7 +416,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R5",
-        position: None,
+        positions: ANY,
         stop: StopClass::End,
         after: Some(AfterClass::Witness),
         decision: Decision::Corruption,
@@ -322,7 +424,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R6",
-        position: Some(Position::Last),
+        positions: NEWEST,
         stop: StopClass::BadRecord,
         after: Some(AfterClass::Witness),
         decision: Decision::Corruption,
@@ -330,7 +432,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R7",
-        position: Some(Position::Sealed),
+        positions: &[Position::Sealed],
         stop: StopClass::End,
         after: Some(AfterClass::NotDurable),
         decision: Decision::Corruption,
@@ -338,7 +440,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R8",
-        position: Some(Position::Sealed),
+        positions: &[Position::Sealed],
         stop: StopClass::BadRecord,
         after: None,
         decision: Decision::Corruption,
@@ -346,7 +448,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "R9",
-        position: None,
+        positions: ANY,
         stop: StopClass::Malformed,
         after: None,
         decision: Decision::Corruption,
@@ -354,7 +456,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "H1",
-        position: Some(Position::Last),
+        positions: &[Position::Last],
         stop: StopClass::BadHeader,
         after: Some(AfterClass::Nothing),
         decision: Decision::TruncateTail,
@@ -362,7 +464,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "H2",
-        position: Some(Position::Last),
+        positions: &[Position::Last],
         stop: StopClass::BadHeader,
         after: Some(AfterClass::NotDurable),
         decision: Decision::TruncateTail,
@@ -370,7 +472,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "H3",
-        position: Some(Position::Last),
+        positions: &[Position::Last],
         stop: StopClass::BadHeader,
         after: Some(AfterClass::Witness),
         decision: Decision::Corruption,
@@ -378,7 +480,7 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "H4",
-        position: Some(Position::Sealed),
+        positions: &[Position::Sealed],
         stop: StopClass::BadHeader,
         after: None,
         decision: Decision::Corruption,
@@ -386,18 +488,60 @@ pub const DECISION_TABLE: &[Case] = &[
     },
     Case {
         label: "H5",
-        position: None,
+        positions: ANY,
         stop: StopClass::Version,
         after: None,
         decision: Decision::Corruption,
-        rationale: "written by another format version: refuse rather than misread",
+        rationale: "written by another format version or with unknown flags: refuse rather than misread",
+    },
+    Case {
+        label: "H6",
+        positions: &[Position::Only],
+        stop: StopClass::BadHeader,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "the only segment's header was durable before anything in it was acknowledged: \
+                    it is damaged, and removing the segment would forget the hard state",
+    },
+    Case {
+        label: "H7",
+        positions: ANY,
+        stop: StopClass::DamagedHeader,
+        after: None,
+        decision: Decision::Corruption,
+        rationale: "a valid record in the header's sector proves the sector was written whole: \
+                    the header is damaged, not torn",
+    },
+    Case {
+        label: "U1",
+        positions: ANY,
+        stop: StopClass::End,
+        after: Some(AfterClass::Undecided),
+        decision: Decision::Corruption,
+        rationale: "too many candidate records after the stop to check: refuse rather than guess",
+    },
+    Case {
+        label: "U2",
+        positions: NEWEST,
+        stop: StopClass::BadRecord,
+        after: Some(AfterClass::Undecided),
+        decision: Decision::Corruption,
+        rationale: "too many candidate records after the stop to check: refuse rather than guess",
+    },
+    Case {
+        label: "U3",
+        positions: &[Position::Last],
+        stop: StopClass::BadHeader,
+        after: Some(AfterClass::Undecided),
+        decision: Decision::Corruption,
+        rationale: "too many candidate records after the stop to check: refuse rather than guess",
     },
 ];
 
 /// The row that applies. Panics if none does, which the exhaustive test rules out.
 pub fn decide(position: Position, stop: StopClass, after: AfterClass) -> &'static Case {
     let mut matching = DECISION_TABLE.iter().filter(|case| {
-        case.position.is_none_or(|p| p == position)
+        case.positions.contains(&position)
             && case.stop == stop
             && case.after.is_none_or(|a| a == after)
     });
@@ -414,7 +558,10 @@ pub fn decide(position: Position, stop: StopClass, after: AfterClass) -> &'stati
 /// Classifies a scan's stop for [`decide`].
 pub fn classify(scan: &SegmentScan) -> StopClass {
     match (&scan.header, &scan.stop) {
-        (Err(HeaderError::Version(_)), _) => StopClass::Version,
+        (Err(HeaderError::Version(_) | HeaderError::Flags(_)), _) => StopClass::Version,
+        (Err(_), _) if scan.first_valid_after.is_some_and(|at| at < ATOMIC_SECTOR_BYTES) => {
+            StopClass::DamagedHeader
+        }
         (Err(_), _) => StopClass::BadHeader,
         (Ok(_), Stop::End) => StopClass::End,
         (Ok(_), Stop::Damaged(CorruptionKind::Malformed(_))) => StopClass::Malformed,
@@ -433,15 +580,21 @@ mod tests {
 
     #[test]
     fn every_input_matches_exactly_one_case() {
-        let positions = [Position::Last, Position::Sealed];
+        let positions = [Position::Last, Position::Only, Position::Sealed];
         let stops = [
             StopClass::End,
             StopClass::BadRecord,
             StopClass::Malformed,
             StopClass::BadHeader,
+            StopClass::DamagedHeader,
             StopClass::Version,
         ];
-        let afters = [AfterClass::Nothing, AfterClass::NotDurable, AfterClass::Witness];
+        let afters = [
+            AfterClass::Nothing,
+            AfterClass::NotDurable,
+            AfterClass::Witness,
+            AfterClass::Undecided,
+        ];
         let mut used = std::collections::HashSet::new();
         for position in positions {
             for stop in stops {
@@ -449,7 +602,7 @@ mod tests {
                     let matching: Vec<_> = DECISION_TABLE
                         .iter()
                         .filter(|c| {
-                            c.position.is_none_or(|p| p == position)
+                            c.positions.contains(&position)
                                 && c.stop == stop
                                 && c.after.is_none_or(|a| a == after)
                         })
@@ -470,7 +623,7 @@ mod tests {
     #[test]
     fn sealed_segments_are_never_truncated() {
         for case in DECISION_TABLE {
-            if case.position == Some(Position::Sealed) {
+            if case.positions.contains(&Position::Sealed) {
                 assert_ne!(case.decision, Decision::TruncateTail, "row {}", case.label);
             }
         }
@@ -625,15 +778,34 @@ mod tests {
     fn h1_h2_unwritten_or_torn_header_of_the_last_segment_is_dropped() {
         assert_eq!(decision(&[0u8; 4096], Position::Last), ("H1", Decision::TruncateTail));
         assert_eq!(decision(&[], Position::Last), ("H1", Decision::TruncateTail));
+        // The first sector of the first write was lost, a later one survived.
+        let built = lost_first_sector(0);
+        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
+    }
+
+    /// Eight records written in one segment, the first `synced_writes` of them synced, then the
+    /// first sector (header and first records) zeroed: a torn write that kept a later sector.
+    fn lost_first_sector(synced_writes: usize) -> Built {
+        let mut built = build(&entries(8), synced_writes, 4096);
+        assert!(*built.offsets.last().unwrap() as u64 > ATOMIC_SECTOR_BYTES, "records beyond it");
+        built.bytes[..ATOMIC_SECTOR_BYTES as usize].fill(0);
+        built
+    }
+
+    #[test]
+    fn h7_bad_header_sharing_its_sector_with_a_valid_record_is_corruption() {
         let mut built = build(&entries(2), 0, 4096);
         built.bytes[3] ^= 1;
-        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.first_valid_after, Some(SEGMENT_HEADER_LEN as u64));
+        for position in [Position::Last, Position::Only, Position::Sealed] {
+            assert_eq!(decision(&built.bytes, position), ("H7", Decision::Corruption));
+        }
     }
 
     #[test]
     fn h3_h4_damaged_durable_header_is_corruption() {
-        let mut built = build(&entries(2), 3, 4096);
-        built.bytes[20] ^= 1;
+        let built = lost_first_sector(3);
         assert_eq!(decision(&built.bytes, Position::Last), ("H3", Decision::Corruption));
         assert_eq!(decision(&built.bytes, Position::Sealed), ("H4", Decision::Corruption));
     }
@@ -673,5 +845,107 @@ mod tests {
         let scan = scan_segment(&bytes, MAX);
         assert_eq!(scan.records.len(), 2);
         assert_eq!(scan.stop, Stop::Damaged(CorruptionKind::ChecksumMismatch));
+    }
+
+    #[test]
+    fn h6_damaged_header_of_the_only_segment_is_corruption_whatever_follows() {
+        let built = lost_first_sector(0);
+        assert_eq!(decision(&built.bytes, Position::Only), ("H6", Decision::Corruption));
+        assert_eq!(decision(&[0u8; 4096], Position::Only), ("H6", Decision::Corruption));
+        // The newest of several segments with the same bytes is a torn new segment.
+        assert_eq!(decision(&built.bytes, Position::Last), ("H2", Decision::TruncateTail));
+    }
+
+    #[test]
+    fn h5_unknown_header_flags_are_refused() {
+        let mut built = build(&entries(1), 2, 1024);
+        LittleEndian::write_u32(&mut built.bytes[crate::wal::format::FLAGS_OFFSET..], 4);
+        let crc = crc32fast::hash(&built.bytes[..crate::wal::format::HEADER_CRC_OFFSET]);
+        LittleEndian::write_u32(&mut built.bytes[crate::wal::format::HEADER_CRC_OFFSET..], crc);
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.header, Err(HeaderError::Flags(4)));
+        assert!(
+            matches!(scan.stop, Stop::Damaged(CorruptionKind::Malformed(_))),
+            "{:?}",
+            scan.stop
+        );
+        for position in [Position::Last, Position::Only, Position::Sealed] {
+            assert_eq!(decision(&built.bytes, position), ("H5", Decision::Corruption));
+        }
+    }
+
+    #[test]
+    fn a_valid_record_above_a_lowered_limit_is_refused_not_cut() {
+        let records = vec![
+            Record::Entries(vec![Entry::new(1, 1, vec![1u8; 40])]),
+            Record::Entries(vec![Entry::new(2, 1, vec![2u8; 3000])]),
+        ];
+        let built = build(&records, 0, 8192);
+        let scan = scan_segment(&built.bytes, 2048);
+        assert_eq!(scan.records.len(), 1);
+        match &scan.stop {
+            Stop::Damaged(CorruptionKind::Malformed(why)) => {
+                assert!(why.contains("max_record_bytes"), "{why}");
+            }
+            other => panic!("a valid oversized record must be malformed, got {other:?}"),
+        }
+        assert_eq!(decision_with(&built.bytes, Position::Last, 2048), ("R9", Decision::Corruption));
+        // A length beyond the limit that is not a valid record is still a torn write.
+        let mut torn = built.bytes.clone();
+        torn[built.offsets[1] + FRAME_HEADER_LEN + 100] ^= 1;
+        assert_eq!(decision_with(&torn, Position::Last, 2048), ("R3", Decision::TruncateTail));
+    }
+
+    fn decision_with(bytes: &[u8], position: Position, max: u32) -> (&'static str, Decision) {
+        let scan = scan_segment(bytes, max);
+        let case = decide(position, classify(&scan), scan.after.into());
+        (case.label, case.decision)
+    }
+
+    /// A segment whose bytes after a clean start repeat `[02 00 00 00 | len]`: at every 8-byte
+    /// offset a frame header with a known type, zero reserved bytes and a long payload that
+    /// fails its CRC.
+    fn hostile(size: usize, len: u32) -> Vec<u8> {
+        let built = build(&entries(1), 2, 0);
+        let mut bytes = built.bytes;
+        let start = bytes.len() + RECORD_ALIGN;
+        bytes.resize(start, 0);
+        while bytes.len() < size {
+            bytes.extend([2, 0, 0, 0]);
+            bytes.extend(len.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_hostile_segment_costs_the_look_ahead_a_bounded_amount_of_work() {
+        const SIZE: usize = 4 << 20;
+        let bytes = hostile(SIZE, 1 << 20);
+        let scan = scan_segment(&bytes, MAX);
+        let rest = (bytes.len() as u64) - scan.stop_offset;
+        let bound = rest * LOOKAHEAD_BUDGET_PER_BYTE + LOOKAHEAD_BUDGET_MIN_BYTES;
+        assert!(
+            scan.lookahead_checked_bytes <= bound,
+            "the look-ahead checksummed {} bytes of a {SIZE}-byte segment",
+            scan.lookahead_checked_bytes
+        );
+        assert!(matches!(scan.after, After::Undecided { .. }), "{:?}", scan.after);
+        assert_eq!(decision(&bytes, Position::Last), ("U2", Decision::Corruption));
+        assert_eq!(decision(&bytes, Position::Sealed), ("R8", Decision::Corruption));
+    }
+
+    #[test]
+    fn an_honest_tail_checksums_each_record_once() {
+        // A torn record, then a dozen unsynced records that survived: each is checked once.
+        let mut built = build(&entries(12), 1, 8192);
+        built.bytes[built.offsets[1] + FRAME_HEADER_LEN] ^= 1;
+        let scan = scan_segment(&built.bytes, MAX);
+        assert_eq!(scan.after, After::NotDurable);
+        let after_stop = built.offsets[built.offsets.len() - 1] as u64 + 100 - scan.stop_offset;
+        assert!(
+            scan.lookahead_checked_bytes <= after_stop,
+            "{} bytes checksummed for {after_stop} bytes of records",
+            scan.lookahead_checked_bytes
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::wal::index::Loc;
 use crate::wal::recovery::{
     Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
 };
-use crate::wal::segment::Segment;
+use crate::wal::segment::{self, Segment};
 use crate::wal::state::LogState;
 use crate::wal::writer::Active;
 
@@ -29,6 +29,9 @@ pub struct RecoveryReport {
     /// Segment files removed (torn new segments; in `TruncateCorrupt` mode, everything after
     /// the damage).
     pub removed: Vec<String>,
+    /// Bytes zeroed after the end of the segment writing resumes in: (segment file, offset,
+    /// bytes). Set after a cut, and when garbage (no valid record) followed an accepted end.
+    pub erased: Option<(String, u64, u64)>,
 }
 
 /// The result of opening: the state, the segments in order, and where writing resumes.
@@ -112,9 +115,13 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut remove_from: Option<usize> = None;
 
     for (i, f) in found.iter().enumerate() {
-        let position = if i + 1 == found.len() { Position::Last } else { Position::Sealed };
+        let position = match (i + 1 == found.len(), i == 0) {
+            (true, true) => Position::Only,
+            (true, false) => Position::Last,
+            (false, _) => Position::Sealed,
+        };
         let file = fs.open(&dir.join(&f.name))?;
-        let bytes = file.map()?;
+        let bytes = segment::read_whole(&f.name, file.as_ref())?;
         let scan = scan_segment(&bytes, options.max_record_bytes);
         report.segments_scanned += 1;
         report.bytes_scanned += scan.stop_offset;
@@ -203,18 +210,25 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         let truncated_here = end != scan.stop_offset || stop_here;
         let data_start = scan.records.first().map_or(0, |r| r.offset + r.framed_len);
         if let Some((segment, _, _)) = last_kept.take() {
-            sealed.push(Segment { map: segment.file.map().ok(), ..segment });
+            sealed.push(segment);
         }
         next_sequence = f.sequence + 1;
-        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, map: None };
+        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file };
         last_kept = Some((segment, end, data_start));
-        if truncated_here {
-            // Erase the tail after `end`: the bytes after a cut must never look like records.
+        if truncated_here || position != Position::Sealed {
+            // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
+            // after an accepted end too (a torn write whose first sector was lost but a later
+            // one survived). Left in place, bytes after a cut could pass for records, and
+            // shorter appends would leave them right behind the last record, where the sealed
+            // segment would read as damaged.
             let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
             if last_nonzero > end {
                 let (seg, _, _) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
+                report.erased = Some((f.name.clone(), end, last_nonzero - end));
             }
+        }
+        if truncated_here {
             if i + 1 < found.len() {
                 remove_from = Some(i + 1);
             }

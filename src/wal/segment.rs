@@ -1,16 +1,25 @@
-//! One segment file on the read side: where it is, and reading a record back from it.
+//! One segment file on the read side: where it is, and reading it back.
+//!
+//! Segments are read with positional reads into buffers, never through a memory map: a file
+//! truncated by another program or a sector that fails to read then gives an error, where a
+//! mapped read would kill the process with SIGBUS.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::File;
+use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::Entry;
 use crate::wal::format::{
     FRAME_HEADER_LEN, FrameHeader, LEN_OFFSET, Record, RecordType, frame_crc,
 };
+
+/// Bytes read at a record's offset in one call: the frame header and the payload of most
+/// records, so that a read usually costs one `pread`.
+const READ_AHEAD_BYTES: usize = 4096;
+
+const _: () = assert!(READ_AHEAD_BYTES >= FRAME_HEADER_LEN);
 
 /// A segment of the live log.
 #[derive(Debug)]
@@ -21,59 +30,82 @@ pub struct Segment {
     pub name: String,
     /// The open file.
     pub file: Arc<dyn File>,
-    /// The whole file, mapped, once the segment is sealed (never written again).
-    pub map: Option<Bytes>,
 }
 
 impl Segment {
     /// Reads the entries record at `offset` (see [`read_entries`]).
     pub fn read_entries(&self, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
-        read_entries(&self.name, self.file.as_ref(), self.map.as_ref(), offset, max_record)
+        read_entries(&self.name, self.file.as_ref(), offset, max_record)
     }
 }
 
-/// Reads the entries record at `offset` of segment `name` (from `map` when the segment is sealed
-/// and mapped, else from `file`), checking its CRC again: bytes can rot on disk after recovery
-/// checked them, and a read must never return bytes that differ from those written.
+/// Reads the whole of segment `name` into memory. A file longer than any raftwal writes is
+/// refused before anything is allocated; a file that shrinks while it is read is an I/O error.
+pub fn read_whole(name: &str, file: &dyn File) -> Result<Vec<u8>> {
+    let len = file.len()?;
+    if len > MAX_SEGMENT_SPAN_BYTES {
+        return Err(Error::Corruption {
+            segment: PathBuf::from(name),
+            offset: 0,
+            kind: CorruptionKind::BadLength(len),
+        });
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// Fills `buf` from `offset` as far as the file goes; returns the bytes read.
+fn read_up_to(file: &dyn File, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut filled = 0;
+    // Bounded: a file system returning short counts forever is cut off after a few calls
+    // (each returns at least one byte or ends the loop).
+    for _ in 0..16 {
+        if filled == buf.len() {
+            break;
+        }
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads the entries record at `offset` of segment `name`, checking its CRC again: bytes can
+/// rot on disk after recovery checked them, and a read must never return bytes that differ
+/// from those written. One `pread` for a record of up to [`READ_AHEAD_BYTES`], two beyond.
 pub fn read_entries(
     name: &str,
     file: &dyn File,
-    map: Option<&Bytes>,
     offset: u64,
     max_record: u32,
 ) -> Result<Vec<Entry>> {
     let corruption = |kind| Error::Corruption { segment: PathBuf::from(name), offset, kind };
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    let owned;
-    let (header, payload): (&[u8], &[u8]) = match map {
-        Some(map) => {
-            let start = offset as usize;
-            let header = map
-                .get(start..start + FRAME_HEADER_LEN)
-                .ok_or_else(|| corruption(CorruptionKind::Torn))?;
-            let len = FrameHeader::read(header).len;
-            if len > max_record {
-                return Err(corruption(CorruptionKind::BadLength(len.into())));
-            }
-            let payload_start = start + FRAME_HEADER_LEN;
-            let payload = map
-                .get(payload_start..payload_start + len as usize)
-                .ok_or_else(|| corruption(CorruptionKind::Torn))?;
-            (header, payload)
+    let mut buf = vec![0u8; READ_AHEAD_BYTES];
+    let read = read_up_to(file, &mut buf, offset)?;
+    if read < FRAME_HEADER_LEN {
+        return Err(corruption(CorruptionKind::Torn));
+    }
+    let head = FrameHeader::read(&buf);
+    if head.len > max_record {
+        return Err(corruption(CorruptionKind::BadLength(head.len.into())));
+    }
+    let total = FRAME_HEADER_LEN + head.len as usize;
+    if total > read {
+        if read < READ_AHEAD_BYTES {
+            // The file ended inside the record.
+            return Err(corruption(CorruptionKind::Torn));
         }
-        None => {
-            file.read_exact_at(&mut header, offset)?;
-            let len = FrameHeader::read(&header).len;
-            if len > max_record {
-                return Err(corruption(CorruptionKind::BadLength(len.into())));
-            }
-            let mut payload = vec![0u8; len as usize];
-            file.read_exact_at(&mut payload, offset + FRAME_HEADER_LEN as u64)?;
-            owned = payload;
-            (&header[..], &owned[..])
+        buf.resize(total, 0);
+        let rest = read_up_to(file, &mut buf[read..], offset + read as u64)?;
+        if read + rest < total {
+            return Err(corruption(CorruptionKind::Torn));
         }
-    };
-    let head = FrameHeader::read(header);
+    }
+    let (header, payload) = buf[..total].split_at(FRAME_HEADER_LEN);
     if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
         return Err(corruption(CorruptionKind::ChecksumMismatch));
     }

@@ -21,4 +21,5 @@ mod raft_sim;
 mod snapshot_hardening;
 mod wal;
 mod wal_hardening;
+mod wal_recovery_hardening;
 mod wal_storage;

@@ -7,7 +7,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use raftwal::io::{DirLock, File, FileSystem};
 
 /// The real file system, opened read-only; every change is refused with `PermissionDenied`.
@@ -44,14 +43,6 @@ impl File for ReadOnlyFile {
 
     fn allocate(&self, _len: u64) -> io::Result<()> {
         Err(refused("allocate"))
-    }
-
-    fn map(&self) -> io::Result<Bytes> {
-        // Read, not mapped: the file may belong to a log another process is writing.
-        let len = usize::try_from(self.len()?).map_err(|_| refused("map of a huge file"))?;
-        let mut buf = vec![0u8; len];
-        self.read_exact_at(&mut buf, 0)?;
-        Ok(Bytes::from(buf))
     }
 }
 
