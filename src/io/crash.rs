@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use super::{DirLock, File, FileSystem};
+use crate::rng::Rng;
 
 // The limits below are stated in `CrashFs`'s documentation; keep the two in step.
 
@@ -83,8 +84,6 @@ pub enum OpKind {
     SetLen,
     /// [`File::allocate`].
     Allocate,
-    /// [`File::map`].
-    Map,
     /// [`FileSystem::create_dir_all`].
     CreateDirAll,
     /// [`FileSystem::open`].
@@ -203,7 +202,6 @@ impl Op {
             Op::Len => OpKind::Len,
             Op::SetLen => OpKind::SetLen,
             Op::Allocate => OpKind::Allocate,
-            Op::Map => OpKind::Map,
             Op::CreateDirAll => OpKind::CreateDirAll,
             Op::Open => OpKind::Open,
             Op::Create => OpKind::Create,
@@ -253,7 +251,7 @@ struct State {
 
 /// How a crash treats each unsynced change.
 enum CrashPolicy {
-    Random(SplitMix64),
+    Random(Rng),
     LoseAll,
 }
 
@@ -264,25 +262,6 @@ impl CrashPolicy {
             CrashPolicy::Random(rng) => rng.below(n),
             CrashPolicy::LoseAll => 0,
         }
-    }
-}
-
-/// SplitMix64: tiny, fast, and a good enough mix for choosing crash outcomes reproducibly.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` by multiply-shift (no modulo bias worth the name).
-    fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "below(0) has no possible value");
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }
 
@@ -845,7 +824,7 @@ impl CrashFs {
     /// not yet fired stay armed, so recovery can be run under faults too; call
     /// [`CrashFs::clear_faults`] for a clean reboot.
     pub fn crash(&self, seed: u64) {
-        self.lock().crash(CrashPolicy::Random(SplitMix64(seed)));
+        self.lock().crash(CrashPolicy::Random(Rng::new(seed)));
     }
 
     /// Simulates the harshest power cut: only what was synced survives (every unsynced write,
