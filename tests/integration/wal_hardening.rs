@@ -301,11 +301,14 @@ fn dropping_a_log_stops_its_segment_preparation_before_returning() {
     let options = WalOptions { prepare_in_background: true, ..small_options() };
     let script = Script::new(PrepareScript::default());
     let hook_script = script.clone();
+    // Open writes a new log's first segment under a temp name too, on this thread: only the
+    // background thread's temp file is the preparation.
+    let test_thread = std::thread::current().id();
     crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
         let me = std::thread::current().id();
         let mut s = hook_script.lock();
         let is_temp = e.path.is_some_and(|p| p.extension().is_some_and(|x| x == "tmp"));
-        if s.preparer.is_none() && e.kind == OpKind::Create && is_temp {
+        if s.preparer.is_none() && me != test_thread && e.kind == OpKind::Create && is_temp {
             // The preparation started by open: hold it until the log is being dropped.
             s.preparer = Some(me);
             s.paused = true;
