@@ -83,6 +83,17 @@ fn a_deposed_leader_does_not_release_a_duplicated_read_with_acks_of_an_old_round
     );
 }
 
+/// A read-index request that follower `from` forwarded to leader `to`, as it is on the wire.
+fn forwarded_read(from: u64, to: u64, ctx: &'static str) -> Message {
+    Message {
+        msg_type: MessageType::MsgReadIndex,
+        from,
+        to,
+        entries: vec![Entry { data: Bytes::from(ctx), ..Entry::default() }],
+        ..Message::default()
+    }
+}
+
 /// etcd's TestReadOnlyDuplicateRequest: a read on a deposed leader, queued before a
 /// duplicate of an earlier read, is not released by late acknowledgements of the round that
 /// confirmed the earlier one.
@@ -92,13 +103,7 @@ fn late_acks_of_a_duplicated_read_release_no_read_queued_before_it() {
     net.campaign(1);
     net.propose(1, "a").unwrap();
     let min_a = net.node(1).committed();
-    let read_a = Message {
-        msg_type: MessageType::MsgReadIndex,
-        from: 2,
-        to: 1,
-        entries: vec![Entry { data: Bytes::from("A"), ..Entry::default() }],
-        ..Message::default()
-    };
+    let read_a = forwarded_read(2, 1, "A");
 
     // The first round's acknowledgements are held back until the end.
     let delayed = Rc::new(RefCell::new(Vec::new()));
@@ -169,13 +174,7 @@ fn a_duplicated_read_request_is_answered_twice_at_the_same_index() {
     net.campaign(1);
     net.propose(1, "a").unwrap();
     let committed = net.node(1).committed();
-    let read = Message {
-        msg_type: MessageType::MsgReadIndex,
-        from: 2,
-        to: 1,
-        entries: vec![Entry { data: Bytes::from("dup"), ..Entry::default() }],
-        ..Message::default()
-    };
+    let read = forwarded_read(2, 1, "dup");
     net.node(1).raw.step(read.clone()).unwrap();
     net.node(1).raw.step(read).unwrap();
     net.stabilize();

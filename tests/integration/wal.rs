@@ -21,17 +21,17 @@ pub fn small_options() -> WalOptions {
     }
 }
 
-fn dir() -> PathBuf {
+pub fn dir() -> PathBuf {
     PathBuf::from("/node/wal")
 }
 
-fn open(fs: &CrashFs, options: &WalOptions) -> raftwal::Result<Wal> {
+pub fn open(fs: &CrashFs, options: &WalOptions) -> raftwal::Result<Wal> {
     let fs: Fs = Arc::new(fs.clone());
     Wal::open(fs, &dir(), options.clone())
 }
 
 /// A payload that names its index and term, so a misplaced byte shows.
-fn entry(index: u64, term: u64, len: usize) -> Entry {
+pub fn entry(index: u64, term: u64, len: usize) -> Entry {
     let mut data = format!("{index}:{term}:").into_bytes();
     data.resize(len.max(data.len()), (index as u8).wrapping_mul(31) ^ term as u8);
     Entry::new(index, term, Bytes::from(data))

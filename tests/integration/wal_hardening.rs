@@ -17,24 +17,10 @@ use raftwal::{
     ConfState, Entry, Error, Snapshot, SnapshotMetadata, SyncPolicy, WalOptions, WalStorage,
 };
 
-use crate::wal::small_options;
-
-fn dir() -> PathBuf {
-    PathBuf::from("/node/wal")
-}
+use crate::wal::{dir, entry, open, small_options};
 
 fn open_on(fs: &Fs, options: &WalOptions) -> raftwal::Result<Wal> {
     Wal::open(fs.clone(), &dir(), options.clone())
-}
-
-fn open(fs: &CrashFs, options: &WalOptions) -> raftwal::Result<Wal> {
-    open_on(&(Arc::new(fs.clone()) as Fs), options)
-}
-
-fn entry(index: u64, term: u64, len: usize) -> Entry {
-    let mut data = format!("{index}:{term}:").into_bytes();
-    data.resize(len.max(data.len()), (index as u8).wrapping_mul(31) ^ term as u8);
-    Entry::new(index, term, Bytes::from(data))
 }
 
 fn segment_files(fs: &CrashFs) -> Vec<PathBuf> {

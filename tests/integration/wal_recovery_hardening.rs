@@ -16,32 +16,8 @@ use raftwal::wal::recovery::scan_segment;
 use raftwal::{ConfState, Entry, Error, HardState, Snapshot, SnapshotMetadata, Storage};
 use raftwal::{SyncPolicy, WalOptions};
 
-fn options() -> WalOptions {
-    WalOptions {
-        segment_size_bytes: 4096,
-        max_record_bytes: 2048,
-        prepare_in_background: false,
-        cache_bytes: 512,
-        ..WalOptions::default()
-    }
-}
+use crate::wal::{dir as wal_dir, entry, open, small_options as options};
 
-fn wal_dir() -> PathBuf {
-    PathBuf::from("/node/wal")
-}
-
-fn open(fs: &CrashFs, options: &WalOptions) -> raftwal::Result<Wal> {
-    let shared: Fs = Arc::new(fs.clone());
-    Wal::open(shared, &wal_dir(), options.clone())
-}
-
-fn entry(index: u64, term: u64, len: usize) -> Entry {
-    let mut data = format!("{index}:{term}:").into_bytes();
-    data.resize(len.max(data.len()), (index as u8).wrapping_mul(31) ^ term as u8);
-    Entry::new(index, term, Bytes::from(data))
-}
-
-/// Segment file names in `dir`, in log order.
 fn segments(fs: &dyn FileSystem, dir: &Path) -> Vec<String> {
     fs.list(dir).unwrap().into_iter().filter(|n| format::parse_segment_name(n).is_some()).collect()
 }
