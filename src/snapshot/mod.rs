@@ -156,6 +156,21 @@ impl SnapshotStore {
         let mut head = vec![0u8; SNAPSHOT_HEADER_LEN + meta_len];
         file.read_exact_at(&mut head, 0).map_err(|_| corruption(0, CorruptionKind::Torn))?;
         let header = SnapshotHeader::decode(&head).map_err(|e| corruption(0, header_kind(e)))?;
+        // The name is what the WAL's marker points at: a file holding another snapshot than its
+        // name says (copied or renamed by hand, or forged) must not stand in for that one.
+        if let Some((term, index)) = format::parse_snapshot_name(name) {
+            let held = (header.metadata.term, header.metadata.index);
+            if held != (term, index) {
+                return Err(corruption(
+                    0,
+                    CorruptionKind::Malformed(format!(
+                        "the file is named for snapshot (term {term}, index {index}) but holds \
+                         (term {}, index {})",
+                        held.0, held.1
+                    )),
+                ));
+            }
+        }
         let start = head.len() as u64;
         let end = start
             .checked_add(header.stored_len)

@@ -170,3 +170,41 @@ fn an_index_0_snapshot_bootstraps_an_empty_log_and_never_wipes_one_on_both_stora
     assert_eq!(storage.last_index().unwrap(), 5);
     assert_eq!(storage.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
 }
+
+/// Found by the `snapshot_recovery` fuzz target: the marked snapshot is damaged, and the newest
+/// older file, named for index 6, holds a valid snapshot of index 4. Falling back to it wrote a
+/// marker for index 4, whose file does not exist, and every later `snapshot()` failed. A file
+/// whose contents disagree with its name is damage: open must not fall back to it.
+#[test]
+fn open_never_falls_back_to_a_snapshot_file_whose_contents_disagree_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { snapshot_retention: 3, ..options() };
+    let storage = WalStorage::open(dir.path(), options.clone()).unwrap();
+    storage.save(None, &run(1, 10, 1)).unwrap();
+    for index in [4, 6, 8] {
+        let image = Bytes::from(format!("image at {index}"));
+        storage.create_snapshot(index, Some(voters(&[1])), image).unwrap();
+    }
+    storage.close().unwrap();
+    let snap = dir.path().join(raftwal::storage::SNAP_DIR);
+    let name = |index: u64| format!("{:016x}-{index:016x}.snap", 1);
+    assert_eq!(snap_files(dir.path()), [name(4), name(6), name(8)]);
+    // The marked file (8) damaged; the file named 6 replaced by the bytes of 4, and 4 gone.
+    let marked = snap.join(name(8));
+    let mut bytes = std::fs::read(&marked).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&marked, bytes).unwrap();
+    std::fs::rename(snap.join(name(4)), snap.join(name(6))).unwrap();
+
+    match WalStorage::open(dir.path(), options) {
+        Err(Error::Corruption { .. }) => {}
+        Err(e) => panic!("expected Corruption, got {e}"),
+        Ok(storage) => {
+            // A fallback is acceptable only to a snapshot that can be read back.
+            let snapshot = storage.snapshot();
+            assert!(snapshot.is_ok(), "open fell back to a snapshot it cannot read: {snapshot:?}");
+            panic!("fell back to {:?}", snapshot.unwrap().metadata);
+        }
+    }
+}
