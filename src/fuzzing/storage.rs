@@ -264,6 +264,13 @@ impl Recovery {
             let shown = result.as_ref().map(|s| s.as_ref().map(|s| &s.metadata));
             eprintln!("step {step}: {call:?} -> {shown:?} (model {want:?})");
         }
+        if halted_before {
+            // The simulated process is dead: nothing it does reaches the disk, and what it
+            // answers from memory (which may show the write that failed, or refuse a call
+            // because of it) reaches no one. The next restart checks what is left.
+            self.failed = true;
+            return;
+        }
         match result {
             Ok(snapshot) => {
                 assert_eq!(
@@ -280,9 +287,8 @@ impl Recovery {
             Err(e) if fault_error(&e) => {
                 assert!(self.armed > 0, "step {step}: {call:?} failed with no fault armed: {e}");
                 self.failed = true;
-                if matches!(e, Error::Poisoned) || halted_before {
-                    // Refused before any I/O: an earlier failure stopped the log (or the
-                    // simulated process is dead already).
+                if matches!(e, Error::Poisoned) {
+                    // Refused before any I/O: an earlier failure stopped the log.
                     return;
                 }
                 if !want.is_ok() || self.fs.is_halted() {
