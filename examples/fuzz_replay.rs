@@ -2,14 +2,17 @@
 //! first: `cargo run --example fuzz_replay --features testing -- <target> <file>`.
 
 use raftwal::fuzzing::{
-    RecoveryCase, StorageCase, check_decode, check_recovery, check_snapshot_file,
-    check_storage_model,
+    RecoveryCase, SnapshotRecoveryCase, StorageCase, check_decode, check_raft_message,
+    check_recovery, check_snapshot_file, check_snapshot_recovery, check_storage_model,
 };
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, target, path] = args.as_slice() else {
-        eprintln!("usage: fuzz_replay <recovery|storage_model|decode|snapshot_file> <file>");
+        eprintln!(
+            "usage: fuzz_replay \
+             <recovery|storage_model|decode|snapshot_file|snapshot_recovery|raft_message> <file>"
+        );
         std::process::exit(2);
     };
     let bytes = std::fs::read(path).expect("the input file reads");
@@ -29,6 +32,18 @@ fn main() {
             }
             check_storage_model(&case);
         }
+        "snapshot_recovery" => {
+            let case = SnapshotRecoveryCase::from_fuzz_input(&bytes).expect("the input decodes");
+            println!("zstd: {}, close: {}", case.zstd, case.close);
+            for (step, op) in case.setup.iter().enumerate() {
+                println!("setup {step}: {op:?}");
+            }
+            for (step, edit) in case.edits.iter().enumerate() {
+                println!("edit {step}: {edit:?}");
+            }
+            check_snapshot_recovery(&case);
+        }
+        "raft_message" => check_raft_message(&bytes),
         "decode" => check_decode(&bytes),
         "snapshot_file" => check_snapshot_file(&bytes),
         other => panic!("unknown target {other}"),

@@ -11,6 +11,8 @@
 //! | `decode`        | [`check_decode`], [`check_decode_dir`]  | any segment bytes open to a consistent prefix or `Corruption`, never a panic |
 //! | `snapshot_file` | [`check_snapshot_file`]                 | any snapshot file reads back only if its CRCs hold, never a panic |
 //! | `storage_model` | [`check_storage_model`]                 | WalStorage answers exactly like [`crate::MemoryStorage`] |
+//! | `snapshot_recovery` | [`check_snapshot_recovery`]         | a tampered snapshot directory opens to a verified snapshot or `Corruption`, never a panic; an intact marked snapshot is recovered as it was |
+//! | `raft_message`  | [`check_raft_message`]                  | the Raft wire decoders never panic, accept only canonical bytes, and round-trip structured messages |
 //!
 //! Inputs are bounded (operations, entry and snapshot sizes) so that one execution stays in the
 //! low milliseconds. The model of the `Storage` contract is [`crate::MemoryStorage`]: WalStorage is
@@ -22,14 +24,21 @@
 
 mod compare;
 mod decode;
+mod message;
 mod ops;
 mod seeds;
+mod snapshot;
 mod storage;
 
-pub use compare::{Outcome, same_answers};
+pub use compare::{Outcome, answers_like, same_answers, same_state};
 pub use decode::{DECODE_MAX_RECORD_BYTES, check_decode, check_decode_dir, check_snapshot_file};
+pub use message::check_raft_message;
 pub use ops::{FaultChoice, RecoveryOp, StorageOp};
-pub use seeds::{SeedFile, encode_recovery_case, encode_storage_case, seed_corpus};
+pub use seeds::{
+    SeedFile, encode_recovery_case, encode_snapshot_recovery_case, encode_storage_case, seed_corpus,
+};
+pub use snapshot::{Edit, Place, SetupOp, SnapshotRecoveryCase, check_snapshot_recovery};
 pub use storage::{
-    MAX_OPS, RecoveryCase, StorageCase, check_recovery, check_storage_model, recovery_options,
+    MAX_MODEL_OPS, MAX_OPS, RecoveryCase, StorageCase, check_recovery, check_storage_model,
+    recovery_options,
 };

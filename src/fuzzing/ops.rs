@@ -123,7 +123,7 @@ pub(crate) enum Call {
 }
 
 /// Data whose every byte depends on where it is, so a misplaced or stale byte shows.
-fn pattern(seed: u64, len: usize) -> Bytes {
+pub(crate) fn pattern(seed: u64, len: usize) -> Bytes {
     (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8).collect()
 }
 
@@ -211,19 +211,25 @@ impl Call {
         }
     }
 
-    /// The states a crash may leave of this call when it was written but not made durable
-    /// whole, beyond "not at all" and "all of it": a save's batch spans several records, so any
-    /// prefix of its entries (without its hard state, written after them) may survive.
-    pub(crate) fn partial_models(&self, before: &MemoryStorage) -> Vec<MemoryStorage> {
+    /// How many partial forms a crash may leave of this call when it was written but not made
+    /// durable whole, beyond "not at all" and "all of it": a save's batch spans several
+    /// records, so any prefix of its entries (without its hard state, written after them) may
+    /// survive. See [`Call::partial_model`].
+    pub(crate) fn partial_len(&self) -> usize {
+        match self {
+            Call::Save(_, entries) => entries.len(),
+            _ => 0,
+        }
+    }
+
+    /// The partial form keeping the first `n` entries of a save's batch (`1..=partial_len()`);
+    /// `None` if the model refuses it.
+    pub(crate) fn partial_model(&self, before: &MemoryStorage, n: usize) -> Option<MemoryStorage> {
         let Call::Save(_, entries) = self else {
-            return Vec::new();
+            return None;
         };
-        (1..=entries.len())
-            .filter_map(|n| {
-                let model = before.clone();
-                model.append(&entries[..n]).ok().map(|()| model)
-            })
-            .collect()
+        let model = before.clone();
+        model.append(&entries[..n]).ok().map(|()| model)
     }
 
     /// Whether the call's success made everything before it durable whatever the sync policy

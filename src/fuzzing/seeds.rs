@@ -8,12 +8,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::fuzzing::ops::{FaultChoice, RecoveryOp, StorageOp};
+use crate::fuzzing::snapshot::{Edit, Place, SetupOp, SnapshotRecoveryCase};
 use crate::fuzzing::storage::{RecoveryCase, StorageCase};
 use crate::io::{CrashFs, Fs};
 use crate::options::WalOptions;
+use crate::raft::message::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message,
+    MessageType,
+};
 use crate::snapshot::SnapshotStore;
 use crate::storage::WalStorage;
-use crate::types::{ConfState, Entry, HardState, SnapshotMetadata};
+use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 
 /// One file of the seed corpus.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +51,163 @@ pub fn seed_corpus() -> Vec<SeedFile> {
         let bytes = encode_recovery_case(&case);
         seeds.push(SeedFile { target: "recovery", name: format!("random-{i:02}"), bytes });
     }
+    for (name, case) in snapshot_recovery_cases() {
+        let bytes = encode_snapshot_recovery_case(&case);
+        seeds.push(SeedFile { target: "snapshot_recovery", name: name.to_string(), bytes });
+    }
+    seeds.extend(raft_message_seeds());
     seeds
+}
+
+/// Logs with snapshots and the damage each seed does to their snapshot directory.
+fn snapshot_recovery_cases() -> Vec<(&'static str, SnapshotRecoveryCase)> {
+    let save = |count| SetupOp::Save { count, new_term: false };
+    let create = |back, size| SetupOp::Create { back, voters: Some(3), size };
+    // Three snapshots over a growing log: the marked one and two older ones on disk.
+    let three = vec![
+        save(7),
+        create(2, 100),
+        save(5),
+        SetupOp::Save { count: 3, new_term: true },
+        create(1, 300),
+        SetupOp::Compact { back: 3 },
+        save(6),
+        create(0, 200),
+    ];
+    let case = |zstd, close, setup: &Vec<SetupOp>, edits| SnapshotRecoveryCase {
+        zstd,
+        close,
+        setup: setup.clone(),
+        edits,
+    };
+    vec![
+        ("intact", case(false, true, &three, vec![])),
+        (
+            "marked-flipped",
+            case(true, false, &three, vec![Edit::Flip { place: Place::Marked, at: 60, xor: 4 }]),
+        ),
+        (
+            "marked-cut-and-orphan",
+            case(
+                false,
+                false,
+                &three,
+                vec![
+                    Edit::Truncate { place: Place::Marked, keep: 40 },
+                    Edit::Forge {
+                        place: Place::Named { term: 2, index: 200, suffix: 0 },
+                        index: 200,
+                        term: 2,
+                        data_len: 8,
+                        zstd: false,
+                        body: b"orphan!!".to_vec(),
+                    },
+                ],
+            ),
+        ),
+        (
+            "forged-marker-and-temp",
+            case(
+                true,
+                true,
+                &vec![
+                    save(7),
+                    create(3, 50),
+                    SetupOp::Apply { ahead: 5, term_bump: 1, size: 400 },
+                    SetupOp::ForgeMarker { index: 40, term: 3 },
+                ],
+                vec![
+                    Edit::Write {
+                        place: Place::Named { term: 3, index: 41, suffix: 1 },
+                        bytes: b"RWALSNP\x01 unfinished".to_vec(),
+                    },
+                    Edit::Copy { from: Place::Existing(0), to: Place::Marked },
+                ],
+            ),
+        ),
+        (
+            "lying-header",
+            case(
+                true,
+                false,
+                &three,
+                vec![
+                    Edit::Remove { place: Place::Existing(0) },
+                    Edit::Forge {
+                        place: Place::Marked,
+                        index: 21,
+                        term: 2,
+                        data_len: 60000,
+                        zstd: true,
+                        body: vec![0x28, 0xB5, 0x2F, 0xFD, 0, 0x58, 0, 0, 0, 0],
+                    },
+                ],
+            ),
+        ),
+    ]
+}
+
+/// Encoded Raft messages and membership changes, as they travel.
+fn raft_message_seeds() -> Vec<SeedFile> {
+    let entry = |index, kind, data: &'static [u8]| Entry {
+        index,
+        term: 2,
+        entry_type: kind,
+        data: Bytes::from_static(data),
+    };
+    let mut append = Message::new(MessageType::MsgApp, 1, 2);
+    (append.term, append.log_term, append.index, append.commit) = (2, 2, 6, 5);
+    append.entries = vec![
+        entry(7, EntryType::Normal, b"put k v"),
+        entry(8, EntryType::ConfChangeV2, b""),
+        entry(9, EntryType::ConfChange, b"add"),
+    ];
+    let mut reject = Message::new(MessageType::MsgAppResp, 2, 1);
+    (reject.term, reject.index, reject.reject, reject.reject_hint, reject.log_term) =
+        (2, 6, true, 4, 1);
+    let mut heartbeat = Message::new(MessageType::MsgHeartbeat, 1, 3);
+    (heartbeat.term, heartbeat.commit) = (5, 40);
+    heartbeat.context = Bytes::from_static(b"read-17");
+    let mut snap = Message::new(MessageType::MsgSnap, 1, 3);
+    snap.term = 4;
+    snap.snapshot = Some(Snapshot {
+        metadata: SnapshotMetadata {
+            index: 100,
+            term: 4,
+            conf_state: ConfState {
+                voters: vec![1, 2, 3],
+                learners: vec![4],
+                voters_outgoing: vec![1, 2, 5],
+                learners_next: vec![5],
+                auto_leave: true,
+            },
+        },
+        data: Bytes::from_static(b"state machine"),
+    });
+    let v1 = ConfChange {
+        change_type: ConfChangeType::AddLearnerNode,
+        node_id: 4,
+        context: Bytes::from_static(b"10.0.0.4:7000"),
+    };
+    let v2 = ConfChangeV2 {
+        transition: ConfChangeTransition::Explicit,
+        changes: vec![
+            ConfChangeSingle { change_type: ConfChangeType::AddNode, node_id: 4 },
+            ConfChangeSingle { change_type: ConfChangeType::RemoveNode, node_id: 1 },
+        ],
+        context: Bytes::new(),
+    };
+    [
+        ("msg-app", append.encode()),
+        ("msg-app-resp-reject", reject.encode()),
+        ("msg-heartbeat", heartbeat.encode()),
+        ("msg-snap", snap.encode()),
+        ("conf-change", v1.encode()),
+        ("conf-change-v2", v2.encode()),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| SeedFile { target: "raft_message", name: name.to_string(), bytes })
+    .collect()
 }
 
 /// SplitMix64, for reproducible seeds.
@@ -174,6 +335,116 @@ fn encode_recovery_op(out: &mut Vec<u8>, op: &RecoveryOp) {
             put_variant(out, *kind as u64, 5);
         }
     }
+}
+
+fn put_place(out: &mut Vec<u8>, place: &Place) {
+    match place {
+        Place::Existing(k) => {
+            put_variant(out, 0, 3);
+            out.push(*k);
+        }
+        Place::Marked => put_variant(out, 1, 3),
+        Place::Named { term, index, suffix } => {
+            put_variant(out, 2, 3);
+            out.extend_from_slice(&[*term, *index, *suffix]);
+        }
+    }
+}
+
+/// A `Vec<u8>` that is not the last field: each byte preceded by a "go on" bool, then a stop.
+fn put_byte_list(out: &mut Vec<u8>, bytes: &[u8]) {
+    for byte in bytes {
+        put_bool(out, true);
+        out.push(*byte);
+    }
+    put_bool(out, false);
+}
+
+fn encode_setup_op(out: &mut Vec<u8>, op: &SetupOp) {
+    const VARIANTS: u64 = 5;
+    match op {
+        SetupOp::Save { count, new_term } => {
+            put_variant(out, 0, VARIANTS);
+            out.push(*count);
+            put_bool(out, *new_term);
+        }
+        SetupOp::Create { back, voters, size } => {
+            put_variant(out, 1, VARIANTS);
+            out.push(*back);
+            put_bool(out, voters.is_some());
+            out.extend(voters.iter());
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+        SetupOp::Apply { ahead, term_bump, size } => {
+            put_variant(out, 2, VARIANTS);
+            out.extend_from_slice(&[*ahead, *term_bump]);
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+        SetupOp::Compact { back } => {
+            put_variant(out, 3, VARIANTS);
+            out.push(*back);
+        }
+        SetupOp::ForgeMarker { index, term } => {
+            put_variant(out, 4, VARIANTS);
+            out.extend_from_slice(&[*index, *term]);
+        }
+    }
+}
+
+fn encode_edit(out: &mut Vec<u8>, edit: &Edit) {
+    const VARIANTS: u64 = 6;
+    match edit {
+        Edit::Flip { place, at, xor } => {
+            put_variant(out, 0, VARIANTS);
+            put_place(out, place);
+            out.extend_from_slice(&at.to_le_bytes());
+            out.push(*xor);
+        }
+        Edit::Truncate { place, keep } => {
+            put_variant(out, 1, VARIANTS);
+            put_place(out, place);
+            out.extend_from_slice(&keep.to_le_bytes());
+        }
+        Edit::Write { place, bytes } => {
+            put_variant(out, 2, VARIANTS);
+            put_place(out, place);
+            put_byte_list(out, bytes);
+        }
+        Edit::Forge { place, index, term, data_len, zstd, body } => {
+            put_variant(out, 3, VARIANTS);
+            put_place(out, place);
+            out.extend_from_slice(&[*index, *term]);
+            out.extend_from_slice(&data_len.to_le_bytes());
+            put_bool(out, *zstd);
+            put_byte_list(out, body);
+        }
+        Edit::Copy { from, to } => {
+            put_variant(out, 4, VARIANTS);
+            put_place(out, from);
+            put_place(out, to);
+        }
+        Edit::Remove { place } => {
+            put_variant(out, 5, VARIANTS);
+            put_place(out, place);
+        }
+    }
+}
+
+/// The fuzz input that decodes into `case`.
+pub fn encode_snapshot_recovery_case(case: &SnapshotRecoveryCase) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_bool(&mut out, case.zstd);
+    put_bool(&mut out, case.close);
+    for op in &case.setup {
+        put_bool(&mut out, true);
+        encode_setup_op(&mut out, op);
+    }
+    put_bool(&mut out, false);
+    for edit in &case.edits {
+        put_bool(&mut out, true);
+        encode_edit(&mut out, edit);
+    }
+    out
 }
 
 /// The fuzz input that decodes into `case`.

@@ -7,14 +7,18 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::error::Error;
-use crate::fuzzing::compare::{Outcome, same_answers};
+use crate::fuzzing::compare::{Outcome, answers_like, same_answers, same_state};
 use crate::fuzzing::ops::{Call, RecoveryOp, StorageOp, resolve};
 use crate::io::{CrashFs, Fault, Fs};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::storage::{MemoryStorage, WalStorage};
 
-/// Operations of one input that are run; the rest are ignored, to keep each execution short.
+/// Operations of one recovery input that are run; the rest are ignored, to keep each execution
+/// short.
 pub const MAX_OPS: usize = 48;
+/// Operations of one storage-model input that are run (enough for several segment rollovers,
+/// compactions and snapshots; each is cheaper to check without crashes, so fewer are needed).
+pub const MAX_MODEL_OPS: usize = 32;
 /// Faults armed at most per input.
 const MAX_FAULTS: usize = 8;
 /// Where the storage lives on the simulated file system.
@@ -23,7 +27,7 @@ const ROOT: &str = "/node";
 /// The input of [`check_storage_model`].
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub struct StorageCase {
-    /// The operations, of which the first [`MAX_OPS`] run.
+    /// The operations, of which the first [`MAX_MODEL_OPS`] run.
     pub ops: Vec<StorageOp>,
 }
 
@@ -74,28 +78,42 @@ fn open(fs: &CrashFs, options: &WalOptions) -> crate::Result<WalStorage> {
 /// Runs `case` on MemoryStorage and on WalStorage (over CrashFs, reopened where the input says)
 /// side by side. Panics at the first call whose outcome differs, or the first state whose
 /// answers differ.
+///
+/// After every call the answers that need no entry reads (indices, hard state, membership,
+/// snapshot, every term) are compared; every answer, `entries` over the whole spread of ranges
+/// and limits included, is compared after each reopen and after the last call. That loses
+/// nothing over a campaign: the state after any call is the final state of the input cut
+/// there, which the fuzzer runs too (it cuts and grows inputs all the time), while checking
+/// every range after every call made each execution cost as much as some fifty.
 pub fn check_storage_model(case: &StorageCase) {
     let options = recovery_options(SyncPolicy::Always);
     let fs = CrashFs::new();
     let mut storage = Some(open(&fs, &options).expect("a fresh storage opens"));
     let model = MemoryStorage::new();
-    for (step, op) in case.ops.iter().take(MAX_OPS).enumerate() {
-        let what = match resolve(op, &model, step) {
+    let steps = case.ops.len().min(MAX_MODEL_OPS);
+    for (step, op) in case.ops.iter().take(MAX_MODEL_OPS).enumerate() {
+        let call = resolve(op, &model, step);
+        match &call {
             Some(call) => {
                 let subject = storage.as_ref().expect("open");
                 let got = Outcome::from(call.apply_wal(subject));
                 let want = call.apply_model(&model);
                 assert_eq!(got, want, "step {step}: {call:?} answered differently");
-                format!("{call:?}")
             }
             None => {
                 drop(storage.take());
                 let reopened = open(&fs, &options);
                 storage = Some(reopened.unwrap_or_else(|e| panic!("reopen at step {step}: {e}")));
-                "a reopen".to_string()
             }
+        }
+        let subject = storage.as_ref().expect("open");
+        let answers = if call.is_none() || step + 1 == steps {
+            same_answers(&model, subject)
+        } else {
+            same_state(&model, subject)
         };
-        if let Err(difference) = same_answers(&model, storage.as_ref().expect("open")) {
+        if let Err(difference) = answers {
+            let what = call.map_or("a reopen".to_string(), |call| format!("{call:?}"));
             panic!("step {step}: after {what}: {difference}");
         }
     }
@@ -127,43 +145,71 @@ impl History {
 
     /// The states a restart may recover, newest first: after a clean reopen only the current
     /// one (or the pending call on top); after a crash any from the durable one on, with the
-    /// partial forms of each call in between.
+    /// partial forms of each call in between. Described, not built: most restarts match the
+    /// first, and building every form would copy the log once per form.
     fn candidates(&self, crashed: bool) -> Vec<Candidate> {
         let newest = self.states.len() - 1;
         let mut out = Vec::new();
         if let Some(pending) = &self.pending {
-            let done = self.current().clone();
-            let mut forms: Vec<MemoryStorage> = pending.partial_models(self.current());
-            if pending.apply_model(&done).is_ok() {
-                forms.push(done);
-            }
-            for model in forms.into_iter().rev() {
-                out.push(Candidate { base: newest, call: Some(pending.clone()), model });
+            let call = || Some(pending.clone());
+            out.push(Candidate { base: newest, call: call(), form: Form::Whole });
+            for n in (1..=pending.partial_len()).rev() {
+                out.push(Candidate { base: newest, call: call(), form: Form::Prefix(n) });
             }
         }
         let oldest = if crashed { self.durable } else { newest };
         for k in (oldest..=newest).rev() {
-            out.push(Candidate { base: k, call: None, model: self.states[k].clone() });
+            out.push(Candidate { base: k, call: None, form: Form::State });
             if k > oldest {
                 let call = &self.calls[k - 1];
-                for model in call.partial_models(&self.states[k - 1]).into_iter().rev() {
-                    out.push(Candidate { base: k - 1, call: Some(call.clone()), model });
+                for n in (1..=call.partial_len()).rev() {
+                    out.push(Candidate {
+                        base: k - 1,
+                        call: Some(call.clone()),
+                        form: Form::Prefix(n),
+                    });
                 }
             }
         }
         out
     }
 
-    /// Makes the recovered candidate the current state.
-    fn adopt(&mut self, recovered: Candidate) {
+    /// The model `candidate` describes; `None` if its call cannot apply there (the model
+    /// refuses it), so that no restart can recover it.
+    fn model(&self, candidate: &Candidate) -> Option<std::borrow::Cow<'_, MemoryStorage>> {
+        use std::borrow::Cow;
+        let base = &self.states[candidate.base];
+        match (&candidate.form, &candidate.call) {
+            (Form::State, _) => Some(Cow::Borrowed(base)),
+            (Form::Whole, Some(call)) => {
+                let model = base.clone();
+                call.apply_model(&model).is_ok().then_some(Cow::Owned(model))
+            }
+            (Form::Prefix(n), Some(call)) => call.partial_model(base, *n).map(Cow::Owned),
+            (_, None) => unreachable!("only a whole state comes without a call"),
+        }
+    }
+
+    /// Makes the recovered candidate (with its model) the current state.
+    fn adopt(&mut self, recovered: Candidate, model: MemoryStorage) {
         self.states.truncate(recovered.base + 1);
         self.calls.truncate(recovered.base);
         self.pending = None;
         if let Some(call) = recovered.call {
             // Part (or all) of a call that was not acknowledged: one more step, not durable.
-            self.push(call, recovered.model);
+            self.push(call, model);
         }
     }
+}
+
+/// Which form of a call a candidate takes.
+enum Form {
+    /// The history state itself.
+    State,
+    /// The call wholly applied.
+    Whole,
+    /// The first `n` entries of the call's batch.
+    Prefix(usize),
 }
 
 /// A state a restart may recover.
@@ -172,7 +218,7 @@ struct Candidate {
     base: usize,
     /// The call, partly or wholly done, that leads from `states[base]` to it.
     call: Option<Call>,
-    model: MemoryStorage,
+    form: Form,
 }
 
 impl Candidate {
@@ -218,6 +264,13 @@ impl Recovery {
             let shown = result.as_ref().map(|s| s.as_ref().map(|s| &s.metadata));
             eprintln!("step {step}: {call:?} -> {shown:?} (model {want:?})");
         }
+        if halted_before {
+            // The simulated process is dead: nothing it does reaches the disk, and what it
+            // answers from memory (which may show the write that failed, or refuse a call
+            // because of it) reaches no one. The next restart checks what is left.
+            self.failed = true;
+            return;
+        }
         match result {
             Ok(snapshot) => {
                 assert_eq!(
@@ -234,9 +287,8 @@ impl Recovery {
             Err(e) if fault_error(&e) => {
                 assert!(self.armed > 0, "step {step}: {call:?} failed with no fault armed: {e}");
                 self.failed = true;
-                if matches!(e, Error::Poisoned) || halted_before {
-                    // Refused before any I/O: an earlier failure stopped the log (or the
-                    // simulated process is dead already).
+                if matches!(e, Error::Poisoned) {
+                    // Refused before any I/O: an earlier failure stopped the log.
                     return;
                 }
                 if !want.is_ok() || self.fs.is_halted() {
@@ -249,7 +301,7 @@ impl Recovery {
                 }
                 // The live storage says whether the call took effect in memory (unless a halt
                 // fires while it is asked: then either may be true).
-                if same_answers(&next, storage).is_ok() {
+                if answers_like(&next, storage) {
                     self.history.push(call, next);
                     return;
                 }
@@ -346,21 +398,29 @@ impl Recovery {
     /// Adopts the allowed state the recovered storage answers like, or describes why none fits.
     fn check_recovered(&mut self, storage: &WalStorage, crashed: bool) -> Result<(), String> {
         let candidates = self.history.candidates(crashed);
-        let mut differences = Vec::new();
-        for candidate in candidates {
-            match same_answers(&candidate.model, storage) {
-                Ok(()) => {
-                    if self.trace {
-                        eprintln!("recovered {} (crashed {crashed})", candidate.describe());
-                    }
-                    self.history.adopt(candidate);
-                    return Ok(());
+        for (k, candidate) in candidates.iter().enumerate() {
+            let Some(model) = self.history.model(candidate) else {
+                continue;
+            };
+            if answers_like(&model, storage) {
+                let model = model.into_owned();
+                if self.trace {
+                    eprintln!("recovered {} (crashed {crashed})", candidate.describe());
                 }
-                Err(difference) => {
-                    differences.push(format!("{}: {difference}", candidate.describe()))
-                }
+                let candidate = candidates.into_iter().nth(k).expect("the k-th candidate");
+                self.history.adopt(candidate, model);
+                return Ok(());
             }
         }
+        // None fits: ask again, describing each difference.
+        let differences: Vec<String> = candidates
+            .iter()
+            .filter_map(|candidate| {
+                let model = self.history.model(candidate)?;
+                let difference = same_answers(&model, storage).err()?;
+                Some(format!("{}: {difference}", candidate.describe()))
+            })
+            .collect();
         Err(format!(
             "the recovered storage matches no allowed state ({} calls, durable from {}, crashed \
              {crashed}):\n{}",

@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use raftwal::fuzzing::{
-    RecoveryCase, StorageCase, check_decode, check_recovery, check_snapshot_file,
-    check_storage_model, encode_recovery_case, encode_storage_case, seed_corpus,
+    RecoveryCase, SnapshotRecoveryCase, StorageCase, check_decode, check_raft_message,
+    check_recovery, check_snapshot_file, check_snapshot_recovery, check_storage_model,
+    encode_recovery_case, encode_snapshot_recovery_case, encode_storage_case, seed_corpus,
 };
+use raftwal::raft::message::{ConfChange, ConfChangeV2, Message};
 
 /// Every fuzz target and its corpus directory name.
-const TARGETS: [&str; 4] = ["decode", "recovery", "snapshot_file", "storage_model"];
+const TARGETS: [&str; 6] =
+    ["decode", "recovery", "snapshot_file", "storage_model", "snapshot_recovery", "raft_message"];
 
 fn corpus_files(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -37,6 +40,11 @@ fn run(target: &str, bytes: &[u8]) -> bool {
             Some(case) => check_storage_model(&case),
             None => return false,
         },
+        "snapshot_recovery" => match SnapshotRecoveryCase::from_fuzz_input(bytes) {
+            Some(case) => check_snapshot_recovery(&case),
+            None => return false,
+        },
+        "raft_message" => check_raft_message(bytes),
         other => panic!("unknown fuzz target {other}"),
     }
     true
@@ -81,6 +89,13 @@ fn the_generated_seeds_are_committed_and_exercise_their_targets() {
     for seed in seeds.iter().filter(|s| s.target == "decode") {
         assert!(seed.bytes.starts_with(b"RAFTWAL\x01"), "{} is a segment", seed.name);
     }
+    for seed in seeds.iter().filter(|s| s.target == "raft_message") {
+        let bytes = &seed.bytes;
+        let decodes = Message::decode(bytes).is_ok()
+            || ConfChange::decode(bytes).is_ok()
+            || ConfChangeV2::decode(bytes).is_ok();
+        assert!(decodes, "{} is an encoded message or membership change", seed.name);
+    }
     for seed in seeds.iter().filter(|s| s.target == "snapshot_file") {
         assert!(seed.bytes.starts_with(b"RWALSNP\x01"), "{} is a snapshot file", seed.name);
     }
@@ -103,9 +118,18 @@ fn structured_seeds_decode_with_arbitrary_into_the_operations_they_encode() {
                 assert_eq!(case.ops.len(), 32, "{}: every operation decodes", seed.name);
                 assert_eq!(encode_storage_case(&case), seed.bytes, "{} round-trips", seed.name);
             }
+            "snapshot_recovery" => {
+                let case = SnapshotRecoveryCase::from_fuzz_input(&seed.bytes).expect("decodes");
+                assert!(!case.setup.is_empty(), "{}: the setup decodes", seed.name);
+                let again = encode_snapshot_recovery_case(&case);
+                assert_eq!(again, seed.bytes, "{} round-trips", seed.name);
+            }
             _ => continue,
         }
         checked += 1;
     }
-    assert_eq!(checked, 16, "eight seeds for each structured target");
+    assert_eq!(
+        checked, 21,
+        "eight seeds for recovery and storage_model, five for snapshot_recovery"
+    );
 }
