@@ -265,7 +265,7 @@ fn resolve(fs: &CrashFs, place: Place, marked: &str) -> Option<PathBuf> {
             let (term, index) = (u64::from(term), u64::from(index));
             match suffix % 4 {
                 0 => snap_format::snapshot_name(term, index),
-                1 => snap_format::temp_name(term, index),
+                1 => snap_format::temp_name(term, index, u64::from(suffix)),
                 2 => format!("{}{BROKEN_SUFFIX}", snap_format::snapshot_name(term, index)),
                 _ => format!("{term}-{index}.other"),
             }
