@@ -143,7 +143,8 @@ pub struct RecoveryMetrics {
     /// Bytes of valid records read.
     pub bytes_scanned: u64,
     /// For each row of the recovery decision table (DESIGN.md §8) that some segment hit: the row's
-    /// name (`"R1"`, `"R3"`, `"H1"`, ...) and how many segments hit it.
+    /// name (`"R1"` for a clean end, `"R3"` for a torn tail cut, ...) and how many segments hit
+    /// it.
     pub rows: Vec<(&'static str, u64)>,
     /// Whether a torn tail was cut.
     pub tail_cut: bool,

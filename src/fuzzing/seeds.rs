@@ -16,6 +16,7 @@ use crate::raft::message::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message,
     MessageType,
 };
+use crate::rng::Rng;
 use crate::snapshot::SnapshotStore;
 use crate::storage::WalStorage;
 use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
@@ -37,7 +38,7 @@ pub fn seed_corpus() -> Vec<SeedFile> {
     let mut seeds = Vec::new();
     seeds.extend(decode_seeds());
     seeds.extend(snapshot_seeds());
-    let mut rng = 0x5EED_u64;
+    let mut rng = Rng::new(0x5EED);
     for i in 0..8 {
         let ops: Vec<StorageOp> = (0..32).map(|_| random_storage_op(&mut rng)).collect();
         let bytes = encode_storage_case(&StorageCase { ops });
@@ -210,18 +211,9 @@ fn raft_message_seeds() -> Vec<SeedFile> {
     .collect()
 }
 
-/// SplitMix64, for reproducible seeds.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A storage operation, mostly saves (so the log grows and rolls over segments).
-fn random_storage_op(rng: &mut u64) -> StorageOp {
-    let r = next(rng);
+fn random_storage_op(rng: &mut Rng) -> StorageOp {
+    let r = rng.next_u64();
     let byte = |shift: u32| (r >> shift) as u8;
     match r % 16 {
         0..=8 => StorageOp::Save {
@@ -245,11 +237,11 @@ fn random_storage_op(rng: &mut u64) -> StorageOp {
 }
 
 /// A recovery operation: storage operations, syncs, crashes and (with `faults`) faults.
-fn random_recovery_op(rng: &mut u64, faults: bool) -> RecoveryOp {
-    let r = next(rng);
+fn random_recovery_op(rng: &mut Rng, faults: bool) -> RecoveryOp {
+    let r = rng.next_u64();
     match r % 20 {
         0 | 1 => RecoveryOp::Sync,
-        2 => RecoveryOp::Crash { seed: next(rng) },
+        2 => RecoveryOp::Crash { seed: rng.next_u64() },
         3 | 4 if faults => {
             let kinds = [
                 FaultChoice::WriteEio,

@@ -614,11 +614,17 @@ impl Wal {
 /// What recovery did, as metrics (and, with the `tracing` feature, as warnings for what an
 /// operator must know: a cut tail and removed segments).
 fn recovery_metrics(report: &RecoveryReport, took: std::time::Duration) -> RecoveryMetrics {
-    let mut rows = Vec::new();
-    if let Some((_segment, _offset, row)) = &report.truncated {
-        rows.push((*row, 1));
+    // Each row hit, with the number of segments that hit it, in the table's order of first hit.
+    let mut rows: Vec<(&'static str, u64)> = Vec::new();
+    for row in &report.rows {
+        match rows.iter_mut().find(|(r, _)| r == row) {
+            Some((_, count)) => *count += 1,
+            None => rows.push((row, 1)),
+        }
+    }
+    if let Some((_segment, _offset, _row)) = &report.truncated {
         #[cfg(feature = "tracing")]
-        tracing::warn!(segment = %_segment, offset = _offset, row, "recovery cut a torn tail");
+        tracing::warn!(segment = %_segment, offset = _offset, row = _row, "recovery cut a torn tail");
     }
     #[cfg(feature = "tracing")]
     for segment in &report.removed {

@@ -24,6 +24,8 @@ pub struct RecoveryReport {
     pub records_replayed: usize,
     /// Bytes of records checked.
     pub bytes_scanned: u64,
+    /// The decision table's row (§8 of DESIGN.md) each segment read matched, in log order.
+    pub rows: Vec<&'static str>,
     /// Where a tail was cut: (segment file, offset, recovery table row).
     pub truncated: Option<(String, u64, &'static str)>,
     /// Segment files removed (torn new segments; in `TruncateCorrupt` mode, everything after
@@ -156,6 +158,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         }
 
         let case = decide(position, classify(&scan), scan.after.into());
+        report.rows.push(case.label);
         let (keep_records, stop_here) = match case.decision {
             Decision::Accept => (scan.records.len(), false),
             Decision::TruncateTail => {

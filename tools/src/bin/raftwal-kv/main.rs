@@ -92,23 +92,23 @@ fn main() -> ExitCode {
     let metrics = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         Err(e) => {
-            eprintln!("raftwal-kv: cannot set up metrics: {e}");
+            error!(error = %e, "cannot set up metrics");
             return ExitCode::FAILURE;
         }
     };
     let peers = match parse_peers(&args.peers) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("raftwal-kv: --peers: {e}");
+            error!("--peers: {e}");
             return ExitCode::from(2);
         }
     };
     let Some(raft_addr) = peers.get(&args.id).cloned() else {
-        eprintln!("raftwal-kv: --peers must include this node ({})", args.id);
+        error!("--peers must include this node ({})", args.id);
         return ExitCode::from(2);
     };
     if args.snapshot_every == 0 {
-        eprintln!("raftwal-kv: --snapshot-every must be at least 1");
+        error!("--snapshot-every must be at least 1");
         return ExitCode::from(2);
     }
     let timeout = Duration::from_millis(args.request_timeout_ms);
