@@ -184,14 +184,10 @@ fn a_duplicated_read_request_is_answered_twice_at_the_same_index() {
     assert_eq!(net.node(1).raw.status().hard_state.commit, committed);
 }
 
-/// etcd's TestReadOnlyOptionSafe: rounds of proposals, each followed by a read on a different
-/// node, which must see every proposal before it.
-#[test]
-fn safe_reads_on_every_node_see_the_commit_index_of_their_round() {
-    let mut net = Network::new(&[1, 2, 3]);
-    net.campaign(1);
-    let base = net.node(1).committed();
-    for (round, reader) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+/// Rounds of ten proposals on node 1, each followed by a read on the round's reader, which
+/// must be answered once, at the commit index that includes every proposal before it.
+fn read_rounds(net: &mut Network, readers: &[u64], base: u64) {
+    for (round, &reader) in readers.iter().enumerate() {
         for k in 0..10 {
             net.propose(1, &format!("p{round}.{k}")).unwrap();
         }
@@ -203,6 +199,16 @@ fn safe_reads_on_every_node_see_the_commit_index_of_their_round() {
         assert_eq!(rs[0].index, base + 10 * (round as u64 + 1), "round {round}");
         assert_eq!(rs[0].request_ctx, ctx);
     }
+}
+
+/// etcd's TestReadOnlyOptionSafe: rounds of proposals, each followed by a read on a different
+/// node, which must see every proposal before it.
+#[test]
+fn safe_reads_on_every_node_see_the_commit_index_of_their_round() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.campaign(1);
+    let base = net.node(1).committed();
+    read_rounds(&mut net, &[1, 2, 3, 1, 2, 3], base);
     assert_eq!(net.node(1).raw.status().hard_state.commit, base + 60, "every proposal committed");
 }
 
@@ -215,18 +221,7 @@ fn a_learner_reads_through_the_leader() {
     net.campaign(1);
     assert_eq!(net.node(1).state(), StateRole::Leader);
     let base = net.node(1).committed();
-    for (round, reader) in [1u64, 2, 1, 2].into_iter().enumerate() {
-        for k in 0..10 {
-            net.propose(1, &format!("p{round}.{k}")).unwrap();
-        }
-        let ctx = Bytes::from(format!("ctx{round}"));
-        net.node(reader).raw.read_index(ctx.clone());
-        net.stabilize();
-        let rs = std::mem::take(&mut net.node(reader).read_states);
-        assert_eq!(rs.len(), 1, "round {round}: node {reader} got no answer");
-        assert_eq!(rs[0].index, base + 10 * (round as u64 + 1), "round {round}");
-        assert_eq!(rs[0].request_ctx, ctx);
-    }
+    read_rounds(&mut net, &[1, 2, 1, 2], base);
 }
 
 /// etcd's TestReadOnlyForNewLeader: a read held until the new leader's first commit is
