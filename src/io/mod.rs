@@ -73,23 +73,31 @@ pub trait File: Send + Sync + fmt::Debug {
         if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::WriteZero.into()) }
     }
 
-    /// Fills all of `buf` from `offset`; reaching the end of the file first is `UnexpectedEof`.
-    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    /// Fills `buf` from `offset` as far as the file goes, continuing after short reads, and
+    /// returns the bytes read: fewer than `buf.len()` only at the end of the file.
+    fn read_up_to_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
         for _ in 0..MAX_PARTIAL_IO_CALLS {
-            if buf.is_empty() {
-                return Ok(());
+            if filled == buf.len() {
+                return Ok(filled);
             }
-            match self.read_at(buf, offset) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
+            match self.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => return Ok(filled),
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if buf.is_empty() { Ok(()) } else { Err(io::ErrorKind::UnexpectedEof.into()) }
+        if filled == buf.len() { Ok(filled) } else { Err(io::ErrorKind::UnexpectedEof.into()) }
+    }
+
+    /// Fills all of `buf` from `offset`; reaching the end of the file first is `UnexpectedEof`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.read_up_to_at(buf, offset)? == buf.len() {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
     }
 }
 

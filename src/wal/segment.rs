@@ -55,25 +55,6 @@ pub fn read_whole(name: &str, file: &dyn File) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Fills `buf` from `offset` as far as the file goes; returns the bytes read.
-fn read_up_to(file: &dyn File, buf: &mut [u8], offset: u64) -> Result<usize> {
-    let mut filled = 0;
-    // Bounded: a file system returning short counts forever is cut off after a few calls
-    // (each returns at least one byte or ends the loop).
-    for _ in 0..16 {
-        if filled == buf.len() {
-            break;
-        }
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(filled)
-}
-
 /// Reads the entries record at `offset` of segment `name`, checking its CRC again: bytes can
 /// rot on disk after recovery checked them, and a read must never return bytes that differ
 /// from those written. One `pread` for a record of up to [`READ_AHEAD_BYTES`], two beyond.
@@ -85,7 +66,7 @@ pub fn read_entries(
 ) -> Result<Vec<Entry>> {
     let corruption = |kind| Error::Corruption { segment: PathBuf::from(name), offset, kind };
     let mut buf = vec![0u8; READ_AHEAD_BYTES];
-    let read = read_up_to(file, &mut buf, offset)?;
+    let read = file.read_up_to_at(&mut buf, offset)?;
     if read < FRAME_HEADER_LEN {
         return Err(corruption(CorruptionKind::Torn));
     }
@@ -100,7 +81,7 @@ pub fn read_entries(
             return Err(corruption(CorruptionKind::Torn));
         }
         buf.resize(total, 0);
-        let rest = read_up_to(file, &mut buf[read..], offset + read as u64)?;
+        let rest = file.read_up_to_at(&mut buf[read..], offset + read as u64)?;
         if read + rest < total {
             return Err(corruption(CorruptionKind::Torn));
         }
