@@ -306,12 +306,13 @@ impl Counters {
     /// The counters as plain values; the gauges (segments, bytes, index, cache, recovery) are
     /// the caller's to fill in.
     pub(crate) fn read(&self) -> WalMetrics {
+        let sync_latency_us = self.sync_latency_us.summary();
         WalMetrics {
             appends: self.appends.load(Ordering::Relaxed),
             entries_written: self.entries_written.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
-            syncs: self.sync_latency_us.summary().count,
-            sync_latency_us: self.sync_latency_us.summary(),
+            syncs: sync_latency_us.count,
+            sync_latency_us,
             slow_syncs: self.slow_syncs.load(Ordering::Relaxed),
             group_commit_callers: self.group_commit_callers.summary(),
             segments_created: self.segments_created.load(Ordering::Relaxed),

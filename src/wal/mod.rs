@@ -192,12 +192,17 @@ impl Wal {
     /// failure and the poison, and no waiter can miss the wake-up.
     fn poison(&self, error: Error) -> Error {
         let sync = self.lock_sync();
-        if !self.poisoned.swap(true, Ordering::AcqRel) {
-            self.counters.poisoned(&error);
-        }
+        self.mark_poisoned(&error);
         drop(sync);
         self.synced.notify_all();
         error
+    }
+
+    /// Sets the poison (counted once); the caller holds the sync lock and wakes the waiters.
+    fn mark_poisoned(&self, error: &Error) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            self.counters.poisoned(error);
+        }
     }
 
     /// Writes `ops` and applies them to the state. Returns the LSN a sync must reach.
@@ -311,9 +316,7 @@ impl Wal {
                 // Never retried: after a failed fsync the kernel may have dropped the dirty
                 // pages and marked them clean, so a second fsync could succeed falsely. Poisoned
                 // before the lock is released, so that no thread can lead that second fsync.
-                if !self.poisoned.swap(true, Ordering::AcqRel) {
-                    self.counters.poisoned(&e);
-                }
+                self.mark_poisoned(&e);
                 drop(sync);
                 self.synced.notify_all();
                 Err(e)
