@@ -99,7 +99,10 @@ pub use contract::Storage;
 pub use error::{CorruptionKind, Error, Result};
 pub use metrics::{RecoveryMetrics, Summary, WalMetrics};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
-pub use storage::{MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage};
+pub use storage::{
+    GroupStorage, LogEngine, MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage,
+};
+pub use wal::{PurgeReport, WriteBatch};
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
 
 /// The README's example, compiled and run as a doctest so it stays true.

@@ -67,6 +67,20 @@ pub struct WalOptions {
     /// with the `tracing` feature, logged as a warning (etcd warns at one second too: a disk
     /// that slow makes followers miss heartbeats and leaders lose their lease).
     pub slow_sync_threshold: Duration,
+    /// Bytes of segment files above which a purge rewrites cold groups (and asks hot ones to
+    /// compact) so that old segments can go. Segments no group needs are released whatever
+    /// this is.
+    pub purge_threshold_bytes: u64,
+    /// A group with at most this many live entries pinning old segments is cold: a purge
+    /// rewrites them at the head of the log.
+    pub rewrite_max_entries: u64,
+    /// ... and with at most this many bytes of them.
+    pub rewrite_max_bytes: u64,
+    /// A hot group reported this many purges in a row is rewritten anyway, if it fits what is
+    /// left of `rewrite_budget_bytes`.
+    pub force_rewrite_after: u32,
+    /// Bytes of entries one purge rewrites at most.
+    pub rewrite_budget_bytes: u64,
 }
 
 impl Default for WalOptions {
@@ -82,6 +96,11 @@ impl Default for WalOptions {
             snapshot_retention: 2,
             snapshot_compression_level: 3,
             slow_sync_threshold: Duration::from_secs(1),
+            purge_threshold_bytes: 256 << 20,
+            rewrite_max_entries: 32,
+            rewrite_max_bytes: 256 << 10,
+            force_rewrite_after: 10,
+            rewrite_budget_bytes: 64 << 20,
         }
     }
 }

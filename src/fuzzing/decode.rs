@@ -65,7 +65,7 @@ fn split_segments(bytes: &[u8]) -> Vec<(String, &[u8])> {
             let claimed = file.get(..SEGMENT_HEADER_LEN).map(|h| {
                 (
                     LittleEndian::read_u64(&h[format::SEQUENCE_OFFSET..]),
-                    LittleEndian::read_u64(&h[format::FIRST_INDEX_OFFSET..]),
+                    LittleEndian::read_u64(&h[format::FIRST_RECORD_OFFSET..]),
                 )
             });
             let (sequence, first) = claimed.unwrap_or((i as u64 + 1, 1));
@@ -122,6 +122,7 @@ fn with_valid_checksums(files: &[(String, &[u8])]) -> Vec<(String, Vec<u8>)> {
                     }
                     out[offset + format::RESERVED_OFFSET..offset + format::FRAME_PREV_CRC_OFFSET]
                         .fill(0);
+                    out[offset + format::FLAGS_BYTE_OFFSET] &= format::FLAG_MORE;
                     LittleEndian::write_u32(
                         &mut out[offset + format::FRAME_PREV_CRC_OFFSET..],
                         prev,
@@ -244,10 +245,10 @@ fn read_whole_log(wal: &Wal) -> Result<Vec<Entry>> {
 pub fn check_snapshot_file(bytes: &[u8]) {
     let fs = CrashFs::new();
     let dir = Path::new("/node/snap");
-    let name = snap_format::snapshot_name(1, 1);
+    let name = snap_format::snapshot_name(0, 1, 1);
     fs.write_file_raw(&dir.join(&name), bytes).expect("CrashFs takes any small file");
     let shared: Fs = Arc::new(fs);
-    let store = SnapshotStore::open(shared, dir).expect("the store opens");
+    let store = SnapshotStore::open(shared, dir, 0).expect("the store opens");
     let mut reader = match store.reader(&name) {
         Ok(reader) => reader,
         Err(Error::Corruption { .. }) => return,

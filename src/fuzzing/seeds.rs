@@ -530,7 +530,7 @@ fn decode_seeds() -> Vec<SeedFile> {
 fn snapshot_seeds() -> Vec<SeedFile> {
     let fs = CrashFs::new();
     let shared: Fs = Arc::new(fs.clone());
-    let store = SnapshotStore::open(shared, Path::new("/node/snap")).expect("the store opens");
+    let store = SnapshotStore::open(shared, Path::new("/node/snap"), 0).expect("the store opens");
     let joint = ConfState {
         voters: vec![1, 2, 3],
         learners: vec![4],

@@ -264,9 +264,9 @@ fn resolve(fs: &CrashFs, place: Place, marked: &str) -> Option<PathBuf> {
         Place::Named { term, index, suffix } => {
             let (term, index) = (u64::from(term), u64::from(index));
             match suffix % 4 {
-                0 => snap_format::snapshot_name(term, index),
-                1 => snap_format::temp_name(term, index, u64::from(suffix)),
-                2 => format!("{}{BROKEN_SUFFIX}", snap_format::snapshot_name(term, index)),
+                0 => snap_format::snapshot_name(0, term, index),
+                1 => snap_format::temp_name(0, term, index, u64::from(suffix)),
+                2 => format!("{}{BROKEN_SUFFIX}", snap_format::snapshot_name(0, term, index)),
                 _ => format!("{term}-{index}.other"),
             }
         }
@@ -354,8 +354,8 @@ fn recovered_snapshot(fs: &CrashFs, storage: &WalStorage) -> Snapshot {
         .snapshot()
         .unwrap_or_else(|e| panic!("a recovered storage's snapshot ({marker:?}) reads: {e}"));
     assert_eq!(snapshot.metadata, marker, "the snapshot is the one the marker names");
-    let name = snap_format::snapshot_name(marker.term, marker.index);
-    let store = SnapshotStore::open_existing(Arc::new(fs.clone()), Path::new(SNAP));
+    let name = snap_format::snapshot_name(0, marker.term, marker.index);
+    let store = SnapshotStore::open_existing(Arc::new(fs.clone()), Path::new(SNAP), 0);
     match store.read_all(&name) {
         Ok(file) => assert_eq!(file, snapshot, "the snapshot is the marked file's contents"),
         Err(e) => {
@@ -388,12 +388,12 @@ pub fn check_snapshot_recovery(case: &SnapshotRecoveryCase) {
     } else {
         drop(storage);
     }
-    let marked = snap_format::snapshot_name(marker.term, marker.index);
+    let marked = snap_format::snapshot_name(0, marker.term, marker.index);
     let marked_path = Path::new(SNAP).join(&marked);
     let marked_before = fs.read_file(&marked_path);
     // Whether the marked file holds the marker's snapshot (a forged marker may name a file
     // written for other metadata, or none).
-    let store = SnapshotStore::open_existing(Arc::new(fs.clone()), Path::new(SNAP));
+    let store = SnapshotStore::open_existing(Arc::new(fs.clone()), Path::new(SNAP), 0);
     let sound = match &marked_before {
         Some(_) => store.verify(&marked).ok() == Some(marker.clone()),
         None => marker == SnapshotMetadata::default(),

@@ -14,27 +14,45 @@ pub const TEMP_SUFFIX: &str = ".snap.tmp";
 /// Suffix given to a snapshot file that failed its checks.
 pub const BROKEN_SUFFIX: &str = ".broken";
 
-/// `{term:016x}-{index:016x}.snap`: a plain sorted listing puts the newest last (terms and
-/// indices both only grow).
-pub fn snapshot_name(term: u64, index: u64) -> String {
-    format!("{term:016x}-{index:016x}{SNAPSHOT_SUFFIX}")
+/// `{group:016x}-{term:016x}-{index:016x}.snap`: a plain sorted listing groups a group's files
+/// together and puts its newest last (terms and indices both only grow).
+pub fn snapshot_name(group: u64, term: u64, index: u64) -> String {
+    format!("{group:016x}-{term:016x}-{index:016x}{SNAPSHOT_SUFFIX}")
 }
 
 /// The temp file writer number `writer` streams a snapshot into before it is renamed to
-/// [`snapshot_name`]: `{term:016x}-{index:016x}.{writer:x}.snap.tmp`. Each writer has its own
-/// file, so two writers of one snapshot never write into (or remove) each other's.
-pub fn temp_name(term: u64, index: u64, writer: u64) -> String {
-    format!("{term:016x}-{index:016x}.{writer:x}{TEMP_SUFFIX}")
+/// [`snapshot_name`]: `{group:016x}-{term:016x}-{index:016x}.{writer:x}.snap.tmp`. Each writer
+/// has its own file, so two writers of one snapshot never write into (or remove) each other's.
+pub fn temp_name(group: u64, term: u64, index: u64, writer: u64) -> String {
+    format!("{group:016x}-{term:016x}-{index:016x}.{writer:x}{TEMP_SUFFIX}")
 }
 
-/// The (term, index) a snapshot file name carries.
-pub fn parse_snapshot_name(name: &str) -> Option<(u64, u64)> {
+/// The (group, term, index) a snapshot file name carries.
+pub fn parse_snapshot_name(name: &str) -> Option<(u64, u64, u64)> {
     let stem = name.strip_suffix(SNAPSHOT_SUFFIX)?;
-    let (term, index) = stem.split_once('-')?;
-    if term.len() != 16 || index.len() != 16 {
+    let mut parts = stem.split('-');
+    let mut field = || -> Option<u64> {
+        let part = parts.next()?;
+        if part.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(part, 16).ok()
+    };
+    let (group, term, index) = (field()?, field()?, field()?);
+    if parts.next().is_some() {
         return None;
     }
-    Some((u64::from_str_radix(term, 16).ok()?, u64::from_str_radix(index, 16).ok()?))
+    Some((group, term, index))
+}
+
+/// The group a snapshot temp file belongs to.
+pub fn parse_temp_group(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(TEMP_SUFFIX)?;
+    let group = stem.split('-').next()?;
+    if group.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(group, 16).ok()
 }
 
 /// First bytes of every snapshot file.
@@ -259,15 +277,18 @@ mod tests {
 
     #[test]
     fn names_sort_newest_last_and_parse_back() {
-        let names = [snapshot_name(1, 10), snapshot_name(1, 300), snapshot_name(2, 301)];
+        let names = [snapshot_name(5, 1, 10), snapshot_name(5, 1, 300), snapshot_name(5, 2, 301)];
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, names);
-        assert_eq!(parse_snapshot_name(&names[2]), Some((2, 301)));
+        assert_eq!(parse_snapshot_name(&names[2]), Some((5, 2, 301)));
+        assert!(snapshot_name(4, 9, 9) < snapshot_name(5, 1, 1), "a group's files sort together");
+        assert_eq!(parse_snapshot_name("0000000000000001-0000000000000002.snap"), None);
+        assert_eq!(parse_temp_group(&temp_name(7, 1, 1, 3)), Some(7));
         assert_eq!(parse_snapshot_name("x.snap"), None);
-        assert_eq!(parse_snapshot_name(&format!("{}{}", snapshot_name(1, 1), BROKEN_SUFFIX)), None);
-        assert_eq!(parse_snapshot_name(&temp_name(1, 1, 0)), None);
-        assert_ne!(temp_name(1, 1, 0), temp_name(1, 1, 1));
-        assert!(temp_name(1, 1, u64::MAX).ends_with(TEMP_SUFFIX));
+        assert_eq!(parse_snapshot_name(&format!("{}{}", snapshot_name(0, 1, 1), BROKEN_SUFFIX)), None);
+        assert_eq!(parse_snapshot_name(&temp_name(0, 1, 1, 0)), None);
+        assert_ne!(temp_name(0, 1, 1, 0), temp_name(0, 1, 1, 1));
+        assert!(temp_name(0, 1, 1, u64::MAX).ends_with(TEMP_SUFFIX));
     }
 }

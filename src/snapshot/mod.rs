@@ -27,11 +27,13 @@ const MAX_PREALLOCATION_BYTES: u64 = 64 << 10;
 /// by the WAL's lock.
 static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
 
-/// The snapshot directory.
+/// One group's snapshot files in the snapshot directory (the directory holds every group's,
+/// named by group: see [`format::snapshot_name`]).
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
     fs: Fs,
     dir: PathBuf,
+    group: u64,
 }
 
 /// A snapshot file found in the directory.
@@ -46,9 +48,9 @@ pub struct StoredSnapshot {
 }
 
 impl SnapshotStore {
-    /// The store in `dir` (created durably if missing); leftover temp files (of every writer)
-    /// are removed.
-    pub fn open(fs: Fs, dir: &Path) -> Result<SnapshotStore> {
+    /// `group`'s store in `dir` (created durably if missing); leftover temp files of every
+    /// group's writers are removed.
+    pub fn open(fs: Fs, dir: &Path, group: u64) -> Result<SnapshotStore> {
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         for name in fs.list(dir)? {
             if name.ends_with(format::TEMP_SUFFIX) {
@@ -56,28 +58,66 @@ impl SnapshotStore {
                 fs.remove_file(&dir.join(&name))?;
             }
         }
-        Ok(SnapshotStore { fs, dir: dir.to_path_buf() })
+        Ok(SnapshotStore { fs, dir: dir.to_path_buf(), group })
     }
 
-    /// The store in `dir` as it is, for inspection: nothing is created, removed or locked.
-    /// Reading works while another process has the storage open.
-    pub fn open_existing(fs: Fs, dir: &Path) -> SnapshotStore {
-        SnapshotStore { fs, dir: dir.to_path_buf() }
+    /// `group`'s store in `dir` as it is: nothing is created, removed or locked. Reading works
+    /// while another process has the storage open.
+    pub fn open_existing(fs: Fs, dir: &Path, group: u64) -> SnapshotStore {
+        SnapshotStore { fs, dir: dir.to_path_buf(), group }
     }
 
-    /// The finished snapshot files, oldest first.
+    /// The group whose files this store holds.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file name of this group's snapshot `(term, index)`.
+    pub fn name(&self, term: u64, index: u64) -> String {
+        format::snapshot_name(self.group, term, index)
+    }
+
+    /// The finished snapshot files, oldest first (none when the directory does not exist yet).
     pub fn list(&self) -> Result<Vec<StoredSnapshot>> {
-        let mut found: Vec<StoredSnapshot> = self
-            .fs
-            .list(&self.dir)?
+        let names = match self.fs.list(&self.dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut found: Vec<StoredSnapshot> = names
             .into_iter()
             .filter_map(|name| {
-                let (term, index) = format::parse_snapshot_name(&name)?;
-                Some(StoredSnapshot { name, term, index })
+                let (group, term, index) = format::parse_snapshot_name(&name)?;
+                (group == self.group).then_some(StoredSnapshot { name, term, index })
             })
             .collect();
         found.sort_by_key(|s| (s.index, s.term));
         Ok(found)
+    }
+
+    /// Removes every file of this group (snapshots, broken copies, temp files), durably: a
+    /// removed group's.
+    pub fn remove_all(&self) -> Result<()> {
+        let names = match self.fs.list(&self.dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = format!("{:016x}-", self.group);
+        let mut removed = false;
+        for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+            self.fs.remove_file(&self.dir.join(name))?;
+            removed = true;
+        }
+        if removed {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Removes a snapshot file (and makes the removal durable).
@@ -98,11 +138,11 @@ impl SnapshotStore {
     /// Starts writing the snapshot `metadata` stands for, compressed at zstd `level` (0: stored
     /// as is). Nothing is visible until [`SnapshotFileWriter::finish`].
     pub fn begin(&self, metadata: SnapshotMetadata, level: i32) -> Result<SnapshotFileWriter> {
-        let name = format::snapshot_name(metadata.term, metadata.index);
+        let name = format::snapshot_name(self.group, metadata.term, metadata.index);
         // Its own temp file: a second writer of the same snapshot (a retried install, two
         // creates at one index) must not truncate, overwrite or remove this one's.
         let writer = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
-        let temp = format::temp_name(metadata.term, metadata.index, writer);
+        let temp = format::temp_name(self.group, metadata.term, metadata.index, writer);
         let file = self.fs.create(&self.dir.join(&temp))?;
         let compression = if level == 0 { Compression::None } else { Compression::Zstd };
         // The header is rewritten with the lengths and CRC at the end; its metadata part is final
@@ -158,7 +198,7 @@ impl SnapshotStore {
         let header = SnapshotHeader::decode(&head).map_err(|e| corruption(0, header_kind(e)))?;
         // The name is what the WAL's marker points at: a file holding another snapshot than its
         // name says (copied or renamed by hand, or forged) must not stand in for that one.
-        if let Some((term, index)) = format::parse_snapshot_name(name) {
+        if let Some((_, term, index)) = format::parse_snapshot_name(name) {
             let held = (header.metadata.term, header.metadata.index);
             if held != (term, index) {
                 return Err(corruption(
@@ -562,7 +602,7 @@ mod tests {
     use crate::types::ConfState;
 
     fn store(dir: &Path) -> SnapshotStore {
-        SnapshotStore::open(Arc::new(RealFs), dir).unwrap()
+        SnapshotStore::open(Arc::new(RealFs), dir, 0).unwrap()
     }
 
     fn metadata() -> SnapshotMetadata {
@@ -585,7 +625,7 @@ mod tests {
         };
         let mut bytes = header.encode();
         bytes.extend_from_slice(body);
-        let name = format::snapshot_name(2, 9);
+        let name = format::snapshot_name(0, 2, 9);
         std::fs::write(dir.join(&name), bytes).unwrap();
         name
     }

@@ -1,58 +1,35 @@
-//! `WalStorage`: the durable `Storage`, a WAL and a snapshot store in one directory.
+//! `WalStorage`: the durable `Storage` of a node with one Raft group: a [`LogEngine`] holding
+//! group 0.
 //!
 //! ```text
 //! <dir>/wal/   segment files and the LOCK file
 //! <dir>/snap/  snapshot files
 //! ```
-//!
-//! Creating or applying a snapshot follows one order, so that a crash at any point leaves
-//! either the old state or the new one: the snapshot file is made durable first (temp file,
-//! fdatasync, rename, directory fsync), then the WAL's snapshot marker is written and synced (the
-//! commit point), then old segments and snapshot files are released. On open, a snapshot file
-//! without a marker is an orphan of a crash and is removed.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::contract::{Storage, check_apply_snapshot, snapshot_term};
-use crate::error::{CorruptionKind, Error, Result};
+use crate::contract::Storage;
+use crate::error::Result;
 use crate::io::{Fs, RealFs};
 use crate::metrics::WalMetrics;
 use crate::options::WalOptions;
-use crate::snapshot::format::snapshot_name;
-use crate::snapshot::{SnapshotFileWriter, SnapshotStore};
+use crate::storage::{GroupStorage, LogEngine, SnapshotReader, SnapshotWriter};
 use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use crate::wal::Wal;
 
-pub use crate::snapshot::SnapshotReader;
-
-/// Subdirectory of the WAL segments.
-pub const WAL_DIR: &str = "wal";
-/// Subdirectory of the snapshot files.
-pub const SNAP_DIR: &str = "snap";
+/// The group a [`WalStorage`] keeps its log in.
+pub const WAL_STORAGE_GROUP: u64 = 0;
 
 /// A durable [`Storage`] with `MemoryStorage`'s semantics: a Raft node restarted on the same
 /// directory sees exactly what it saw before. With the default options every mutating call is
-/// durable when it returns.
+/// durable when it returns. It is a [`LogEngine`] with one group (group 0).
 #[derive(Debug)]
 pub struct WalStorage {
-    wal: Wal,
-    snaps: SnapshotStore,
-    options: WalOptions,
-    // Serializes snapshot commits and retention; appends do not take it.
-    snap: Mutex<SnapState>,
-    // Snapshot writers not yet finished or dropped.
-    writing: AtomicUsize,
-}
-
-#[derive(Debug, Default)]
-struct SnapState {
-    // The newest snapshot with its data, once read (or written) in this process.
-    cached: Option<Snapshot>,
+    engine: LogEngine,
+    group: GroupStorage,
 }
 
 impl WalStorage {
@@ -63,123 +40,35 @@ impl WalStorage {
 
     /// Opens the storage in `dir` on `fs` (for example a `CrashFs` in tests).
     pub fn open_with_fs(fs: Fs, dir: &Path, options: WalOptions) -> Result<WalStorage> {
-        refuse_lost_log(&fs, dir)?;
-        let wal = Wal::open(fs.clone(), &dir.join(WAL_DIR), options.clone())?;
-        let snaps = SnapshotStore::open(fs, &dir.join(SNAP_DIR))?;
-        let storage = WalStorage {
-            wal,
-            snaps,
-            options,
-            snap: Mutex::new(SnapState::default()),
-            writing: AtomicUsize::new(0),
-        };
-        storage.recover_snapshots()?;
-        Ok(storage)
-    }
-
-    /// Matches the snapshot files to the WAL's marker: orphans (newer than the marker) are
-    /// removed; a damaged marked snapshot is renamed `*.broken` and replaced by the newest older
-    /// valid one if the log still holds every entry after it.
-    fn recover_snapshots(&self) -> Result<()> {
-        let marker = self.wal.snapshot_metadata();
-        let marked = snapshot_name(marker.term, marker.index);
-        let mut older = Vec::new();
-        let mut marked_found = false;
-        for stored in self.snaps.list()? {
-            if stored.name == marked {
-                marked_found = true;
-            } else if stored.index >= marker.index {
-                // Written, but its marker never became durable: the snapshot was never committed.
-                self.snaps.remove(&stored.name)?;
-            } else {
-                older.push(stored);
-            }
-        }
-        let damage = if marked_found {
-            match self.snaps.verify(&marked) {
-                Ok(metadata) if metadata == marker => return self.retain(),
-                Ok(_) => CorruptionKind::Malformed(
-                    "snapshot metadata differs from the log's marker".into(),
-                ),
-                Err(Error::Corruption { kind, .. }) => kind,
-                Err(e) => return Err(e),
-            }
-        } else if marker == SnapshotMetadata::default() {
-            // No snapshot was ever committed.
-            return self.retain();
-        } else {
-            CorruptionKind::Missing
-        };
-        if marked_found {
-            self.snaps.mark_broken(&marked)?;
-        }
-        let dummy = self.wal.first_index() - 1;
-        // Newest first; bounded by the files listed.
-        for stored in older.iter().rev() {
-            if stored.index < dummy {
-                break;
-            }
-            match self.snaps.verify(&stored.name) {
-                Ok(metadata) => {
-                    if self.wal.term(metadata.index).ok() == Some(metadata.term) {
-                        self.wal.save_snapshot(&metadata, false)?;
-                        self.wal.sync()?;
-                        return self.retain();
-                    }
-                }
-                Err(Error::Corruption { .. }) => self.snaps.mark_broken(&stored.name)?,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::Corruption {
-            segment: PathBuf::from(SNAP_DIR).join(marked),
-            offset: 0,
-            kind: damage,
-        })
-    }
-
-    /// Deletes snapshot files beyond the newest `snapshot_retention`, never the marked one.
-    fn retain(&self) -> Result<()> {
-        let marker = self.wal.snapshot_metadata();
-        let marked = snapshot_name(marker.term, marker.index);
-        let stored = self.snaps.list()?;
-        let keep_from = stored.len().saturating_sub(self.options.snapshot_retention);
-        for old in &stored[..keep_from] {
-            if old.name != marked {
-                self.snaps.remove(&old.name)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn lock_snap(&self) -> MutexGuard<'_, SnapState> {
-        self.snap.lock().unwrap_or_else(|p| p.into_inner())
+        let engine = LogEngine::open_with_fs(fs, dir, options)?;
+        let group = engine.group(WAL_STORAGE_GROUP)?;
+        Ok(WalStorage { engine, group })
     }
 
     /// Appends entries with etcd's semantics (entries below `first_index` ignored, a conflicting
     /// suffix replaced); durable on return under the default sync policy.
     pub fn append(&self, entries: &[Entry]) -> Result<()> {
-        self.wal.save(None, entries)
+        self.group.append(entries)
     }
 
     /// Saves the hard state.
     pub fn set_hard_state(&self, hs: HardState) -> Result<()> {
-        self.wal.save(Some(&hs), &[])
+        self.group.set_hard_state(hs)
     }
 
     /// Saves entries and a hard state as one write with one sync: what a Raft `Ready` asks for.
     pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
-        self.wal.save(hard_state, entries)
+        self.group.save(hard_state, entries)
     }
 
     /// Makes entry `index` the dummy and releases the segments no live entry needs.
     pub fn compact(&self, index: u64) -> Result<()> {
-        self.wal.compact(index)
+        self.group.compact(index)
     }
 
     /// Makes every write so far durable (for `SyncPolicy::Never`).
     pub fn sync(&self) -> Result<()> {
-        self.wal.sync()
+        self.group.sync()
     }
 
     /// Records a snapshot of the state machine at `index` (data given whole) and returns it.
@@ -189,17 +78,13 @@ impl WalStorage {
         conf_state: Option<ConfState>,
         data: Bytes,
     ) -> Result<Snapshot> {
-        let mut writer = self.snapshot_writer(index, conf_state)?;
-        writer.write_all(&data)?;
-        writer.finish_with_data(data)
+        self.group.create_snapshot(index, conf_state, data)
     }
 
     /// Replaces the whole log with `snapshot` (a snapshot at index 0, a membership only, only
     /// on a storage that never held an entry or a snapshot).
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        let mut writer = self.snapshot_installer(snapshot.metadata)?;
-        writer.write_all(&snapshot.data)?;
-        writer.finish_with_data(snapshot.data).map(|_| ())
+        self.group.apply_snapshot(snapshot)
     }
 
     /// Starts streaming a snapshot of the state machine at `index`; `finish` commits it as
@@ -210,235 +95,64 @@ impl WalStorage {
         index: u64,
         conf_state: Option<ConfState>,
     ) -> Result<SnapshotWriter<'_>> {
-        let current = self.wal.snapshot_metadata();
-        let term =
-            snapshot_term(index, current.index, self.wal.term(index), self.wal.last_index())?;
-        let conf_state = conf_state.unwrap_or(current.conf_state);
-        self.begin(SnapshotMetadata { index, term, conf_state }, false)
+        self.group.snapshot_writer(index, conf_state)
     }
 
     /// Starts streaming a snapshot received from the leader; `finish` installs it as
     /// [`WalStorage::apply_snapshot`] would.
     pub fn snapshot_installer(&self, metadata: SnapshotMetadata) -> Result<SnapshotWriter<'_>> {
-        let current = self.wal.snapshot_metadata();
-        check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
-        self.begin(metadata, true)
-    }
-
-    fn begin(&self, metadata: SnapshotMetadata, resets_log: bool) -> Result<SnapshotWriter<'_>> {
-        let file = self.snaps.begin(metadata, self.options.snapshot_compression_level)?;
-        self.writing.fetch_add(1, Ordering::AcqRel);
-        Ok(SnapshotWriter { storage: self, file: Some(file), resets_log })
-    }
-
-    /// Commits a finished snapshot file: the WAL marker, then retention. Runs under the
-    /// snapshot lock so concurrent commits are checked against each other.
-    fn commit(
-        &self,
-        file: SnapshotFileWriter,
-        resets_log: bool,
-        data: Option<Bytes>,
-    ) -> Result<Snapshot> {
-        let mut snap = self.lock_snap();
-        let metadata = file.metadata().clone();
-        // Checked again: another snapshot may have been committed while this one streamed.
-        let current = self.wal.snapshot_metadata();
-        if resets_log {
-            check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
-        } else {
-            self.check_still_matches(&metadata, current.index)?;
-        }
-        // 1. The file, durable under its final name.
-        let name = file.finish()?;
-        // 2. The marker: the commit point.
-        if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {
-            // Not committed, so the file is an orphan (open would remove it too); unless the
-            // marker was written and only its sync failed: then the log names this snapshot and
-            // the marker may be durable, so the file must stay.
-            if self.wal.snapshot_metadata() != metadata {
-                let _ = self.snaps.remove(&name);
-            }
-            // Refused because a compaction passed the index since the check above: answered as
-            // if it had come first. (A failed write or sync is reported as it is.)
-            let compacted = matches!(self.wal.term(metadata.index), Err(Error::Compacted));
-            if !resets_log && matches!(e, Error::ContractViolation(_)) && compacted {
-                return Err(Error::Compacted);
-            }
-            return Err(e);
-        }
-        snap.cached = data.map(|data| Snapshot { metadata: metadata.clone(), data });
-        drop(snap);
-        self.wal.counters().snapshot_written();
-        #[cfg(feature = "tracing")]
-        tracing::info!(
-            index = metadata.index,
-            term = metadata.term,
-            installed = resets_log,
-            "snapshot committed"
-        );
-        // 3. Release what the new snapshot makes unnecessary. The snapshot is committed already,
-        //    so a file that cannot be removed now is not this call's failure: the next commit,
-        //    or the next open, removes it.
-        let _ = self.retain();
-        match self.lock_snap().cached.clone() {
-            Some(snapshot) => Ok(snapshot),
-            None => self.snaps.read_all(&name),
-        }
-    }
-
-    /// Checks a created snapshot against the log as it is now (it may have changed while the
-    /// snapshot streamed): etcd's `CreateSnapshot` rules, and entry `index` still of its term.
-    fn check_still_matches(&self, metadata: &SnapshotMetadata, current: u64) -> Result<()> {
-        let index = metadata.index;
-        let term = snapshot_term(index, current, self.wal.term(index), self.wal.last_index())?;
-        if term != metadata.term {
-            return Err(Error::contract(format!(
-                "snapshot ({index}, {}) no longer matches the log: entry {index} has term {term}",
-                metadata.term
-            )));
-        }
-        Ok(())
+        self.group.snapshot_installer(metadata)
     }
 
     /// A streaming reader over the newest snapshot's data.
     pub fn snapshot_reader(&self) -> Result<SnapshotReader> {
-        if self.writing.load(Ordering::Acquire) > 0 {
-            return Err(Error::SnapshotTemporarilyUnavailable);
-        }
-        let marker = self.wal.snapshot_metadata();
-        self.snaps.reader(&snapshot_name(marker.term, marker.index))
+        self.group.snapshot_reader()
     }
 
     /// Writes a final checkpoint and syncs: a cleanly closed log proves every record durable.
     pub fn close(self) -> Result<()> {
-        self.wal.close()
+        self.engine.close()
     }
 
     /// What the storage has done since it was opened, and its size now: the WAL's counters and
     /// gauges, and the snapshot files it made durable. See [`WalMetrics`].
     pub fn metrics(&self) -> WalMetrics {
-        self.wal.metrics()
+        self.group.metrics()
     }
 
-    /// The WAL underneath (for statistics and tools).
+    /// The WAL underneath, as group 0 sees it (for statistics and tools).
     pub fn wal(&self) -> &Wal {
-        &self.wal
-    }
-}
-
-/// Refuses a directory whose snapshot files survived while its WAL has no segment. A new
-/// storage creates its log (durably) before any snapshot file can be written, so such a WAL
-/// lost its segments: opening would build an empty log, forget the hard state and remove the
-/// snapshot files as orphans of an uncommitted snapshot.
-fn refuse_lost_log(fs: &Fs, dir: &Path) -> Result<()> {
-    let wal_dir = dir.join(WAL_DIR);
-    let has_segment = match fs.list(&wal_dir) {
-        Ok(names) => names.iter().any(|n| crate::wal::format::parse_segment_name(n).is_some()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e.into()),
-    };
-    if has_segment {
-        return Ok(());
-    }
-    let snapshots = match SnapshotStore::open_existing(fs.clone(), &dir.join(SNAP_DIR)).list() {
-        Ok(snapshots) => snapshots,
-        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    match snapshots.last() {
-        None => Ok(()),
-        Some(newest) => Err(Error::Corruption {
-            segment: PathBuf::from(WAL_DIR),
-            offset: 0,
-            kind: CorruptionKind::Malformed(format!(
-                "the log has no segment, but snapshot {} exists: the log's segments were lost",
-                newest.name
-            )),
-        }),
-    }
-}
-
-/// Streams a snapshot into the store (implements [`std::io::Write`]); [`SnapshotWriter::finish`]
-/// makes it durable and visible. Dropping it unfinished discards it.
-#[derive(Debug)]
-pub struct SnapshotWriter<'a> {
-    storage: &'a WalStorage,
-    file: Option<SnapshotFileWriter>,
-    resets_log: bool,
-}
-
-impl SnapshotWriter<'_> {
-    /// Makes the snapshot durable and the storage's newest; returns it (its data read back).
-    pub fn finish(mut self) -> Result<Snapshot> {
-        let file = self.file.take().expect("finished once");
-        self.storage.commit(file, self.resets_log, None)
+        self.group.wal()
     }
 
-    fn finish_with_data(mut self, data: Bytes) -> Result<Snapshot> {
-        let file = self.file.take().expect("finished once");
-        self.storage.commit(file, self.resets_log, Some(data))
-    }
-}
-
-impl Write for SnapshotWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.as_mut().expect("written before finish").write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.as_mut().expect("flushed before finish").flush()
-    }
-}
-
-impl Drop for SnapshotWriter<'_> {
-    fn drop(&mut self) {
-        self.storage.writing.fetch_sub(1, Ordering::AcqRel);
+    /// The engine underneath.
+    pub fn engine(&self) -> &LogEngine {
+        &self.engine
     }
 }
 
 impl Storage for WalStorage {
     fn initial_state(&self) -> Result<RaftState> {
-        Ok(RaftState {
-            hard_state: self.wal.hard_state(),
-            conf_state: self.wal.snapshot_metadata().conf_state,
-        })
+        self.group.initial_state()
     }
 
     fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
-        self.wal.entries(lo, hi, max_size)
+        self.group.entries(lo, hi, max_size)
     }
 
     fn term(&self, index: u64) -> Result<u64> {
-        self.wal.term(index)
+        self.group.term(index)
     }
 
     fn first_index(&self) -> Result<u64> {
-        Ok(self.wal.first_index())
+        self.group.first_index()
     }
 
     fn last_index(&self) -> Result<u64> {
-        Ok(self.wal.last_index())
+        self.group.last_index()
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
-        if self.writing.load(Ordering::Acquire) > 0 {
-            return Err(Error::SnapshotTemporarilyUnavailable);
-        }
-        let mut snap = self.lock_snap();
-        let marker = self.wal.snapshot_metadata();
-        if let Some(cached) = snap.cached.as_ref().filter(|c| c.metadata == marker) {
-            return Ok(cached.clone());
-        }
-        let name = snapshot_name(marker.term, marker.index);
-        let snapshot = match self.snaps.read_all(&name) {
-            Ok(snapshot) => snapshot,
-            // Never committed a snapshot: the empty one (with the marker's membership).
-            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && marker.index == 0 => {
-                Snapshot { metadata: marker, data: Bytes::new() }
-            }
-            Err(e) => return Err(e),
-        };
-        snap.cached = Some(snapshot.clone());
-        Ok(snapshot)
+        self.group.snapshot()
     }
 }

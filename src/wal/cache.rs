@@ -1,23 +1,52 @@
-//! A bounded cache of the newest entries: Raft reads mostly what it just wrote (to replicate it
-//! and to apply it), so the tail of the log is served from memory.
+//! A bounded cache of the newest entries of every group, under one byte budget: Raft reads
+//! mostly what it just wrote (to replicate it and to apply it), so the tails of the logs are
+//! served from memory.
+//!
+//! Each group keeps a contiguous run ending at its last index. One queue remembers the order in
+//! which entries were cached over all groups; over the budget, the oldest are evicted first, but
+//! never an entry whose write is not yet durable (its bytes are then only in the page cache, and
+//! the budget may be exceeded by the unsynced writes until their sync).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::types::Entry;
 
-/// A contiguous run of the newest entries, ending at the log's last index when non-empty,
-/// holding at most `limit_bytes` of [`Entry::encoded_len`] (and at least the newest entry).
+/// One group's cached run: entries with the log position (LSN) of the write that made them.
+#[derive(Debug, Default)]
+struct GroupCache {
+    entries: VecDeque<(Entry, u64)>,
+}
+
+impl GroupCache {
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let first = self.entries.front()?.0.index;
+        self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?).map(|(e, _)| e)
+    }
+}
+
+/// The newest entries of every group, at most `limit_bytes` of [`Entry::encoded_len`] once
+/// written entries are durable.
 #[derive(Debug)]
 pub struct EntryCache {
-    entries: VecDeque<Entry>,
+    groups: HashMap<u64, GroupCache>,
+    // (group, index, lsn) in the order cached; items whose entry has gone since are stale and
+    // skipped.
+    order: VecDeque<(u64, u64, u64)>,
     bytes: u64,
+    entries: usize,
     limit_bytes: u64,
 }
 
 impl EntryCache {
     /// An empty cache holding up to `limit_bytes`.
     pub fn new(limit_bytes: u64) -> EntryCache {
-        EntryCache { entries: VecDeque::new(), bytes: 0, limit_bytes }
+        EntryCache {
+            groups: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            entries: 0,
+            limit_bytes,
+        }
     }
 
     /// Bytes of entries held ([`Entry::encoded_len`] summed).
@@ -25,58 +54,98 @@ impl EntryCache {
         self.bytes
     }
 
-    /// The entry at `index`, if cached.
-    pub fn get(&self, index: u64) -> Option<&Entry> {
-        let first = self.entries.front()?.index;
-        self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?)
+    /// Entry `index` of `group`, if cached.
+    pub fn get(&self, group: u64, index: u64) -> Option<&Entry> {
+        self.groups.get(&group)?.get(index)
     }
 
-    /// Records that `entries` (contiguous) replaced everything from their first index on.
-    pub fn append(&mut self, entries: &[Entry]) {
+    /// Records that `entries` (contiguous) of `group`, written at `lsn`, replaced everything from
+    /// their first index on; then evicts down to the budget what `durable_lsn` covers.
+    pub fn append(&mut self, group: u64, entries: &[Entry], lsn: u64, durable_lsn: u64) {
         let Some(head) = entries.first() else { return };
         if self.limit_bytes == 0 {
             return;
         }
-        match self.entries.front().map(|e| e.index) {
-            Some(first) if head.index > first => self.truncate_from(head.index),
-            _ => self.clear(),
-        }
-        if let Some(back) = self.entries.back() {
-            // The cache must stay contiguous; an append past its end means it missed entries.
-            if back.index + 1 != head.index {
-                self.clear();
+        let cache = self.groups.entry(group).or_default();
+        // Drop the replaced suffix, and everything if the run would not stay contiguous.
+        let mut dropped = (0u64, 0usize);
+        let keep = match cache.entries.front().map(|(e, _)| e.index) {
+            Some(first) if head.index > first => {
+                let back = cache.entries.back().expect("front exists").0.index;
+                if head.index > back + 1 { 0 } else { (head.index - first) as usize }
             }
+            _ => 0,
+        };
+        for (entry, _) in cache.entries.drain(keep..) {
+            dropped.0 += entry.encoded_len();
+            dropped.1 += 1;
         }
         for entry in entries {
             self.bytes += entry.encoded_len();
-            self.entries.push_back(entry.clone());
+            cache.entries.push_back((entry.clone(), lsn));
+            self.order.push_back((group, entry.index, lsn));
         }
-        // Bounded: each pop removes one of the entries just counted.
-        while self.bytes > self.limit_bytes && self.entries.len() > 1 {
-            let dropped = self.entries.pop_front().expect("len > 1");
-            self.bytes -= dropped.encoded_len();
+        self.bytes -= dropped.0;
+        self.entries = self.entries + entries.len() - dropped.1;
+        self.evict(durable_lsn);
+    }
+
+    /// Evicts the oldest cached entries while over the budget, stopping at one not durable.
+    pub fn evict(&mut self, durable_lsn: u64) {
+        // Bounded: each pass pops one item of the queue.
+        while self.bytes > self.limit_bytes {
+            let Some(&(group, index, lsn)) = self.order.front() else { break };
+            if lsn > durable_lsn {
+                break;
+            }
+            self.order.pop_front();
+            let Some(cache) = self.groups.get_mut(&group) else { continue };
+            let front = cache.entries.front().map(|(e, l)| (e.index, *l));
+            if front == Some((index, lsn)) {
+                let (entry, _) = cache.entries.pop_front().expect("front exists");
+                self.bytes -= entry.encoded_len();
+                self.entries -= 1;
+                if cache.entries.is_empty() {
+                    self.groups.remove(&group);
+                }
+            }
+        }
+        // Stale items (entries compacted or replaced) are dropped when they outnumber the live
+        // ones, so the queue stays within twice the cached entries (plus a constant).
+        if self.order.len() > 2 * self.entries + 1024 {
+            let groups = &self.groups;
+            self.order.retain(|&(group, index, lsn)| {
+                groups.get(&group).is_some_and(|c| {
+                    let first = c.entries.front().map_or(0, |(e, _)| e.index);
+                    index
+                        .checked_sub(first)
+                        .and_then(|k| c.entries.get(k as usize))
+                        .is_some_and(|(_, l)| *l == lsn)
+                })
+            });
         }
     }
 
-    fn truncate_from(&mut self, index: u64) {
-        while self.entries.back().is_some_and(|e| e.index >= index) {
-            let dropped = self.entries.pop_back().expect("checked non-empty");
-            self.bytes -= dropped.encoded_len();
+    /// Drops every entry of `group` at or below `index`.
+    pub fn compact(&mut self, group: u64, index: u64) {
+        let Some(cache) = self.groups.get_mut(&group) else { return };
+        // Bounded by the group's cached entries.
+        while cache.entries.front().is_some_and(|(e, _)| e.index <= index) {
+            let (entry, _) = cache.entries.pop_front().expect("checked non-empty");
+            self.bytes -= entry.encoded_len();
+            self.entries -= 1;
+        }
+        if cache.entries.is_empty() {
+            self.groups.remove(&group);
         }
     }
 
-    /// Drops every entry at or below `index`.
-    pub fn compact(&mut self, index: u64) {
-        while self.entries.front().is_some_and(|e| e.index <= index) {
-            let dropped = self.entries.pop_front().expect("checked non-empty");
-            self.bytes -= dropped.encoded_len();
+    /// Drops every entry of `group`.
+    pub fn clear(&mut self, group: u64) {
+        if let Some(cache) = self.groups.remove(&group) {
+            self.bytes -= cache.entries.iter().map(|(e, _)| e.encoded_len()).sum::<u64>();
+            self.entries -= cache.entries.len();
         }
-    }
-
-    /// Drops everything.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
     }
 }
 
@@ -91,23 +160,58 @@ mod tests {
     #[test]
     fn keeps_a_bounded_contiguous_tail_and_follows_overwrites() {
         let mut cache = EntryCache::new(300);
-        cache.append(&[e(1, 1), e(2, 1), e(3, 1), e(4, 1)]);
-        assert!(cache.get(1).is_none(), "over the limit, the oldest entry is dropped");
-        assert_eq!(cache.get(2).unwrap().index, 2);
-        cache.append(&[e(3, 2)]);
-        assert_eq!(cache.get(3).unwrap().term, 2, "an overwrite replaces the suffix");
-        assert!(cache.get(4).is_none(), "entries after an overwrite are gone");
-        cache.compact(2);
-        assert!(cache.get(2).is_none());
-        cache.append(&[e(10, 3)]);
-        assert_eq!(cache.get(10).unwrap().index, 10);
-        assert!(cache.get(3).is_none(), "a non-contiguous append restarts the cache");
+        cache.append(1, &[e(1, 1), e(2, 1), e(3, 1), e(4, 1)], 1, 1);
+        assert!(cache.get(1, 1).is_none(), "over the limit, the oldest entry is dropped");
+        assert_eq!(cache.get(1, 2).unwrap().index, 2);
+        cache.append(1, &[e(3, 2)], 2, 2);
+        assert_eq!(cache.get(1, 3).unwrap().term, 2, "an overwrite replaces the suffix");
+        assert!(cache.get(1, 4).is_none(), "entries after an overwrite are gone");
+        cache.compact(1, 2);
+        assert!(cache.get(1, 2).is_none());
+        cache.append(1, &[e(10, 3)], 3, 3);
+        assert_eq!(cache.get(1, 10).unwrap().index, 10);
+        assert!(cache.get(1, 3).is_none(), "a non-contiguous append restarts the cache");
+        assert!(cache.bytes() <= 300);
+    }
+
+    #[test]
+    fn one_budget_over_groups_evicts_the_oldest_first() {
+        let mut cache = EntryCache::new(300);
+        cache.append(1, &[e(1, 1), e(2, 1)], 1, 1);
+        cache.append(2, &[e(1, 1)], 2, 2);
+        cache.append(3, &[e(1, 1)], 3, 3);
+        assert!(cache.get(1, 1).is_none(), "the oldest entry of all groups went first");
+        assert!(cache.get(1, 2).is_some() && cache.get(2, 1).is_some());
+        assert!(cache.get(3, 1).is_some());
+        assert_eq!(cache.bytes(), 300);
+    }
+
+    #[test]
+    fn entries_not_yet_durable_are_never_evicted() {
+        let mut cache = EntryCache::new(100);
+        cache.append(1, &[e(1, 1), e(2, 1), e(3, 1)], 5, 4);
+        for i in 1..=3 {
+            assert!(cache.get(1, i).is_some(), "entry {i} is not durable yet");
+        }
+        cache.evict(5);
+        assert!(cache.get(1, 1).is_none() && cache.get(1, 2).is_none());
+        assert!(cache.get(1, 3).is_some(), "the newest entry stays");
+    }
+
+    #[test]
+    fn a_replaced_entry_does_not_evict_its_replacement() {
+        let mut cache = EntryCache::new(250);
+        cache.append(1, &[e(1, 1), e(2, 1)], 1, 1);
+        cache.append(1, &[e(1, 2)], 2, 1);
+        // Over the budget? 100 bytes: nothing to do; the stale item for (1, 1) stays queued.
+        cache.append(2, &[e(1, 1), e(2, 1)], 3, 1);
+        assert_eq!(cache.get(1, 1).unwrap().term, 2, "the unsynced replacement is kept");
     }
 
     #[test]
     fn a_zero_limit_caches_nothing() {
         let mut cache = EntryCache::new(0);
-        cache.append(&[e(1, 1)]);
-        assert!(cache.get(1).is_none());
+        cache.append(1, &[e(1, 1)], 1, 1);
+        assert!(cache.get(1, 1).is_none());
     }
 }

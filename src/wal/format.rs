@@ -17,12 +17,12 @@ pub const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a segment being prepared; never read by recovery, removed on open.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
-/// `{sequence:016x}-{first_index:016x}.wal`: a plain sorted listing is log order.
-pub fn segment_name(sequence: u64, first_index: u64) -> String {
-    format!("{sequence:016x}-{first_index:016x}{SEGMENT_SUFFIX}")
+/// `{sequence:016x}-{first_record:016x}.wal`: a plain sorted listing is log order.
+pub fn segment_name(sequence: u64, first_record: u64) -> String {
+    format!("{sequence:016x}-{first_record:016x}{SEGMENT_SUFFIX}")
 }
 
-/// The (sequence, first index) a segment file name carries, or `None` for other files.
+/// The (sequence, first record) a segment file name carries, or `None` for other files.
 pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
     let (seq, first) = stem.split_once('-')?;
@@ -41,8 +41,9 @@ pub fn temp_name(sequence: u64) -> String {
 
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL\x01";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and reads. Version 1 (one group per directory, no
+/// group ids in records) is refused with [`HeaderError::Version`].
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Header field offsets, each derived from the one before.
 pub const MAGIC_OFFSET: usize = 0;
@@ -52,10 +53,10 @@ pub const VERSION_OFFSET: usize = MAGIC_OFFSET + SEGMENT_MAGIC.len();
 pub const FLAGS_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
 /// Segment sequence number, u64.
 pub const SEQUENCE_OFFSET: usize = FLAGS_OFFSET + size_of::<u32>();
-/// Index the first entry appended to this segment would have, u64.
-pub const FIRST_INDEX_OFFSET: usize = SEQUENCE_OFFSET + size_of::<u64>();
+/// Ordinal of the segment's first record among all records the log ever wrote, u64.
+pub const FIRST_RECORD_OFFSET: usize = SEQUENCE_OFFSET + size_of::<u64>();
 /// CRC of the previous segment's last record (0 for the first segment ever), u32.
-pub const PREV_CRC_OFFSET: usize = FIRST_INDEX_OFFSET + size_of::<u64>();
+pub const PREV_CRC_OFFSET: usize = FIRST_RECORD_OFFSET + size_of::<u64>();
 /// CRC-32 of bytes `0..HEADER_CRC_OFFSET`, u32.
 pub const HEADER_CRC_OFFSET: usize = PREV_CRC_OFFSET + size_of::<u32>();
 /// Bytes of the segment header; records start here.
@@ -71,9 +72,9 @@ const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 pub struct SegmentHeader {
     /// Position of the segment in the log; consecutive segments differ by one.
     pub sequence: u64,
-    /// Index the first entry appended to this segment would have (`last_index + 1` when the
-    /// segment was opened).
-    pub first_index: u64,
+    /// Ordinal of the segment's first record among every record the log wrote since it was
+    /// created: the previous segment's plus the records in it. Recovery checks the count.
+    pub first_record: u64,
     /// CRC of the last record of the previous segment: the record chain crosses files.
     pub prev_crc: u32,
 }
@@ -104,7 +105,7 @@ impl SegmentHeader {
         LittleEndian::write_u32(&mut buf[VERSION_OFFSET..], FORMAT_VERSION);
         LittleEndian::write_u32(&mut buf[FLAGS_OFFSET..], 0);
         LittleEndian::write_u64(&mut buf[SEQUENCE_OFFSET..], self.sequence);
-        LittleEndian::write_u64(&mut buf[FIRST_INDEX_OFFSET..], self.first_index);
+        LittleEndian::write_u64(&mut buf[FIRST_RECORD_OFFSET..], self.first_record);
         LittleEndian::write_u32(&mut buf[PREV_CRC_OFFSET..], self.prev_crc);
         let crc = crc32fast::hash(&buf[..HEADER_CRC_OFFSET]);
         LittleEndian::write_u32(&mut buf[HEADER_CRC_OFFSET..], crc);
@@ -138,7 +139,7 @@ impl SegmentHeader {
         }
         Ok(SegmentHeader {
             sequence: LittleEndian::read_u64(&buf[SEQUENCE_OFFSET..]),
-            first_index: LittleEndian::read_u64(&buf[FIRST_INDEX_OFFSET..]),
+            first_record: LittleEndian::read_u64(&buf[FIRST_RECORD_OFFSET..]),
             prev_crc: LittleEndian::read_u32(&buf[PREV_CRC_OFFSET..]),
         })
     }
@@ -152,10 +153,17 @@ pub const CRC_OFFSET: usize = 0;
 pub const LEN_OFFSET: usize = CRC_OFFSET + size_of::<u32>();
 /// Record type, u8.
 pub const TYPE_OFFSET: usize = LEN_OFFSET + size_of::<u32>();
-/// Reserved, three zero bytes.
-pub const RESERVED_OFFSET: usize = TYPE_OFFSET + size_of::<u8>();
+/// Record flags, u8: [`FLAG_MORE`]; other bits are zero.
+pub const FLAGS_BYTE_OFFSET: usize = TYPE_OFFSET + size_of::<u8>();
+/// Reserved, two zero bytes.
+pub const RESERVED_OFFSET: usize = FLAGS_BYTE_OFFSET + size_of::<u8>();
 /// CRC of the record before this one, u32; lets a record be checked on its own.
-pub const FRAME_PREV_CRC_OFFSET: usize = RESERVED_OFFSET + 3;
+pub const FRAME_PREV_CRC_OFFSET: usize = RESERVED_OFFSET + 2;
+
+/// Frame flag: the write this record belongs to goes on in the next record. A write (a batch of
+/// changes to any number of groups) is applied at recovery only once its last record, the one
+/// without this flag, is read: a crash keeps a write whole or drops it whole.
+pub const FLAG_MORE: u8 = 1;
 /// Bytes of this segment that were durable when the record was written, u64.
 pub const DURABLE_OFFSET: usize = FRAME_PREV_CRC_OFFSET + size_of::<u32>();
 /// Bytes of the frame header; the payload starts here.
@@ -169,16 +177,19 @@ pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 << 20;
 /// What a record's payload holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordType {
-    /// First record of every segment: the state a reader needs to start from this segment.
+    /// First record(s) of every segment: the state of every group, which a reader needs to
+    /// start from this segment.
     Checkpoint = 1,
-    /// A run of consecutive entries; replaces every entry from its first index on.
+    /// A run of consecutive entries of one group; replaces every entry from its first index on.
     Entries = 2,
-    /// The node's new hard state.
+    /// A group's new hard state.
     HardState = 3,
-    /// A snapshot became the newest; optionally the log restarts after it.
+    /// A group's snapshot became the newest; optionally its log restarts after it.
     Snapshot = 4,
-    /// Entries up to an index were compacted into the dummy.
+    /// A group's entries up to an index were compacted into the dummy.
     Compact = 5,
+    /// A group was removed: all its state is gone.
+    Remove = 6,
 }
 
 impl RecordType {
@@ -190,6 +201,7 @@ impl RecordType {
             3 => RecordType::HardState,
             4 => RecordType::Snapshot,
             5 => RecordType::Compact,
+            6 => RecordType::Remove,
             _ => return None,
         })
     }
@@ -209,11 +221,13 @@ pub struct FrameHeader {
     pub len: u32,
     /// The record type byte, as stored.
     pub record_type: u8,
+    /// The flags byte, as stored.
+    pub flags: u8,
     /// CRC of the previous record, as stored.
     pub prev_crc: u32,
     /// Durable bytes of the segment when the record was written, as stored.
     pub durable: u64,
-    /// Whether the three reserved bytes are zero.
+    /// Whether the reserved bytes are zero and no unknown flag is set.
     pub reserved_zero: bool,
 }
 
@@ -224,9 +238,11 @@ impl FrameHeader {
             crc: LittleEndian::read_u32(&buf[CRC_OFFSET..]),
             len: LittleEndian::read_u32(&buf[LEN_OFFSET..]),
             record_type: buf[TYPE_OFFSET],
+            flags: buf[FLAGS_BYTE_OFFSET],
             prev_crc: LittleEndian::read_u32(&buf[FRAME_PREV_CRC_OFFSET..]),
             durable: LittleEndian::read_u64(&buf[DURABLE_OFFSET..]),
-            reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET].iter().all(|&b| b == 0),
+            reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET].iter().all(|&b| b == 0)
+                && buf[FLAGS_BYTE_OFFSET] & !FLAG_MORE == 0,
         }
     }
 }
@@ -245,6 +261,7 @@ pub fn frame_crc(prev_crc: u32, header_after_crc: &[u8], payload: &[u8]) -> u32 
 pub fn append_record(
     out: &mut Vec<u8>,
     record_type: RecordType,
+    flags: u8,
     prev_crc: u32,
     durable: u64,
     write_payload: impl FnOnce(&mut Vec<u8>),
@@ -258,6 +275,7 @@ pub fn append_record(
     let header = &mut out[start..start + FRAME_HEADER_LEN];
     LittleEndian::write_u32(&mut header[LEN_OFFSET..], len);
     header[TYPE_OFFSET] = record_type as u8;
+    header[FLAGS_BYTE_OFFSET] = flags;
     LittleEndian::write_u32(&mut header[FRAME_PREV_CRC_OFFSET..], prev_crc);
     LittleEndian::write_u64(&mut header[DURABLE_OFFSET..], durable);
     let crc = {
@@ -271,17 +289,30 @@ pub fn append_record(
 
 // ---- Record payloads ---------------------------------------------------------------------------
 
-/// A decoded record payload.
+/// A decoded record payload. Every record but a checkpoint names the group it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// See [`RecordType::Checkpoint`].
-    Checkpoint(Checkpoint),
+    /// See [`RecordType::Checkpoint`]: one part of the state of every group (a checkpoint too
+    /// large for one record goes on in the next, with [`FLAG_MORE`]), sorted by group id.
+    Checkpoint(Vec<Checkpoint>),
     /// See [`RecordType::Entries`]; never empty, consecutive indices.
-    Entries(Vec<Entry>),
+    Entries {
+        /// The group.
+        group: u64,
+        /// The entries.
+        entries: Vec<Entry>,
+    },
     /// See [`RecordType::HardState`].
-    HardState(HardState),
+    HardState {
+        /// The group.
+        group: u64,
+        /// Its new hard state.
+        hard_state: HardState,
+    },
     /// See [`RecordType::Snapshot`].
     Snapshot {
+        /// The group.
+        group: u64,
         /// The snapshot that is now the newest.
         metadata: SnapshotMetadata,
         /// Whether the log was replaced by the snapshot (apply) or kept (create).
@@ -289,17 +320,27 @@ pub enum Record {
     },
     /// See [`RecordType::Compact`]: the new dummy entry.
     Compact {
+        /// The group.
+        group: u64,
         /// Index of the new dummy.
         index: u64,
         /// Its term.
         term: u64,
     },
+    /// See [`RecordType::Remove`].
+    Remove {
+        /// The group removed.
+        group: u64,
+    },
 }
 
-/// The state a segment starts from, written as its first record so that older segments can be
-/// deleted without losing the hard state, the snapshot marker or the dummy entry.
+/// The state a group starts from in a segment, written in the segment's first records so that
+/// older segments can be deleted without losing the hard state, the snapshot marker or the dummy
+/// entry of any group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The group.
+    pub group: u64,
     /// Index of the dummy entry.
     pub dummy_index: u64,
     /// Term of the dummy entry.
@@ -313,38 +354,95 @@ pub struct Checkpoint {
     pub snapshot: SnapshotMetadata,
 }
 
+/// The fewest bytes one group's checkpoint encodes to (five u64 fields and three of the hard
+/// state at least): bounds the allocation a checkpoint's count may cause.
+const MIN_CHECKPOINT_LEN: usize = 8 * size_of::<u64>();
+
+impl Checkpoint {
+    /// Appends this checkpoint's encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u64(out, self.group);
+        codec::put_u64(out, self.dummy_index);
+        codec::put_u64(out, self.dummy_term);
+        codec::put_u64(out, self.last_index);
+        codec::encode_hard_state(out, &self.hard_state);
+        codec::encode_snapshot_metadata(out, &self.snapshot);
+    }
+
+    fn decode(dec: &mut Decoder<'_>) -> Result<Checkpoint, DecodeError> {
+        Ok(Checkpoint {
+            group: dec.u64("checkpoint group")?,
+            dummy_index: dec.u64("checkpoint dummy index")?,
+            dummy_term: dec.u64("checkpoint dummy term")?,
+            last_index: dec.u64("checkpoint last index")?,
+            hard_state: codec::decode_hard_state(dec)?,
+            snapshot: codec::decode_snapshot_metadata(dec)?,
+        })
+    }
+
+    /// Bytes [`Checkpoint::encode`] appends.
+    pub fn encoded_len(&self) -> usize {
+        let mut scratch = Vec::new();
+        self.encode(&mut scratch);
+        scratch.len()
+    }
+}
+
+/// Bytes of the count that starts a checkpoint payload.
+pub const CHECKPOINT_COUNT_LEN: usize = size_of::<u32>();
+
+/// Appends a checkpoint payload: a u32 count, then each group's checkpoint.
+pub fn encode_checkpoint_payload(out: &mut Vec<u8>, groups: &[Checkpoint]) {
+    let count = u32::try_from(groups.len()).expect("fewer than 2^32 groups in one record");
+    codec::put_u32(out, count);
+    for cp in groups {
+        cp.encode(out);
+    }
+}
+
 impl Record {
     /// The type byte this record is framed with.
     pub fn record_type(&self) -> RecordType {
         match self {
             Record::Checkpoint(_) => RecordType::Checkpoint,
-            Record::Entries(_) => RecordType::Entries,
-            Record::HardState(_) => RecordType::HardState,
+            Record::Entries { .. } => RecordType::Entries,
+            Record::HardState { .. } => RecordType::HardState,
             Record::Snapshot { .. } => RecordType::Snapshot,
             Record::Compact { .. } => RecordType::Compact,
+            Record::Remove { .. } => RecordType::Remove,
+        }
+    }
+
+    /// The group the record changes (`None` for a checkpoint, which covers them all).
+    pub fn group(&self) -> Option<u64> {
+        match self {
+            Record::Checkpoint(_) => None,
+            Record::Entries { group, .. }
+            | Record::HardState { group, .. }
+            | Record::Snapshot { group, .. }
+            | Record::Compact { group, .. }
+            | Record::Remove { group } => Some(*group),
         }
     }
 
     /// Appends this record's payload encoding.
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
-            Record::Checkpoint(cp) => {
-                codec::put_u64(out, cp.dummy_index);
-                codec::put_u64(out, cp.dummy_term);
-                codec::put_u64(out, cp.last_index);
-                codec::encode_hard_state(out, &cp.hard_state);
-                codec::encode_snapshot_metadata(out, &cp.snapshot);
+            Record::Checkpoint(groups) => encode_checkpoint_payload(out, groups),
+            Record::Entries { group, entries } => encode_entries_payload(out, *group, entries),
+            Record::HardState { group, hard_state } => {
+                codec::put_u64(out, *group);
+                codec::encode_hard_state(out, hard_state);
             }
-            Record::Entries(entries) => encode_entries_payload(out, entries),
-            Record::HardState(hs) => codec::encode_hard_state(out, hs),
-            Record::Snapshot { metadata, resets_log } => {
-                out.push(u8::from(*resets_log));
-                codec::encode_snapshot_metadata(out, metadata);
+            Record::Snapshot { group, metadata, resets_log } => {
+                encode_snapshot_payload(out, *group, metadata, *resets_log)
             }
-            Record::Compact { index, term } => {
+            Record::Compact { group, index, term } => {
+                codec::put_u64(out, *group);
                 codec::put_u64(out, *index);
                 codec::put_u64(out, *term);
             }
+            Record::Remove { group } => codec::put_u64(out, *group),
         }
     }
 
@@ -352,16 +450,32 @@ impl Record {
     pub fn decode_payload(record_type: RecordType, payload: &[u8]) -> Result<Record, DecodeError> {
         let mut dec = Decoder::new(payload);
         let record = match record_type {
-            RecordType::Checkpoint => Record::Checkpoint(Checkpoint {
-                dummy_index: dec.u64("checkpoint dummy index")?,
-                dummy_term: dec.u64("checkpoint dummy term")?,
-                last_index: dec.u64("checkpoint last index")?,
+            RecordType::Checkpoint => {
+                let count = dec.u32("checkpoint count")? as usize;
+                // Bound the allocation by the bytes present.
+                if count > dec.remaining() / MIN_CHECKPOINT_LEN {
+                    return Err(DecodeError { what: "checkpoint count" });
+                }
+                let mut groups: Vec<Checkpoint> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let cp = Checkpoint::decode(&mut dec)?;
+                    if groups.last().is_some_and(|prev| prev.group >= cp.group) {
+                        return Err(DecodeError { what: "checkpoint group order" });
+                    }
+                    groups.push(cp);
+                }
+                Record::Checkpoint(groups)
+            }
+            RecordType::Entries => {
+                let group = dec.u64("entries group")?;
+                Record::Entries { group, entries: decode_entries_payload(&mut dec)? }
+            }
+            RecordType::HardState => Record::HardState {
+                group: dec.u64("hard state group")?,
                 hard_state: codec::decode_hard_state(&mut dec)?,
-                snapshot: codec::decode_snapshot_metadata(&mut dec)?,
-            }),
-            RecordType::Entries => Record::Entries(decode_entries_payload(&mut dec)?),
-            RecordType::HardState => Record::HardState(codec::decode_hard_state(&mut dec)?),
+            },
             RecordType::Snapshot => {
+                let group = dec.u64("snapshot group")?;
                 let resets_log = match dec.u8("snapshot reset flag")? {
                     0 => false,
                     1 => true,
@@ -370,31 +484,42 @@ impl Record {
                     }
                 };
                 Record::Snapshot {
+                    group,
                     metadata: codec::decode_snapshot_metadata(&mut dec)?,
                     resets_log,
                 }
             }
-            RecordType::Compact => {
-                Record::Compact { index: dec.u64("compact index")?, term: dec.u64("compact term")? }
-            }
+            RecordType::Compact => Record::Compact {
+                group: dec.u64("compact group")?,
+                index: dec.u64("compact index")?,
+                term: dec.u64("compact term")?,
+            },
+            RecordType::Remove => Record::Remove { group: dec.u64("removed group")? },
         };
         dec.finish("record payload")?;
         Ok(record)
     }
 }
 
-/// Appends a snapshot marker payload: the reset flag (u8), then the metadata.
-pub fn encode_snapshot_payload(out: &mut Vec<u8>, metadata: &SnapshotMetadata, resets_log: bool) {
+/// Appends a snapshot marker payload: the group (u64), the reset flag (u8), then the metadata.
+pub fn encode_snapshot_payload(
+    out: &mut Vec<u8>,
+    group: u64,
+    metadata: &SnapshotMetadata,
+    resets_log: bool,
+) {
+    codec::put_u64(out, group);
     out.push(u8::from(resets_log));
     codec::encode_snapshot_metadata(out, metadata);
 }
 
-/// Bytes of the count that starts an entries payload.
-pub const ENTRIES_COUNT_LEN: usize = size_of::<u32>();
+/// Bytes before the first entry of an entries payload: the group (u64) and the count (u32).
+pub const ENTRIES_HEAD_LEN: usize = size_of::<u64>() + size_of::<u32>();
 
-/// Appends an entries payload: a u32 count, then each entry's codec encoding.
-pub fn encode_entries_payload(out: &mut Vec<u8>, entries: &[Entry]) {
+/// Appends an entries payload: the group, a u32 count, then each entry's codec encoding.
+pub fn encode_entries_payload(out: &mut Vec<u8>, group: u64, entries: &[Entry]) {
     let count = u32::try_from(entries.len()).expect("a record holds fewer than 2^32 entries");
+    codec::put_u64(out, group);
     codec::put_u32(out, count);
     for entry in entries {
         codec::encode_entry(out, entry);
@@ -403,7 +528,7 @@ pub fn encode_entries_payload(out: &mut Vec<u8>, entries: &[Entry]) {
 
 /// Bytes an entries payload for `entries` takes.
 pub fn entries_payload_len(entries: &[Entry]) -> u64 {
-    ENTRIES_COUNT_LEN as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
+    ENTRIES_HEAD_LEN as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
 }
 
 fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeError> {
@@ -437,8 +562,8 @@ mod tests {
             (MAGIC_OFFSET, SEGMENT_MAGIC.len(), "magic"),
             (VERSION_OFFSET, FLAGS_OFFSET - VERSION_OFFSET, "version"),
             (FLAGS_OFFSET, SEQUENCE_OFFSET - FLAGS_OFFSET, "flags"),
-            (SEQUENCE_OFFSET, FIRST_INDEX_OFFSET - SEQUENCE_OFFSET, "sequence"),
-            (FIRST_INDEX_OFFSET, PREV_CRC_OFFSET - FIRST_INDEX_OFFSET, "first_index"),
+            (SEQUENCE_OFFSET, FIRST_RECORD_OFFSET - SEQUENCE_OFFSET, "sequence"),
+            (FIRST_RECORD_OFFSET, PREV_CRC_OFFSET - FIRST_RECORD_OFFSET, "first_record"),
             (PREV_CRC_OFFSET, HEADER_CRC_OFFSET - PREV_CRC_OFFSET, "prev_crc"),
             (HEADER_CRC_OFFSET, SEGMENT_HEADER_LEN - HEADER_CRC_OFFSET, "header_crc"),
         ];
@@ -451,7 +576,8 @@ mod tests {
         let frame = [
             (CRC_OFFSET, LEN_OFFSET - CRC_OFFSET, "crc"),
             (LEN_OFFSET, TYPE_OFFSET - LEN_OFFSET, "len"),
-            (TYPE_OFFSET, RESERVED_OFFSET - TYPE_OFFSET, "type"),
+            (TYPE_OFFSET, FLAGS_BYTE_OFFSET - TYPE_OFFSET, "type"),
+            (FLAGS_BYTE_OFFSET, RESERVED_OFFSET - FLAGS_BYTE_OFFSET, "flags"),
             (RESERVED_OFFSET, FRAME_PREV_CRC_OFFSET - RESERVED_OFFSET, "reserved"),
             (FRAME_PREV_CRC_OFFSET, DURABLE_OFFSET - FRAME_PREV_CRC_OFFSET, "prev_crc"),
             (DURABLE_OFFSET, FRAME_HEADER_LEN - DURABLE_OFFSET, "durable"),
@@ -477,7 +603,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_every_damage_is_refused() {
-        let header = SegmentHeader { sequence: 7, first_index: 1234, prev_crc: 0xDEAD_BEEF };
+        let header = SegmentHeader { sequence: 7, first_record: 1234, prev_crc: 0xDEAD_BEEF };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         assert_eq!(
@@ -495,15 +621,25 @@ mod tests {
         wrong_magic[MAGIC_OFFSET] = b'X';
         assert_eq!(SegmentHeader::decode(&wrong_magic), Err(HeaderError::BadMagic));
         let mut newer = bytes;
-        LittleEndian::write_u32(&mut newer[VERSION_OFFSET..], 2);
+        LittleEndian::write_u32(&mut newer[VERSION_OFFSET..], 3);
         let crc = crc32fast::hash(&newer[..HEADER_CRC_OFFSET]);
         LittleEndian::write_u32(&mut newer[HEADER_CRC_OFFSET..], crc);
-        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::Version(2)));
+        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::Version(3)));
+        let mut older = bytes;
+        LittleEndian::write_u32(&mut older[VERSION_OFFSET..], 1);
+        let crc = crc32fast::hash(&older[..HEADER_CRC_OFFSET]);
+        LittleEndian::write_u32(&mut older[HEADER_CRC_OFFSET..], crc);
+        assert_eq!(
+            SegmentHeader::decode(&older),
+            Err(HeaderError::Version(1)),
+            "a version 1 segment (one group, no group ids) is refused, not misread"
+        );
     }
 
     fn sample_records() -> Vec<Record> {
         vec![
-            Record::Checkpoint(Checkpoint {
+            Record::Checkpoint(vec![Checkpoint {
+                group: 3,
                 dummy_index: 5,
                 dummy_term: 2,
                 last_index: 9,
@@ -513,11 +649,15 @@ mod tests {
                     term: 2,
                     conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
                 },
-            }),
-            Record::Entries(vec![Entry::new(6, 3, "a"), Entry::new(7, 3, vec![9u8; 33])]),
-            Record::HardState(HardState { term: 4, vote: 0, commit: 7 }),
-            Record::Snapshot { metadata: SnapshotMetadata::default(), resets_log: true },
-            Record::Compact { index: 6, term: 3 },
+            }]),
+            Record::Entries {
+                group: 3,
+                entries: vec![Entry::new(6, 3, "a"), Entry::new(7, 3, vec![9u8; 33])],
+            },
+            Record::HardState { group: 9, hard_state: HardState { term: 4, vote: 0, commit: 7 } },
+            Record::Snapshot { group: 3, metadata: SnapshotMetadata::default(), resets_log: true },
+            Record::Compact { group: u64::MAX, index: 6, term: 3 },
+            Record::Remove { group: 7 },
         ]
     }
 
@@ -527,7 +667,7 @@ mod tests {
         let mut prev = 0x1234_5678;
         let mut crcs = vec![prev];
         for record in sample_records() {
-            prev = append_record(&mut buf, record.record_type(), prev, 40, |out| {
+            prev = append_record(&mut buf, record.record_type(), FLAG_MORE, prev, 40, |out| {
                 record.encode_payload(out)
             });
             crcs.push(prev);
@@ -539,6 +679,7 @@ mod tests {
             assert_eq!(head.prev_crc, crcs[i], "record {i} names its predecessor's crc");
             assert_eq!(head.durable, 40);
             assert!(head.reserved_zero);
+            assert_eq!(head.flags, FLAG_MORE);
             let payload =
                 &buf[offset + FRAME_HEADER_LEN..offset + FRAME_HEADER_LEN + head.len as usize];
             let crc = frame_crc(
@@ -559,22 +700,22 @@ mod tests {
     fn entries_payload_length_is_predicted_and_bad_payloads_are_refused() {
         let entries = vec![Entry::new(6, 3, "abc"), Entry::new(7, 3, "")];
         let mut payload = Vec::new();
-        encode_entries_payload(&mut payload, &entries);
+        encode_entries_payload(&mut payload, 4, &entries);
         assert_eq!(payload.len() as u64, entries_payload_len(&entries));
 
         let gap = vec![Entry::new(6, 3, "abc"), Entry::new(8, 3, "")];
         let mut bad = Vec::new();
-        encode_entries_payload(&mut bad, &gap);
+        encode_entries_payload(&mut bad, 4, &gap);
         assert!(Record::decode_payload(RecordType::Entries, &bad).is_err());
 
         let mut empty = Vec::new();
-        encode_entries_payload(&mut empty, &[]);
+        encode_entries_payload(&mut empty, 4, &[]);
         assert!(Record::decode_payload(RecordType::Entries, &empty).is_err());
 
         let mut trailing = payload.clone();
         trailing.push(0);
         assert!(Record::decode_payload(RecordType::Entries, &trailing).is_err());
         assert_eq!(RecordType::from_u8(0), None);
-        assert_eq!(RecordType::from_u8(6), None);
+        assert_eq!(RecordType::from_u8(7), None);
     }
 }

@@ -19,8 +19,8 @@ use crate::wal::format::{self, HeaderError, Record, SegmentHeader};
 use crate::wal::recovery::{
     After, Case, Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
 };
-use crate::wal::replay::replay_record;
-use crate::wal::state::LogState;
+use crate::wal::replay::replay_write;
+use crate::wal::state::EngineState;
 
 /// One segment file as found on disk, judged on its own and against the segment before it.
 #[derive(Clone, Debug)]
@@ -29,16 +29,18 @@ pub struct SegmentReport {
     pub name: String,
     /// Sequence number from the name.
     pub sequence: u64,
-    /// First index from the name (`last_index + 1` when the segment was started).
-    pub first_index: u64,
+    /// Ordinal of the segment's first record, from the name.
+    pub first_record: u64,
     /// Length of the file (segments are preallocated, so mostly zeroes at the end).
     pub size_bytes: u64,
     /// The header, or why it was refused.
     pub header: Result<SegmentHeader, HeaderError>,
     /// Valid, chained records from the start.
     pub records: usize,
-    /// Lowest and highest entry index in those records (`None`: no entries record).
+    /// Lowest and highest entry index of the inspected group in those records (`None`: none).
     pub entries: Option<(u64, u64)>,
+    /// Entries of every group in those records.
+    pub entry_count: u64,
     /// Bytes of header and valid records: where the scan stopped.
     pub valid_bytes: u64,
     /// End of the last non-zero byte: written data, valid or not.
@@ -54,8 +56,8 @@ pub struct SegmentReport {
     pub link: Option<(u64, CorruptionKind)>,
     /// Whether open keeps this segment (wholly or up to a cut).
     pub kept: bool,
-    /// Lowest and highest index of the entries in this segment's valid records that open drops
-    /// (with `RecoveryMode::TruncateCorrupt` when the problem is corruption).
+    /// Lowest and highest index of the inspected group's entries in this segment's valid
+    /// records that open drops (with `RecoveryMode::TruncateCorrupt` when the problem is corruption).
     pub dropped_entries: Option<(u64, u64)>,
     /// Written bytes that do not read as valid records (after the stop, or the whole segment when
     /// its header is bad): whatever entries they held cannot be named.
@@ -71,10 +73,9 @@ pub struct Problem {
     pub offset: u64,
     /// What is wrong.
     pub kind: CorruptionKind,
-    /// The recovery table row (`R1`…`R9`, `H1`…`H6`, `U1`…`U3`), or `link` (segments do not
-    /// follow each other), `replay` (a valid record contradicts the log), `missing` (entries
-    /// whose segments were deleted are still live), `fresh` (a segment without a checkpoint does
-    /// not continue the log).
+    /// The recovery table row (`R1`…`R9`, `H1`…`H7`, `U1`…`U3`, `W1`, `W2`), or `link`
+    /// (segments do not follow each other), `replay` (a valid record contradicts the log),
+    /// `missing` (entries whose segments were deleted are still live).
     pub label: &'static str,
     /// Why the decision is what it is.
     pub reason: String,
@@ -142,9 +143,14 @@ pub enum Verdict {
     Corruption,
 }
 
-/// The state open would recover (up to the cut, if there is one).
+/// The state open would recover (up to the cut, if there is one): of the inspected group, and a
+/// line per group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// The inspected group.
+    pub group: u64,
+    /// Every group with state, sorted.
+    pub groups: Vec<GroupSummary>,
     /// First live index (dummy + 1).
     pub first_index: u64,
     /// Last index (the dummy's when no entry is live).
@@ -153,6 +159,24 @@ pub struct Summary {
     pub hard_state: HardState,
     /// The newest snapshot marker (index 0: none).
     pub snapshot: SnapshotMetadata,
+}
+
+/// One group's recovered state, in brief.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: u64,
+    /// First live index (dummy + 1).
+    pub first_index: u64,
+    /// Last index.
+    pub last_index: u64,
+    /// The newest hard state.
+    pub hard_state: HardState,
+    /// Index of the newest snapshot marker (0: none).
+    pub snapshot_index: u64,
+    /// Sequence of the segment holding its first live entry (`None`: no live entry): every
+    /// segment from it on is pinned by this group.
+    pub pinned_segment: Option<u64>,
 }
 
 /// Everything [`inspect`] found.
@@ -212,16 +236,27 @@ pub fn inspect(fs: &dyn FileSystem, dir: &Path, options: &WalOptions) -> Result<
 
 struct Found {
     sequence: u64,
-    first_index: u64,
+    first_record: u64,
     name: String,
 }
 
 /// Like [`inspect`], calling `visit` for each segment and each valid record in log order, one
-/// segment in memory at a time (for dumps and progress).
+/// segment in memory at a time (for dumps and progress). Entry ranges are group 0's.
 pub fn inspect_with(
     fs: &dyn FileSystem,
     dir: &Path,
     options: &WalOptions,
+    visit: impl FnMut(Event<'_>),
+) -> Result<Inspection> {
+    inspect_group(fs, dir, options, 0, visit)
+}
+
+/// Like [`inspect_with`], with entry ranges and the summary of `group`.
+pub fn inspect_group(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    options: &WalOptions,
+    group: u64,
     mut visit: impl FnMut(Event<'_>),
 ) -> Result<Inspection> {
     let mut found = Vec::new();
@@ -230,23 +265,21 @@ pub fn inspect_with(
     for name in fs.list(dir)? {
         if name.ends_with(format::TEMP_SUFFIX) {
             temp_files.push(name);
-        } else if let Some((sequence, first_index)) = format::parse_segment_name(&name) {
-            found.push(Found { sequence, first_index, name });
+        } else if let Some((sequence, first_record)) = format::parse_segment_name(&name) {
+            found.push(Found { sequence, first_record, name });
         } else {
             other_files.push(name);
         }
     }
     found.sort_by_key(|f| f.sequence);
 
-    let mut state = LogState::default();
+    let mut state = EngineState::default();
     let mut replayed_any = false;
     // CRC the next segment's header must name; `None` until a record was seen (as in replay).
     let mut chain: Option<u32> = None;
+    // Ordinal the next segment's first record must have; `None` until a segment was replayed.
+    let mut next_record: Option<u64> = None;
     let mut problem: Option<Problem> = None;
-    // The last kept segment with a valid header: (whether it has no record, its first index).
-    let mut last_kept: Option<(bool, u64)> = None;
-    // Whether the last segment with unreadable dropped bytes has no later segment yet.
-    let mut unreadable_pending = false;
     let mut segments = Vec::with_capacity(found.len());
     let mut vanished = Vec::new();
     // Sequence of the segment read before.
@@ -295,22 +328,28 @@ pub fn inspect_with(
         }
         previous = Some(f.sequence);
         if let Ok(header) = &scan.header {
-            if header.sequence != f.sequence || header.first_index != f.first_index {
+            if header.sequence != f.sequence || header.first_record != f.first_record {
                 link = Some((
                     0,
                     CorruptionKind::Malformed(format!(
-                        "header says sequence {} first index {}, the name says {} and {}",
-                        header.sequence, header.first_index, f.sequence, f.first_index
+                        "header says sequence {} first record {}, the name says {} and {}",
+                        header.sequence, header.first_record, f.sequence, f.first_record
                     )),
                 ));
             } else if chain.is_some_and(|crc| crc != header.prev_crc) {
                 link = Some((format::PREV_CRC_OFFSET as u64, CorruptionKind::Gap));
+            } else if next_record.is_some_and(|n| n != header.first_record) {
+                link = Some((format::FIRST_RECORD_OFFSET as u64, CorruptionKind::Gap));
             }
         }
         // The next segment's link can be checked only against a segment accepted whole.
         chain = match case.decision {
             Decision::Accept => scan.records.last().map(|r| r.crc).or(chain),
             Decision::TruncateTail | Decision::Corruption => None,
+        };
+        next_record = match (&scan.header, case.decision) {
+            (Ok(header), Decision::Accept) => Some(header.first_record + scan.records.len() as u64),
+            _ => None,
         };
 
         // Records from `kept_until` on (and the whole segment when `None`) are dropped.
@@ -351,40 +390,81 @@ pub fn inspect_with(
                 kept_until = Some(u64::MAX);
             }
             if link.is_none() && scan.header.is_ok() {
-                // Replay what open keeps, stopping at a contradiction as open does.
-                for (k, record) in scan.records.iter().enumerate() {
-                    let contradiction = if k == 0 && !matches!(record.record, Record::Checkpoint(_))
-                    {
-                        Some("a segment must start with a checkpoint".to_string())
-                    } else {
-                        replay_record(&mut state, f.sequence, record, !replayed_any).err()
+                // Replay what open keeps, write by write, stopping where open stops.
+                let keep = scan
+                    .records
+                    .iter()
+                    .take_while(|r| kept_until.is_none_or(|until| r.offset < until))
+                    .count();
+                let records = &scan.records[..keep];
+                let mut at = 0;
+                // Bounded: each pass consumes at least one record.
+                while at < records.len() {
+                    let Some(last) = records[at..].iter().position(|r| !r.more) else {
+                        // The write's last record is missing.
+                        let offset = records[at].offset;
+                        kept_until = Some(offset);
+                        let (label, reason, decision) = if position == Position::Sealed {
+                            (
+                                "W2",
+                                "a write whose last record is missing in a sealed segment: \
+                                 sealed segments were synced whole",
+                                Decision::Corruption,
+                            )
+                        } else {
+                            (
+                                "W1",
+                                "a write whose last record is missing at the end of the log: \
+                                 torn by a crash before its sync, never acknowledged",
+                                Decision::TruncateTail,
+                            )
+                        };
+                        match &mut problem {
+                            Some(p) => p.cut.truncated = Some((f.name.clone(), offset)),
+                            None => {
+                                problem = Some(new_problem(
+                                    &f.name,
+                                    offset,
+                                    CorruptionKind::Torn,
+                                    label,
+                                    reason.into(),
+                                    decision,
+                                    Some(offset),
+                                ));
+                            }
+                        }
+                        break;
                     };
-                    if let Some(why) = contradiction {
-                        kept_until = Some(record.offset);
+                    let write = &records[at..at + last + 1];
+                    let outcome =
+                        replay_write(&mut state, f.sequence, write, at == 0, !replayed_any);
+                    if let Err((k, why)) = outcome {
+                        let offset = write[0].offset;
+                        kept_until = Some(offset);
                         match &mut problem {
                             // Strict refuses at the table's spot; TruncateCorrupt cuts here.
                             Some(p) if p.decision == Decision::Corruption => {
-                                p.cut.truncated = Some((f.name.clone(), record.offset));
+                                p.cut.truncated = Some((f.name.clone(), offset));
                             }
                             _ => {
                                 problem = Some(new_problem(
                                     &f.name,
-                                    record.offset,
+                                    write[k].offset,
                                     CorruptionKind::Malformed(why),
                                     "replay",
                                     "the record passed its CRC but contradicts the log replayed \
                                      before it"
                                         .into(),
                                     Decision::Corruption,
-                                    Some(record.offset),
+                                    Some(offset),
                                 ));
                             }
                         }
                         break;
                     }
                     replayed_any = true;
+                    at += last + 1;
                 }
-                last_kept = Some((scan.records.is_empty(), f.first_index));
             }
         }
 
@@ -392,11 +472,19 @@ pub fn inspect_with(
         let report = SegmentReport {
             name: f.name.clone(),
             sequence: f.sequence,
-            first_index: f.first_index,
+            first_record: f.first_record,
             size_bytes,
             header: scan.header,
             records: scan.records.len(),
-            entries: entry_range(scan.records.iter()),
+            entries: entry_range(group, scan.records.iter()),
+            entry_count: scan
+                .records
+                .iter()
+                .map(|r| match &r.record {
+                    Record::Entries { entries, .. } => entries.len() as u64,
+                    _ => 0,
+                })
+                .sum(),
             valid_bytes: scan.stop_offset,
             written_bytes,
             stop: scan.stop.clone(),
@@ -404,7 +492,10 @@ pub fn inspect_with(
             case,
             link,
             kept: kept_until > 0,
-            dropped_entries: entry_range(scan.records.iter().filter(|r| r.offset >= kept_until)),
+            dropped_entries: entry_range(
+                group,
+                scan.records.iter().filter(|r| r.offset >= kept_until),
+            ),
             unreadable_bytes: written_bytes.saturating_sub(if scan.header.is_ok() {
                 scan.stop_offset
             } else {
@@ -422,21 +513,16 @@ pub fn inspect_with(
             } else {
                 cut.removed.push(f.name.clone());
             }
-            if unreadable_pending {
-                // Unreadable bytes in an earlier segment held entries below this one's first.
-                cut.unreadable_bound = Some(f.first_index.saturating_sub(1));
-                unreadable_pending = false;
-            }
             if report.unreadable_bytes > 0 {
+                // Segments of many groups bound no group's entries.
                 cut.drops_unreadable = true;
                 cut.unreadable_bound = None;
-                unreadable_pending = true;
             }
             cut.dropped_entries = merge(cut.dropped_entries, report.dropped_entries);
             cut.dropped_other_records += scan
                 .records
                 .iter()
-                .filter(|r| r.offset >= kept_until && !matches!(r.record, Record::Entries(_)))
+                .filter(|r| r.offset >= kept_until && !matches!(r.record, Record::Entries { .. }))
                 .count();
         }
 
@@ -447,25 +533,16 @@ pub fn inspect_with(
         segments.push(report);
     }
 
-    let last_index = state.index.last_index();
+    let focus = state.group(group);
+    let last_index = focus.map_or(0, |g| g.index.last_index());
     let mut unrecoverable = None;
-    if state.index.has_missing() {
+    if state.group_with_missing().is_some() {
         unrecoverable = Some((
             found.first().map_or(String::new(), |f| f.name.clone()),
             CorruptionKind::Missing,
             "missing",
             "the first segment's checkpoint names entries that lay in deleted segments, and no \
              later record compacts them away",
-        ));
-    } else if let Some((true, first_index)) = last_kept
-        && Some(first_index) != last_index.checked_add(1)
-    {
-        let name = segments.iter().rfind(|s| s.kept).map_or(String::new(), |s| s.name.clone());
-        unrecoverable = Some((
-            name,
-            CorruptionKind::Gap,
-            "fresh",
-            "the last kept segment holds no record, and its first index does not follow the log",
         ));
     }
     if let Some((segment, kind, label, reason)) = unrecoverable {
@@ -496,10 +573,26 @@ pub fn inspect_with(
         vanished,
         problem,
         summary: Summary {
-            first_index: state.index.dummy_index().saturating_add(1),
+            group,
+            groups: state
+                .group_ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let g = state.group(id)?;
+                    Some(GroupSummary {
+                        group: id,
+                        first_index: g.index.dummy_index().saturating_add(1),
+                        last_index: g.index.last_index(),
+                        hard_state: g.hard_state,
+                        snapshot_index: g.snapshot_point().0,
+                        pinned_segment: g.index.first_loc().map(|loc| u64::from(loc.segment)),
+                    })
+                })
+                .collect(),
+            first_index: focus.map_or(1, |g| g.index.dummy_index().saturating_add(1)),
             last_index,
-            hard_state: state.hard_state,
-            snapshot: state.snapshot,
+            hard_state: focus.map(|g| g.hard_state).unwrap_or_default(),
+            snapshot: focus.map(|g| g.snapshot()).unwrap_or_default(),
         },
         records: total_records,
         valid_bytes: total_valid,
@@ -530,11 +623,16 @@ fn new_problem(
     }
 }
 
-/// Lowest and highest entry index in `records`.
-fn entry_range<'a>(records: impl Iterator<Item = &'a ScannedRecord>) -> Option<(u64, u64)> {
+/// Lowest and highest entry index of `group` in `records`.
+fn entry_range<'a>(
+    group: u64,
+    records: impl Iterator<Item = &'a ScannedRecord>,
+) -> Option<(u64, u64)> {
     records
         .filter_map(|r| match &r.record {
-            Record::Entries(es) => Some((es.first()?.index, es.last()?.index)),
+            Record::Entries { group: g, entries } if *g == group => {
+                Some((entries.first()?.index, entries.last()?.index))
+            }
             _ => None,
         })
         .reduce(|(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
@@ -639,7 +737,7 @@ mod tests {
         let indices: Vec<u64> = records
             .iter()
             .filter_map(|(_, r, _)| match &r.record {
-                Record::Entries(es) => Some(es.iter().map(|e| e.index)),
+                Record::Entries { entries: es, .. } => Some(es.iter().map(|e| e.index)),
                 _ => None,
             })
             .flatten()
@@ -814,11 +912,11 @@ mod tests {
     fn write_segment(fs: &CrashFs, records: &[Record]) -> String {
         let name = format::segment_name(1, 1);
         let mut bytes =
-            SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 }.encode().to_vec();
+            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 }.encode().to_vec();
         let mut prev = 0;
         for record in records {
             let durable = bytes.len() as u64;
-            prev = format::append_record(&mut bytes, record.record_type(), prev, durable, |out| {
+            prev = format::append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
                 record.encode_payload(out)
             });
         }
@@ -830,8 +928,8 @@ mod tests {
     #[test]
     fn a_valid_record_that_contradicts_the_log_is_corruption_open_cuts_only_when_forced() {
         let fs = CrashFs::new();
-        let stray = Record::Entries(vec![Entry::new(5, 1, "does not attach")]);
-        let name = write_segment(&fs, &[Record::Checkpoint(Default::default()), stray]);
+        let stray = Record::Entries { group: 0, entries: vec![Entry::new(5, 1, "does not attach")] };
+        let name = write_segment(&fs, &[Record::Checkpoint(vec![]), stray]);
         let offset =
             scan_segment(&fs.read_file(&dir().join(&name)).unwrap(), 2048).records[1].offset;
 
@@ -863,7 +961,7 @@ mod tests {
     fn entries_of_deleted_segments_still_live_are_missing_and_not_fixable() {
         let fs = CrashFs::new();
         let checkpoint = format::Checkpoint { last_index: 10, ..Default::default() };
-        write_segment(&fs, &[Record::Checkpoint(checkpoint)]);
+        write_segment(&fs, &[Record::Checkpoint(vec![checkpoint])]);
 
         let inspection = inspect(&fs, &dir(), &options()).unwrap();
 

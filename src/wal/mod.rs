@@ -1,31 +1,38 @@
-//! The write-ahead log: segment files of checksummed, chained records, with etcd's log
-//! semantics (dummy entry, suffix replacement, compaction) and group commit.
+//! The write-ahead log: segment files of checksummed, chained records holding the logs of many
+//! groups (Raft groups), each with etcd's log semantics (dummy entry, suffix replacement,
+//! compaction), with group commit across threads and groups.
 //!
 //! - [`format`](mod@format): the bytes on disk; [`recovery`]: the scan and the decision table;
 //!   `replay`: opening a directory; `writer`: framing and rollover; `segment`, `cache`, `index`:
-//!   the read side.
+//!   the read side; `batch`: [`WriteBatch`]; `purge`: releasing and rewriting segments.
+//! - [`Engine`] is the log of every group in one directory; [`Wal`] is one group's view of it,
+//!   with the single-log API the storage layer builds on.
 //!
-//! Concurrency: one `RwLock` guards the log's state and the writer; writes hold it only while
+//! Concurrency: one `RwLock` guards the state and the writer; writes hold it only while
 //! framing and handing the bytes to the kernel. fdatasync runs outside it, led by one thread at
 //! a time, and covers every write made before it started (group commit). A rollover's
 //! fdatasync runs under the lock; a leader counts its own sync only after taking the lock and
 //! finding the log not poisoned, so a sync that overlapped a failed one is never acknowledged.
 
+mod batch;
 mod cache;
 pub mod format;
 mod index;
 pub mod inspect;
+mod purge;
 pub mod recovery;
 mod replay;
 mod segment;
 mod state;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+pub use batch::WriteBatch;
+pub use purge::PurgeReport;
 pub use replay::RecoveryReport;
 
 use crate::contract::{check_entries_range, limit_size, trim_append};
@@ -34,17 +41,18 @@ use crate::io::{DirLock, Fs};
 use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, SnapshotMetadata};
+use batch::Item;
 use cache::EntryCache;
 use index::Loc;
 use segment::Segment;
-use state::LogState;
+use state::EngineState;
 use writer::{Active, Failure, MAX_SEGMENT_SEQUENCE, Op, Sealed, SyncTarget, Writer};
 
 /// Name of the lock file in a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
 
-/// The write-ahead log of one Raft node.
-pub struct Wal {
+/// The write-ahead log of one node: the logs of every group it hosts, in one directory.
+pub struct Engine {
     fs: Fs,
     dir: PathBuf,
     options: WalOptions,
@@ -59,9 +67,9 @@ pub struct Wal {
     _lock: DirLock,
 }
 
-impl std::fmt::Debug for Wal {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Engine").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -69,8 +77,12 @@ struct Inner {
     writer: Writer,
     // Sealed segments by sequence; the active one is the writer's.
     sealed: BTreeMap<u64, Segment>,
-    state: LogState,
+    state: EngineState,
     cache: EntryCache,
+    // Purges that found each hot group pinning old segments (reset once it stops).
+    compact_requests: HashMap<u64, u32>,
+    // A segment was sealed since the last purge: the next durable point may release some.
+    purge_due: bool,
 }
 
 #[derive(Debug, Default)]
@@ -83,9 +95,9 @@ struct SyncState {
     waiting: u64,
 }
 
-impl Wal {
+impl Engine {
     /// Opens (creating if missing) the WAL in `dir` on `fs`, recovering it.
-    pub fn open(fs: Fs, dir: &Path, options: WalOptions) -> Result<Wal> {
+    pub fn open(fs: Fs, dir: &Path, options: WalOptions) -> Result<Engine> {
         options.validate()?;
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
@@ -106,8 +118,8 @@ impl Wal {
                 if sequence > MAX_SEGMENT_SEQUENCE {
                     return Err(writer::sequence_exhausted(sequence));
                 }
-                let first_index = state.index.last_index() + 1;
-                let name = format::segment_name(sequence, first_index);
+                let first_record = recovered.next_record;
+                let name = format::segment_name(sequence, first_record);
                 // Written under a temp name and renamed once its header and checkpoint are
                 // durable (below): a log's only segment never shows a header that was not
                 // synced, so recovery can treat a bad one as damage (row H6).
@@ -118,7 +130,7 @@ impl Wal {
                 file.allocate(options.segment_size_bytes)?;
                 Active {
                     sequence,
-                    first_index,
+                    first_record,
                     name,
                     file,
                     write_offset: 0,
@@ -129,8 +141,15 @@ impl Wal {
                 }
             }
         };
-        let mut writer =
-            Writer::new(fs.clone(), dir.to_path_buf(), &options, active, counters.clone());
+        let records = if active.fresh { active.first_record } else { recovered.next_record };
+        let mut writer = Writer::new(
+            fs.clone(),
+            dir.to_path_buf(),
+            &options,
+            active,
+            counters.clone(),
+            records,
+        );
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -146,9 +165,16 @@ impl Wal {
             }
         }
         let sealed = recovered.sealed.into_iter().map(|s| (s.sequence, s)).collect();
-        state.index.shrink();
-        let inner = Inner { writer, sealed, state, cache: EntryCache::new(options.cache_bytes) };
-        Ok(Wal {
+        state.shrink();
+        let inner = Inner {
+            writer,
+            sealed,
+            state,
+            cache: EntryCache::new(options.cache_bytes),
+            compact_requests: HashMap::new(),
+            purge_due: true,
+        };
+        Ok(Engine {
             fs,
             dir: dir.to_path_buf(),
             options,
@@ -174,7 +200,7 @@ impl Wal {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
+    fn lock_write(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
         let guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         self.check_poisoned()?;
         Ok(guard)
@@ -205,7 +231,8 @@ impl Wal {
         }
     }
 
-    /// Writes `ops` and applies them to the state. Returns the LSN a sync must reach.
+    /// Writes `ops` as one write and applies them to the state. Returns the LSN a sync must
+    /// reach.
     fn write_ops(&self, inner: &mut Inner, ops: &[Op<'_>]) -> Result<u64> {
         let mut sealed: Option<Sealed> = None;
         let state = &inner.state;
@@ -219,6 +246,7 @@ impl Wal {
                 sealed.sequence,
                 Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file },
             );
+            inner.purge_due = true;
             let mut sync = self.lock_sync();
             sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
         }
@@ -227,19 +255,24 @@ impl Wal {
             Err(Failure::Refused(e)) => return Err(e),
             Err(Failure::Poison(e)) => return Err(self.poison(e)),
         };
-        let entries: usize =
-            ops.iter().map(|op| if let Op::Entries(e) = op { e.len() } else { 0 }).sum();
-        self.counters.wrote(entries as u64, inner.writer.lsn - lsn_before);
+        let lsn = inner.writer.lsn;
+        let durable_lsn = self.lock_sync().durable_lsn;
+        let entries: usize = ops
+            .iter()
+            .map(|op| if let Op::Entries { entries, .. } = op { entries.len() } else { 0 })
+            .sum();
+        self.counters.wrote(entries as u64, lsn - lsn_before);
         let mut runs = written.iter();
         for op in ops {
-            match op {
-                Op::Entries(entries) => {
+            match *op {
+                Op::Entries { group, entries } => {
                     // One op may have been split over several records.
-                    let mut rest = *entries;
+                    let mut rest = entries;
                     while let Some((head, _)) = rest.split_first() {
                         let run = runs.next().expect("every entry was written in some record");
                         assert_eq!(
-                            run.first_index, head.index,
+                            (run.group, run.first_index),
+                            (group, head.index),
                             "records follow the entries in order"
                         );
                         let loc = Loc {
@@ -249,33 +282,45 @@ impl Wal {
                         let (part, tail) = rest.split_at(run.count);
                         inner
                             .state
-                            .apply_entries(head.index, part.iter().map(|e| e.term), loc)
+                            .change(group, |s| {
+                                s.apply_entries(head.index, part.iter().map(|e| e.term), loc)
+                            })
                             .unwrap_or_else(|why| panic!("a checked append was refused: {why}"));
-                        inner.cache.append(part);
+                        inner.cache.append(group, part, lsn, durable_lsn);
                         rest = tail;
                     }
                 }
-                Op::HardState(hs) => inner.state.apply_hard_state(*hs),
-                Op::Snapshot { metadata, resets_log } => {
+                Op::HardState { group, hard_state } => {
+                    let _ = inner.state.change(group, |s| {
+                        s.apply_hard_state(hard_state);
+                        Ok(())
+                    });
+                }
+                Op::Snapshot { group, metadata, resets_log } => {
                     inner
                         .state
-                        .apply_snapshot(metadata, *resets_log)
+                        .change(group, |s| s.apply_snapshot(metadata, resets_log))
                         .unwrap_or_else(|why| panic!("a checked snapshot was refused: {why}"));
-                    if *resets_log {
-                        inner.cache.clear();
+                    if resets_log {
+                        inner.cache.clear(group);
                     }
                 }
-                Op::Compact { index, term } => {
+                Op::Compact { group, index, term } => {
                     inner
                         .state
-                        .apply_compact(*index, *term)
+                        .change(group, |s| s.apply_compact(index, term))
                         .unwrap_or_else(|why| panic!("a checked compaction was refused: {why}"));
-                    inner.cache.compact(*index);
+                    inner.cache.compact(group, index);
+                }
+                Op::Remove { group } => {
+                    inner.state.remove(group);
+                    inner.cache.clear(group);
+                    inner.compact_requests.remove(&group);
                 }
                 Op::Checkpoint(_) => {}
             }
         }
-        Ok(inner.writer.lsn)
+        Ok(lsn)
     }
 
     /// Makes every write up to `lsn` durable, sharing the fdatasync with concurrent callers.
@@ -355,25 +400,32 @@ impl Wal {
         }
     }
 
-    /// Appends `entries` (etcd append semantics) and records `hard_state`, as one write with
-    /// at most one sync.
-    pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+    /// Releases what a rollover made releasable, once the writes are durable. Never fails its
+    /// caller: the write it follows has happened.
+    fn after_write(&self) {
+        if self.read().purge_due {
+            self.purge_quietly();
+        }
+    }
+
+    /// Appends `entries` to `group` (etcd append semantics) and records `hard_state`, as one
+    /// write with at most one sync.
+    pub fn save(&self, group: u64, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
         let (lsn, needed) = {
-            let mut inner = self.write()?;
-            let (first, last) =
-                (inner.state.index.dummy_index() + 1, inner.state.index.last_index());
+            let mut inner = self.lock_write()?;
+            let (first, last) = bounds(&inner.state, group);
             let kept = trim_append(entries, first, last)?;
             if kept.last().is_some_and(|e| e.index == u64::MAX) {
                 return Err(Error::contract("index u64::MAX is reserved"));
             }
-            let old = inner.state.hard_state;
+            let old = hard_state_of(&inner.state, group);
             let hs = hard_state.filter(|hs| **hs != old);
             let mut ops = Vec::with_capacity(2);
             if !kept.is_empty() {
-                ops.push(Op::Entries(kept));
+                ops.push(Op::Entries { group, entries: kept });
             }
             if let Some(hs) = hs {
-                ops.push(Op::HardState(*hs));
+                ops.push(Op::HardState { group, hard_state: *hs });
             }
             if ops.is_empty() {
                 return Ok(());
@@ -383,15 +435,81 @@ impl Wal {
             let needed = !self.options.must_sync_rule || !kept.is_empty() || term_or_vote;
             (lsn, needed)
         };
-        self.sync_per_policy(lsn, needed)
+        self.sync_per_policy(lsn, needed)?;
+        self.after_write();
+        Ok(())
     }
 
-    /// Makes entry `index` the dummy, then deletes the segments no live entry needs.
-    pub fn compact(&self, index: u64) -> Result<()> {
+    /// Writes every change of `batch` as one write (all or nothing after a crash) with at most
+    /// one sync, then empties the batch. Items are checked in order against the groups' state
+    /// (and the batch's earlier items); a refused item refuses the whole batch, and nothing is
+    /// written.
+    pub fn write(&self, batch: &mut WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (lsn, needed) = {
+            let mut inner = self.lock_write()?;
+            let mut views: HashMap<u64, View<'_>> = HashMap::new();
+            let mut ops: Vec<Op<'_>> = Vec::with_capacity(batch.items.len() * 2);
+            let mut needed = !self.options.must_sync_rule;
+            for item in &batch.items {
+                match item {
+                    Item::Save { group, hard_state, entries } => {
+                        let view =
+                            views.entry(*group).or_insert_with(|| View::of(&inner.state, *group));
+                        let kept = trim_append(entries, view.dummy + 1, view.last)?;
+                        if let Some(head) = kept.first() {
+                            view.last = kept.last().expect("non-empty").index;
+                            view.written.retain(|w| w[0].index < head.index);
+                            view.written.push(kept);
+                            ops.push(Op::Entries { group: *group, entries: kept });
+                            needed = true;
+                        }
+                        if let Some(hs) = hard_state.filter(|hs| *hs != view.hard_state) {
+                            needed |= hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
+                            view.hard_state = hs;
+                            ops.push(Op::HardState { group: *group, hard_state: hs });
+                        }
+                    }
+                    Item::Compact { group, index } => {
+                        let view =
+                            views.entry(*group).or_insert_with(|| View::of(&inner.state, *group));
+                        if *index <= view.dummy {
+                            return Err(Error::Compacted);
+                        }
+                        if *index > view.last {
+                            return Err(Error::contract(format!(
+                                "compact {index} of group {group} is out of bound lastindex({})",
+                                view.last
+                            )));
+                        }
+                        let term = view.term(&inner.state, *group, *index)?;
+                        view.dummy = *index;
+                        ops.push(Op::Compact { group: *group, index: *index, term });
+                        needed = true;
+                    }
+                }
+            }
+            if ops.is_empty() {
+                batch.clear();
+                return Ok(());
+            }
+            let lsn = self.write_ops(&mut inner, &ops)?;
+            (lsn, needed)
+        };
+        batch.clear();
+        self.sync_per_policy(lsn, needed)?;
+        self.after_write();
+        Ok(())
+    }
+
+    /// Makes entry `index` of `group` the dummy, then releases the segments nothing needs.
+    pub fn compact(&self, group: u64, index: u64) -> Result<()> {
         let lsn = {
-            let mut inner = self.write()?;
-            let (dummy, last) = (inner.state.index.dummy_index(), inner.state.index.last_index());
-            if index <= dummy {
+            let mut inner = self.lock_write()?;
+            let (first, last) = bounds(&inner.state, group);
+            if index < first {
                 return Err(Error::Compacted);
             }
             if index > last {
@@ -399,39 +517,59 @@ impl Wal {
                     "compact {index} is out of bound lastindex({last})"
                 )));
             }
-            let term = inner.state.index.term(index)?;
-            self.write_ops(&mut inner, &[Op::Compact { index, term }])?
+            let term = inner.state.group(group).expect("a group with entries").index.term(index)?;
+            self.write_ops(&mut inner, &[Op::Compact { group, index, term }])?
         };
         self.sync_per_policy(lsn, true)?;
         // The compaction has happened; releasing segments is housekeeping that cannot fail it.
-        self.purge();
+        self.purge_quietly();
         Ok(())
     }
 
-    /// Records that `metadata` is the newest snapshot; with `resets_log`, the log is replaced
-    /// by the dummy `(metadata.index, metadata.term)`. Without it, entry `metadata.index` must
-    /// still have `metadata.term` (the log may have changed while the snapshot was written).
-    /// Always synced, whatever the policy: the marker is the commit point of a snapshot, and
-    /// older snapshot files and segments are released only once it is durable.
-    pub fn save_snapshot(&self, metadata: &SnapshotMetadata, resets_log: bool) -> Result<()> {
+    /// Records that `metadata` is `group`'s newest snapshot; with `resets_log`, its log is
+    /// replaced by the dummy `(metadata.index, metadata.term)`. Without it, entry
+    /// `metadata.index` must still have `metadata.term` (the log may have changed while the
+    /// snapshot was written). Always synced, whatever the policy: the marker is the commit point
+    /// of a snapshot, and older snapshot files and segments are released only once it is durable.
+    pub fn save_snapshot(
+        &self,
+        group: u64,
+        metadata: &SnapshotMetadata,
+        resets_log: bool,
+    ) -> Result<()> {
         if metadata.index == u64::MAX {
             return Err(Error::contract("index u64::MAX is reserved"));
         }
         let lsn = {
-            let mut inner = self.write()?;
-            if !resets_log && inner.state.index.term(metadata.index).ok() != Some(metadata.term) {
+            let mut inner = self.lock_write()?;
+            if !resets_log && term_of(&inner.state, group, metadata.index).ok() != Some(metadata.term)
+            {
                 return Err(Error::contract(format!(
                     "snapshot ({}, {}) no longer matches the log",
                     metadata.index, metadata.term
                 )));
             }
-            self.write_ops(&mut inner, &[Op::Snapshot { metadata, resets_log }])?
+            self.write_ops(&mut inner, &[Op::Snapshot { group, metadata, resets_log }])?
         };
         self.sync_to(lsn, None)?;
         if resets_log {
             // The marker is durable: the snapshot is recorded whatever happens to old segments.
-            self.purge();
+            self.purge_quietly();
         }
+        Ok(())
+    }
+
+    /// Removes every piece of `group`'s state, durably (a group with no state: nothing to do).
+    pub fn remove_group(&self, group: u64) -> Result<()> {
+        let lsn = {
+            let mut inner = self.lock_write()?;
+            if inner.state.group(group).is_none() {
+                return Ok(());
+            }
+            self.write_ops(&mut inner, &[Op::Remove { group }])?
+        };
+        self.sync_to(lsn, None)?;
+        self.purge_quietly();
         Ok(())
     }
 
@@ -442,141 +580,55 @@ impl Wal {
         self.sync_to(lsn, None)?;
         // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments; a
         // purge that failed earlier is retried here too.
-        self.purge();
+        self.purge_quietly();
         Ok(())
-    }
-
-    /// Deletes sealed segments that hold no live entry, oldest first, once everything written is
-    /// durable (a deleted segment may hold the only durable copy of a compaction's prerequisites).
-    ///
-    /// It never fails its caller: it runs after the record that made the segments unnecessary is
-    /// durable, so that change has happened. A segment whose removal fails stays, known to the
-    /// log, and the next purge (after the next compaction, snapshot or explicit sync) tries
-    /// again; nothing newer is removed before it, so a crash still leaves a suffix of the log. A
-    /// failed directory fsync poisons the log: whether the removal is durable is unknown, and
-    /// every later rename relies on that directory's fsync.
-    fn purge(&self) {
-        let lsn = self.read().writer.lsn;
-        if self.lock_sync().durable_lsn < lsn {
-            // Not durable yet (SyncPolicy::Never): the next purge after a sync deletes them.
-            return;
-        }
-        let Ok(mut inner) = self.write() else {
-            // Poisoned: the next open starts afresh, and its first purge deletes them.
-            return;
-        };
-        if !inner.writer.is_durable() {
-            // A write slipped in since the check; the purge after its sync will do this.
-            return;
-        }
-        let first_needed = match inner.state.index.first_loc() {
-            Some(loc) if loc != Loc::MISSING => u64::from(loc.segment),
-            _ => inner.writer.active.sequence,
-        };
-        let doomed: Vec<u64> = inner.sealed.range(..first_needed).map(|(seq, _)| *seq).collect();
-        // Bounded by the sealed segments listed.
-        for sequence in doomed {
-            let path = self.dir.join(&inner.sealed[&sequence].name);
-            match self.fs.remove_file(&path) {
-                Ok(()) => {}
-                // Gone already (by hand): nothing left to remove.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // Still there: keep it, and everything newer, for the next purge.
-                Err(_) => return,
-            }
-            inner.sealed.remove(&sequence);
-            self.counters.segment(false);
-            #[cfg(feature = "tracing")]
-            tracing::debug!(segment = %path.display(), "purged a segment no live entry needs");
-            // One at a time and durably: a crash must leave a suffix of the log, not a hole.
-            if let Err(e) = self.fs.sync_dir(&self.dir) {
-                self.poison(e.into());
-                return;
-            }
-        }
     }
 
     /// Writes a final checkpoint and syncs, so every record has a durable witness (a bit flip
     /// anywhere is then reported as corruption rather than cut as a torn tail).
-    pub fn close(self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         let lsn = {
-            let mut inner = self.write()?;
+            let mut inner = self.lock_write()?;
             let checkpoint = inner.state.checkpoint();
             self.write_ops(&mut inner, &[Op::Checkpoint(&checkpoint)])?
         };
         self.sync_to(lsn, None)
     }
 
-    /// The hard state last saved.
-    pub fn hard_state(&self) -> HardState {
-        self.read().state.hard_state
+    /// The groups holding any state, sorted.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.read().state.group_ids()
     }
 
-    /// The newest snapshot marker's metadata.
-    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
-        self.read().state.snapshot.clone()
+    /// `group`'s hard state last saved.
+    pub fn hard_state(&self, group: u64) -> HardState {
+        hard_state_of(&self.read().state, group)
     }
 
-    /// Index of the dummy entry plus one.
-    pub fn first_index(&self) -> u64 {
-        self.read().state.index.dummy_index() + 1
+    /// `group`'s newest snapshot marker's metadata.
+    pub fn snapshot_metadata(&self, group: u64) -> SnapshotMetadata {
+        self.read().state.group(group).map(|s| s.snapshot()).unwrap_or_default()
     }
 
-    /// Index of the last entry (the dummy's when none is live).
-    pub fn last_index(&self) -> u64 {
-        self.read().state.index.last_index()
+    /// Index of `group`'s dummy entry plus one.
+    pub fn first_index(&self, group: u64) -> u64 {
+        bounds(&self.read().state, group).0
     }
 
-    /// The term of entry `index`, with `Storage::term`'s errors.
-    pub fn term(&self, index: u64) -> Result<u64> {
-        self.read().state.index.term(index)
+    /// Index of `group`'s last entry (the dummy's when none is live).
+    pub fn last_index(&self, group: u64) -> u64 {
+        bounds(&self.read().state, group).1
     }
 
-    /// The entries in `[lo, hi)` within `max_size`, with `Storage::entries`'s semantics.
-    pub fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
+    /// The term of `group`'s entry `index`, with `Storage::term`'s errors.
+    pub fn term(&self, group: u64, index: u64) -> Result<u64> {
+        term_of(&self.read().state, group, index)
+    }
+
+    /// `group`'s entries in `[lo, hi)` within `max_size`, with `Storage::entries`'s semantics.
+    pub fn entries(&self, group: u64, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
         let inner = self.read();
-        let index = &inner.state.index;
-        check_entries_range(lo, hi, index.dummy_index(), index.last_index())?;
-        let mut out: Vec<Entry> = Vec::new();
-        let mut total = 0u64;
-        let mut next = lo;
-        // Bounded: each pass adds at least one entry or returns.
-        while next < hi {
-            if let Some(entry) = inner.cache.get(next) {
-                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
-                    break;
-                }
-                out.push(entry.clone());
-                next += 1;
-                continue;
-            }
-            let loc = index.loc(next);
-            let record = inner.read_record(loc, self.options.max_record_bytes)?;
-            let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
-                inner.segment_corruption(
-                    loc,
-                    format!("the record at the index's location lacks entry {next}"),
-                )
-            })?;
-            for entry in record.into_iter().skip(skip) {
-                if next >= hi || index.loc(next) != loc {
-                    break;
-                }
-                if entry.index != next || entry.term != index.term(next)? {
-                    return Err(inner.segment_corruption(
-                        loc,
-                        format!("entry {next} disagrees with the index"),
-                    ));
-                }
-                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
-                    return Ok(out);
-                }
-                out.push(entry);
-                next += 1;
-            }
-        }
-        debug_assert_eq!(out.len(), limit_size(out.iter().map(Entry::encoded_len), max_size));
-        Ok(out)
+        inner.entries(group, lo, hi, max_size, self.options.max_record_bytes)
     }
 
     /// Segment files the log holds now.
@@ -593,7 +645,7 @@ impl Wal {
         // A length that cannot be read counts as 0: metrics never fail.
         metrics.bytes_on_disk = files.map(|f| f.len().unwrap_or(0)).sum();
         metrics.segments_live = inner.sealed.len() as u64 + 1;
-        metrics.index_bytes = inner.state.index.heap_bytes() as u64;
+        metrics.index_bytes = inner.state.heap_bytes() as u64;
         metrics.cache_bytes = inner.cache.bytes();
         metrics.poisoned = self.poisoned.load(Ordering::Acquire);
         metrics.recovery = self.recovery.clone();
@@ -607,10 +659,167 @@ impl Wal {
         &self.counters
     }
 
-    /// Heap bytes the in-memory index uses, and the live entries it indexes.
+    /// Heap bytes the in-memory index uses (every group's, and the group table), and the live
+    /// entries it indexes.
     pub fn index_memory(&self) -> (usize, usize) {
         let inner = self.read();
-        (inner.state.index.heap_bytes(), inner.state.index.len())
+        (inner.state.heap_bytes(), inner.state.live_entries())
+    }
+}
+
+/// `group`'s `(first_index, last_index)`; a group with no state is an empty log `(1, 0)`.
+fn bounds(state: &EngineState, group: u64) -> (u64, u64) {
+    state
+        .group(group)
+        .map_or((1, 0), |s| (s.index.dummy_index() + 1, s.index.last_index()))
+}
+
+fn hard_state_of(state: &EngineState, group: u64) -> HardState {
+    state.group(group).map(|s| s.hard_state).unwrap_or_default()
+}
+
+fn term_of(state: &EngineState, group: u64, index: u64) -> Result<u64> {
+    match state.group(group) {
+        Some(s) => s.index.term(index),
+        None if index == 0 => Ok(0),
+        None => Err(Error::Unavailable),
+    }
+}
+
+/// A group as a batch being checked sees it: its state plus the batch's earlier items.
+struct View<'a> {
+    dummy: u64,
+    last: u64,
+    hard_state: HardState,
+    // Entries the batch writes, each slice replacing the log from its first index on.
+    written: Vec<&'a [Entry]>,
+}
+
+impl<'a> View<'a> {
+    fn of(state: &EngineState, group: u64) -> View<'a> {
+        let (first, last) = bounds(state, group);
+        View { dummy: first - 1, last, hard_state: hard_state_of(state, group), written: Vec::new() }
+    }
+
+    /// The term of `index` (within the view's log), from the batch's entries or the state.
+    fn term(&self, state: &EngineState, group: u64, index: u64) -> Result<u64> {
+        for slice in self.written.iter().rev() {
+            let first = slice[0].index;
+            if index >= first && index < first + slice.len() as u64 {
+                return Ok(slice[(index - first) as usize].term);
+            }
+        }
+        term_of(state, group, index)
+    }
+}
+
+/// One group's view of an [`Engine`]: the single-log API (`save`, `compact`, `entries`, ...)
+/// the storage layer builds on. `Wal::open` opens an engine and views group 0.
+#[derive(Clone, Debug)]
+pub struct Wal {
+    engine: Arc<Engine>,
+    group: u64,
+}
+
+impl Wal {
+    /// Opens (creating if missing) the WAL in `dir` on `fs`, and views group 0.
+    pub fn open(fs: Fs, dir: &Path, options: WalOptions) -> Result<Wal> {
+        Ok(Wal { engine: Arc::new(Engine::open(fs, dir, options)?), group: 0 })
+    }
+
+    /// `group`'s view of `engine`.
+    pub fn of(engine: Arc<Engine>, group: u64) -> Wal {
+        Wal { engine, group }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The group this view shows.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// What recovery found when the engine was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        self.engine.recovery_report()
+    }
+
+    /// See [`Engine::save`].
+    pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+        self.engine.save(self.group, hard_state, entries)
+    }
+
+    /// See [`Engine::compact`].
+    pub fn compact(&self, index: u64) -> Result<()> {
+        self.engine.compact(self.group, index)
+    }
+
+    /// See [`Engine::save_snapshot`].
+    pub fn save_snapshot(&self, metadata: &SnapshotMetadata, resets_log: bool) -> Result<()> {
+        self.engine.save_snapshot(self.group, metadata, resets_log)
+    }
+
+    /// See [`Engine::sync`].
+    pub fn sync(&self) -> Result<()> {
+        self.engine.sync()
+    }
+
+    /// See [`Engine::close`].
+    pub fn close(self) -> Result<()> {
+        self.engine.close()
+    }
+
+    /// The hard state last saved.
+    pub fn hard_state(&self) -> HardState {
+        self.engine.hard_state(self.group)
+    }
+
+    /// The newest snapshot marker's metadata.
+    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.engine.snapshot_metadata(self.group)
+    }
+
+    /// Index of the dummy entry plus one.
+    pub fn first_index(&self) -> u64 {
+        self.engine.first_index(self.group)
+    }
+
+    /// Index of the last entry (the dummy's when none is live).
+    pub fn last_index(&self) -> u64 {
+        self.engine.last_index(self.group)
+    }
+
+    /// The term of entry `index`, with `Storage::term`'s errors.
+    pub fn term(&self, index: u64) -> Result<u64> {
+        self.engine.term(self.group, index)
+    }
+
+    /// The entries in `[lo, hi)` within `max_size`, with `Storage::entries`'s semantics.
+    pub fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
+        self.engine.entries(self.group, lo, hi, max_size)
+    }
+
+    /// Segment files the engine holds now.
+    pub fn segment_count(&self) -> usize {
+        self.engine.segment_count()
+    }
+
+    /// The engine's metrics (see [`Engine::metrics`]).
+    pub fn metrics(&self) -> WalMetrics {
+        self.engine.metrics()
+    }
+
+    /// The live counters, for the storage layer's own events (snapshot files).
+    pub(crate) fn counters(&self) -> &Counters {
+        self.engine.counters()
+    }
+
+    /// Heap bytes the engine's in-memory index uses, and the live entries it indexes.
+    pub fn index_memory(&self) -> (usize, usize) {
+        self.engine.index_memory()
     }
 }
 
@@ -651,13 +860,71 @@ fn fits(total: &mut u64, out: &[Entry], size: u64, max_size: u64) -> bool {
 }
 
 impl Inner {
-    fn read_record(&self, loc: Loc, max_record: u32) -> Result<Vec<Entry>> {
+    /// `group`'s entries in `[lo, hi)` within `max_size` (see [`Engine::entries`]).
+    fn entries(
+        &self,
+        group: u64,
+        lo: u64,
+        hi: u64,
+        max_size: u64,
+        max_record: u32,
+    ) -> Result<Vec<Entry>> {
+        let Some(state) = self.state.group(group) else {
+            check_entries_range(lo, hi, 0, 0)?;
+            return Ok(Vec::new());
+        };
+        let index = &state.index;
+        check_entries_range(lo, hi, index.dummy_index(), index.last_index())?;
+        let mut out: Vec<Entry> = Vec::new();
+        let mut total = 0u64;
+        let mut next = lo;
+        // Bounded: each pass adds at least one entry or returns.
+        while next < hi {
+            if let Some(entry) = self.cache.get(group, next) {
+                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
+                    break;
+                }
+                out.push(entry.clone());
+                next += 1;
+                continue;
+            }
+            let loc = index.loc(next);
+            let record = self.read_record(group, loc, max_record)?;
+            let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
+                self.segment_corruption(
+                    loc,
+                    format!("the record at the index's location lacks entry {next}"),
+                )
+            })?;
+            for entry in record.into_iter().skip(skip) {
+                if next >= hi || index.loc(next) != loc {
+                    break;
+                }
+                if entry.index != next || entry.term != index.term(next)? {
+                    return Err(self.segment_corruption(
+                        loc,
+                        format!("entry {next} disagrees with the index"),
+                    ));
+                }
+                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
+                    return Ok(out);
+                }
+                out.push(entry);
+                next += 1;
+            }
+        }
+        debug_assert_eq!(out.len(), limit_size(out.iter().map(Entry::encoded_len), max_size));
+        Ok(out)
+    }
+
+    fn read_record(&self, group: u64, loc: Loc, max_record: u32) -> Result<Vec<Entry>> {
         let sequence = u64::from(loc.segment);
         if sequence == self.writer.active.sequence {
             let active = &self.writer.active;
             return segment::read_entries(
                 &active.name,
                 active.file.as_ref(),
+                group,
                 u64::from(loc.offset),
                 max_record,
             );
@@ -667,7 +934,7 @@ impl Inner {
             offset: u64::from(loc.offset),
             kind: crate::error::CorruptionKind::Missing,
         })?;
-        segment.read_entries(u64::from(loc.offset), max_record)
+        segment.read_entries(group, u64::from(loc.offset), max_record)
     }
 
     fn segment_corruption(&self, loc: Loc, why: String) -> Error {

@@ -20,7 +20,7 @@
 
 use crate::error::CorruptionKind;
 use crate::wal::format::{
-    FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record, RecordType,
+    FLAG_MORE, FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record, RecordType,
     SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
 };
 
@@ -47,6 +47,8 @@ pub struct ScannedRecord {
     pub crc: u32,
     /// Bytes the frame occupies, padding included.
     pub framed_len: u64,
+    /// Whether the write goes on in the next record ([`crate::wal::format::FLAG_MORE`]).
+    pub more: bool,
     /// The payload.
     pub record: Record,
 }
@@ -198,6 +200,7 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
             offset: offset as u64,
             crc,
             framed_len: framed as u64,
+            more: head.flags & FLAG_MORE != 0,
             record,
         });
         prev_crc = crc;
@@ -637,14 +640,14 @@ mod tests {
     }
 
     fn build(records: &[Record], synced_writes: usize, size: usize) -> Built {
-        let header = SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 };
+        let header = SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 };
         let mut bytes = header.encode().to_vec();
         let mut prev = 0;
         let mut offsets = Vec::new();
         let mut durable = 0u64;
         for (i, record) in records.iter().enumerate() {
             offsets.push(bytes.len());
-            prev = append_record(&mut bytes, record.record_type(), prev, durable, |out| {
+            prev = append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
                 record.encode_payload(out)
             });
             if i < synced_writes {
@@ -657,8 +660,8 @@ mod tests {
 
     fn entries(n: u64) -> Vec<Record> {
         (1..=n)
-            .map(|i| Record::Entries(vec![Entry::new(i, 1, vec![i as u8; 40])]))
-            .chain([Record::HardState(HardState { term: 1, vote: 1, commit: n })])
+            .map(|i| Record::Entries { group: 0, entries: vec![Entry::new(i, 1, vec![i as u8; 40])] })
+            .chain([Record::HardState { group: 0, hard_state: HardState { term: 1, vote: 1, commit: n } }])
             .collect()
     }
 
@@ -747,9 +750,9 @@ mod tests {
     #[test]
     fn r9_record_with_valid_crc_but_bad_contents_is_corruption() {
         let mut bytes =
-            SegmentHeader { sequence: 1, first_index: 1, prev_crc: 0 }.encode().to_vec();
+            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 }.encode().to_vec();
         // A HardState record with one byte too many: the CRC is right, the payload is not.
-        append_record(&mut bytes, RecordType::HardState, 0, 0, |out| out.extend([0u8; 25]));
+        append_record(&mut bytes, RecordType::HardState, 0,  0, 0, |out| out.extend([0u8; 25]));
         bytes.resize(1024, 0);
         let scan = scan_segment(&bytes, MAX);
         assert!(matches!(scan.stop, Stop::Damaged(CorruptionKind::Malformed(_))));
@@ -836,7 +839,7 @@ mod tests {
         let built = build(&entries(2), 0, 0);
         let mut bytes = built.bytes.clone();
         let mut other = Vec::new();
-        append_record(&mut other, RecordType::HardState, 0xABCD, 0, |out| {
+        append_record(&mut other, RecordType::HardState, 0, 0xABCD, 0, |out| {
             out.extend([0u8; 24]);
         });
         bytes.truncate(built.offsets[2]);
@@ -877,8 +880,8 @@ mod tests {
     #[test]
     fn a_valid_record_above_a_lowered_limit_is_refused_not_cut() {
         let records = vec![
-            Record::Entries(vec![Entry::new(1, 1, vec![1u8; 40])]),
-            Record::Entries(vec![Entry::new(2, 1, vec![2u8; 3000])]),
+            Record::Entries { group: 0, entries: vec![Entry::new(1, 1, vec![1u8; 40])] },
+            Record::Entries { group: 0, entries: vec![Entry::new(2, 1, vec![2u8; 3000])] },
         ];
         let built = build(&records, 0, 8192);
         let scan = scan_segment(&built.bytes, 2048);

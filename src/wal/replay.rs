@@ -1,5 +1,9 @@
 //! Opening a WAL directory: scan every segment, apply the recovery table, replay the accepted
-//! records into a [`LogState`], then repair what the table said to cut.
+//! writes into an [`EngineState`], then repair what the table said to cut.
+//!
+//! A write (one call's records, chained with [`format::FLAG_MORE`]) is applied whole or not at
+//! all: a write whose last record is missing at the end of the newest segment was torn by a
+//! crash before its sync and is cut (row W1); anywhere else it is corruption (row W2).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +16,7 @@ use crate::wal::recovery::{
     Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
 };
 use crate::wal::segment::{self, Segment};
-use crate::wal::state::LogState;
+use crate::wal::state::EngineState;
 use crate::wal::writer::Active;
 
 /// What recovery found and did, for tools and tests.
@@ -39,7 +43,7 @@ pub struct RecoveryReport {
 /// The result of opening: the state, the segments in order, and where writing resumes.
 pub struct Recovered {
     /// The replayed state.
-    pub state: LogState,
+    pub state: EngineState,
     /// Sealed segments, in order (the resumed active segment is not among them).
     pub sealed: Vec<Segment>,
     /// The segment to go on appending to, or `None` to start segment `next_sequence`.
@@ -48,13 +52,15 @@ pub struct Recovered {
     pub next_sequence: u64,
     /// CRC of the last accepted record (chain seed for the next segment).
     pub last_crc: u32,
+    /// Ordinal of the next record the log writes.
+    pub next_record: u64,
     /// What happened.
     pub report: RecoveryReport,
 }
 
 struct Found {
     sequence: u64,
-    first_index: u64,
+    first_record: u64,
     name: String,
 }
 
@@ -73,8 +79,8 @@ fn list_segments(fs: &Fs, dir: &Path) -> Result<Vec<Found>> {
         if name.ends_with(format::TEMP_SUFFIX) {
             // A segment being prepared when the process stopped; never part of the log.
             fs.remove_file(&dir.join(&name))?;
-        } else if let Some((sequence, first_index)) = format::parse_segment_name(&name) {
-            found.push(Found { sequence, first_index, name });
+        } else if let Some((sequence, first_record)) = format::parse_segment_name(&name) {
+            found.push(Found { sequence, first_record, name });
         }
     }
     found.sort_by_key(|f| f.sequence);
@@ -96,8 +102,41 @@ fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
+/// Where a replay must stop: a write that contradicted the state in `TruncateCorrupt` mode,
+/// found after part of it was applied. Recovery starts over and cuts the log there.
+struct Restart {
+    segment: usize,
+    offset: u64,
+}
+
+/// How many times recovery may start over to cut at an earlier write; each restart cuts strictly
+/// earlier, so this only guards against a mistake.
+const MAX_RESTARTS: usize = 1024;
+
 /// Opens the WAL in `dir`: scans, decides, replays, repairs. The caller holds the directory lock.
 pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
+    let mut cut: Option<Restart> = None;
+    for _ in 0..MAX_RESTARTS {
+        match recover_once(fs, dir, options, cut.as_ref())? {
+            Ok(recovered) => return Ok(recovered),
+            Err(restart) => cut = Some(restart),
+        }
+    }
+    Err(Error::Io(std::io::Error::other("recovery could not settle on a cut point")))
+}
+
+/// The records of one write: consecutive records chained with `more`, the last without it.
+fn next_write(records: &[ScannedRecord], from: usize) -> Option<std::ops::Range<usize>> {
+    let last = records[from..].iter().position(|r| !r.more)?;
+    Some(from..from + last + 1)
+}
+
+fn recover_once(
+    fs: &Fs,
+    dir: &Path,
+    options: &WalOptions,
+    forced: Option<&Restart>,
+) -> Result<std::result::Result<Recovered, Restart>> {
     let found = list_segments(fs, dir)?;
     // The index locates entries by a 32-bit segment number, so raftwal never names a segment
     // beyond it; such a name is damage (and the sequence arithmetic below must not overflow).
@@ -105,14 +144,17 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         let why = format!("segment sequence {} leaves no room below 2^32", f.sequence);
         return Err(corruption(&f.name, 0, CorruptionKind::Malformed(why)));
     }
-    let mut state = LogState::default();
+    let mut state = EngineState::default();
     let mut report = RecoveryReport::default();
     let mut sealed: Vec<Segment> = Vec::new();
-    // The last kept segment with a valid header: (segment, end of accepted data, data start).
-    let mut last_kept: Option<(Segment, u64, u64)> = None;
+    // The last kept segment with a valid header: (segment, end of accepted data, data start,
+    // first record, records kept).
+    let mut last_kept: Option<(Segment, u64, u64, u64, u64)> = None;
     let mut last_crc = 0u32;
     let mut next_sequence = 1;
     let mut replayed_any = false;
+    // Ordinal of the record after the last one replayed.
+    let mut next_record: Option<u64> = None;
     // Segments from this position on are removed after the logical pass.
     let mut remove_from: Option<usize> = None;
 
@@ -129,22 +171,24 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         report.bytes_scanned += scan.stop_offset;
 
         // Links between segments: consecutive sequences, names that match headers, and a record
-        // chain that crosses files. A broken link is never a torn write.
+        // chain (and count) that crosses files. A broken link is never a torn write.
         let mut link_error = None;
         if i > 0 && f.sequence != found[i - 1].sequence + 1 {
             link_error = Some((0, CorruptionKind::Gap));
         }
         if let Ok(header) = &scan.header {
-            if header.sequence != f.sequence || header.first_index != f.first_index {
+            if header.sequence != f.sequence || header.first_record != f.first_record {
                 link_error = Some((
                     0,
                     CorruptionKind::Malformed(format!(
-                        "header says sequence {} first index {}, the name says {} and {}",
-                        header.sequence, header.first_index, f.sequence, f.first_index
+                        "header says sequence {} first record {}, the name says {} and {}",
+                        header.sequence, header.first_record, f.sequence, f.first_record
                     )),
                 ));
             } else if replayed_any && header.prev_crc != last_crc {
                 link_error = Some((format::PREV_CRC_OFFSET as u64, CorruptionKind::Gap));
+            } else if next_record.is_some_and(|n| n != header.first_record) {
+                link_error = Some((format::FIRST_RECORD_OFFSET as u64, CorruptionKind::Gap));
             }
         }
         if let Some((offset, kind)) = link_error {
@@ -159,7 +203,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
 
         let case = decide(position, classify(&scan), scan.after.into());
         report.rows.push(case.label);
-        let (keep_records, stop_here) = match case.decision {
+        let (mut keep_records, mut stop_here) = match case.decision {
             Decision::Accept => (scan.records.len(), false),
             Decision::TruncateTail => {
                 report.truncated = Some((f.name.clone(), scan.stop_offset, case.label));
@@ -179,45 +223,79 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
                 }
             },
         };
+        if let Some(restart) = forced.filter(|r| r.segment == i) {
+            // An earlier pass found a write here that contradicts the state: cut before it.
+            keep_records = scan.records.iter().take_while(|r| r.offset < restart.offset).count();
+            report.truncated = Some((f.name.clone(), restart.offset, "R9"));
+            stop_here = true;
+        }
 
         if scan.header.is_err() {
             // Only the table's truncate rows reach here: the segment holds nothing to keep.
             remove_from = Some(i);
             break;
         }
-        let mut end = scan.stop_offset;
-        let mut contradiction = None;
-        for (k, record) in scan.records[..keep_records].iter().enumerate() {
-            if k == 0 && !matches!(record.record, Record::Checkpoint(_)) {
-                contradiction =
-                    Some((record.offset, "a segment must start with a checkpoint".to_string()));
-            } else if let Err(why) = replay_record(&mut state, f.sequence, record, !replayed_any) {
-                contradiction = Some((record.offset, why));
-            }
-            if let Some((offset, why)) = contradiction.take() {
+        let records = &scan.records[..keep_records];
+        let mut end = records.last().map_or(scan.stop_offset, |r| r.offset + r.framed_len);
+        if keep_records == scan.records.len() {
+            end = scan.stop_offset;
+        }
+        let mut data_start = 0;
+        let mut kept_count = 0u64;
+        let mut at = 0;
+        // Bounded: each pass consumes at least one record.
+        while at < records.len() {
+            let Some(write) = next_write(records, at) else {
+                // The write's last record is missing.
+                let offset = records[at].offset;
+                if position == Position::Sealed {
+                    // Every segment but the newest was synced whole, and a write never spans
+                    // two segments: its end was lost after it was durable.
+                    if options.recovery_mode == RecoveryMode::Strict {
+                        let why = "a write whose last record is missing in a sealed segment";
+                        return Err(corruption(&f.name, offset, CorruptionKind::Malformed(why.into())));
+                    }
+                    report.truncated = Some((f.name.clone(), offset, "W2"));
+                } else {
+                    // Torn by the crash before its sync: it was never acknowledged.
+                    report.truncated = Some((f.name.clone(), offset, "W1"));
+                }
+                end = offset;
+                stop_here = true;
+                break;
+            };
+            let first_write = at == 0;
+            let outcome = replay_write(&mut state, f.sequence, &records[write.clone()], first_write, !replayed_any);
+            if let Err((k, why)) = outcome {
+                let offset = records[write.start + k].offset;
                 match options.recovery_mode {
                     RecoveryMode::Strict => {
                         return Err(corruption(&f.name, offset, CorruptionKind::Malformed(why)));
                     }
                     RecoveryMode::TruncateCorrupt => {
-                        report.truncated = Some((f.name.clone(), offset, "R9"));
-                        end = offset;
-                        break;
+                        // Part of the write may be applied already: start over, cutting at it.
+                        return Ok(Err(Restart { segment: i, offset: records[write.start].offset }));
                     }
                 }
             }
             replayed_any = true;
-            report.records_replayed += 1;
-            last_crc = record.crc;
+            report.records_replayed += write.len();
+            kept_count += write.len() as u64;
+            last_crc = records[write.end - 1].crc;
+            if first_write {
+                data_start = records[write.end - 1].offset + records[write.end - 1].framed_len;
+            }
+            at = write.end;
         }
+        let first_record = scan.header.as_ref().map_or(0, |h| h.first_record);
+        next_record = Some(first_record + kept_count);
         let truncated_here = end != scan.stop_offset || stop_here;
-        let data_start = scan.records.first().map_or(0, |r| r.offset + r.framed_len);
-        if let Some((segment, _, _)) = last_kept.take() {
+        if let Some((segment, ..)) = last_kept.take() {
             sealed.push(segment);
         }
         next_sequence = f.sequence + 1;
         let segment = Segment { sequence: f.sequence, name: f.name.clone(), file };
-        last_kept = Some((segment, end, data_start));
+        last_kept = Some((segment, end, data_start, first_record, kept_count));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
             // after an accepted end too (a torn write whose first sector was lost but a later
@@ -226,7 +304,7 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
             // segment would read as damaged.
             let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
             if last_nonzero > end {
-                let (seg, _, _) = last_kept.as_ref().expect("just set");
+                let (seg, ..) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
                 report.erased = Some((f.name.clone(), end, last_nonzero - end));
             }
@@ -249,13 +327,14 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         }
     }
 
-    if state.index.has_missing() {
+    if state.group_with_missing().is_some() {
         let first = found.first().map_or("", |f| f.name.as_str());
         return Err(corruption(first, 0, CorruptionKind::Missing));
     }
 
+    let mut records_total = next_record.unwrap_or(0);
     let resume = match last_kept {
-        Some((segment, end, data_start)) => {
+        Some((segment, end, data_start, first_record, kept)) => {
             // Whatever was read may still be only in the page cache after a process crash:
             // make it durable before anything is acknowledged on top of it. That includes the
             // segments' names: a rollover's rename that the stopped process never synced would
@@ -265,14 +344,13 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
             fs.sync_dir(dir)?;
             // A segment whose checkpoint never became durable is rewritten from its header on.
             let fresh = data_start == 0;
-            let first_index =
-                format::parse_segment_name(&segment.name).map_or(0, |(_, first)| first);
-            if fresh && first_index != state.index.last_index() + 1 {
-                return Err(corruption(&segment.name, 0, CorruptionKind::Gap));
+            if fresh {
+                debug_assert_eq!(kept, 0, "no write is kept after a torn checkpoint");
+                records_total = first_record;
             }
             Some(Active {
                 sequence: segment.sequence,
-                first_index,
+                first_record,
                 name: segment.name,
                 file: segment.file,
                 write_offset: if fresh { 0 } else { end },
@@ -284,33 +362,54 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
         }
         None => None,
     };
-    Ok(Recovered { state, sealed, resume, next_sequence, last_crc, report })
+    Ok(Ok(Recovered {
+        state,
+        sealed,
+        resume,
+        next_sequence,
+        last_crc,
+        next_record: records_total,
+        report,
+    }))
 }
 
-/// Applies one accepted record to the state.
-pub(super) fn replay_record(
-    state: &mut LogState,
+/// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),
+/// or the records of one call. `first` says whether it starts the replay. On a contradiction,
+/// says which record (position in `write`) and why.
+pub(super) fn replay_write(
+    state: &mut EngineState,
     sequence: u64,
-    record: &ScannedRecord,
+    write: &[ScannedRecord],
+    first_write: bool,
     first: bool,
-) -> Result<(), String> {
-    match &record.record {
-        Record::Checkpoint(cp) => state.apply_checkpoint(cp, first),
-        _ if first => Err("the log must start with a checkpoint".to_string()),
-        Record::Entries(entries) => {
-            let loc = Loc {
-                segment: u32::try_from(sequence)
-                    .map_err(|_| "segment sequence beyond 2^32".to_string())?,
-                offset: u32::try_from(record.offset)
-                    .map_err(|_| "record offset beyond 4 GiB".to_string())?,
-            };
-            state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)
-        }
-        Record::HardState(hs) => {
-            state.apply_hard_state(*hs);
-            Ok(())
-        }
-        Record::Snapshot { metadata, resets_log } => state.apply_snapshot(metadata, *resets_log),
-        Record::Compact { index, term } => state.apply_compact(*index, *term),
+) -> std::result::Result<(), (usize, String)> {
+    let checkpoints = write.iter().filter(|r| matches!(r.record, Record::Checkpoint(_))).count();
+    if first_write && checkpoints != write.len() {
+        return Err((0, "a segment must start with a checkpoint".to_string()));
     }
+    if checkpoints == write.len() {
+        let parts: Vec<&[format::Checkpoint]> = write
+            .iter()
+            .map(|r| match &r.record {
+                Record::Checkpoint(groups) => groups.as_slice(),
+                _ => unreachable!("counted as checkpoints"),
+            })
+            .collect();
+        return state.apply_checkpoint(&parts, first).map_err(|why| (0, why));
+    }
+    if first {
+        return Err((0, "the log must start with a checkpoint".to_string()));
+    }
+    if checkpoints > 0 {
+        let k = write.iter().position(|r| matches!(r.record, Record::Checkpoint(_))).unwrap_or(0);
+        return Err((k, "a checkpoint inside a write of changes".to_string()));
+    }
+    let segment =
+        u32::try_from(sequence).map_err(|_| (0, "segment sequence beyond 2^32".to_string()))?;
+    for (k, record) in write.iter().enumerate() {
+        let offset =
+            u32::try_from(record.offset).map_err(|_| (k, "record offset beyond 4 GiB".to_string()))?;
+        state.apply(&record.record, Loc { segment, offset }).map_err(|why| (k, why))?;
+    }
+    Ok(())
 }

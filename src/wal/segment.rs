@@ -33,9 +33,9 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Reads the entries record at `offset` (see [`read_entries`]).
-    pub fn read_entries(&self, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
-        read_entries(&self.name, self.file.as_ref(), offset, max_record)
+    /// Reads the entries record of `group` at `offset` (see [`read_entries`]).
+    pub fn read_entries(&self, group: u64, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
+        read_entries(&self.name, self.file.as_ref(), group, offset, max_record)
     }
 }
 
@@ -55,12 +55,14 @@ pub fn read_whole(name: &str, file: &dyn File) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the entries record at `offset` of segment `name`, checking its CRC again: bytes can
-/// rot on disk after recovery checked them, and a read must never return bytes that differ
-/// from those written. One `pread` for a record of up to [`READ_AHEAD_BYTES`], two beyond.
+/// Reads the entries record of `group` at `offset` of segment `name`, checking its CRC again:
+/// bytes can rot on disk after recovery checked them, and a read must never return bytes that
+/// differ from those written (nor another group's). One `pread` for a record of up to
+/// [`READ_AHEAD_BYTES`], two beyond.
 pub fn read_entries(
     name: &str,
     file: &dyn File,
+    group: u64,
     offset: u64,
     max_record: u32,
 ) -> Result<Vec<Entry>> {
@@ -97,7 +99,10 @@ pub fn read_entries(
         ))));
     }
     match Record::decode_payload(RecordType::Entries, payload) {
-        Ok(Record::Entries(entries)) => Ok(entries),
+        Ok(Record::Entries { group: found, entries }) if found == group => Ok(entries),
+        Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
+            format!("the index points at entries of group {found}, not of group {group}"),
+        ))),
         Ok(_) => unreachable!("an entries payload decodes to entries"),
         Err(e) => Err(corruption(CorruptionKind::Malformed(e.to_string()))),
     }

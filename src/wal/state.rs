@@ -1,58 +1,67 @@
 //! The log's state as the records describe it, and the one set of rules that applies a record to
 //! it, used both when writing (after the write) and when replaying at open.
+//!
+//! The WAL holds many groups (Raft groups); each has the state of one etcd-style log. A group
+//! with no state at all (no entry, no dummy, no hard state, no snapshot) is not kept: it reads as
+//! an empty log, and costs no memory.
+
+use std::collections::HashMap;
 
 use crate::types::{HardState, SnapshotMetadata};
-use crate::wal::format::Checkpoint;
+use crate::wal::format::{Checkpoint, Record};
 use crate::wal::index::{Loc, LogIndex};
 
-/// Everything the WAL's records establish.
+/// Everything the WAL's records establish about one group.
 #[derive(Debug, Default)]
 pub struct LogState {
     /// The dummy entry and the live entries' locations and terms.
     pub index: LogIndex,
     /// The newest hard state.
     pub hard_state: HardState,
-    /// The newest snapshot's metadata (index 0: none).
-    pub snapshot: SnapshotMetadata,
+    // The newest snapshot's metadata; `None` for the default (index 0, no membership). Boxed:
+    // most groups' state must stay small (the per-group memory budget), and a membership is
+    // read only by `initial_state` and snapshots.
+    snapshot: Option<Box<SnapshotMetadata>>,
 }
 
 /// A record that contradicts the state it is applied to.
 pub type Contradiction = String;
 
 impl LogState {
+    /// The newest snapshot's metadata (index 0: none).
+    pub fn snapshot(&self) -> SnapshotMetadata {
+        self.snapshot.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Index and term of the newest snapshot marker, without cloning the membership.
+    pub fn snapshot_point(&self) -> (u64, u64) {
+        self.snapshot.as_deref().map_or((0, 0), |s| (s.index, s.term))
+    }
+
+    fn set_snapshot(&mut self, metadata: &SnapshotMetadata) {
+        self.snapshot =
+            (*metadata != SnapshotMetadata::default()).then(|| Box::new(metadata.clone()));
+    }
+
+    /// Whether the group has no state at all: it reads as a log that never existed.
+    pub fn is_empty(&self) -> bool {
+        self.index.dummy_index() == 0
+            && self.index.dummy_term() == 0
+            && self.index.last_index() == 0
+            && self.hard_state == HardState::default()
+            && self.snapshot.is_none()
+    }
+
     /// The checkpoint that describes this state.
-    pub fn checkpoint(&self) -> Checkpoint {
+    pub fn checkpoint(&self, group: u64) -> Checkpoint {
         Checkpoint {
+            group,
             dummy_index: self.index.dummy_index(),
             dummy_term: self.index.dummy_term(),
             last_index: self.index.last_index(),
             hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
+            snapshot: self.snapshot(),
         }
-    }
-
-    /// A checkpoint: establishes the state when it starts the replay (`first`), otherwise must
-    /// equal the state replayed so far.
-    pub fn apply_checkpoint(&mut self, cp: &Checkpoint, first: bool) -> Result<(), Contradiction> {
-        if cp.last_index < cp.dummy_index || cp.last_index == u64::MAX {
-            return Err(format!(
-                "checkpoint last index {} with dummy {}",
-                cp.last_index, cp.dummy_index
-            ));
-        }
-        if first {
-            // Entries up to the checkpoint's last index lay in segments deleted after they were
-            // compacted: later records must compact them away.
-            self.index = LogIndex::with_missing(cp.dummy_index, cp.dummy_term, cp.last_index);
-            self.hard_state = cp.hard_state;
-            self.snapshot = cp.snapshot.clone();
-            return Ok(());
-        }
-        let here = self.checkpoint();
-        if here != *cp {
-            return Err(format!("checkpoint {cp:?} disagrees with the replayed state {here:?}"));
-        }
-        Ok(())
     }
 
     /// Entries `first..first + terms.len()` written in the record at `loc`.
@@ -90,7 +99,7 @@ impl LogState {
         if resets_log {
             self.index.reset(metadata.index, metadata.term);
         }
-        self.snapshot = metadata.clone();
+        self.set_snapshot(metadata);
         Ok(())
     }
 
@@ -113,4 +122,177 @@ impl LogState {
         self.index.compact(index, term);
         Ok(())
     }
+}
+
+/// The state of every group in the WAL.
+#[derive(Debug, Default)]
+pub struct EngineState {
+    // Only groups with state (`!LogState::is_empty()`).
+    groups: HashMap<u64, LogState>,
+}
+
+impl EngineState {
+    /// The state of `group`, if it has any.
+    pub fn group(&self, group: u64) -> Option<&LogState> {
+        self.groups.get(&group)
+    }
+
+    /// The groups with state, sorted.
+    pub fn group_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.groups.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Every group with state, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &LogState)> {
+        self.groups.iter().map(|(id, state)| (*id, state))
+    }
+
+    /// The checkpoint of every group with state, sorted by group.
+    pub fn checkpoint(&self) -> Vec<Checkpoint> {
+        let mut cps: Vec<Checkpoint> =
+            self.groups.iter().map(|(id, state)| state.checkpoint(*id)).collect();
+        cps.sort_unstable_by_key(|cp| cp.group);
+        cps
+    }
+
+    /// Applies `change` to `group`'s state (created empty if it has none), dropping the group
+    /// again if it ends with no state.
+    pub fn change<T>(
+        &mut self,
+        group: u64,
+        change: impl FnOnce(&mut LogState) -> Result<T, Contradiction>,
+    ) -> Result<T, Contradiction> {
+        let state = self.groups.entry(group).or_default();
+        let result = change(state);
+        if state.is_empty() {
+            self.groups.remove(&group);
+        }
+        result
+    }
+
+    /// Drops every piece of `group`'s state.
+    pub fn remove(&mut self, group: u64) {
+        self.groups.remove(&group);
+    }
+
+    /// A checkpoint (all its parts, in order): establishes the state when it starts the replay
+    /// (`first`), otherwise must equal the state replayed so far.
+    pub fn apply_checkpoint(
+        &mut self,
+        parts: &[&[Checkpoint]],
+        first: bool,
+    ) -> Result<(), Contradiction> {
+        let mut previous: Option<u64> = None;
+        for cp in parts.iter().flat_map(|part| part.iter()) {
+            if previous.is_some_and(|p| p >= cp.group) {
+                return Err(format!("checkpoint groups out of order at group {}", cp.group));
+            }
+            previous = Some(cp.group);
+            if cp.last_index < cp.dummy_index || cp.last_index == u64::MAX {
+                return Err(format!(
+                    "checkpoint of group {} has last index {} with dummy {}",
+                    cp.group, cp.last_index, cp.dummy_index
+                ));
+            }
+        }
+        let count: usize = parts.iter().map(|part| part.len()).sum();
+        if first {
+            self.groups.clear();
+            for cp in parts.iter().flat_map(|part| part.iter()) {
+                // Entries up to the checkpoint's last index lay in segments deleted after they
+                // were compacted: later records must compact them away.
+                let mut state = LogState {
+                    index: LogIndex::with_missing(cp.dummy_index, cp.dummy_term, cp.last_index),
+                    hard_state: cp.hard_state,
+                    snapshot: None,
+                };
+                state.set_snapshot(&cp.snapshot);
+                if state.is_empty() {
+                    return Err(format!("checkpoint lists group {} with no state", cp.group));
+                }
+                self.groups.insert(cp.group, state);
+            }
+            return Ok(());
+        }
+        if count != self.groups.len() {
+            return Err(format!(
+                "checkpoint lists {count} groups, the replayed state has {}",
+                self.groups.len()
+            ));
+        }
+        for cp in parts.iter().flat_map(|part| part.iter()) {
+            let Some(state) = self.groups.get(&cp.group) else {
+                return Err(format!("checkpoint lists group {}, which has no state", cp.group));
+            };
+            let here = state.checkpoint(cp.group);
+            if here != *cp {
+                return Err(format!("checkpoint {cp:?} disagrees with the replayed state {here:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one group record (not a checkpoint) written at `loc`.
+    pub fn apply(&mut self, record: &Record, loc: Loc) -> Result<(), Contradiction> {
+        match record {
+            Record::Checkpoint(_) => Err("a checkpoint inside a write".to_string()),
+            Record::Entries { group, entries } => self.change(*group, |state| {
+                state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)
+            }),
+            Record::HardState { group, hard_state } => self.change(*group, |state| {
+                state.apply_hard_state(*hard_state);
+                Ok(())
+            }),
+            Record::Snapshot { group, metadata, resets_log } => {
+                self.change(*group, |state| state.apply_snapshot(metadata, *resets_log))
+            }
+            Record::Compact { group, index, term } => {
+                self.change(*group, |state| state.apply_compact(*index, *term))
+            }
+            Record::Remove { group } => {
+                self.remove(*group);
+                Ok(())
+            }
+        }
+    }
+
+    /// A group with live entries whose records lay in deleted segments, if any.
+    pub fn group_with_missing(&self) -> Option<u64> {
+        self.groups.iter().find(|(_, s)| s.index.has_missing()).map(|(id, _)| *id)
+    }
+
+    /// Releases spare capacity (after recovery built the indexes).
+    pub fn shrink(&mut self) {
+        for state in self.groups.values_mut() {
+            state.index.shrink();
+        }
+        self.groups.shrink_to_fit();
+    }
+
+    /// Heap bytes of the indexes and the group table.
+    pub fn heap_bytes(&self) -> usize {
+        let table = self.groups.capacity() * (size_of::<u64>() + size_of::<LogState>() + 1);
+        let snapshots: usize = self
+            .groups
+            .values()
+            .filter_map(|s| s.snapshot.as_deref())
+            .map(|m| size_of::<SnapshotMetadata>() + conf_state_heap_bytes(&m.conf_state))
+            .sum();
+        table + snapshots + self.groups.values().map(|s| s.index.heap_bytes()).sum::<usize>()
+    }
+
+    /// Live entries over every group.
+    pub fn live_entries(&self) -> usize {
+        self.groups.values().map(|s| s.index.len()).sum()
+    }
+}
+
+fn conf_state_heap_bytes(cs: &crate::types::ConfState) -> usize {
+    let ids = cs.voters.capacity()
+        + cs.learners.capacity()
+        + cs.voters_outgoing.capacity()
+        + cs.learners_next.capacity();
+    ids * size_of::<u64>()
 }

@@ -12,8 +12,8 @@ use crate::metrics::Counters;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use crate::wal::format::{
-    self, Checkpoint, ENTRIES_COUNT_LEN, Record, RecordType, SegmentHeader, append_record,
-    framed_len,
+    self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, FLAG_MORE, Record, RecordType,
+    SegmentHeader, append_record, framed_len,
 };
 use crate::wal::index::Loc;
 
@@ -34,12 +34,24 @@ pub fn sequence_exhausted(sequence: u64) -> Error {
 /// One logical change to write.
 #[derive(Clone, Copy, Debug)]
 pub enum Op<'a> {
-    /// Entries replacing the log from their first index on (contiguous, non-empty).
-    Entries(&'a [Entry]),
-    /// A new hard state.
-    HardState(HardState),
+    /// Entries of `group` replacing its log from their first index on (contiguous, non-empty).
+    Entries {
+        /// The group.
+        group: u64,
+        /// The entries.
+        entries: &'a [Entry],
+    },
+    /// A group's new hard state.
+    HardState {
+        /// The group.
+        group: u64,
+        /// The hard state.
+        hard_state: HardState,
+    },
     /// A snapshot marker.
     Snapshot {
+        /// The group.
+        group: u64,
         /// The snapshot that is now the newest.
         metadata: &'a SnapshotMetadata,
         /// Whether the log restarts after it.
@@ -47,18 +59,27 @@ pub enum Op<'a> {
     },
     /// A compaction marker: the new dummy.
     Compact {
+        /// The group.
+        group: u64,
         /// Index of the new dummy.
         index: u64,
         /// Its term.
         term: u64,
     },
+    /// The removal of a group and all its state.
+    Remove {
+        /// The group.
+        group: u64,
+    },
     /// The whole state, written at a clean close so every earlier record has a durable witness.
-    Checkpoint(&'a Checkpoint),
+    Checkpoint(&'a [Checkpoint]),
 }
 
 /// Where a run of entries was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntriesWritten {
+    /// The group.
+    pub group: u64,
     /// Segment sequence.
     pub sequence: u64,
     /// Offset of the record.
@@ -91,8 +112,8 @@ impl From<Failure> for Error {
 pub struct Active {
     /// Sequence number.
     pub sequence: u64,
-    /// The first index named in its file name and header.
-    pub first_index: u64,
+    /// Ordinal of its first record, named in its file name and header.
+    pub first_record: u64,
     /// File name.
     pub name: String,
     /// The open file.
@@ -190,6 +211,8 @@ pub struct Writer {
     buf: Vec<u8>,
     /// Bytes written since open (a log sequence number for group commit).
     pub lsn: u64,
+    /// Records written since the log was created (the next record's ordinal).
+    pub records: u64,
     /// Renames made in the directory since open.
     pub renames: u64,
     /// Renames known durable (a directory fsync after them returned). Invariant:
@@ -264,10 +287,34 @@ fn zero_fill(file: &dyn File, size: u64, cancel: &AtomicBool) -> std::io::Result
     Ok(())
 }
 
+/// One record of a write: which op (or which part of it), and its payload's length.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    Op(Op<'a>),
+    Checkpoint(&'a [Checkpoint]),
+}
+
 /// The records a batch of ops becomes, planned before anything is written.
 struct Plan<'a> {
-    records: Vec<(Op<'a>, usize)>,
+    records: Vec<(Part<'a>, usize)>,
     bytes: u64,
+}
+
+/// Splits a checkpoint into parts whose payloads fit `max` bytes (each group's checkpoint is
+/// small: it fits any allowed limit).
+fn plan_checkpoint<'a>(groups: &'a [Checkpoint], max: usize, out: &mut Vec<(Part<'a>, usize)>) {
+    let mut start = 0;
+    let mut len = CHECKPOINT_COUNT_LEN;
+    for (i, cp) in groups.iter().enumerate() {
+        let size = cp.encoded_len();
+        if len + size > max && i > start {
+            out.push((Part::Checkpoint(&groups[start..i]), len));
+            start = i;
+            len = CHECKPOINT_COUNT_LEN;
+        }
+        len += size;
+    }
+    out.push((Part::Checkpoint(&groups[start..]), len));
 }
 
 impl Writer {
@@ -278,6 +325,7 @@ impl Writer {
         options: &crate::WalOptions,
         active: Active,
         counters: Arc<Counters>,
+        records: u64,
     ) -> Writer {
         assert!(
             active.sequence <= MAX_SEGMENT_SEQUENCE,
@@ -294,6 +342,7 @@ impl Writer {
             prepared: None,
             buf: Vec::new(),
             lsn: 0,
+            records,
             renames: 0,
             durable_renames: 0,
             counters,
@@ -341,65 +390,91 @@ impl Writer {
     fn plan<'a>(&self, ops: &[Op<'a>]) -> Result<Plan<'a>> {
         let max = self.max_record_bytes as usize;
         let mut records = Vec::new();
-        let mut bytes = 0u64;
         for op in ops {
             match op {
-                Op::Entries(entries) => {
+                Op::Entries { group, entries } => {
                     assert!(!entries.is_empty(), "an entries op is never empty");
                     let mut start = 0;
-                    let mut len = ENTRIES_COUNT_LEN;
+                    let mut len = ENTRIES_HEAD_LEN;
                     for (i, entry) in entries.iter().enumerate() {
                         let size = entry.encoded_len() as usize;
-                        if ENTRIES_COUNT_LEN + size > max {
+                        if ENTRIES_HEAD_LEN + size > max {
                             return Err(Error::contract(format!(
                                 "entry {} encodes to {size} bytes, above max_record_bytes {max}",
                                 entry.index
                             )));
                         }
                         if len + size > max {
-                            records.push((Op::Entries(&entries[start..i]), len));
-                            bytes += framed_len(len) as u64;
+                            let part = Op::Entries { group: *group, entries: &entries[start..i] };
+                            records.push((Part::Op(part), len));
                             start = i;
-                            len = ENTRIES_COUNT_LEN;
+                            len = ENTRIES_HEAD_LEN;
                         }
                         len += size;
                     }
-                    records.push((Op::Entries(&entries[start..]), len));
-                    bytes += framed_len(len) as u64;
+                    let part = Op::Entries { group: *group, entries: &entries[start..] };
+                    records.push((Part::Op(part), len));
                 }
+                Op::Checkpoint(groups) => plan_checkpoint(groups, max, &mut records),
                 other => {
                     let mut scratch = Vec::new();
-                    encode_payload(other, &mut scratch);
-                    bytes += framed_len(scratch.len()) as u64;
-                    records.push((*other, scratch.len()));
+                    encode_payload(Part::Op(*other), &mut scratch);
+                    if scratch.len() > max {
+                        return Err(Error::contract(format!(
+                            "a record of {} bytes is above max_record_bytes {max}",
+                            scratch.len()
+                        )));
+                    }
+                    records.push((Part::Op(*other), scratch.len()));
                 }
             }
         }
+        let bytes = records.iter().map(|(_, len)| framed_len(*len) as u64).sum();
         Ok(Plan { records, bytes })
     }
 
     /// Writes `ops` as one buffer with one write call, rolling over first if they do not fit.
-    /// `checkpoint` builds the state before `ops`, written first in a new segment. Returns where each
-    /// run of entries went.
+    /// `checkpoint` builds the state before `ops`, written first in a new segment. Every record
+    /// but the last carries [`FLAG_MORE`], so recovery applies the write whole or not at all.
+    /// Returns where each run of entries went.
     pub fn write(
         &mut self,
         ops: &[Op<'_>],
-        checkpoint: &dyn Fn() -> Checkpoint,
+        checkpoint: &dyn Fn() -> Vec<Checkpoint>,
         sealed: &mut Option<Sealed>,
     ) -> Result<Vec<EntriesWritten>, Failure> {
         let plan = self.plan(ops).map_err(Failure::Refused)?;
-        // The state is built (it clones the membership) only for a rollover or a fresh segment.
-        let mut rolled: Option<Checkpoint> = None;
+        // The state is built (it clones memberships) only for a rollover or a fresh segment.
+        let mut rolled: Option<Vec<Checkpoint>> = None;
         let has_data = !self.active.fresh && self.active.write_offset > self.active.data_start;
         if has_data && self.active.write_offset + plan.bytes > self.segment_size_bytes {
             let state = checkpoint();
-            *sealed = Some(self.roll(state.last_index + 1)?);
+            *sealed = Some(self.roll()?);
             rolled = Some(state);
         }
         let start = if self.active.fresh { 0 } else { self.active.write_offset };
-        // A fresh segment starts with a header and a checkpoint of a few hundred bytes at most;
-        // the margin keeps every offset within 32 bits.
-        if start + plan.bytes + (1 << 20) >= MAX_SEGMENT_SPAN_BYTES {
+        let header_plan = if self.active.fresh {
+            let groups = rolled.take().unwrap_or_else(checkpoint);
+            let mut parts = Vec::new();
+            plan_checkpoint(&groups, self.max_record_bytes as usize, &mut parts);
+            let encoded: Vec<Vec<u8>> = parts
+                .iter()
+                .map(|(part, _)| {
+                    let mut out = Vec::new();
+                    encode_payload(*part, &mut out);
+                    out
+                })
+                .collect();
+            Some(encoded)
+        } else {
+            None
+        };
+        let header_bytes: u64 = header_plan.as_ref().map_or(0, |parts| {
+            format::SEGMENT_HEADER_LEN as u64
+                + parts.iter().map(|p| framed_len(p.len()) as u64).sum::<u64>()
+        });
+        // The margin keeps every offset within 32 bits.
+        if start + header_bytes + plan.bytes + (1 << 20) >= MAX_SEGMENT_SPAN_BYTES {
             return Err(Failure::Refused(Error::contract(format!(
                 "a batch of {} bytes does not fit in a segment",
                 plan.bytes
@@ -408,36 +483,47 @@ impl Writer {
 
         self.buf.clear();
         let mut prev_crc = self.active.prev_crc;
+        let mut records = self.records;
         let durable = self.active.durable_offset;
-        if self.active.fresh {
+        if let Some(parts) = &header_plan {
             let header = SegmentHeader {
                 sequence: self.active.sequence,
-                first_index: self.active.first_index,
+                first_record: self.active.first_record,
                 prev_crc,
             };
             self.buf.extend_from_slice(&header.encode());
-            let record = Record::Checkpoint(rolled.take().unwrap_or_else(checkpoint));
-            prev_crc =
-                append_record(&mut self.buf, RecordType::Checkpoint, prev_crc, durable, |out| {
-                    record.encode_payload(out)
-                });
+            for (k, payload) in parts.iter().enumerate() {
+                let flags = if k + 1 < parts.len() { FLAG_MORE } else { 0 };
+                prev_crc = append_record(
+                    &mut self.buf,
+                    RecordType::Checkpoint,
+                    flags,
+                    prev_crc,
+                    durable,
+                    |out| out.extend_from_slice(payload),
+                );
+                records += 1;
+            }
             self.active.data_start = self.buf.len() as u64;
         }
         let mut written = Vec::new();
-        for (op, payload_len) in &plan.records {
+        for (k, (part, payload_len)) in plan.records.iter().enumerate() {
             let offset = start + self.buf.len() as u64;
-            let record_type = op_type(op);
+            let flags = if k + 1 < plan.records.len() { FLAG_MORE } else { 0 };
             let before = self.buf.len();
-            prev_crc = append_record(&mut self.buf, record_type, prev_crc, durable, |out| {
-                encode_payload(op, out)
-            });
+            prev_crc =
+                append_record(&mut self.buf, part_type(part), flags, prev_crc, durable, |out| {
+                    encode_payload(*part, out)
+                });
+            records += 1;
             debug_assert_eq!(
                 self.buf.len() - before,
                 framed_len(*payload_len),
                 "plan matches encoding"
             );
-            if let Op::Entries(entries) = op {
+            if let Part::Op(Op::Entries { group, entries }) = part {
                 written.push(EntriesWritten {
+                    group: *group,
                     sequence: self.active.sequence,
                     offset,
                     first_index: entries[0].index,
@@ -451,6 +537,7 @@ impl Writer {
         self.active.fresh = false;
         self.active.write_offset = start + self.buf.len() as u64;
         self.active.prev_crc = prev_crc;
+        self.records = records;
         self.lsn += self.buf.len() as u64;
         // Keep a large buffer from pinning memory after a rare huge batch.
         if self.buf.capacity() > 4 << 20 {
@@ -459,9 +546,8 @@ impl Writer {
         Ok(written)
     }
 
-    /// Seals the active segment (making it durable whole) and starts the next one, whose first
-    /// entry will be `first_index`.
-    fn roll(&mut self, first_index: u64) -> Result<Sealed, Failure> {
+    /// Seals the active segment (making it durable whole) and starts the next one.
+    fn roll(&mut self) -> Result<Sealed, Failure> {
         let sequence = self.active.sequence + 1;
         // A segment that recovery would refuse is never created.
         if sequence > MAX_SEGMENT_SEQUENCE {
@@ -486,14 +572,15 @@ impl Writer {
             self.fs.sync_dir(&self.dir).map_err(|e| Failure::Poison(e.into()))?;
             self.durable_renames = self.renames;
         }
-        let name = format::segment_name(sequence, first_index);
+        let first_record = self.records;
+        let name = format::segment_name(sequence, first_record);
         let temp = self.dir.join(format::temp_name(sequence));
         self.fs.rename(&temp, &self.dir.join(&name)).map_err(|e| Failure::Refused(e.into()))?;
         self.renames += 1;
         self.counters.segment(true);
         let next = Active {
             sequence,
-            first_index,
+            first_record,
             name,
             file,
             write_offset: 0,
@@ -536,26 +623,34 @@ impl Writer {
     }
 }
 
-fn op_type(op: &Op<'_>) -> RecordType {
-    match op {
-        Op::Entries(_) => RecordType::Entries,
-        Op::HardState(_) => RecordType::HardState,
-        Op::Snapshot { .. } => RecordType::Snapshot,
-        Op::Compact { .. } => RecordType::Compact,
-        Op::Checkpoint(_) => RecordType::Checkpoint,
+fn part_type(part: &Part<'_>) -> RecordType {
+    match part {
+        Part::Op(Op::Entries { .. }) => RecordType::Entries,
+        Part::Op(Op::HardState { .. }) => RecordType::HardState,
+        Part::Op(Op::Snapshot { .. }) => RecordType::Snapshot,
+        Part::Op(Op::Compact { .. }) => RecordType::Compact,
+        Part::Op(Op::Remove { .. }) => RecordType::Remove,
+        Part::Op(Op::Checkpoint(_)) | Part::Checkpoint(_) => RecordType::Checkpoint,
     }
 }
 
-fn encode_payload(op: &Op<'_>, out: &mut Vec<u8>) {
-    match op {
-        Op::Entries(entries) => format::encode_entries_payload(out, entries),
-        Op::HardState(hs) => Record::HardState(*hs).encode_payload(out),
-        Op::Snapshot { metadata, resets_log } => {
-            format::encode_snapshot_payload(out, metadata, *resets_log)
+fn encode_payload(part: Part<'_>, out: &mut Vec<u8>) {
+    match part {
+        Part::Op(Op::Entries { group, entries }) => {
+            format::encode_entries_payload(out, group, entries)
         }
-        Op::Compact { index, term } => {
-            Record::Compact { index: *index, term: *term }.encode_payload(out)
+        Part::Op(Op::HardState { group, hard_state }) => {
+            Record::HardState { group, hard_state }.encode_payload(out)
         }
-        Op::Checkpoint(cp) => Record::Checkpoint((*cp).clone()).encode_payload(out),
+        Part::Op(Op::Snapshot { group, metadata, resets_log }) => {
+            format::encode_snapshot_payload(out, group, metadata, resets_log)
+        }
+        Part::Op(Op::Compact { group, index, term }) => {
+            Record::Compact { group, index, term }.encode_payload(out)
+        }
+        Part::Op(Op::Remove { group }) => Record::Remove { group }.encode_payload(out),
+        Part::Op(Op::Checkpoint(groups)) | Part::Checkpoint(groups) => {
+            format::encode_checkpoint_payload(out, groups)
+        }
     }
 }

@@ -87,7 +87,7 @@ fn two_writers_of_one_snapshot_both_finishing_leave_the_committed_file_intact() 
         assert_eq!(snapshot.data, Bytes::from(data_a), "install {install}");
         assert_eq!(
             snap_files(tmp.path()),
-            [raftwal::snapshot::format::snapshot_name(1, 8)],
+            [raftwal::snapshot::format::snapshot_name(0, 1, 8)],
             "install {install}: one snapshot file, no temp file"
         );
     }
@@ -113,7 +113,7 @@ fn a_dropped_writer_of_one_snapshot_leaves_the_other_writers_file_alone() {
 
     let storage = WalStorage::open(tmp.path(), options()).unwrap();
     assert_eq!(storage.snapshot().unwrap().data, Bytes::from(data_a));
-    assert_eq!(snap_files(tmp.path()), [raftwal::snapshot::format::snapshot_name(1, 8)]);
+    assert_eq!(snap_files(tmp.path()), [raftwal::snapshot::format::snapshot_name(0, 1, 8)]);
 }
 
 #[test]

@@ -752,10 +752,10 @@ fn a_checkpoint_claiming_a_huge_deleted_prefix_costs_no_memory_and_is_corruption
     // claim is not bounded by any file's size, so it must not be materialized entry by entry.
     use raftwal::wal::format::{Checkpoint, Record, RecordType, SegmentHeader, append_record};
     let last = 1u64 << 40;
-    let header = SegmentHeader { sequence: 1, first_index: last + 1, prev_crc: 0 };
+    let header = SegmentHeader { sequence: 1, first_record: last + 1, prev_crc: 0 };
     let mut bytes = header.encode().to_vec();
-    let checkpoint = Record::Checkpoint(Checkpoint { last_index: last, ..Checkpoint::default() });
-    append_record(&mut bytes, RecordType::Checkpoint, 0, 0, |out| checkpoint.encode_payload(out));
+    let checkpoint = Record::Checkpoint(vec![Checkpoint { last_index: last, ..Checkpoint::default() }]);
+    append_record(&mut bytes, RecordType::Checkpoint, 0,  0, 0, |out| checkpoint.encode_payload(out));
     let fs = CrashFs::new();
     let name = raftwal::wal::format::segment_name(1, last + 1);
     fs.write_file_raw(&dir().join(&name), &bytes).unwrap();

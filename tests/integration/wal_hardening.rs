@@ -227,7 +227,7 @@ fn the_last_segment_sequence_refuses_a_rollover_before_writing_anything() {
     let [first] = &files[..] else { panic!("one segment: {files:?}") };
     let mut bytes = crash.read_file(first).unwrap();
     let last = u64::from(u32::MAX) - 1;
-    let header = SegmentHeader { sequence: last, first_index: 1, prev_crc: 0 };
+    let header = SegmentHeader { sequence: last, first_record: 1, prev_crc: 0 };
     bytes[..header.encode().len()].copy_from_slice(&header.encode());
     crash.write_file_raw(&dir().join(segment_name(last, 1)), &bytes).unwrap();
     let fs: Fs = Arc::new(crash.clone());

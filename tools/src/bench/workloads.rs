@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raftwal::rng::Rng;
-use raftwal::wal::format::{ENTRIES_COUNT_LEN, framed_len};
+use raftwal::wal::format::{ENTRIES_HEAD_LEN, framed_len};
 
 use super::raw::{self, SyncLoop};
 use super::report::{Latency, Measure, Row};
@@ -54,7 +54,7 @@ fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
 
 /// Bytes raftwal writes for one record of `count` entries of `size` bytes.
 pub fn record_bytes(count: usize, size: usize) -> usize {
-    framed_len(ENTRIES_COUNT_LEN + count * (raftwal::Entry::HEADER_LEN as usize + size))
+    framed_len(ENTRIES_HEAD_LEN + count * (raftwal::Entry::HEADER_LEN as usize + size))
 }
 
 fn engine_dir(ctx: &Ctx<'_>, workload: &str, engine: &Engine) -> PathBuf {
@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn record_bytes_counts_the_frame_the_count_and_each_entry() {
         let one = record_bytes(1, 1024);
-        assert_eq!(one, framed_len(ENTRIES_COUNT_LEN + 21 + 1024));
+        assert_eq!(one, framed_len(ENTRIES_HEAD_LEN + 21 + 1024));
         assert!(
             record_bytes(2, 1024) >= 2 * (21 + 1024),
             "two entries take at least their encoding"

@@ -1,0 +1,404 @@
+//! `GroupStorage`: one group's durable `Storage`, a view of the engine's WAL and the group's
+//! snapshot store (`<dir>/snap/{group:016x}/`).
+//!
+//! Creating or applying a snapshot follows one order, so that a crash at any point leaves
+//! either the old state or the new one: the snapshot file is made durable first (temp file,
+//! fdatasync, rename, directory fsync), then the WAL's snapshot marker is written and synced (the
+//! commit point), then old segments and snapshot files are released. On open, a snapshot file
+//! without a marker is an orphan of a crash and is removed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::contract::{Storage, check_apply_snapshot, snapshot_term};
+use crate::error::{CorruptionKind, Error, Result};
+use crate::metrics::WalMetrics;
+use crate::options::WalOptions;
+use crate::snapshot::{SnapshotFileWriter, SnapshotStore};
+use crate::storage::SNAP_DIR;
+use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use crate::wal::Wal;
+
+pub use crate::snapshot::SnapshotReader;
+
+/// One group of a [`crate::LogEngine`] as a durable [`Storage`], with `MemoryStorage`'s
+/// semantics and [`crate::WalStorage`]'s methods: a Raft node restarted on the same directory
+/// sees exactly what it saw before. With the default options every mutating call is durable when
+/// it returns. Clones share the group.
+#[derive(Clone, Debug)]
+pub struct GroupStorage {
+    wal: Wal,
+    snaps: SnapshotStore,
+    options: WalOptions,
+    shared: Arc<GroupShared>,
+}
+
+/// What every handle of one group shares.
+#[derive(Debug, Default)]
+pub(crate) struct GroupShared {
+    // Serializes snapshot commits and retention; appends do not take it.
+    snap: Mutex<SnapState>,
+    // Snapshot writers not yet finished or dropped.
+    writing: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct SnapState {
+    // The newest snapshot with its data, once read (or written) in this process.
+    cached: Option<Snapshot>,
+}
+
+impl GroupStorage {
+    /// A handle on the group `wal` views, its snapshots in `snaps`.
+    pub(crate) fn new(
+        wal: Wal,
+        snaps: SnapshotStore,
+        options: WalOptions,
+        shared: Arc<GroupShared>,
+    ) -> GroupStorage {
+        GroupStorage { wal, snaps, options, shared }
+    }
+
+    /// The group's id.
+    pub fn id(&self) -> u64 {
+        self.wal.group()
+    }
+
+    /// Matches the snapshot files to the WAL's marker: orphans (newer than the marker) are
+    /// removed; a damaged marked snapshot is renamed `*.broken` and replaced by the newest older
+    /// valid one if the log still holds every entry after it.
+    pub(crate) fn recover_snapshots(&self) -> Result<()> {
+        let marker = self.wal.snapshot_metadata();
+        let marked = self.snaps.name(marker.term, marker.index);
+        let mut older = Vec::new();
+        let mut marked_found = false;
+        for stored in self.snaps.list()? {
+            if stored.name == marked {
+                marked_found = true;
+            } else if stored.index >= marker.index {
+                // Written, but its marker never became durable: the snapshot was never committed.
+                self.snaps.remove(&stored.name)?;
+            } else {
+                older.push(stored);
+            }
+        }
+        let damage = if marked_found {
+            match self.snaps.verify(&marked) {
+                Ok(metadata) if metadata == marker => return self.retain(),
+                Ok(_) => CorruptionKind::Malformed(
+                    "snapshot metadata differs from the log's marker".into(),
+                ),
+                Err(Error::Corruption { kind, .. }) => kind,
+                Err(e) => return Err(e),
+            }
+        } else if marker == SnapshotMetadata::default() {
+            // No snapshot was ever committed.
+            return self.retain();
+        } else {
+            CorruptionKind::Missing
+        };
+        if marked_found {
+            self.snaps.mark_broken(&marked)?;
+        }
+        let dummy = self.wal.first_index() - 1;
+        // Newest first; bounded by the files listed.
+        for stored in older.iter().rev() {
+            if stored.index < dummy {
+                break;
+            }
+            match self.snaps.verify(&stored.name) {
+                Ok(metadata) => {
+                    if self.wal.term(metadata.index).ok() == Some(metadata.term) {
+                        self.wal.save_snapshot(&metadata, false)?;
+                        self.wal.sync()?;
+                        return self.retain();
+                    }
+                }
+                Err(Error::Corruption { .. }) => self.snaps.mark_broken(&stored.name)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Corruption {
+            segment: PathBuf::from(SNAP_DIR).join(marked),
+            offset: 0,
+            kind: damage,
+        })
+    }
+
+    /// Deletes snapshot files beyond the newest `snapshot_retention`, never the marked one.
+    fn retain(&self) -> Result<()> {
+        let marker = self.wal.snapshot_metadata();
+        let marked = self.snaps.name(marker.term, marker.index);
+        let stored = self.snaps.list()?;
+        let keep_from = stored.len().saturating_sub(self.options.snapshot_retention);
+        for old in &stored[..keep_from] {
+            if old.name != marked {
+                self.snaps.remove(&old.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_snap(&self) -> MutexGuard<'_, SnapState> {
+        self.shared.snap.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends entries with etcd's semantics (entries below `first_index` ignored, a conflicting
+    /// suffix replaced); durable on return under the default sync policy.
+    pub fn append(&self, entries: &[Entry]) -> Result<()> {
+        self.wal.save(None, entries)
+    }
+
+    /// Saves the hard state.
+    pub fn set_hard_state(&self, hs: HardState) -> Result<()> {
+        self.wal.save(Some(&hs), &[])
+    }
+
+    /// Saves entries and a hard state as one write with one sync: what a Raft `Ready` asks for.
+    pub fn save(&self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+        self.wal.save(hard_state, entries)
+    }
+
+    /// Makes entry `index` the dummy and releases the segments no live entry needs.
+    pub fn compact(&self, index: u64) -> Result<()> {
+        self.wal.compact(index)
+    }
+
+    /// Makes every write so far durable (for `SyncPolicy::Never`).
+    pub fn sync(&self) -> Result<()> {
+        self.wal.sync()
+    }
+
+    /// Records a snapshot of the state machine at `index` (data given whole) and returns it.
+    pub fn create_snapshot(
+        &self,
+        index: u64,
+        conf_state: Option<ConfState>,
+        data: Bytes,
+    ) -> Result<Snapshot> {
+        let mut writer = self.snapshot_writer(index, conf_state)?;
+        writer.write_all(&data)?;
+        writer.finish_with_data(data)
+    }
+
+    /// Replaces the whole log with `snapshot` (a snapshot at index 0, a membership only, only
+    /// on a storage that never held an entry or a snapshot).
+    pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let mut writer = self.snapshot_installer(snapshot.metadata)?;
+        writer.write_all(&snapshot.data)?;
+        writer.finish_with_data(snapshot.data).map(|_| ())
+    }
+
+    /// Starts streaming a snapshot of the state machine at `index`; `finish` commits it as
+    /// [`GroupStorage::create_snapshot`] would. Until then [`Storage::snapshot`] answers
+    /// `SnapshotTemporarilyUnavailable`.
+    pub fn snapshot_writer(
+        &self,
+        index: u64,
+        conf_state: Option<ConfState>,
+    ) -> Result<SnapshotWriter<'_>> {
+        let current = self.wal.snapshot_metadata();
+        let term =
+            snapshot_term(index, current.index, self.wal.term(index), self.wal.last_index())?;
+        let conf_state = conf_state.unwrap_or(current.conf_state);
+        self.begin(SnapshotMetadata { index, term, conf_state }, false)
+    }
+
+    /// Starts streaming a snapshot received from the leader; `finish` installs it as
+    /// [`GroupStorage::apply_snapshot`] would.
+    pub fn snapshot_installer(&self, metadata: SnapshotMetadata) -> Result<SnapshotWriter<'_>> {
+        let current = self.wal.snapshot_metadata();
+        check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
+        self.begin(metadata, true)
+    }
+
+    fn begin(&self, metadata: SnapshotMetadata, resets_log: bool) -> Result<SnapshotWriter<'_>> {
+        let file = self.snaps.begin(metadata, self.options.snapshot_compression_level)?;
+        self.shared.writing.fetch_add(1, Ordering::AcqRel);
+        Ok(SnapshotWriter { storage: self, file: Some(file), resets_log })
+    }
+
+    /// Commits a finished snapshot file: the WAL marker, then retention. Runs under the
+    /// snapshot lock so concurrent commits are checked against each other.
+    fn commit(
+        &self,
+        file: SnapshotFileWriter,
+        resets_log: bool,
+        data: Option<Bytes>,
+    ) -> Result<Snapshot> {
+        let mut snap = self.lock_snap();
+        let metadata = file.metadata().clone();
+        // Checked again: another snapshot may have been committed while this one streamed.
+        let current = self.wal.snapshot_metadata();
+        if resets_log {
+            check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
+        } else {
+            self.check_still_matches(&metadata, current.index)?;
+        }
+        // 1. The file, durable under its final name.
+        let name = file.finish()?;
+        // 2. The marker: the commit point.
+        if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {
+            // Not committed, so the file is an orphan (open would remove it too); unless the
+            // marker was written and only its sync failed: then the log names this snapshot and
+            // the marker may be durable, so the file must stay.
+            if self.wal.snapshot_metadata() != metadata {
+                let _ = self.snaps.remove(&name);
+            }
+            // Refused because a compaction passed the index since the check above: answered as
+            // if it had come first. (A failed write or sync is reported as it is.)
+            let compacted = matches!(self.wal.term(metadata.index), Err(Error::Compacted));
+            if !resets_log && matches!(e, Error::ContractViolation(_)) && compacted {
+                return Err(Error::Compacted);
+            }
+            return Err(e);
+        }
+        snap.cached = data.map(|data| Snapshot { metadata: metadata.clone(), data });
+        drop(snap);
+        self.wal.counters().snapshot_written();
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            index = metadata.index,
+            term = metadata.term,
+            installed = resets_log,
+            "snapshot committed"
+        );
+        // 3. Release what the new snapshot makes unnecessary. The snapshot is committed already,
+        //    so a file that cannot be removed now is not this call's failure: the next commit,
+        //    or the next open, removes it.
+        let _ = self.retain();
+        match self.lock_snap().cached.clone() {
+            Some(snapshot) => Ok(snapshot),
+            None => self.snaps.read_all(&name),
+        }
+    }
+
+    /// Checks a created snapshot against the log as it is now (it may have changed while the
+    /// snapshot streamed): etcd's `CreateSnapshot` rules, and entry `index` still of its term.
+    fn check_still_matches(&self, metadata: &SnapshotMetadata, current: u64) -> Result<()> {
+        let index = metadata.index;
+        let term = snapshot_term(index, current, self.wal.term(index), self.wal.last_index())?;
+        if term != metadata.term {
+            return Err(Error::contract(format!(
+                "snapshot ({index}, {}) no longer matches the log: entry {index} has term {term}",
+                metadata.term
+            )));
+        }
+        Ok(())
+    }
+
+    /// A streaming reader over the newest snapshot's data.
+    pub fn snapshot_reader(&self) -> Result<SnapshotReader> {
+        if self.shared.writing.load(Ordering::Acquire) > 0 {
+            return Err(Error::SnapshotTemporarilyUnavailable);
+        }
+        let marker = self.wal.snapshot_metadata();
+        self.snaps.reader(&self.snaps.name(marker.term, marker.index))
+    }
+
+    /// Writes a final checkpoint of the whole engine and syncs: a cleanly closed log proves
+    /// every record durable. Other handles on the engine stay usable.
+    pub fn close(self) -> Result<()> {
+        self.wal.close()
+    }
+
+    /// What the storage has done since it was opened, and its size now: the WAL's counters and
+    /// gauges, and the snapshot files it made durable. See [`WalMetrics`].
+    pub fn metrics(&self) -> WalMetrics {
+        self.wal.metrics()
+    }
+
+    /// The group's view of the WAL underneath (for statistics and tools).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+/// Streams a snapshot into the store (implements [`std::io::Write`]); [`SnapshotWriter::finish`]
+/// makes it durable and visible. Dropping it unfinished discards it.
+#[derive(Debug)]
+pub struct SnapshotWriter<'a> {
+    storage: &'a GroupStorage,
+    file: Option<SnapshotFileWriter>,
+    resets_log: bool,
+}
+
+impl SnapshotWriter<'_> {
+    /// Makes the snapshot durable and the storage's newest; returns it (its data read back).
+    pub fn finish(mut self) -> Result<Snapshot> {
+        let file = self.file.take().expect("finished once");
+        self.storage.commit(file, self.resets_log, None)
+    }
+
+    fn finish_with_data(mut self, data: Bytes) -> Result<Snapshot> {
+        let file = self.file.take().expect("finished once");
+        self.storage.commit(file, self.resets_log, Some(data))
+    }
+}
+
+impl Write for SnapshotWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("written before finish").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("flushed before finish").flush()
+    }
+}
+
+impl Drop for SnapshotWriter<'_> {
+    fn drop(&mut self) {
+        self.storage.shared.writing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.wal.hard_state(),
+            conf_state: self.wal.snapshot_metadata().conf_state,
+        })
+    }
+
+    fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
+        self.wal.entries(lo, hi, max_size)
+    }
+
+    fn term(&self, index: u64) -> Result<u64> {
+        self.wal.term(index)
+    }
+
+    fn first_index(&self) -> Result<u64> {
+        Ok(self.wal.first_index())
+    }
+
+    fn last_index(&self) -> Result<u64> {
+        Ok(self.wal.last_index())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        if self.shared.writing.load(Ordering::Acquire) > 0 {
+            return Err(Error::SnapshotTemporarilyUnavailable);
+        }
+        let mut snap = self.lock_snap();
+        let marker = self.wal.snapshot_metadata();
+        if let Some(cached) = snap.cached.as_ref().filter(|c| c.metadata == marker) {
+            return Ok(cached.clone());
+        }
+        let name = self.snaps.name(marker.term, marker.index);
+        let snapshot = match self.snaps.read_all(&name) {
+            Ok(snapshot) => snapshot,
+            // Never committed a snapshot: the empty one (with the marker's membership).
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && marker.index == 0 => {
+                Snapshot { metadata: marker, data: Bytes::new() }
+            }
+            Err(e) => return Err(e),
+        };
+        snap.cached = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
