@@ -102,8 +102,8 @@ pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use storage::{
     GroupStorage, LogEngine, MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage,
 };
-pub use wal::{PurgeReport, WriteBatch};
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
+pub use wal::{PurgeReport, WriteBatch};
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]

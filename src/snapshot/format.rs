@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(parse_snapshot_name("0000000000000001-0000000000000002.snap"), None);
         assert_eq!(parse_temp_group(&temp_name(7, 1, 1, 3)), Some(7));
         assert_eq!(parse_snapshot_name("x.snap"), None);
-        assert_eq!(parse_snapshot_name(&format!("{}{}", snapshot_name(0, 1, 1), BROKEN_SUFFIX)), None);
+        assert_eq!(
+            parse_snapshot_name(&format!("{}{}", snapshot_name(0, 1, 1), BROKEN_SUFFIX)),
+            None
+        );
         assert_eq!(parse_snapshot_name(&temp_name(0, 1, 1, 0)), None);
         assert_ne!(temp_name(0, 1, 1, 0), temp_name(0, 1, 1, 1));
         assert!(temp_name(0, 1, 1, u64::MAX).ends_with(TEMP_SUFFIX));

@@ -93,7 +93,7 @@ impl LogEngine {
     pub fn group(&self, id: u64) -> Result<GroupStorage> {
         let shared = {
             let mut handles = self.shared.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let shared = match handles.get(&id).and_then(Weak::upgrade) {
+            match handles.get(&id).and_then(Weak::upgrade) {
                 Some(shared) => shared,
                 None => {
                     let shared = Arc::new(GroupShared::default());
@@ -105,8 +105,7 @@ impl LogEngine {
                     handles.insert(id, Arc::downgrade(&shared));
                     shared
                 }
-            };
-            shared
+            }
         };
         let snaps = SnapshotStore::open_existing(self.shared.fs.clone(), &self.shared.snap_dir, id);
         let wal = Wal::of(self.shared.engine.clone(), id);
@@ -131,8 +130,7 @@ impl LogEngine {
         self.shared.engine.remove_group(id)?;
         self.shared.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         // The removal is durable: the files are orphans now (the next open deletes them too).
-        SnapshotStore::open_existing(self.shared.fs.clone(), &self.shared.snap_dir, id)
-            .remove_all()
+        SnapshotStore::open_existing(self.shared.fs.clone(), &self.shared.snap_dir, id).remove_all()
     }
 
     /// Makes every write so far durable.

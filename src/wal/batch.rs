@@ -38,7 +38,8 @@ impl WriteBatch {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<()> {
-        if let Some(pair) = entries.windows(2).find(|w| w[0].index.checked_add(1) != Some(w[1].index))
+        if let Some(pair) =
+            entries.windows(2).find(|w| w[0].index.checked_add(1) != Some(w[1].index))
         {
             return Err(Error::contract(format!(
                 "entries of group {group} are not consecutive: {} then {}",

@@ -354,9 +354,10 @@ pub struct Checkpoint {
     pub snapshot: SnapshotMetadata,
 }
 
-/// The fewest bytes one group's checkpoint encodes to (five u64 fields and three of the hard
-/// state at least): bounds the allocation a checkpoint's count may cause.
-const MIN_CHECKPOINT_LEN: usize = 8 * size_of::<u64>();
+/// The fewest bytes one group's checkpoint encodes to (group, dummy index and term, last index,
+/// and the hard state's three fields at least): bounds the allocation a checkpoint's count may
+/// cause.
+const MIN_CHECKPOINT_LEN: usize = size_of::<[u64; 7]>();
 
 impl Checkpoint {
     /// Appends this checkpoint's encoding.

@@ -784,6 +784,14 @@ mod tests {
             records.iter().filter(|(s, _, _)| *s == victim_segment).nth(2).unwrap().1.clone();
         let offset = victim.offset + FRAME_HEADER_LEN as u64 + 1;
         fs.flip_bit(&dir().join(&victim_segment), offset * 8).unwrap();
+        // A write is kept whole or not at all: the cut is at the start of the victim's write.
+        let in_segment: Vec<&ScannedRecord> =
+            records.iter().filter(|(s, _, _)| *s == victim_segment).map(|(_, r, _)| r).collect();
+        let mut write_start = 2;
+        while write_start > 0 && in_segment[write_start - 1].more {
+            write_start -= 1;
+        }
+        let cut_at = in_segment[write_start].offset;
 
         let (inspection, records) = all_records(&fs);
 
@@ -795,22 +803,21 @@ mod tests {
         assert_eq!(problem.label, "R8");
         assert!(problem.fixable);
         let later: Vec<String> = clean.segments[2..].iter().map(|s| s.name.clone()).collect();
-        assert_eq!(problem.cut.truncated, Some((victim_segment.clone(), victim.offset)));
+        assert_eq!(problem.cut.truncated, Some((victim_segment.clone(), cut_at)));
         assert_eq!(problem.cut.removed, later);
         assert!(problem.cut.drops_unreadable);
         let damaged = &inspection.segments[1];
-        assert!(damaged.kept, "kept up to the damaged record");
+        assert!(damaged.kept, "kept up to the damaged record's write");
         assert_eq!(damaged.records, 2, "the two records before the damaged third");
         assert!(damaged.unreadable_bytes > 0, "the damaged record and those after it");
-        assert_eq!(damaged.dropped_entries, None, "no valid record after the damage is read");
         assert_eq!(inspection.segments[2].dropped_entries, inspection.segments[2].entries);
         assert_eq!(inspection.segments[0].dropped_entries, None);
         // A segment read only up to damage cannot vouch for the next one's chain, nor fault it.
         assert_eq!(inspection.segments[2].link, None);
         // Records after the damage are dropped, those before it kept.
         for (segment, record, kept) in &records {
-            let before = *segment < victim_segment
-                || (*segment == victim_segment && record.offset < victim.offset);
+            let before =
+                *segment < victim_segment || (*segment == victim_segment && record.offset < cut_at);
             assert_eq!(*kept, before, "{segment} at {}", record.offset);
         }
 
@@ -825,11 +832,12 @@ mod tests {
         // And TruncateCorrupt drops exactly what the cut says.
         let (last_kept, affected) = (problem.cut.last_kept_index, problem.cut.affected().unwrap());
         assert_eq!(affected.0, last_kept + 1);
-        assert_eq!(affected.1, Some(60), "later segments bound the damaged entries");
+        // Segments hold many groups' writes: no segment bounds the entries unreadable bytes held.
+        assert_eq!(affected.1, None, "unreadable bytes may hold any entry");
         let wal = open(&fs, RecoveryMode::TruncateCorrupt).unwrap();
         assert_eq!(wal.last_index(), last_kept);
         let report = wal.recovery_report();
-        assert_eq!(report.truncated, Some((victim_segment, victim.offset, "R8")));
+        assert_eq!(report.truncated, Some((victim_segment, cut_at, "R8")));
         let mut removed = report.removed.clone();
         removed.reverse();
         assert_eq!(removed, later);
@@ -916,9 +924,10 @@ mod tests {
         let mut prev = 0;
         for record in records {
             let durable = bytes.len() as u64;
-            prev = format::append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
-                record.encode_payload(out)
-            });
+            prev =
+                format::append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
+                    record.encode_payload(out)
+                });
         }
         bytes.resize(4096, 0);
         fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
@@ -928,7 +937,8 @@ mod tests {
     #[test]
     fn a_valid_record_that_contradicts_the_log_is_corruption_open_cuts_only_when_forced() {
         let fs = CrashFs::new();
-        let stray = Record::Entries { group: 0, entries: vec![Entry::new(5, 1, "does not attach")] };
+        let stray =
+            Record::Entries { group: 0, entries: vec![Entry::new(5, 1, "does not attach")] };
         let name = write_segment(&fs, &[Record::Checkpoint(vec![]), stray]);
         let offset =
             scan_segment(&fs.read_file(&dir().join(&name)).unwrap(), 2048).records[1].offset;

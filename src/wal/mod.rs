@@ -142,14 +142,8 @@ impl Engine {
             }
         };
         let records = if active.fresh { active.first_record } else { recovered.next_record };
-        let mut writer = Writer::new(
-            fs.clone(),
-            dir.to_path_buf(),
-            &options,
-            active,
-            counters.clone(),
-            records,
-        );
+        let mut writer =
+            Writer::new(fs.clone(), dir.to_path_buf(), &options, active, counters.clone(), records);
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -244,7 +238,12 @@ impl Engine {
             let durable_lsn = sealed.durable_lsn;
             inner.sealed.insert(
                 sealed.sequence,
-                Segment { sequence: sealed.sequence, name: sealed.name, file: sealed.file },
+                Segment {
+                    sequence: sealed.sequence,
+                    name: sealed.name,
+                    file: sealed.file,
+                    size: sealed.size,
+                },
             );
             inner.purge_due = true;
             let mut sync = self.lock_sync();
@@ -410,7 +409,12 @@ impl Engine {
 
     /// Appends `entries` to `group` (etcd append semantics) and records `hard_state`, as one
     /// write with at most one sync.
-    pub fn save(&self, group: u64, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<()> {
+    pub fn save(
+        &self,
+        group: u64,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<()> {
         let (lsn, needed) = {
             let mut inner = self.lock_write()?;
             let (first, last) = bounds(&inner.state, group);
@@ -467,7 +471,8 @@ impl Engine {
                             needed = true;
                         }
                         if let Some(hs) = hard_state.filter(|hs| *hs != view.hard_state) {
-                            needed |= hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
+                            needed |=
+                                hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
                             view.hard_state = hs;
                             ops.push(Op::HardState { group: *group, hard_state: hs });
                         }
@@ -542,7 +547,8 @@ impl Engine {
         }
         let lsn = {
             let mut inner = self.lock_write()?;
-            if !resets_log && term_of(&inner.state, group, metadata.index).ok() != Some(metadata.term)
+            if !resets_log
+                && term_of(&inner.state, group, metadata.index).ok() != Some(metadata.term)
             {
                 return Err(Error::contract(format!(
                     "snapshot ({}, {}) no longer matches the log",
@@ -669,9 +675,7 @@ impl Engine {
 
 /// `group`'s `(first_index, last_index)`; a group with no state is an empty log `(1, 0)`.
 fn bounds(state: &EngineState, group: u64) -> (u64, u64) {
-    state
-        .group(group)
-        .map_or((1, 0), |s| (s.index.dummy_index() + 1, s.index.last_index()))
+    state.group(group).map_or((1, 0), |s| (s.index.dummy_index() + 1, s.index.last_index()))
 }
 
 fn hard_state_of(state: &EngineState, group: u64) -> HardState {
@@ -698,7 +702,12 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn of(state: &EngineState, group: u64) -> View<'a> {
         let (first, last) = bounds(state, group);
-        View { dummy: first - 1, last, hard_state: hard_state_of(state, group), written: Vec::new() }
+        View {
+            dummy: first - 1,
+            last,
+            hard_state: hard_state_of(state, group),
+            written: Vec::new(),
+        }
     }
 
     /// The term of `index` (within the view's log), from the batch's entries or the state.

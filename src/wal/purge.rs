@@ -232,23 +232,21 @@ impl Engine {
         inner: &mut super::Inner,
         groups: &[(u64, Vec<Entry>)],
     ) -> Result<u64> {
-        let ops: Vec<Op<'_>> = groups
-            .iter()
-            .map(|(group, entries)| Op::Entries { group: *group, entries })
-            .collect();
+        let ops: Vec<Op<'_>> =
+            groups.iter().map(|(group, entries)| Op::Entries { group: *group, entries }).collect();
         #[cfg(feature = "tracing")]
         tracing::debug!(groups = groups.len(), "rewrote cold groups pinning old segments");
         self.write_ops(inner, &ops)
     }
 }
 
-/// `(sequence, file length)` of every live segment, oldest first (a length that cannot be read
-/// counts as 0).
+/// `(sequence, bytes)` of every live segment, oldest first, from memory (no system call: the
+/// purge that follows every rollover must not add I/O that could fail).
 fn segment_sizes(inner: &super::Inner) -> Vec<(u64, u64)> {
     inner
         .sealed
         .iter()
-        .map(|(seq, s)| (*seq, s.file.len().unwrap_or(0)))
-        .chain([(inner.writer.active.sequence, inner.writer.active.file.len().unwrap_or(0))])
+        .map(|(seq, s)| (*seq, s.size))
+        .chain([(inner.writer.active.sequence, inner.writer.active_size())])
         .collect()
 }

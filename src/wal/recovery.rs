@@ -20,8 +20,8 @@
 
 use crate::error::CorruptionKind;
 use crate::wal::format::{
-    FLAG_MORE, FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record, RecordType,
-    SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
+    FLAG_MORE, FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record,
+    RecordType, SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
 };
 
 /// Bytes the look-ahead past a stop may checksum, per byte after the stop. Each valid record is
@@ -660,8 +660,14 @@ mod tests {
 
     fn entries(n: u64) -> Vec<Record> {
         (1..=n)
-            .map(|i| Record::Entries { group: 0, entries: vec![Entry::new(i, 1, vec![i as u8; 40])] })
-            .chain([Record::HardState { group: 0, hard_state: HardState { term: 1, vote: 1, commit: n } }])
+            .map(|i| Record::Entries {
+                group: 0,
+                entries: vec![Entry::new(i, 1, vec![i as u8; 40])],
+            })
+            .chain([Record::HardState {
+                group: 0,
+                hard_state: HardState { term: 1, vote: 1, commit: n },
+            }])
             .collect()
     }
 
@@ -752,7 +758,7 @@ mod tests {
         let mut bytes =
             SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 }.encode().to_vec();
         // A HardState record with one byte too many: the CRC is right, the payload is not.
-        append_record(&mut bytes, RecordType::HardState, 0,  0, 0, |out| out.extend([0u8; 25]));
+        append_record(&mut bytes, RecordType::HardState, 0, 0, 0, |out| out.extend([0u8; 25]));
         bytes.resize(1024, 0);
         let scan = scan_segment(&bytes, MAX);
         assert!(matches!(scan.stop, Stop::Damaged(CorruptionKind::Malformed(_))));

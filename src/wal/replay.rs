@@ -248,24 +248,38 @@ fn recover_once(
             let Some(write) = next_write(records, at) else {
                 // The write's last record is missing.
                 let offset = records[at].offset;
-                if position == Position::Sealed {
-                    // Every segment but the newest was synced whole, and a write never spans
-                    // two segments: its end was lost after it was durable.
-                    if options.recovery_mode == RecoveryMode::Strict {
-                        let why = "a write whose last record is missing in a sealed segment";
-                        return Err(corruption(&f.name, offset, CorruptionKind::Malformed(why.into())));
+                let label = match report.truncated.as_ref() {
+                    // Cut at the table's stop already: the cut moves back to the write's start.
+                    Some((name, _, label)) if stop_here && *name == f.name => *label,
+                    _ if position == Position::Sealed => {
+                        // Every segment but the newest was synced whole, and a write never spans
+                        // two segments: its end was lost after it was durable.
+                        if options.recovery_mode == RecoveryMode::Strict {
+                            let why = "a write whose last record is missing in a sealed segment";
+                            return Err(corruption(
+                                &f.name,
+                                offset,
+                                CorruptionKind::Malformed(why.into()),
+                            ));
+                        }
+                        "W2"
                     }
-                    report.truncated = Some((f.name.clone(), offset, "W2"));
-                } else {
                     // Torn by the crash before its sync: it was never acknowledged.
-                    report.truncated = Some((f.name.clone(), offset, "W1"));
-                }
+                    _ => "W1",
+                };
+                report.truncated = Some((f.name.clone(), offset, label));
                 end = offset;
                 stop_here = true;
                 break;
             };
             let first_write = at == 0;
-            let outcome = replay_write(&mut state, f.sequence, &records[write.clone()], first_write, !replayed_any);
+            let outcome = replay_write(
+                &mut state,
+                f.sequence,
+                &records[write.clone()],
+                first_write,
+                !replayed_any,
+            );
             if let Err((k, why)) = outcome {
                 let offset = records[write.start + k].offset;
                 match options.recovery_mode {
@@ -274,7 +288,10 @@ fn recover_once(
                     }
                     RecoveryMode::TruncateCorrupt => {
                         // Part of the write may be applied already: start over, cutting at it.
-                        return Ok(Err(Restart { segment: i, offset: records[write.start].offset }));
+                        return Ok(Err(Restart {
+                            segment: i,
+                            offset: records[write.start].offset,
+                        }));
                     }
                 }
             }
@@ -294,7 +311,8 @@ fn recover_once(
             sealed.push(segment);
         }
         next_sequence = f.sequence + 1;
-        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file };
+        let size = bytes.len() as u64;
+        let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
         last_kept = Some((segment, end, data_start, first_record, kept_count));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
@@ -407,8 +425,8 @@ pub(super) fn replay_write(
     let segment =
         u32::try_from(sequence).map_err(|_| (0, "segment sequence beyond 2^32".to_string()))?;
     for (k, record) in write.iter().enumerate() {
-        let offset =
-            u32::try_from(record.offset).map_err(|_| (k, "record offset beyond 4 GiB".to_string()))?;
+        let offset = u32::try_from(record.offset)
+            .map_err(|_| (k, "record offset beyond 4 GiB".to_string()))?;
         state.apply(&record.record, Loc { segment, offset }).map_err(|why| (k, why))?;
     }
     Ok(())

@@ -30,6 +30,9 @@ pub struct Segment {
     pub name: String,
     /// The open file.
     pub file: Arc<dyn File>,
+    /// Bytes the file takes (its length when it was sealed or opened), for purge's accounting
+    /// without a system call.
+    pub size: u64,
 }
 
 impl Segment {

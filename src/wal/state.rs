@@ -228,7 +228,9 @@ impl EngineState {
             };
             let here = state.checkpoint(cp.group);
             if here != *cp {
-                return Err(format!("checkpoint {cp:?} disagrees with the replayed state {here:?}"));
+                return Err(format!(
+                    "checkpoint {cp:?} disagrees with the replayed state {here:?}"
+                ));
             }
         }
         Ok(())

@@ -142,6 +142,8 @@ pub struct Sealed {
     /// Log sequence number up to which everything is durable, names included, now that the
     /// segment is sealed.
     pub durable_lsn: u64,
+    /// Bytes the file takes: its preallocated size, or more if a large write extended it.
+    pub size: u64,
 }
 
 /// What a sync has to cover, captured under the log's lock and synced outside it.
@@ -591,7 +593,14 @@ impl Writer {
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
-        Ok(Sealed { sequence: old.sequence, name: old.name, file: old.file, durable_lsn: self.lsn })
+        let size = old.write_offset.max(self.segment_size_bytes);
+        Ok(Sealed {
+            sequence: old.sequence,
+            name: old.name,
+            file: old.file,
+            durable_lsn: self.lsn,
+            size,
+        })
     }
 
     /// What a sync issued now would cover.
@@ -615,6 +624,11 @@ impl Writer {
             assert!(target.offset <= self.active.write_offset, "cannot sync past the written end");
             self.active.durable_offset = target.offset;
         }
+    }
+
+    /// Bytes the active segment's file takes (preallocated, or extended by a large write).
+    pub fn active_size(&self) -> u64 {
+        self.active.write_offset.max(self.segment_size_bytes)
     }
 
     /// Whether every written byte of the active segment is durable.

@@ -187,7 +187,7 @@ fn open_never_falls_back_to_a_snapshot_file_whose_contents_disagree_with_its_nam
     }
     storage.close().unwrap();
     let snap = dir.path().join(raftwal::storage::SNAP_DIR);
-    let name = |index: u64| format!("{:016x}-{index:016x}.snap", 1);
+    let name = |index: u64| raftwal::snapshot::format::snapshot_name(0, 1, index);
     assert_eq!(snap_files(dir.path()), [name(4), name(6), name(8)]);
     // The marked file (8) damaged; the file named 6 replaced by the bytes of 4, and 4 gone.
     let marked = snap.join(name(8));

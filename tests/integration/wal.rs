@@ -754,8 +754,11 @@ fn a_checkpoint_claiming_a_huge_deleted_prefix_costs_no_memory_and_is_corruption
     let last = 1u64 << 40;
     let header = SegmentHeader { sequence: 1, first_record: last + 1, prev_crc: 0 };
     let mut bytes = header.encode().to_vec();
-    let checkpoint = Record::Checkpoint(vec![Checkpoint { last_index: last, ..Checkpoint::default() }]);
-    append_record(&mut bytes, RecordType::Checkpoint, 0,  0, 0, |out| checkpoint.encode_payload(out));
+    let checkpoint =
+        Record::Checkpoint(vec![Checkpoint { last_index: last, ..Checkpoint::default() }]);
+    append_record(&mut bytes, RecordType::Checkpoint, 0, 0, 0, |out| {
+        checkpoint.encode_payload(out)
+    });
     let fs = CrashFs::new();
     let name = raftwal::wal::format::segment_name(1, last + 1);
     fs.write_file_raw(&dir().join(&name), &bytes).unwrap();

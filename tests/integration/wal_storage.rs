@@ -359,7 +359,7 @@ fn streamed_snapshots_are_unavailable_while_written_and_read_back_whole() {
     assert_eq!(back, made.data, "the streamed data reads back byte for byte");
     assert_eq!(storage.snapshot().unwrap(), made);
     // Compressed on disk: a repetitive 300 KB body takes far less.
-    let path = root().join("snap").join(format!("{:016x}-{:016x}.snap", 1, 15));
+    let path = root().join("snap").join(raftwal::snapshot::format::snapshot_name(0, 1, 15));
     assert!(fs.read_file(&path).unwrap().len() < 50_000, "zstd compresses the body");
     drop(storage);
     assert_eq!(open(&fs).unwrap().snapshot().unwrap(), made, "and it survives a reopen");
@@ -381,7 +381,7 @@ fn an_abandoned_snapshot_writer_leaves_nothing_behind() {
 }
 
 fn snap_path(term: u64, index: u64) -> PathBuf {
-    Path::new("/node/snap").join(format!("{term:016x}-{index:016x}.snap"))
+    Path::new("/node/snap").join(raftwal::snapshot::format::snapshot_name(0, term, index))
 }
 
 #[test]
@@ -413,8 +413,11 @@ fn a_damaged_snapshot_falls_back_to_an_older_one_only_if_the_log_covers_it() {
     let storage = open(&fs).unwrap();
     assert_eq!(storage.snapshot().unwrap(), older, "the newest valid older snapshot is used");
     assert!(
-        fs.read_file(&Path::new("/node/snap").join(format!("{:016x}-{:016x}.snap.broken", 1, 7)))
-            .is_some()
+        fs.read_file(
+            &Path::new("/node/snap")
+                .join(format!("{}.broken", snap_path(1, 7).file_name().unwrap().to_string_lossy()))
+        )
+        .is_some()
     );
     assert_eq!(storage.entries(5, 11, u64::MAX).unwrap(), run(5, 10, 1), "the log still covers it");
 
@@ -426,7 +429,10 @@ fn a_damaged_snapshot_falls_back_to_an_older_one_only_if_the_log_covers_it() {
     fs.flip_bit(&snap_path(1, 9), (len - 1) * 8).unwrap();
     match open(&fs) {
         Err(Error::Corruption { segment, kind, .. }) => {
-            assert_eq!(segment, Path::new("snap").join(format!("{:016x}-{:016x}.snap", 1, 9)));
+            assert_eq!(
+                segment,
+                Path::new("snap").join(raftwal::snapshot::format::snapshot_name(0, 1, 9))
+            );
             assert_eq!(kind, CorruptionKind::ChecksumMismatch);
         }
         other => panic!("expected corruption naming the snapshot file, got {other:?}"),

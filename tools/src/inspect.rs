@@ -97,7 +97,7 @@ struct DamageView {
 struct SegmentView {
     name: String,
     sequence: u64,
-    first_index: u64,
+    first_record: u64,
     size_bytes: u64,
     header_error: Option<String>,
     records: usize,
@@ -122,7 +122,7 @@ impl From<&SegmentReport> for SegmentView {
         SegmentView {
             name: s.name.clone(),
             sequence: s.sequence,
-            first_index: s.first_index,
+            first_record: s.first_record,
             size_bytes: s.size_bytes,
             header_error: s.header.as_ref().err().map(|e| format!("{e:?}")),
             records: s.records,
@@ -416,15 +416,15 @@ fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, e: &Entry) -> DumpRo
 fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> DumpRow<'a> {
     let row = DumpRow { segment, offset, kept, ..DumpRow::default() };
     match record {
-        Record::Entries(_) => unreachable!("entries are dumped one by one"),
-        Record::HardState(hs) => DumpRow {
+        Record::Entries { .. } => unreachable!("entries are dumped one by one"),
+        Record::HardState { hard_state: hs, .. } => DumpRow {
             record: "hard_state",
             term: Some(hs.term),
             vote: Some(hs.vote),
             commit: Some(hs.commit),
             ..row
         },
-        Record::Snapshot { metadata, resets_log } => DumpRow {
+        Record::Snapshot { metadata, resets_log, .. } => DumpRow {
             record: "snapshot",
             index: Some(metadata.index),
             term: Some(metadata.term),
@@ -432,18 +432,22 @@ fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> 
             voters: Some(metadata.conf_state.voters.clone()),
             ..row
         },
-        Record::Compact { index, term } => {
+        Record::Compact { index, term, .. } => {
             DumpRow { record: "compact", index: Some(*index), term: Some(*term), ..row }
         }
-        Record::Checkpoint(cp) => DumpRow {
-            record: "checkpoint",
-            dummy_index: Some(cp.dummy_index),
-            dummy_term: Some(cp.dummy_term),
-            term: Some(cp.hard_state.term),
-            last_index: Some(cp.last_index),
-            commit: Some(cp.hard_state.commit),
-            vote: Some(cp.hard_state.vote),
-            ..row
+        Record::Remove { .. } => DumpRow { record: "remove", ..row },
+        Record::Checkpoint(cps) => match cps.iter().find(|cp| cp.group == 0) {
+            Some(cp) => DumpRow {
+                record: "checkpoint",
+                dummy_index: Some(cp.dummy_index),
+                dummy_term: Some(cp.dummy_term),
+                term: Some(cp.hard_state.term),
+                last_index: Some(cp.last_index),
+                commit: Some(cp.hard_state.commit),
+                vote: Some(cp.hard_state.vote),
+                ..row
+            },
+            None => DumpRow { record: "checkpoint", ..row },
         },
     }
 }
@@ -533,7 +537,7 @@ pub fn dump(
             }
             Event::Record { segment, record, kept } => {
                 let rows: Vec<DumpRow<'_>> = match &record.record {
-                    Record::Entries(entries) => {
+                    Record::Entries { entries, .. } => {
                         let rows = entries
                             .iter()
                             .filter(|e| !filtered || (lo..=hi).contains(&e.index))
@@ -628,7 +632,8 @@ fn snapshots(
     mut progress: impl FnMut(u64),
 ) -> Result<(Vec<SnapshotView>, Option<String>), Failure> {
     let marker = &inspection.summary.snapshot;
-    let marked = snapshot_name(marker.term, marker.index);
+    let group = inspection.summary.group;
+    let marked = snapshot_name(group, marker.term, marker.index);
     let Some(dir) = &layout.snap else {
         let missing = (marker.index != 0).then(|| {
             format!("the marked snapshot {marked} is missing: there is no snap/ directory")
@@ -636,7 +641,7 @@ fn snapshots(
         return Ok((Vec::new(), missing));
     };
     let fs: Fs = Arc::new(ReadOnlyFs);
-    let store = SnapshotStore::open_existing(fs.clone(), dir);
+    let store = SnapshotStore::open_existing(fs.clone(), dir, group);
     let mut views = Vec::new();
     for stored in store.list()? {
         let size_bytes = fs.open(&dir.join(&stored.name))?.len()?;
@@ -979,7 +984,7 @@ fn snapshot_warning(
     kept: &SnapshotMetadata,
 ) -> String {
     let file_exists = |m: &SnapshotMetadata| {
-        layout.snap.as_ref().is_some_and(|dir| dir.join(snapshot_name(m.term, m.index)).exists())
+        layout.snap.as_ref().is_some_and(|dir| dir.join(snapshot_name(0, m.term, m.index)).exists())
     };
     let mut text = format!(
         "warning: the cut drops the snapshot marker at index {} term {}: ",
@@ -994,7 +999,7 @@ fn snapshot_warning(
 ",
             kept.index,
             kept.term,
-            snapshot_name(kept.term, kept.index)
+            snapshot_name(0, kept.term, kept.index)
         );
         if layout.snap.is_some() && !file_exists(kept) {
             text += "  that snapshot's file is not in the snapshot directory: open will refuse                      until the node is restored from a peer
@@ -1005,7 +1010,7 @@ fn snapshot_warning(
         text += &format!(
             "  {} is then uncommitted: the next open of the storage removes it
 ",
-            snapshot_name(dropped.term, dropped.index)
+            snapshot_name(0, dropped.term, dropped.index)
         );
     }
     text
@@ -1053,7 +1058,11 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         if let Event::Record { record, kept: false, .. } = event {
             match &record.record {
                 Record::Snapshot { metadata, .. } => dropped = Some(metadata.clone()),
-                Record::Checkpoint(cp) => dropped = Some(cp.snapshot.clone()),
+                Record::Checkpoint(cps) => {
+                    if let Some(cp) = cps.iter().find(|cp| cp.group == 0) {
+                        dropped = Some(cp.snapshot.clone());
+                    }
+                }
                 _ => {}
             }
         }

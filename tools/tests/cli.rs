@@ -281,7 +281,7 @@ fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
     for segment in segments(dir) {
         for record in records(&segment) {
             let holds = match &record.record {
-                Record::Entries(entries) => entries.iter().any(|e| e.index == index),
+                Record::Entries { entries, .. } => entries.iter().any(|e| e.index == index),
                 _ => false,
             };
             if holds {
@@ -296,7 +296,7 @@ fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
 }
 
 fn snap_file(term: u64, index: u64) -> String {
-    raftwal::snapshot::format::snapshot_name(term, index)
+    raftwal::snapshot::format::snapshot_name(0, term, index)
 }
 
 #[test]
