@@ -109,12 +109,26 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &Entry) {
 
 /// Reads one entry written by [`encode_entry`].
 pub fn decode_entry(dec: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
+    decode_entry_in(dec, None)
+}
+
+/// Like [`decode_entry`]; with `owner` (a buffer and the offset in it where the decoder's
+/// bytes start), the entry's data is a slice of that buffer instead of a copy.
+pub fn decode_entry_in(
+    dec: &mut Decoder<'_>,
+    owner: Option<(&Bytes, usize)>,
+) -> Result<Entry, DecodeError> {
     let index = dec.u64("entry index")?;
     let term = dec.u64("entry term")?;
     let entry_type =
         EntryType::from_u8(dec.u8("entry type")?).ok_or(DecodeError { what: "entry type" })?;
     let len = dec.u32("entry data length")? as usize;
-    let data = Bytes::copy_from_slice(dec.bytes(len, "entry data")?);
+    let at = dec.position();
+    let raw = dec.bytes(len, "entry data")?;
+    let data = match owner {
+        Some((buf, base)) => buf.slice(base + at..base + at + len),
+        None => Bytes::copy_from_slice(raw),
+    };
     Ok(Entry { index, term, entry_type, data })
 }
 

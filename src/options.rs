@@ -81,6 +81,10 @@ pub struct WalOptions {
     pub force_rewrite_after: u32,
     /// Bytes of entries one purge rewrites at most.
     pub rewrite_budget_bytes: u64,
+    /// Open replays each sealed segment from its footer (the summary written when it was
+    /// sealed) instead of reading its records: payload CRCs are then checked when entries are
+    /// read and by `raftwal verify`, not at open. Off: every segment is read whole at open.
+    pub read_footers: bool,
 }
 
 impl Default for WalOptions {
@@ -101,6 +105,7 @@ impl Default for WalOptions {
             rewrite_max_bytes: 256 << 10,
             force_rewrite_after: 10,
             rewrite_budget_bytes: 64 << 20,
+            read_footers: true,
         }
     }
 }

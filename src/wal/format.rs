@@ -190,6 +190,8 @@ pub enum RecordType {
     Compact = 5,
     /// A group was removed: all its state is gone.
     Remove = 6,
+    /// The seal-time summary of a sealed segment (see [`Footer`]): changes nothing.
+    Footer = 7,
 }
 
 impl RecordType {
@@ -202,6 +204,7 @@ impl RecordType {
             4 => RecordType::Snapshot,
             5 => RecordType::Compact,
             6 => RecordType::Remove,
+            7 => RecordType::Footer,
             _ => return None,
         })
     }
@@ -332,6 +335,9 @@ pub enum Record {
         /// The group removed.
         group: u64,
     },
+    /// See [`RecordType::Footer`]: the encoded summary, decoded on demand by
+    /// [`Footer::decode`].
+    Footer(Vec<u8>),
 }
 
 /// The state a group starts from in a segment, written in the segment's first records so that
@@ -411,13 +417,14 @@ impl Record {
             Record::Snapshot { .. } => RecordType::Snapshot,
             Record::Compact { .. } => RecordType::Compact,
             Record::Remove { .. } => RecordType::Remove,
+            Record::Footer(_) => RecordType::Footer,
         }
     }
 
     /// The group the record changes (`None` for a checkpoint, which covers them all).
     pub fn group(&self) -> Option<u64> {
         match self {
-            Record::Checkpoint(_) => None,
+            Record::Checkpoint(_) | Record::Footer(_) => None,
             Record::Entries { group, .. }
             | Record::HardState { group, .. }
             | Record::Snapshot { group, .. }
@@ -444,11 +451,22 @@ impl Record {
                 codec::put_u64(out, *term);
             }
             Record::Remove { group } => codec::put_u64(out, *group),
+            Record::Footer(summary) => out.extend_from_slice(summary),
         }
     }
 
     /// Decodes a payload of the given type. Every byte must be used.
     pub fn decode_payload(record_type: RecordType, payload: &[u8]) -> Result<Record, DecodeError> {
+        Record::decode_payload_in(record_type, payload, None)
+    }
+
+    /// Like [`Record::decode_payload`]; with `owner` (a buffer and the offset in it where
+    /// `payload` starts), entries' data are slices of that buffer, not copies.
+    pub fn decode_payload_in(
+        record_type: RecordType,
+        payload: &[u8],
+        owner: Option<(&bytes::Bytes, usize)>,
+    ) -> Result<Record, DecodeError> {
         let mut dec = Decoder::new(payload);
         let record = match record_type {
             RecordType::Checkpoint => {
@@ -469,7 +487,7 @@ impl Record {
             }
             RecordType::Entries => {
                 let group = dec.u64("entries group")?;
-                Record::Entries { group, entries: decode_entries_payload(&mut dec)? }
+                Record::Entries { group, entries: decode_entries_payload(&mut dec, owner)? }
             }
             RecordType::HardState => Record::HardState {
                 group: dec.u64("hard state group")?,
@@ -496,6 +514,10 @@ impl Record {
                 term: dec.u64("compact term")?,
             },
             RecordType::Remove => Record::Remove { group: dec.u64("removed group")? },
+            RecordType::Footer => {
+                let summary = dec.bytes(dec.remaining(), "footer")?.to_vec();
+                Record::Footer(summary)
+            }
         };
         dec.finish("record payload")?;
         Ok(record)
@@ -532,7 +554,10 @@ pub fn entries_payload_len(entries: &[Entry]) -> u64 {
     ENTRIES_HEAD_LEN as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
 }
 
-fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeError> {
+fn decode_entries_payload(
+    dec: &mut Decoder<'_>,
+    owner: Option<(&bytes::Bytes, usize)>,
+) -> Result<Vec<Entry>, DecodeError> {
     let count = dec.u32("entries count")? as usize;
     // Each entry takes at least its header: bound the allocation by the bytes present.
     if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
@@ -540,7 +565,7 @@ fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeErr
     }
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
-        let entry = codec::decode_entry(dec)?;
+        let entry = codec::decode_entry_in(dec, owner)?;
         if let Some(prev) = entries.last().map(|e: &Entry| e.index)
             && prev.checked_add(1) != Some(entry.index)
         {
@@ -549,6 +574,280 @@ fn decode_entries_payload(dec: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeErr
         entries.push(entry);
     }
     Ok(entries)
+}
+
+// ---- Footer and trailer -----------------------------------------------------------------------
+
+/// Bytes of the trailer at the very end of a sealed segment's file.
+pub const TRAILER_LEN: usize = 16;
+/// First bytes of a trailer.
+pub const TRAILER_MAGIC: [u8; 4] = *b"RWFT";
+/// Offset of the footer record's frame, u32.
+pub const TRAILER_FOOTER_OFFSET: usize = TRAILER_MAGIC.len();
+/// Bytes the footer record's frame occupies (padding included), u32.
+pub const TRAILER_FOOTER_LEN: usize = TRAILER_FOOTER_OFFSET + size_of::<u32>();
+/// CRC-32 of bytes `0..TRAILER_CRC_OFFSET`, u32.
+pub const TRAILER_CRC_OFFSET: usize = TRAILER_FOOTER_LEN + size_of::<u32>();
+const _: () = assert!(TRAILER_CRC_OFFSET + size_of::<u32>() == TRAILER_LEN);
+
+/// Where a sealed segment's footer record is, read from the last [`TRAILER_LEN`] bytes of its
+/// file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    /// Offset of the footer record's frame.
+    pub footer_offset: u32,
+    /// Bytes of the footer's frame, padding included.
+    pub footer_len: u32,
+}
+
+impl Trailer {
+    /// The trailer's bytes.
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut buf = [0u8; TRAILER_LEN];
+        buf[..TRAILER_FOOTER_OFFSET].copy_from_slice(&TRAILER_MAGIC);
+        LittleEndian::write_u32(&mut buf[TRAILER_FOOTER_OFFSET..], self.footer_offset);
+        LittleEndian::write_u32(&mut buf[TRAILER_FOOTER_LEN..], self.footer_len);
+        let crc = crc32fast::hash(&buf[..TRAILER_CRC_OFFSET]);
+        LittleEndian::write_u32(&mut buf[TRAILER_CRC_OFFSET..], crc);
+        buf
+    }
+
+    /// Reads a trailer; `None` unless magic and CRC hold.
+    pub fn decode(buf: &[u8]) -> Option<Trailer> {
+        let buf = buf.get(..TRAILER_LEN)?;
+        if buf[..TRAILER_FOOTER_OFFSET] != TRAILER_MAGIC {
+            return None;
+        }
+        let crc = LittleEndian::read_u32(&buf[TRAILER_CRC_OFFSET..]);
+        if crc32fast::hash(&buf[..TRAILER_CRC_OFFSET]) != crc {
+            return None;
+        }
+        Some(Trailer {
+            footer_offset: LittleEndian::read_u32(&buf[TRAILER_FOOTER_OFFSET..]),
+            footer_len: LittleEndian::read_u32(&buf[TRAILER_FOOTER_LEN..]),
+        })
+    }
+}
+
+/// A record as a footer lists it: its offset, whether its write goes on, and its contents, with
+/// entries reduced to index and term (their data stay in the record, checked when read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FooterRecord {
+    /// Offset of the record's frame in the segment.
+    pub offset: u64,
+    /// Whether the record carries [`FLAG_MORE`].
+    pub more: bool,
+    /// The record; an `Entries` record's entries have empty data.
+    pub record: Record,
+}
+
+/// The seal-time summary of a segment: every record before it, as [`FooterRecord`]s, so that
+/// opening a log replays a sealed segment from its footer instead of reading its payloads.
+///
+/// Encoding: `records: u32`, then per record `offset: u32, type: u8, flags: u8`, then for
+/// entries `group: u64, first_index: u64, count: u32, runs: u32` and `runs` pairs
+/// `(entries: u32, term: u64)`; for every other type `len: u32` and the record's payload.
+#[derive(Clone, Debug, Default)]
+pub struct Footer {
+    buf: Vec<u8>,
+    records: u32,
+}
+
+/// Longest footer kept while a segment is written: beyond it the segment gets no footer (and
+/// is scanned at open), so a segment of many tiny records cannot make the writer hold much.
+pub const MAX_FOOTER_BYTES: usize = 16 << 20;
+
+impl Footer {
+    /// Adds an entries record at `offset`.
+    pub fn push_entries(&mut self, offset: u64, more: bool, group: u64, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        self.push_head(offset, RecordType::Entries, more);
+        codec::put_u64(&mut self.buf, group);
+        codec::put_u64(&mut self.buf, first.index);
+        codec::put_u32(&mut self.buf, entries.len() as u32);
+        let runs_at = self.buf.len();
+        codec::put_u32(&mut self.buf, 0);
+        let mut runs = 0u32;
+        let mut k = 0;
+        // Bounded: each pass consumes one run of equal terms.
+        while k < entries.len() {
+            let term = entries[k].term;
+            let len = entries[k..].iter().take_while(|e| e.term == term).count();
+            codec::put_u32(&mut self.buf, len as u32);
+            codec::put_u64(&mut self.buf, term);
+            runs += 1;
+            k += len;
+        }
+        LittleEndian::write_u32(&mut self.buf[runs_at..], runs);
+    }
+
+    /// Adds a record of any other type at `offset`, with its payload.
+    pub fn push_payload(
+        &mut self,
+        offset: u64,
+        more: bool,
+        record_type: RecordType,
+        payload: &[u8],
+    ) {
+        self.push_head(offset, record_type, more);
+        codec::put_u32(&mut self.buf, payload.len() as u32);
+        self.buf.extend_from_slice(payload);
+    }
+
+    /// Adds a decoded record.
+    pub fn push_record(&mut self, offset: u64, more: bool, record: &Record) {
+        match record {
+            Record::Entries { group, entries } => self.push_entries(offset, more, *group, entries),
+            // An earlier footer is listed (it is part of the chain) without its summary.
+            Record::Footer(_) => self.push_payload(offset, more, RecordType::Footer, &[]),
+            other => {
+                let mut payload = Vec::new();
+                other.encode_payload(&mut payload);
+                self.push_payload(offset, more, other.record_type(), &payload);
+            }
+        }
+    }
+
+    fn push_head(&mut self, offset: u64, record_type: RecordType, more: bool) {
+        if self.buf.is_empty() {
+            codec::put_u32(&mut self.buf, 0);
+        }
+        codec::put_u32(&mut self.buf, u32::try_from(offset).expect("segments stay below 4 GiB"));
+        self.buf.push(record_type as u8);
+        self.buf.push(if more { FLAG_MORE } else { 0 });
+        self.records += 1;
+        LittleEndian::write_u32(&mut self.buf[..4], self.records);
+    }
+
+    /// Records listed.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+
+    /// Bytes of the encoded summary.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no record is listed.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// The encoded summary (the footer record's payload).
+    pub fn payload(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets every record (a new segment starts).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.records = 0;
+    }
+
+    /// Decodes a footer payload written for a footer record at `footer_offset`. Offsets must
+    /// increase and stay below the footer, and each entries record must have room for its
+    /// entries' headers before the next record: a forged count cannot make this allocate more
+    /// than the segment's size allows. Entries come back with their index and term only (empty
+    /// data, type normal): what replay needs.
+    pub fn decode(payload: &[u8], footer_offset: u64) -> Result<Vec<FooterRecord>, DecodeError> {
+        let mut dec = Decoder::new(payload);
+        let count = dec.u32("footer record count")? as usize;
+        // Every listed record takes at least six bytes here.
+        if count > dec.remaining() / 6 {
+            return Err(DecodeError { what: "footer record count" });
+        }
+        let mut out: Vec<FooterRecord> = Vec::with_capacity(count);
+        // Entries records to expand once the next offset bounds them.
+        struct Pending {
+            at: usize,
+            group: u64,
+            first: u64,
+            count: usize,
+            runs: Vec<(u32, u64)>,
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        for _ in 0..count {
+            let offset = u64::from(dec.u32("footer record offset")?);
+            let record_type = dec.u8("footer record type")?;
+            let flags = dec.u8("footer record flags")?;
+            if out.last().is_some_and(|r| r.offset >= offset)
+                || offset < SEGMENT_HEADER_LEN as u64
+                || offset >= footer_offset
+                || flags & !FLAG_MORE != 0
+            {
+                return Err(DecodeError { what: "footer record offset" });
+            }
+            let more = flags & FLAG_MORE != 0;
+            let record_type = RecordType::from_u8(record_type)
+                .ok_or(DecodeError { what: "footer record type" })?;
+            let record = match record_type {
+                RecordType::Entries => {
+                    let group = dec.u64("footer entries group")?;
+                    let first = dec.u64("footer entries first index")?;
+                    let n = dec.u32("footer entries count")? as usize;
+                    let runs = dec.u32("footer entries runs")? as usize;
+                    if n == 0 || runs == 0 || runs > n || runs > dec.remaining() / 12 {
+                        return Err(DecodeError { what: "footer entries count" });
+                    }
+                    let mut terms: Vec<(u32, u64)> = Vec::with_capacity(runs);
+                    let mut total = 0usize;
+                    for _ in 0..runs {
+                        let len = dec.u32("footer run length")?;
+                        let term = dec.u64("footer run term")?;
+                        if len == 0 {
+                            return Err(DecodeError { what: "footer run length" });
+                        }
+                        total += len as usize;
+                        terms.push((len, term));
+                    }
+                    if total != n || first.checked_add(n as u64).is_none() {
+                        return Err(DecodeError { what: "footer entries runs" });
+                    }
+                    pending.push(Pending { at: out.len(), group, first, count: n, runs: terms });
+                    Record::Entries { group, entries: Vec::new() }
+                }
+                RecordType::Footer => {
+                    // An earlier seal's footer, in a segment that was resumed after it: it
+                    // changes nothing, and its summary is not needed.
+                    let len = dec.u32("footer payload length")? as usize;
+                    dec.bytes(len, "footer payload")?;
+                    Record::Footer(Vec::new())
+                }
+                other => {
+                    let len = dec.u32("footer payload length")? as usize;
+                    let bytes = dec.bytes(len, "footer payload")?;
+                    Record::decode_payload(other, bytes)?
+                }
+            };
+            out.push(FooterRecord { offset, more, record });
+        }
+        dec.finish("footer")?;
+        for Pending { at: k, group, first, count: n, runs: terms } in pending {
+            let end = out.get(k + 1).map_or(footer_offset, |r| r.offset);
+            let room = (end - out[k].offset) as usize;
+            let fits = room.saturating_sub(FRAME_HEADER_LEN + ENTRIES_HEAD_LEN)
+                / Entry::HEADER_LEN as usize;
+            if n > fits {
+                return Err(DecodeError { what: "footer entries count" });
+            }
+            let mut entries = Vec::with_capacity(n);
+            let mut index = first;
+            for (len, term) in terms {
+                for _ in 0..len {
+                    entries.push(Entry {
+                        index,
+                        term,
+                        entry_type: crate::types::EntryType::Normal,
+                        data: bytes::Bytes::new(),
+                    });
+                    index += 1;
+                }
+            }
+            out[k].record = Record::Entries { group, entries };
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -717,6 +1016,6 @@ mod tests {
         trailing.push(0);
         assert!(Record::decode_payload(RecordType::Entries, &trailing).is_err());
         assert_eq!(RecordType::from_u8(0), None);
-        assert_eq!(RecordType::from_u8(7), None);
+        assert_eq!(RecordType::from_u8(8), None);
     }
 }

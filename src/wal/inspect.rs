@@ -675,6 +675,13 @@ mod tests {
         Wal::open(shared, &dir(), WalOptions { recovery_mode: mode, ..options() })
     }
 
+    /// Opens reading every segment whole, as inspection does (no footers).
+    fn open_scanning(fs: &CrashFs, mode: RecoveryMode) -> Result<Wal> {
+        let shared: Fs = Arc::new(fs.clone());
+        let options = WalOptions { recovery_mode: mode, read_footers: false, ..options() };
+        Wal::open(shared, &dir(), options)
+    }
+
     /// 60 entries of 100 bytes in batches of 3, each with a hard state, over several 4 KiB
     /// segments; compacted to 10. Closed cleanly when `close`, else dropped after the last save.
     fn build(close: bool) -> CrashFs {
@@ -716,7 +723,7 @@ mod tests {
 
         let (inspection, records) = all_records(&fs);
 
-        assert_eq!(inspection.verdict(), Verdict::Clean);
+        assert_eq!(inspection.verdict(), Verdict::Clean, "{:?}", inspection.problem);
         assert_eq!(inspection.problem, None);
         assert!(inspection.segments.len() > 2, "the workload rolls over several segments");
         assert!(inspection.segments.iter().all(|s| s.kept && s.case.label == "R1"));
@@ -782,6 +789,11 @@ mod tests {
         let victim_segment = clean.segments[1].name.clone();
         let victim =
             records.iter().filter(|(s, _, _)| *s == victim_segment).nth(2).unwrap().1.clone();
+        let clean_state = {
+            let wal = open(&fs, RecoveryMode::Strict).unwrap();
+            let (first, last) = (wal.first_index(), wal.last_index());
+            (first, last, wal.hard_state(), wal.entries(first, last + 1, u64::MAX).unwrap())
+        };
         let offset = victim.offset + FRAME_HEADER_LEN as u64 + 1;
         fs.flip_bit(&dir().join(&victim_segment), offset * 8).unwrap();
         // A write is kept whole or not at all: the cut is at the start of the victim's write.
@@ -821,20 +833,48 @@ mod tests {
             assert_eq!(*kept, before, "{segment} at {}", record.offset);
         }
 
-        // Open agrees: Strict refuses at that spot.
-        match open(&fs, RecoveryMode::Strict) {
+        // An open that reads every segment agrees: Strict refuses at that spot.
+        match open_scanning(&fs, RecoveryMode::Strict) {
             Err(Error::Corruption { segment, offset, kind }) => {
                 assert_eq!(segment, PathBuf::from(&victim_segment));
                 assert_eq!((offset, kind), (victim.offset, CorruptionKind::ChecksumMismatch));
             }
             other => panic!("open must refuse, got {other:?}"),
         }
+        // An open through footers does not read the payload. The footer holds its own copy of
+        // every record but the entries' data, so the damaged record changes nothing unless it
+        // holds entries, whose read then refuses, naming the same spot.
+        {
+            let wal = open(&fs, RecoveryMode::Strict).unwrap();
+            let rows = &wal.recovery_report().rows;
+            assert_eq!(rows[1], "F1", "the damaged sealed segment was replayed from its footer");
+            assert_eq!(
+                (wal.first_index(), wal.last_index(), wal.hard_state()),
+                (clean_state.0, clean_state.1, clean_state.2),
+                "the state comes from the footer"
+            );
+            let read = wal.entries(clean_state.0, clean_state.1 + 1, u64::MAX);
+            if matches!(victim.record, Record::Entries { .. }) {
+                match read {
+                    Err(Error::Corruption { segment, offset, kind }) => {
+                        assert_eq!(segment, PathBuf::from(&victim_segment));
+                        assert_eq!(
+                            (offset, kind),
+                            (victim.offset, CorruptionKind::ChecksumMismatch)
+                        );
+                    }
+                    other => panic!("reading the damaged entries must fail, got {other:?}"),
+                }
+            } else {
+                assert_eq!(read.unwrap(), clean_state.3, "no entry lies in the damaged record");
+            }
+        }
         // And TruncateCorrupt drops exactly what the cut says.
         let (last_kept, affected) = (problem.cut.last_kept_index, problem.cut.affected().unwrap());
         assert_eq!(affected.0, last_kept + 1);
         // Segments hold many groups' writes: no segment bounds the entries unreadable bytes held.
         assert_eq!(affected.1, None, "unreadable bytes may hold any entry");
-        let wal = open(&fs, RecoveryMode::TruncateCorrupt).unwrap();
+        let wal = open_scanning(&fs, RecoveryMode::TruncateCorrupt).unwrap();
         assert_eq!(wal.last_index(), last_kept);
         let report = wal.recovery_report();
         assert_eq!(report.truncated, Some((victim_segment, cut_at, "R8")));

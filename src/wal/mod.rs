@@ -138,6 +138,7 @@ impl Engine {
                     prev_crc: recovered.last_crc,
                     fresh: true,
                     data_start: 0,
+                    footer: Some(format::Footer::default()),
                 }
             }
         };

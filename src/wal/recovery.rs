@@ -115,6 +115,15 @@ impl SegmentScan {
 
 /// Scans the records after the header. `bytes` is the whole segment file.
 pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
+    scan(bytes, None, max_record)
+}
+
+/// Like [`scan_segment`], with entries' data sliced out of `bytes` instead of copied.
+pub fn scan_segment_shared(bytes: &bytes::Bytes, max_record: u32) -> SegmentScan {
+    scan(bytes, Some(bytes), max_record)
+}
+
+fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentScan {
     let header = SegmentHeader::decode(bytes);
     let Ok(segment_header) = header else {
         // With no header there is no chain to follow: only the witness question remains.
@@ -191,7 +200,11 @@ pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
                 head.durable
             )));
         }
-        let record = match Record::decode_payload(record_type, payload) {
+        let record = match Record::decode_payload_in(
+            record_type,
+            payload,
+            owner.map(|buf| (buf, payload_start)),
+        ) {
             Ok(record) => record,
             Err(e) => break Stop::Damaged(CorruptionKind::Malformed(e.to_string())),
         };
@@ -381,6 +394,18 @@ impl From<After> for AfterClass {
         }
     }
 }
+
+/// The row a sealed segment read through its footer matches: its records are replayed from the
+/// seal-time summary, its payloads are not read (their CRCs are checked when entries are read,
+/// and by `raftwal verify`, which always scans).
+pub const FOOTER_CASE: Case = Case {
+    label: "F1",
+    positions: &[Position::Sealed],
+    stop: StopClass::End,
+    after: Some(AfterClass::Nothing),
+    decision: Decision::Accept,
+    rationale: "a sealed segment with a valid footer and trailer: replayed from the footer",
+};
 
 /// The recovery decision table. Exactly one row matches every combination of inputs; a test
 /// enumerates them all.

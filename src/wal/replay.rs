@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::{File, Fs};
 use crate::options::{RecoveryMode, WalOptions};
-use crate::wal::format::{self, Record};
+use crate::wal::format::{self, HeaderError, Record};
 use crate::wal::index::Loc;
 use crate::wal::recovery::{
-    Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
+    Decision, FOOTER_CASE, Position, ScannedRecord, Stop, classify, decide, scan_segment_shared,
 };
 use crate::wal::segment::{self, Segment};
 use crate::wal::state::EngineState;
@@ -149,7 +149,7 @@ fn recover_once(
     let mut sealed: Vec<Segment> = Vec::new();
     // The last kept segment with a valid header: (segment, end of accepted data, data start,
     // first record, records kept).
-    let mut last_kept: Option<(Segment, u64, u64, u64, u64)> = None;
+    let mut last_kept: Option<(Segment, u64, u64, u64, u64, Option<format::Footer>)> = None;
     let mut last_crc = 0u32;
     let mut next_sequence = 1;
     let mut replayed_any = false;
@@ -165,10 +165,34 @@ fn recover_once(
             (false, _) => Position::Sealed,
         };
         let file = fs.open(&dir.join(&f.name))?;
-        let bytes = segment::read_whole(&f.name, file.as_ref())?;
-        let scan = scan_segment(&bytes, options.max_record_bytes);
+        // A sealed segment is replayed from its footer when it has a valid one (and no earlier
+        // pass asked to cut it); otherwise, and always for the newest, it is read whole.
+        let footer_scan = if position == Position::Sealed
+            && options.read_footers
+            && forced.is_none_or(|r| r.segment != i)
+        {
+            segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?
+        } else {
+            None
+        };
+        let (mut bytes, scan) = match footer_scan {
+            Some(scan) => (None, scan),
+            None => {
+                // Entries decoded by the scan share this buffer; it is freed with the scan.
+                let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
+                let scan = scan_segment_shared(&bytes, options.max_record_bytes);
+                report.bytes_scanned += scan.stop_offset;
+                (Some(bytes), scan)
+            }
+        };
+        let from_footer = bytes.is_none();
         report.segments_scanned += 1;
-        report.bytes_scanned += scan.stop_offset;
+        if let Err(HeaderError::Version(version)) = scan.header {
+            // Another format's log is never cut, whatever the mode: a version 1 directory
+            // would otherwise lose every segment from this one on.
+            let kind = CorruptionKind::UnsupportedVersion(version);
+            return Err(corruption(&f.name, format::VERSION_OFFSET as u64, kind));
+        }
 
         // Links between segments: consecutive sequences, names that match headers, and a record
         // chain (and count) that crosses files. A broken link is never a torn write.
@@ -201,7 +225,11 @@ fn recover_once(
             }
         }
 
-        let case = decide(position, classify(&scan), scan.after.into());
+        let case = if from_footer {
+            &FOOTER_CASE
+        } else {
+            decide(position, classify(&scan), scan.after.into())
+        };
         report.rows.push(case.label);
         let (mut keep_records, mut stop_here) = match case.decision {
             Decision::Accept => (scan.records.len(), false),
@@ -311,15 +339,32 @@ fn recover_once(
             sealed.push(segment);
         }
         next_sequence = f.sequence + 1;
-        let size = bytes.len() as u64;
+        let size = match &bytes {
+            Some(bytes) => bytes.len() as u64,
+            None => file.len()?,
+        };
         let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
-        last_kept = Some((segment, end, data_start, first_record, kept_count));
+        // The summary a resumed segment's footer starts from (only where writing may resume).
+        let footer = (truncated_here || position != Position::Sealed).then(|| {
+            let mut footer = format::Footer::default();
+            for r in records.iter().take(kept_count as usize) {
+                footer.push_record(r.offset, r.more, &r.record);
+            }
+            footer
+        });
+        last_kept = Some((segment, end, data_start, first_record, kept_count, footer));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
             // after an accepted end too (a torn write whose first sector was lost but a later
             // one survived). Left in place, bytes after a cut could pass for records, and
             // shorter appends would leave them right behind the last record, where the sealed
             // segment would read as damaged.
+            if bytes.is_none() {
+                // Read through its footer, and now cut: the bytes after the cut must be seen.
+                let (seg, ..) = last_kept.as_ref().expect("just set");
+                bytes = Some(bytes::Bytes::from(segment::read_whole(&f.name, seg.file.as_ref())?));
+            }
+            let bytes = bytes.as_ref().expect("read above");
             let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
             if last_nonzero > end {
                 let (seg, ..) = last_kept.as_ref().expect("just set");
@@ -352,7 +397,7 @@ fn recover_once(
 
     let mut records_total = next_record.unwrap_or(0);
     let resume = match last_kept {
-        Some((segment, end, data_start, first_record, kept)) => {
+        Some((segment, end, data_start, first_record, kept, footer)) => {
             // Whatever was read may still be only in the page cache after a process crash:
             // make it durable before anything is acknowledged on top of it. That includes the
             // segments' names: a rollover's rename that the stopped process never synced would
@@ -376,6 +421,7 @@ fn recover_once(
                 prev_crc: last_crc,
                 fresh,
                 data_start,
+                footer: if fresh { Some(format::Footer::default()) } else { footer },
             })
         }
         None => None,

@@ -12,8 +12,10 @@ use crate::io::File;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::Entry;
 use crate::wal::format::{
-    FRAME_HEADER_LEN, FrameHeader, LEN_OFFSET, Record, RecordType, frame_crc,
+    FRAME_HEADER_LEN, Footer, FrameHeader, LEN_OFFSET, Record, RecordType, SEGMENT_HEADER_LEN,
+    SegmentHeader, TRAILER_LEN, Trailer, frame_crc, framed_len,
 };
+use crate::wal::recovery::{After, ScannedRecord, SegmentScan, Stop};
 
 /// Bytes read at a record's offset in one call: the frame header and the payload of most
 /// records, so that a read usually costs one `pread`.
@@ -40,6 +42,84 @@ impl Segment {
     pub fn read_entries(&self, group: u64, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
         read_entries(&self.name, self.file.as_ref(), group, offset, max_record)
     }
+}
+
+/// Reads a sealed segment through its footer: the header, the trailer at the end of the file and
+/// the footer record it points at, checked (magic and CRCs, offsets within the file, counts
+/// bounded by the space they describe). Returns the scan the footer stands for (its records,
+/// with entries' index and term only, then the footer record), or `None` when anything is
+/// missing or does not check out: the caller then reads the segment whole. Errors are I/O
+/// errors only.
+pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Option<SegmentScan>> {
+    let len = file.len()?;
+    if len > MAX_SEGMENT_SPAN_BYTES || len < (SEGMENT_HEADER_LEN + TRAILER_LEN) as u64 {
+        return Ok(None);
+    }
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    file.read_exact_at(&mut head, 0)?;
+    let Ok(header) = SegmentHeader::decode(&head) else { return Ok(None) };
+    let mut tail = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut tail, len - TRAILER_LEN as u64)?;
+    let Some(trailer) = Trailer::decode(&tail) else { return Ok(None) };
+    let (offset, framed) = (u64::from(trailer.footer_offset), trailer.footer_len as usize);
+    let fits = offset >= SEGMENT_HEADER_LEN as u64
+        && framed >= FRAME_HEADER_LEN
+        && framed <= framed_len(max_record as usize)
+        && offset + framed as u64 <= len - TRAILER_LEN as u64;
+    if !fits {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; framed];
+    file.read_exact_at(&mut buf, offset)?;
+    let frame = FrameHeader::read(&buf);
+    let payload_end = FRAME_HEADER_LEN + frame.len as usize;
+    if frame.record_type != RecordType::Footer as u8
+        || !frame.reserved_zero
+        || frame.flags != 0
+        || framed_len(frame.len as usize) != framed
+        || frame_crc(
+            frame.prev_crc,
+            &buf[LEN_OFFSET..FRAME_HEADER_LEN],
+            &buf[FRAME_HEADER_LEN..payload_end],
+        ) != frame.crc
+    {
+        return Ok(None);
+    }
+    let Ok(listed) = Footer::decode(&buf[FRAME_HEADER_LEN..payload_end], offset) else {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(segment = name, "a footer that passed its CRC does not decode: scanning");
+        let _ = name;
+        return Ok(None);
+    };
+    let mut records: Vec<ScannedRecord> = Vec::with_capacity(listed.len() + 1);
+    let offsets: Vec<u64> = listed.iter().map(|r| r.offset).collect();
+    for (k, r) in listed.into_iter().enumerate() {
+        let next = offsets.get(k + 1).copied().unwrap_or(offset);
+        records.push(ScannedRecord {
+            offset: r.offset,
+            // Only the last record's CRC is used (the chain into the next segment): the footer's.
+            crc: 0,
+            framed_len: next - r.offset,
+            more: r.more,
+            record: r.record,
+        });
+    }
+    records.push(ScannedRecord {
+        offset,
+        crc: frame.crc,
+        framed_len: framed as u64,
+        more: false,
+        record: Record::Footer(Vec::new()),
+    });
+    Ok(Some(SegmentScan {
+        header: Ok(header),
+        records,
+        stop_offset: offset + framed as u64,
+        stop: Stop::End,
+        after: After::Nothing,
+        lookahead_checked_bytes: 0,
+        first_valid_after: None,
+    }))
 }
 
 /// Reads the whole of segment `name` into memory. A file longer than any raftwal writes is
@@ -95,13 +175,17 @@ pub fn read_entries(
     if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
         return Err(corruption(CorruptionKind::ChecksumMismatch));
     }
+    // Entries' data are slices of this buffer: one allocation per record read, not per entry.
+    buf.truncate(total);
+    let buf = bytes::Bytes::from(buf);
+    let payload = &buf[FRAME_HEADER_LEN..];
     if head.record_type != RecordType::Entries as u8 {
         return Err(corruption(CorruptionKind::Malformed(format!(
             "index points at a record of type {}, not entries",
             head.record_type
         ))));
     }
-    match Record::decode_payload(RecordType::Entries, payload) {
+    match Record::decode_payload_in(RecordType::Entries, payload, Some((&buf, FRAME_HEADER_LEN))) {
         Ok(Record::Entries { group: found, entries }) if found == group => Ok(entries),
         Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
             format!("the index points at entries of group {found}, not of group {group}"),

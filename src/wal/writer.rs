@@ -12,8 +12,8 @@ use crate::metrics::Counters;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use crate::wal::format::{
-    self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, FLAG_MORE, Record, RecordType,
-    SegmentHeader, append_record, framed_len,
+    self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, FLAG_MORE, FRAME_HEADER_LEN, Footer,
+    Record, RecordType, SegmentHeader, TRAILER_LEN, Trailer, append_record, framed_len,
 };
 use crate::wal::index::Loc;
 
@@ -128,6 +128,9 @@ pub struct Active {
     pub fresh: bool,
     /// End of the header and checkpoint: records after it are data.
     pub data_start: u64,
+    /// Every record written to it so far, for its footer (`None` once the summary grew past
+    /// [`format::MAX_FOOTER_BYTES`]: the segment is then sealed without one).
+    pub footer: Option<Footer>,
 }
 
 /// A segment that was just sealed by a rollover.
@@ -496,6 +499,10 @@ impl Writer {
             self.buf.extend_from_slice(&header.encode());
             for (k, payload) in parts.iter().enumerate() {
                 let flags = if k + 1 < parts.len() { FLAG_MORE } else { 0 };
+                let offset = start + self.buf.len() as u64;
+                if let Some(footer) = self.active.footer.as_mut() {
+                    footer.push_payload(offset, flags != 0, RecordType::Checkpoint, payload);
+                }
                 prev_crc = append_record(
                     &mut self.buf,
                     RecordType::Checkpoint,
@@ -523,6 +530,21 @@ impl Writer {
                 framed_len(*payload_len),
                 "plan matches encoding"
             );
+            if let Some(footer) = self.active.footer.as_mut() {
+                match part {
+                    Part::Op(Op::Entries { group, entries }) => {
+                        footer.push_entries(offset, flags != 0, *group, entries)
+                    }
+                    other => {
+                        let payload = &self.buf
+                            [before + FRAME_HEADER_LEN..before + FRAME_HEADER_LEN + *payload_len];
+                        footer.push_payload(offset, flags != 0, part_type(other), payload);
+                    }
+                }
+                if footer.len() > format::MAX_FOOTER_BYTES {
+                    self.active.footer = None;
+                }
+            }
             if let Part::Op(Op::Entries { group, entries }) = part {
                 written.push(EntriesWritten {
                     group: *group,
@@ -557,6 +579,7 @@ impl Writer {
         }
         // Get the next file first: if that fails, nothing has changed.
         let file = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
+        let sealed_size = self.write_footer()?;
         // A later segment must never be durable while an earlier one is not: recovery treats
         // every segment but the last as synced whole.
         if self.active.durable_offset < self.active.write_offset {
@@ -590,10 +613,11 @@ impl Writer {
             prev_crc: self.active.prev_crc,
             fresh: true,
             data_start: 0,
+            footer: Some(Footer::default()),
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
-        let size = old.write_offset.max(self.segment_size_bytes);
+        let size = sealed_size;
         Ok(Sealed {
             sequence: old.sequence,
             name: old.name,
@@ -601,6 +625,57 @@ impl Writer {
             durable_lsn: self.lsn,
             size,
         })
+    }
+
+    /// Writes the active segment's footer record after its last record and the trailer that
+    /// points at it at the end of the file, both synced with the segment when it is sealed.
+    /// Returns the bytes the file takes. A segment whose footer does not fit a record (or grew
+    /// too large to keep) is sealed without one: open then reads it whole.
+    fn write_footer(&mut self) -> Result<u64, Failure> {
+        let file_len = self.active.write_offset.max(self.segment_size_bytes);
+        let Some(footer) = self.active.footer.take() else { return Ok(file_len) };
+        if footer.len() > self.max_record_bytes as usize {
+            return Ok(file_len);
+        }
+        // The file's length is what recovery finds the trailer by: it may exceed the
+        // preallocated size (a large write extended it, or the option changed since).
+        let file_len = match self.active.file.len() {
+            Ok(len) => len.max(file_len),
+            // Unknown: seal without a footer rather than guess where the trailer goes.
+            Err(_) => return Ok(file_len),
+        };
+        let offset = self.active.write_offset;
+        let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + footer.len() + 8);
+        let crc = append_record(
+            &mut buf,
+            RecordType::Footer,
+            0,
+            self.active.prev_crc,
+            self.active.durable_offset,
+            |out| out.extend_from_slice(footer.payload()),
+        );
+        let end = offset + buf.len() as u64;
+        // At least a zeroed frame header between the footer and the trailer: a scan of the
+        // segment then reads the end of its records as a clean end, not as a torn frame.
+        let room = (FRAME_HEADER_LEN + TRAILER_LEN) as u64;
+        let trailer_at = file_len.max(end + room) - TRAILER_LEN as u64;
+        if trailer_at + TRAILER_LEN as u64 >= MAX_SEGMENT_SPAN_BYTES {
+            return Ok(file_len);
+        }
+        let trailer = Trailer {
+            footer_offset: u32::try_from(offset).expect("checked below 4 GiB"),
+            footer_len: u32::try_from(buf.len()).expect("a record is below 4 GiB"),
+        };
+        let write = |bytes: &[u8], at: u64| {
+            self.active.file.write_all_at(bytes, at).map_err(|e| Failure::Poison(e.into()))
+        };
+        write(&buf, offset)?;
+        write(&trailer.encode(), trailer_at)?;
+        self.active.write_offset = end;
+        self.active.prev_crc = crc;
+        self.records += 1;
+        self.lsn += buf.len() as u64;
+        Ok(trailer_at + TRAILER_LEN as u64)
     }
 
     /// What a sync issued now would cover.

@@ -5,6 +5,7 @@ mod adapter_openraft;
 #[cfg(feature = "raft-rs")]
 mod adapter_raft_rs;
 mod etcd_cases;
+mod footer;
 mod fuzz_corpus;
 mod kill;
 mod memory_storage;

@@ -113,6 +113,24 @@ fn apply(wal: &Wal, step: &Step) -> raftwal::Result<()> {
 }
 
 /// Whether the WAL's answers equal the model's (log, terms, entries' bytes, hard state).
+/// Like [`same_as`], for a log opened through footers: the state must match, and each entry
+/// read must either match or fail as corruption of `segment` (a sealed segment's payloads are
+/// checked when read, not at open).
+fn same_or_refused_on_read(wal: &Wal, model: &Model, segment: &Path) -> bool {
+    let (first, last) = (wal.first_index(), wal.last_index());
+    if first != model.dummy.0 + 1 || last != model.last() || wal.hard_state() != model.hard_state {
+        return false;
+    }
+    if wal.term(model.dummy.0).ok() != Some(model.dummy.1) {
+        return false;
+    }
+    (first..=last).all(|i| match wal.entries(i, i + 1, u64::MAX) {
+        Ok(es) => es.len() == 1 && Some(&es[0]) == model.log.get(&i),
+        Err(Error::Corruption { segment: named, .. }) => dir().join(named) == segment,
+        Err(_) => false,
+    })
+}
+
 pub fn same_as(wal: &Wal, model: &Model) -> bool {
     let (first, last) = (wal.first_index(), wal.last_index());
     if first != model.dummy.0 + 1 || last != model.last() || wal.hard_state() != model.hard_state {
@@ -387,6 +405,8 @@ fn every_single_bit_flip_is_corruption_or_harmless() {
         .collect();
     assert!(segments.len() >= 2, "the log must span segments");
     let (mut flips, mut refused) = (0u64, 0u64);
+    // Opened reading every segment whole: damage anywhere is found at open.
+    let scanning = WalOptions { read_footers: false, ..small_options() };
     for segment in &segments {
         let bytes = pristine.read_file(segment).unwrap();
         // Flip every bit of the written part, and of the zeroes just after it.
@@ -396,7 +416,21 @@ fn every_single_bit_flip_is_corruption_or_harmless() {
             let fs = copy_fs(&pristine);
             fs.flip_bit(segment, bit).unwrap();
             flips += 1;
+            // Through footers (the default), a sealed segment's payloads are checked on read.
             match open(&fs, &small_options()) {
+                Ok(wal) => assert!(
+                    same_or_refused_on_read(&wal, model, segment),
+                    "bit {bit} of {segment:?} opened through footers with different contents: {}",
+                    describe(&wal)
+                ),
+                Err(Error::Corruption { segment: named, .. }) => assert_eq!(
+                    Path::new("/node/wal").join(&named),
+                    *segment,
+                    "bit {bit}: wrong segment named"
+                ),
+                Err(e) => panic!("bit {bit} of {segment:?}: unexpected error {e}"),
+            }
+            match open(&fs, &scanning) {
                 Ok(wal) => assert!(
                     same_as(&wal, model),
                     "bit {bit} of {segment:?} opened with different contents: {}",
@@ -536,12 +570,14 @@ fn truncate_corrupt_mode_cuts_at_the_damage_and_drops_later_segments() {
     let bytes = fs.read_file(&files[1]).unwrap();
     let written = bytes.iter().rposition(|&b| b != 0).unwrap();
     fs.flip_bit(&files[1], (written as u64 / 2) * 8).unwrap();
-    match open(&fs, &small_options()) {
+    // Read whole at open (no footers), so that the damage is found there.
+    let scanning = WalOptions { read_footers: false, ..small_options() };
+    match open(&fs, &scanning) {
         Err(Error::Corruption { segment, .. }) => assert_eq!(dir().join(segment), files[1]),
         other => panic!("strict mode must refuse: {other:?}"),
     }
     let lossy =
-        WalOptions { recovery_mode: raftwal::RecoveryMode::TruncateCorrupt, ..small_options() };
+        WalOptions { recovery_mode: raftwal::RecoveryMode::TruncateCorrupt, ..scanning.clone() };
     let wal = open(&fs, &lossy).unwrap();
     let last = wal.last_index();
     assert!(last > 1 && last < 60, "the log is cut inside the damaged segment, at {last}");

@@ -1,0 +1,159 @@
+//! Footers: a sealed segment replayed from its seal-time summary must give exactly the state a
+//! replay of its records gives, for every group; a footer or trailer that does not check out
+//! sends open back to reading the segment whole.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raftwal::io::{CrashFs, Fs};
+use raftwal::rng::Rng;
+use raftwal::{Entry, HardState, LogEngine, Storage, WalOptions, WriteBatch};
+
+fn options(read_footers: bool) -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 4096,
+        max_record_bytes: 2048,
+        prepare_in_background: false,
+        cache_bytes: 0,
+        // Never rewrite: the segments stay as written.
+        purge_threshold_bytes: u64::MAX,
+        read_footers,
+        ..WalOptions::default()
+    }
+}
+
+fn open(fs: &CrashFs, read_footers: bool) -> LogEngine {
+    let shared: Fs = Arc::new(fs.clone());
+    LogEngine::open_with_fs(shared, Path::new("/node"), options(read_footers)).unwrap()
+}
+
+/// Everything a group answers: bounds, terms, hard state, snapshot marker, entries.
+fn observe(engine: &LogEngine, group: u64) -> String {
+    let g = engine.group(group).unwrap();
+    let (first, last) = (g.first_index().unwrap(), g.last_index().unwrap());
+    let entries =
+        if last >= first { g.entries(first, last + 1, u64::MAX).unwrap() } else { vec![] };
+    let state = g.initial_state().unwrap();
+    let marker = g.wal().snapshot_metadata();
+    format!("{first} {last} {:?} {:?} {:?} {entries:?}", g.term(first - 1), state, marker)
+}
+
+/// Random work over 6 groups: batches of saves (with overwrites), compactions, snapshots,
+/// removals, across many small segments.
+fn workload(fs: &CrashFs, seed: u64) {
+    let engine = open(fs, true);
+    let mut rng = Rng::new(seed);
+    let mut term = [1u64; 6];
+    for step in 0..300u64 {
+        let group = rng.below(6);
+        let g = engine.group(group).unwrap();
+        let (first, last) = (g.first_index().unwrap(), g.last_index().unwrap());
+        match rng.below(10) {
+            0..=5 => {
+                let mut batch = WriteBatch::default();
+                for other in 0..1 + rng.below(3) {
+                    let id = (group + other) % 6;
+                    let h = engine.group(id).unwrap();
+                    let (f, l) = (h.first_index().unwrap(), h.last_index().unwrap());
+                    // Sometimes overwrite a suffix with a newer term.
+                    let at =
+                        if rng.chance(20) && l >= f { l - rng.below(l - f + 1) } else { l + 1 };
+                    if at < l + 1 {
+                        term[id as usize] += 1;
+                    }
+                    let n = 1 + rng.below(4);
+                    let es: Vec<Entry> = (at..at + n)
+                        .map(|i| Entry::new(i, term[id as usize], vec![(i + step) as u8; 60]))
+                        .collect();
+                    let hs = HardState { term: term[id as usize], vote: id, commit: f - 1 };
+                    batch.save(id, Some(&hs), &es).unwrap();
+                }
+                engine.write(&mut batch).unwrap();
+            }
+            6 if last >= first => g.compact(first + rng.below(last - first + 1)).unwrap(),
+            7 if last >= first => {
+                let index = first + rng.below(last - first + 1);
+                match g.create_snapshot(index, None, Bytes::from(format!("s{index}"))) {
+                    Ok(_) | Err(raftwal::Error::SnapshotOutOfDate) => {}
+                    Err(e) => panic!("snapshot at {index}: {e}"),
+                }
+            }
+            8 if rng.chance(20) => engine.remove_group(group).unwrap(),
+            _ => g
+                .set_hard_state(HardState { term: term[group as usize], vote: 1, commit: 0 })
+                .unwrap(),
+        }
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn footers_replay_to_exactly_the_state_the_records_give() {
+    for seed in 0..8 {
+        let fs = CrashFs::new();
+        workload(&fs, seed);
+        let by_footer = open(&fs, true);
+        let rows = by_footer.recovery_report().rows.clone();
+        assert!(rows.iter().filter(|r| **r == "F1").count() >= 3, "seed {seed}: {rows:?}");
+        assert_eq!(rows.last(), Some(&"R1"), "the newest segment is always read whole");
+        let seen: Vec<String> = (0..6).map(|g| observe(&by_footer, g)).collect();
+        let groups = by_footer.group_ids();
+        drop(by_footer);
+        let by_records = open(&fs, false);
+        assert!(!by_records.recovery_report().rows.contains(&"F1"));
+        assert_eq!(by_records.group_ids(), groups, "seed {seed}");
+        for g in 0..6 {
+            assert_eq!(observe(&by_records, g), seen[g as usize], "seed {seed} group {g}");
+        }
+    }
+}
+
+#[test]
+fn a_damaged_trailer_or_footer_falls_back_to_reading_the_segment() {
+    let fs = CrashFs::new();
+    workload(&fs, 99);
+    let reference: Vec<String> = {
+        let engine = open(&fs, false);
+        (0..6).map(|g| observe(&engine, g)).collect()
+    };
+    let mut segments: Vec<_> =
+        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
+    segments.sort();
+    let sealed = &segments[1];
+    let len = fs.read_file(sealed).unwrap().len() as u64;
+    // The trailer's CRC, then (on a fresh copy) a byte inside the footer record it points at.
+    let trailer = fs.read_file(sealed).unwrap();
+    let footer_offset =
+        u32::from_le_bytes(trailer[len as usize - 12..len as usize - 8].try_into().unwrap()) as u64;
+    let copy = |fs: &CrashFs| {
+        let copy = CrashFs::new();
+        for path in fs.list_all() {
+            copy.write_file_raw(&path, &fs.read_file(&path).unwrap()).unwrap();
+        }
+        copy
+    };
+    // A damaged trailer: the segment is read whole, and the footer record in it is one more
+    // valid record of the chain.
+    let damaged = copy(&fs);
+    damaged.flip_bit(sealed, (len - 1) * 8).unwrap();
+    let engine = open(&damaged, true);
+    let rows = &engine.recovery_report().rows;
+    assert_eq!(rows[1], "R1", "segment 2 was read whole: {rows:?}");
+    assert_eq!(rows[0], "F1", "the undamaged first segment still uses its footer");
+    for g in 0..6 {
+        assert_eq!(observe(&engine, g), reference[g as usize], "group {g}");
+    }
+    // A damaged footer record: read whole too, where the footer is a record of a sealed
+    // segment that fails its CRC, so damage to durable data, refused with its place.
+    let damaged = copy(&fs);
+    damaged.flip_bit(sealed, (footer_offset + 30) * 8).unwrap();
+    let shared: Fs = Arc::new(damaged.clone());
+    match LogEngine::open_with_fs(shared, Path::new("/node"), options(true)) {
+        Err(raftwal::Error::Corruption { segment, offset, .. }) => {
+            assert_eq!(Path::new("/node/wal").join(segment), *sealed);
+            assert_eq!(offset, footer_offset);
+        }
+        other => panic!("a damaged footer must be refused, got {other:?}"),
+    }
+}
