@@ -85,6 +85,10 @@ pub struct WalOptions {
     /// sealed) instead of reading its records: payload CRCs are then checked when entries are
     /// read and by `raftwal verify`, not at open. Off: every segment is read whole at open.
     pub read_footers: bool,
+    /// Segment files a purge releases are kept (up to the threshold's worth plus two) and
+    /// reused as new segments, instead of allocating and zero-filling new files: writes then
+    /// overwrite blocks that exist already, and the disk writes each segment once, not twice.
+    pub recycle_segments: bool,
 }
 
 impl Default for WalOptions {
@@ -106,6 +110,7 @@ impl Default for WalOptions {
             force_rewrite_after: 10,
             rewrite_budget_bytes: 64 << 20,
             read_footers: true,
+            recycle_segments: true,
         }
     }
 }

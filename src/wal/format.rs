@@ -32,6 +32,14 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(seq, 16).ok()?, u64::from_str_radix(first, 16).ok()?))
 }
 
+/// Suffix of a released segment file kept for reuse.
+pub const POOL_SUFFIX: &str = ".free";
+
+/// `{sequence:016x}.free`: segment `sequence`'s file, released and kept for reuse.
+pub fn pool_name(sequence: u64) -> String {
+    format!("{sequence:016x}{POOL_SUFFIX}")
+}
+
 /// `{sequence:016x}.tmp`: the file prepared to become segment `sequence`.
 pub fn temp_name(sequence: u64) -> String {
     format!("{sequence:016x}{TEMP_SUFFIX}")
@@ -77,7 +85,13 @@ pub struct SegmentHeader {
     pub first_record: u64,
     /// CRC of the last record of the previous segment: the record chain crosses files.
     pub prev_crc: u32,
+    /// Whether the file held an earlier segment ([`HEADER_FLAG_RECYCLED`]): bytes after the end
+    /// of its data are then what that use left, not zeros.
+    pub recycled: bool,
 }
+
+/// Header flag: the file is a recycled one (see [`SegmentHeader::recycled`]).
+pub const HEADER_FLAG_RECYCLED: u32 = 1;
 
 /// Why a segment header was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +117,8 @@ impl SegmentHeader {
         let mut buf = [0u8; SEGMENT_HEADER_LEN];
         buf[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
         LittleEndian::write_u32(&mut buf[VERSION_OFFSET..], FORMAT_VERSION);
-        LittleEndian::write_u32(&mut buf[FLAGS_OFFSET..], 0);
+        let flags = if self.recycled { HEADER_FLAG_RECYCLED } else { 0 };
+        LittleEndian::write_u32(&mut buf[FLAGS_OFFSET..], flags);
         LittleEndian::write_u64(&mut buf[SEQUENCE_OFFSET..], self.sequence);
         LittleEndian::write_u64(&mut buf[FIRST_RECORD_OFFSET..], self.first_record);
         LittleEndian::write_u32(&mut buf[PREV_CRC_OFFSET..], self.prev_crc);
@@ -134,13 +149,14 @@ impl SegmentHeader {
             return Err(HeaderError::Version(version));
         }
         let flags = LittleEndian::read_u32(&buf[FLAGS_OFFSET..]);
-        if flags != 0 {
+        if flags & !HEADER_FLAG_RECYCLED != 0 {
             return Err(HeaderError::Flags(flags));
         }
         Ok(SegmentHeader {
             sequence: LittleEndian::read_u64(&buf[SEQUENCE_OFFSET..]),
             first_record: LittleEndian::read_u64(&buf[FIRST_RECORD_OFFSET..]),
             prev_crc: LittleEndian::read_u32(&buf[PREV_CRC_OFFSET..]),
+            recycled: flags & HEADER_FLAG_RECYCLED != 0,
         })
     }
 }
@@ -164,10 +180,14 @@ pub const FRAME_PREV_CRC_OFFSET: usize = RESERVED_OFFSET + 2;
 /// changes to any number of groups) is applied at recovery only once its last record, the one
 /// without this flag, is read: a crash keeps a write whole or drops it whole.
 pub const FLAG_MORE: u8 = 1;
-/// Bytes of this segment that were durable when the record was written, u64.
+/// Bytes of this segment that were durable when the record was written, u32 (segments stay
+/// below 4 GiB).
 pub const DURABLE_OFFSET: usize = FRAME_PREV_CRC_OFFSET + size_of::<u32>();
+/// Sequence of the segment the record was written to, u32: a record left in a recycled file by
+/// an earlier use names an older sequence, so it is never taken for one of the new segment's.
+pub const FRAME_SEQUENCE_OFFSET: usize = DURABLE_OFFSET + size_of::<u32>();
 /// Bytes of the frame header; the payload starts here.
-pub const FRAME_HEADER_LEN: usize = DURABLE_OFFSET + size_of::<u64>();
+pub const FRAME_HEADER_LEN: usize = FRAME_SEQUENCE_OFFSET + size_of::<u32>();
 
 const _: () = assert!(FRAME_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 
@@ -230,6 +250,8 @@ pub struct FrameHeader {
     pub prev_crc: u32,
     /// Durable bytes of the segment when the record was written, as stored.
     pub durable: u64,
+    /// The segment sequence the record was written to, as stored.
+    pub sequence: u32,
     /// Whether the reserved bytes are zero and no unknown flag is set.
     pub reserved_zero: bool,
 }
@@ -243,7 +265,8 @@ impl FrameHeader {
             record_type: buf[TYPE_OFFSET],
             flags: buf[FLAGS_BYTE_OFFSET],
             prev_crc: LittleEndian::read_u32(&buf[FRAME_PREV_CRC_OFFSET..]),
-            durable: LittleEndian::read_u64(&buf[DURABLE_OFFSET..]),
+            durable: u64::from(LittleEndian::read_u32(&buf[DURABLE_OFFSET..])),
+            sequence: LittleEndian::read_u32(&buf[FRAME_SEQUENCE_OFFSET..]),
             reserved_zero: buf[RESERVED_OFFSET..FRAME_PREV_CRC_OFFSET].iter().all(|&b| b == 0)
                 && buf[FLAGS_BYTE_OFFSET] & !FLAG_MORE == 0,
         }
@@ -265,6 +288,7 @@ pub fn append_record(
     out: &mut Vec<u8>,
     record_type: RecordType,
     flags: u8,
+    sequence: u32,
     prev_crc: u32,
     durable: u64,
     write_payload: impl FnOnce(&mut Vec<u8>),
@@ -280,7 +304,9 @@ pub fn append_record(
     header[TYPE_OFFSET] = record_type as u8;
     header[FLAGS_BYTE_OFFSET] = flags;
     LittleEndian::write_u32(&mut header[FRAME_PREV_CRC_OFFSET..], prev_crc);
-    LittleEndian::write_u64(&mut header[DURABLE_OFFSET..], durable);
+    let durable = u32::try_from(durable).expect("segments stay below 4 GiB");
+    LittleEndian::write_u32(&mut header[DURABLE_OFFSET..], durable);
+    LittleEndian::write_u32(&mut header[FRAME_SEQUENCE_OFFSET..], sequence);
     let crc = {
         let (head, payload) = out[start..].split_at(FRAME_HEADER_LEN);
         frame_crc(prev_crc, &head[LEN_OFFSET..], payload)
@@ -880,7 +906,8 @@ mod tests {
             (FLAGS_BYTE_OFFSET, RESERVED_OFFSET - FLAGS_BYTE_OFFSET, "flags"),
             (RESERVED_OFFSET, FRAME_PREV_CRC_OFFSET - RESERVED_OFFSET, "reserved"),
             (FRAME_PREV_CRC_OFFSET, DURABLE_OFFSET - FRAME_PREV_CRC_OFFSET, "prev_crc"),
-            (DURABLE_OFFSET, FRAME_HEADER_LEN - DURABLE_OFFSET, "durable"),
+            (DURABLE_OFFSET, FRAME_SEQUENCE_OFFSET - DURABLE_OFFSET, "durable"),
+            (FRAME_SEQUENCE_OFFSET, FRAME_HEADER_LEN - FRAME_SEQUENCE_OFFSET, "sequence"),
         ];
         let documented = crate::design_doc::table("frame-header-table");
         let code: Vec<(usize, usize, String)> =
@@ -903,7 +930,12 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_every_damage_is_refused() {
-        let header = SegmentHeader { sequence: 7, first_record: 1234, prev_crc: 0xDEAD_BEEF };
+        let header = SegmentHeader {
+            sequence: 7,
+            first_record: 1234,
+            prev_crc: 0xDEAD_BEEF,
+            recycled: true,
+        };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         assert_eq!(
@@ -967,7 +999,7 @@ mod tests {
         let mut prev = 0x1234_5678;
         let mut crcs = vec![prev];
         for record in sample_records() {
-            prev = append_record(&mut buf, record.record_type(), FLAG_MORE, prev, 40, |out| {
+            prev = append_record(&mut buf, record.record_type(), FLAG_MORE, 1, prev, 40, |out| {
                 record.encode_payload(out)
             });
             crcs.push(prev);

@@ -17,7 +17,7 @@ use crate::options::{MAX_SEGMENT_SPAN_BYTES, WalOptions};
 use crate::types::{HardState, SnapshotMetadata};
 use crate::wal::format::{self, HeaderError, Record, SegmentHeader};
 use crate::wal::recovery::{
-    After, Case, Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment,
+    After, Case, Decision, Position, ScannedRecord, Stop, classify, decide, scan_segment_of,
 };
 use crate::wal::replay::replay_write;
 use crate::wal::state::EngineState;
@@ -316,7 +316,7 @@ pub fn inspect_group(
         }
         let mut bytes = vec![0u8; size_bytes as usize];
         file.read_exact_at(&mut bytes, 0)?;
-        let scan = scan_segment(&bytes, options.max_record_bytes);
+        let scan = scan_segment_of(&bytes, options.max_record_bytes, f.sequence);
         let case = decide(position, classify(&scan), scan.after.into());
         let written_bytes = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
         drop(bytes);
@@ -656,6 +656,7 @@ mod tests {
     use crate::types::Entry;
     use crate::wal::Wal;
     use crate::wal::format::FRAME_HEADER_LEN;
+    use crate::wal::recovery::scan_segment;
 
     fn options() -> WalOptions {
         WalOptions {
@@ -960,14 +961,21 @@ mod tests {
     fn write_segment(fs: &CrashFs, records: &[Record]) -> String {
         let name = format::segment_name(1, 1);
         let mut bytes =
-            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 }.encode().to_vec();
+            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0, recycled: false }
+                .encode()
+                .to_vec();
         let mut prev = 0;
         for record in records {
             let durable = bytes.len() as u64;
-            prev =
-                format::append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
-                    record.encode_payload(out)
-                });
+            prev = format::append_record(
+                &mut bytes,
+                record.record_type(),
+                0,
+                1,
+                prev,
+                durable,
+                |out| record.encode_payload(out),
+            );
         }
         bytes.resize(4096, 0);
         fs.write_file_raw(&dir().join(&name), &bytes).unwrap();
@@ -1128,11 +1136,9 @@ mod tests {
         let mut bytes = fs.read_file(&path).unwrap();
         let from = (clean.segments[0].valid_bytes as usize + 8).next_multiple_of(8);
         bytes.truncate(from);
-        // Every 8 bytes a candidate frame of type 2 whose 3000-byte payload fails its CRC.
-        while bytes.len() < 64 << 10 {
-            bytes.extend([2, 0, 0, 0]);
-            bytes.extend(3000u32.to_le_bytes());
-        }
+        // Every 32 bytes a candidate frame of type 2 whose 3000-byte payload fails its CRC.
+        let rest = (64 << 10) - bytes.len();
+        bytes.extend(crate::wal::recovery::tests::hostile_tail(rest, 3000, 1));
         fs.write_file_raw(&path, &bytes).unwrap();
         let wide = WalOptions { max_record_bytes: 4096, ..options() };
 

@@ -139,12 +139,21 @@ impl Engine {
                     fresh: true,
                     data_start: 0,
                     footer: Some(format::Footer::default()),
+                    recycled: false,
                 }
             }
         };
         let records = if active.fresh { active.first_record } else { recovered.next_record };
-        let mut writer =
-            Writer::new(fs.clone(), dir.to_path_buf(), &options, active, counters.clone(), records);
+        let pool = open_pool(&fs, dir, writer::recycle_capacity(&options))?;
+        let mut writer = Writer::new(
+            fs.clone(),
+            dir.to_path_buf(),
+            &options,
+            active,
+            counters.clone(),
+            records,
+            pool,
+        );
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -672,6 +681,22 @@ impl Engine {
         let inner = self.read();
         (inner.state.heap_bytes(), inner.state.live_entries())
     }
+}
+
+/// The released segment files kept for reuse, oldest first; files beyond `capacity` (the
+/// options changed) are deleted.
+fn open_pool(fs: &Fs, dir: &Path, capacity: usize) -> Result<Vec<String>> {
+    let mut pool: Vec<String> =
+        fs.list(dir)?.into_iter().filter(|n| n.ends_with(format::POOL_SUFFIX)).collect();
+    pool.sort();
+    if pool.len() > capacity {
+        // Bounded by the files listed.
+        for name in pool.drain(..pool.len() - capacity) {
+            fs.remove_file(&dir.join(name))?;
+        }
+        fs.sync_dir(dir)?;
+    }
+    Ok(pool)
 }
 
 /// `group`'s `(first_index, last_index)`; a group with no state is an empty log `(1, 0)`.

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 
 use crate::error::Result;
 use crate::types::Entry;
-use crate::wal::Engine;
 use crate::wal::writer::Op;
+use crate::wal::{Engine, format};
 
 /// Bytes of rewritten entries gathered into one write.
 const REWRITE_WRITE_BYTES: u64 = 1 << 20;
@@ -118,7 +118,16 @@ impl Engine {
         // Bounded by the sealed segments listed.
         for sequence in doomed {
             let path = self.dir.join(&inner.sealed[&sequence].name);
-            match self.fs.remove_file(&path) {
+            // Kept for reuse while the pool has room (renamed: a released file is never read
+            // as a segment), deleted otherwise.
+            let keep = inner.writer.pool.len() < inner.writer.pool_capacity;
+            let pooled = format::pool_name(sequence);
+            let released = if keep {
+                self.fs.rename(&path, &self.dir.join(&pooled))
+            } else {
+                self.fs.remove_file(&path)
+            };
+            match released {
                 Ok(()) => {}
                 // Gone already (by hand): nothing left to remove.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -126,6 +135,9 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
             inner.sealed.remove(&sequence);
+            if keep {
+                inner.writer.pool.push(pooled);
+            }
             self.counters.segment(false);
             report.deleted_segments.push(sequence);
             #[cfg(feature = "tracing")]

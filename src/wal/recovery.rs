@@ -101,6 +101,8 @@ pub struct SegmentScan {
     pub lookahead_checked_bytes: u64,
     /// Offset of the first valid record the look-ahead found past the stop, if any.
     pub first_valid_after: Option<u64>,
+    /// End of the last valid record the look-ahead found past the stop (before it returned).
+    pub last_valid_end: Option<u64>,
 }
 
 impl SegmentScan {
@@ -113,22 +115,39 @@ impl SegmentScan {
     }
 }
 
-/// Scans the records after the header. `bytes` is the whole segment file.
+/// Scans the records after the header. `bytes` is the whole segment file. Frames are judged
+/// against the header's sequence (any sequence when the header is bad).
 pub fn scan_segment(bytes: &[u8], max_record: u32) -> SegmentScan {
-    scan(bytes, None, max_record)
+    scan(bytes, None, max_record, None)
 }
 
-/// Like [`scan_segment`], with entries' data sliced out of `bytes` instead of copied.
-pub fn scan_segment_shared(bytes: &bytes::Bytes, max_record: u32) -> SegmentScan {
-    scan(bytes, Some(bytes), max_record)
+/// Like [`scan_segment`] for the segment named with `sequence`: when the header is bad, frames
+/// of other sequences (left by an earlier use of a recycled file) are still told apart.
+pub fn scan_segment_of(bytes: &[u8], max_record: u32, sequence: u64) -> SegmentScan {
+    scan(bytes, None, max_record, Some(sequence))
 }
 
-fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentScan {
+/// Like [`scan_segment_of`], with entries' data sliced out of `bytes` instead of copied.
+pub fn scan_segment_shared(bytes: &bytes::Bytes, max_record: u32, sequence: u64) -> SegmentScan {
+    scan(bytes, Some(bytes), max_record, Some(sequence))
+}
+
+fn scan(
+    bytes: &[u8],
+    owner: Option<&bytes::Bytes>,
+    max_record: u32,
+    name_sequence: Option<u64>,
+) -> SegmentScan {
     let header = SegmentHeader::decode(bytes);
+    // The sequence this segment's frames carry; frames of older ones are stale.
+    let expected = match &header {
+        Ok(h) => u32::try_from(h.sequence).ok(),
+        Err(_) => name_sequence.and_then(|s| u32::try_from(s).ok()),
+    };
     let Ok(segment_header) = header else {
         // With no header there is no chain to follow: only the witness question remains.
         let mut work = LookAhead::default();
-        let after = look_after(bytes, 0, &mut work);
+        let after = look_after(bytes, 0, expected, &mut work);
         return SegmentScan {
             header,
             records: Vec::new(),
@@ -145,6 +164,7 @@ fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentS
             after,
             lookahead_checked_bytes: work.checked_bytes,
             first_valid_after: work.first_valid,
+            last_valid_end: work.last_valid_end,
         };
     };
     let mut records = Vec::new();
@@ -167,8 +187,14 @@ fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentS
             break Stop::End;
         }
         let head = FrameHeader::read(header_bytes);
+        if expected.is_some_and(|e| head.sequence < e)
+            && valid_frame_at(bytes, offset, Some(head.sequence)).is_some()
+        {
+            // A whole record an earlier use of this (recycled) file left: the data ends here.
+            break Stop::End;
+        }
         if head.len > max_record {
-            if valid_frame_at(bytes, offset).is_some() {
+            if valid_frame_at(bytes, offset, expected).is_some() {
                 // A whole, checksummed record larger than the limit: the limit was lowered
                 // since it was written. Cutting it as torn would drop it and all after it.
                 break Stop::Damaged(CorruptionKind::Malformed(format!(
@@ -188,6 +214,12 @@ fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentS
             break Stop::Damaged(CorruptionKind::ChecksumMismatch);
         }
         // From here the CRC vouches for every byte: anything wrong is not a torn write.
+        if expected.is_some_and(|e| head.sequence != e) {
+            break Stop::Damaged(CorruptionKind::Malformed(format!(
+                "a record of segment {} in segment {}",
+                head.sequence, segment_header.sequence
+            )));
+        }
         let Some(record_type) = RecordType::from_u8(head.record_type) else {
             break Stop::Damaged(CorruptionKind::Malformed(format!(
                 "unknown record type {}",
@@ -220,7 +252,7 @@ fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentS
         offset += framed;
     };
     let mut work = LookAhead::default();
-    let after = look_after(bytes, offset, &mut work);
+    let after = look_after(bytes, offset, expected, &mut work);
     SegmentScan {
         header,
         records,
@@ -229,26 +261,36 @@ fn scan(bytes: &[u8], owner: Option<&bytes::Bytes>, max_record: u32) -> SegmentS
         stop,
         lookahead_checked_bytes: work.checked_bytes,
         first_valid_after: work.first_valid,
+        last_valid_end: work.last_valid_end,
     }
 }
 
 /// Reads a self-consistent frame at `offset`: known type, zero reserved bytes, a payload within
-/// the file and a CRC that matches its own `prev_crc` field. Says nothing about its link to the
-/// record before. The length is checked against the file, not against `max_record_bytes`: a
-/// valid record written under a larger limit still witnesses, and is still refused.
-fn valid_frame_at(bytes: &[u8], offset: usize) -> Option<FrameHeader> {
-    let (head, payload) = candidate_at(bytes, offset)?;
+/// the file, the `sequence` given (any when `None`) and a CRC that matches its own `prev_crc`
+/// field. Says nothing about its link to the record before. The length is checked against the
+/// file, not against `max_record_bytes`: a valid record written under a larger limit still
+/// witnesses, and is still refused.
+fn valid_frame_at(bytes: &[u8], offset: usize, sequence: Option<u32>) -> Option<FrameHeader> {
+    let (head, payload) = candidate_at(bytes, offset, sequence)?;
     let crc =
         frame_crc(head.prev_crc, &bytes[offset + LEN_OFFSET..offset + FRAME_HEADER_LEN], payload);
     (crc == head.crc).then_some(head)
 }
 
-/// A frame header at `offset` that could start a record (known type, zero reserved bytes, a
-/// payload within the file), with its payload; the CRC is not checked.
-fn candidate_at(bytes: &[u8], offset: usize) -> Option<(FrameHeader, &[u8])> {
+/// A frame header at `offset` that could start a record (known type, zero reserved bytes, the
+/// `sequence` given when one is, a payload within the file), with its payload; the CRC is not
+/// checked.
+fn candidate_at(
+    bytes: &[u8],
+    offset: usize,
+    sequence: Option<u32>,
+) -> Option<(FrameHeader, &[u8])> {
     let header_bytes = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
     let head = FrameHeader::read(header_bytes);
-    if !head.reserved_zero || RecordType::from_u8(head.record_type).is_none() {
+    if !head.reserved_zero
+        || RecordType::from_u8(head.record_type).is_none()
+        || sequence.is_some_and(|s| s != head.sequence)
+    {
         return None;
     }
     let payload_start = offset + FRAME_HEADER_LEN;
@@ -263,11 +305,14 @@ struct LookAhead {
     checked_bytes: u64,
     /// Offset of the first valid record found.
     first_valid: Option<u64>,
+    /// End of the last valid record found.
+    last_valid_end: Option<u64>,
 }
 
-/// Looks past a stop for valid records, and for one that proves the stop was durable. Counts
-/// the bytes it checksums and gives up (`Undecided`) past its budget.
-fn look_after(bytes: &[u8], stop: usize, work: &mut LookAhead) -> After {
+/// Looks past a stop for valid records of the segment's `sequence` (records an earlier use of a
+/// recycled file left are not this segment's), and for one that proves the stop was durable.
+/// Counts the bytes it checksums and gives up (`Undecided`) past its budget.
+fn look_after(bytes: &[u8], stop: usize, sequence: Option<u32>, work: &mut LookAhead) -> After {
     let checked = &mut work.checked_bytes;
     let rest = bytes.len().saturating_sub(stop) as u64;
     let budget = rest.saturating_mul(LOOKAHEAD_BUDGET_PER_BYTE) + LOOKAHEAD_BUDGET_MIN_BYTES;
@@ -275,7 +320,7 @@ fn look_after(bytes: &[u8], stop: usize, work: &mut LookAhead) -> After {
     let mut offset = stop + RECORD_ALIGN;
     // Bounded by the file: every step moves at least one aligned slot forward.
     while offset + FRAME_HEADER_LEN <= bytes.len() {
-        let Some((head, payload)) = candidate_at(bytes, offset) else {
+        let Some((head, payload)) = candidate_at(bytes, offset, sequence) else {
             offset += RECORD_ALIGN;
             continue;
         };
@@ -290,6 +335,7 @@ fn look_after(bytes: &[u8], stop: usize, work: &mut LookAhead) -> After {
             continue;
         }
         work.first_valid.get_or_insert(offset as u64);
+        work.last_valid_end = Some((offset + framed_len(payload.len())) as u64);
         if head.durable > stop as u64 {
             return After::DurableWitness { offset: offset as u64 };
         }
@@ -598,7 +644,7 @@ pub fn classify(scan: &SegmentScan) -> StopClass {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::{Entry, HardState};
     use crate::wal::format::{DURABLE_OFFSET, append_record};
@@ -665,14 +711,14 @@ mod tests {
     }
 
     fn build(records: &[Record], synced_writes: usize, size: usize) -> Built {
-        let header = SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 };
+        let header = SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0, recycled: false };
         let mut bytes = header.encode().to_vec();
         let mut prev = 0;
         let mut offsets = Vec::new();
         let mut durable = 0u64;
         for (i, record) in records.iter().enumerate() {
             offsets.push(bytes.len());
-            prev = append_record(&mut bytes, record.record_type(), 0, prev, durable, |out| {
+            prev = append_record(&mut bytes, record.record_type(), 0, 1, prev, durable, |out| {
                 record.encode_payload(out)
             });
             if i < synced_writes {
@@ -781,9 +827,11 @@ mod tests {
     #[test]
     fn r9_record_with_valid_crc_but_bad_contents_is_corruption() {
         let mut bytes =
-            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0 }.encode().to_vec();
+            SegmentHeader { sequence: 1, first_record: 1, prev_crc: 0, recycled: false }
+                .encode()
+                .to_vec();
         // A HardState record with one byte too many: the CRC is right, the payload is not.
-        append_record(&mut bytes, RecordType::HardState, 0, 0, 0, |out| out.extend([0u8; 25]));
+        append_record(&mut bytes, RecordType::HardState, 0, 1, 0, 0, |out| out.extend([0u8; 25]));
         bytes.resize(1024, 0);
         let scan = scan_segment(&bytes, MAX);
         assert!(matches!(scan.stop, Stop::Damaged(CorruptionKind::Malformed(_))));
@@ -794,7 +842,7 @@ mod tests {
     fn r9_record_claiming_more_durable_bytes_than_its_offset_is_corruption() {
         let mut built = build(&entries(1), 2, 1024);
         let at = built.offsets[1];
-        LittleEndian::write_u64(&mut built.bytes[at + DURABLE_OFFSET..], 1 << 30);
+        LittleEndian::write_u32(&mut built.bytes[at + DURABLE_OFFSET..], 1 << 30);
         // Re-seal the CRC so only the durable field is wrong.
         let head = FrameHeader::read(&built.bytes[at..]);
         let payload =
@@ -870,7 +918,7 @@ mod tests {
         let built = build(&entries(2), 0, 0);
         let mut bytes = built.bytes.clone();
         let mut other = Vec::new();
-        append_record(&mut other, RecordType::HardState, 0, 0xABCD, 0, |out| {
+        append_record(&mut other, RecordType::HardState, 0, 1, 0xABCD, 0, |out| {
             out.extend([0u8; 24]);
         });
         bytes.truncate(built.offsets[2]);
@@ -936,19 +984,26 @@ mod tests {
         (case.label, case.decision)
     }
 
-    /// A segment whose bytes after a clean start repeat `[02 00 00 00 | len]`: at every 8-byte
-    /// offset a frame header with a known type, zero reserved bytes and a long payload that
-    /// fails its CRC.
+    /// A segment whose bytes after a clean start repeat a 32-byte pattern with, every 32
+    /// bytes, a frame header of a known type, zero reserved bytes, the segment's sequence and a
+    /// long payload that fails its CRC (the slots between are no candidates).
     fn hostile(size: usize, len: u32) -> Vec<u8> {
         let built = build(&entries(1), 2, 0);
         let mut bytes = built.bytes;
         let start = bytes.len() + RECORD_ALIGN;
         bytes.resize(start, 0);
-        while bytes.len() < size {
-            bytes.extend([2, 0, 0, 0]);
-            bytes.extend(len.to_le_bytes());
-        }
+        bytes.extend(hostile_tail(size.saturating_sub(start), len, 1));
         bytes
+    }
+
+    /// `size` bytes of the hostile pattern (see [`hostile`]) for segment `sequence`.
+    pub(crate) fn hostile_tail(size: usize, len: u32, sequence: u32) -> Vec<u8> {
+        let mut pattern = [0xFFu8; 32];
+        pattern[4..8].copy_from_slice(&len.to_le_bytes());
+        pattern[8..16].fill(0);
+        pattern[8] = 2;
+        pattern[20..24].copy_from_slice(&sequence.to_le_bytes());
+        pattern.iter().copied().cycle().take(size).collect()
     }
 
     #[test]

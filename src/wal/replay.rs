@@ -109,6 +109,10 @@ struct Restart {
     offset: u64,
 }
 
+/// The last kept segment with a valid header: the segment, end of accepted data, data start,
+/// first record, records kept, its footer so far, and whether it is a recycled file.
+type Kept = (Segment, u64, u64, u64, u64, Option<format::Footer>, bool);
+
 /// How many times recovery may start over to cut at an earlier write; each restart cuts strictly
 /// earlier, so this only guards against a mistake.
 const MAX_RESTARTS: usize = 1024;
@@ -149,7 +153,7 @@ fn recover_once(
     let mut sealed: Vec<Segment> = Vec::new();
     // The last kept segment with a valid header: (segment, end of accepted data, data start,
     // first record, records kept).
-    let mut last_kept: Option<(Segment, u64, u64, u64, u64, Option<format::Footer>)> = None;
+    let mut last_kept: Option<Kept> = None;
     let mut last_crc = 0u32;
     let mut next_sequence = 1;
     let mut replayed_any = false;
@@ -180,7 +184,7 @@ fn recover_once(
             None => {
                 // Entries decoded by the scan share this buffer; it is freed with the scan.
                 let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
-                let scan = scan_segment_shared(&bytes, options.max_record_bytes);
+                let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
                 report.bytes_scanned += scan.stop_offset;
                 (Some(bytes), scan)
             }
@@ -352,7 +356,8 @@ fn recover_once(
             }
             footer
         });
-        last_kept = Some((segment, end, data_start, first_record, kept_count, footer));
+        let recycled = scan.header.as_ref().is_ok_and(|h| h.recycled);
+        last_kept = Some((segment, end, data_start, first_record, kept_count, footer, recycled));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
             // after an accepted end too (a torn write whose first sector was lost but a later
@@ -365,7 +370,14 @@ fn recover_once(
                 bytes = Some(bytes::Bytes::from(segment::read_whole(&f.name, seg.file.as_ref())?));
             }
             let bytes = bytes.as_ref().expect("read above");
-            let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
+            let last_nonzero = if scan.header.as_ref().is_ok_and(|h| h.recycled) {
+                // What an earlier use of the file left after the end carries older sequences
+                // and never passes for this segment's records; only this segment's own records
+                // found past the end (a torn write whose later sectors survived) must go.
+                scan.last_valid_end.unwrap_or(0)
+            } else {
+                bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
+            };
             if last_nonzero > end {
                 let (seg, ..) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
@@ -397,7 +409,7 @@ fn recover_once(
 
     let mut records_total = next_record.unwrap_or(0);
     let resume = match last_kept {
-        Some((segment, end, data_start, first_record, kept, footer)) => {
+        Some((segment, end, data_start, first_record, kept, footer, recycled)) => {
             // Whatever was read may still be only in the page cache after a process crash:
             // make it durable before anything is acknowledged on top of it. That includes the
             // segments' names: a rollover's rename that the stopped process never synced would
@@ -422,6 +434,7 @@ fn recover_once(
                 fresh,
                 data_start,
                 footer: if fresh { Some(format::Footer::default()) } else { footer },
+                recycled,
             })
         }
         None => None,

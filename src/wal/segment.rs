@@ -119,6 +119,7 @@ pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Op
         after: After::Nothing,
         lookahead_checked_bytes: 0,
         first_valid_after: None,
+        last_valid_end: None,
     }))
 }
 

@@ -31,6 +31,17 @@ pub fn sequence_exhausted(sequence: u64) -> Error {
     )))
 }
 
+/// How many released segment files are kept for reuse: enough for the segments a purge
+/// releases at once (the threshold's worth) plus two, so that a purge running late does not
+/// fall back to fresh files; none with `recycle_segments` off.
+pub fn recycle_capacity(options: &crate::WalOptions) -> usize {
+    if !options.recycle_segments {
+        return 0;
+    }
+    let span = options.purge_threshold_bytes.div_ceil(options.segment_size_bytes);
+    usize::try_from(span.min(64)).unwrap_or(64) + 2
+}
+
 /// One logical change to write.
 #[derive(Clone, Copy, Debug)]
 pub enum Op<'a> {
@@ -131,6 +142,10 @@ pub struct Active {
     /// Every record written to it so far, for its footer (`None` once the summary grew past
     /// [`format::MAX_FOOTER_BYTES`]: the segment is then sealed without one).
     pub footer: Option<Footer>,
+    /// Whether the file held an earlier segment: each write is then followed by a zeroed frame
+    /// header, so that a scan finds a clean end after the last record instead of what the
+    /// earlier use left there.
+    pub recycled: bool,
 }
 
 /// A segment that was just sealed by a rollover.
@@ -166,8 +181,11 @@ pub struct SyncTarget {
     pub durable_renames: u64,
 }
 
+/// A prepared file, and whether it is a recycled one.
+type PreparedFile = (Arc<dyn File>, bool);
+
 enum Prepared {
-    Ready(u64, Arc<dyn File>),
+    Ready(u64, PreparedFile),
     Pending(Preparation),
 }
 
@@ -178,12 +196,12 @@ struct Preparation {
     sequence: u64,
     cancel: Arc<AtomicBool>,
     // `None` only once joined.
-    handle: Option<JoinHandle<std::io::Result<Arc<dyn File>>>>,
+    handle: Option<JoinHandle<std::io::Result<PreparedFile>>>,
 }
 
 impl Preparation {
     /// Waits for the prepared file.
-    fn wait(mut self) -> std::io::Result<Arc<dyn File>> {
+    fn wait(mut self) -> std::io::Result<PreparedFile> {
         let handle = self.handle.take().expect("joined only here and in drop");
         handle.join().unwrap_or_else(|_| Err(std::io::Error::other("segment preparation panicked")))
     }
@@ -214,6 +232,10 @@ pub struct Writer {
     /// here.
     prepared: Option<Prepared>,
     buf: Vec<u8>,
+    /// Released segment files to reuse (`*.free` names, oldest first), and how many to keep.
+    pub pool: Vec<String>,
+    /// Files the pool keeps at most; more are deleted.
+    pub pool_capacity: usize,
     /// Bytes written since open (a log sequence number for group commit).
     pub lsn: u64,
     /// Records written since the log was created (the next record's ordinal).
@@ -270,6 +292,41 @@ fn prepare(
     // segment does not also have to persist its size.
     file.sync_data()?;
     Ok(file)
+}
+
+/// Bytes zeroed at the start of a recycled file: the header's sector and more, so that a new
+/// segment whose first write never became durable reads as one with no header (row H1), never
+/// as the earlier segment's header.
+const RECYCLED_HEAD_ZEROED: u64 = 4096;
+
+/// Takes the released segment file `pool_name` to become segment `sequence`: renames it to the
+/// temp name, zeroes its first bytes and the trailer at its end, and syncs. What else the file
+/// holds stays: the frames of its earlier uses carry older sequences, and recovery stops at
+/// them. A file shorter than `size` is removed and a fresh one prepared instead.
+fn prepare_recycled(
+    fs: &Fs,
+    dir: &Path,
+    pool_name: &str,
+    sequence: u64,
+    size: u64,
+    cancel: &AtomicBool,
+) -> std::io::Result<PreparedFile> {
+    check_cancel(cancel)?;
+    let temp = dir.join(format::temp_name(sequence));
+    fs.rename(&dir.join(pool_name), &temp)?;
+    let file = fs.open(&temp)?;
+    let len = file.len()?;
+    if len < size || len < (format::SEGMENT_HEADER_LEN + TRAILER_LEN) as u64 {
+        drop(file);
+        fs.remove_file(&temp)?;
+        return prepare(fs, dir, sequence, size, cancel).map(|file| (file, false));
+    }
+    let head = RECYCLED_HEAD_ZEROED.min(len - TRAILER_LEN as u64);
+    file.write_all_at(&vec![0u8; head as usize], 0)?;
+    file.write_all_at(&[0u8; TRAILER_LEN], len - TRAILER_LEN as u64)?;
+    check_cancel(cancel)?;
+    file.sync_data()?;
+    Ok((file, true))
 }
 
 /// Writes zeros over `[0, size)` of a freshly allocated file. On extent-based file systems
@@ -331,6 +388,7 @@ impl Writer {
         active: Active,
         counters: Arc<Counters>,
         records: u64,
+        pool: Vec<String>,
     ) -> Writer {
         assert!(
             active.sequence <= MAX_SEGMENT_SEQUENCE,
@@ -346,6 +404,8 @@ impl Writer {
             active,
             prepared: None,
             buf: Vec::new(),
+            pool,
+            pool_capacity: recycle_capacity(options),
             lsn: 0,
             records,
             renames: 0,
@@ -364,13 +424,19 @@ impl Writer {
             return self.prepared = None;
         }
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
+        // The oldest released file, if any: reusing it saves allocating and zero-filling one.
+        let pool_name = (!self.pool.is_empty()).then(|| self.pool.remove(0));
+        let run = move |cancel: &AtomicBool| match &pool_name {
+            Some(name) => prepare_recycled(&fs, &dir, name, sequence, size, cancel),
+            None => prepare(&fs, &dir, sequence, size, cancel).map(|file| (file, false)),
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         self.prepared = Some(if self.background {
             let stop = cancel.clone();
-            let handle = std::thread::spawn(move || prepare(&fs, &dir, sequence, size, &stop));
+            let handle = std::thread::spawn(move || run(&stop));
             Prepared::Pending(Preparation { sequence, cancel, handle: Some(handle) })
         } else {
-            match prepare(&fs, &dir, sequence, size, &cancel) {
+            match run(&cancel) {
                 Ok(file) => Prepared::Ready(sequence, file),
                 // Not fatal: the rollover will try again and report the error then.
                 Err(_) => return self.prepared = None,
@@ -378,7 +444,7 @@ impl Writer {
         });
     }
 
-    fn take_prepared(&mut self, sequence: u64) -> std::io::Result<Arc<dyn File>> {
+    fn take_prepared(&mut self, sequence: u64) -> std::io::Result<PreparedFile> {
         match self.prepared.take() {
             Some(Prepared::Ready(seq, file)) if seq == sequence => Ok(file),
             Some(Prepared::Pending(preparation)) if preparation.sequence == sequence => {
@@ -387,6 +453,7 @@ impl Writer {
             _ => {
                 let never = AtomicBool::new(false);
                 prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes, &never)
+                    .map(|file| (file, false))
             }
         }
     }
@@ -487,6 +554,7 @@ impl Writer {
         }
 
         self.buf.clear();
+        let sequence = u32::try_from(self.active.sequence).expect("sequences stay below 2^32");
         let mut prev_crc = self.active.prev_crc;
         let mut records = self.records;
         let durable = self.active.durable_offset;
@@ -495,6 +563,7 @@ impl Writer {
                 sequence: self.active.sequence,
                 first_record: self.active.first_record,
                 prev_crc,
+                recycled: self.active.recycled,
             };
             self.buf.extend_from_slice(&header.encode());
             for (k, payload) in parts.iter().enumerate() {
@@ -507,6 +576,7 @@ impl Writer {
                     &mut self.buf,
                     RecordType::Checkpoint,
                     flags,
+                    sequence,
                     prev_crc,
                     durable,
                     |out| out.extend_from_slice(payload),
@@ -520,10 +590,15 @@ impl Writer {
             let offset = start + self.buf.len() as u64;
             let flags = if k + 1 < plan.records.len() { FLAG_MORE } else { 0 };
             let before = self.buf.len();
-            prev_crc =
-                append_record(&mut self.buf, part_type(part), flags, prev_crc, durable, |out| {
-                    encode_payload(*part, out)
-                });
+            prev_crc = append_record(
+                &mut self.buf,
+                part_type(part),
+                flags,
+                sequence,
+                prev_crc,
+                durable,
+                |out| encode_payload(*part, out),
+            );
             records += 1;
             debug_assert_eq!(
                 self.buf.len() - before,
@@ -555,14 +630,19 @@ impl Writer {
                 });
             }
         }
+        let written_len = self.buf.len();
+        if self.active.recycled {
+            // Overwritten by the next write; ends this one cleanly for a scan.
+            self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        }
         if let Err(e) = self.active.file.write_all_at(&self.buf, start) {
             return Err(Failure::Poison(e.into()));
         }
         self.active.fresh = false;
-        self.active.write_offset = start + self.buf.len() as u64;
+        self.active.write_offset = start + written_len as u64;
         self.active.prev_crc = prev_crc;
         self.records = records;
-        self.lsn += self.buf.len() as u64;
+        self.lsn += written_len as u64;
         // Keep a large buffer from pinning memory after a rare huge batch.
         if self.buf.capacity() > 4 << 20 {
             self.buf = Vec::new();
@@ -578,7 +658,8 @@ impl Writer {
             return Err(Failure::Refused(sequence_exhausted(sequence)));
         }
         // Get the next file first: if that fails, nothing has changed.
-        let file = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
+        let (file, recycled) =
+            self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
         let sealed_size = self.write_footer()?;
         // A later segment must never be durable while an earlier one is not: recovery treats
         // every segment but the last as synced whole.
@@ -614,6 +695,7 @@ impl Writer {
             fresh: true,
             data_start: 0,
             footer: Some(Footer::default()),
+            recycled,
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
@@ -650,11 +732,15 @@ impl Writer {
             &mut buf,
             RecordType::Footer,
             0,
+            self.active.sequence as u32,
             self.active.prev_crc,
             self.active.durable_offset,
             |out| out.extend_from_slice(footer.payload()),
         );
-        let end = offset + buf.len() as u64;
+        let footer_len = buf.len();
+        // A zeroed frame header after it (a recycled file holds older bytes there).
+        buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        let end = offset + footer_len as u64;
         // At least a zeroed frame header between the footer and the trailer: a scan of the
         // segment then reads the end of its records as a clean end, not as a torn frame.
         let room = (FRAME_HEADER_LEN + TRAILER_LEN) as u64;
@@ -664,7 +750,7 @@ impl Writer {
         }
         let trailer = Trailer {
             footer_offset: u32::try_from(offset).expect("checked below 4 GiB"),
-            footer_len: u32::try_from(buf.len()).expect("a record is below 4 GiB"),
+            footer_len: u32::try_from(footer_len).expect("a record is below 4 GiB"),
         };
         let write = |bytes: &[u8], at: u64| {
             self.active.file.write_all_at(bytes, at).map_err(|e| Failure::Poison(e.into()))
@@ -674,7 +760,7 @@ impl Writer {
         self.active.write_offset = end;
         self.active.prev_crc = crc;
         self.records += 1;
-        self.lsn += buf.len() as u64;
+        self.lsn += footer_len as u64;
         Ok(trailer_at + TRAILER_LEN as u64)
     }
 

@@ -19,6 +19,7 @@ mod raft_net;
 mod raft_properties;
 mod raft_replication;
 mod raft_sim;
+mod recycle;
 mod snapshot_hardening;
 mod wal;
 mod wal_hardening;

@@ -286,7 +286,7 @@ fn crash_once(
     halted
 }
 
-fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
+pub fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
     let want = expected(steps);
     let mut points = 0;
     for at in 0.. {
@@ -788,11 +788,12 @@ fn a_checkpoint_claiming_a_huge_deleted_prefix_costs_no_memory_and_is_corruption
     // claim is not bounded by any file's size, so it must not be materialized entry by entry.
     use raftwal::wal::format::{Checkpoint, Record, RecordType, SegmentHeader, append_record};
     let last = 1u64 << 40;
-    let header = SegmentHeader { sequence: 1, first_record: last + 1, prev_crc: 0 };
+    let header =
+        SegmentHeader { sequence: 1, first_record: last + 1, prev_crc: 0, recycled: false };
     let mut bytes = header.encode().to_vec();
     let checkpoint =
         Record::Checkpoint(vec![Checkpoint { last_index: last, ..Checkpoint::default() }]);
-    append_record(&mut bytes, RecordType::Checkpoint, 0, 0, 0, |out| {
+    append_record(&mut bytes, RecordType::Checkpoint, 0, 1, 0, 0, |out| {
         checkpoint.encode_payload(out)
     });
     let fs = CrashFs::new();

@@ -1,0 +1,116 @@
+//! Recycled segments: released files are kept and reused; what an earlier use left in a file
+//! never comes back as records, survives no crash as data, and costs the open nothing.
+
+use std::path::PathBuf;
+
+use raftwal::io::CrashFs;
+use raftwal::wal::format::{FLAGS_OFFSET, HEADER_FLAG_RECYCLED, POOL_SUFFIX};
+use raftwal::{HardState, WalOptions};
+
+use crate::wal::{Step, crash_at_every_operation, dir, entry, open, small_options};
+
+fn files(fs: &CrashFs, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs
+        .list_all()
+        .into_iter()
+        .filter(|p| p.starts_with(dir()) && p.to_string_lossy().ends_with(suffix))
+        .collect();
+    found.sort();
+    found
+}
+
+fn recycled_segments(fs: &CrashFs) -> usize {
+    files(fs, ".wal")
+        .iter()
+        .filter(|p| {
+            let bytes = fs.read_file(p).unwrap();
+            let flags =
+                u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap());
+            flags & HEADER_FLAG_RECYCLED != 0
+        })
+        .count()
+}
+
+/// Rounds of large entries, each compacted away, so segments are released and reused.
+fn churn() -> Vec<Step> {
+    let mut steps = Vec::new();
+    for round in 0..12u64 {
+        let first = round * 8 + 1;
+        let es = (first..first + 8).map(|i| entry(i, 1, 400)).collect();
+        steps.push(Step::Save(Some(HardState { term: 1, vote: 1, commit: first }), es));
+        steps.push(Step::Compact(first + 6));
+    }
+    steps
+}
+
+#[test]
+fn released_segments_are_reused_and_the_files_stay_few() {
+    let fs = CrashFs::new();
+    let options = WalOptions { purge_threshold_bytes: 4 * 4096, ..small_options() };
+    let wal = open(&fs, &options).unwrap();
+    let mut most_files = 0;
+    for round in 0..60u64 {
+        let first = round * 8 + 1;
+        let es: Vec<_> = (first..first + 8).map(|i| entry(i, 1, 400)).collect();
+        wal.save(None, &es).unwrap();
+        wal.compact(first + 6).unwrap();
+        let count = files(&fs, ".wal").len() + files(&fs, POOL_SUFFIX).len();
+        most_files = most_files.max(count);
+    }
+    // 4 x 4096 bytes of threshold: 4 + 2 files pooled at most, plus the live ones.
+    assert!(most_files <= 6 + 3, "at most the pool and the live segments: {most_files}");
+    assert!(recycled_segments(&fs) > 0, "new segments came from the pool");
+    assert!(!files(&fs, POOL_SUFFIX).is_empty(), "released files wait in the pool");
+    let (first, last) = (wal.first_index(), wal.last_index());
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (first, last));
+    assert_eq!(wal.entries(first, last + 1, u64::MAX).unwrap(), vec![entry(last, 1, 400)]);
+}
+
+#[test]
+fn what_an_earlier_use_left_never_comes_back_and_costs_the_open_nothing() {
+    let fs = CrashFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    // Fill segments with large entries, then release them all.
+    let es: Vec<_> = (1..=40).map(|i| entry(i, 1, 500)).collect();
+    for chunk in es.chunks(2) {
+        wal.save(None, chunk).unwrap();
+    }
+    wal.compact(40).unwrap();
+    // Small entries in new, recycled segments: the old large records lie beyond their ends.
+    for i in 41..=120 {
+        wal.save(Some(&HardState { term: 2, vote: 1, commit: i - 1 }), &[entry(i, 2, 10)]).unwrap();
+    }
+    assert!(recycled_segments(&fs) > 0, "the log wrote into recycled files");
+    let want = wal.entries(41, 121, u64::MAX).unwrap();
+    drop(wal);
+    for read_footers in [true, false] {
+        let wal = open(&fs, &WalOptions { read_footers, ..options.clone() }).unwrap();
+        let report = wal.recovery_report();
+        assert_eq!(report.truncated, None, "a clean end, not a torn tail: {report:?}");
+        assert_eq!(report.erased, None, "nothing after the end needs erasing: {report:?}");
+        assert_eq!((wal.first_index(), wal.last_index()), (41, 120));
+        assert_eq!(wal.entries(41, 121, u64::MAX).unwrap(), want);
+        assert_eq!(wal.hard_state().commit, 119);
+    }
+}
+
+#[test]
+fn a_crash_at_every_io_operation_of_a_recycling_log_loses_nothing_acknowledged() {
+    let options = WalOptions { purge_threshold_bytes: 3 * 4096, ..small_options() };
+    // The workload does recycle (checked on a run without crashes).
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    for step in churn() {
+        match step {
+            Step::Save(hs, es) => wal.save(hs.as_ref(), &es).unwrap(),
+            Step::Compact(i) => wal.compact(i).unwrap(),
+            Step::Sync => wal.sync().unwrap(),
+        }
+    }
+    assert!(recycled_segments(&fs) > 0, "the workload writes into recycled files");
+    let points = crash_at_every_operation(&options, &churn());
+    println!("recycling wal crash points checked: {points} x 3 seeds");
+}
