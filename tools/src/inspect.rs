@@ -759,13 +759,13 @@ fn snapshot_lines(views: &[SnapshotView], missing: &Option<String>) -> String {
         text += "snapshots: none\n";
     } else {
         text += &format!(
-            "snapshots:\n  {:<40} {:>10} {:>6} {:>12} {:>12}  status\n",
+            "snapshots:\n  {:<57} {:>10} {:>6} {:>12} {:>12}  status\n",
             "name", "index", "term", "size", "data"
         );
     }
     for v in views {
         text += &format!(
-            "  {:<40} {:>10} {:>6} {:>12} {:>12}  {}{}{}\n",
+            "  {:<57} {:>10} {:>6} {:>12} {:>12}  {}{}{}\n",
             v.name,
             v.index,
             v.term,
