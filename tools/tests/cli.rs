@@ -9,7 +9,9 @@ use bytes::Bytes;
 use raftwal::io::{FileSystem, RealFs};
 use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN, Record};
 use raftwal::wal::recovery::{ScannedRecord, scan_segment};
-use raftwal::{ConfState, Entry, HardState, Storage, WalOptions, WalStorage};
+use raftwal::{
+    ConfState, Entry, HardState, LogEngine, Storage, WalOptions, WalStorage, WriteBatch,
+};
 use serde_json::Value;
 
 fn options() -> WalOptions {
@@ -480,4 +482,153 @@ fn smoke_still_runs() {
     let run = raftwal(&["smoke", "--entries", "1000", "--entry-size", "16"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("read back intact"), "{}", run.stdout);
+}
+
+// ---- many groups -------------------------------------------------------------------------------
+
+fn group_entries(group: u64, indices: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    indices
+        .map(|i| Entry::new(i, 2, format!("g{group} e{i:03} ").repeat(10).into_bytes()))
+        .collect()
+}
+
+/// One engine over 4 KiB segments that are never rewritten. Group 1 saves entries 1..=3 first and
+/// nothing after, so its old entries pin the oldest segment. Then 30 writes of three entries and a
+/// hard state to group 2 (1..=90), the last 20 also to group 3 (1..=60), over several segments;
+/// then group 2 snapshots at 85 and compacts to it. Closed cleanly.
+fn build_groups(dir: &Path) {
+    let options = WalOptions { purge_threshold_bytes: u64::MAX, ..options() };
+    let engine = LogEngine::open(dir, options).unwrap();
+    let one = engine.group(1).unwrap();
+    one.save(Some(&HardState { term: 2, vote: 1, commit: 0 }), &group_entries(1, 1..=3)).unwrap();
+    for batch in 0..30u64 {
+        let mut write = WriteBatch::new();
+        let hs = HardState { term: 2, vote: 1, commit: batch * 3 };
+        write.save(2, Some(&hs), &group_entries(2, batch * 3 + 1..=batch * 3 + 3)).unwrap();
+        if let Some(b) = batch.checked_sub(10) {
+            write.save(3, Some(&hs), &group_entries(3, b * 3 + 1..=b * 3 + 3)).unwrap();
+        }
+        engine.write(&mut write).unwrap();
+    }
+    let two = engine.group(2).unwrap();
+    let voters = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+    two.create_snapshot(85, Some(voters), Bytes::from(vec![2u8; 300])).unwrap();
+    two.compact(85).unwrap();
+    engine.close().unwrap();
+}
+
+fn dump_rows(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let run = run_on("dump", dir, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn dump_with_a_group_shows_only_that_groups_records() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+
+    let rows = dump_rows(dir.path(), &["--group", "3"]);
+
+    let entries: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(entries, (1..=60).collect::<Vec<_>>(), "group 3's entries, once each");
+    for row in &rows {
+        let bare_checkpoint = row["record"] == "checkpoint" && row["group"].is_null();
+        assert!(row["group"] == 3 || bare_checkpoint, "another group's record: {row}");
+    }
+    let e7 = rows.iter().find(|r| r["record"] == "entry" && r["index"] == 7).unwrap();
+    assert!(e7["data"].as_str().unwrap().starts_with("\"g3 e007"), "{e7}");
+    let kinds = |rows: &[Value], kind: &str| rows.iter().filter(|r| r["record"] == kind).count();
+    assert_eq!(kinds(&rows, "hard_state"), 20);
+    assert_eq!(kinds(&rows, "snapshot"), 0, "group 2's snapshot is not group 3's");
+    assert!(rows.iter().any(|r| r["record"] == "checkpoint" && r["group"] == 3));
+
+    let two = dump_rows(dir.path(), &["--group", "2"]);
+    assert!(two.iter().all(|r| r["group"] == 2 || r["group"].is_null()));
+    assert_eq!((kinds(&two, "snapshot"), kinds(&two, "compact")), (1, 1));
+    assert_eq!(kinds(&two, "entry"), 90, "compacted entries are still in the segments");
+
+    let all = dump_rows(dir.path(), &[]);
+    let mut groups: Vec<u64> = all
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["group"].as_u64().unwrap())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    assert_eq!(groups, vec![1, 2, 3], "without --group, every group's entries");
+    assert_eq!(kinds(&all, "entry"), 3 + 90 + 60);
+    let table = run_on("dump", dir.path(), &[]);
+    assert!(table.stdout.contains("   group  "), "a group column: {}", table.stdout);
+}
+
+#[test]
+fn stat_lists_the_groups_and_the_one_pinning_the_oldest_segment_first() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    let all = segments(dir.path());
+    assert!(all.len() >= 3, "the workload spans several segments: {all:?}");
+
+    let stat = json(&run_on("stat", dir.path(), &["--json"]));
+
+    assert_eq!(stat["group_count"], 3);
+    let top = stat["top_pinning"].as_array().unwrap();
+    let order: Vec<u64> = top.iter().map(|p| p["group"].as_u64().unwrap()).collect();
+    assert_eq!(order[0], 1, "group 1's entries 1..=3 lie in the oldest segment: {top:?}");
+    assert_eq!(order.len(), 3);
+    assert_eq!(top[0]["pinned_segment"], stat["segments"][0]["sequence"]);
+    assert_eq!(top[0]["pinned_bytes"], stat["segment_bytes"], "it pins every segment");
+    let bytes: Vec<u64> = top.iter().map(|p| p["pinned_bytes"].as_u64().unwrap()).collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "most bytes first: {bytes:?}");
+    let two = top.iter().find(|p| p["group"] == 2).unwrap();
+    assert_eq!((two["first_index"].as_u64(), two["last_index"].as_u64()), (Some(86), Some(90)));
+    assert!(two["pinned_bytes"].as_u64() < top[0]["pinned_bytes"].as_u64(), "{top:?}");
+
+    let text = run_on("stat", dir.path(), &[]);
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    assert!(text.stdout.contains("groups: 3\n"), "{}", text.stdout);
+    assert!(text.stdout.contains("groups pinning the most bytes:"), "{}", text.stdout);
+
+    let group = json(&run_on("stat", dir.path(), &["--json", "--group", "2"]));
+    assert_eq!(group["log"]["group"], 2);
+    assert_eq!(group["log"]["first_index"], 86);
+    assert_eq!(group["log"]["last_index"], 90);
+    assert_eq!(group["log"]["hard_state"]["commit"], 87);
+    assert_eq!(group["log"]["snapshot_marker"]["index"], 85);
+    assert_eq!(group["snapshots"][0]["name"], raftwal::snapshot::format::snapshot_name(2, 2, 85));
+    assert_eq!(group["snapshots"][0]["marked"], true);
+    let three = json(&run_on("stat", dir.path(), &["--json", "--group", "3"]));
+    assert_eq!(
+        (three["log"]["first_index"].as_u64(), three["log"]["last_index"].as_u64()),
+        (Some(1), Some(60))
+    );
+    assert_eq!(three["snapshots"].as_array().unwrap().len(), 0, "group 2's file is not listed");
+}
+
+#[test]
+fn verify_with_a_group_checks_that_groups_snapshot_file() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    let snap = dir.path().join("snap").join(raftwal::snapshot::format::snapshot_name(2, 2, 85));
+    let mut bytes = fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&snap, &bytes).unwrap();
+
+    let two = run_on("verify", dir.path(), &["--group", "2"]);
+    let three = run_on("verify", dir.path(), &["--group", "3"]);
+
+    assert_eq!(two.code, 1, "{}{}", two.stdout, two.stderr);
+    assert!(two.stdout.contains("WAL: clean"), "{}", two.stdout);
+    assert!(two.stdout.contains("damaged (marked)"), "{}", two.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--group", "2", "--json"]));
+    assert_eq!(report["verdict"], "corruption");
+    assert_eq!(report["snapshots"][0]["status"], "damaged");
+    assert_eq!(three.code, 0, "group 3 has no snapshot: {}{}", three.stdout, three.stderr);
 }
