@@ -647,8 +647,8 @@ pub fn dump(
         emit(
             &mut out,
             &format!(
-                "{shown_records} records shown, {shown_entries} entries; {} groups; group {group}'s \
-                 log {}..={}; {verdict}",
+                "{shown_records} records shown, {shown_entries} entries; groups in the log: {}; \
+                 group {group}'s log {}..={}; {verdict}",
                 inspection.summary.groups.len(),
                 inspection.summary.first_index,
                 inspection.summary.last_index
