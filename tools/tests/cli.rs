@@ -292,10 +292,17 @@ fn build_with_snapshots(dir: &Path, snapshots: &[u64]) {
 
 /// Flips a payload bit of the record holding entry `index`; returns its segment and offset.
 fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
+    damage_group_entry(dir, 0, index)
+}
+
+/// Flips a payload bit of the record holding entry `index` of `group`.
+fn damage_group_entry(dir: &Path, group: u64, index: u64) -> (PathBuf, u64) {
     for segment in segments(dir) {
         for record in records(&segment) {
             let holds = match &record.record {
-                Record::Entries { entries, .. } => entries.iter().any(|e| e.index == index),
+                Record::Entries { group: g, entries } => {
+                    *g == group && entries.iter().any(|e| e.index == index)
+                }
                 _ => false,
             };
             if holds {
@@ -306,7 +313,7 @@ fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
             }
         }
     }
-    panic!("no record holds entry {index}");
+    panic!("no record holds entry {index} of group {group}");
 }
 
 fn snap_file(term: u64, index: u64) -> String {
@@ -631,4 +638,39 @@ fn verify_with_a_group_checks_that_groups_snapshot_file() {
     assert_eq!(report["verdict"], "corruption");
     assert_eq!(report["snapshots"][0]["status"], "damaged");
     assert_eq!(three.code, 0, "group 3 has no snapshot: {}{}", three.stdout, three.stderr);
+}
+
+#[test]
+fn repair_with_a_group_warns_about_that_groups_dropped_snapshot_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    // Entries 40..=42 of group 2 lie segments before its snapshot marker at 85, which the cut
+    // removes with them.
+    let (damaged, _) = damage_group_entry(dir.path(), 2, 40);
+    assert_ne!(damaged, *segments(dir.path()).last().unwrap());
+    let dropped =
+        "warning: the cut drops the snapshot marker at index 85 term 2: no snapshot remains";
+    let file = raftwal::snapshot::format::snapshot_name(2, 2, 85);
+
+    let default = run_on("repair", dir.path(), &[]);
+    let refused = run_on("repair", dir.path(), &["--group", "2"]);
+
+    assert_eq!(default.code, 1, "{}{}", default.stdout, default.stderr);
+    assert!(!default.stdout.contains("snapshot marker at"), "group 0 has none: {}", default.stdout);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stdout.contains(dropped), "{}", refused.stdout);
+
+    let forced = run_on("repair", dir.path(), &["--group", "2", "--force-truncate", "--json"]);
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    let report = json(&forced);
+    let message = report["message"].as_str().unwrap();
+    assert!(message.contains(dropped), "{message}");
+    assert!(message.contains(&format!("{file} is then uncommitted")), "{message}");
+    assert_eq!(report["dropped_snapshot"]["index"], 85);
+    assert_eq!(report["last_index"], 39, "group 2 keeps its entries up to the damaged write");
+    let engine =
+        LogEngine::open(dir.path(), WalOptions { purge_threshold_bytes: u64::MAX, ..options() })
+            .unwrap();
+    assert_eq!(engine.group(2).unwrap().snapshot().unwrap().metadata.index, 0);
+    assert!(!dir.path().join("snap").join(&file).exists(), "open removes the orphan");
 }
