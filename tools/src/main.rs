@@ -54,13 +54,15 @@ enum Command {
         /// same group).
         #[arg(long)]
         from: Option<u64>,
-        /// Show entries up to this index, and other records written before entry TO + 1.
+        /// Show entries up to this index, and other records written before entry TO + 1 (of the
+        /// same group).
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Check every record and snapshot file; the exit code says what was found.
+    /// Check every record, and the snapshot files of a group; the exit code says what was found.
     ///
-    /// Reads every segment and snapshot file through and checks every CRC. On damage, prints the
+    /// Reads every segment and the snapshot files of the group (--group, default 0) through and
+    /// checks every CRC. On damage, prints the
     /// segment, the offset, the kind and the entries affected. Exit 0 when clean, 1 on
     /// corruption, 3 on a torn tail only (which opening the log cuts), 2 on usage or I/O errors.
     Verify {
