@@ -953,18 +953,20 @@ struct PinView {
 /// The groups pinning the most segment bytes, most first (ties: lower group first); groups
 /// without a live entry pin nothing and are left out.
 fn top_pinning(inspection: &Inspection) -> Vec<PinView> {
+    let segments = &inspection.segments;
+    debug_assert!(segments.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    // from_here[i]: bytes of segments[i..], so each group costs a binary search.
+    let mut from_here = vec![0u64; segments.len() + 1];
+    for i in (0..segments.len()).rev() {
+        from_here[i] = from_here[i + 1].saturating_add(segments[i].size_bytes);
+    }
     let mut pins: Vec<PinView> = inspection
         .summary
         .groups
         .iter()
         .filter_map(|g| {
             let pinned_segment = g.pinned_segment?;
-            let pinned_bytes = inspection
-                .segments
-                .iter()
-                .filter(|s| s.sequence >= pinned_segment)
-                .map(|s| s.size_bytes)
-                .sum();
+            let pinned_bytes = from_here[segments.partition_point(|s| s.sequence < pinned_segment)];
             Some(PinView {
                 group: g.group,
                 first_index: g.first_index,
