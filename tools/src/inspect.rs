@@ -1036,7 +1036,9 @@ pub fn stat(layout: &Layout, max_record_bytes: u32, group: u64, json: bool) -> O
     let mut text = format!("directory:  {}\n", layout.dir.display());
     text += &format!("groups: {}\n", s.groups.len());
     text += &pinning_lines(&pins);
-    text += &format!("group {group}:\n");
+    let absent =
+        if s.groups.iter().any(|g| g.group == group) { "" } else { " (no state in the log)" };
+    text += &format!("group {group}:{absent}\n");
     text += &format!(
         "first index: {}\nlast index:  {}  ({live} live entries)\n",
         s.first_index, s.last_index
