@@ -9,6 +9,7 @@
 //! - 3: a torn tail only: unsynced writes cut short by a crash, which open cuts; nothing
 //!   acknowledged is lost.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +19,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use raftwal::io::{FileSystem, Fs, RealFs};
 use raftwal::snapshot::SnapshotStore;
 use raftwal::snapshot::format::snapshot_name;
-use raftwal::wal::Wal;
-use raftwal::wal::format::{Record, SEGMENT_SUFFIX};
-use raftwal::wal::inspect::{
-    Event, Inspection, Problem, SegmentReport, Verdict, inspect, inspect_with,
-};
+use raftwal::wal::Engine;
+use raftwal::wal::format::{Checkpoint, Record, SEGMENT_SUFFIX};
+use raftwal::wal::inspect::{Event, Inspection, Problem, SegmentReport, Verdict, inspect_group};
 use raftwal::wal::recovery::{Decision, Stop};
 use raftwal::{Entry, EntryType, Error, RecoveryMode, SnapshotMetadata, WalOptions};
 use serde::Serialize;
@@ -225,6 +224,7 @@ struct MarkerView {
 
 #[derive(Serialize)]
 struct LogView {
+    group: u64,
     first_index: u64,
     last_index: u64,
     hard_state: HardStateView,
@@ -234,6 +234,7 @@ struct LogView {
 fn log_view(i: &Inspection) -> LogView {
     let s = &i.summary;
     LogView {
+        group: s.group,
         first_index: s.first_index,
         last_index: s.last_index,
         hard_state: HardStateView {
@@ -349,6 +350,9 @@ struct DumpRow<'a> {
     offset: u64,
     record: &'static str,
     kept: bool,
+    /// `None` only for a checkpoint without a line for any shown group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -398,12 +402,13 @@ fn entry_type_name(t: EntryType) -> &'static str {
     }
 }
 
-fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, e: &Entry) -> DumpRow<'a> {
+fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, group: u64, e: &Entry) -> DumpRow<'a> {
     DumpRow {
         segment,
         offset,
         record: "entry",
         kept,
+        group: Some(group),
         index: Some(e.index),
         term: Some(e.term),
         entry_type: Some(entry_type_name(e.entry_type)),
@@ -413,10 +418,23 @@ fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, e: &Entry) -> DumpRo
     }
 }
 
+/// The group a record other than a checkpoint belongs to.
+fn record_group(record: &Record) -> Option<u64> {
+    match record {
+        Record::Checkpoint(_) => None,
+        Record::Entries { group, .. }
+        | Record::HardState { group, .. }
+        | Record::Snapshot { group, .. }
+        | Record::Compact { group, .. }
+        | Record::Remove { group } => Some(*group),
+    }
+}
+
 fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> DumpRow<'a> {
-    let row = DumpRow { segment, offset, kept, ..DumpRow::default() };
+    let row = DumpRow { segment, offset, kept, group: record_group(record), ..DumpRow::default() };
     match record {
         Record::Entries { .. } => unreachable!("entries are dumped one by one"),
+        Record::Checkpoint(_) => unreachable!("checkpoints are dumped line by line"),
         Record::HardState { hard_state: hs, .. } => DumpRow {
             record: "hard_state",
             term: Some(hs.term),
@@ -436,23 +454,33 @@ fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> 
             DumpRow { record: "compact", index: Some(*index), term: Some(*term), ..row }
         }
         Record::Remove { .. } => DumpRow { record: "remove", ..row },
-        Record::Checkpoint(cps) => match cps.iter().find(|cp| cp.group == 0) {
-            Some(cp) => DumpRow {
-                record: "checkpoint",
-                dummy_index: Some(cp.dummy_index),
-                dummy_term: Some(cp.dummy_term),
-                term: Some(cp.hard_state.term),
-                last_index: Some(cp.last_index),
-                commit: Some(cp.hard_state.commit),
-                vote: Some(cp.hard_state.vote),
-                ..row
-            },
-            None => DumpRow { record: "checkpoint", ..row },
-        },
     }
 }
 
-fn dump_line(row: &DumpRow<'_>) -> String {
+/// One group's line of a checkpoint; `None`: a checkpoint with no line for a shown group.
+fn checkpoint_row<'a>(
+    segment: &'a str,
+    offset: u64,
+    kept: bool,
+    cp: Option<&Checkpoint>,
+) -> DumpRow<'a> {
+    let row = DumpRow { segment, offset, kept, record: "checkpoint", ..DumpRow::default() };
+    match cp {
+        Some(cp) => DumpRow {
+            group: Some(cp.group),
+            dummy_index: Some(cp.dummy_index),
+            dummy_term: Some(cp.dummy_term),
+            term: Some(cp.hard_state.term),
+            last_index: Some(cp.last_index),
+            commit: Some(cp.hard_state.commit),
+            vote: Some(cp.hard_state.vote),
+            ..row
+        },
+        None => row,
+    }
+}
+
+fn dump_line(row: &DumpRow<'_>, group_column: bool) -> String {
     let mark = if row.kept { ' ' } else { 'x' };
     let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
     let detail = match row.record {
@@ -469,6 +497,8 @@ fn dump_line(row: &DumpRow<'_>) -> String {
             row.voters.as_deref().unwrap_or(&[])
         ),
         "compact" => "new dummy entry".into(),
+        "remove" => "group removed".into(),
+        "checkpoint" if row.group.is_none() => "no line for the group".into(),
         "checkpoint" => format!(
             "dummy ({}, {}) last {} hard state term {} vote {} commit {}",
             opt(row.dummy_index),
@@ -485,13 +515,18 @@ fn dump_line(row: &DumpRow<'_>) -> String {
         "hard_state" => (String::new(), opt(row.term)),
         _ => (opt(row.index), opt(row.term)),
     };
-    format!("{mark} {:>10}  {:<10}  {:>10}  {:>6}  {detail}", row.offset, row.record, index, term)
+    let group = if group_column { format!("{:>8}  ", opt(row.group)) } else { String::new() };
+    format!(
+        "{mark} {:>10}  {:<10}  {group}{:>10}  {:>6}  {detail}",
+        row.offset, row.record, index, term
+    )
 }
 
 /// `raftwal dump`.
 pub fn dump(
     layout: &Layout,
     max_record_bytes: u32,
+    only: Option<u64>,
     from: Option<u64>,
     to: Option<u64>,
     json: bool,
@@ -500,9 +535,13 @@ pub fn dump(
     let (lo, hi) = (from.unwrap_or(0), to.unwrap_or(u64::MAX));
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut write_error: Option<io::Error> = None;
-    // Index of the last entry written before the record at hand: other records are shown when it
-    // lies within the range.
-    let mut position = 0u64;
+    // Per group, index of its last entry written before the record at hand: its other records are
+    // shown when it lies within the range. One slot per group the log names.
+    let mut position: HashMap<u64, u64> = HashMap::new();
+    let shown = |group: u64| only.is_none_or(|g| g == group);
+    let group_column = only.is_none();
+    // Whether a record of the checkpoint at hand (split over several records) had a shown line.
+    let mut checkpoint_has_line = false;
     let (mut shown_records, mut shown_entries) = (0u64, 0u64);
     let mut pending_header: Option<String> = None;
     let mut emit = |out: &mut io::BufWriter<io::StdoutLock<'_>>, text: &str| {
@@ -512,14 +551,18 @@ pub fn dump(
             write_error = Some(e);
         }
     };
-    let inspection = inspect_with(&ReadOnlyFs, &layout.wal, &options(max_record_bytes), |event| {
+    let group = only.unwrap_or(0);
+    let wal_options = options(max_record_bytes);
+    let inspection = inspect_group(&ReadOnlyFs, &layout.wal, &wal_options, group, |event| {
         match event {
             Event::Segment(s) => {
                 if !json {
                     // Printed before the segment's first shown row; at once when nothing is
                     // filtered, so that a segment without records still shows its damage.
+                    let group =
+                        if group_column { format!("{:>8}  ", "group") } else { String::new() };
                     pending_header = Some(format!(
-                        "segment {} ({} bytes, case {} {}{})\n  {:>10}  {:<10}  {:>10}  {:>6}  detail",
+                        "segment {} ({} bytes, case {} {}{})\n  {:>10}  {:<10}  {group}{:>10}  {:>6}  detail",
                         s.name,
                         s.size_bytes,
                         s.case.label,
@@ -536,22 +579,45 @@ pub fn dump(
                 }
             }
             Event::Record { segment, record, kept } => {
+                let in_range = |position: &HashMap<u64, u64>, group: u64| {
+                    !filtered || (lo..=hi).contains(position.get(&group).unwrap_or(&0))
+                };
+                let (name, offset) = (segment.name.as_str(), record.offset);
                 let rows: Vec<DumpRow<'_>> = match &record.record {
-                    Record::Entries { entries, .. } => {
+                    Record::Entries { group, entries } if shown(*group) => {
                         let rows = entries
                             .iter()
                             .filter(|e| !filtered || (lo..=hi).contains(&e.index))
-                            .map(|e| entry_row(&segment.name, record.offset, kept, e))
+                            .map(|e| entry_row(name, offset, kept, *group, e))
                             .collect();
                         if let Some(last) = entries.last() {
-                            position = last.index;
+                            position.insert(*group, last.index);
                         }
                         rows
                     }
-                    other if !filtered || (lo..=hi).contains(&position) => {
-                        vec![other_row(&segment.name, record.offset, kept, other)]
+                    Record::Checkpoint(cps) => {
+                        let mut rows: Vec<DumpRow<'_>> = cps
+                            .iter()
+                            .filter(|cp| shown(cp.group) && in_range(&position, cp.group))
+                            .map(|cp| checkpoint_row(name, offset, kept, Some(cp)))
+                            .collect();
+                        // One bare row per checkpoint (on its last record) that shows no line,
+                        // so that every segment start stays visible.
+                        checkpoint_has_line |= cps.iter().any(|cp| shown(cp.group));
+                        if !record.more {
+                            if !checkpoint_has_line && !filtered {
+                                rows.push(checkpoint_row(name, offset, kept, None));
+                            }
+                            checkpoint_has_line = false;
+                        }
+                        rows
                     }
-                    _ => Vec::new(),
+                    other => match record_group(other) {
+                        Some(group) if shown(group) && in_range(&position, group) => {
+                            vec![other_row(name, offset, kept, other)]
+                        }
+                        _ => Vec::new(),
+                    },
                 };
                 if !rows.is_empty() {
                     shown_records += 1;
@@ -566,7 +632,7 @@ pub fn dump(
                     let line = if json {
                         serde_json::to_string(&row).expect("a dump row serializes")
                     } else {
-                        dump_line(&row)
+                        dump_line(&row, group_column)
                     };
                     emit(&mut out, &line);
                 }
@@ -581,8 +647,11 @@ pub fn dump(
         emit(
             &mut out,
             &format!(
-                "{shown_records} records shown, {shown_entries} entries; log {}..={}; {verdict}",
-                inspection.summary.first_index, inspection.summary.last_index
+                "{shown_records} records shown, {shown_entries} entries; groups in the log: {}; \
+                 group {group}'s log {}..={}; {verdict}",
+                inspection.summary.groups.len(),
+                inspection.summary.first_index,
+                inspection.summary.last_index
             ),
         );
     }
@@ -690,13 +759,13 @@ fn snapshot_lines(views: &[SnapshotView], missing: &Option<String>) -> String {
         text += "snapshots: none\n";
     } else {
         text += &format!(
-            "snapshots:\n  {:<40} {:>10} {:>6} {:>12} {:>12}  status\n",
+            "snapshots:\n  {:<57} {:>10} {:>6} {:>12} {:>12}  status\n",
             "name", "index", "term", "size", "data"
         );
     }
     for v in views {
         text += &format!(
-            "  {:<40} {:>10} {:>6} {:>12} {:>12}  {}{}{}\n",
+            "  {:<57} {:>10} {:>6} {:>12} {:>12}  {}{}{}\n",
             v.name,
             v.index,
             v.term,
@@ -788,10 +857,11 @@ fn dir_bytes(dir: Option<&Path>) -> u64 {
 }
 
 /// `raftwal verify`.
-pub fn verify(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
+pub fn verify(layout: &Layout, max_record_bytes: u32, group: u64, json: bool) -> Outcome {
     let mut progress =
         Progress::new(dir_bytes(Some(&layout.wal)) + dir_bytes(layout.snap.as_deref()));
-    let inspection = inspect_with(&ReadOnlyFs, &layout.wal, &options(max_record_bytes), |event| {
+    let wal_options = options(max_record_bytes);
+    let inspection = inspect_group(&ReadOnlyFs, &layout.wal, &wal_options, group, |event| {
         if let Event::Segment(s) = event {
             progress.advance(s.size_bytes);
         }
@@ -849,6 +919,10 @@ struct StatView {
     wal_dir: PathBuf,
     verdict: &'static str,
     log: LogView,
+    /// Groups with state in the log.
+    group_count: usize,
+    /// The groups pinning the most segment bytes, most first (at most [`TOP_PINNING`]).
+    top_pinning: Vec<PinView>,
     segment_count: usize,
     segment_bytes: u64,
     record_bytes: u64,
@@ -860,18 +934,92 @@ struct StatView {
     vanished: Vec<String>,
 }
 
+/// Rows of the table of groups pinning the most bytes.
+const TOP_PINNING: usize = 10;
+
+/// A group and the segment bytes it keeps from being released.
+#[derive(Serialize)]
+struct PinView {
+    group: u64,
+    first_index: u64,
+    last_index: u64,
+    snapshot_index: u64,
+    /// Sequence of the segment holding its first live entry: it and every later one are pinned.
+    pinned_segment: u64,
+    /// Bytes of the segments from `pinned_segment` on.
+    pinned_bytes: u64,
+}
+
+/// The groups pinning the most segment bytes, most first (ties: lower group first); groups
+/// without a live entry pin nothing and are left out.
+fn top_pinning(inspection: &Inspection) -> Vec<PinView> {
+    let segments = &inspection.segments;
+    debug_assert!(segments.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    // from_here[i]: bytes of segments[i..], so each group costs a binary search.
+    let mut from_here = vec![0u64; segments.len() + 1];
+    for i in (0..segments.len()).rev() {
+        from_here[i] = from_here[i + 1].saturating_add(segments[i].size_bytes);
+    }
+    let mut pins: Vec<PinView> = inspection
+        .summary
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let pinned_segment = g.pinned_segment?;
+            let pinned_bytes = from_here[segments.partition_point(|s| s.sequence < pinned_segment)];
+            Some(PinView {
+                group: g.group,
+                first_index: g.first_index,
+                last_index: g.last_index,
+                snapshot_index: g.snapshot_index,
+                pinned_segment,
+                pinned_bytes,
+            })
+        })
+        .collect();
+    pins.sort_by_key(|p| (std::cmp::Reverse(p.pinned_bytes), p.group));
+    pins.truncate(TOP_PINNING);
+    pins
+}
+
+fn pinning_lines(pins: &[PinView]) -> String {
+    if pins.is_empty() {
+        return "groups pinning segments: none\n".into();
+    }
+    let mut text = format!(
+        "groups pinning the most bytes:\n  {:>20} {:>12} {:>12} {:>12} {:>16} {:>14}\n",
+        "group", "first index", "last index", "snapshot", "oldest segment", "pinned bytes"
+    );
+    for p in pins {
+        text += &format!(
+            "  {:>20} {:>12} {:>12} {:>12} {:>16} {:>14}\n",
+            p.group,
+            p.first_index,
+            p.last_index,
+            p.snapshot_index,
+            format!("{:016x}", p.pinned_segment),
+            p.pinned_bytes
+        );
+    }
+    text
+}
+
 /// `raftwal stat`.
-pub fn stat(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
-    let inspection = inspect(&ReadOnlyFs, &layout.wal, &options(max_record_bytes))?;
+pub fn stat(layout: &Layout, max_record_bytes: u32, group: u64, json: bool) -> Outcome {
+    let wal_options = options(max_record_bytes);
+    let inspection = inspect_group(&ReadOnlyFs, &layout.wal, &wal_options, group, |_| {})?;
     let (snaps, missing) = snapshots(layout, &inspection, false, |_| {})?;
     let code = exit_for(inspection.verdict());
     let segment_bytes = inspection.segments.iter().map(|s| s.size_bytes).sum();
+    let pins = top_pinning(&inspection);
     if json {
         print_json(&StatView {
             dir: layout.dir.clone(),
             wal_dir: layout.wal.clone(),
             verdict: verdict_name(inspection.verdict()),
             log: log_view(&inspection),
+            group_count: inspection.summary.groups.len(),
+            top_pinning: pins,
             segment_count: inspection.segments.len(),
             segment_bytes,
             record_bytes: inspection.valid_bytes,
@@ -886,6 +1034,11 @@ pub fn stat(layout: &Layout, max_record_bytes: u32, json: bool) -> Outcome {
     let s = &inspection.summary;
     let live = (s.last_index.saturating_add(1)).saturating_sub(s.first_index);
     let mut text = format!("directory:  {}\n", layout.dir.display());
+    text += &format!("groups: {}\n", s.groups.len());
+    text += &pinning_lines(&pins);
+    let absent =
+        if s.groups.iter().any(|g| g.group == group) { "" } else { " (no state in the log)" };
+    text += &format!("group {group}:{absent}\n");
     text += &format!(
         "first index: {}\nlast index:  {}  ({live} live entries)\n",
         s.first_index, s.last_index
@@ -980,11 +1133,15 @@ fn dropped_marker(
 /// back to, and what happens to the snapshot files on the next open.
 fn snapshot_warning(
     layout: &Layout,
+    group: u64,
     dropped: &SnapshotMetadata,
     kept: &SnapshotMetadata,
 ) -> String {
     let file_exists = |m: &SnapshotMetadata| {
-        layout.snap.as_ref().is_some_and(|dir| dir.join(snapshot_name(0, m.term, m.index)).exists())
+        layout
+            .snap
+            .as_ref()
+            .is_some_and(|dir| dir.join(snapshot_name(group, m.term, m.index)).exists())
     };
     let mut text = format!(
         "warning: the cut drops the snapshot marker at index {} term {}: ",
@@ -999,7 +1156,7 @@ fn snapshot_warning(
 ",
             kept.index,
             kept.term,
-            snapshot_name(0, kept.term, kept.index)
+            snapshot_name(group, kept.term, kept.index)
         );
         if layout.snap.is_some() && !file_exists(kept) {
             text += "  that snapshot's file is not in the snapshot directory: open will refuse                      until the node is restored from a peer
@@ -1010,7 +1167,7 @@ fn snapshot_warning(
         text += &format!(
             "  {} is then uncommitted: the next open of the storage removes it
 ",
-            snapshot_name(0, dropped.term, dropped.index)
+            snapshot_name(group, dropped.term, dropped.index)
         );
     }
     text
@@ -1051,15 +1208,24 @@ impl Transcript {
 }
 
 /// `raftwal repair`.
-pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json: bool) -> Outcome {
-    // The snapshot named last by a record the cut drops, in log order.
+pub fn repair(
+    layout: &Layout,
+    max_record_bytes: u32,
+    group: u64,
+    force_truncate: bool,
+    json: bool,
+) -> Outcome {
+    // The snapshot of `group` named last by a record the cut drops, in log order.
     let mut dropped: Option<SnapshotMetadata> = None;
-    let inspection = inspect_with(&ReadOnlyFs, &layout.wal, &options(max_record_bytes), |event| {
+    let wal_options = options(max_record_bytes);
+    let inspection = inspect_group(&ReadOnlyFs, &layout.wal, &wal_options, group, |event| {
         if let Event::Record { record, kept: false, .. } = event {
             match &record.record {
-                Record::Snapshot { metadata, .. } => dropped = Some(metadata.clone()),
+                Record::Snapshot { group: g, metadata, .. } if *g == group => {
+                    dropped = Some(metadata.clone());
+                }
                 Record::Checkpoint(cps) => {
-                    if let Some(cp) = cps.iter().find(|cp| cp.group == 0) {
+                    if let Some(cp) = cps.iter().find(|cp| cp.group == group) {
                         dropped = Some(cp.snapshot.clone());
                     }
                 }
@@ -1118,7 +1284,7 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         );
         t.say(&drop_plan(problem));
         if let Some(marker) = &dropped {
-            t.say(&snapshot_warning(layout, marker, &inspection.summary.snapshot));
+            t.say(&snapshot_warning(layout, group, marker, &inspection.summary.snapshot));
         }
         t.say(
             "Use it only on a node whose log will be re-fetched from the leader, never on a \
@@ -1137,7 +1303,7 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
     t.say(if torn { "cutting the torn tail:\n" } else { "--force-truncate: dropping:\n" });
     t.say(&drop_plan(problem));
     if let Some(marker) = &dropped {
-        t.say(&snapshot_warning(layout, marker, &inspection.summary.snapshot));
+        t.say(&snapshot_warning(layout, group, marker, &inspection.summary.snapshot));
     }
     let damaged = problem.cut.truncated.iter().map(|(s, _)| s).chain(&problem.cut.removed);
     for name in damaged {
@@ -1162,28 +1328,28 @@ pub fn repair(layout: &Layout, max_record_bytes: u32, force_truncate: bool, json
         ..WalOptions::default()
     };
     let fs: Fs = Arc::new(RealFs);
-    let wal = match Wal::open(fs, &layout.wal, wal_options) {
-        Ok(wal) => wal,
+    let engine = match Engine::open(fs, &layout.wal, wal_options) {
+        Ok(engine) => engine,
         Err(Error::Locked) => {
             return Err(Failure("the log is open in another process; stop it first".into()));
         }
         Err(e) => return Err(e.into()),
     };
-    let report = wal.recovery_report().clone();
+    let report = engine.recovery_report().clone();
     view.recovery_truncated = report.truncated.clone();
     view.recovery_removed = report.removed.clone();
-    let last_index = wal.last_index();
+    let last_index = engine.last_index(group);
     view.last_index = Some(last_index);
-    wal.close()?;
+    engine.close()?;
     if let Some((segment, offset, case)) = &report.truncated {
         t.say(&format!("recovery cut {segment} at offset {offset} (case {case})\n"));
     }
     for removed in &report.removed {
         t.say(&format!("recovery removed {removed}\n"));
     }
-    t.say(&format!("repaired: the log now ends at index {last_index}\n"));
+    t.say(&format!("repaired: the log now ends at index {last_index} in group {group}\n"));
     view.action = if torn { "cut_torn_tail" } else { "truncated_corruption" };
-    let after = inspect(&ReadOnlyFs, &layout.wal, &options(max_record_bytes))?;
+    let after = inspect_group(&ReadOnlyFs, &layout.wal, &options(max_record_bytes), group, |_| {})?;
     if let Some(p) = &after.problem {
         t.say(&format!("but the WAL is still not clean:\n{}", problem_text(p)));
         return finish(view, t, exit_for(after.verdict()));

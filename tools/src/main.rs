@@ -43,21 +43,26 @@ enum Command {
     /// Print every record of a log, like etcd-dump-logs.
     ///
     /// Entries (index, term, type, size and the start of the data), hard states, snapshot
-    /// markers, compactions and checkpoints, in log order. Records that recovery would drop are
-    /// marked `x`. With --json, one JSON object per line.
+    /// markers, compactions, group removals and checkpoints, in log order. Records that recovery
+    /// would drop are marked `x`. With --group, only that group's records (and its line of each
+    /// checkpoint); without it, every group's, with a group column. With --json, one JSON object
+    /// per line.
     Dump {
         #[command(flatten)]
         target: Target,
-        /// Show entries from this index on, and other records written after entry FROM.
+        /// Show entries from this index on, and other records written after entry FROM (of the
+        /// same group).
         #[arg(long)]
         from: Option<u64>,
-        /// Show entries up to this index, and other records written before entry TO + 1.
+        /// Show entries up to this index, and other records written before entry TO + 1 (of the
+        /// same group).
         #[arg(long)]
         to: Option<u64>,
     },
-    /// Check every record and snapshot file; the exit code says what was found.
+    /// Check every record, and the snapshot files of a group; the exit code says what was found.
     ///
-    /// Reads every segment and snapshot file through and checks every CRC. On damage, prints the
+    /// Reads every segment and the snapshot files of the group (--group, default 0) through and
+    /// checks every CRC. On damage, prints the
     /// segment, the offset, the kind and the entries affected. Exit 0 when clean, 1 on
     /// corruption, 3 on a torn tail only (which opening the log cuts), 2 on usage or I/O errors.
     Verify {
@@ -78,10 +83,11 @@ enum Command {
         #[arg(long)]
         force_truncate: bool,
     },
-    /// Summarize a log: segments, first and last index, hard state, snapshots.
+    /// Summarize a log: segments, groups, first and last index, hard state, snapshots.
     ///
-    /// Segments with their sizes and entry ranges, the first and last index, the hard state,
-    /// the snapshot marker and the snapshot files.
+    /// Segments with their sizes and entry ranges, the number of groups and the ones pinning the
+    /// most segment bytes, and of the chosen group the first and last index, the hard state, the
+    /// snapshot marker and the snapshot files.
     Stat {
         #[command(flatten)]
         target: Target,
@@ -102,6 +108,16 @@ struct Target {
     /// The largest record payload the log was written with (WalOptions::max_record_bytes).
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     max_record_bytes: u32,
+    /// The Raft group whose entries, state and snapshot files are shown [default: 0, the group
+    /// `WalStorage` uses]. `dump` without it shows every group's records.
+    #[arg(long)]
+    group: Option<u64>,
+}
+
+impl Target {
+    fn group(&self) -> u64 {
+        self.group.unwrap_or(0)
+    }
 }
 
 fn run_inspection(
@@ -129,16 +145,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Dump { target, from, to } => run_inspection("dump", &target, |layout| {
-            inspect::dump(layout, target.max_record_bytes, from, to, target.json)
+            inspect::dump(layout, target.max_record_bytes, target.group, from, to, target.json)
         }),
         Command::Verify { target } => run_inspection("verify", &target, |layout| {
-            inspect::verify(layout, target.max_record_bytes, target.json)
+            inspect::verify(layout, target.max_record_bytes, target.group(), target.json)
         }),
         Command::Repair { target, force_truncate } => run_inspection("repair", &target, |layout| {
-            inspect::repair(layout, target.max_record_bytes, force_truncate, target.json)
+            let group = target.group();
+            inspect::repair(layout, target.max_record_bytes, group, force_truncate, target.json)
         }),
         Command::Stat { target } => run_inspection("stat", &target, |layout| {
-            inspect::stat(layout, target.max_record_bytes, target.json)
+            inspect::stat(layout, target.max_record_bytes, target.group(), target.json)
         }),
         Command::Bench(args) => bench::run(args),
     }

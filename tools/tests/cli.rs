@@ -9,7 +9,9 @@ use bytes::Bytes;
 use raftwal::io::{FileSystem, RealFs};
 use raftwal::wal::format::{DEFAULT_MAX_RECORD_BYTES, FRAME_HEADER_LEN, Record};
 use raftwal::wal::recovery::{ScannedRecord, scan_segment};
-use raftwal::{ConfState, Entry, HardState, Storage, WalOptions, WalStorage};
+use raftwal::{
+    ConfState, Entry, HardState, LogEngine, Storage, WalOptions, WalStorage, WriteBatch,
+};
 use serde_json::Value;
 
 fn options() -> WalOptions {
@@ -74,6 +76,14 @@ fn records(segment: &Path) -> Vec<ScannedRecord> {
     scan_segment(&fs::read(segment).unwrap(), DEFAULT_MAX_RECORD_BYTES).records
 }
 
+/// Offset of the first record of the write that holds `records[at]`: recovery applies a write
+/// whole or not at all, so a cut at any of its records goes back to there.
+fn write_start(records: &[ScannedRecord], at: usize) -> u64 {
+    let first =
+        records[..at].iter().rposition(|r| !r.more).map_or(0, |last_of_write| last_of_write + 1);
+    records[first].offset
+}
+
 fn name(path: &Path) -> String {
     path.file_name().unwrap().to_str().unwrap().to_string()
 }
@@ -95,7 +105,7 @@ fn stat_shows_segments_first_and_last_index_hard_state_and_snapshots() {
     assert!(run.stdout.contains("last index:  60"), "{}", run.stdout);
     assert!(run.stdout.contains("hard state: term 2 vote 1 commit 57"), "{}", run.stdout);
     assert!(run.stdout.contains("snapshot marker: index 30 term 2 voters [1, 2, 3]"));
-    assert!(run.stdout.contains("0000000000000002-000000000000001e.snap"), "{}", run.stdout);
+    assert!(run.stdout.contains(&snap_file(2, 30)), "{}", run.stdout);
     for segment in segments(dir.path()) {
         assert!(run.stdout.contains(&name(&segment)), "{} not listed", name(&segment));
     }
@@ -194,7 +204,9 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     assert!(all.len() >= 3, "the workload spans several segments: {all:?}");
     // The third record of the second (sealed) segment, one byte into its payload.
     let victim = &all[1];
-    let record = records(victim)[2].clone();
+    let in_victim = records(victim);
+    let record = in_victim[2].clone();
+    let cut_at = write_start(&in_victim, 2);
     let mut bytes = fs::read(victim).unwrap();
     bytes[record.offset as usize + FRAME_HEADER_LEN + 1] ^= 0x04;
     fs::write(victim, &bytes).unwrap();
@@ -213,11 +225,12 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     assert_eq!(report["problem"]["open"], "refuse");
     let last_kept = report["problem"]["last_kept_index"].as_u64().unwrap();
     assert_eq!(report["problem"]["affected_first"], last_kept + 1);
-    assert_eq!(report["problem"]["affected_last"], 60);
+    // The damaged bytes may hold entries of any group: no upper bound can be named.
+    assert_eq!(report["problem"]["affected_last"], Value::Null);
     assert_eq!(report["segments"][1]["damage"]["offset"], record.offset);
     assert_eq!(report["segments"][2]["kept"], false);
     assert_eq!(report["segments"][2]["dropped_entries_last"], 60);
-    let affected = format!("entries affected: {}..=60", last_kept + 1);
+    let affected = format!("entries affected: possibly from {} on", last_kept + 1);
     assert!(verify.stdout.contains(&affected), "{}", verify.stdout);
 
     let refused = run_on("repair", dir.path(), &[]);
@@ -237,15 +250,16 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
 
     let forced = run_on("repair", dir.path(), &["--force-truncate"]);
     assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
-    let cut = format!("cut segment {} at offset {}", name(victim), record.offset);
+    let cut = format!("cut segment {} at offset {cut_at}", name(victim));
     assert!(forced.stdout.contains(&cut), "{}", forced.stdout);
     for later in &all[2..] {
         let removed = format!("remove segment {}", name(later));
         assert!(forced.stdout.contains(&removed), "{}", forced.stdout);
         assert!(!later.exists(), "{} is removed", name(later));
     }
-    let dropped = format!("entries dropped: {}..=60", last_kept + 1);
+    let dropped = format!("entries dropped: possibly from {} on", last_kept + 1);
     assert!(forced.stdout.contains(&dropped), "{}", forced.stdout);
+    assert!(forced.stdout.contains("of which readable: "), "{}", forced.stdout);
     assert!(forced.stdout.contains(&format!("the log now ends at index {last_kept}")));
     let copy = victim.with_file_name(format!("{}.broken", name(victim)));
     assert_eq!(fs::read(&copy).unwrap(), damaged, "the damaged segment is kept as it was");
@@ -278,10 +292,17 @@ fn build_with_snapshots(dir: &Path, snapshots: &[u64]) {
 
 /// Flips a payload bit of the record holding entry `index`; returns its segment and offset.
 fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
+    damage_group_entry(dir, 0, index)
+}
+
+/// Flips a payload bit of the record holding entry `index` of `group`.
+fn damage_group_entry(dir: &Path, group: u64, index: u64) -> (PathBuf, u64) {
     for segment in segments(dir) {
         for record in records(&segment) {
             let holds = match &record.record {
-                Record::Entries { entries, .. } => entries.iter().any(|e| e.index == index),
+                Record::Entries { group: g, entries } => {
+                    *g == group && entries.iter().any(|e| e.index == index)
+                }
                 _ => false,
             };
             if holds {
@@ -292,7 +313,7 @@ fn damage_entry(dir: &Path, index: u64) -> (PathBuf, u64) {
             }
         }
     }
-    panic!("no record holds entry {index}");
+    panic!("no record holds entry {index} of group {group}");
 }
 
 fn snap_file(term: u64, index: u64) -> String {
@@ -365,7 +386,9 @@ fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
     build(dir.path(), false, false);
     let last = segments(dir.path()).pop().unwrap();
     // Cut the file three bytes into the payload of its last record: a write cut short.
-    let torn = records(&last).pop().unwrap();
+    let in_last = records(&last);
+    let torn = in_last.last().unwrap().clone();
+    let write_at = write_start(&in_last, in_last.len() - 1);
     let cut_len = torn.offset + FRAME_HEADER_LEN as u64 + 3;
     fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(cut_len).unwrap();
 
@@ -383,7 +406,9 @@ fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
 
     let repair = run_on("repair", dir.path(), &[]);
     assert_eq!(repair.code, 0, "{}{}", repair.stdout, repair.stderr);
-    let cut = format!("recovery cut {} at offset {} (case R3)", name(&last), torn.offset);
+    // The torn record is the hard state of the last save: its entries go with it.
+    assert!(write_at < torn.offset, "the last save wrote entries, then its hard state");
+    let cut = format!("recovery cut {} at offset {write_at} (case R3)", name(&last));
     assert!(repair.stdout.contains(&cut), "{}", repair.stdout);
     let copy = last.with_file_name(format!("{}.broken", name(&last)));
     assert_eq!(fs::metadata(&copy).unwrap().len(), cut_len, "the copy is the torn segment");
@@ -391,7 +416,7 @@ fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
     let after = run_on("verify", dir.path(), &[]);
     assert_eq!(after.code, 0, "{}{}", after.stdout, after.stderr);
     let stat = json(&run_on("stat", dir.path(), &["--json"]));
-    assert_eq!(stat["log"]["last_index"], 60, "only the torn hard state record was cut");
+    assert_eq!(stat["log"]["last_index"], 57, "the torn save (entries 58..=60) was cut whole");
     assert!(stat["other_files"].as_array().unwrap().iter().any(|f| *f == name(&copy)));
 }
 
@@ -431,7 +456,7 @@ fn a_log_another_process_holds_is_inspected_but_not_repaired() {
 fn a_damaged_snapshot_file_fails_verify() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), true, true);
-    let snap = dir.path().join("snap").join("0000000000000002-000000000000001e.snap");
+    let snap = dir.path().join("snap").join(snap_file(2, 30));
     let mut bytes = fs::read(&snap).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
@@ -464,4 +489,188 @@ fn smoke_still_runs() {
     let run = raftwal(&["smoke", "--entries", "1000", "--entry-size", "16"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("read back intact"), "{}", run.stdout);
+}
+
+// ---- many groups -------------------------------------------------------------------------------
+
+fn group_entries(group: u64, indices: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    indices
+        .map(|i| Entry::new(i, 2, format!("g{group} e{i:03} ").repeat(10).into_bytes()))
+        .collect()
+}
+
+/// One engine over 4 KiB segments that are never rewritten. Group 1 saves entries 1..=3 first and
+/// nothing after, so its old entries pin the oldest segment. Then 30 writes of three entries and a
+/// hard state to group 2 (1..=90), the last 20 also to group 3 (1..=60), over several segments;
+/// then group 2 snapshots at 85 and compacts to it. Closed cleanly.
+fn build_groups(dir: &Path) {
+    let options = WalOptions { purge_threshold_bytes: u64::MAX, ..options() };
+    let engine = LogEngine::open(dir, options).unwrap();
+    let one = engine.group(1).unwrap();
+    one.save(Some(&HardState { term: 2, vote: 1, commit: 0 }), &group_entries(1, 1..=3)).unwrap();
+    for batch in 0..30u64 {
+        let mut write = WriteBatch::new();
+        let hs = HardState { term: 2, vote: 1, commit: batch * 3 };
+        write.save(2, Some(&hs), &group_entries(2, batch * 3 + 1..=batch * 3 + 3)).unwrap();
+        if let Some(b) = batch.checked_sub(10) {
+            write.save(3, Some(&hs), &group_entries(3, b * 3 + 1..=b * 3 + 3)).unwrap();
+        }
+        engine.write(&mut write).unwrap();
+    }
+    let two = engine.group(2).unwrap();
+    let voters = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+    two.create_snapshot(85, Some(voters), Bytes::from(vec![2u8; 300])).unwrap();
+    two.compact(85).unwrap();
+    engine.close().unwrap();
+}
+
+fn dump_rows(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let run = run_on("dump", dir, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn dump_with_a_group_shows_only_that_groups_records() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+
+    let rows = dump_rows(dir.path(), &["--group", "3"]);
+
+    let entries: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(entries, (1..=60).collect::<Vec<_>>(), "group 3's entries, once each");
+    for row in &rows {
+        let bare_checkpoint = row["record"] == "checkpoint" && row["group"].is_null();
+        assert!(row["group"] == 3 || bare_checkpoint, "another group's record: {row}");
+    }
+    let e7 = rows.iter().find(|r| r["record"] == "entry" && r["index"] == 7).unwrap();
+    assert!(e7["data"].as_str().unwrap().starts_with("\"g3 e007"), "{e7}");
+    let kinds = |rows: &[Value], kind: &str| rows.iter().filter(|r| r["record"] == kind).count();
+    assert_eq!(kinds(&rows, "hard_state"), 20);
+    assert_eq!(kinds(&rows, "snapshot"), 0, "group 2's snapshot is not group 3's");
+    assert!(rows.iter().any(|r| r["record"] == "checkpoint" && r["group"] == 3));
+
+    let two = dump_rows(dir.path(), &["--group", "2"]);
+    assert!(two.iter().all(|r| r["group"] == 2 || r["group"].is_null()));
+    assert_eq!((kinds(&two, "snapshot"), kinds(&two, "compact")), (1, 1));
+    assert_eq!(kinds(&two, "entry"), 90, "compacted entries are still in the segments");
+
+    let all = dump_rows(dir.path(), &[]);
+    let mut groups: Vec<u64> = all
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["group"].as_u64().unwrap())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    assert_eq!(groups, vec![1, 2, 3], "without --group, every group's entries");
+    assert_eq!(kinds(&all, "entry"), 3 + 90 + 60);
+    let table = run_on("dump", dir.path(), &[]);
+    assert!(table.stdout.contains("   group  "), "a group column: {}", table.stdout);
+}
+
+#[test]
+fn stat_lists_the_groups_and_the_one_pinning_the_oldest_segment_first() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    let all = segments(dir.path());
+    assert!(all.len() >= 3, "the workload spans several segments: {all:?}");
+
+    let stat = json(&run_on("stat", dir.path(), &["--json"]));
+
+    assert_eq!(stat["group_count"], 3);
+    let top = stat["top_pinning"].as_array().unwrap();
+    let order: Vec<u64> = top.iter().map(|p| p["group"].as_u64().unwrap()).collect();
+    assert_eq!(order[0], 1, "group 1's entries 1..=3 lie in the oldest segment: {top:?}");
+    assert_eq!(order.len(), 3);
+    assert_eq!(top[0]["pinned_segment"], stat["segments"][0]["sequence"]);
+    assert_eq!(top[0]["pinned_bytes"], stat["segment_bytes"], "it pins every segment");
+    let bytes: Vec<u64> = top.iter().map(|p| p["pinned_bytes"].as_u64().unwrap()).collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "most bytes first: {bytes:?}");
+    let two = top.iter().find(|p| p["group"] == 2).unwrap();
+    assert_eq!((two["first_index"].as_u64(), two["last_index"].as_u64()), (Some(86), Some(90)));
+    assert!(two["pinned_bytes"].as_u64() < top[0]["pinned_bytes"].as_u64(), "{top:?}");
+
+    let text = run_on("stat", dir.path(), &[]);
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    assert!(text.stdout.contains("groups: 3\n"), "{}", text.stdout);
+    assert!(text.stdout.contains("groups pinning the most bytes:"), "{}", text.stdout);
+
+    let group = json(&run_on("stat", dir.path(), &["--json", "--group", "2"]));
+    assert_eq!(group["log"]["group"], 2);
+    assert_eq!(group["log"]["first_index"], 86);
+    assert_eq!(group["log"]["last_index"], 90);
+    assert_eq!(group["log"]["hard_state"]["commit"], 87);
+    assert_eq!(group["log"]["snapshot_marker"]["index"], 85);
+    assert_eq!(group["snapshots"][0]["name"], raftwal::snapshot::format::snapshot_name(2, 2, 85));
+    assert_eq!(group["snapshots"][0]["marked"], true);
+    let three = json(&run_on("stat", dir.path(), &["--json", "--group", "3"]));
+    assert_eq!(
+        (three["log"]["first_index"].as_u64(), three["log"]["last_index"].as_u64()),
+        (Some(1), Some(60))
+    );
+    assert_eq!(three["snapshots"].as_array().unwrap().len(), 0, "group 2's file is not listed");
+}
+
+#[test]
+fn verify_with_a_group_checks_that_groups_snapshot_file() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    let snap = dir.path().join("snap").join(raftwal::snapshot::format::snapshot_name(2, 2, 85));
+    let mut bytes = fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&snap, &bytes).unwrap();
+
+    let two = run_on("verify", dir.path(), &["--group", "2"]);
+    let three = run_on("verify", dir.path(), &["--group", "3"]);
+
+    assert_eq!(two.code, 1, "{}{}", two.stdout, two.stderr);
+    assert!(two.stdout.contains("WAL: clean"), "{}", two.stdout);
+    assert!(two.stdout.contains("damaged (marked)"), "{}", two.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--group", "2", "--json"]));
+    assert_eq!(report["verdict"], "corruption");
+    assert_eq!(report["snapshots"][0]["status"], "damaged");
+    assert_eq!(three.code, 0, "group 3 has no snapshot: {}{}", three.stdout, three.stderr);
+}
+
+#[test]
+fn repair_with_a_group_warns_about_that_groups_dropped_snapshot_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    build_groups(dir.path());
+    // Entries 40..=42 of group 2 lie segments before its snapshot marker at 85, which the cut
+    // removes with them.
+    let (damaged, _) = damage_group_entry(dir.path(), 2, 40);
+    assert_ne!(damaged, *segments(dir.path()).last().unwrap());
+    let dropped =
+        "warning: the cut drops the snapshot marker at index 85 term 2: no snapshot remains";
+    let file = raftwal::snapshot::format::snapshot_name(2, 2, 85);
+
+    let default = run_on("repair", dir.path(), &[]);
+    let refused = run_on("repair", dir.path(), &["--group", "2"]);
+
+    assert_eq!(default.code, 1, "{}{}", default.stdout, default.stderr);
+    assert!(!default.stdout.contains("snapshot marker at"), "group 0 has none: {}", default.stdout);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stdout.contains(dropped), "{}", refused.stdout);
+
+    let forced = run_on("repair", dir.path(), &["--group", "2", "--force-truncate", "--json"]);
+    assert_eq!(forced.code, 0, "{}{}", forced.stdout, forced.stderr);
+    let report = json(&forced);
+    let message = report["message"].as_str().unwrap();
+    assert!(message.contains(dropped), "{message}");
+    assert!(message.contains(&format!("{file} is then uncommitted")), "{message}");
+    assert_eq!(report["dropped_snapshot"]["index"], 85);
+    assert_eq!(report["last_index"], 39, "group 2 keeps its entries up to the damaged write");
+    let engine =
+        LogEngine::open(dir.path(), WalOptions { purge_threshold_bytes: u64::MAX, ..options() })
+            .unwrap();
+    assert_eq!(engine.group(2).unwrap().snapshot().unwrap().metadata.index, 0);
+    assert!(!dir.path().join("snap").join(&file).exists(), "open removes the orphan");
 }
