@@ -418,16 +418,9 @@ fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, group: u64, e: &Entr
     }
 }
 
-/// The group a record other than a checkpoint belongs to.
+/// The group a record belongs to (`None`: a checkpoint or a footer, which cover every group).
 fn record_group(record: &Record) -> Option<u64> {
-    match record {
-        Record::Checkpoint(_) => None,
-        Record::Entries { group, .. }
-        | Record::HardState { group, .. }
-        | Record::Snapshot { group, .. }
-        | Record::Compact { group, .. }
-        | Record::Remove { group } => Some(*group),
-    }
+    record.group()
 }
 
 fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> DumpRow<'a> {
@@ -454,6 +447,7 @@ fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> 
             DumpRow { record: "compact", index: Some(*index), term: Some(*term), ..row }
         }
         Record::Remove { .. } => DumpRow { record: "remove", ..row },
+        Record::Footer(_) => DumpRow { record: "footer", ..row },
     }
 }
 
@@ -614,6 +608,10 @@ pub fn dump(
                     }
                     other => match record_group(other) {
                         Some(group) if shown(group) && in_range(&position, group) => {
+                            vec![other_row(name, offset, kept, other)]
+                        }
+                        // A sealed segment's footer covers every group: shown with them all.
+                        None if !filtered && only.is_none() => {
                             vec![other_row(name, offset, kept, other)]
                         }
                         _ => Vec::new(),
@@ -1325,6 +1323,9 @@ pub fn repair(
         max_record_bytes,
         segment_size_bytes,
         prepare_in_background: false,
+        // Read every segment whole, as the inspection did: a footer would stand in for the
+        // damaged records and the cut would not happen.
+        read_footers: false,
         ..WalOptions::default()
     };
     let fs: Fs = Arc::new(RealFs);
