@@ -1,5 +1,5 @@
 //! `GroupStorage`: one group's durable `Storage`, a view of the engine's WAL and the group's
-//! snapshot store (`<dir>/snap/{group:016x}/`).
+//! snapshot files (`<dir>/snap/{group:016x}-{term:016x}-{index:016x}.snap`).
 //!
 //! Creating or applying a snapshot follows one order, so that a crash at any point leaves
 //! either the old state or the new one: the snapshot file is made durable first (temp file,

@@ -20,8 +20,6 @@ pub(crate) enum Item {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     pub(crate) items: Vec<Item>,
-    // Encoded bytes of the entries, to refuse a batch beyond the record limits early.
-    pub(crate) entry_bytes: u64,
 }
 
 impl WriteBatch {
@@ -52,7 +50,6 @@ impl WriteBatch {
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }
-        self.entry_bytes += entries.iter().map(Entry::encoded_len).sum::<u64>();
         self.items.push(Item::Save {
             group,
             hard_state: hard_state.copied(),
@@ -80,7 +77,6 @@ impl WriteBatch {
     /// Forgets every change (the batch can be reused).
     pub fn clear(&mut self) {
         self.items.clear();
-        self.entry_bytes = 0;
     }
 
     /// Number of items added.

@@ -1050,4 +1050,84 @@ mod tests {
         assert_eq!(RecordType::from_u8(0), None);
         assert_eq!(RecordType::from_u8(8), None);
     }
+
+    #[test]
+    fn a_footer_lists_every_record_and_decodes_back() {
+        let records = sample_records();
+        let mut footer = Footer::default();
+        let mut offset = SEGMENT_HEADER_LEN as u64;
+        let mut offsets = Vec::new();
+        for (k, record) in records.iter().enumerate() {
+            offsets.push(offset);
+            footer.push_record(offset, k % 2 == 0, record);
+            let mut payload = Vec::new();
+            record.encode_payload(&mut payload);
+            offset += framed_len(payload.len()) as u64;
+        }
+        assert_eq!(footer.records() as usize, records.len());
+        let listed = Footer::decode(footer.payload(), offset).unwrap();
+        assert_eq!(listed.len(), records.len());
+        for (k, (got, want)) in listed.iter().zip(&records).enumerate() {
+            assert_eq!((got.offset, got.more), (offsets[k], k % 2 == 0));
+            match (&got.record, want) {
+                (
+                    Record::Entries { group: g1, entries: e1 },
+                    Record::Entries { group: g2, entries: e2 },
+                ) => {
+                    assert_eq!(g1, g2);
+                    let key = |e: &Entry| (e.index, e.term);
+                    assert_eq!(
+                        e1.iter().map(key).collect::<Vec<_>>(),
+                        e2.iter().map(key).collect::<Vec<_>>()
+                    );
+                    assert!(e1.iter().all(|e| e.data.is_empty()), "a footer holds no entry data");
+                }
+                (got, want) => assert_eq!(got, want),
+            }
+        }
+    }
+
+    #[test]
+    fn a_forged_footer_is_refused_without_allocating_for_its_claims() {
+        let mut footer = Footer::default();
+        footer.push_entries(64, false, 1, &[Entry::new(5, 2, "x")]);
+        let good = footer.payload().to_vec();
+        // The entry count claims far more entries than the room before the footer holds.
+        let mut forged = good.clone();
+        let count_at = 4 + 4 + 2 + 8 + 8;
+        forged[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        forged[count_at + 4 + 4..count_at + 8 + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Footer::decode(&forged, 200).is_err());
+        // A record at or past the footer itself.
+        assert!(Footer::decode(&good, 64).is_err());
+        // The room is just enough for one entry's header and no more.
+        assert!(
+            Footer::decode(&good, 64 + (FRAME_HEADER_LEN + ENTRIES_HEAD_LEN) as u64 + 21).is_ok()
+        );
+        assert!(
+            Footer::decode(&good, 64 + (FRAME_HEADER_LEN + ENTRIES_HEAD_LEN) as u64 + 20).is_err()
+        );
+        // Truncated anywhere: refused.
+        for cut in 0..good.len() {
+            assert!(Footer::decode(&good[..cut], 4096).is_err(), "cut at {cut}");
+        }
+        // A record count beyond the bytes present.
+        let mut many = good.clone();
+        many[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Footer::decode(&many, 4096).is_err());
+    }
+
+    #[test]
+    fn a_trailer_round_trips_and_every_damage_is_refused() {
+        let trailer = Trailer { footer_offset: 4040, footer_len: 512 };
+        let bytes = trailer.encode();
+        assert_eq!(Trailer::decode(&bytes), Some(trailer));
+        assert_eq!(Trailer::decode(&bytes[..TRAILER_LEN - 1]), None);
+        assert_eq!(Trailer::decode(&[0u8; TRAILER_LEN]), None);
+        for bit in 0..TRAILER_LEN * 8 {
+            let mut damaged = bytes;
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Trailer::decode(&damaged), None, "bit {bit}");
+        }
+    }
 }

@@ -109,8 +109,9 @@ pub struct Cut {
     /// Whether bytes that do not read as records are dropped too: the entries they held, if any,
     /// cannot be named.
     pub drops_unreadable: bool,
-    /// Upper bound of the entries the unreadable bytes can hold, from the first index in the next
-    /// segment's name (`None`: no later segment bounds them).
+    /// Upper bound of the entries the unreadable bytes can hold (`None`: unbounded). Segments
+    /// hold many groups' writes, so no later segment bounds one group's entries: `None` whenever
+    /// unreadable bytes are dropped.
     pub unreadable_bound: Option<u64>,
 }
 
