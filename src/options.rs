@@ -108,7 +108,7 @@ impl Default for WalOptions {
             rewrite_max_entries: 32,
             rewrite_max_bytes: 256 << 10,
             force_rewrite_after: 10,
-            rewrite_budget_bytes: 64 << 20,
+            rewrite_budget_bytes: 16 << 20,
             read_footers: true,
             recycle_segments: true,
         }

@@ -2,7 +2,7 @@
 //! show.
 //!
 //! [`inspect`] reads every segment and judges it with the functions opening uses: the scan
-//! ([`scan_segment`]), the decision table ([`classify`], [`decide`]), the links between segments
+//! ([`scan_segment_of`]), the decision table ([`classify`], [`decide`]), the links between segments
 //! and the replay rules. It predicts what [`crate::wal::Wal::open`] would do, in both recovery
 //! modes, without doing it: it takes no lock, removes no temp file, truncates nothing and maps
 //! nothing (segments are read with `read_at`, so a segment another process is appending to is

@@ -37,7 +37,7 @@ pub use replay::RecoveryReport;
 
 use crate::contract::{check_entries_range, limit_size, trim_append};
 use crate::error::{Error, Result};
-use crate::io::{DirLock, Fs};
+use crate::io::{DirLock, File, Fs};
 use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, SnapshotMetadata};
@@ -888,6 +888,12 @@ fn recovery_metrics(report: &RecoveryReport, took: std::time::Duration) -> Recov
     }
 }
 
+/// Smallest and largest span a read of several records takes in one `pread`.
+const SPAN_MIN_BYTES: usize = 64 << 10;
+const SPAN_MAX_BYTES: usize = 1 << 20;
+/// Bytes read past the last record's start: room for a typical record whole.
+const SPAN_TAIL_BYTES: usize = 4096;
+
 /// Adds `size` to `total` if the entry fits the limit (the first always does).
 fn fits(total: &mut u64, out: &[Entry], size: u64, max_size: u64) -> bool {
     *total = total.saturating_add(size);
@@ -913,6 +919,9 @@ impl Inner {
         let mut out: Vec<Entry> = Vec::new();
         let mut total = 0u64;
         let mut next = lo;
+        // Bytes read ahead from one segment, and which segment.
+        let mut span: Option<segment::Span<'_>> = None;
+        let mut span_segment = u32::MAX;
         // Bounded: each pass adds at least one entry or returns.
         while next < hi {
             if let Some(entry) = self.cache.get(group, next) {
@@ -924,7 +933,23 @@ impl Inner {
                 continue;
             }
             let loc = index.loc(next);
-            let record = self.read_record(group, loc, max_record)?;
+            let from_span = match &span {
+                Some(span) if span_segment == loc.segment => {
+                    span.entries_at(u64::from(loc.offset), group, max_record)?
+                }
+                _ => None,
+            };
+            let record = match from_span {
+                Some(record) => record,
+                _ => match self.read_span(group, index, loc, next, hi, max_size, max_record)? {
+                    (Some(new_span), record) => {
+                        span = Some(new_span);
+                        span_segment = loc.segment;
+                        record
+                    }
+                    (None, record) => record,
+                },
+            };
             let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
                 self.segment_corruption(
                     loc,
@@ -950,6 +975,64 @@ impl Inner {
         }
         debug_assert_eq!(out.len(), limit_size(out.iter().map(Entry::encoded_len), max_size));
         Ok(out)
+    }
+
+    /// Reads the record at `loc` (entry `next`'s) and, when later entries up to `hi` lie in later
+    /// records of the same segment close behind it, the span of the segment holding them, in
+    /// one `pread`: consecutive records of a group are then decoded from memory.
+    #[allow(clippy::too_many_arguments)]
+    fn read_span(
+        &self,
+        group: u64,
+        index: &index::LogIndex,
+        loc: Loc,
+        next: u64,
+        hi: u64,
+        max_size: u64,
+        max_record: u32,
+    ) -> Result<(Option<segment::Span<'_>>, Vec<Entry>)> {
+        // Read at most what the caller may take back, twice over (other groups' records may lie
+        // between), within bounds.
+        let limit = usize::try_from(max_size.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .clamp(SPAN_MIN_BYTES, SPAN_MAX_BYTES);
+        let mut last = loc.offset;
+        // Bounded by `hi` and by the span's size.
+        for k in next + 1..hi {
+            let l = index.loc(k);
+            if l.segment != loc.segment || l.offset < loc.offset {
+                break;
+            }
+            if (l.offset - loc.offset) as usize + SPAN_TAIL_BYTES > limit {
+                break;
+            }
+            last = l.offset;
+        }
+        if last == loc.offset {
+            return Ok((None, self.read_record(group, loc, max_record)?));
+        }
+        let (name, file) = self.segment_file(loc)?;
+        let len = (last - loc.offset) as usize + SPAN_TAIL_BYTES;
+        let span = segment::Span::read(name, file, u64::from(loc.offset), len)?;
+        match span.entries_at(u64::from(loc.offset), group, max_record)? {
+            Some(record) => Ok((Some(span), record)),
+            // A record longer than the span: read it alone.
+            None => Ok((None, self.read_record(group, loc, max_record)?)),
+        }
+    }
+
+    /// The name and file of the segment `loc` points into.
+    fn segment_file(&self, loc: Loc) -> Result<(&str, &dyn File)> {
+        let sequence = u64::from(loc.segment);
+        if sequence == self.writer.active.sequence {
+            return Ok((&self.writer.active.name, self.writer.active.file.as_ref()));
+        }
+        let segment = self.sealed.get(&sequence).ok_or_else(|| Error::Corruption {
+            segment: PathBuf::from(format!("segment {sequence}")),
+            offset: u64::from(loc.offset),
+            kind: crate::error::CorruptionKind::Missing,
+        })?;
+        Ok((&segment.name, segment.file.as_ref()))
     }
 
     fn read_record(&self, group: u64, loc: Loc, max_record: u32) -> Result<Vec<Entry>> {

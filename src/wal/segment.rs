@@ -74,6 +74,7 @@ pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Op
     let frame = FrameHeader::read(&buf);
     let payload_end = FRAME_HEADER_LEN + frame.len as usize;
     if frame.record_type != RecordType::Footer as u8
+        || u64::from(frame.sequence) != header.sequence
         || !frame.reserved_zero
         || frame.flags != 0
         || framed_len(frame.len as usize) != framed
@@ -172,26 +173,61 @@ pub fn read_entries(
             return Err(corruption(CorruptionKind::Torn));
         }
     }
-    let (header, payload) = buf[..total].split_at(FRAME_HEADER_LEN);
-    if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
-        return Err(corruption(CorruptionKind::ChecksumMismatch));
-    }
-    // Entries' data are slices of this buffer: one allocation per record read, not per entry.
     buf.truncate(total);
-    let buf = bytes::Bytes::from(buf);
-    let payload = &buf[FRAME_HEADER_LEN..];
-    if head.record_type != RecordType::Entries as u8 {
-        return Err(corruption(CorruptionKind::Malformed(format!(
-            "index points at a record of type {}, not entries",
-            head.record_type
-        ))));
+    let span = Span { name, offset, bytes: bytes::Bytes::from(buf) };
+    span.entries_at(offset, group, max_record)?.ok_or_else(|| corruption(CorruptionKind::Torn))
+}
+
+/// Bytes of a segment read in one `pread`, from which the entries records lying wholly inside
+/// are decoded without another read: consecutive records of a group are read together.
+pub struct Span<'a> {
+    /// The segment's file name (for errors).
+    pub name: &'a str,
+    /// Offset in the segment of the first byte.
+    pub offset: u64,
+    /// The bytes; entries decoded from them share this buffer.
+    pub bytes: bytes::Bytes,
+}
+
+impl Span<'_> {
+    /// Reads `[offset, offset + len)` of `file` (less at the end of the file).
+    pub fn read<'a>(name: &'a str, file: &dyn File, offset: u64, len: usize) -> Result<Span<'a>> {
+        let mut buf = vec![0u8; len];
+        let read = file.read_up_to_at(&mut buf, offset)?;
+        buf.truncate(read);
+        Ok(Span { name, offset, bytes: bytes::Bytes::from(buf) })
     }
-    match Record::decode_payload_in(RecordType::Entries, payload, Some((&buf, FRAME_HEADER_LEN))) {
-        Ok(Record::Entries { group: found, entries }) if found == group => Ok(entries),
-        Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
-            format!("the index points at entries of group {found}, not of group {group}"),
-        ))),
-        Ok(_) => unreachable!("an entries payload decodes to entries"),
-        Err(e) => Err(corruption(CorruptionKind::Malformed(e.to_string()))),
+
+    /// Decodes the entries record of `group` at segment offset `at`, its CRC checked, or `None`
+    /// when the record does not lie wholly in the span.
+    pub fn entries_at(&self, at: u64, group: u64, max_record: u32) -> Result<Option<Vec<Entry>>> {
+        let corruption =
+            |kind| Error::Corruption { segment: PathBuf::from(self.name), offset: at, kind };
+        let Some(start) = at.checked_sub(self.offset).map(|s| s as usize) else { return Ok(None) };
+        let Some(header) = self.bytes.get(start..start + FRAME_HEADER_LEN) else { return Ok(None) };
+        let head = FrameHeader::read(header);
+        if head.len > max_record {
+            return Err(corruption(CorruptionKind::BadLength(head.len.into())));
+        }
+        let end = start + FRAME_HEADER_LEN + head.len as usize;
+        let Some(payload) = self.bytes.get(start + FRAME_HEADER_LEN..end) else { return Ok(None) };
+        if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
+            return Err(corruption(CorruptionKind::ChecksumMismatch));
+        }
+        if head.record_type != RecordType::Entries as u8 {
+            return Err(corruption(CorruptionKind::Malformed(format!(
+                "index points at a record of type {}, not entries",
+                head.record_type
+            ))));
+        }
+        let owner = Some((&self.bytes, start + FRAME_HEADER_LEN));
+        match Record::decode_payload_in(RecordType::Entries, payload, owner) {
+            Ok(Record::Entries { group: found, entries }) if found == group => Ok(Some(entries)),
+            Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
+                format!("the index points at entries of group {found}, not of group {group}"),
+            ))),
+            Ok(_) => unreachable!("an entries payload decodes to entries"),
+            Err(e) => Err(corruption(CorruptionKind::Malformed(e.to_string()))),
+        }
     }
 }

@@ -124,6 +124,17 @@ fn same_or_refused_on_read(wal: &Wal, model: &Model, segment: &Path) -> bool {
     if wal.term(model.dummy.0).ok() != Some(model.dummy.1) {
         return false;
     }
+    // The whole range in one call (reads spanning many records) and entry by entry.
+    if last >= first {
+        match wal.entries(first, last + 1, u64::MAX) {
+            Ok(es) if !es.iter().eq(model.log.values()) => return false,
+            Err(Error::Corruption { segment: named, .. }) if dir().join(&named) != segment => {
+                return false;
+            }
+            Err(Error::Corruption { .. }) | Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
     (first..=last).all(|i| match wal.entries(i, i + 1, u64::MAX) {
         Ok(es) => es.len() == 1 && Some(&es[0]) == model.log.get(&i),
         Err(Error::Corruption { segment: named, .. }) => dir().join(named) == segment,
