@@ -914,6 +914,17 @@ mod tests {
             frame.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
         assert_eq!(code, documented, "record frame: code vs DESIGN.md");
         assert_eq!(FRAME_HEADER_LEN, 24);
+
+        let trailer = [
+            (0, TRAILER_FOOTER_OFFSET, "magic"),
+            (TRAILER_FOOTER_OFFSET, TRAILER_FOOTER_LEN - TRAILER_FOOTER_OFFSET, "footer_offset"),
+            (TRAILER_FOOTER_LEN, TRAILER_CRC_OFFSET - TRAILER_FOOTER_LEN, "footer_len"),
+            (TRAILER_CRC_OFFSET, TRAILER_LEN - TRAILER_CRC_OFFSET, "crc"),
+        ];
+        let documented = crate::design_doc::table("trailer-table");
+        let code: Vec<(usize, usize, String)> =
+            trailer.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
+        assert_eq!(code, documented, "trailer: code vs DESIGN.md");
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Op
     let payload_end = FRAME_HEADER_LEN + frame.len as usize;
     if frame.record_type != RecordType::Footer as u8
         || u64::from(frame.sequence) != header.sequence
+        || frame.durable > offset
         || !frame.reserved_zero
         || frame.flags != 0
         || framed_len(frame.len as usize) != framed

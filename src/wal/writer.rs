@@ -316,7 +316,12 @@ fn prepare_recycled(
     fs.rename(&dir.join(pool_name), &temp)?;
     let file = fs.open(&temp)?;
     let len = file.len()?;
-    if len < size || len < (format::SEGMENT_HEADER_LEN + TRAILER_LEN) as u64 {
+    // A file whose header names this sequence or a later one held a segment whose renames a
+    // crash undid: its records would not read as stale. Such a file is not reused.
+    let mut head = [0u8; format::SEGMENT_HEADER_LEN];
+    let held = file.read_up_to_at(&mut head, 0)? == head.len()
+        && SegmentHeader::decode(&head).is_ok_and(|h| h.sequence >= sequence);
+    if held || len < size || len < (format::SEGMENT_HEADER_LEN + TRAILER_LEN) as u64 {
         drop(file);
         fs.remove_file(&temp)?;
         return prepare(fs, dir, sequence, size, cancel).map(|file| (file, false));
@@ -715,16 +720,25 @@ impl Writer {
     /// too large to keep) is sealed without one: open then reads it whole.
     fn write_footer(&mut self) -> Result<u64, Failure> {
         let file_len = self.active.write_offset.max(self.segment_size_bytes);
-        let Some(footer) = self.active.footer.take() else { return Ok(file_len) };
-        if footer.len() > self.max_record_bytes as usize {
-            return Ok(file_len);
-        }
         // The file's length is what recovery finds the trailer by: it may exceed the
         // preallocated size (a large write extended it, or the option changed since).
-        let file_len = match self.active.file.len() {
-            Ok(len) => len.max(file_len),
+        let Ok(file_len) = self.active.file.len().map(|len| len.max(file_len)) else {
             // Unknown: seal without a footer rather than guess where the trailer goes.
-            Err(_) => return Ok(file_len),
+            return Ok(file_len);
+        };
+        let footer =
+            self.active.footer.take().filter(|f| f.len() <= self.max_record_bytes as usize);
+        let Some(footer) = footer else {
+            // No footer: a trailer an earlier seal left (the segment was resumed after it) must
+            // not point open at a footer that lists only part of the segment.
+            if file_len >= TRAILER_LEN as u64 {
+                let at = file_len - TRAILER_LEN as u64;
+                self.active
+                    .file
+                    .write_all_at(&[0u8; TRAILER_LEN], at)
+                    .map_err(|e| Failure::Poison(e.into()))?;
+            }
+            return Ok(file_len);
         };
         let offset = self.active.write_offset;
         let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + footer.len() + 8);
