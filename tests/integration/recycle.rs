@@ -114,3 +114,56 @@ fn a_crash_at_every_io_operation_of_a_recycling_log_loses_nothing_acknowledged()
     let points = crash_at_every_operation(&options, &churn());
     println!("recycling wal crash points checked: {points} x 3 seeds");
 }
+
+#[test]
+fn a_pool_file_that_held_the_sequence_it_would_take_is_not_reused() {
+    // A crash can undo the renames that made a pool file segment N while N's records stayed in
+    // it; reused for N again, those records would not read as stale.
+    let fs = CrashFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    for i in 1..=24 {
+        wal.save(None, &[entry(i, 1, 400)]).unwrap();
+    }
+    wal.compact(24).unwrap();
+    drop(wal);
+    let pool = files(&fs, POOL_SUFFIX);
+    assert!(!pool.is_empty(), "a released segment waits in the pool");
+    let segments = files(&fs, ".wal");
+    let newest = segments.last().unwrap();
+    let newest_seq =
+        u64::from_str_radix(&newest.file_name().unwrap().to_string_lossy()[..16], 16).unwrap();
+    // Make every pool file look like it held the next segments.
+    for (k, path) in pool.iter().enumerate() {
+        let mut bytes = fs.read_file(path).unwrap();
+        let header = raftwal::wal::format::SegmentHeader {
+            sequence: newest_seq + 1 + k as u64,
+            first_record: 0,
+            prev_crc: 0,
+            recycled: true,
+        };
+        bytes[..raftwal::wal::format::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        fs.write_file_raw(path, &bytes).unwrap();
+    }
+    let wal = open(&fs, &options).unwrap();
+    for i in 25..=60 {
+        wal.save(None, &[entry(i, 1, 400)]).unwrap();
+    }
+    // The next segments would have taken the doctored files, the only ones in the pool then.
+    let later: Vec<_> =
+        files(&fs, ".wal").into_iter().filter(|p| p > newest).take(pool.len()).collect();
+    assert_eq!(later.len(), pool.len(), "the log rolled over");
+    for path in &later {
+        let bytes = fs.read_file(path).unwrap();
+        let flags = u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap());
+        assert_eq!(
+            flags & HEADER_FLAG_RECYCLED,
+            0,
+            "{path:?} reused a file that held its sequence"
+        );
+    }
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    let want: Vec<_> = (25..=60).map(|i| entry(i, 1, 400)).collect();
+    assert_eq!(wal.entries(25, 61, u64::MAX).unwrap(), want);
+}
