@@ -26,6 +26,34 @@ use crate::wal::{Engine, PurgeReport, RecoveryReport, Wal, WriteBatch};
 /// The durable storage of a node hosting many Raft groups: one WAL (one fsync stream, group
 /// commit across groups and threads) and one snapshot directory. Cheap to clone; every clone is
 /// the same engine.
+///
+/// ```
+/// use raftwal::{Entry, HardState, LogEngine, Storage, WalOptions, WriteBatch};
+///
+/// # fn main() -> raftwal::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let engine = LogEngine::open(dir.path(), WalOptions::default())?;
+/// // The Readies of two groups, persisted as one write with one fsync.
+/// let mut batch = WriteBatch::default();
+/// let hs = HardState { term: 1, vote: 1, commit: 0 };
+/// batch.save(7, Some(&hs), &[Entry::new(1, 1, "a"), Entry::new(2, 1, "b")])?;
+/// batch.save(9, Some(&hs), &[Entry::new(1, 1, "x")])?;
+/// engine.write(&mut batch)?;
+/// drop(engine);
+///
+/// // Each group is a `Storage` of its own, with etcd's semantics.
+/// let engine = LogEngine::open(dir.path(), WalOptions::default())?;
+/// assert_eq!(engine.group_ids(), vec![7, 9]);
+/// let group = engine.group(7)?;
+/// assert_eq!((group.first_index()?, group.last_index()?), (1, 2));
+/// assert_eq!(engine.group(9)?.entries(1, 2, u64::MAX)?[0].data, "x");
+/// assert_eq!(engine.group(8)?.last_index()?, 0, "a group with no state is an empty log");
+/// group.compact(1)?;
+/// engine.remove_group(9)?;
+/// assert_eq!(engine.group_ids(), vec![7]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct LogEngine {
     shared: Arc<Shared>,
