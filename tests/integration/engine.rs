@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use raftwal::fuzzing::{BatchItem, EngineCase, EngineOp, check_engine_recovery};
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
 use raftwal::wal::format::{SEGMENT_HEADER_LEN, SEGMENT_SUFFIX, parse_segment_name};
 use raftwal::{
@@ -793,6 +794,10 @@ fn a_hundred_cold_groups_among_a_thousand_keep_the_log_within_its_threshold() {
         report.top_pinning
     );
     assert_eq!(engine.metrics().bytes_on_disk, report.bytes_on_disk);
+    println!(
+        "cold groups: {written} bytes written, peak {peak} on disk, {} after the purge",
+        report.bytes_on_disk
+    );
     engine = reopen(&fs, engine, &options);
     for (g, es) in &cold {
         let group = engine.group(*g).unwrap();
@@ -919,4 +924,70 @@ fn a_flipped_bit_in_a_record_gives_corruption_or_the_same_answers() {
     }
     assert!(refused > 0, "flips in records are detected");
     println!("bit flips: {refused} refused as corruption, {same} opened with the same answers");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine_recovery fuzz check, on stable.
+
+fn save(group: u8, back: u8, len: u8, hard_state: Option<(u8, u8)>) -> BatchItem {
+    BatchItem::Save { group, back, len, new_term: back % 2 == 1, size: 120, hard_state }
+}
+
+/// Batches over all four groups, a halt inside the workload, power cuts of both kinds, clean
+/// reopens, removals and purges.
+fn engine_case(sync_never: bool, halt_after: u8) -> EngineCase {
+    let mut ops = Vec::new();
+    for round in 0..6u8 {
+        ops.push(EngineOp::Write(
+            (0..4).map(|g| save(g, round % 3, 3 + g, Some((g, round)))).collect(),
+        ));
+        ops.push(EngineOp::Write(vec![
+            BatchItem::Compact { group: round, back: 2 },
+            save(round + 1, 0, 2, None),
+        ]));
+        if round == 2 {
+            ops.push(EngineOp::Sync);
+            ops.push(EngineOp::Halt { after: halt_after });
+        }
+        if round == 3 {
+            ops.push(EngineOp::PowerCut { seed: halt_after, lose_all: false });
+            ops.push(EngineOp::Remove(1));
+            ops.push(EngineOp::Purge);
+        }
+        if round == 4 {
+            ops.push(EngineOp::Reopen);
+        }
+    }
+    EngineCase { sync_never, ops }
+}
+
+#[test]
+fn the_engine_recovery_check_accepts_batches_crashed_at_every_halt_point() {
+    // Bounded: 64 halt positions (the op's range) under both sync policies.
+    for sync_never in [false, true] {
+        for after in 0..64 {
+            check_engine_recovery(&engine_case(sync_never, after));
+        }
+    }
+}
+
+#[test]
+fn every_engine_recovery_corpus_file_passes_the_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/engine_recovery");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "the corpus holds seeds: {files:?}");
+    let mut ran = 0;
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        if let Some(case) = EngineCase::from_fuzz_input(&bytes) {
+            check_engine_recovery(&case);
+            ran += 1;
+        }
+    }
+    assert!(ran > 0, "no corpus file decodes into an input");
 }
