@@ -532,6 +532,20 @@ fn group_ids_lists_exactly_the_groups_with_state() {
 /// Groups driven side by side in one engine.
 const GROUPS: [u64; 3] = [1, 2, 3];
 
+/// Marks the entries and snapshot data of a call with the group's id, so that an answer taken
+/// from another group differs.
+fn tag(call: Call, group: u64) -> Call {
+    let mark = |data: &[u8]| -> Bytes { [&[group as u8][..], data].concat().into() };
+    match call {
+        Call::Append(es) => {
+            Call::Append(es.into_iter().map(|e| Entry { data: mark(&e.data), ..e }).collect())
+        }
+        Call::CreateSnapshot(i, cs, data) => Call::CreateSnapshot(i, cs, mark(&data)),
+        Call::ApplySnapshot(s) => Call::ApplySnapshot(Snapshot { data: mark(&s.data), ..s }),
+        other => other,
+    }
+}
+
 /// Runs `ops` on three groups of one engine and on one model per group; an append with `batched`
 /// goes through a WriteBatch. Every call must answer as the model does, and after each step the
 /// group touched (after a reopen, every group) must answer exactly like its model.
@@ -541,7 +555,7 @@ fn run_groups_against_models(ops: &[(usize, Op, bool)]) {
     let mut models = vec![Model::default(); GROUPS.len()];
     for (step, (which, op, batched)) in ops.iter().enumerate() {
         let (id, model) = (GROUPS[*which], &mut models[*which]);
-        let call = resolve(op, model, step);
+        let call = tag(resolve(op, model, step), id);
         let group = engine.group(id).unwrap();
         let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
             Call::Append(es) if *batched => {
