@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use raftwal::fuzzing::{BatchItem, EngineCase, EngineOp, check_engine_recovery};
-use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
+use raftwal::io::{CrashFs, Fault, FaultKind, Fs, Hook, OpEvent, OpKind};
 use raftwal::wal::format::{SEGMENT_HEADER_LEN, SEGMENT_SUFFIX, parse_segment_name};
 use raftwal::{
     ConfState, Entry, Error, GroupStorage, HardState, LogEngine, Result, Snapshot,
@@ -524,6 +525,177 @@ fn group_ids_lists_exactly_the_groups_with_state() {
     engine.remove_group(11).unwrap();
     engine = reopen(&fs, engine, &options());
     assert!(engine.group_ids().is_empty());
+}
+
+#[test]
+fn a_removed_group_stays_removed_whichever_step_a_purge_rewrote_it_at() {
+    // Threshold 0: every purge rewrites whatever pins a sealed segment.
+    let options = WalOptions { purge_threshold_bytes: 0, ..options() };
+    // Some(term): the group (empty) gets entries 1..=5 of that term; None: it is removed.
+    let cases: [&[Option<u64>]; 5] = [
+        &[Some(1), None, Some(2), None, Some(3), None],
+        &[Some(1), None, Some(2), None, Some(3)],
+        &[Some(1), None, Some(2), None],
+        &[Some(1), None, Some(2)],
+        &[Some(1), None],
+    ];
+    for steps in cases {
+        for purge_after in 1..=steps.len() {
+            let context = format!("{steps:?}, purge after step {purge_after}");
+            let fs = CrashFs::new();
+            let mut engine = open(&fs, &options).unwrap();
+            for (k, step) in steps.iter().enumerate() {
+                match step {
+                    Some(term) => {
+                        engine.group(1).unwrap().save(None, &run(1, 1, 5, *term, 1024)).unwrap()
+                    }
+                    None => engine.remove_group(1).unwrap(),
+                }
+                if k + 1 == purge_after {
+                    engine.purge().unwrap();
+                }
+            }
+            for round in 0..2 {
+                engine = reopen(&fs, engine, &options);
+                let group = engine.group(1).unwrap();
+                match steps.last().unwrap() {
+                    Some(term) => {
+                        assert_eq!(engine.group_ids(), vec![1], "{context}, round {round}");
+                        let es = group.entries(1, 6, u64::MAX).unwrap();
+                        assert_eq!(es, run(1, 1, 5, *term, 1024), "{context}, round {round}");
+                    }
+                    None => {
+                        assert!(engine.group_ids().is_empty(), "{context}, round {round}");
+                        assert_eq!(group.last_index().unwrap(), 0, "{context}, round {round}");
+                    }
+                }
+                drop(group);
+                engine.purge().unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn groups_of_entries_larger_than_a_segment_are_rewritten_and_survive_reopen() {
+    let options = WalOptions { purge_threshold_bytes: 0, max_record_bytes: 64 << 10, ..options() };
+    let fs = CrashFs::new();
+    let mut engine = open(&fs, &options).unwrap();
+    let first_segment = segment_names(&fs).into_iter().min().unwrap();
+    for g in 1..=3 {
+        engine.group(g).unwrap().save(Some(&hs(1, 10)), &run(g, 1, 10, 1, 6 << 10)).unwrap();
+    }
+    let report = engine.purge().unwrap();
+    assert!(!segment_names(&fs).contains(&first_segment), "rewritten away: {report:?}");
+    for round in 0..2 {
+        assert_eq!(engine.group_ids(), vec![1, 2, 3], "round {round}");
+        for g in 1..=3 {
+            let group = engine.group(g).unwrap();
+            assert_eq!(group.entries(1, 11, u64::MAX).unwrap(), run(g, 1, 10, 1, 6 << 10));
+        }
+        engine = reopen(&fs, engine, &options);
+    }
+}
+
+/// One write per entry: a write never spans segments, so these fill several.
+fn append_one_by_one(group: &GroupStorage, first: u64, last: u64) {
+    for i in first..=last {
+        group.append(&run(group.id(), i, i, 1, 1024)).unwrap();
+    }
+}
+
+#[test]
+fn a_segment_whose_removal_fails_is_kept_and_released_by_a_later_purge() {
+    let options = WalOptions { purge_threshold_bytes: 1 << 40, ..options() };
+    let fs = CrashFs::new();
+    let failing = Arc::new(AtomicBool::new(true));
+    let hook_failing = failing.clone();
+    let hook: Hook = Arc::new(move |event: &OpEvent<'_>| {
+        let segment = event.path.is_some_and(|p| p.extension().is_some_and(|e| e == "wal"));
+        if event.kind == OpKind::RemoveFile && segment && hook_failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("removal refused"));
+        }
+        Ok(())
+    });
+    fs.set_hook(Some(hook));
+    let mut engine = open(&fs, &options).unwrap();
+    let group = engine.group(1).unwrap();
+    append_one_by_one(&group, 1, 20);
+    let before = segment_names(&fs);
+    assert!(before.len() > 3, "the entries span several segments: {before:?}");
+    group.compact(18).unwrap();
+    assert!(matches!(engine.purge(), Err(Error::Io(_))), "the refused removal is reported");
+    assert_eq!(segment_names(&fs), before, "every segment stays while removals fail");
+    assert_eq!((group.first_index().unwrap(), group.last_index().unwrap()), (19, 20));
+    drop(group);
+    // A reopen while the old segments are still there.
+    engine = reopen(&fs, engine, &options);
+    let group = engine.group(1).unwrap();
+    assert_eq!(group.entries(19, 21, u64::MAX).unwrap(), run(1, 19, 20, 1, 1024));
+    failing.store(false, Ordering::SeqCst);
+    let report = engine.purge().unwrap();
+    assert!(!report.deleted_segments.is_empty(), "the next purge releases them");
+    append_one_by_one(&group, 21, 40);
+    group.compact(38).unwrap();
+    append_one_by_one(&group, 41, 60);
+    drop(group);
+    engine = reopen(&fs, engine, &options);
+    let group = engine.group(1).unwrap();
+    assert_eq!((group.first_index().unwrap(), group.last_index().unwrap()), (39, 60));
+    assert_eq!(group.entries(39, 61, u64::MAX).unwrap(), run(1, 39, 60, 1, 1024));
+}
+
+#[test]
+fn a_batch_the_disk_refuses_is_whole_or_absent_in_every_group_and_poisons_the_log() {
+    let first: Vec<Item> =
+        (1..=3).map(|g| Item::Save(g, Some(hs(1, 2)), run(g, 1, 3, 1, 700))).collect();
+    let second = vec![
+        Item::Save(1, Some(hs(2, 3)), run(1, 3, 6, 2, 700)),
+        Item::Save(2, None, run(2, 4, 6, 1, 700)),
+        Item::Compact(3, 2),
+        Item::Save(4, Some(hs(2, 0)), run(4, 1, 2, 2, 700)),
+    ];
+    let states = crash_states(&[first.clone(), second.clone()]);
+    for kind in [FaultKind::WriteEio, FaultKind::ShortWrite, FaultKind::SyncEio] {
+        let mut refused = 0;
+        // The fault lands on each operation of the second batch in turn (it has fewer than 16).
+        for offset in 0..16 {
+            for seed in [None, Some(offset)] {
+                let context = format!("{kind:?} at op +{offset}, power cut {seed:?}");
+                let fs = CrashFs::new();
+                let engine = open(&fs, &options()).unwrap();
+                write_batch(&engine, &first).unwrap();
+                fs.inject(Fault { at_op: fs.op_count() + offset, kind });
+                let acked = write_batch(&engine, &second).is_ok();
+                if !acked {
+                    refused += 1;
+                    assert!(
+                        matches!(write_batch(&engine, &first), Err(Error::Poisoned)),
+                        "{context}: the log refuses writes once a write or sync failed"
+                    );
+                }
+                drop(engine);
+                match seed {
+                    Some(seed) => fs.crash(seed),
+                    None => fs.crash_lose_all_unsynced(),
+                }
+                fs.clear_faults();
+                let engine = open(&fs, &options()).unwrap();
+                let found: Vec<usize> =
+                    (0..3).filter(|k| matches_state(&engine, &states[*k]).is_ok()).collect();
+                if acked {
+                    assert_eq!(found, vec![2], "{context}: an acknowledged batch is durable");
+                } else {
+                    // All of the batch in every group, or none of it in any.
+                    assert!(found == [1] || found == [2], "{context}: {found:?}");
+                }
+            }
+        }
+        // A short write is finished by the writer's loop; the others must fail the batch.
+        if kind != FaultKind::ShortWrite {
+            assert!(refused > 0, "{kind:?} made some write fail");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
