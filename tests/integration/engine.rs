@@ -15,7 +15,7 @@ use raftwal::fuzzing::{BatchItem, EngineCase, EngineOp, check_engine_recovery};
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs, Hook, OpEvent, OpKind};
 use raftwal::wal::format::{SEGMENT_HEADER_LEN, SEGMENT_SUFFIX, parse_segment_name};
 use raftwal::{
-    ConfState, Entry, Error, GroupStorage, HardState, LogEngine, Result, Snapshot,
+    ConfState, Entry, Error, GroupStorage, HardState, LogEngine, MemoryStorage, Result, Snapshot,
     SnapshotMetadata, Storage, SyncPolicy, WalOptions, WriteBatch,
 };
 
@@ -718,16 +718,38 @@ fn tag(call: Call, group: u64) -> Call {
     }
 }
 
-/// Runs `ops` on three groups of one engine and on one model per group; an append with `batched`
-/// goes through a WriteBatch. Every call must answer as the model does, and after each step the
-/// group touched (after a reopen, every group) must answer exactly like its model.
+/// The same call on the crate's MemoryStorage, the reference each group must answer like.
+fn apply_memory(memory: &MemoryStorage, call: &Call) -> Outcome<()> {
+    match call.clone() {
+        Call::Append(es) => memory.append(&es).into(),
+        Call::SetHardState(state) => memory.set_hard_state(state).into(),
+        Call::Compact(i) => memory.compact(i).into(),
+        Call::CreateSnapshot(i, cs, data) => memory.create_snapshot(i, cs, data).map(|_| ()).into(),
+        Call::ApplySnapshot(s) => memory.apply_snapshot(s).into(),
+        Call::Reopen => Outcome::Ok(()),
+    }
+}
+
+/// Runs `ops` on three groups of one engine, on the naive model and on a MemoryStorage per
+/// group; an append with `batched` goes through a WriteBatch. Every call must answer as the
+/// models do, and after each step the group touched (after a reopen, every group) must answer
+/// exactly like both.
 fn run_groups_against_models(ops: &[(usize, Op, bool)]) {
     let fs = CrashFs::new();
     let mut engine = open(&fs, &options()).unwrap();
     let mut models = vec![Model::default(); GROUPS.len()];
+    let memories: Vec<MemoryStorage> = GROUPS.iter().map(|_| MemoryStorage::new()).collect();
+    let check = |engine: &LogEngine, which: usize, models: &[Model], context: &str| {
+        let group = engine.group(GROUPS[which]).unwrap();
+        assert_same_answers(&models[which], &group, context);
+        if let Err(difference) = raftwal::fuzzing::same_answers(&memories[which], &group) {
+            panic!("{difference} (against MemoryStorage) {context}");
+        }
+    };
     for (step, (which, op, batched)) in ops.iter().enumerate() {
         let (id, model) = (GROUPS[*which], &mut models[*which]);
         let call = tag(resolve(op, model, step), id);
+        let memory = apply_memory(&memories[*which], &call);
         let group = engine.group(id).unwrap();
         let (got, want): (Outcome<()>, Outcome<()>) = match call.clone() {
             Call::Append(es) if *batched => {
@@ -748,7 +770,7 @@ fn run_groups_against_models(ops: &[(usize, Op, bool)]) {
                 let got = Outcome::from(group.create_snapshot(i, cs.clone(), data.clone()));
                 let want = model.create_snapshot(i, cs, data);
                 assert_eq!(got, want, "step {step} group {id} {call:?}");
-                (Outcome::Ok(()), Outcome::Ok(()))
+                (got.map(|_| ()), want.map(|_| ()))
             }
             Call::ApplySnapshot(s) => {
                 (group.apply_snapshot(s.clone()).into(), model.apply_snapshot(s))
@@ -756,19 +778,20 @@ fn run_groups_against_models(ops: &[(usize, Op, bool)]) {
             Call::Reopen => {
                 drop(group);
                 engine = reopen(&fs, engine, &options());
-                for (g, m) in GROUPS.iter().zip(&models) {
-                    let context = format!("group {g} after the reopen at step {step}");
-                    assert_same_answers(m, &engine.group(*g).unwrap(), &context);
+                for which in 0..GROUPS.len() {
+                    check(&engine, which, &models, &format!("after the reopen at step {step}"));
                 }
                 continue;
             }
         };
         assert_eq!(got, want, "step {step} group {id} {call:?}");
-        assert_same_answers(model, &group, &format!("group {id} after step {step} {call:?}"));
+        assert_eq!(got, memory, "step {step} group {id} {call:?}: MemoryStorage answered");
+        drop(group);
+        check(&engine, *which, &models, &format!("group {id} after step {step} {call:?}"));
     }
     engine = reopen(&fs, engine, &options());
-    for (g, m) in GROUPS.iter().zip(&models) {
-        assert_same_answers(m, &engine.group(*g).unwrap(), &format!("group {g} at the end"));
+    for which in 0..GROUPS.len() {
+        check(&engine, which, &models, "at the end");
     }
 }
 
