@@ -7,15 +7,18 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::contract::Storage;
-use crate::fuzzing::compare::{answers_like, same_answers};
+use crate::fuzzing::compare::{Outcome, answers_like, same_answers};
+use crate::fuzzing::ops::FaultChoice;
 use crate::fuzzing::storage::recovery_options;
-use crate::io::{CrashFs, Fault, FaultKind, Fs};
+use crate::io::{CrashFs, Fault, Fs};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::storage::{LogEngine, MemoryStorage};
-use crate::types::{Entry, HardState};
+use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use crate::wal::WriteBatch;
 
 /// Operations of one input that are run; the rest are ignored, to keep each execution short.
@@ -26,8 +29,8 @@ const GROUPS: u64 = 4;
 const MAX_BATCH_ITEMS: usize = 6;
 /// Entries of one save, at most.
 const MAX_SAVE_ENTRIES: u64 = 6;
-/// Halts armed at most per input.
-const MAX_HALTS: usize = 8;
+/// Faults armed at most per input.
+const MAX_FAULTS: usize = 8;
 /// Where the engine lives on the simulated file system.
 const ROOT: &str = "/node";
 
@@ -71,11 +74,34 @@ pub enum EngineOp {
     Purge,
     /// Make every write durable.
     Sync,
-    /// Arm a halt `after % 64` I/O operations from now: from there every operation fails, as
-    /// if the process had stopped, until the next power cut.
-    Halt {
-        /// Operations before the halt.
+    /// Arm a fault `after % 64` I/O operations from now. After an operation fails the process
+    /// is taken as dead (as raftwal's callers treat an I/O error: restart): nothing runs until
+    /// the next power cut or reopen. A halt makes every operation from there fail.
+    Fault {
+        /// Operations before the fault.
         after: u8,
+        /// What fails.
+        kind: FaultChoice,
+    },
+    /// Take a snapshot of group `group % 4` at `last - back % 4` (refused as out of date or
+    /// compacted when the model refuses it).
+    CreateSnapshot {
+        /// Group, modulo the groups used.
+        group: u8,
+        /// Distance below the last index.
+        back: u8,
+        /// Data size seed.
+        size: u8,
+    },
+    /// Install a leader's snapshot in group `group % 4` at `last + ahead % 4 - 1` (refused as
+    /// out of date when it is not newer).
+    ApplySnapshot {
+        /// Group, modulo the groups used.
+        group: u8,
+        /// Offset from the last index, plus one.
+        ahead: u8,
+        /// Term bump over the last term.
+        term_bump: u8,
     },
     /// Cut the power (keeping, losing or tearing what is unsynced, by `seed`, or losing all of
     /// it) and reopen.
@@ -219,6 +245,8 @@ fn groups_with_state(models: &Models) -> Vec<u64> {
         .filter(|g| {
             let model = &models[*g as usize];
             model.hard_state() != HardState::default()
+                || model.snapshot().expect("the model always answers").metadata
+                    != SnapshotMetadata::default()
                 || model.first_index().expect("the model always answers") != 1
                 || model.last_index().expect("the model always answers") != 0
         })
@@ -250,10 +278,10 @@ fn describe(engine: &LogEngine, models: &Models) -> String {
         .unwrap_or_else(|| "no difference".into())
 }
 
-/// Runs `case` on a LogEngine over CrashFs and on one MemoryStorage per group. Panics if a
-/// write fails with nothing to make it fail, if the engine cannot reopen after a power cut, or
-/// if a reopened engine matches no state the history allows (a lost acknowledged batch, or a
-/// batch present in some groups and absent from others).
+/// Runs `case` on a LogEngine over CrashFs and on one MemoryStorage per group. Panics if an
+/// operation fails with no fault armed, if a call answers differently from the model, if the
+/// engine cannot reopen after a power cut, or if a reopened engine matches no state the history
+/// allows (a lost acknowledged batch, or a batch present in some groups and absent from others).
 pub fn check_engine_recovery(case: &EngineCase) {
     let sync_policy = if case.sync_never { SyncPolicy::Never } else { SyncPolicy::Always };
     let options = engine_options(sync_policy);
@@ -261,66 +289,114 @@ pub fn check_engine_recovery(case: &EngineCase) {
     let fs = CrashFs::new();
     let mut engine = Some(open(&fs, &options).expect("a fresh engine opens"));
     let mut history = History { states: vec![vec![MemoryStorage::new(); GROUPS as usize]] };
-    let mut halts = 0;
+    let mut faults = 0;
+    // Whether a fault is armed (or fired) since the last restart.
+    let mut faulted = false;
+    // An operation failed: the process is taken as dead until the next restart.
+    let mut dead = false;
     let ops = case.ops.iter().take(MAX_ENGINE_OPS).chain([&EngineOp::PowerCut {
         // A final harshest power cut: what was acknowledged as durable must be there.
         seed: 0,
         lose_all: true,
     }]);
     for (step, op) in ops.enumerate() {
-        match op {
+        let live = engine.as_ref().filter(|_| !dead);
+        // Each arm yields what the operation leads to if it succeeds and whether it is then
+        // durable with everything before it; `None` for no change.
+        let change: Option<(Result<(), String>, Models, bool)> = match op {
             EngineOp::Write(items) => {
-                let Some(live) = engine.as_ref() else { continue };
+                let Some(live) = live else { continue };
                 let (mut batch, next) = build(items, history.current());
                 if batch.is_empty() {
                     continue;
                 }
-                match live.write(&mut batch) {
-                    Ok(()) => history.push(next, always),
-                    Err(e) => {
-                        assert!(fs.is_halted(), "step {step}: a write failed unprompted: {e}");
-                        history.push(next, false);
+                Some((live.write(&mut batch).map_err(|e| e.to_string()), next, always))
+            }
+            EngineOp::Remove(group) => {
+                let Some(live) = live else { continue };
+                let group = u64::from(*group) % GROUPS;
+                let result = live.remove_group(group).map_err(|e| e.to_string());
+                // Removing a group with no state writes nothing (and syncs nothing); a removal
+                // is durable, and with it every write before it.
+                let had_state = groups_with_state(history.current()).contains(&group);
+                if !had_state && result.is_ok() {
+                    continue;
+                }
+                let mut next = history.current().clone();
+                next[group as usize] = MemoryStorage::new();
+                Some((result, next, true))
+            }
+            EngineOp::CreateSnapshot { group, back, size } => {
+                let Some(live) = live else { continue };
+                let group = u64::from(*group) % GROUPS;
+                let next = history.current().clone();
+                let model = &next[group as usize];
+                let last = model.last_index().expect("the model always answers");
+                let index = last.saturating_sub(u64::from(back % 4));
+                let data = Bytes::from(vec![group as u8 ^ *size; usize::from(*size) * 4]);
+                let want = Outcome::from(model.create_snapshot(index, None, data.clone()));
+                let got = Outcome::from(
+                    live.group(group).and_then(|g| g.create_snapshot(index, None, data)),
+                );
+                // The snapshot's marker is synced, and with it every write before it.
+                match (got, want) {
+                    (Outcome::Ok(_), Outcome::Ok(_)) => Some((Ok(()), next, true)),
+                    (Outcome::Other(e), _) if faulted => Some((Err(e), next, true)),
+                    (got, want) => {
+                        assert_eq!(got, want, "step {step}: snapshot of group {group} at {index}");
+                        continue;
                     }
                 }
             }
-            EngineOp::Remove(group) => {
-                let Some(live) = engine.as_ref() else { continue };
+            EngineOp::ApplySnapshot { group, ahead, term_bump } => {
+                let Some(live) = live else { continue };
                 let group = u64::from(*group) % GROUPS;
-                // Removing a group with no state writes nothing (and syncs nothing).
-                let had_state = groups_with_state(history.current()).contains(&group);
-                let mut next = history.current().clone();
-                next[group as usize] = MemoryStorage::new();
-                match live.remove_group(group) {
-                    // The removal is durable, and with it every write before it.
-                    Ok(()) if had_state => history.push(next, true),
-                    Ok(()) => {}
-                    Err(e) => {
-                        assert!(fs.is_halted(), "step {step}: a removal failed unprompted: {e}");
-                        history.push(next, false);
+                let next = history.current().clone();
+                let model = &next[group as usize];
+                let last = model.last_index().expect("the model always answers");
+                let snapshot = Snapshot {
+                    metadata: SnapshotMetadata {
+                        index: (last + u64::from(ahead % 4)).saturating_sub(1),
+                        term: last_term(model) + u64::from(term_bump % 3),
+                        conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+                    },
+                    data: Bytes::from(vec![group as u8; usize::from(*ahead)]),
+                };
+                let want = Outcome::from(model.apply_snapshot(snapshot.clone()));
+                let got = Outcome::from(live.group(group).and_then(|g| g.apply_snapshot(snapshot)));
+                match (got, want) {
+                    (Outcome::Ok(()), Outcome::Ok(())) => Some((Ok(()), next, true)),
+                    (Outcome::Other(e), _) if faulted => Some((Err(e), next, true)),
+                    (got, want) => {
+                        assert_eq!(
+                            got, want,
+                            "step {step}: installing a snapshot in group {group}"
+                        );
+                        continue;
                     }
                 }
             }
             EngineOp::Purge | EngineOp::Sync => {
-                let Some(live) = engine.as_ref() else { continue };
+                let Some(live) = live else { continue };
                 let result = match op {
                     EngineOp::Purge => live.purge().map(|_| ()),
                     _ => live.sync(),
                 };
-                match result {
-                    Ok(()) => history.settle(),
-                    Err(e) => assert!(fs.is_halted(), "step {step}: {op:?} failed unprompted: {e}"),
-                }
+                Some((result.map_err(|e| e.to_string()), history.current().clone(), true))
             }
-            EngineOp::Halt { after } => {
-                if halts < MAX_HALTS {
-                    halts += 1;
+            EngineOp::Fault { after, kind } => {
+                if faults < MAX_FAULTS && !dead {
+                    faults += 1;
+                    faulted = true;
                     let at_op = fs.op_count() + u64::from(after % 64);
-                    fs.inject(Fault { at_op, kind: FaultKind::Halt });
+                    fs.inject(Fault { at_op, kind: kind.kind() });
                 }
+                None
             }
-            EngineOp::Reopen if !fs.is_halted() && engine.is_some() => {
-                // Halts not yet fired are disarmed: this close and open run clean.
+            EngineOp::Reopen if !dead && !fs.is_halted() && engine.is_some() => {
+                // Faults not yet fired are disarmed: this close and open run clean.
                 fs.clear_faults();
+                faulted = false;
                 let live = engine.take().expect("checked");
                 if let Err(e) = live.close() {
                     panic!("step {step}: a clean close failed: {e}");
@@ -336,6 +412,7 @@ pub fn check_engine_recovery(case: &EngineCase) {
                     describe(&reopened, current)
                 );
                 engine = Some(reopened);
+                None
             }
             EngineOp::Reopen | EngineOp::PowerCut { .. } => {
                 drop(engine.take());
@@ -344,6 +421,7 @@ pub fn check_engine_recovery(case: &EngineCase) {
                     _ => fs.crash_lose_all_unsynced(),
                 }
                 fs.clear_faults();
+                (faulted, dead) = (false, false);
                 let reopened = open(&fs, &options)
                     .unwrap_or_else(|e| panic!("step {step}: reopen after a power cut: {e}"));
                 // Newest first; bounded by the states pushed.
@@ -361,6 +439,18 @@ pub fn check_engine_recovery(case: &EngineCase) {
                 history.states.truncate(k + 1);
                 history.settle();
                 engine = Some(reopened);
+                None
+            }
+        };
+        let Some((result, next, durable)) = change else { continue };
+        match result {
+            Ok(()) if durable => history.push(next, true),
+            Ok(()) => history.push(next, always),
+            Err(e) => {
+                assert!(faulted, "step {step}: {op:?} failed with no fault armed: {e}");
+                // Its bytes may have reached the disk, whole; then the process stops.
+                history.push(next, false);
+                dead = true;
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use raftwal::fuzzing::{BatchItem, EngineCase, EngineOp, check_engine_recovery};
+use raftwal::fuzzing::{BatchItem, EngineCase, EngineOp, FaultChoice, check_engine_recovery};
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs, Hook, OpEvent, OpKind};
 use raftwal::wal::format::{SEGMENT_HEADER_LEN, SEGMENT_SUFFIX, parse_segment_name};
 use raftwal::{
@@ -1142,9 +1142,9 @@ fn save(group: u8, back: u8, len: u8, hard_state: Option<(u8, u8)>) -> BatchItem
     BatchItem::Save { group, back, len, new_term: back % 2 == 1, size: 120, hard_state }
 }
 
-/// Batches over all four groups, a halt inside the workload, power cuts of both kinds, clean
-/// reopens, removals and purges.
-fn engine_case(sync_never: bool, halt_after: u8) -> EngineCase {
+/// Batches over all four groups, snapshots taken and installed, a fault inside the workload,
+/// power cuts of both kinds, clean reopens, removals and purges.
+fn engine_case(sync_never: bool, fault: FaultChoice, after: u8) -> EngineCase {
     let mut ops = Vec::new();
     for round in 0..6u8 {
         ops.push(EngineOp::Write(
@@ -1154,28 +1154,41 @@ fn engine_case(sync_never: bool, halt_after: u8) -> EngineCase {
             BatchItem::Compact { group: round, back: 2 },
             save(round + 1, 0, 2, None),
         ]));
-        if round == 2 {
-            ops.push(EngineOp::Sync);
-            ops.push(EngineOp::Halt { after: halt_after });
-        }
-        if round == 3 {
-            ops.push(EngineOp::PowerCut { seed: halt_after, lose_all: false });
-            ops.push(EngineOp::Remove(1));
-            ops.push(EngineOp::Purge);
-        }
-        if round == 4 {
-            ops.push(EngineOp::Reopen);
+        match round {
+            1 => ops.push(EngineOp::CreateSnapshot { group: 2, back: 1, size: 40 }),
+            2 => {
+                ops.push(EngineOp::Sync);
+                ops.push(EngineOp::Fault { after, kind: fault });
+                ops.push(EngineOp::ApplySnapshot { group: 3, ahead: 3, term_bump: 1 });
+            }
+            3 => {
+                ops.push(EngineOp::PowerCut { seed: after, lose_all: false });
+                ops.push(EngineOp::Remove(1));
+                ops.push(EngineOp::Purge);
+                ops.push(EngineOp::CreateSnapshot { group: 0, back: 0, size: 9 });
+            }
+            4 => ops.push(EngineOp::Reopen),
+            _ => {}
         }
     }
     EngineCase { sync_never, ops }
 }
 
 #[test]
-fn the_engine_recovery_check_accepts_batches_crashed_at_every_halt_point() {
-    // Bounded: 64 halt positions (the op's range) under both sync policies.
+fn the_engine_recovery_check_accepts_batches_crashed_at_every_fault_point() {
+    let faults = [
+        FaultChoice::Halt,
+        FaultChoice::WriteEio,
+        FaultChoice::SyncEio,
+        FaultChoice::NoSpace,
+        FaultChoice::ShortWrite,
+    ];
+    // Bounded: 64 fault positions (the op's range) for each kind, under both sync policies.
     for sync_never in [false, true] {
-        for after in 0..64 {
-            check_engine_recovery(&engine_case(sync_never, after));
+        for fault in faults {
+            for after in 0..64 {
+                check_engine_recovery(&engine_case(sync_never, fault, after));
+            }
         }
     }
 }
