@@ -1045,10 +1045,15 @@ fn ten_thousand_groups_with_only_a_hard_state_cost_at_most_256_bytes_each() {
     assert_eq!(live, 0, "no group holds an entry");
     let per_group = bytes / GROUPS as usize;
     assert!(per_group <= 256, "{per_group} bytes of index per group ({bytes} in all)");
+    let engine = reopen(&fs, engine, &options);
+    assert_eq!(engine.group_ids().len() as u64, GROUPS);
+    let (bytes, _) = engine.index_memory();
+    let per_group = bytes / GROUPS as usize;
+    assert!(per_group <= 256, "{per_group} bytes per recovered group ({bytes} in all)");
 }
 
 #[test]
-fn a_hundred_thousand_entries_of_one_group_cost_at_most_8_bytes_each() {
+fn a_hundred_thousand_recovered_entries_of_one_group_cost_at_most_8_bytes_each() {
     const ENTRIES: u64 = 100_000;
     // Room for the group's own structures, independent of the entry count.
     const CONSTANT_BYTES: usize = 16 << 10;
@@ -1064,7 +1069,7 @@ fn a_hundred_thousand_entries_of_one_group_cost_at_most_8_bytes_each() {
     let bound = 8 * ENTRIES as usize + CONSTANT_BYTES;
     let (bytes, live) = engine.index_memory();
     assert_eq!(live as u64, ENTRIES);
-    println!("index of {ENTRIES} entries while written: {bytes} bytes");
+    println!("index of {ENTRIES} entries as written: {bytes} bytes");
     let engine = reopen(&fs, engine, &options);
     let (bytes, live) = engine.index_memory();
     assert_eq!(live as u64, ENTRIES);
