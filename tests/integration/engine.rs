@@ -956,6 +956,80 @@ fn a_crash_at_every_io_operation_keeps_every_acknowledged_batch_and_each_batch_w
     println!("engine crash points checked: {points} x 3 power cuts");
 }
 
+/// Writes `rounds` batches from each of `threads` threads; thread `t`'s batch `k` saves entry
+/// `k + 1` to both groups `2t + 1` and `2t + 2`. Returns how many batches each thread had
+/// acknowledged when the first write failed.
+fn concurrent_pairs(engine: &LogEngine, threads: u64, rounds: u64) -> Vec<u64> {
+    let writers: Vec<_> = (0..threads)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let mut acked = 0;
+                for k in 1..=rounds {
+                    let mut batch = WriteBatch::new();
+                    for g in [2 * t + 1, 2 * t + 2] {
+                        batch.save(g, Some(&hs(1, k)), &run(g, k, k, 1, 300)).unwrap();
+                    }
+                    if engine.write(&mut batch).is_err() {
+                        break;
+                    }
+                    acked = k;
+                }
+                acked
+            })
+        })
+        .collect();
+    writers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_batches_crashed_anywhere_keep_every_acknowledged_batch_whole() {
+    const THREADS: u64 = 3;
+    const ROUNDS: u64 = 12;
+    // The workload's length in operations, from one clean run.
+    let total = {
+        let fs = CrashFs::new();
+        let engine = open(&fs, &options()).unwrap();
+        let start = fs.op_count();
+        assert_eq!(concurrent_pairs(&engine, THREADS, ROUNDS), vec![ROUNDS; THREADS as usize]);
+        fs.op_count() - start
+    };
+    assert!(total > 30, "the workload performs many operations: {total}");
+    // Bounded: at most 60 crash points, each with two power cuts.
+    for at in (0..total).step_by((total as usize).div_ceil(60)) {
+        for seed in [None, Some(at)] {
+            let fs = CrashFs::new();
+            let engine = open(&fs, &options()).unwrap();
+            fs.inject(Fault { at_op: fs.op_count() + at, kind: FaultKind::Halt });
+            let acked = concurrent_pairs(&engine, THREADS, ROUNDS);
+            drop(engine);
+            match seed {
+                Some(seed) => fs.crash(seed),
+                None => fs.crash_lose_all_unsynced(),
+            }
+            fs.clear_faults();
+            let engine = open(&fs, &options()).unwrap();
+            for t in 0..THREADS {
+                let context = format!("crash at op +{at} ({seed:?}), thread {t}");
+                let (a, b) = (engine.group(2 * t + 1).unwrap(), engine.group(2 * t + 2).unwrap());
+                let last = a.last_index().unwrap();
+                assert_eq!(b.last_index().unwrap(), last, "{context}: a batch is whole");
+                let k = acked[t as usize];
+                assert!(last == k || last == k + 1, "{context}: {last} kept, {k} acknowledged");
+                for (g, group) in [(2 * t + 1, &a), (2 * t + 2, &b)] {
+                    if last > 0 {
+                        let es = group.entries(1, last + 1, u64::MAX).unwrap();
+                        assert_eq!(es, run(g, 1, last, 1, 300), "{context}");
+                    }
+                    let state = group.initial_state().unwrap().hard_state;
+                    let want = if last > 0 { hs(1, last) } else { HardState::default() };
+                    assert_eq!(state, want, "{context}: group {g}'s hard state");
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cold groups and the log's size.
 
@@ -1082,13 +1156,16 @@ fn a_hundred_thousand_recovered_entries_of_one_group_cost_at_most_8_bytes_each()
 // ---------------------------------------------------------------------------------------------
 // Bit flips.
 
-#[test]
-fn a_flipped_bit_in_a_record_gives_corruption_or_the_same_answers() {
+/// Flips a sample of at most 2,000 bits spread over the records of the oldest segment of a
+/// multi-group log closed cleanly (`rounds` rounds of batches over three groups); every reopen
+/// must give `Corruption` naming that segment or every group exactly as it was. Returns the
+/// reopens refused, those that opened, and the log's segments.
+fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
     let fs = CrashFs::new();
     let engine = open(&fs, &options()).unwrap();
     let mut models: BTreeMap<u64, Model> = BTreeMap::new();
     let mut batch = WriteBatch::new();
-    for round in 0..3u64 {
+    for round in 0..rounds {
         for g in 1..=3u64 {
             let model = models.entry(g).or_default();
             let es = run(g, model.last() + 1, model.last() + 2, 1, 80);
@@ -1104,8 +1181,8 @@ fn a_flipped_bit_in_a_record_gives_corruption_or_the_same_answers() {
     }
     engine.close().unwrap();
     drop(engine);
-    let names = segment_names(&fs);
-    assert_eq!(names.len(), 1, "the log fits one segment: {names:?}");
+    let mut names = segment_names(&fs);
+    names.sort();
     let path = Path::new(ROOT).join("wal").join(&names[0]);
     assert!(names[0].ends_with(SEGMENT_SUFFIX));
     let bytes = fs.read_file(&path).unwrap();
@@ -1136,8 +1213,23 @@ fn a_flipped_bit_in_a_record_gives_corruption_or_the_same_answers() {
             }
         }
     }
+    (refused, same, names.len())
+}
+
+#[test]
+fn a_flipped_bit_in_the_only_segment_gives_corruption_or_the_same_answers() {
+    let (refused, same, segments) = flip_bits_of_the_first_segment(3);
+    assert_eq!(segments, 1, "the log fits one segment");
     assert!(refused > 0, "flips in records are detected");
-    println!("bit flips: {refused} refused as corruption, {same} opened with the same answers");
+    println!("bit flips, one segment: {refused} refused as corruption, {same} opened the same");
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_segment_gives_corruption_or_the_same_answers() {
+    let (refused, same, segments) = flip_bits_of_the_first_segment(20);
+    assert!(segments > 1, "the first segment is sealed");
+    assert!(refused > 0, "flips in records are detected");
+    println!("bit flips, sealed segment: {refused} refused as corruption, {same} opened the same");
 }
 
 // ---------------------------------------------------------------------------------------------
