@@ -900,6 +900,7 @@ fn matches_state(
 
 /// Crashes the workload at operation `at`; returns whether the halt was reached.
 fn crash_batches_once(
+    options: &WalOptions,
     batches: &[Vec<Item>],
     states: &[BTreeMap<u64, Model>],
     at: u64,
@@ -908,7 +909,7 @@ fn crash_batches_once(
     let fs = CrashFs::new();
     fs.inject(Fault { at_op: at, kind: FaultKind::Halt });
     let mut acked = 0;
-    if let Ok(engine) = open(&fs, &options()) {
+    if let Ok(engine) = open(&fs, options) {
         for items in batches {
             if write_batch(&engine, items).is_err() {
                 break;
@@ -922,7 +923,7 @@ fn crash_batches_once(
         None => fs.crash_lose_all_unsynced(),
     }
     fs.clear_faults();
-    let engine = open(&fs, &options())
+    let engine = open(&fs, options)
         .unwrap_or_else(|e| panic!("reopen after a crash at op {at} ({seed:?}): {e}"));
     // Every acknowledged batch, and the one in flight whole or not at all, across all groups.
     let newest = (acked + 1).min(batches.len());
@@ -935,16 +936,17 @@ fn crash_batches_once(
     halted
 }
 
-#[test]
-fn a_crash_at_every_io_operation_keeps_every_acknowledged_batch_and_each_batch_whole() {
+/// Crashes the batch workload at every I/O operation, three power cuts each; returns the
+/// crash points.
+fn crash_at_every_operation(options: &WalOptions) -> u64 {
     let batches = crash_workload();
     let states = crash_states(&batches);
     let mut points = 0u64;
     // Bounded: the workload's I/O operations are finite; checked below.
     for at in 0.. {
-        let mut reached = crash_batches_once(&batches, &states, at, None);
+        let mut reached = crash_batches_once(options, &batches, &states, at, None);
         for seed in 0..2 {
-            reached |= crash_batches_once(&batches, &states, at, Some(at * 2 + seed));
+            reached |= crash_batches_once(options, &batches, &states, at, Some(at * 2 + seed));
         }
         if !reached {
             break;
@@ -952,8 +954,23 @@ fn a_crash_at_every_io_operation_keeps_every_acknowledged_batch_and_each_batch_w
         points += 1;
         assert!(points < 100_000, "the workload must end");
     }
+    points
+}
+
+#[test]
+fn a_crash_at_every_io_operation_keeps_every_acknowledged_batch_and_each_batch_whole() {
+    let points = crash_at_every_operation(&options());
     assert!(points > 50, "the workload performs many I/O operations, saw {points}");
     println!("engine crash points checked: {points} x 3 power cuts");
+}
+
+#[test]
+fn a_crash_at_every_io_operation_while_purges_rewrite_groups_keeps_every_batch_whole() {
+    // Threshold 0: every rollover releases what it can and rewrites the groups pinning the rest.
+    let options = WalOptions { purge_threshold_bytes: 0, rewrite_max_entries: 16, ..options() };
+    let points = crash_at_every_operation(&options);
+    assert!(points > 50, "the workload performs many I/O operations, saw {points}");
+    println!("engine crash points checked with rewrites: {points} x 3 power cuts");
 }
 
 /// Writes `rounds` batches from each of `threads` threads; thread `t`'s batch `k` saves entry
