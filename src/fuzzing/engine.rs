@@ -1,15 +1,15 @@
 //! `check_engine_recovery`: a few groups of one [`LogEngine`] over CrashFs, changed by batches
-//! spanning several groups, with removals, purges, halts, power cuts and reopens. After every
-//! restart each group must answer like its [`MemoryStorage`] model in one state the history
-//! allows: everything durable kept, and every batch whole or absent across all its groups.
+//! spanning several groups, snapshots taken and installed, removals and purges, under injected
+//! faults, power cuts and reopens. Every call answers as the model does, and after every restart
+//! each group must answer like its [`MemoryStorage`] model in one state the history allows:
+//! everything durable kept, and every batch whole or absent across all its groups.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
 
 use crate::contract::Storage;
 use crate::fuzzing::compare::{Outcome, answers_like, same_answers};
@@ -25,7 +25,7 @@ use crate::wal::WriteBatch;
 pub const MAX_ENGINE_OPS: usize = 48;
 /// Groups the operations address (ids `0..GROUPS`).
 const GROUPS: u64 = 4;
-/// Items of one batch that are used.
+/// Items of one batch that are used (see [`EngineOp::Write`]).
 const MAX_BATCH_ITEMS: usize = 6;
 /// Entries of one save, at most.
 const MAX_SAVE_ENTRIES: u64 = 6;
@@ -66,7 +66,7 @@ pub enum BatchItem {
 /// One step of an engine workload.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub enum EngineOp {
-    /// Write one batch of the first [`MAX_BATCH_ITEMS`] items.
+    /// Write one batch of the first six items.
     Write(Vec<BatchItem>),
     /// Remove a group (modulo the groups used).
     Remove(u8),
