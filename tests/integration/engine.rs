@@ -1,8 +1,10 @@
 //! LogEngine: many groups in one WAL. Ports of raft-engine's engine tests (empty engine, shared
 //! batches, removal, per-group compaction, purge and rewriting of cold groups, hot groups asked
-//! to compact, empty and concurrent batches, unknown files), etcd's storage semantics on
-//! interleaved groups against the model, batch atomicity across groups at every crash point,
-//! the bound cold groups put on the log's size, index memory, and bit flips.
+//! to compact, empty and concurrent batches, unknown files, refused removals and writes), the
+//! order of items within a batch, etcd's storage semantics on interleaved groups against the
+//! models, batch atomicity across groups at every crash point (with and without rewrites, and
+//! from concurrent writers), the bound cold groups put on the log's size, index memory, bit
+//! flips, and the engine_recovery fuzz check with its corpus.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -525,6 +527,57 @@ fn group_ids_lists_exactly_the_groups_with_state() {
     engine.remove_group(11).unwrap();
     engine = reopen(&fs, engine, &options());
     assert!(engine.group_ids().is_empty());
+}
+
+#[test]
+fn items_of_one_group_in_one_batch_apply_in_order() {
+    let fs = CrashFs::new();
+    let mut engine = open(&fs, &options()).unwrap();
+    let mut model = Model::default();
+    let items = vec![
+        Item::Save(1, Some(hs(1, 0)), run(1, 1, 5, 1, 200)),
+        // Overwrites the batch's own entries from 3 on.
+        Item::Save(1, Some(hs(2, 2)), run(1, 3, 6, 2, 300)),
+        // Compacts within what the batch wrote.
+        Item::Compact(1, 4),
+        Item::Save(1, None, run(1, 7, 8, 2, 100)),
+        Item::Save(2, Some(hs(5, 0)), vec![]),
+        // The newest hard state wins.
+        Item::Save(1, Some(hs(3, 6)), run(1, 6, 6, 3, 50)),
+    ];
+    for item in &items {
+        match item {
+            Item::Save(1, state, es) => {
+                assert_eq!(model.append(es), Outcome::Ok(()));
+                if let Some(state) = state {
+                    model.hard_state = *state;
+                }
+            }
+            Item::Compact(1, index) => assert_eq!(model.compact(*index), Outcome::Ok(())),
+            _ => {}
+        }
+    }
+    write_batch(&engine, &items).unwrap();
+    for round in 0..2 {
+        assert_same_answers(&model, &engine.group(1).unwrap(), &format!("round {round}"));
+        let two = engine.group(2).unwrap();
+        assert_eq!(two.initial_state().unwrap().hard_state, hs(5, 0), "round {round}");
+        assert_eq!(two.last_index().unwrap(), 0, "round {round}");
+        drop(two);
+        engine = reopen(&fs, engine, &options());
+    }
+    // A compaction at or below the dummy refuses its batch: group 2's hard state is not written.
+    let refused = vec![Item::Save(2, Some(hs(6, 0)), vec![]), Item::Compact(1, 3)];
+    assert!(matches!(write_batch(&engine, &refused), Err(Error::Compacted)));
+    assert_eq!(engine.group(2).unwrap().initial_state().unwrap().hard_state, hs(5, 0));
+    // So does a gap within the batch's own entries.
+    let gap = vec![
+        Item::Save(2, Some(hs(6, 0)), run(2, 1, 2, 6, 10)),
+        Item::Save(2, None, run(2, 4, 4, 6, 10)),
+    ];
+    assert!(matches!(write_batch(&engine, &gap), Err(Error::ContractViolation(_))));
+    let two = engine.group(2).unwrap();
+    assert_eq!((two.last_index().unwrap(), two.initial_state().unwrap().hard_state), (0, hs(5, 0)));
 }
 
 #[test]
