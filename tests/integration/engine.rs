@@ -1100,6 +1100,140 @@ fn concurrent_batches_crashed_anywhere_keep_every_acknowledged_batch_whole() {
     }
 }
 
+/// One step of the snapshot-and-removal workload, on group `.0`.
+#[derive(Clone, Debug)]
+enum GroupStep {
+    Save(u64, HardState, Vec<Entry>),
+    Snapshot(u64, u64),
+    Remove(u64),
+    Compact(u64, u64),
+}
+
+fn snapshot_removal_workload() -> Vec<GroupStep> {
+    vec![
+        GroupStep::Save(1, hs(1, 3), run(1, 1, 6, 1, 200)),
+        GroupStep::Save(2, hs(1, 4), run(2, 1, 6, 1, 200)),
+        GroupStep::Snapshot(1, 4),
+        GroupStep::Snapshot(2, 5),
+        GroupStep::Remove(1),
+        GroupStep::Save(1, hs(7, 1), run(1, 1, 3, 7, 200)),
+        GroupStep::Snapshot(1, 2),
+        GroupStep::Compact(2, 5),
+        GroupStep::Remove(2),
+    ]
+}
+
+fn snapshot_data(group: u64, index: u64) -> Bytes {
+    Bytes::from(vec![(group * 16 + index) as u8; 500])
+}
+
+fn apply_group_step(engine: &LogEngine, step: &GroupStep) -> Result<()> {
+    match step {
+        GroupStep::Save(g, state, es) => engine.group(*g)?.save(Some(state), es),
+        GroupStep::Snapshot(g, i) => engine
+            .group(*g)?
+            .create_snapshot(*i, Some(voters(&[1, 2])), snapshot_data(*g, *i))
+            .map(|_| ()),
+        GroupStep::Remove(g) => engine.remove_group(*g),
+        GroupStep::Compact(g, i) => engine.group(*g)?.compact(*i),
+    }
+}
+
+/// Both groups' models after each prefix of the steps.
+fn group_step_states(steps: &[GroupStep]) -> Vec<BTreeMap<u64, Model>> {
+    let mut models: BTreeMap<u64, Model> = [(1, Model::default()), (2, Model::default())].into();
+    let mut states = vec![models.clone()];
+    for step in steps {
+        let ok = match step {
+            GroupStep::Save(g, state, es) => {
+                let model = models.get_mut(g).unwrap();
+                model.hard_state = *state;
+                model.append(es)
+            }
+            GroupStep::Snapshot(g, i) => models
+                .get_mut(g)
+                .unwrap()
+                .create_snapshot(*i, Some(voters(&[1, 2])), snapshot_data(*g, *i))
+                .map(|_| ()),
+            GroupStep::Remove(g) => {
+                models.insert(*g, Model::default());
+                Outcome::Ok(())
+            }
+            GroupStep::Compact(g, i) => models.get_mut(g).unwrap().compact(*i),
+        };
+        assert_eq!(ok, Outcome::Ok(()), "the workload is valid: {step:?}");
+        states.push(models.clone());
+    }
+    states
+}
+
+/// Whether both groups match `state`, snapshots and snapshot files included.
+fn matches_with_snapshots(
+    fs: &CrashFs,
+    engine: &LogEngine,
+    state: &BTreeMap<u64, Model>,
+) -> std::result::Result<(), String> {
+    matches_state(engine, state)?;
+    for (&g, model) in state {
+        let got = engine.group(g).unwrap().snapshot().map_err(|e| format!("group {g}: {e}"))?;
+        if got != model.snapshot {
+            return Err(format!("group {g}: snapshot {:?}", got.metadata));
+        }
+        let files = snapshot_files_of(fs, g);
+        if model.snapshot.metadata.index == 0 && !files.is_empty() {
+            return Err(format!("group {g} has no snapshot but files {files:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_crash_at_every_io_operation_of_snapshots_and_removals_leaves_no_orphan() {
+    let steps = snapshot_removal_workload();
+    let states = group_step_states(&steps);
+    let mut points = 0u64;
+    // Bounded: the workload's I/O operations are finite; checked below.
+    for at in 0.. {
+        let mut reached = false;
+        for seed in [None, Some(at)] {
+            let fs = CrashFs::new();
+            fs.inject(Fault { at_op: at, kind: FaultKind::Halt });
+            let mut acked = 0;
+            if let Ok(engine) = open(&fs, &options()) {
+                for step in &steps {
+                    if apply_group_step(&engine, step).is_err() {
+                        break;
+                    }
+                    acked += 1;
+                }
+            }
+            reached |= fs.is_halted();
+            match seed {
+                Some(seed) => fs.crash(seed),
+                None => fs.crash_lose_all_unsynced(),
+            }
+            fs.clear_faults();
+            let engine = open(&fs, &options())
+                .unwrap_or_else(|e| panic!("reopen after a crash at op {at} ({seed:?}): {e}"));
+            let newest = (acked + 1).min(steps.len());
+            let differences: Vec<String> = (acked..=newest)
+                .filter_map(|k| matches_with_snapshots(&fs, &engine, &states[k]).err())
+                .collect();
+            assert!(
+                differences.len() < newest - acked + 1,
+                "crash at op {at} ({seed:?}), {acked} steps acknowledged: {differences:?}"
+            );
+        }
+        if !reached {
+            break;
+        }
+        points += 1;
+        assert!(points < 100_000, "the workload must end");
+    }
+    assert!(points > 30, "the workload performs many I/O operations, saw {points}");
+    println!("snapshot and removal crash points checked: {points} x 2 power cuts");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cold groups and the log's size.
 
