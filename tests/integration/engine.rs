@@ -555,6 +555,49 @@ fn readers_of_every_group_never_see_another_groups_or_a_torn_answer() {
 }
 
 #[test]
+fn on_the_real_file_system_groups_and_snapshots_survive_reopen_and_a_second_open_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = WalOptions { prepare_in_background: true, ..options() };
+    let mut models: BTreeMap<u64, Model> = BTreeMap::new();
+    let engine = LogEngine::open(tmp.path(), options.clone()).unwrap();
+    assert!(matches!(LogEngine::open(tmp.path(), options.clone()), Err(Error::Locked)));
+    let mut batch = WriteBatch::new();
+    for round in 0..10u64 {
+        for g in 1..=5u64 {
+            let model = models.entry(g).or_default();
+            let es = run(g, model.last() + 1, model.last() + 3, 1, 400);
+            batch.save(g, Some(&hs(1, model.last())), &es).unwrap();
+            model.hard_state = hs(1, model.last());
+            assert_eq!(model.append(&es), Outcome::Ok(()));
+        }
+        engine.write(&mut batch).unwrap();
+        if round == 6 {
+            for g in [2, 4] {
+                let data = snapshot_data(g, 10);
+                engine
+                    .group(g)
+                    .unwrap()
+                    .create_snapshot(10, Some(voters(&[1])), data.clone())
+                    .unwrap();
+                let model = models.get_mut(&g).unwrap();
+                assert!(model.create_snapshot(10, Some(voters(&[1])), data).is_ok());
+                engine.group(g).unwrap().compact(10).unwrap();
+                assert_eq!(model.compact(10), Outcome::Ok(()));
+            }
+        }
+    }
+    engine.remove_group(5).unwrap();
+    models.insert(5, Model::default());
+    engine.close().unwrap();
+    drop(engine);
+    let engine = LogEngine::open(tmp.path(), options).unwrap();
+    assert_eq!(engine.group_ids(), vec![1, 2, 3, 4]);
+    for (&g, model) in &models {
+        assert_same_answers(model, &engine.group(g).unwrap(), &format!("group {g} reopened"));
+    }
+}
+
+#[test]
 fn unknown_files_in_wal_and_snap_do_not_disturb_open() {
     let fs = CrashFs::new();
     let engine = open(&fs, &options()).unwrap();
