@@ -1428,6 +1428,44 @@ fn a_hundred_cold_groups_among_a_thousand_keep_the_log_within_its_threshold() {
     }
 }
 
+#[test]
+fn a_checkpoint_of_many_groups_split_over_many_records_recovers_every_group() {
+    // 2,000 groups: a segment's opening checkpoint spans dozens of 1 KiB records and several
+    // times the segment size.
+    const GROUPS: u64 = 2_000;
+    let options = WalOptions { max_record_bytes: 1024, ..options() };
+    let fs = CrashFs::new();
+    let mut engine = open(&fs, &options).unwrap();
+    let mut batch = WriteBatch::new();
+    for chunk in 0..GROUPS / 250 {
+        for g in chunk * 250..(chunk + 1) * 250 {
+            batch.save(g, Some(&hs(g + 1, 0)), &[]).unwrap();
+        }
+        engine.write(&mut batch).unwrap();
+    }
+    // Roll over a few segments, each opening with the whole checkpoint.
+    for round in 1..=6u64 {
+        engine.group(7).unwrap().append(&run(7, round, round, 8, 900)).unwrap();
+    }
+    assert!(segment_names(&fs).len() > 2, "the log rolled over");
+    let check = |engine: &LogEngine, context: &str| {
+        assert_eq!(engine.group_ids().len() as u64, GROUPS, "{context}");
+        for g in 0..GROUPS {
+            let state = engine.group(g).unwrap().initial_state().unwrap().hard_state;
+            assert_eq!(state, hs(g + 1, 0), "{context}: group {g}");
+        }
+        let es = engine.group(7).unwrap().entries(1, 7, u64::MAX).unwrap();
+        assert_eq!(es, run(7, 1, 6, 8, 900), "{context}");
+    };
+    check(&engine, "before reopen");
+    engine = reopen(&fs, engine, &options);
+    check(&engine, "after a clean reopen");
+    drop(engine);
+    fs.crash_lose_all_unsynced();
+    let engine = open(&fs, &options).unwrap();
+    check(&engine, "after a power cut");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Index memory.
 
