@@ -1466,6 +1466,82 @@ fn a_checkpoint_of_many_groups_split_over_many_records_recovers_every_group() {
     check(&engine, "after a power cut");
 }
 
+#[test]
+fn a_crash_at_every_io_operation_while_checkpoints_span_many_records_keeps_every_batch() {
+    // 300 groups: each segment opens with a checkpoint of a dozen or more 1 KiB records.
+    let options = WalOptions { max_record_bytes: 1024, ..options() };
+    let mut batches: Vec<Vec<Item>> = Vec::new();
+    for chunk in 0..3u64 {
+        batches.push(
+            (chunk * 100..(chunk + 1) * 100)
+                .map(|g| Item::Save(g, Some(hs(g + 1, 0)), vec![]))
+                .collect(),
+        );
+    }
+    for round in 1..=8u64 {
+        let (g, index) = (round % 3, round.div_ceil(3));
+        batches.push(vec![
+            Item::Save(g, Some(hs(g + 1, round)), run(g, index, index, 9, 700)),
+            Item::Save(200 + g, None, run(200 + g, index, index, 9, 200)),
+        ]);
+    }
+    let states: Vec<BTreeMap<u64, Model>> = {
+        let mut models: BTreeMap<u64, Model> = BTreeMap::new();
+        let mut states = vec![models.clone()];
+        for items in &batches {
+            for item in items {
+                let Item::Save(g, state, es) = item else { unreachable!("saves only") };
+                let model = models.entry(*g).or_default();
+                assert_eq!(model.append(es), Outcome::Ok(()));
+                if let Some(state) = state {
+                    model.hard_state = *state;
+                }
+            }
+            states.push(models.clone());
+        }
+        states
+    };
+    let mut points = 0u64;
+    // Bounded: the workload's I/O operations are finite; checked below.
+    for at in 0.. {
+        let mut reached = false;
+        for seed in [None, Some(at)] {
+            let fs = CrashFs::new();
+            fs.inject(Fault { at_op: at, kind: FaultKind::Halt });
+            let mut acked = 0;
+            if let Ok(engine) = open(&fs, &options) {
+                for items in &batches {
+                    if write_batch(&engine, items).is_err() {
+                        break;
+                    }
+                    acked += 1;
+                }
+            }
+            reached |= fs.is_halted();
+            match seed {
+                Some(seed) => fs.crash(seed),
+                None => fs.crash_lose_all_unsynced(),
+            }
+            fs.clear_faults();
+            let engine = open(&fs, &options)
+                .unwrap_or_else(|e| panic!("reopen after a crash at op {at} ({seed:?}): {e}"));
+            let newest = (acked + 1).min(batches.len());
+            let found = (acked..=newest).any(|k| {
+                matches_state(&engine, &states[k]).is_ok()
+                    && engine.group_ids().len() == states[k].len()
+            });
+            assert!(found, "crash at op {at} ({seed:?}), {acked} batches acknowledged");
+        }
+        if !reached {
+            break;
+        }
+        points += 1;
+        assert!(points < 100_000, "the workload must end");
+    }
+    assert!(points > 20, "the workload performs many I/O operations, saw {points}");
+    println!("checkpoint crash points checked: {points} x 2 power cuts");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Index memory.
 
