@@ -598,6 +598,31 @@ fn on_the_real_file_system_groups_and_snapshots_survive_reopen_and_a_second_open
 }
 
 #[test]
+fn every_handle_on_a_group_sees_its_snapshot_in_progress_among_many_other_handles() {
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options()).unwrap();
+    let first = engine.group(1).unwrap();
+    first.save(Some(&hs(1, 5)), &run(1, 1, 10, 1, 50)).unwrap();
+    // Many handles on other groups come and go (the engine prunes its handle table as it grows);
+    // some are kept, so the table holds more than a few entries.
+    let kept: Vec<GroupStorage> = (2..300).map(|g| engine.group(g).unwrap()).collect();
+    for g in 300..1_000 {
+        drop(engine.group(g).unwrap());
+    }
+    let second = engine.group(1).unwrap();
+    let mut writer = first.snapshot_writer(8, Some(voters(&[1]))).unwrap();
+    std::io::Write::write_all(&mut writer, b"state at 8").unwrap();
+    assert!(
+        matches!(second.snapshot(), Err(Error::SnapshotTemporarilyUnavailable)),
+        "a second handle sees the snapshot being written"
+    );
+    let snapshot = writer.finish().unwrap();
+    assert_eq!(second.snapshot().unwrap(), snapshot);
+    assert_eq!(snapshot.data, Bytes::from_static(b"state at 8"));
+    assert_eq!(kept.len(), 298);
+}
+
+#[test]
 fn unknown_files_in_wal_and_snap_do_not_disturb_open() {
     let fs = CrashFs::new();
     let engine = open(&fs, &options()).unwrap();
