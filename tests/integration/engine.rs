@@ -1623,6 +1623,50 @@ fn a_hundred_thousand_recovered_entries_of_one_group_cost_at_most_8_bytes_each()
     );
 }
 
+#[test]
+fn a_hundred_thousand_entries_of_one_group_cost_at_most_8_bytes_each_as_written() {
+    const ENTRIES: u64 = 100_000;
+    // Room for the group's own structures, independent of the entry count.
+    const CONSTANT_BYTES: usize = 16 << 10;
+    let options =
+        WalOptions { segment_size_bytes: 4 << 20, max_record_bytes: 4 << 20, ..options() };
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    let mut batch = WriteBatch::new();
+    for chunk in 0..ENTRIES / 1000 {
+        batch.save(1, None, &run(1, chunk * 1000 + 1, (chunk + 1) * 1000, 1, 8)).unwrap();
+        engine.write(&mut batch).unwrap();
+    }
+    let (bytes, live) = engine.index_memory();
+    assert_eq!(live as u64, ENTRIES);
+    let bound = 8 * ENTRIES as usize + CONSTANT_BYTES;
+    assert!(
+        bytes <= bound,
+        "{bytes} bytes of index for {ENTRIES} entries as written, bound {bound}"
+    );
+}
+
+#[test]
+fn an_index_compacted_to_ten_entries_costs_at_most_8_bytes_each_plus_a_constant() {
+    const ENTRIES: u64 = 100_000;
+    const CONSTANT_BYTES: usize = 16 << 10;
+    let options =
+        WalOptions { segment_size_bytes: 4 << 20, max_record_bytes: 4 << 20, ..options() };
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    let mut batch = WriteBatch::new();
+    for chunk in 0..ENTRIES / 1000 {
+        batch.save(1, None, &run(1, chunk * 1000 + 1, (chunk + 1) * 1000, 1, 8)).unwrap();
+        engine.write(&mut batch).unwrap();
+    }
+    engine.group(1).unwrap().compact(ENTRIES - 10).unwrap();
+    engine.purge().unwrap();
+    let (bytes, live) = engine.index_memory();
+    assert_eq!(live, 10);
+    let bound = 8 * live + CONSTANT_BYTES;
+    assert!(bytes <= bound, "{bytes} bytes of index for {live} live entries, bound {bound}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bit flips.
 
