@@ -3,7 +3,8 @@
 //! Each check takes an input a fuzzer can produce (raw bytes, or operations decoded with
 //! [`arbitrary`]) and panics on a finding. The same functions serve two callers: the libFuzzer
 //! targets in `fuzz/` (nightly, `cargo fuzz run <target>`) and the corpus replay test, which runs
-//! every committed corpus file through them on stable Rust.
+//! every committed corpus file through them on stable Rust (`engine_recovery`'s corpus is replayed
+//! by the engine tests).
 //!
 //! | target          | check                                   | property                          |
 //! |-----------------|-----------------------------------------|-----------------------------------|
@@ -12,6 +13,7 @@
 //! | `snapshot_file` | [`check_snapshot_file`]                 | any snapshot file reads back only if its CRCs hold, never a panic |
 //! | `storage_model` | [`check_storage_model`]                 | WalStorage answers exactly like [`crate::MemoryStorage`] |
 //! | `snapshot_recovery` | [`check_snapshot_recovery`]         | a tampered snapshot directory opens to a verified snapshot or `Corruption`, never a panic; an intact marked snapshot is recovered as it was |
+//! | `engine_recovery` | [`check_engine_recovery`]             | groups of one LogEngine changed by batches, snapshots and removals under faults, power cuts and reopens answer like their models in an allowed state: nothing acknowledged lost, each batch whole or absent across groups |
 //! | `raft_message`  | [`check_raft_message`]                  | the Raft wire decoders never panic, accept only canonical bytes, and round-trip structured messages |
 //!
 //! Inputs are bounded (operations, entry and snapshot sizes) so that one execution stays in the
@@ -24,6 +26,7 @@
 
 mod compare;
 mod decode;
+mod engine;
 mod message;
 mod ops;
 mod seeds;
@@ -32,6 +35,9 @@ mod storage;
 
 pub use compare::{Outcome, answers_like, same_answers, same_state};
 pub use decode::{DECODE_MAX_RECORD_BYTES, check_decode, check_decode_dir, check_snapshot_file};
+pub use engine::{
+    BatchItem, EngineCase, EngineOp, MAX_ENGINE_OPS, check_engine_recovery, engine_options,
+};
 pub use message::check_raft_message;
 pub use ops::{FaultChoice, RecoveryOp, StorageOp};
 pub use seeds::{

@@ -4,6 +4,7 @@
 mod adapter_openraft;
 #[cfg(feature = "raft-rs")]
 mod adapter_raft_rs;
+mod engine;
 mod etcd_cases;
 mod footer;
 mod fuzz_corpus;

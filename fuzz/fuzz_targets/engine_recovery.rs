@@ -1,0 +1,8 @@
+//! Many groups of one LogEngine, written in batches, crashed and reopened, answer like their
+//! models: nothing acknowledged lost, every batch whole or absent across its groups.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use raftwal::fuzzing::{EngineCase, check_engine_recovery};
+
+fuzz_target!(|case: EngineCase| check_engine_recovery(&case));
