@@ -1,7 +1,9 @@
 //! The in-memory index of the live log: where each entry's record lies, and each entry's term.
 //!
-//! Memory per entry is one [`Loc`] (8 bytes); terms are stored as runs (a leader writes many
-//! entries in one term), so they cost next to nothing per entry.
+//! Memory per entry is one 32-bit record offset (4 bytes, at most 8 with the deque's spare room
+//! while it grows); the segment of each entry and its term are stored as runs (a group's
+//! consecutive entries share a segment, and a leader writes many entries in one term), so they
+//! cost next to nothing per entry.
 
 use std::collections::VecDeque;
 
@@ -30,6 +32,13 @@ struct TermRun {
     term: u64,
 }
 
+/// Entries from `first` on (up to the next run) lie in segment `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SegmentRun {
+    first: u64,
+    segment: u32,
+}
+
 /// The dummy entry, then one [`Loc`] and term per live entry.
 ///
 /// Entries in `(dummy, base]` are *missing*: a checkpoint says they exist, but their records lay
@@ -39,9 +48,12 @@ struct TermRun {
 pub struct LogIndex {
     dummy_index: u64,
     dummy_term: u64,
-    // Invariant: dummy_index <= base; locs[k] locates entry base + 1 + k.
+    // Invariant: dummy_index <= base; offsets[k] is the record offset of entry base + 1 + k.
     base: u64,
-    locs: VecDeque<Loc>,
+    offsets: VecDeque<u32>,
+    // Invariant: cover (base, last] exactly (empty when no entry has a location); first indices
+    // strictly increase; segments never decrease (later entries are written later).
+    segments: VecDeque<SegmentRun>,
     // Invariant: runs cover (dummy_index, last] exactly (empty when no entry is live); first
     // indices strictly increase; runs[0].first == dummy_index + 1. Missing entries have term 0.
     runs: VecDeque<TermRun>,
@@ -54,7 +66,8 @@ impl LogIndex {
             dummy_index,
             dummy_term,
             base: dummy_index,
-            locs: VecDeque::new(),
+            offsets: VecDeque::new(),
+            segments: VecDeque::new(),
             runs: VecDeque::new(),
         }
     }
@@ -82,7 +95,7 @@ impl LogIndex {
 
     /// The last index (the dummy's when no entry is live).
     pub fn last_index(&self) -> u64 {
-        self.base + self.locs.len() as u64
+        self.base + self.offsets.len() as u64
     }
 
     /// Number of live entries.
@@ -116,7 +129,15 @@ impl LogIndex {
             self.dummy_index,
             self.last_index()
         );
-        if index <= self.base { Loc::MISSING } else { self.locs[(index - self.base - 1) as usize] }
+        if index <= self.base {
+            return Loc::MISSING;
+        }
+        let at = self.segments.partition_point(|run| run.first <= index);
+        debug_assert!(at > 0, "segment runs cover every located entry");
+        Loc {
+            segment: self.segments[at - 1].segment,
+            offset: self.offsets[(index - self.base - 1) as usize],
+        }
     }
 
     /// Location of the first live entry, if any.
@@ -144,12 +165,19 @@ impl LogIndex {
             "append at {first} overflows the index space"
         );
         self.truncate_from(first);
+        if terms.len() > 0 && self.segments.back().is_none_or(|run| run.segment != loc.segment) {
+            assert!(
+                self.segments.back().is_none_or(|run| run.segment < loc.segment),
+                "entries are written to segments in order"
+            );
+            self.segments.push_back(SegmentRun { first, segment: loc.segment });
+        }
         for (k, term) in terms.enumerate() {
             let index = first + k as u64;
             if self.runs.back().is_none_or(|run| run.term != term) {
                 self.runs.push_back(TermRun { first: index, term });
             }
-            self.locs.push_back(loc);
+            self.offsets.push_back(loc.offset);
         }
         self.check();
     }
@@ -158,9 +186,12 @@ impl LogIndex {
     fn truncate_from(&mut self, index: u64) {
         if index <= self.base {
             self.base = index - 1;
-            self.locs.clear();
+            self.offsets.clear();
         } else {
-            self.locs.truncate((index - self.base - 1) as usize);
+            self.offsets.truncate((index - self.base - 1) as usize);
+        }
+        while self.segments.back().is_some_and(|run| run.first >= index) {
+            self.segments.pop_back();
         }
         while self.runs.back().is_some_and(|run| run.first >= index) {
             self.runs.pop_back();
@@ -177,8 +208,17 @@ impl LogIndex {
             self.last_index()
         );
         if index > self.base {
-            self.locs.drain(..(index - self.base) as usize);
+            self.offsets.drain(..(index - self.base) as usize);
             self.base = index;
+            // Keep the segment run that covers index + 1, moved to start there.
+            while self.segments.len() > 1 && self.segments[1].first <= index + 1 {
+                self.segments.pop_front();
+            }
+            if self.offsets.is_empty() {
+                self.segments.clear();
+            } else if let Some(run) = self.segments.front_mut() {
+                run.first = index + 1;
+            }
         }
         // Keep the run that covers index + 1, moved to start there.
         while self.runs.len() > 1 && self.runs[1].first <= index + 1 {
@@ -186,6 +226,18 @@ impl LogIndex {
         }
         self.dummy_index = index;
         self.dummy_term = term;
+        // Give back the room compaction left: a deque's capacity never shrinks by itself, so a
+        // log compacted down to a few entries would keep the memory of its longest length.
+        // Amortized: the capacity is at least four times the length before it is halved.
+        if self.offsets.capacity() > 4 * self.offsets.len().max(16) {
+            self.offsets.shrink_to(2 * self.offsets.len());
+        }
+        if self.runs.capacity() > 4 * self.runs.len().max(4) {
+            self.runs.shrink_to(2 * self.runs.len());
+        }
+        if self.segments.capacity() > 4 * self.segments.len().max(4) {
+            self.segments.shrink_to(2 * self.segments.len());
+        }
         if self.last_index() == index {
             self.runs.clear();
         } else if let Some(run) = self.runs.front_mut() {
@@ -206,13 +258,16 @@ impl LogIndex {
 
     /// Releases spare capacity (after recovery built the index).
     pub fn shrink(&mut self) {
-        self.locs.shrink_to_fit();
+        self.offsets.shrink_to_fit();
+        self.segments.shrink_to_fit();
         self.runs.shrink_to_fit();
     }
 
     /// Bytes of heap this index holds (for the benchmark's memory-per-entry figure).
     pub fn heap_bytes(&self) -> usize {
-        self.locs.capacity() * size_of::<Loc>() + self.runs.capacity() * size_of::<TermRun>()
+        self.offsets.capacity() * size_of::<u32>()
+            + self.segments.capacity() * size_of::<SegmentRun>()
+            + self.runs.capacity() * size_of::<TermRun>()
     }
 
     fn check(&self) {
@@ -236,6 +291,20 @@ impl LogIndex {
         }
         debug_assert!(
             self.runs.iter().zip(self.runs.iter().skip(1)).all(|(a, b)| a.first < b.first)
+        );
+        assert_eq!(
+            self.segments.is_empty(),
+            self.offsets.is_empty(),
+            "segment runs cover exactly the located entries"
+        );
+        if let Some(run) = self.segments.front() {
+            assert_eq!(run.first, self.base + 1, "the first segment run starts after the base");
+        }
+        debug_assert!(
+            self.segments
+                .iter()
+                .zip(self.segments.iter().skip(1))
+                .all(|(a, b)| { a.first < b.first && a.segment < b.segment })
         );
         debug_assert!(self.runs.back().is_none_or(|run| run.first <= self.last_index()));
     }
@@ -313,29 +382,38 @@ mod tests {
         #[test]
         fn index_agrees_with_a_map(ops in proptest::collection::vec((0u8..3, 0u64..8, 1u64..6, 0u64..3), 1..60)) {
             let mut index = LogIndex::new(0, 0);
-            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            // Index -> (term, location).
+            let mut model: BTreeMap<u64, (u64, Loc)> = BTreeMap::new();
             let mut dummy = (0u64, 0u64);
             let mut term = 1;
-            for (kind, back, len, bump) in ops {
+            // Each append is a new record; every other one starts a new segment.
+            let mut at = Loc { segment: 1, offset: 40 };
+            for (k, (kind, back, len, bump)) in ops.into_iter().enumerate() {
                 let last = dummy.0 + model.len() as u64;
                 if kind < 2 {
                     let first = (last + 1).saturating_sub(back).max(dummy.0 + 1);
                     term += bump;
+                    at = if k % 2 == 0 {
+                        Loc { segment: at.segment + 1, offset: 40 }
+                    } else {
+                        Loc { segment: at.segment, offset: at.offset + 64 }
+                    };
                     model.retain(|&i, _| i < first);
                     for i in first..first + len {
-                        model.insert(i, term);
+                        model.insert(i, (term, at));
                     }
-                    index.append(first, std::iter::repeat_n(term, len as usize), L);
+                    index.append(first, std::iter::repeat_n(term, len as usize), at);
                 } else if last > dummy.0 {
-                    let at = last.saturating_sub(back).max(dummy.0 + 1);
-                    dummy = (at, model[&at]);
-                    model.retain(|&i, _| i > at);
-                    index.compact(at, dummy.1);
+                    let cut = last.saturating_sub(back).max(dummy.0 + 1);
+                    dummy = (cut, model[&cut].0);
+                    model.retain(|&i, _| i > cut);
+                    index.compact(cut, dummy.1);
                 }
                 prop_assert_eq!(index.last_index(), dummy.0 + model.len() as u64);
                 prop_assert_eq!(index.term(dummy.0).unwrap(), dummy.1);
-                for (i, t) in &model {
+                for (i, (t, loc)) in &model {
                     prop_assert_eq!(index.term(*i).unwrap(), *t);
+                    prop_assert_eq!(index.loc(*i), *loc);
                 }
             }
         }

@@ -40,8 +40,11 @@ pub struct PurgeReport {
     /// The groups pinning the most bytes after the purge: `(group, bytes of segments from the
     /// one holding its first live entry to the end of the log)`, largest first.
     pub top_pinning: Vec<(u64, u64)>,
-    /// Bytes of segment files after the purge.
+    /// Bytes of live segment files after the purge.
     pub bytes_on_disk: u64,
+    /// Released segment files kept for reuse (not counted in `bytes_on_disk`; at most
+    /// `purge_threshold_bytes / segment_size_bytes + 2`, see `WalOptions::recycle_segments`).
+    pub pooled_files: usize,
 }
 
 impl Engine {
@@ -56,8 +59,18 @@ impl Engine {
         self.release(&mut report)?;
         self.rewrite(&mut report)?;
         let inner = self.read();
-        let sizes = segment_sizes(&inner);
+        // The files' lengths as they are (a recycled file keeps the length of its longest use).
+        let sizes: Vec<(u64, u64)> = inner
+            .sealed
+            .iter()
+            .map(|(seq, s)| (*seq, s.file.len().unwrap_or(s.size)))
+            .chain([(
+                inner.writer.active.sequence,
+                inner.writer.active.file.len().unwrap_or(inner.writer.active_size()),
+            )])
+            .collect();
         report.bytes_on_disk = sizes.iter().map(|(_, len)| len).sum();
+        report.pooled_files = inner.writer.pool.len();
         let mut pinning: Vec<(u64, u64)> = inner
             .state
             .iter()

@@ -175,6 +175,11 @@ impl EngineState {
     /// Drops every piece of `group`'s state.
     pub fn remove(&mut self, group: u64) {
         self.groups.remove(&group);
+        // The table's capacity never shrinks by itself: give back most of it once it is mostly
+        // empty (amortized: only after three quarters of it were removed).
+        if self.groups.capacity() > 4 * self.groups.len().max(16) {
+            self.groups.shrink_to(2 * self.groups.len());
+        }
     }
 
     /// A checkpoint (all its parts, in order): establishes the state when it starts the replay

@@ -731,8 +731,10 @@ impl Writer {
         let Some(footer) = footer else {
             // No footer: a trailer an earlier seal left (the segment was resumed after it) must
             // not point open at a footer that lists only part of the segment.
-            if file_len >= TRAILER_LEN as u64 {
-                let at = file_len - TRAILER_LEN as u64;
+            // Only past the records: where a trailer can be (records written over one since
+            // have replaced it).
+            let at = file_len.saturating_sub(TRAILER_LEN as u64);
+            if at >= self.active.write_offset {
                 self.active
                     .file
                     .write_all_at(&[0u8; TRAILER_LEN], at)

@@ -802,7 +802,9 @@ fn append_one_by_one(group: &GroupStorage, first: u64, last: u64) {
 
 #[test]
 fn a_segment_whose_removal_fails_is_kept_and_released_by_a_later_purge() {
-    let options = WalOptions { purge_threshold_bytes: 1 << 40, ..options() };
+    // Released segments are deleted, not kept for reuse: the removal is what fails here.
+    let options =
+        WalOptions { purge_threshold_bytes: 1 << 40, recycle_segments: false, ..options() };
     let fs = CrashFs::new();
     let failing = Arc::new(AtomicBool::new(true));
     let hook_failing = failing.clone();
@@ -1720,6 +1722,22 @@ fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
             }
             Err(e) => panic!("bit {bit}: {e}"),
             Ok(engine) => {
+                // A sealed segment opened through its footer has its payloads checked when
+                // read: a read may refuse, naming the segment, but never answer wrongly.
+                let refused_on_read = models.keys().any(|&g| {
+                    let group = engine.group(g).unwrap();
+                    let (first, last) = (group.first_index().unwrap(), group.last_index().unwrap());
+                    last >= first
+                        && matches!(
+                            group.entries(first, last + 1, u64::MAX),
+                            Err(Error::Corruption { segment, .. })
+                                if segment.to_string_lossy().contains(&names[0])
+                        )
+                });
+                if refused_on_read {
+                    refused += 1;
+                    continue;
+                }
                 if let Err(difference) = matches_state(&engine, &models) {
                     panic!("bit {bit}: opened with a wrong answer: {difference}");
                 }
