@@ -371,3 +371,46 @@ fn large_records_of_sealed_segments_read_back_and_a_cut_inside_one_is_torn() {
         other => panic!("a record cut short must read as torn, got {other:?}"),
     }
 }
+
+/// A directory of another format version is refused in every recovery mode, naming the
+/// segment and the version, and nothing in it is changed: cutting it would drop a whole log.
+#[test]
+fn a_log_of_another_format_version_is_refused_and_left_untouched() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options()).unwrap();
+    for i in 1..=40 {
+        wal.save(Some(&HardState { term: 1, vote: 1, commit: i }), &[entry(i, 1, 100)]).unwrap();
+    }
+    wal.close().unwrap();
+    let names = segments(&fs, &wal_dir());
+    assert!(names.len() > 1, "the log spans segments");
+    // Every segment as version 1 wrote it (the CRC vouches for the version).
+    for name in &names {
+        let path = wal_dir().join(name);
+        let mut bytes = fs.read_file(&path).unwrap();
+        bytes[format::VERSION_OFFSET..format::VERSION_OFFSET + 4]
+            .copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        fs.write_file_raw(&path, &bytes).unwrap();
+    }
+    // The segments as they are (a leftover temp file is no part of the log).
+    let log = |fs: &CrashFs| -> Vec<(String, u32)> {
+        segments(fs, &wal_dir())
+            .into_iter()
+            .map(|n| (n.clone(), crc32fast::hash(&fs.read_file(&wal_dir().join(&n)).unwrap())))
+            .collect()
+    };
+    let before = log(&fs);
+    for mode in [raftwal::RecoveryMode::Strict, raftwal::RecoveryMode::TruncateCorrupt] {
+        match open(&fs, &WalOptions { recovery_mode: mode, ..options() }) {
+            Err(Error::Corruption { segment, kind, .. }) => {
+                assert_eq!(segment, PathBuf::from(&names[0]), "{mode:?}");
+                assert_eq!(kind, raftwal::CorruptionKind::UnsupportedVersion(1), "{mode:?}");
+                assert!(kind.to_string().contains("version 1"));
+            }
+            other => panic!("{mode:?}: a version 1 log must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(log(&fs), before, "a refused log is left as it was");
+}
