@@ -1,0 +1,456 @@
+//! `MultiRaft`: many groups per node on one `LogEngine`, over an in-process network of three
+//! nodes, each on its own engine over its own `CrashFs`. Every batch crosses the network as
+//! bytes (`Batch::encode` / `decode`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raftwal::io::{CrashFs, Fs};
+use raftwal::raft::{Batch, Config, MultiRaft, ReadOnlyOption, StateRole};
+use raftwal::{ConfState, EntryType, LogEngine, WalOptions};
+
+/// Limit on delivery rounds in `stabilize`; a correct cluster goes quiet long before.
+const MAX_ROUNDS: usize = 1_000;
+/// Limit on ticks while waiting for something that needs a few election timeouts.
+const MAX_TICKS: usize = 200;
+
+const NODES: [u64; 3] = [1, 2, 3];
+
+fn options() -> WalOptions {
+    WalOptions {
+        // Large enough that no test rolls a segment over (a seal is a sync of its own).
+        segment_size_bytes: 4 << 20,
+        prepare_in_background: false,
+        ..WalOptions::default()
+    }
+}
+
+fn config(id: u64) -> Config {
+    Config { id, election_tick: 10, heartbeat_tick: 1, seed: 7, ..Config::default() }
+}
+
+fn voters() -> ConfState {
+    ConfState { voters: NODES.to_vec(), ..ConfState::default() }
+}
+
+struct Cluster {
+    nodes: BTreeMap<u64, MultiRaft>,
+    /// Nodes cut off from every other.
+    isolated: BTreeSet<u64>,
+    /// Payloads of applied normal entries, per (node, group).
+    applied: BTreeMap<(u64, u64), Vec<Bytes>>,
+    /// Confirmed reads, per (node, group).
+    reads: BTreeMap<(u64, u64), Vec<Bytes>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for id in NODES {
+            let fs: Fs = Arc::new(CrashFs::new());
+            let dir = format!("/node{id}");
+            let engine = LogEngine::open_with_fs(fs, Path::new(&dir), options()).unwrap();
+            nodes.insert(id, MultiRaft::new(id, engine).unwrap());
+        }
+        Cluster {
+            nodes,
+            isolated: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+        }
+    }
+
+    /// Groups `groups` on every node, all with the three nodes as voters.
+    fn create(&mut self, groups: impl IntoIterator<Item = u64> + Clone) {
+        for (id, node) in self.nodes.iter_mut() {
+            for g in groups.clone() {
+                node.create_group(g, config(*id), Some(voters())).unwrap();
+            }
+        }
+    }
+
+    fn node(&mut self, id: u64) -> &mut MultiRaft {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// One ready cycle on every node with something to do; the batches they handed out,
+    /// through their encoding.
+    fn cycle(&mut self) -> Vec<Batch> {
+        let mut out = Vec::new();
+        for (id, node) in self.nodes.iter_mut() {
+            if !node.has_ready() {
+                continue;
+            }
+            let rd = node.ready().unwrap();
+            for g in rd.groups {
+                for e in &g.committed_entries {
+                    if e.entry_type == EntryType::Normal && !e.data.is_empty() {
+                        self.applied.entry((*id, g.group)).or_default().push(e.data.clone());
+                    }
+                }
+                for rs in g.read_states {
+                    self.reads.entry((*id, g.group)).or_default().push(rs.request_ctx);
+                }
+            }
+            for b in rd.batches {
+                assert_eq!(b.from, *id);
+                out.push(Batch::decode(&b.encode()).unwrap());
+            }
+        }
+        out
+    }
+
+    fn deliver(&mut self, batches: Vec<Batch>) {
+        for b in batches {
+            if self.isolated.contains(&b.from) || self.isolated.contains(&b.to) {
+                continue;
+            }
+            self.nodes.get_mut(&b.to).unwrap().step(b).unwrap();
+        }
+    }
+
+    /// Cycles and delivers until no node has anything to do.
+    fn stabilize(&mut self) {
+        for _ in 0..MAX_ROUNDS {
+            let batches = self.cycle();
+            if batches.is_empty() && self.nodes.values().all(|n| !n.has_ready()) {
+                return;
+            }
+            self.deliver(batches);
+        }
+        panic!("the cluster did not go quiet within {MAX_ROUNDS} rounds");
+    }
+
+    fn tick_all(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.tick();
+        }
+    }
+
+    fn elect(&mut self, group: u64, leader: u64) {
+        self.node(leader).campaign(group).unwrap();
+        self.stabilize();
+        for id in NODES {
+            let st = self.nodes[&id].status(group).unwrap();
+            assert_eq!(st.leader, leader, "group {group} on node {id}");
+        }
+    }
+
+    fn applied(&self, node: u64, group: u64) -> Vec<Bytes> {
+        self.applied.get(&(node, group)).cloned().unwrap_or_default()
+    }
+
+    fn all_quiesced(&self, groups: &[u64], nodes: &[u64]) -> bool {
+        nodes.iter().all(|n| groups.iter().all(|g| self.nodes[n].is_quiesced(*g)))
+    }
+
+    /// Ticks (delivering everything after each tick) until every group is quiesced on every
+    /// node.
+    fn quiesce(&mut self, groups: &[u64]) {
+        for _ in 0..MAX_TICKS {
+            if self.all_quiesced(groups, &NODES) {
+                return;
+            }
+            self.tick_all();
+            self.stabilize();
+        }
+        panic!("groups {groups:?} did not quiesce within {MAX_TICKS} ticks");
+    }
+}
+
+fn leader_of(group: u64) -> u64 {
+    NODES[(group % 3) as usize]
+}
+
+#[test]
+fn groups_on_one_engine_elect_replicate_and_report_status() {
+    let mut c = Cluster::new();
+    let groups: Vec<u64> = (1..=6).collect();
+    c.create(groups.clone());
+    for g in &groups {
+        c.elect(*g, leader_of(*g));
+    }
+    for g in &groups {
+        c.node(leader_of(*g)).propose(*g, format!("v{g}")).unwrap();
+    }
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.nodes[&id].engine().group_ids(), groups, "node {id} stores every group");
+        for g in &groups {
+            assert_eq!(
+                c.applied(id, *g),
+                vec![Bytes::from(format!("v{g}"))],
+                "node {id} group {g}"
+            );
+            let st = c.nodes[&id].status(*g).unwrap();
+            // Index 1: the new leader's empty entry; 2: the proposal.
+            assert_eq!(st.leader, leader_of(*g));
+            assert_eq!(
+                st.role,
+                if id == leader_of(*g) { StateRole::Leader } else { StateRole::Follower }
+            );
+            assert_eq!(st.term, 1);
+            assert_eq!(st.commit, 2);
+            assert_eq!(st.applied, 2);
+            assert_eq!(st.first_index, 1);
+            assert_eq!(st.last_index, 2);
+        }
+    }
+}
+
+#[test]
+fn one_sync_per_cycle_whatever_the_number_of_groups() {
+    let mut c = Cluster::new();
+    let groups: Vec<u64> = (1..=16).collect();
+    c.create(groups.clone());
+    for g in &groups {
+        c.elect(*g, 1);
+    }
+    for g in &groups {
+        c.node(1).propose(*g, format!("p{g}")).unwrap();
+    }
+    let before = c.nodes[&1].engine().metrics();
+    let rd = c.node(1).ready().unwrap();
+    let after = c.nodes[&1].engine().metrics();
+    assert_eq!(after.syncs - before.syncs, 1, "one sync for the 16 groups' entries");
+    assert_eq!(after.entries_written - before.entries_written, 16);
+    assert_eq!(rd.batches.len(), 2, "one batch per follower node");
+    for b in &rd.batches {
+        assert_eq!(b.messages.len(), 16, "an append per group in the batch for node {}", b.to);
+    }
+    // The followers append the 16 groups' entries with one sync each, and answer in one
+    // batch.
+    for b in rd.batches {
+        let to = b.to;
+        c.node(to).step(Batch::decode(&b.encode()).unwrap()).unwrap();
+        let before = c.nodes[&to].engine().metrics();
+        let rd = c.node(to).ready().unwrap();
+        let after = c.nodes[&to].engine().metrics();
+        assert_eq!(after.syncs - before.syncs, 1, "node {to}");
+        assert_eq!(after.entries_written - before.entries_written, 16, "node {to}");
+        assert_eq!(rd.batches.len(), 1, "node {to} answers node 1 in one batch");
+        assert_eq!(rd.batches[0].messages.len(), 16);
+        c.deliver(rd.batches);
+    }
+    c.stabilize();
+    for id in NODES {
+        for g in &groups {
+            assert_eq!(c.applied(id, *g), vec![Bytes::from(format!("p{g}"))]);
+        }
+    }
+}
+
+/// Batches and items sent in one heartbeat round (tick, heartbeats, answers) of `count`
+/// groups led round-robin by the three nodes, quiescence off.
+fn heartbeat_round(count: u64) -> (usize, usize, usize, usize) {
+    let mut c = Cluster::new();
+    let groups: Vec<u64> = (1..=count).collect();
+    c.create(groups.clone());
+    for node in c.nodes.values_mut() {
+        node.set_quiescence(false);
+    }
+    for g in &groups {
+        c.elect(*g, leader_of(*g));
+    }
+    c.tick_all();
+    let beats = c.cycle();
+    let beat_batches = beats.len();
+    let heartbeats: usize = beats.iter().map(|b| b.heartbeats.len()).sum();
+    assert!(beats.iter().all(|b| b.messages.is_empty() && b.heartbeat_resps.is_empty()));
+    c.deliver(beats);
+    let answers = c.cycle();
+    let answer_batches = answers.len();
+    let resps: usize = answers.iter().map(|b| b.heartbeat_resps.len()).sum();
+    assert!(answers.iter().all(|b| b.messages.is_empty() && b.heartbeats.is_empty()));
+    c.deliver(answers);
+    assert!(c.cycle().is_empty(), "caught-up followers need nothing more");
+    (beat_batches, heartbeats, answer_batches, resps)
+}
+
+#[test]
+fn heartbeats_cost_one_batch_per_node_pair_whatever_the_number_of_groups() {
+    // Every node leads some groups: each sends one batch to each other node, and each answers
+    // with one batch, for 3 groups as for 60.
+    assert_eq!(heartbeat_round(3), (6, 6, 6, 6));
+    assert_eq!(heartbeat_round(60), (6, 120, 6, 120));
+}
+
+#[test]
+fn an_idle_group_quiesces_stays_silent_and_wakes_for_work() {
+    let mut c = Cluster::new();
+    let groups: Vec<u64> = (1..=6).collect();
+    c.create(groups.clone());
+    for g in &groups {
+        c.elect(*g, leader_of(*g));
+    }
+    c.quiesce(&groups);
+    let terms: Vec<u64> = groups.iter().map(|g| c.nodes[&1].status(*g).unwrap().term).collect();
+    // Quiesced: ticks send nothing at all, and nobody campaigns.
+    for _ in 0..5 * 10 {
+        c.tick_all();
+        assert!(c.cycle().is_empty(), "a tick of quiesced groups sent something");
+    }
+    for g in &groups {
+        assert_eq!(c.nodes[&2].status(*g).unwrap().term, terms[(*g - 1) as usize]);
+    }
+    // A proposal at the leader wakes the group and commits everywhere.
+    c.node(leader_of(2)).propose(2, "woken").unwrap();
+    assert!(!c.nodes[&leader_of(2)].is_quiesced(2));
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.applied(id, 2), vec![Bytes::from("woken")], "node {id}");
+    }
+    // A proposal at a follower is forwarded, and the forwarded proposal wakes the leader.
+    let follower = NODES.iter().copied().find(|n| *n != leader_of(3)).unwrap();
+    c.node(follower).propose(3, "forwarded").unwrap();
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.applied(id, 3), vec![Bytes::from("forwarded")], "node {id}");
+    }
+    // The other groups slept through it.
+    for g in [1, 4, 5, 6] {
+        assert!(c.all_quiesced(&[g], &NODES), "group {g}");
+    }
+    // A read wakes a quiesced leader, is confirmed by a heartbeat round, and the group then
+    // quiesces again.
+    c.quiesce(&groups);
+    c.node(leader_of(4)).read_index(4, "r").unwrap();
+    c.stabilize();
+    c.tick_all();
+    c.stabilize();
+    assert_eq!(c.reads.get(&(leader_of(4), 4)), Some(&vec![Bytes::from("r")]));
+    c.quiesce(&groups);
+}
+
+#[test]
+fn lease_based_groups_never_quiesce() {
+    let mut c = Cluster::new();
+    for (id, node) in c.nodes.iter_mut() {
+        let cfg = Config {
+            check_quorum: true,
+            read_only_option: ReadOnlyOption::LeaseBased,
+            ..config(*id)
+        };
+        node.create_group(1, cfg, Some(voters())).unwrap();
+        node.create_group(2, config(*id), Some(voters())).unwrap();
+    }
+    c.elect(1, 1);
+    c.elect(2, 1);
+    c.quiesce(&[2]);
+    for _ in 0..30 {
+        c.tick_all();
+        c.stabilize();
+        assert!(!c.nodes[&1].is_quiesced(1), "a leader trusting its lease must keep its clock");
+    }
+    assert_eq!(c.nodes[&2].status(1).unwrap().leader, 1);
+}
+
+#[test]
+fn a_partitioned_leader_of_a_quiesced_group_is_replaced_once_reported() {
+    let mut c = Cluster::new();
+    let groups = [1, 2, 3];
+    c.create(groups);
+    for g in groups {
+        c.elect(g, 1);
+    }
+    c.quiesce(&groups);
+    let old_term = c.nodes[&2].status(1).unwrap().term;
+    c.isolated.insert(1);
+    // Unnoticed, the partition changes nothing: quiesced followers do not tick, so they
+    // neither time out nor campaign.
+    for _ in 0..5 * 10 {
+        c.tick_all();
+        c.stabilize();
+    }
+    for id in [2, 3] {
+        for g in groups {
+            let st = c.nodes[&id].status(g).unwrap();
+            assert!(st.quiesced, "node {id} group {g}");
+            assert_eq!((st.leader, st.term), (1, old_term), "node {id} group {g}");
+        }
+    }
+    // Once the transport reports node 1 unreachable, the followers wake and elect one of
+    // them.
+    c.node(2).report_unreachable(1);
+    c.node(3).report_unreachable(1);
+    let mut elected = false;
+    for _ in 0..MAX_TICKS {
+        c.tick_all();
+        c.stabilize();
+        elected = groups.iter().all(|g| {
+            let (s2, s3) = (c.nodes[&2].status(*g).unwrap(), c.nodes[&3].status(*g).unwrap());
+            s2.leader != 1 && s2.leader != 0 && s2.leader == s3.leader && s2.term > old_term
+        });
+        if elected {
+            break;
+        }
+    }
+    assert!(elected, "no new leader within {MAX_TICKS} ticks");
+    for g in groups {
+        let leader = c.nodes[&2].status(g).unwrap().leader;
+        c.node(leader).propose(g, "after").unwrap();
+    }
+    c.stabilize();
+    for id in [2, 3] {
+        for g in groups {
+            assert_eq!(c.applied(id, g), vec![Bytes::from("after")], "node {id} group {g}");
+        }
+    }
+}
+
+#[test]
+fn a_message_creates_an_allowed_group_and_no_other() {
+    let mut c = Cluster::new();
+    for id in [2, 3] {
+        c.node(id).set_group_factory(Box::new(move |group, _m| (group == 40).then(|| config(id))));
+    }
+    for g in [40, 41] {
+        c.node(1).create_group(g, config(1), Some(voters())).unwrap();
+        c.node(1).campaign(g).unwrap();
+    }
+    c.stabilize();
+    for id in [2, 3] {
+        assert_eq!(c.nodes[&id].group_ids(), vec![40], "node {id}");
+        assert!(c.nodes[&id].stats().dropped > 0, "node {id} dropped the votes for group 41");
+    }
+    assert_eq!(c.nodes[&1].status(40).unwrap().role, StateRole::Leader);
+    assert_ne!(c.nodes[&1].status(41).unwrap().role, StateRole::Leader);
+    c.node(1).propose(40, "x").unwrap();
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.applied(id, 40), vec![Bytes::from("x")], "node {id}");
+        assert_eq!(c.nodes[&id].status(40).unwrap().commit, 2);
+    }
+}
+
+#[test]
+fn a_removed_group_loses_its_state_and_is_not_recreated() {
+    let mut c = Cluster::new();
+    for id in [2, 3] {
+        c.node(id).set_group_factory(Box::new(move |_group, _m| Some(config(id))));
+    }
+    c.create([1, 2]);
+    c.elect(1, 1);
+    c.elect(2, 1);
+    c.node(3).remove_group(2).unwrap();
+    assert_eq!(c.nodes[&3].engine().group_ids(), vec![1]);
+    assert_eq!(c.nodes[&3].group_ids(), vec![1]);
+    let dropped = c.nodes[&3].stats().dropped;
+    // The leader's next heartbeat for group 2 reaches node 3, which drops it.
+    for node in c.nodes.values_mut() {
+        node.set_quiescence(false);
+    }
+    c.tick_all();
+    c.stabilize();
+    assert_eq!(c.nodes[&3].group_ids(), vec![1], "a late message does not recreate group 2");
+    assert!(c.nodes[&3].stats().dropped > dropped);
+    // Both groups still commit: group 2 with the two nodes left.
+    c.node(1).propose(1, "a").unwrap();
+    c.node(1).propose(2, "b").unwrap();
+    c.stabilize();
+    assert_eq!(c.applied(3, 1), vec![Bytes::from("a")]);
+    assert_eq!(c.applied(2, 2), vec![Bytes::from("b")]);
+    assert!(c.applied(3, 2).is_empty());
+}
