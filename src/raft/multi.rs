@@ -508,6 +508,11 @@ impl MultiRaft {
         self.groups.get_mut(&group).map(|g| &mut g.node)
     }
 
+    /// The storage of `group`, if hosted: for snapshots and compaction by the application.
+    pub fn storage(&self, group: u64) -> Option<&GroupStorage> {
+        self.groups.get(&group).map(|g| &g.storage)
+    }
+
     /// The state of `group`, if hosted.
     pub fn status(&self, group: u64) -> Option<GroupStatus> {
         let g = self.groups.get(&group)?;
@@ -542,8 +547,8 @@ impl MultiRaft {
 
     /// Wakes a quiesced group. A follower woken by anything but its leader asks the leader to
     /// wake too, so that heartbeats resume rather than the follower timing out and campaigning
-    /// against a live leader; `skip_leader_wake` names a node not to ask (one just reported
-    /// unreachable, or the leader itself speaking).
+    /// against a live leader; `skip_leader_wake` names a node not to ask (the leader itself,
+    /// when its own message woke the group).
     fn wake_group(&mut self, group: u64, skip_leader_wake: Option<u64>) {
         let id = self.id;
         let Some(g) = self.groups.get_mut(&group) else {
@@ -637,7 +642,10 @@ impl MultiRaft {
             .collect();
         // Bounded by the hosted groups.
         for group in hit {
-            self.wake_group(group, Some(node));
+            // The wake is sent to the leader even when it is the node reported: if the report
+            // was wrong (a transient failure), its heartbeats resume and spare the group an
+            // election; if not, the wake is lost like everything else sent there.
+            self.wake_group(group, None);
             if let Some(g) = self.groups.get_mut(&group) {
                 g.node.report_unreachable(node);
             }

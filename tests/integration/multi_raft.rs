@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs};
 use raftwal::raft::{Batch, Config, MultiRaft, ReadOnlyOption, StateRole};
-use raftwal::{ConfState, EntryType, LogEngine, WalOptions};
+use raftwal::{ConfState, EntryType, LogEngine, Storage, WalOptions};
 
 /// Limit on delivery rounds in `stabilize`; a correct cluster goes quiet long before.
 const MAX_ROUNDS: usize = 1_000;
@@ -43,6 +43,8 @@ struct Cluster {
     applied: BTreeMap<(u64, u64), Vec<Bytes>>,
     /// Confirmed reads, per (node, group).
     reads: BTreeMap<(u64, u64), Vec<Bytes>>,
+    /// Snapshots installed, per (node, group): index and data.
+    snapshots: BTreeMap<(u64, u64), Vec<(u64, Bytes)>>,
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             isolated: BTreeSet::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
         }
     }
 
@@ -85,6 +88,10 @@ impl Cluster {
             }
             let rd = node.ready().unwrap();
             for g in rd.groups {
+                if let Some(snap) = &g.snapshot {
+                    let installed = (snap.metadata.index, snap.data.clone());
+                    self.snapshots.entry((*id, g.group)).or_default().push(installed);
+                }
                 for e in &g.committed_entries {
                     if e.entry_type == EntryType::Normal && !e.data.is_empty() {
                         self.applied.entry((*id, g.group)).or_default().push(e.data.clone());
@@ -453,4 +460,65 @@ fn a_removed_group_loses_its_state_and_is_not_recreated() {
     assert_eq!(c.applied(3, 1), vec![Bytes::from("a")]);
     assert_eq!(c.applied(2, 2), vec![Bytes::from("b")]);
     assert!(c.applied(3, 2).is_empty());
+}
+
+#[test]
+fn a_wrong_unreachable_report_costs_no_election() {
+    let mut c = Cluster::new();
+    let groups = [1, 2];
+    c.create(groups);
+    for g in groups {
+        c.elect(g, 1);
+    }
+    c.quiesce(&groups);
+    let term = c.nodes[&2].status(1).unwrap().term;
+    // Node 1 is alive: the woken follower's wake reaches it, its heartbeats resume, and the
+    // follower never times out.
+    c.node(2).report_unreachable(1);
+    assert!(!c.nodes[&2].is_quiesced(1));
+    for _ in 0..5 * 10 {
+        c.tick_all();
+        c.stabilize();
+    }
+    for id in NODES {
+        for g in groups {
+            let st = c.nodes[&id].status(g).unwrap();
+            assert_eq!((st.leader, st.term), (1, term), "node {id} group {g}");
+        }
+    }
+    assert!(c.all_quiesced(&groups, &NODES), "the group quiesces again");
+}
+
+#[test]
+fn a_lagging_follower_catches_up_from_a_snapshot() {
+    let mut c = Cluster::new();
+    c.create([1, 2]);
+    c.elect(1, 1);
+    c.elect(2, 1);
+    c.isolated.insert(3);
+    for k in 0..5 {
+        c.node(1).propose(1, format!("e{k}")).unwrap();
+        c.node(1).propose(2, format!("e{k}")).unwrap();
+        c.stabilize();
+    }
+    // Node 1 snapshots group 1 at its applied index and compacts the log under it.
+    let applied = c.nodes[&1].status(1).unwrap().applied;
+    let storage = c.nodes[&1].storage(1).unwrap();
+    storage.create_snapshot(applied, Some(voters()), Bytes::from("state")).unwrap();
+    storage.compact(applied).unwrap();
+    c.isolated.clear();
+    for _ in 0..3 {
+        c.tick_all();
+        c.stabilize();
+    }
+    assert_eq!(c.snapshots.get(&(3, 1)), Some(&vec![(applied, Bytes::from("state"))]));
+    let st = c.nodes[&3].status(1).unwrap();
+    assert_eq!((st.first_index, st.applied), (applied + 1, applied));
+    // Group 2 caught up from the log, in the same cycles.
+    assert_eq!(c.applied(3, 2).len(), 5);
+    assert!(!c.snapshots.contains_key(&(3, 2)));
+    c.node(1).propose(1, "after").unwrap();
+    c.stabilize();
+    assert_eq!(c.applied(3, 1), vec![Bytes::from("after")]);
+    assert_eq!(c.nodes[&3].storage(1).unwrap().first_index().unwrap(), applied + 1);
 }
