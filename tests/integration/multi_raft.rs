@@ -45,6 +45,8 @@ struct Cluster {
     reads: BTreeMap<(u64, u64), Vec<Bytes>>,
     /// Snapshots installed, per (node, group): index and data.
     snapshots: BTreeMap<(u64, u64), Vec<(u64, Bytes)>>,
+    /// Drops the quiesce heartbeats of the next batch for this node that has any.
+    lose_quiesce_to: Option<u64>,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            lose_quiesce_to: None,
         }
     }
 
@@ -110,7 +113,11 @@ impl Cluster {
     }
 
     fn deliver(&mut self, batches: Vec<Batch>) {
-        for b in batches {
+        for mut b in batches {
+            if self.lose_quiesce_to == Some(b.to) && b.heartbeats.iter().any(|hb| hb.quiesce) {
+                b.heartbeats.retain(|hb| !hb.quiesce);
+                self.lose_quiesce_to = None;
+            }
             if self.isolated.contains(&b.from) || self.isolated.contains(&b.to) {
                 continue;
             }
@@ -521,4 +528,40 @@ fn a_lagging_follower_catches_up_from_a_snapshot() {
     c.stabilize();
     assert_eq!(c.applied(3, 1), vec![Bytes::from("after")]);
     assert_eq!(c.nodes[&3].storage(1).unwrap().first_index().unwrap(), applied + 1);
+}
+
+#[test]
+fn a_lost_quiesce_heartbeat_costs_no_term_with_pre_vote_and_check_quorum() {
+    let mut c = Cluster::new();
+    for (id, node) in c.nodes.iter_mut() {
+        let cfg = Config { pre_vote: true, check_quorum: true, ..config(*id) };
+        node.create_group(1, cfg, Some(voters())).unwrap();
+    }
+    c.elect(1, 1);
+    let term = c.nodes[&1].status(1).unwrap().term;
+    c.lose_quiesce_to = Some(3);
+    for _ in 0..MAX_TICKS {
+        if c.nodes[&1].is_quiesced(1) {
+            break;
+        }
+        c.tick_all();
+        c.stabilize();
+    }
+    assert!(c.lose_quiesce_to.is_none(), "a quiesce heartbeat for node 3 was lost");
+    assert!(!c.nodes[&3].is_quiesced(1));
+    let wakes = |c: &Cluster, id: u64| c.nodes[&id].stats().wakes;
+    let before = (wakes(&c, 1), wakes(&c, 2));
+    // Node 3 times out and asks for pre-votes; the others, within their lease, refuse, and
+    // their wakes bring the leader's heartbeats back.
+    for _ in 0..5 * 10 {
+        c.tick_all();
+        c.stabilize();
+    }
+    for id in NODES {
+        let st = c.nodes[&id].status(1).unwrap();
+        assert_eq!((st.leader, st.term), (1, term), "node {id}");
+    }
+    assert!(wakes(&c, 1) > before.0, "the pre-vote request woke the leader");
+    assert!(wakes(&c, 2) > before.1, "the pre-vote request woke the other follower");
+    c.quiesce(&[1]);
 }
