@@ -841,17 +841,17 @@ impl MultiRaft {
         }
         let mut out = MultiReady::default();
         let id = self.id;
-        for (group, rd) in readies {
+        for (group, mut rd) in readies {
             let g = self.groups.get_mut(&group).expect("taken above");
-            for m in &rd.messages {
+            // `advance` needs neither the messages nor the reads: moved out, not copied.
+            let messages = std::mem::take(&mut rd.messages);
+            let read_states = std::mem::take(&mut rd.read_states);
+            let answered = read_states.len()
+                + messages.iter().filter(|m| m.msg_type == MessageType::MsgReadIndexResp).count();
+            for m in messages {
                 let batch = self.outbox.entry(m.to).or_insert_with(|| Batch::new(id, m.to));
-                batch.push(group, m.clone());
+                batch.push(group, m);
             }
-            let answered = rd.read_states.len()
-                + rd.messages
-                    .iter()
-                    .filter(|m| m.msg_type == MessageType::MsgReadIndexResp)
-                    .count();
             g.pending_reads = g.pending_reads.saturating_sub(answered);
             if rd.soft_state.is_some() {
                 g.pending_reads = 0;
@@ -873,7 +873,7 @@ impl MultiRaft {
                 snapshot: rd.snapshot.clone(),
                 committed_entries: rd.committed_entries.clone(),
                 conf_state,
-                read_states: rd.read_states.clone(),
+                read_states,
             };
             g.node.advance(rd);
             if app.soft_state.is_some()

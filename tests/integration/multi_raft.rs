@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs};
 use raftwal::raft::{Batch, Config, MultiRaft, ReadOnlyOption, StateRole};
-use raftwal::{ConfState, EntryType, LogEngine, Storage, WalOptions};
+use raftwal::{ConfState, EntryType, LogEngine, Storage, SyncPolicy, WalOptions};
 
 /// Limit on delivery rounds in `stabilize`; a correct cluster goes quiet long before.
 const MAX_ROUNDS: usize = 1_000;
@@ -27,6 +27,11 @@ fn options() -> WalOptions {
     }
 }
 
+fn open_engine(fs: &CrashFs, id: u64, options: &WalOptions) -> LogEngine {
+    let shared: Fs = Arc::new(fs.clone());
+    LogEngine::open_with_fs(shared, Path::new(&format!("/node{id}")), options.clone()).unwrap()
+}
+
 fn config(id: u64) -> Config {
     Config { id, election_tick: 10, heartbeat_tick: 1, seed: 7, ..Config::default() }
 }
@@ -37,6 +42,9 @@ fn voters() -> ConfState {
 
 struct Cluster {
     nodes: BTreeMap<u64, MultiRaft>,
+    /// Each node's file system, kept across restarts.
+    fs: BTreeMap<u64, CrashFs>,
+    options: WalOptions,
     /// Nodes cut off from every other.
     isolated: BTreeSet<u64>,
     /// Payloads of applied normal entries, per (node, group).
@@ -51,15 +59,20 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_options(options())
+    }
+
+    fn with_options(options: WalOptions) -> Cluster {
         let mut nodes = BTreeMap::new();
+        let mut fs = BTreeMap::new();
         for id in NODES {
-            let fs: Fs = Arc::new(CrashFs::new());
-            let dir = format!("/node{id}");
-            let engine = LogEngine::open_with_fs(fs, Path::new(&dir), options()).unwrap();
-            nodes.insert(id, MultiRaft::new(id, engine).unwrap());
+            fs.insert(id, CrashFs::new());
+            nodes.insert(id, MultiRaft::new(id, open_engine(&fs[&id], id, &options)).unwrap());
         }
         Cluster {
             nodes,
+            fs,
+            options,
             isolated: BTreeSet::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -75,6 +88,20 @@ impl Cluster {
                 node.create_group(g, config(*id), Some(voters())).unwrap();
             }
         }
+    }
+
+    /// Cuts node `id`'s power (unsynced writes lost or kept as `seed` picks) and restarts it
+    /// with every group its engine holds.
+    fn power_cut(&mut self, id: u64, seed: u64) {
+        drop(self.nodes.remove(&id));
+        self.fs[&id].crash(seed);
+        let mut node = MultiRaft::new(id, open_engine(&self.fs[&id], id, &self.options)).unwrap();
+        for g in node.engine().group_ids() {
+            node.create_group(g, config(id), None).unwrap();
+        }
+        self.nodes.insert(id, node);
+        // Applied nothing yet: the restarted node is handed its committed entries again.
+        self.applied.retain(|(node, _), _| *node != id);
     }
 
     fn node(&mut self, id: u64) -> &mut MultiRaft {
@@ -216,7 +243,14 @@ fn groups_on_one_engine_elect_replicate_and_report_status() {
 
 #[test]
 fn one_sync_per_cycle_whatever_the_number_of_groups() {
-    let mut c = Cluster::new();
+    // The write syncs (Always), or the cycle syncs once after it (Never).
+    for policy in [SyncPolicy::Always, SyncPolicy::Never] {
+        one_sync_per_cycle(policy);
+    }
+}
+
+fn one_sync_per_cycle(policy: SyncPolicy) {
+    let mut c = Cluster::with_options(WalOptions { sync_policy: policy, ..options() });
     let groups: Vec<u64> = (1..=16).collect();
     c.create(groups.clone());
     for g in &groups {
@@ -228,7 +262,7 @@ fn one_sync_per_cycle_whatever_the_number_of_groups() {
     let before = c.nodes[&1].engine().metrics();
     let rd = c.node(1).ready().unwrap();
     let after = c.nodes[&1].engine().metrics();
-    assert_eq!(after.syncs - before.syncs, 1, "one sync for the 16 groups' entries");
+    assert_eq!(after.syncs - before.syncs, 1, "{policy:?}: one sync for the 16 groups' entries");
     assert_eq!(after.entries_written - before.entries_written, 16);
     assert_eq!(rd.batches.len(), 2, "one batch per follower node");
     for b in &rd.batches {
@@ -242,7 +276,7 @@ fn one_sync_per_cycle_whatever_the_number_of_groups() {
         let before = c.nodes[&to].engine().metrics();
         let rd = c.node(to).ready().unwrap();
         let after = c.nodes[&to].engine().metrics();
-        assert_eq!(after.syncs - before.syncs, 1, "node {to}");
+        assert_eq!(after.syncs - before.syncs, 1, "{policy:?}: node {to}");
         assert_eq!(after.entries_written - before.entries_written, 16, "node {to}");
         assert_eq!(rd.batches.len(), 1, "node {to} answers node 1 in one batch");
         assert_eq!(rd.batches[0].messages.len(), 16);
@@ -564,4 +598,51 @@ fn a_lost_quiesce_heartbeat_costs_no_term_with_pre_vote_and_check_quorum() {
     assert!(wakes(&c, 1) > before.0, "the pre-vote request woke the leader");
     assert!(wakes(&c, 2) > before.1, "the pre-vote request woke the other follower");
     c.quiesce(&[1]);
+}
+
+#[test]
+fn a_node_keeps_every_entry_it_acknowledged_across_a_power_cut() {
+    for seed in 0..4 {
+        // Durability comes from the cycle's own sync alone.
+        let mut c =
+            Cluster::with_options(WalOptions { sync_policy: SyncPolicy::Never, ..options() });
+        let groups: Vec<u64> = (1..=4).collect();
+        c.create(groups.clone());
+        for g in &groups {
+            c.elect(*g, 1);
+        }
+        // Node 3 is away: node 1 commits with node 2's acknowledgements alone.
+        c.isolated.insert(3);
+        for g in &groups {
+            c.node(1).propose(*g, format!("s{seed}g{g}")).unwrap();
+        }
+        let appends = c.cycle();
+        c.deliver(appends);
+        let acks = c.cycle();
+        assert_eq!(acks.len(), 1, "node 2 answers every group in one batch");
+        c.deliver(acks);
+        let last: Vec<u64> =
+            groups.iter().map(|g| c.nodes[&2].status(*g).unwrap().last_index).collect();
+        for g in &groups {
+            assert_eq!(c.nodes[&1].status(*g).unwrap().commit, 2, "seed {seed} group {g}");
+        }
+        c.power_cut(2, seed);
+        for (g, last) in groups.iter().zip(&last) {
+            let st = c.nodes[&2].status(*g).unwrap();
+            assert_eq!(
+                st.last_index, *last,
+                "seed {seed}: node 2 lost group {g}'s acknowledged entries"
+            );
+        }
+        c.isolated.clear();
+        for _ in 0..3 {
+            c.tick_all();
+            c.stabilize();
+        }
+        for id in NODES {
+            for g in &groups {
+                assert_eq!(c.applied(id, *g), vec![Bytes::from(format!("s{seed}g{g}"))]);
+            }
+        }
+    }
 }
