@@ -439,12 +439,14 @@ impl MultiRaft {
         self.factory = Some(factory);
     }
 
-    /// Turns quiescence on (the default) or off. Turning it off wakes every group.
+    /// Turns quiescence on (the default) or off. Turning it off wakes every group (and, as any
+    /// wake, the leaders of those this node follows).
     pub fn set_quiescence(&mut self, on: bool) {
         self.quiescence = on;
         if !on {
-            for g in self.groups.values_mut() {
-                g.quiesced = false;
+            // Bounded by the hosted groups.
+            for group in self.group_ids() {
+                self.wake_group(group, None);
             }
         }
     }
@@ -787,8 +789,8 @@ impl MultiRaft {
     }
 
     /// A follower that stepped a quiesce heartbeat stops ticking if its log is complete and it
-    /// follows that leader in that term (rule Q2); otherwise it stays awake and asks the leader
-    /// to wake.
+    /// follows that leader in that term (rule Q2); otherwise, unless the heartbeat is of an
+    /// older term, it stays awake and asks the leader to wake.
     fn quiesce_follower(&mut self, group: u64, leader: u64, term: u64, commit: u64) {
         let id = self.id;
         let quiescence = self.quiescence;
@@ -796,6 +798,11 @@ impl MultiRaft {
             return;
         };
         let st = g.node.status();
+        if term < st.hard_state.term {
+            // A deposed leader's heartbeat, late: the core's answer tells it the newer term;
+            // this node's own leader is not concerned.
+            return;
+        }
         let complete = quiescence
             && st.soft_state.raft_state == StateRole::Follower
             && st.soft_state.leader_id == leader

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs};
-use raftwal::raft::{Batch, Config, MultiRaft, ReadOnlyOption, StateRole};
+use raftwal::raft::{Batch, Config, Heartbeat, MultiRaft, ReadOnlyOption, StateRole};
 use raftwal::{ConfState, EntryType, LogEngine, Storage, SyncPolicy, WalOptions};
 
 /// Limit on delivery rounds in `stabilize`; a correct cluster goes quiet long before.
@@ -645,4 +645,34 @@ fn a_node_keeps_every_entry_it_acknowledged_across_a_power_cut() {
             }
         }
     }
+}
+
+#[test]
+fn a_late_quiesce_heartbeat_of_a_deposed_leader_changes_nothing() {
+    let mut c = Cluster::new();
+    c.create([1]);
+    c.elect(1, 1);
+    let old_term = c.nodes[&3].status(1).unwrap().term;
+    c.elect(1, 2);
+    c.quiesce(&[1]);
+    let late = Batch {
+        from: 1,
+        to: 3,
+        heartbeats: vec![Heartbeat {
+            group: 1,
+            term: old_term,
+            commit: 1,
+            quiesce: true,
+            ..Heartbeat::default()
+        }],
+        ..Batch::default()
+    };
+    c.node(3).step(Batch::decode(&late.encode()).unwrap()).unwrap();
+    assert!(c.nodes[&3].is_quiesced(1), "a stale heartbeat does not wake node 3");
+    let rd = c.node(3).ready().unwrap();
+    assert_eq!(rd.batches.len(), 1, "node 3 answers node 1 with its term, and no one else");
+    assert_eq!(rd.batches[0].to, 1);
+    assert!(rd.batches[0].wakes.is_empty());
+    assert_eq!(rd.batches[0].messages.len(), 1);
+    assert!(rd.batches[0].messages[0].1.term > old_term);
 }
