@@ -45,6 +45,9 @@ use crate::storage::{GroupStorage, LogEngine};
 use crate::types::{ConfState, Entry, Snapshot, SnapshotMetadata};
 use crate::wal::WriteBatch;
 
+/// Idle ticks before a leader quiesces its group, by default.
+const DEFAULT_QUIESCE_AFTER_TICKS: usize = 6;
+
 /// Version byte leading every [`Batch`] encoding.
 const BATCH_VERSION: u8 = 1;
 
@@ -343,6 +346,8 @@ struct Group {
     // must keep heartbeating. An over-count only delays quiescence; reset when the role or
     // leader changes (the core drops a lost leadership's reads).
     pending_reads: usize,
+    // Consecutive ticks at which the group was idle as rule Q1 has it (leader only).
+    idle_ticks: usize,
 }
 
 impl Group {
@@ -392,6 +397,8 @@ pub struct MultiRaft {
     removed: BTreeSet<u64>,
     factory: Option<GroupFactory>,
     quiescence: bool,
+    // Idle ticks a leader waits before it quiesces (at least 1).
+    quiesce_after_ticks: usize,
     // What tick and step produced outside a Ready (quiesce heartbeats, wakes), sent with the
     // next cycle; at most one batch per peer node.
     outbox: BTreeMap<u64, Batch>,
@@ -416,6 +423,7 @@ impl MultiRaft {
             removed: BTreeSet::new(),
             factory: None,
             quiescence: true,
+            quiesce_after_ticks: DEFAULT_QUIESCE_AFTER_TICKS,
             outbox: BTreeMap::new(),
             write: WriteBatch::new(),
             poisoned: false,
@@ -451,6 +459,13 @@ impl MultiRaft {
         }
     }
 
+    /// Sets how many consecutive ticks a leader's group must be idle (rule Q1) before it
+    /// quiesces; at least 1. Waking costs a round of messages, so a group that is busy every
+    /// few ticks is better left awake. The default is 6.
+    pub fn set_quiesce_after_ticks(&mut self, ticks: usize) {
+        self.quiesce_after_ticks = ticks.max(1);
+    }
+
     /// Hosts group `group` with `config` over its storage in the engine. With `initial`, the
     /// storage must be empty and starts with that membership (a new group); without, the
     /// group continues from what its storage holds (a restart), or starts empty and learns its
@@ -480,8 +495,10 @@ impl MultiRaft {
         }
         let node = RawNode::new(&config, storage.clone())?;
         self.removed.remove(&group);
-        self.groups
-            .insert(group, Group { node, storage, config, quiesced: false, pending_reads: 0 });
+        self.groups.insert(
+            group,
+            Group { node, storage, config, quiesced: false, pending_reads: 0, idle_ticks: 0 },
+        );
         Ok(())
     }
 
@@ -659,12 +676,18 @@ impl MultiRaft {
     pub fn tick(&mut self) {
         let id = self.id;
         let quiescence = self.quiescence;
+        let quiesce_after_ticks = self.quiesce_after_ticks;
         // Bounded by the hosted groups.
         for (group, g) in self.groups.iter_mut() {
             if g.quiesced {
                 continue;
             }
-            if quiescence && g.can_quiesce() {
+            if !(quiescence && g.can_quiesce()) {
+                g.idle_ticks = 0;
+            } else if g.idle_ticks + 1 < quiesce_after_ticks {
+                g.idle_ticks += 1;
+            } else {
+                g.idle_ticks = 0;
                 g.quiesced = true;
                 self.stats.quiesces += 1;
                 let st = g.node.status();

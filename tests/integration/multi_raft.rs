@@ -676,3 +676,27 @@ fn a_late_quiesce_heartbeat_of_a_deposed_leader_changes_nothing() {
     assert_eq!(rd.batches[0].messages.len(), 1);
     assert!(rd.batches[0].messages[0].1.term > old_term);
 }
+
+#[test]
+fn a_leader_quiesces_only_after_enough_idle_ticks() {
+    let mut c = Cluster::new();
+    c.create([1]);
+    c.node(1).set_quiesce_after_ticks(3);
+    c.elect(1, 1);
+    for round in 0..2 {
+        for tick in 1..=3 {
+            assert!(
+                !c.nodes[&1].is_quiesced(1),
+                "round {round}: quiesced after {} ticks",
+                tick - 1
+            );
+            c.tick_all();
+            c.stabilize();
+        }
+        assert!(c.all_quiesced(&[1], &NODES), "round {round}: quiesced at the third idle tick");
+        // Work resets the count.
+        c.node(1).propose(1, format!("r{round}")).unwrap();
+        c.stabilize();
+    }
+    assert_eq!(c.applied(2, 1), vec![Bytes::from("r0"), Bytes::from("r1")]);
+}
