@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs};
 use raftwal::raft::{Batch, Config, Heartbeat, MultiRaft, ReadOnlyOption, StateRole};
+use raftwal::rng::Rng;
 use raftwal::{ConfState, EntryType, LogEngine, Storage, SyncPolicy, WalOptions};
 
 /// Limit on delivery rounds in `stabilize`; a correct cluster goes quiet long before.
@@ -40,11 +41,18 @@ fn voters() -> ConfState {
     ConfState { voters: NODES.to_vec(), ..ConfState::default() }
 }
 
+/// A committed entry as handed out: index, term, data.
+type Committed = (u64, u64, Bytes);
+
 struct Cluster {
     nodes: BTreeMap<u64, MultiRaft>,
     /// Each node's file system, kept across restarts.
     fs: BTreeMap<u64, CrashFs>,
     options: WalOptions,
+    /// Every group's configuration but the id.
+    template: Config,
+    /// Every committed entry handed out, per (node, group): index, term and data.
+    committed: BTreeMap<(u64, u64), Vec<Committed>>,
     /// Nodes cut off from every other.
     isolated: BTreeSet<u64>,
     /// Payloads of applied normal entries, per (node, group).
@@ -73,6 +81,8 @@ impl Cluster {
             nodes,
             fs,
             options,
+            template: config(0),
+            committed: BTreeMap::new(),
             isolated: BTreeSet::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -85,7 +95,8 @@ impl Cluster {
     fn create(&mut self, groups: impl IntoIterator<Item = u64> + Clone) {
         for (id, node) in self.nodes.iter_mut() {
             for g in groups.clone() {
-                node.create_group(g, config(*id), Some(voters())).unwrap();
+                let cfg = Config { id: *id, ..self.template.clone() };
+                node.create_group(g, cfg, Some(voters())).unwrap();
             }
         }
     }
@@ -97,11 +108,12 @@ impl Cluster {
         self.fs[&id].crash(seed);
         let mut node = MultiRaft::new(id, open_engine(&self.fs[&id], id, &self.options)).unwrap();
         for g in node.engine().group_ids() {
-            node.create_group(g, config(id), None).unwrap();
+            node.create_group(g, Config { id, ..self.template.clone() }, None).unwrap();
         }
         self.nodes.insert(id, node);
         // Applied nothing yet: the restarted node is handed its committed entries again.
         self.applied.retain(|(node, _), _| *node != id);
+        self.committed.retain(|(node, _), _| *node != id);
     }
 
     fn node(&mut self, id: u64) -> &mut MultiRaft {
@@ -122,6 +134,9 @@ impl Cluster {
                     let installed = (snap.metadata.index, snap.data.clone());
                     self.snapshots.entry((*id, g.group)).or_default().push(installed);
                 }
+                let committed = self.committed.entry((*id, g.group)).or_default();
+                committed
+                    .extend(g.committed_entries.iter().map(|e| (e.index, e.term, e.data.clone())));
                 for e in &g.committed_entries {
                     if e.entry_type == EntryType::Normal && !e.data.is_empty() {
                         self.applied.entry((*id, g.group)).or_default().push(e.data.clone());
@@ -699,4 +714,128 @@ fn a_leader_quiesces_only_after_enough_idle_ticks() {
         c.stabilize();
     }
     assert_eq!(c.applied(2, 1), vec![Bytes::from("r0"), Bytes::from("r1")]);
+}
+
+/// Checks that no two nodes were handed different entries at one index of one group.
+fn check_committed(c: &Cluster, seed: u64, step: usize) {
+    let mut seen: BTreeMap<(u64, u64), (u64, &Bytes, u64)> = BTreeMap::new();
+    for ((node, group), entries) in &c.committed {
+        for (k, (index, term, data)) in entries.iter().enumerate() {
+            if k > 0 {
+                assert_eq!(
+                    entries[k - 1].0 + 1,
+                    *index,
+                    "seed {seed} step {step}: node {node} group {group} skipped"
+                );
+            }
+            match seen.get(&(*group, *index)) {
+                None => {
+                    seen.insert((*group, *index), (*term, data, *node));
+                }
+                Some((t, d, other)) => assert!(
+                    (*t, *d) == (*term, data),
+                    "seed {seed} step {step}: group {group} index {index}: node {node} applied \
+                     term {term}, node {other} term {t}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn randomized_runs_stay_safe_and_recover() {
+    const STEPS: usize = 300;
+    const GROUPS: u64 = 6;
+    // Steps at which some group was quiesced on some node, and the highest term reached: the
+    // runs must exercise quiescence and elections, not only steady leaders.
+    let (mut quiesced_steps, mut max_term) = (0, 0);
+    for seed in 0..24 {
+        let mut rng = Rng::new(seed);
+        let mut c = Cluster::with_options(WalOptions {
+            sync_policy: SyncPolicy::Never,
+            // Small segments: rollovers and purges happen under the runs too.
+            segment_size_bytes: 64 << 10,
+            ..options()
+        });
+        c.template =
+            Config { pre_vote: seed % 2 == 1, check_quorum: seed % 2 == 1, seed, ..config(0) };
+        let groups: Vec<u64> = (1..=GROUPS).collect();
+        c.create(groups.clone());
+        for node in c.nodes.values_mut() {
+            node.set_quiesce_after_ticks(1 + (seed % 3) as usize);
+        }
+        for step in 0..STEPS {
+            let node = NODES[rng.below(3) as usize];
+            let group = 1 + rng.below(GROUPS);
+            match rng.below(100) {
+                0..45 => c.tick_all(),
+                45..70 => {
+                    // Refused while there is no leader: a client would retry.
+                    let _ = c.node(node).propose(group, format!("s{seed}-{step}"));
+                }
+                70..75 => {
+                    c.node(node).read_index(group, format!("r{step}")).unwrap();
+                }
+                75..80 if c.isolated.is_empty() => {
+                    c.isolated.insert(node);
+                }
+                80..86 => c.isolated.clear(),
+                86..89 => c.power_cut(node, rng.next_u64()),
+                _ => {}
+            }
+            let batches = c.cycle();
+            for b in batches {
+                if c.isolated.contains(&b.from) || c.isolated.contains(&b.to) {
+                    // The transport notices the failed send.
+                    c.node(b.from).report_unreachable(b.to);
+                } else if !rng.chance(5) {
+                    c.node(b.to).step(b).unwrap();
+                }
+            }
+            check_committed(&c, seed, step);
+            if groups.iter().any(|g| NODES.iter().any(|n| c.nodes[n].is_quiesced(*g))) {
+                quiesced_steps += 1;
+            }
+        }
+        // Liveness: once the network heals, every group elects a leader and commits.
+        c.isolated.clear();
+        let mut leaders = BTreeMap::new();
+        for _ in 0..MAX_TICKS {
+            c.tick_all();
+            c.stabilize();
+            leaders.clear();
+            for g in &groups {
+                let st: Vec<_> = NODES.iter().map(|n| c.nodes[n].status(*g).unwrap()).collect();
+                let leader = st[0].leader;
+                if leader != 0 && st.iter().all(|s| s.leader == leader && s.term == st[0].term) {
+                    leaders.insert(*g, leader);
+                }
+            }
+            if leaders.len() == groups.len() {
+                break;
+            }
+        }
+        assert_eq!(leaders.len(), groups.len(), "seed {seed}: groups without a leader");
+        for (g, leader) in &leaders {
+            c.node(*leader).propose(*g, format!("final{g}")).unwrap();
+        }
+        c.stabilize();
+        check_committed(&c, seed, STEPS);
+        for id in NODES {
+            for g in &groups {
+                let last = c.applied(id, *g).last().cloned();
+                assert_eq!(
+                    last,
+                    Some(Bytes::from(format!("final{g}"))),
+                    "seed {seed} node {id} group {g}"
+                );
+                max_term = max_term.max(c.nodes[&id].status(*g).unwrap().term);
+            }
+        }
+    }
+    eprintln!(
+        "randomized runs: {quiesced_steps} steps with a quiesced group, highest term {max_term}"
+    );
+    assert!(quiesced_steps > 0);
+    assert!(max_term > 2);
 }
