@@ -579,12 +579,9 @@ impl MultiRaft {
         g.quiesced = false;
         self.stats.wakes += 1;
         let leader = g.leader();
-        if leader == id {
-            // Quiesce heartbeats not yet sent would put the followers to sleep again.
-            for batch in self.outbox.values_mut() {
-                batch.heartbeats.retain(|hb| !(hb.group == group && hb.quiesce));
-            }
-        } else if leader != 0 && Some(leader) != skip_leader_wake {
+        // A leader's quiesce heartbeats not yet sent are dropped when the cycle sends the
+        // outbox (they would put the followers to sleep again).
+        if leader != id && leader != 0 && Some(leader) != skip_leader_wake {
             self.outbox.entry(leader).or_insert_with(|| Batch::new(id, leader)).wakes.push(group);
         }
     }
@@ -691,6 +688,11 @@ impl MultiRaft {
                 g.quiesced = true;
                 self.stats.quiesces += 1;
                 let st = g.node.status();
+                // What the followers check against their own log (rule Q2).
+                assert_eq!(
+                    st.hard_state.commit, st.last_index,
+                    "group {group}: quiescing leader with commit below its last index"
+                );
                 for (peer, pr) in &st.progress {
                     if *peer == id {
                         continue;
@@ -915,6 +917,17 @@ impl MultiRaft {
             }
         }
         out.batches = std::mem::take(&mut self.outbox).into_values().collect();
+        for b in out.batches.iter_mut() {
+            // A quiesce heartbeat of a group that woke since the tick that queued it would put
+            // the followers to sleep while the leader runs.
+            let groups = &self.groups;
+            b.heartbeats
+                .retain(|hb| !hb.quiesce || groups.get(&hb.group).is_some_and(|g| g.quiesced));
+            // Each step can queue a wake for a group; one is enough.
+            b.wakes.sort_unstable();
+            b.wakes.dedup();
+        }
+        out.batches.retain(|b| !b.is_empty());
         for b in &out.batches {
             self.stats.batches_sent += 1;
             self.stats.messages_sent += b.messages.len() as u64;
@@ -940,6 +953,7 @@ impl MultiRaft {
         }
         self.stats.writes += 1;
         self.engine.write(&mut self.write)?;
+        assert!(self.write.is_empty(), "a written batch is emptied, ready for the next cycle");
         if must_sync {
             // Covered already under SyncPolicy::Always (no second fdatasync); the one sync
             // under SyncPolicy::Never.

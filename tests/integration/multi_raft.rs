@@ -839,3 +839,27 @@ fn randomized_runs_stay_safe_and_recover() {
     assert!(quiesced_steps > 0);
     assert!(max_term > 2);
 }
+
+#[test]
+fn a_leader_woken_before_the_cycle_does_not_send_its_quiesce_heartbeats() {
+    let mut c = Cluster::new();
+    c.create([1]);
+    c.node(1).set_quiesce_after_ticks(1);
+    c.elect(1, 1);
+    c.node(1).tick();
+    assert!(c.nodes[&1].is_quiesced(1));
+    // Woken before the cycle that would send the quiesce heartbeats.
+    c.node(1).propose(1, "x").unwrap();
+    let rd = c.node(1).ready().unwrap();
+    assert_eq!(rd.batches.len(), 2);
+    for b in &rd.batches {
+        assert!(b.heartbeats.iter().all(|hb| !hb.quiesce), "to node {}", b.to);
+        assert_eq!(b.messages.len(), 1, "the append, to node {}", b.to);
+    }
+    c.deliver(rd.batches);
+    c.stabilize();
+    for id in NODES {
+        assert!(!c.nodes[&id].is_quiesced(1), "node {id}");
+        assert_eq!(c.applied(id, 1), vec![Bytes::from("x")]);
+    }
+}
