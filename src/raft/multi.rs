@@ -467,9 +467,13 @@ impl MultiRaft {
     }
 
     /// Hosts group `group` with `config` over its storage in the engine. With `initial`, the
-    /// storage must be empty and starts with that membership (a new group); without, the
-    /// group continues from what its storage holds (a restart), or starts empty and learns its
-    /// membership from the leader.
+    /// storage must be empty and the group starts with that membership (every peer of a new
+    /// group passes the same one): a voters-only membership is written into the log as
+    /// committed entries (etcd's bootstrap), so that a node added later learns it by
+    /// replaying the log; one with learners or a joint configuration is stored as an index-0
+    /// snapshot, which a node added later must receive (the leader sends it once the log is
+    /// compacted past its first entry). Without `initial`, the group continues from what its
+    /// storage holds (a restart), or starts empty and learns its membership from the leader.
     pub fn create_group(
         &mut self,
         group: u64,
@@ -487,13 +491,28 @@ impl MultiRaft {
             )));
         }
         let storage = self.engine.group(group)?;
-        if let Some(conf_state) = initial {
-            storage.apply_snapshot(Snapshot {
+        let voters_only = initial.as_ref().is_some_and(|cs| {
+            cs.learners.is_empty()
+                && cs.voters_outgoing.is_empty()
+                && cs.learners_next.is_empty()
+                && !cs.auto_leave
+        });
+        let mut bootstrap = None;
+        match initial {
+            // The membership goes into the log (one committed AddNode entry per voter, persisted
+            // by the next cycle), so that a node added later learns it by replaying the log.
+            Some(cs) if voters_only => bootstrap = Some(cs.voters),
+            // Learners or a joint configuration: only a snapshot can carry it.
+            Some(conf_state) => storage.apply_snapshot(Snapshot {
                 metadata: SnapshotMetadata { index: 0, term: 0, conf_state },
                 data: Bytes::new(),
-            })?;
+            })?,
+            None => {}
         }
-        let node = RawNode::new(&config, storage.clone())?;
+        let mut node = RawNode::new(&config, storage.clone())?;
+        if let Some(voters) = bootstrap {
+            node.bootstrap(voters)?;
+        }
         self.removed.remove(&group);
         self.groups.insert(
             group,

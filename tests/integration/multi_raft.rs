@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fs};
-use raftwal::raft::{Batch, Config, Heartbeat, MultiRaft, ReadOnlyOption, StateRole};
+use raftwal::raft::{
+    Batch, ConfChange, ConfChangeType, Config, Heartbeat, MultiRaft, ReadOnlyOption, StateRole,
+};
 use raftwal::rng::Rng;
 use raftwal::{ConfState, EntryType, LogEngine, Storage, SyncPolicy, WalOptions};
 
@@ -186,6 +188,8 @@ impl Cluster {
     }
 
     fn elect(&mut self, group: u64, leader: u64) {
+        // A node campaigns only once its bootstrap entries are applied.
+        self.stabilize();
         self.node(leader).campaign(group).unwrap();
         self.stabilize();
         for id in NODES {
@@ -241,17 +245,18 @@ fn groups_on_one_engine_elect_replicate_and_report_status() {
                 "node {id} group {g}"
             );
             let st = c.nodes[&id].status(*g).unwrap();
-            // Index 1: the new leader's empty entry; 2: the proposal.
+            // Indexes 1 to 3: the membership (term 1); 4: the new leader's empty entry (term 2);
+            // 5: the proposal.
             assert_eq!(st.leader, leader_of(*g));
             assert_eq!(
                 st.role,
                 if id == leader_of(*g) { StateRole::Leader } else { StateRole::Follower }
             );
-            assert_eq!(st.term, 1);
-            assert_eq!(st.commit, 2);
-            assert_eq!(st.applied, 2);
+            assert_eq!(st.term, 2);
+            assert_eq!(st.commit, 5);
+            assert_eq!(st.applied, 5);
             assert_eq!(st.first_index, 1);
-            assert_eq!(st.last_index, 2);
+            assert_eq!(st.last_index, 5);
         }
     }
 }
@@ -471,6 +476,9 @@ fn a_message_creates_an_allowed_group_and_no_other() {
     }
     for g in [40, 41] {
         c.node(1).create_group(g, config(1), Some(voters())).unwrap();
+    }
+    c.stabilize();
+    for g in [40, 41] {
         c.node(1).campaign(g).unwrap();
     }
     c.stabilize();
@@ -484,7 +492,43 @@ fn a_message_creates_an_allowed_group_and_no_other() {
     c.stabilize();
     for id in NODES {
         assert_eq!(c.applied(id, 40), vec![Bytes::from("x")], "node {id}");
-        assert_eq!(c.nodes[&id].status(40).unwrap().commit, 2);
+        assert_eq!(c.nodes[&id].status(40).unwrap().commit, 5);
+        // The membership came with the log.
+        let voters = c.node(id).raw_node(40).unwrap().status().conf_state.voters;
+        assert_eq!(voters, NODES.to_vec(), "node {id}");
+    }
+}
+
+#[test]
+fn a_node_added_to_a_group_learns_the_whole_membership_from_the_log() {
+    let mut c = Cluster::new();
+    c.node(3).set_group_factory(Box::new(|_group, _m| Some(config(3))));
+    let two = ConfState { voters: vec![1, 2], ..ConfState::default() };
+    for id in [1, 2] {
+        c.node(id).create_group(5, config(id), Some(two.clone())).unwrap();
+    }
+    c.stabilize();
+    c.node(1).campaign(5).unwrap();
+    c.stabilize();
+    let add =
+        ConfChange { change_type: ConfChangeType::AddNode, node_id: 3, context: Bytes::new() };
+    c.node(1).propose_conf_change(5, add).unwrap();
+    c.stabilize();
+    for _ in 0..3 {
+        c.tick_all();
+        c.stabilize();
+    }
+    assert_eq!(c.nodes[&3].group_ids(), vec![5], "the leader's append created the group");
+    for id in NODES {
+        let voters = c.node(id).raw_node(5).unwrap().status().conf_state.voters;
+        assert_eq!(voters, NODES.to_vec(), "node {id}");
+    }
+    // Node 3 knows every voter: it can be elected, by a quorum of the three.
+    c.elect(5, 3);
+    c.node(3).propose(5, "from 3").unwrap();
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.applied(id, 5), vec![Bytes::from("from 3")], "node {id}");
     }
 }
 
@@ -639,7 +683,7 @@ fn a_node_keeps_every_entry_it_acknowledged_across_a_power_cut() {
         let last: Vec<u64> =
             groups.iter().map(|g| c.nodes[&2].status(*g).unwrap().last_index).collect();
         for g in &groups {
-            assert_eq!(c.nodes[&1].status(*g).unwrap().commit, 2, "seed {seed} group {g}");
+            assert_eq!(c.nodes[&1].status(*g).unwrap().commit, 5, "seed {seed} group {g}");
         }
         c.power_cut(2, seed);
         for (g, last) in groups.iter().zip(&last) {
