@@ -521,7 +521,8 @@ impl MultiRaft {
         Ok(())
     }
 
-    /// Stops hosting `group` and removes its state from the engine, durably.
+    /// Stops hosting `group` and removes its state from the engine, durably. A leader should
+    /// hand leadership over first (or the group waits an election timeout for a new one).
     pub fn remove_group(&mut self, group: u64) -> Result<()> {
         self.check_poisoned()?;
         if self.groups.remove(&group).is_none() {
@@ -540,8 +541,9 @@ impl MultiRaft {
         self.groups.keys().copied().collect()
     }
 
-    /// The group's Raft node, for what this type does not offer. Calls on it do not wake a
-    /// quiesced group: use [`MultiRaft::wake`] after a change that needs the group to run.
+    /// The group's Raft node, for what this type does not offer (its status, leadership
+    /// hints). Calls on it do not wake a quiesced group: use [`MultiRaft::wake`] after a change
+    /// that needs the group to run. Never call its `ready` or `advance`: the cycle does.
     pub fn raw_node(&mut self, group: u64) -> Option<&mut RawNode<GroupStorage>> {
         self.groups.get_mut(&group).map(|g| &mut g.node)
     }
