@@ -907,3 +907,27 @@ fn a_leader_woken_before_the_cycle_does_not_send_its_quiesce_heartbeats() {
         assert_eq!(c.applied(id, 1), vec![Bytes::from("x")]);
     }
 }
+
+#[test]
+fn a_restarted_follower_of_a_quiesced_group_costs_no_term_with_pre_vote_and_check_quorum() {
+    let mut c = Cluster::new();
+    c.template = Config { pre_vote: true, check_quorum: true, ..config(0) };
+    c.create([1, 2]);
+    c.elect(1, 1);
+    c.elect(2, 1);
+    c.quiesce(&[1, 2]);
+    let term = c.nodes[&2].status(1).unwrap().term;
+    c.power_cut(2, 7);
+    assert!(!c.nodes[&2].is_quiesced(1), "a restarted node's groups start awake");
+    for _ in 0..5 * 10 {
+        c.tick_all();
+        c.stabilize();
+    }
+    for id in NODES {
+        for g in [1, 2] {
+            let st = c.nodes[&id].status(g).unwrap();
+            assert_eq!((st.leader, st.term), (1, term), "node {id} group {g}");
+        }
+    }
+    c.quiesce(&[1, 2]);
+}
