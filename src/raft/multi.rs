@@ -2,7 +2,8 @@
 //!
 //! Each group is a [`RawNode`] over its [`GroupStorage`]; the node has one id in every group.
 //! One call to [`MultiRaft::ready`] collects the Ready of every group, persists all of them as
-//! one [`WriteBatch`] (at most one sync, whatever the number of groups), hands back the
+//! one [`WriteBatch`] (at most one sync whatever the number of groups; an installed snapshot
+//! syncs on its own), hands back the
 //! messages as one [`Batch`] per destination node and the committed entries per group, and
 //! advances every group.
 //!
@@ -18,7 +19,7 @@
 //!   its followers one last heartbeat marked `quiesce`; a follower that finds its log complete
 //!   then stops ticking too, so it neither expects heartbeats nor campaigns. A proposal, a read,
 //!   any message other than a heartbeat answer, or a peer reported unreachable wakes the group.
-//!   DESIGN.md "MultiRaft" gives the rules and why they are safe.
+//!   DESIGN.md §11.2 "MultiRaft" gives the rules and why they are safe.
 //!
 //! # Wire encoding of a [`Batch`]
 //!
@@ -340,7 +341,7 @@ struct Group {
     node: RawNode<GroupStorage>,
     storage: GroupStorage,
     config: Config,
-    // Not ticking: see DESIGN.md "MultiRaft".
+    // Not ticking: see DESIGN.md §11.2 "MultiRaft".
     quiesced: bool,
     // Reads this node accepted as leader and has not answered yet: a leader with one waiting
     // must keep heartbeating. An over-count only delays quiescence; reset when the role or
@@ -351,7 +352,7 @@ struct Group {
 }
 
 impl Group {
-    /// Whether a leader may quiesce this group now (DESIGN.md "MultiRaft", rule Q1).
+    /// Whether a leader may quiesce this group now (DESIGN.md §11.2 "MultiRaft", rule Q1).
     fn can_quiesce(&self) -> bool {
         // A lease-based read trusts the leader's clock; a leader that does not tick would
         // never notice that its lease ran out.
