@@ -3,9 +3,8 @@
 //! Each group is a [`RawNode`] over its [`GroupStorage`]; the node has one id in every group.
 //! One call to [`MultiRaft::ready`] collects the Ready of every group, persists all of them as
 //! one [`WriteBatch`] (at most one sync whatever the number of groups; an installed snapshot
-//! syncs on its own), hands back the
-//! messages as one [`Batch`] per destination node and the committed entries per group, and
-//! advances every group.
+//! syncs on its own), hands back the messages as one [`Batch`] per destination node and the
+//! committed entries per group, and advances every group.
 //!
 //! Two things keep a node with many mostly idle groups cheap:
 //!
