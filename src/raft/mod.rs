@@ -23,6 +23,8 @@
 //!   membership, leadership transfer, reads.
 //! - [`raw_node`]: [`RawNode`], [`Ready`] and [`Status`], the application's interface;
 //!   [`config`]: [`Config`].
+//! - [`multi`]: [`MultiRaft`], many groups of one node on one `LogEngine`: one ready cycle
+//!   and one sync for all of them, heartbeats coalesced per node, idle groups quiesced.
 //!
 //! # Driving a node
 //!
@@ -91,6 +93,7 @@ pub mod config;
 pub mod core;
 pub mod log;
 pub mod message;
+pub mod multi;
 pub mod quorum;
 pub mod raw_node;
 pub mod read_only;
@@ -100,5 +103,9 @@ pub use config::{Config, ReadOnlyOption};
 pub use message::{
     AnyConfChange, ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
     ConfChangeV2, Message, MessageType, ReadState, SnapshotStatus, SoftState, StateRole,
+};
+pub use multi::{
+    Batch, GroupFactory, GroupReady, GroupStatus, Heartbeat, HeartbeatResp, MultiRaft, MultiReady,
+    MultiStats,
 };
 pub use raw_node::{Payload, RawNode, Ready, Status};

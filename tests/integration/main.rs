@@ -12,6 +12,7 @@ mod kill;
 mod memory_storage;
 mod metrics;
 mod model;
+mod multi_raft;
 mod raft_election;
 mod raft_features;
 mod raft_hardening;
