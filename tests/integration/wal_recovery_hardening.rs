@@ -414,3 +414,75 @@ fn a_log_of_another_format_version_is_refused_and_left_untouched() {
     }
     assert_eq!(log(&fs), before, "a refused log is left as it was");
 }
+
+/// The records of the newest segment, decoded.
+fn scanned(fs: &CrashFs, name: &str) -> Vec<raftwal::wal::recovery::ScannedRecord> {
+    scan_segment(&fs.read_file(&wal_dir().join(name)).unwrap(), 2048).records
+}
+
+/// Row W1: a write of two records (entries, then the hard state) whose last record never
+/// reached the disk, at the end of the newest segment: torn before its sync, so cut whole.
+#[test]
+fn w1_a_write_missing_its_last_record_at_the_end_of_the_log_is_cut_whole() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options()).unwrap();
+    wal.save(Some(&HardState { term: 1, vote: 1, commit: 1 }), &[entry(1, 1, 100)]).unwrap();
+    wal.save(Some(&HardState { term: 2, vote: 1, commit: 2 }), &[entry(2, 2, 100)]).unwrap();
+    drop(wal);
+    let name = segments(&fs, &wal_dir()).pop().unwrap();
+    let records = scanned(&fs, &name);
+    let last = records.last().unwrap();
+    let first_of_write = &records[records.len() - 2];
+    assert!(first_of_write.more && !last.more, "the last save is one write of two records");
+    let path = wal_dir().join(&name);
+    let mut bytes = fs.read_file(&path).unwrap();
+    let end = (last.offset + last.framed_len) as usize;
+    bytes[last.offset as usize..end].fill(0);
+    fs.write_file_raw(&path, &bytes).unwrap();
+
+    let wal = open(&fs, &options()).unwrap();
+    let report = wal.recovery_report();
+    assert_eq!(report.truncated, Some((name, first_of_write.offset, "W1")), "{report:?}");
+    assert_eq!(wal.last_index(), 1, "the entry of the torn write is gone with its hard state");
+    assert_eq!(wal.hard_state(), HardState { term: 1, vote: 1, commit: 1 });
+}
+
+/// Row W2: the same in a sealed segment (read whole: its footer and trailer lost too) is damage
+/// to data that was synced whole: refused, and cut only when forced.
+#[test]
+fn w2_a_write_missing_its_last_record_in_a_sealed_segment_is_corruption() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options()).unwrap();
+    let mut i = 1;
+    // Saves until the log has rolled over once.
+    while segments(&fs, &wal_dir()).len() < 2 {
+        wal.save(Some(&HardState { term: 1, vote: 1, commit: i }), &[entry(i, 1, 100)]).unwrap();
+        i += 1;
+    }
+    drop(wal);
+    let sealed = segments(&fs, &wal_dir())[0].clone();
+    let records = scanned(&fs, &sealed);
+    // The footer is last; the write before it is a save of two records.
+    let footer = records.last().unwrap();
+    let last = &records[records.len() - 2];
+    let first_of_write = &records[records.len() - 3];
+    assert!(matches!(footer.record, raftwal::wal::format::Record::Footer(_)));
+    assert!(first_of_write.more && !last.more);
+    let path = wal_dir().join(&sealed);
+    let mut bytes = fs.read_file(&path).unwrap();
+    // The write's last record, the footer and everything after them (the trailer) zeroed.
+    bytes[last.offset as usize..].fill(0);
+    fs.write_file_raw(&path, &bytes).unwrap();
+
+    match open(&fs, &options()) {
+        Err(Error::Corruption { segment, offset, kind }) => {
+            assert_eq!((segment, offset), (PathBuf::from(&sealed), first_of_write.offset));
+            assert!(matches!(kind, raftwal::CorruptionKind::Malformed(_)), "{kind:?}");
+        }
+        other => panic!("a sealed segment missing part of a write must be refused: {other:?}"),
+    }
+    let forced = WalOptions { recovery_mode: raftwal::RecoveryMode::TruncateCorrupt, ..options() };
+    let wal = open(&fs, &forced).unwrap();
+    let report = wal.recovery_report();
+    assert_eq!(report.truncated, Some((sealed, first_of_write.offset, "W2")), "{report:?}");
+}
