@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use raftwal::rng::Rng;
 use raftwal::wal::format::{ENTRIES_HEAD_LEN, framed_len};
 
+use super::groups::GroupsOpener;
 use super::raw::{self, SyncLoop};
 use super::report::{Latency, Measure, Row};
 use super::target::{Mode, Opener, Sizing, Target};
@@ -26,6 +27,8 @@ pub struct Engine {
     pub name: &'static str,
     /// Opens it in a directory.
     pub open: Opener,
+    /// Opens it in a directory for the multi-group workloads.
+    pub open_groups: GroupsOpener,
 }
 
 /// What the workloads share: where to run, how long, and what to run against.
