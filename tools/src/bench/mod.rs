@@ -111,7 +111,7 @@ impl Budget {
                 read_fill_bytes: 64 << 20,
                 recovery_bytes: 1 << 30,
                 open_groups: 10_000,
-                open_bytes: 1 << 30,
+                open_bytes: 256 << 20,
                 churn_bytes: 256 << 20,
             }
         }
@@ -266,7 +266,7 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     if args.quick {
         notes.push(format!(
             "--quick: recovery opens a {} log instead of 1 GiB, the multi-group open a log of \
-             {} groups and {} instead of 10,000 groups and 1 GiB, the churn writes {} instead \
+             {} groups and {} instead of 10,000 groups and 256 MiB, the churn writes {} instead \
              of 256 MiB, and rounds are short.",
             workloads::human_bytes(budget.recovery_bytes),
             budget.open_groups,
