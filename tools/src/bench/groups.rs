@@ -4,12 +4,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use raftwal::rng::Rng;
 use raftwal::{Entry, HardState, LogEngine, Storage, SyncPolicy, WalOptions, WriteBatch};
 
 use super::raw;
-use super::report::{Measure, Row};
-use super::workloads::{Ctx, entry_data, human_bytes};
+use super::report::{Latency, Measure, Row};
+use super::workloads::{Ctx, entry_data, histogram, human_bytes, record};
 use super::{BenchResult, Progress};
 
 /// Groups of the write and churn workloads.
@@ -146,48 +147,66 @@ impl Picker {
     }
 }
 
-/// Calls `target.write` with `picker`'s batches until `duration` has passed; returns batches
-/// and the time taken.
+/// Calls `target.write` with `picker`'s batches until `duration` has passed, timing each;
+/// returns the batches and their latencies.
 fn write_for(
     target: &dyn Groups,
     picker: &mut Picker,
     duration: Duration,
-) -> BenchResult<(u64, Duration)> {
+) -> BenchResult<(u64, Histogram<u64>)> {
     let mut items = Vec::with_capacity(GROUPS_PER_BATCH);
     let mut batches = 0u64;
+    let mut hist = histogram();
     let started = Instant::now();
     // Bounded by the duration.
     loop {
         picker.batch(&mut items);
+        let t = Instant::now();
         target.write(&items)?;
+        record(&mut hist, t.elapsed());
         batches += 1;
         if started.elapsed() >= duration {
-            return Ok((batches, started.elapsed()));
+            return Ok((batches, hist));
         }
     }
 }
 
-/// Runs every writer of one target for `duration` on its own thread; returns the batches of
-/// all writers and the wall time.
+/// Batches, time and latencies of one engine's rounds.
+struct Tally {
+    batches: u64,
+    time: Duration,
+    hist: Histogram<u64>,
+}
+
+/// Runs every writer of one target for `duration` on its own thread; adds the batches of all
+/// writers, the wall time and the latencies to `tally`.
 fn round(
     target: &dyn Groups,
     pickers: &mut [Picker],
     duration: Duration,
-) -> BenchResult<(u64, Duration)> {
+    tally: &mut Tally,
+) -> BenchResult<()> {
     let started = Instant::now();
-    let results: Vec<BenchResult<(u64, Duration)>> = std::thread::scope(|s| {
+    let results: Vec<BenchResult<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = pickers
             .iter_mut()
             .map(|picker| s.spawn(move || write_for(target, picker, duration)))
             .collect();
         handles.into_iter().map(|h| h.join().expect("writer thread panicked")).collect()
     });
-    let elapsed = started.elapsed();
-    let mut batches = 0;
+    tally.time += started.elapsed();
     for r in results {
-        batches += r?.0;
+        let (batches, hist) = r?;
+        tally.batches += batches;
+        tally.hist.add(&hist).expect("histograms share bounds");
     }
-    Ok((batches, elapsed))
+    Ok(())
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally { batches: 0, time: Duration::ZERO, hist: histogram() }
+    }
 }
 
 fn dir_of(ctx: &Ctx<'_>, workload: &str, engine: &str) -> std::path::PathBuf {
@@ -222,25 +241,24 @@ pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
     let mut batch_bytes = None;
     for (_, target, pickers) in &mut targets {
         let before = target.bytes_written();
-        let (batches, _) = round(target.as_ref(), pickers, ctx.budget.warmup)?;
+        let mut ignored = Tally::new();
+        round(target.as_ref(), pickers, ctx.budget.warmup, &mut ignored)?;
         if let (None, Some(b), Some(a)) = (batch_bytes, before, target.bytes_written()) {
-            batch_bytes = Some(((a - b) / batches.max(1)) as usize);
+            batch_bytes = Some(((a - b) / ignored.batches.max(1)) as usize);
         }
         ctx.progress.tick();
     }
     let sync_bytes = batch_bytes.ok_or("raftwal reports no bytes written")?;
     ctx.sync_loop.run(sync_bytes, ctx.budget.warmup)?;
     let mut raw_syncs = (0u64, Duration::ZERO);
-    let mut tallies = vec![(0u64, Duration::ZERO); targets.len()];
+    let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::new()).collect();
     for _ in 0..ctx.budget.rounds {
         let (n, t) = ctx.sync_loop.run(sync_bytes, ctx.budget.round)?;
         raw_syncs.0 += n;
         raw_syncs.1 += t;
         ctx.progress.tick();
         for ((_, target, pickers), tally) in targets.iter_mut().zip(&mut tallies) {
-            let (n, t) = round(target.as_ref(), pickers, ctx.budget.round)?;
-            tally.0 += n;
-            tally.1 += t;
+            round(target.as_ref(), pickers, ctx.budget.round, tally)?;
             ctx.progress.tick();
         }
     }
@@ -255,13 +273,13 @@ pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
     let raw_rate = raw_syncs.0 as f64 / raw_syncs.1.as_secs_f64();
     let mut measures: Vec<Measure> = tallies
         .iter()
-        .map(|(n, t)| {
-            let rate = *n as f64 / t.as_secs_f64();
+        .map(|t| {
+            let rate = t.batches as f64 / t.time.as_secs_f64();
             Measure {
                 value: rate,
                 ratio_to_raw: Some(rate / raw_rate),
                 mb_per_s: Some(rate * BATCH_PAYLOAD_BYTES as f64 / 1e6),
-                latency_us: None,
+                latency_us: Some(Latency::of(&t.hist)),
             }
         })
         .collect();

@@ -45,12 +45,14 @@ pub struct Ctx<'a> {
     pub progress: &'a Progress,
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
     // 1 µs to 100 s at 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
 }
 
-fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
+/// Records one call's latency.
+pub fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
     let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
     hist.saturating_record(us);
 }
