@@ -462,6 +462,7 @@ pub fn churn(ctx: &mut Ctx<'_>) -> BenchResult<Row> {
     let mut peak = 0u64;
     let mut purges = 0u64;
     let mut rewritten_groups = 0usize;
+    let mut rewritten_cold = 0usize;
     let mut rewritten_bytes = 0u64;
     let mut compact_requested = 0usize;
     let started = Instant::now();
@@ -484,6 +485,7 @@ pub fn churn(ctx: &mut Ctx<'_>) -> BenchResult<Row> {
             let report = engine.purge()?;
             purges += 1;
             rewritten_groups += report.rewritten_groups.len();
+            rewritten_cold += report.rewritten_groups.iter().filter(|g| **g <= cold).count();
             rewritten_bytes += report.rewritten_bytes;
             compact_requested += report.compact_requested.len();
             peak = peak.max(report.bytes_on_disk);
@@ -536,7 +538,7 @@ pub fn churn(ctx: &mut Ctx<'_>) -> BenchResult<Row> {
              LogEngine, WalOptions defaults but segment_size_bytes {}, purge_threshold_bytes \
              {}, SyncPolicy::Never; hot groups keep {CHURN_KEEP_ENTRIES} entries, cold ones \
              {COLD_ENTRIES}. {purges} purge() calls (one per segment written) rewrote \
-             {rewritten_groups} groups ({} of entries) and asked {compact_requested} times for \
+             {rewritten_groups} groups ({rewritten_cold} of them cold; {} of entries) and asked {compact_requested} times for \
              a compaction; peak seen by them {}. The last purge(): {} rewritten groups, {} \
              rewritten, {} segments deleted, {} on disk after it; wal/ holds {} in all \
              (recycled segments included)",
