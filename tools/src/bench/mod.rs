@@ -5,6 +5,7 @@
 //! workload alternates rounds of the log with rounds of a raw pwrite + fdatasync loop of the same
 //! byte count into a preallocated, zero-filled file, and prints the ratio.
 
+mod groups;
 mod raw;
 pub mod report;
 mod target;
@@ -77,6 +78,12 @@ pub struct Budget {
     pub read_fill_bytes: u64,
     /// Size of the log recovery opens.
     pub recovery_bytes: u64,
+    /// Groups of the multi-group log that is opened.
+    pub open_groups: u64,
+    /// Payload bytes of the multi-group log that is opened.
+    pub open_bytes: u64,
+    /// Payload bytes the churn workload writes.
+    pub churn_bytes: u64,
 }
 
 impl Budget {
@@ -90,6 +97,9 @@ impl Budget {
                 seq_bytes: 16 << 20,
                 read_fill_bytes: 32 << 20,
                 recovery_bytes: 128 << 20,
+                open_groups: 1_000,
+                open_bytes: 32 << 20,
+                churn_bytes: 32 << 20,
             }
         } else {
             Budget {
@@ -100,6 +110,9 @@ impl Budget {
                 seq_bytes: 64 << 20,
                 read_fill_bytes: 64 << 20,
                 recovery_bytes: 1 << 30,
+                open_groups: 10_000,
+                open_bytes: 256 << 20,
+                churn_bytes: 256 << 20,
             }
         }
     }
@@ -151,12 +164,20 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 fn engines(args: &BenchArgs) -> BenchResult<Vec<Engine>> {
     #[cfg_attr(not(feature = "raft-engine"), allow(unused_mut))]
-    let mut engines = vec![Engine { name: "raftwal", open: target::open_raftwal }];
+    let mut engines = vec![Engine {
+        name: "raftwal",
+        open: target::open_raftwal,
+        open_groups: groups::open_raftwal,
+    }];
     match args.compare {
         None => {}
         #[cfg(feature = "raft-engine")]
         Some(Compare::RaftEngine) => {
-            engines.push(Engine { name: "raft-engine", open: raft_engine::open });
+            engines.push(Engine {
+                name: "raft-engine",
+                open: raft_engine::open,
+                open_groups: raft_engine::open_groups,
+            });
         }
         #[cfg(not(feature = "raft-engine"))]
         Some(Compare::RaftEngine) => {
@@ -187,8 +208,9 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     let dir = temp.path();
     let budget = Budget::new(args.quick);
     let started = Instant::now();
-    // 6 append workloads, 4 concurrent, reads, recovery.
-    let progress = Progress::new(12);
+    // 6 append workloads, 4 concurrent, reads, recovery, 2 multi-group writes, multi-group
+    // open, churn.
+    let progress = Progress::new(16);
     let mut ctx = Ctx {
         dir,
         budget: &budget,
@@ -208,6 +230,11 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     }
     rows.extend(workloads::reads(&mut ctx)?);
     rows.extend(workloads::recovery(&mut ctx)?);
+    for writers in [1, 4] {
+        rows.push(groups::writes(&mut ctx, writers)?);
+    }
+    rows.extend(groups::open(&mut ctx)?);
+    rows.push(groups::churn(&mut ctx)?);
     progress.bar.finish_and_clear();
     drop(ctx);
 
@@ -228,17 +255,30 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
         "index memory while appending counts the index's spare capacity (it grows by doubling); \
          recovery sizes it to fit."
             .into(),
+        format!(
+            "Multi-group rows: each batch carries one {} B entry and the hard state of {} \
+             distinct random groups; with 4 writers each thread owns a quarter of the groups. \
+             MB/s is payload.",
+            groups::ENTRY_BYTES,
+            groups::GROUPS_PER_BATCH
+        ),
     ];
     if args.quick {
         notes.push(format!(
-            "--quick: recovery opens a {} log instead of 1 GiB, and rounds are short.",
-            workloads::human_bytes(budget.recovery_bytes)
+            "--quick: recovery opens a {} log instead of 1 GiB, the multi-group open a log of \
+             {} groups and {} instead of 10,000 groups and 256 MiB, the churn writes {} instead \
+             of 256 MiB, and rounds are short.",
+            workloads::human_bytes(budget.recovery_bytes),
+            budget.open_groups,
+            workloads::human_bytes(budget.open_bytes),
+            workloads::human_bytes(budget.churn_bytes)
         ));
     }
     if engines.len() > 1 {
         notes.push(
-            "raft-engine: default configuration but the file size, one region per writer, \
-             entries are protobuf messages of the same payload size."
+            "raft-engine: default configuration but the file size, one region per writer (per \
+             group in the multi-group rows, whose hard state is a put_message), entries are \
+             protobuf messages of the same payload size."
                 .into(),
         );
     }

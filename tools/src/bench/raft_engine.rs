@@ -12,6 +12,7 @@ use protobuf::well_known_types::BytesValue;
 use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize};
 
 use super::BenchResult;
+use super::groups::{Groups, group_entry_data, hard_state};
 use super::target::{Mode, Sizing, Target};
 use super::workloads::entry_data;
 
@@ -19,6 +20,8 @@ use super::workloads::entry_data;
 const MAX_WRITERS: usize = 64;
 /// Bytes of index and term before the payload.
 const ENTRY_HEADER_BYTES: usize = 16;
+/// Key of a region's hard state (term, vote, commit; 8 bytes each, little-endian).
+const HARD_STATE_KEY: &[u8] = b"hard_state";
 
 /// The entry type raft-engine is given.
 struct Entries;
@@ -108,6 +111,65 @@ impl Target for RaftEngine {
     }
 
     fn bytes_recovered(&self) -> Option<u64> {
+        None
+    }
+
+    fn close(self: Box<Self>) -> BenchResult<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+/// raft-engine hosting many groups, one region per group.
+pub struct RaftEngineGroups {
+    engine: Engine,
+    sync: bool,
+}
+
+/// Opens raft-engine in `dir` with its default configuration but the file size (raftwal's
+/// default segment size), for the multi-group workloads.
+pub fn open_groups(dir: &Path, synced: bool) -> BenchResult<Box<dyn Groups>> {
+    let config = Config {
+        dir: dir.to_str().ok_or("the directory's name is not UTF-8")?.to_string(),
+        target_file_size: ReadableSize(Sizing::default().segment_bytes),
+        ..Default::default()
+    };
+    let engine = Engine::open(config).map_err(err)?;
+    Ok(Box::new(RaftEngineGroups { engine, sync: synced }))
+}
+
+impl Groups for RaftEngineGroups {
+    fn write(&self, items: &[(u64, u64)]) -> BenchResult<()> {
+        let mut batch = LogBatch::with_capacity(items.len());
+        for &(group, index) in items {
+            let entries = [entry(index, 1, &group_entry_data(group, index))];
+            batch.add_entries::<Entries>(group, &entries).map_err(err)?;
+            let hs = hard_state(index);
+            let mut value = Vec::with_capacity(24);
+            for field in [hs.term, hs.vote, hs.commit] {
+                value.extend_from_slice(&field.to_le_bytes());
+            }
+            let mut message = BytesValue::new();
+            message.value = value;
+            batch.put_message(group, HARD_STATE_KEY.to_vec(), &message).map_err(err)?;
+        }
+        self.engine.write(&mut batch, self.sync).map_err(err)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> BenchResult<()> {
+        self.engine.sync().map_err(err)
+    }
+
+    fn last_index(&self, group: u64) -> BenchResult<u64> {
+        Ok(self.engine.last_index(group).unwrap_or(0))
+    }
+
+    fn index_memory(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    fn bytes_written(&self) -> Option<u64> {
         None
     }
 

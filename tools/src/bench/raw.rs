@@ -122,6 +122,19 @@ pub fn read_files(dir: &Path) -> io::Result<(u64, Duration)> {
     Ok((total, started.elapsed()))
 }
 
+/// Bytes of the regular files directly in `dir`.
+pub fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    // Bounded by the files in `dir`.
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

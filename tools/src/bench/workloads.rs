@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use raftwal::rng::Rng;
 use raftwal::wal::format::{ENTRIES_HEAD_LEN, framed_len};
 
+use super::groups::GroupsOpener;
 use super::raw::{self, SyncLoop};
 use super::report::{Latency, Measure, Row};
 use super::target::{Mode, Opener, Sizing, Target};
@@ -26,6 +27,8 @@ pub struct Engine {
     pub name: &'static str,
     /// Opens it in a directory.
     pub open: Opener,
+    /// Opens it in a directory for the multi-group workloads.
+    pub open_groups: GroupsOpener,
 }
 
 /// What the workloads share: where to run, how long, and what to run against.
@@ -42,12 +45,14 @@ pub struct Ctx<'a> {
     pub progress: &'a Progress,
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
     // 1 µs to 100 s at 3 significant digits.
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
 }
 
-fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
+/// Records one call's latency.
+pub fn record(hist: &mut Histogram<u64>, elapsed: Duration) {
     let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
     hist.saturating_record(us);
 }
