@@ -7,7 +7,9 @@
 //! never an entry whose write is not yet durable (its bytes are then only in the page cache, and
 //! the budget may be exceeded by the unsynced writes until their sync).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::wal::state::GroupMap;
 
 use crate::types::Entry;
 
@@ -24,14 +26,23 @@ impl GroupCache {
     }
 }
 
+/// Entries one append cached (see [`EntryCache::append`]).
+#[derive(Clone, Copy, Debug)]
+struct Appended {
+    group: u64,
+    first: u64,
+    count: u64,
+    lsn: u64,
+}
+
 /// The newest entries of every group, at most `limit_bytes` of [`Entry::encoded_len`] once
 /// written entries are durable.
 #[derive(Debug)]
 pub struct EntryCache {
-    groups: HashMap<u64, GroupCache>,
-    // (group, index, lsn) in the order cached; items whose entry has gone since are stale and
-    // skipped.
-    order: VecDeque<(u64, u64, u64)>,
+    groups: GroupMap<GroupCache>,
+    // One item per append, in the order cached: entries `first..first + count` of `group`,
+    // written at `lsn`. Entries gone since (compacted or replaced) are skipped when reached.
+    order: VecDeque<Appended>,
     bytes: u64,
     entries: usize,
     limit_bytes: u64,
@@ -41,7 +52,7 @@ impl EntryCache {
     /// An empty cache holding up to `limit_bytes`.
     pub fn new(limit_bytes: u64) -> EntryCache {
         EntryCache {
-            groups: HashMap::new(),
+            groups: GroupMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             entries: 0,
@@ -83,8 +94,9 @@ impl EntryCache {
         for entry in entries {
             self.bytes += entry.encoded_len();
             cache.entries.push_back((entry.clone(), lsn));
-            self.order.push_back((group, entry.index, lsn));
         }
+        let count = entries.len() as u64;
+        self.order.push_back(Appended { group, first: head.index, count, lsn });
         self.bytes -= dropped.0;
         self.entries = self.entries + entries.len() - dropped.1;
         self.evict(durable_lsn);
@@ -92,35 +104,55 @@ impl EntryCache {
 
     /// Evicts the oldest cached entries while over the budget, stopping at one not durable.
     pub fn evict(&mut self, durable_lsn: u64) {
-        // Bounded: each pass pops one item of the queue.
+        // Bounded: each pass evicts an entry, or drops or shortens the front item.
         while self.bytes > self.limit_bytes {
-            let Some(&(group, index, lsn)) = self.order.front() else { break };
-            if lsn > durable_lsn {
+            let Some(item) = self.order.front_mut() else { break };
+            if item.lsn > durable_lsn {
                 break;
             }
-            self.order.pop_front();
-            let Some(cache) = self.groups.get_mut(&group) else { continue };
-            let front = cache.entries.front().map(|(e, l)| (e.index, *l));
-            if front == Some((index, lsn)) {
-                let (entry, _) = cache.entries.pop_front().expect("front exists");
-                self.bytes -= entry.encoded_len();
-                self.entries -= 1;
-                if cache.entries.is_empty() {
-                    self.groups.remove(&group);
+            let front = self
+                .groups
+                .get(&item.group)
+                .and_then(|c| c.entries.front())
+                .map(|(e, l)| (e.index, *l));
+            match front {
+                // The group's oldest cached entry is this append's: evict it.
+                Some((index, lsn))
+                    if lsn == item.lsn
+                        && index >= item.first
+                        && index < item.first + item.count =>
+                {
+                    let cache = self.groups.get_mut(&item.group).expect("found above");
+                    let (entry, _) = cache.entries.pop_front().expect("front exists");
+                    self.bytes -= entry.encoded_len();
+                    self.entries -= 1;
+                    if cache.entries.is_empty() {
+                        self.groups.remove(&item.group);
+                    }
+                    item.count -= index + 1 - item.first;
+                    item.first = index + 1;
+                    if item.count == 0 {
+                        self.order.pop_front();
+                    }
+                }
+                // Nothing of this append is left at the front: it was compacted or replaced.
+                _ => {
+                    self.order.pop_front();
                 }
             }
         }
-        // Stale items (entries compacted or replaced) are dropped when they outnumber the live
-        // ones, so the queue stays within twice the cached entries (plus a constant).
+        // Items of appends whose entries are all gone are dropped once they outnumber the
+        // cached entries, so the queue stays within twice those (plus a constant).
         if self.order.len() > 2 * self.entries + 1024 {
             let groups = &self.groups;
-            self.order.retain(|&(group, index, lsn)| {
-                groups.get(&group).is_some_and(|c| {
-                    let first = c.entries.front().map_or(0, |(e, _)| e.index);
-                    index
-                        .checked_sub(first)
-                        .and_then(|k| c.entries.get(k as usize))
-                        .is_some_and(|(_, l)| *l == lsn)
+            // An append's entries left in the cache are a contiguous run from its first one
+            // not yet compacted: that entry alone says whether any is left.
+            self.order.retain(|item| {
+                groups.get(&item.group).is_some_and(|c| {
+                    let front = c.entries.front().map_or(u64::MAX, |(e, _)| e.index);
+                    let at = item.first.max(front);
+                    at < item.first + item.count
+                        && c.entries.get((at - front) as usize).is_some_and(|(_, l)| *l == item.lsn)
                 })
             });
         }
@@ -213,5 +245,19 @@ mod tests {
         let mut cache = EntryCache::new(0);
         cache.append(1, &[e(1, 1)], 1, 1);
         assert!(cache.get(1, 1).is_none());
+    }
+
+    #[test]
+    fn appends_whose_entries_are_gone_do_not_pile_up_in_the_queue() {
+        let mut cache = EntryCache::new(1 << 20);
+        // Under the budget nothing is evicted; compaction removes the entries behind the queue.
+        for i in 1..=20_000u64 {
+            cache.append(1, &[e(i, 1)], i, 0);
+            cache.compact(1, i - 1);
+            cache.evict(0);
+            assert!(cache.order.len() <= 2 * cache.entries + 1024 + 1, "{}", cache.order.len());
+        }
+        assert_eq!(cache.entries, 1);
+        assert!(cache.get(1, 20_000).is_some());
     }
 }

@@ -26,7 +26,7 @@ mod segment;
 mod state;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -80,7 +80,7 @@ struct Inner {
     state: EngineState,
     cache: EntryCache,
     // Purges that found each hot group pinning old segments (reset once it stops).
-    compact_requests: HashMap<u64, u32>,
+    compact_requests: state::GroupMap<u32>,
     // A segment was sealed since the last purge: the next durable point may release some.
     purge_due: bool,
 }
@@ -175,7 +175,7 @@ impl Engine {
             sealed,
             state,
             cache: EntryCache::new(options.cache_bytes),
-            compact_requests: HashMap::new(),
+            compact_requests: state::GroupMap::default(),
             purge_due: true,
         };
         Ok(Engine {
@@ -464,7 +464,7 @@ impl Engine {
         }
         let (lsn, needed) = {
             let mut inner = self.lock_write()?;
-            let mut views: HashMap<u64, View<'_>> = HashMap::new();
+            let mut views: state::GroupMap<View<'_>> = state::GroupMap::default();
             let mut ops: Vec<Op<'_>> = Vec::with_capacity(batch.items.len() * 2);
             let mut needed = !self.options.must_sync_rule;
             for item in &batch.items {
