@@ -843,11 +843,15 @@ mod tests {
     use super::*;
 
     fn single_node(dir: &Path) -> Node {
+        single_node_with_regions(dir, 1)
+    }
+
+    fn single_node_with_regions(dir: &Path, regions: u64) -> Node {
         let options = Options {
             id: 1,
             peers: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
             join: false,
-            regions: 1,
+            regions,
             tick: Duration::from_millis(10),
             election_ticks: 10,
             snapshot_every: 1000,
@@ -915,5 +919,50 @@ mod tests {
             hits[region_of(&format!("key{k}"), 8) as usize] += 1;
         }
         assert!(hits.iter().all(|h| *h >= 50), "800 keys over 8 regions: {hits:?}");
+    }
+
+    #[test]
+    fn a_membership_change_is_answered_once_every_region_applied_it_and_a_refusal_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = single_node_with_regions(tmp.path(), 3);
+        let (change, refused) = (node.next_request(), node.next_request());
+        let (tx_change, rx_change) = channel();
+        let (tx_refused, rx_refused) = channel();
+        node.wait(change, Ok(()), tx_change, None, [0, 1, 2].into());
+        node.wait(refused, Ok(()), tx_refused, None, [0, 1, 2].into());
+
+        node.answer(Some(change), 0, Ok(None));
+        node.answer(Some(change), 2, Ok(None));
+        node.answer(Some(change), 2, Ok(None)); // the same region twice counts once
+        assert_eq!(rx_change.try_recv(), Err(TryRecvError::Empty), "region 1 has not applied it");
+        node.answer(Some(change), 1, Ok(None));
+        assert_eq!(rx_change.try_recv(), Ok(Ok(None)), "every region applied it");
+
+        node.answer(Some(refused), 1, Err("refused".into()));
+        assert_eq!(rx_refused.try_recv(), Ok(Err("refused".into())), "a refusal is final");
+        assert!(node.waiting.is_empty(), "both answered");
+    }
+
+    #[test]
+    fn a_directory_holding_a_group_beyond_the_regions_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = single_node_with_regions(tmp.path(), 3);
+        // The first cycle writes every region's bootstrap entries.
+        node.process_ready().unwrap();
+        drop(node);
+        let options = Options {
+            id: 1,
+            peers: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            join: false,
+            regions: 2,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_every: 1000,
+            compact_keep: 10,
+            request_timeout: Duration::from_secs(60),
+        };
+        let (events, _) = channel();
+        let err = Node::open(options, tmp.path(), events).err().expect("refused");
+        assert!(err.to_string().contains("holds group 3"), "{err}");
     }
 }
