@@ -222,12 +222,31 @@ fn leader_killed_keeps_acknowledged_writes_and_restarted_node_catches_up_by_snap
 
 #[test]
 fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
+    add_and_remove_a_member(1);
+}
+
+#[test]
+fn member_added_by_post_joins_every_region_and_is_removed_from_every_region() {
+    add_and_remove_a_member(4);
+}
+
+fn add_and_remove_a_member(regions: u64) {
     let ids = [1, 2, 3];
     let mut c = Cluster::new(&[1, 2, 3, 4]);
+    c.regions = regions;
     for id in ids {
         c.start(id, &ids, false);
     }
     let leader = c.leader_among(&ids);
+    // A membership change goes to every region: let leaderships settle where they belong
+    // (region r to the voter at position r % voters) so that no region is between leaders.
+    let settled = |c: &Cluster, want: &[(u64, usize)]| {
+        if regions > 1 {
+            let want: BTreeMap<u64, usize> = want.iter().copied().collect();
+            until("leaderships to settle", || leaders_seen_by(c, 1).filter(|led| *led == want));
+        }
+    };
+    settled(&c, &[(1, 2), (2, 1), (3, 1)]);
     for k in 0..8 {
         assert!(c.put(leader, &format!("k{k}"), &format!("v{k}")), "write k{k}");
     }
@@ -239,10 +258,20 @@ fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
     });
     let status = c.status(4).unwrap();
     assert_eq!(status["voters"], serde_json::json!([1, 2, 3, 4]), "{status}");
+    // Every region replicates to node 4, not only those of the keys read.
+    let keys_per_region = |s: Value| -> Vec<u64> {
+        s["regions"].as_array().unwrap().iter().map(|r| r["keys"].as_u64().unwrap()).collect()
+    };
+    let want = keys_per_region(c.status(leader).unwrap());
+    assert_eq!(want.len() as u64, regions);
+    until("node 4 to hold every region's keys", || {
+        c.status(4).map(keys_per_region).filter(|got| *got == want)
+    });
 
     let leader = c.leader_among(&[1, 2, 3, 4]);
     assert!(c.put(leader, "after-join", "yes"));
-    assert_eq!(c.get(4, "after-join"), Some((200, "yes".into())));
+    assert_eq!(c.get_settled(4, "after-join"), (200, "yes".into()));
+    settled(&c, &[(1, 1), (2, 1), (3, 1), (4, 1)]);
 
     let remover = if leader == 4 { 1 } else { leader };
     assert_eq!(c.request(remover, "DELETE", "/members/4", None).map(|r| r.0), Some(204));

@@ -185,7 +185,7 @@ pub struct Node {
     next_seq: u64,
     /// Writes and membership changes by request id; reads by their `read_index` context.
     waiting: HashMap<RequestId, Waiter>,
-    /// Ticks since start (leadership is rebalanced every election timeout).
+    /// Ticks since start (leadership is rebalanced about every election timeout).
     ticks: u64,
 }
 
@@ -305,7 +305,10 @@ impl Node {
             if now >= next_tick {
                 self.multi.tick();
                 self.ticks += 1;
-                if self.ticks.is_multiple_of(self.options.election_ticks.max(1) as u64) {
+                // Not every election timeout: a leader's check-quorum clears every peer's
+                // `recent_active` once per election timeout, and a fixed phase could always
+                // look right after that clearing. One tick more shifts the phase every round.
+                if self.ticks.is_multiple_of(self.options.election_ticks as u64 + 1) {
                     self.rebalance()?;
                 }
                 // After a stall, tick once and resume the rhythm rather than catching up.
@@ -343,8 +346,9 @@ impl Node {
     }
 
     /// With more than one region: a leader hands each region it leads but should not over to
-    /// the node that should, once that node is active and holds the whole log (so the transfer
-    /// is immediate). A restarted node gets its regions back once it caught up.
+    /// the node that should, once that node is active (answered since the last check-quorum
+    /// round: a dead node would hold the region without a leader for an election timeout) and
+    /// holds the whole log (so the transfer is immediate). A restarted node gets its regions back once it caught up.
     fn rebalance(&mut self) -> Fallible<()> {
         if self.regions.len() < 2 {
             return Ok(()); // one leader cannot be spread
