@@ -17,7 +17,9 @@ use raftwal::raft::{
     Batch, ConfChange, ConfChangeType, ConfChangeV2, Config, GroupReady, MultiRaft, SnapshotStatus,
     StateRole,
 };
-use raftwal::{ConfState, Entry, EntryType, LogEngine, Snapshot, Storage, WalOptions};
+use raftwal::{
+    ConfState, Entry, EntryType, GroupStorage, LogEngine, Snapshot, Storage, WalOptions,
+};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -153,7 +155,7 @@ struct Waiter {
 /// One region: its Raft group's storage and its state machine.
 struct Region {
     group: u64,
-    storage: raftwal::GroupStorage,
+    storage: GroupStorage,
     kv: KvState,
     conf_state: ConfState,
     /// Highest index applied to `kv` (or covered by the snapshot it was restored from).
