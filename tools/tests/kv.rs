@@ -1,6 +1,7 @@
 //! `raftwal-kv` as built, as real processes on 127.0.0.1: a 3-node cluster survives the
 //! SIGKILL of its leader without losing an acknowledged write, the killed node restarts on its
-//! directory and catches up by snapshot, and membership changes add and remove a node. Every
+//! directory and catches up by snapshot, membership changes add and remove a node, and a
+//! sharded cluster (several regions) does the same per region with its leaders spread. Every
 //! wait is bounded; every child is killed and reaped on every path (the guard's `Drop`).
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ struct Cluster {
     http_ports: BTreeMap<u64, u16>,
     children: BTreeMap<u64, Child>,
     agent: ureq::Agent,
+    /// The --regions every node is started with.
+    regions: u64,
 }
 
 impl Drop for Cluster {
@@ -67,6 +70,7 @@ impl Cluster {
             http_ports: ids.iter().copied().zip(http.iter().copied()).collect(),
             children: BTreeMap::new(),
             agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build(),
+            regions: 1,
         }
     }
 
@@ -87,6 +91,7 @@ impl Cluster {
             .args(["--tick-ms", "20", "--election-ticks", "10"])
             .args(["--snapshot-every", "5", "--compact-keep", "2"])
             .args(["--request-timeout-ms", "2000"])
+            .args(["--regions", &self.regions.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(log);
         if join {
@@ -217,12 +222,31 @@ fn leader_killed_keeps_acknowledged_writes_and_restarted_node_catches_up_by_snap
 
 #[test]
 fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
+    add_and_remove_a_member(1);
+}
+
+#[test]
+fn member_added_by_post_joins_every_region_and_is_removed_from_every_region() {
+    add_and_remove_a_member(4);
+}
+
+fn add_and_remove_a_member(regions: u64) {
     let ids = [1, 2, 3];
     let mut c = Cluster::new(&[1, 2, 3, 4]);
+    c.regions = regions;
     for id in ids {
         c.start(id, &ids, false);
     }
     let leader = c.leader_among(&ids);
+    // A membership change goes to every region: let leaderships settle where they belong
+    // (region r to the voter at position r % voters) so that no region is between leaders.
+    let settled = |c: &Cluster, want: &[(u64, usize)]| {
+        if regions > 1 {
+            let want: BTreeMap<u64, usize> = want.iter().copied().collect();
+            until("leaderships to settle", || leaders_seen_by(c, 1).filter(|led| *led == want));
+        }
+    };
+    settled(&c, &[(1, 2), (2, 1), (3, 1)]);
     for k in 0..8 {
         assert!(c.put(leader, &format!("k{k}"), &format!("v{k}")), "write k{k}");
     }
@@ -234,10 +258,20 @@ fn member_added_by_post_joins_and_serves_reads_then_is_removed_by_delete() {
     });
     let status = c.status(4).unwrap();
     assert_eq!(status["voters"], serde_json::json!([1, 2, 3, 4]), "{status}");
+    // Every region replicates to node 4, not only those of the keys read.
+    let keys_per_region = |s: Value| -> Vec<u64> {
+        s["regions"].as_array().unwrap().iter().map(|r| r["keys"].as_u64().unwrap()).collect()
+    };
+    let want = keys_per_region(c.status(leader).unwrap());
+    assert_eq!(want.len() as u64, regions);
+    until("node 4 to hold every region's keys", || {
+        c.status(4).map(keys_per_region).filter(|got| *got == want)
+    });
 
     let leader = c.leader_among(&[1, 2, 3, 4]);
     assert!(c.put(leader, "after-join", "yes"));
-    assert_eq!(c.get(4, "after-join"), Some((200, "yes".into())));
+    assert_eq!(c.get_settled(4, "after-join"), (200, "yes".into()));
+    settled(&c, &[(1, 1), (2, 1), (3, 1), (4, 1)]);
 
     let remover = if leader == 4 { 1 } else { leader };
     assert_eq!(c.request(remover, "DELETE", "/members/4", None).map(|r| r.0), Some(204));
@@ -299,4 +333,117 @@ fn metrics_are_scraped_in_prometheus_text_from_a_running_node() {
     assert_eq!(sample(&text, "raftwal_kv_applied_index"), Some(commit));
     assert!(sample(&text, "raftwal_kv_leader_changes_total").unwrap() >= 1.0);
     assert!(text.contains("raftwal_kv_read_index_duration_seconds"), "read latency:\n{text}");
+}
+
+/// Per region of `status`: (leader, commit, applied).
+fn regions_of(status: &Value) -> Vec<(u64, u64, u64)> {
+    let regions = status["regions"].as_array().expect("a regions list");
+    regions
+        .iter()
+        .map(|r| {
+            let field = |name: &str| r[name].as_u64().unwrap();
+            (field("leader"), field("commit"), field("applied"))
+        })
+        .collect()
+}
+
+/// Regions each node leads, as `id` sees it, if every region has a leader.
+fn leaders_seen_by(c: &Cluster, id: u64) -> Option<BTreeMap<u64, usize>> {
+    let regions = regions_of(&c.status(id)?);
+    let mut led = BTreeMap::new();
+    for (leader, _, _) in regions {
+        if leader == 0 {
+            return None;
+        }
+        *led.entry(leader).or_insert(0) += 1;
+    }
+    Some(led)
+}
+
+impl Cluster {
+    /// A read through `id`, retried while a region's leadership moves (503).
+    fn get_settled(&self, id: u64, key: &str) -> (u16, String) {
+        until(&format!("node {id} to answer for {key}"), || {
+            self.get(id, key).filter(|(code, _)| *code != 503)
+        })
+    }
+}
+
+#[test]
+fn sharded_cluster_spreads_leaders_survives_the_busiest_node_and_catches_it_up() {
+    const REGIONS: usize = 6;
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids);
+    c.regions = REGIONS as u64;
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    // Region r is meant for the voter at position r % 3: two regions each.
+    until("leaderships spread two per node", || {
+        leaders_seen_by(&c, 1).filter(|led| led.len() == 3 && led.values().all(|n| *n == 2))
+    });
+
+    let mut acked = BTreeMap::new();
+    for k in 0..24u64 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(1 + k % 3, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert_eq!(acked.len(), 24, "a healthy cluster acknowledges every write");
+    let status = c.status(1).unwrap();
+    let keys: Vec<u64> =
+        status["regions"].as_array().unwrap().iter().map(|r| r["keys"].as_u64().unwrap()).collect();
+    assert!(keys.iter().all(|n| *n > 0), "24 keys reach all {REGIONS} regions: {keys:?}");
+
+    // The node that leads the most regions, as node 1 sees it.
+    let led = leaders_seen_by(&c, 1).expect("every region has a leader");
+    let busiest = *led.iter().max_by_key(|(id, n)| (**n, u64::MAX - **id)).unwrap().0;
+    c.kill(busiest);
+    let rest: Vec<u64> = ids.iter().copied().filter(|id| *id != busiest).collect();
+    until("every region to elect a leader among the survivors", || {
+        leaders_seen_by(&c, rest[0]).filter(|led| led.keys().all(|l| rest.contains(l)))
+    });
+    for (key, value) in &acked {
+        for id in &rest {
+            assert_eq!(
+                c.get_settled(*id, key),
+                (200, value.clone()),
+                "node {id} serves acknowledged write {key}"
+            );
+        }
+    }
+
+    // Enough writes for snapshots in every region: logs compacted past the dead node's end.
+    for k in 24..72usize {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(rest[k % 2], &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert!(c.put(rest[0], "k0", "overwritten"), "an overwrite is acknowledged");
+    acked.insert("k0".into(), "overwritten".into());
+    let commits: Vec<u64> = regions_of(&c.status(rest[0]).unwrap()).iter().map(|r| r.1).collect();
+
+    c.start(busiest, &ids, false);
+    let status = until("the restarted node to catch up in every region", || {
+        c.status(busiest).filter(|s| {
+            let regions = regions_of(s);
+            regions.len() == REGIONS && regions.iter().zip(&commits).all(|(r, c)| r.2 >= *c)
+        })
+    });
+    assert!(
+        status["snapshots_received"].as_u64().unwrap() >= 1,
+        "the restarted node caught up by snapshot in some region: {status}"
+    );
+    for (key, value) in &acked {
+        assert_eq!(
+            c.get_settled(busiest, key),
+            (200, value.clone()),
+            "restarted node serves {key}"
+        );
+    }
+    until("the restarted node to lead its two regions again", || {
+        leaders_seen_by(&c, busiest).filter(|led| led.get(&busiest) == Some(&2))
+    });
 }

@@ -1,13 +1,14 @@
 //! `raftwal-kv`: a replicated key-value store, one process per node, on the bundled Raft core
-//! and `WalStorage`. Peers talk over TCP; clients over HTTP (see `http.rs` for the API).
+//! (`MultiRaft`: one Raft group per region of the key space) and one `LogEngine`. Peers talk
+//! over TCP; clients over HTTP (see `http.rs` for the API).
 //!
 //! ```text
 //! raftwal-kv --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
 //!            --http 127.0.0.1:8001 --dir /tmp/kv1
 //! ```
 //!
-//! Structure: `node.rs` owns the `RawNode`, the storage and the map on one thread and runs the
-//! Ready loop; `transport.rs` and `http.rs` feed it events; `kv.rs` is the state machine.
+//! Structure: `node.rs` owns the `MultiRaft`, the engine and the regions' maps on one thread
+//! and runs the ready cycle; `transport.rs` and `http.rs` feed it events; `kv.rs` is the state machine.
 
 mod http;
 mod kv;
@@ -39,13 +40,17 @@ struct Args {
     /// Address of the HTTP API.
     #[arg(long)]
     http: String,
-    /// Directory of this node's WalStorage (created if missing).
+    /// Directory of this node's LogEngine (created if missing).
     #[arg(long)]
     dir: PathBuf,
     /// Join a running cluster (add this node with POST /members/{id} first) instead of
     /// bootstrapping a new one. Ignored when --dir already holds a log.
     #[arg(long)]
     join: bool,
+    /// Regions the key space is split into (by a hash of the key), each its own Raft group
+    /// over the same members. Every node of a cluster, and every start, uses the same count.
+    #[arg(long, default_value_t = 1)]
+    regions: u64,
     /// Milliseconds per Raft tick (the leader heartbeats every tick).
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
@@ -107,6 +112,10 @@ fn main() -> ExitCode {
         error!("--peers must include this node ({})", args.id);
         return ExitCode::from(2);
     };
+    if !(1..=node::MAX_REGIONS).contains(&args.regions) {
+        error!("--regions must be between 1 and {}", node::MAX_REGIONS);
+        return ExitCode::from(2);
+    }
     if args.snapshot_every == 0 {
         error!("--snapshot-every must be at least 1");
         return ExitCode::from(2);
@@ -116,6 +125,7 @@ fn main() -> ExitCode {
         id: args.id,
         peers,
         join: args.join,
+        regions: args.regions,
         tick: Duration::from_millis(args.tick_ms.max(1)),
         election_ticks: args.election_ticks,
         snapshot_every: args.snapshot_every,

@@ -1,24 +1,30 @@
-//! The node: one thread owns the `RawNode`, the `WalStorage` and the state machine, and runs
-//! the Ready loop. Everything else (peer connections, HTTP requests) reaches it as an
-//! [`Event`] on one queue, and HTTP requests wait on a reply channel of their own.
+//! The node: one thread owns the `MultiRaft` (every region's Raft group on one `LogEngine`),
+//! the regions' state machines, and runs the ready cycle. Everything else (peer connections,
+//! HTTP requests) reaches it as an [`Event`] on one queue, and HTTP requests wait on a reply
+//! channel of their own.
+//!
+//! The key space is split into `--regions` regions by [`region_of`]; region `r` is Raft group
+//! `r + 1` over the same members. A membership change is proposed in every region and answered
+//! once every region applied it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use raftwal::raft::{
-    ConfChange, ConfChangeType, ConfChangeV2, Config, Message, MessageType, RawNode,
-    SnapshotStatus, StateRole,
+    Batch, ConfChange, ConfChangeType, ConfChangeV2, Config, GroupReady, MultiRaft, SnapshotStatus,
+    StateRole,
 };
-use raftwal::{ConfState, Entry, EntryType, Snapshot, Storage, WalOptions, WalStorage};
+use raftwal::{
+    ConfState, Entry, EntryType, GroupStorage, LogEngine, Snapshot, Storage, WalOptions,
+};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::kv::{Command, KvState, MemberContext, Op, RequestId};
-use crate::transport::Peer;
+use crate::transport::{self, Peer};
 
 /// What a waiting HTTP request gets back: a value (or none) once its entry is applied or its
 /// read confirmed, or why it could not be served.
@@ -26,19 +32,19 @@ pub type Reply = Result<Option<String>, String>;
 
 /// Everything the node thread reacts to.
 pub enum Event {
-    /// A message from a peer.
-    Message(Box<Message>),
-    /// A message to this peer could not be sent.
+    /// What a peer's regions sent this node in one of its ready cycles.
+    Batch(Box<Batch>),
+    /// A batch to this peer could not be sent.
     Unreachable(u64),
-    /// Sending a snapshot to this peer succeeded (true) or failed.
-    SnapshotStatus(u64, bool),
+    /// Sending a snapshot of a group (second) to a peer (first) succeeded (true) or failed.
+    SnapshotStatus(u64, u64, bool),
     /// Propose a change to the map; answered once it is applied.
     Propose(Op, Sender<Reply>),
     /// A linearizable read of a key.
     Read(String, Sender<Reply>),
-    /// Add a voter at a Raft address; answered once the change is applied.
+    /// Add a voter at a Raft address; answered once the change is applied in every region.
     AddMember(u64, String, Sender<Reply>),
-    /// Remove a member; answered once the change is applied.
+    /// Remove a member; answered once the change is applied in every region.
     RemoveMember(u64, Sender<Reply>),
     /// The node's status as JSON.
     Status(Sender<String>),
@@ -54,28 +60,51 @@ pub struct Options {
     pub peers: BTreeMap<u64, String>,
     /// Whether this node joins a running cluster (starts empty, without bootstrapping).
     pub join: bool,
+    /// Regions the key space is split into (at least 1; the same on every node and start).
+    pub regions: u64,
     /// Wall-clock length of one Raft tick.
     pub tick: Duration,
     /// Ticks of the election timeout.
     pub election_ticks: usize,
-    /// A snapshot of the map is taken every this many applied entries.
+    /// A snapshot of a region's map is taken every this many entries applied in the region.
     pub snapshot_every: u64,
-    /// Entries kept in the log below a snapshot, for followers that lag a little.
+    /// Entries kept in a region's log below a snapshot, for followers that lag a little.
     pub compact_keep: u64,
     /// How long a proposal or read may wait before it is dropped.
     pub request_timeout: Duration,
 }
 
+/// Most regions a node hosts: every region is a Raft group ticking on the node's one thread.
+pub const MAX_REGIONS: u64 = 1024;
 /// Events handled per round before the node looks at its Ready again.
 const MAX_EVENTS_PER_ROUND: usize = 1024;
-/// Ready/advance cycles per round.
+/// Ready cycles per round.
 const MAX_READY_PER_ROUND: usize = 64;
 /// Requests (writes and reads) waiting at once; more are refused with 503.
 const MAX_PENDING_REQUESTS: usize = 10_000;
 
+/// The region of a key: FNV-1a (64 bits) of its UTF-8 bytes, modulo the region count. Stable
+/// across processes, builds and platforms, unlike `std`'s randomly seeded hasher.
+pub fn region_of(key: &str, regions: u64) -> u64 {
+    assert!(regions >= 1, "at least one region");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash % regions
+}
+
+/// The Raft group of region `region`: group 0 is left unused, so that `raftwal dump` shows
+/// region `r` as group `r + 1` whatever the region count.
+fn group_of(region: usize) -> u64 {
+    region as u64 + 1
+}
+
 #[derive(Serialize)]
-struct StatusReport {
-    id: u64,
+struct RegionReport {
+    region: usize,
+    group: u64,
     leader: u64,
     term: u64,
     role: String,
@@ -85,9 +114,29 @@ struct StatusReport {
     last_index: u64,
     snapshot_index: u64,
     snapshots_received: u64,
+    keys: usize,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    id: u64,
+    // Region 0's, the only region with `--regions 1`.
+    leader: u64,
+    term: u64,
+    role: String,
+    commit: u64,
+    applied: u64,
+    first_index: u64,
+    last_index: u64,
+    snapshot_index: u64,
+    // Sums over the regions.
+    snapshots_received: u64,
     voters: Vec<u64>,
     learners: Vec<u64>,
     keys: usize,
+    /// Regions this node leads.
+    leading: usize,
+    regions: Vec<RegionReport>,
 }
 
 /// A request waiting for its entry to be applied or its read to be served.
@@ -98,14 +147,15 @@ struct Waiter {
     reply: Sender<Reply>,
     /// For a read: the key.
     key: Option<String>,
+    /// Regions that have not applied the request yet: one for a write or read, every region
+    /// for a membership change.
+    regions: BTreeSet<usize>,
 }
 
-/// The node thread's state.
-pub struct Node {
-    id: u64,
-    options: Options,
-    raw: RawNode<Arc<WalStorage>>,
-    storage: Arc<WalStorage>,
+/// One region: its Raft group's storage and its state machine.
+struct Region {
+    group: u64,
+    storage: GroupStorage,
     kv: KvState,
     conf_state: ConfState,
     /// Highest index applied to `kv` (or covered by the snapshot it was restored from).
@@ -118,41 +168,84 @@ pub struct Node {
     /// a snapshot only if its membership names the node, so a node just added can be caught
     /// up only from a snapshot taken after its addition.
     snapshot_due: bool,
-    peers: BTreeMap<u64, Peer>,
-    events: Sender<Event>,
-    incarnation: u64,
-    next_seq: u64,
-    /// Writes and membership changes by request id; reads by their `read_index` context.
-    waiting: HashMap<RequestId, Waiter>,
     /// Reads confirmed by the leader: (read index, context), served once applied reaches it.
     confirmed: Vec<(u64, Bytes)>,
     /// The leader last seen (to count leader changes).
     leader: u64,
 }
 
+/// The node thread's state.
+pub struct Node {
+    id: u64,
+    options: Options,
+    multi: MultiRaft,
+    /// Indexed by region; `regions[r].group == group_of(r)`.
+    regions: Vec<Region>,
+    peers: BTreeMap<u64, Peer>,
+    events: Sender<Event>,
+    incarnation: u64,
+    next_seq: u64,
+    /// Writes and membership changes by request id; reads by their `read_index` context.
+    waiting: HashMap<RequestId, Waiter>,
+    /// Ticks since start (leadership is rebalanced about every election timeout).
+    ticks: u64,
+}
+
 impl Node {
-    /// Opens the storage in `dir`, rebuilds the map from the newest snapshot (the committed
-    /// entries after it are handed out again by the first Readys) and, for a new cluster,
-    /// bootstraps it with the members of `--peers`.
+    /// Opens the engine in `dir`, rebuilds every region's map from its newest snapshot (the
+    /// committed entries after it are handed out again by the first cycles) and, for a new
+    /// cluster, bootstraps every region with the members of `--peers`.
     pub fn open(options: Options, dir: &Path, events: Sender<Event>) -> Fallible<Node> {
         let id = options.id;
-        let storage = Arc::new(WalStorage::open(dir, WalOptions::default())?);
-        let snap = storage.snapshot()?;
-        let kv = KvState::decode(&snap.data)?;
-        let state = storage.initial_state()?;
-        let fresh = state.hard_state.is_empty() && storage.last_index()? == 0;
-        let config = Config {
-            id,
-            election_tick: options.election_ticks,
-            heartbeat_tick: 1,
-            applied: snap.metadata.index,
-            check_quorum: true,
-            pre_vote: true,
-            ..Config::new(id)
-        };
-        let mut raw = RawNode::new(&config, storage.clone())?;
-        if fresh && !options.join {
-            raw.bootstrap(options.peers.keys())?;
+        let n = options.regions;
+        assert!((1..=MAX_REGIONS).contains(&n), "{n} regions: checked by the caller");
+        let engine = LogEngine::open(dir, WalOptions::default())?;
+        if let Some(g) = engine.group_ids().into_iter().find(|g| *g == 0 || *g > n) {
+            return Err(format!(
+                "{} holds group {g}, which {n} region(s) do not have: start the node with the \
+                 --regions it was created with",
+                dir.display()
+            )
+            .into());
+        }
+        let mut multi = MultiRaft::new(id, engine)?;
+        // A quiesced follower hears nothing from a leader that died, and this example has no
+        // failure detector to wake it: every group ticks (heartbeats are coalesced per node).
+        multi.set_quiescence(false);
+        let mut regions = Vec::new();
+        for r in 0..n as usize {
+            let group = group_of(r);
+            let storage = multi.engine().group(group)?;
+            let snap = storage.snapshot()?;
+            let kv = KvState::decode(&snap.data)?;
+            let state = storage.initial_state()?;
+            let fresh = state.hard_state.is_empty() && storage.last_index()? == 0;
+            let config = Config {
+                id,
+                election_tick: options.election_ticks,
+                heartbeat_tick: 1,
+                applied: snap.metadata.index,
+                check_quorum: true,
+                pre_vote: true,
+                ..Config::new(id)
+            };
+            let initial = (fresh && !options.join).then(|| ConfState {
+                voters: options.peers.keys().copied().collect(),
+                ..ConfState::default()
+            });
+            multi.create_group(group, config, initial)?;
+            regions.push(Region {
+                group,
+                storage,
+                kv,
+                conf_state: snap.metadata.conf_state.clone(),
+                applied: snap.metadata.index,
+                snapshot_index: snap.metadata.index,
+                snapshots_received: 0,
+                snapshot_due: false,
+                confirmed: Vec::new(),
+                leader: 0,
+            });
         }
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -160,32 +253,34 @@ impl Node {
             .unwrap_or_default();
         let mut node = Node {
             id,
-            raw,
-            storage,
-            kv,
-            conf_state: snap.metadata.conf_state.clone(),
-            applied: snap.metadata.index,
-            snapshot_index: snap.metadata.index,
-            snapshots_received: 0,
-            snapshot_due: false,
+            multi,
+            regions,
             peers: BTreeMap::new(),
             events,
             incarnation,
             next_seq: 0,
             waiting: HashMap::new(),
-            confirmed: Vec::new(),
-            leader: 0,
+            ticks: 0,
             options,
         };
         let known: Vec<(u64, String)> = node
-            .kv
-            .addrs
+            .regions
             .iter()
+            .flat_map(|r| r.kv.addrs.iter())
             .chain(node.options.peers.iter())
             .map(|(id, addr)| (*id, addr.clone()))
             .collect();
         for (peer, addr) in known {
             node.ensure_peer(peer, &addr);
+        }
+        // Ask for the regions this node should lead. A campaign while the region has a live
+        // leader loses its pre-vote and costs nothing; leaders hand the rest over (`rebalance`).
+        if n > 1 {
+            for r in 0..node.regions.len() {
+                if node.preferred_leader(r) == Some(id) {
+                    node.multi.campaign(group_of(r))?;
+                }
+            }
         }
         Ok(node)
     }
@@ -210,7 +305,14 @@ impl Node {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raw.tick();
+                self.multi.tick();
+                self.ticks += 1;
+                // Not every election timeout: a leader's check-quorum clears every peer's
+                // `recent_active` once per election timeout, and a fixed phase could always
+                // look right after that clearing. One tick more shifts the phase every round.
+                if self.ticks.is_multiple_of(self.options.election_ticks as u64 + 1) {
+                    self.rebalance()?;
+                }
                 // After a stall, tick once and resume the rhythm rather than catching up.
                 next_tick = (next_tick + tick).max(now);
                 self.expire(now);
@@ -236,53 +338,89 @@ impl Node {
         }
     }
 
+    /// The node that should lead region `r`: the voter at position `r % voters` of its sorted
+    /// membership, so that leaderships spread evenly over the members.
+    fn preferred_leader(&mut self, r: usize) -> Option<u64> {
+        let raw = self.multi.raw_node(group_of(r))?;
+        let mut voters = raw.status().conf_state.voters;
+        voters.sort_unstable();
+        (!voters.is_empty()).then(|| voters[r % voters.len()])
+    }
+
+    /// With more than one region: a leader hands each region it leads but should not over to
+    /// the node that should, once that node is active (answered since the last check-quorum
+    /// round: a dead node would hold the region without a leader for an election timeout) and
+    /// holds the whole log (so the transfer is immediate). A restarted node gets its regions back once it caught up.
+    fn rebalance(&mut self) -> Fallible<()> {
+        if self.regions.len() < 2 {
+            return Ok(()); // one leader cannot be spread
+        }
+        // Bounded by the regions.
+        for r in 0..self.regions.len() {
+            let Some(preferred) = self.preferred_leader(r) else { continue };
+            let group = group_of(r);
+            let Some(raw) = self.multi.raw_node(group) else { continue };
+            let st = raw.status();
+            if preferred == self.id
+                || st.soft_state.raft_state != StateRole::Leader
+                || st.lead_transferee.is_some()
+            {
+                continue;
+            }
+            let ready = st
+                .progress
+                .get(&preferred)
+                .is_some_and(|p| p.recent_active && p.matched == st.last_index);
+            if ready {
+                info!(node = self.id, region = r, to = preferred, "handing leadership over");
+                self.multi.transfer_leader(group, preferred)?;
+            }
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Message(m) => {
-                // Messages from removed or unknown peers are refused by the core; nothing to do.
-                let _ = self.raw.step(*m);
+            Event::Batch(b) => {
+                // Items from removed or unknown peers are dropped by the core; an error means
+                // the node is poisoned, which the next cycle reports.
+                let _ = self.multi.step(*b);
             }
-            Event::Unreachable(id) => self.raw.report_unreachable(id),
-            Event::SnapshotStatus(id, ok) => {
+            Event::Unreachable(id) => self.multi.report_unreachable(id),
+            Event::SnapshotStatus(id, group, ok) => {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
-                self.raw.report_snapshot(id, status);
+                let _ = self.multi.report_snapshot(group, id, status);
             }
             Event::Propose(op, reply) => {
+                let key = match &op {
+                    Op::Put { key, .. } | Op::Delete { key } => key,
+                };
+                let r = region_of(key, self.options.regions) as usize;
                 let req = self.next_request();
                 let data = serde_json::to_vec(&Command { req, op }).expect("serializes");
-                let proposed = self.raw.propose(data);
-                self.wait(req, proposed.map_err(|e| e.to_string()), reply, None);
+                let proposed = self.multi.propose(group_of(r), data);
+                self.wait(req, proposed.map_err(|e| e.to_string()), reply, None, [r].into());
             }
             Event::Read(key, reply) => {
+                let r = region_of(&key, self.options.regions) as usize;
                 let req = self.next_request();
                 if self.waiting.len() >= MAX_PENDING_REQUESTS {
                     let _ = reply.send(Err("too many requests waiting".into()));
                     return;
                 }
-                self.raw.read_index(serde_json::to_vec(&req).expect("serializes"));
-                self.wait(req, Ok(()), reply, Some(key));
+                let ctx = serde_json::to_vec(&req).expect("serializes");
+                let asked = self.multi.read_index(group_of(r), ctx);
+                self.wait(req, asked.map_err(|e| e.to_string()), reply, Some(key), [r].into());
             }
             Event::AddMember(id, addr, reply) => {
                 let req = self.next_request();
                 let context = MemberContext { req: Some(req), addr: Some(addr) };
-                let cc = ConfChange {
-                    change_type: ConfChangeType::AddNode,
-                    node_id: id,
-                    context: serde_json::to_vec(&context).expect("serializes").into(),
-                };
-                let proposed = self.raw.propose_conf_change(cc);
-                self.wait(req, proposed.map_err(|e| e.to_string()), reply, None);
+                self.change_members(req, ConfChangeType::AddNode, id, &context, reply);
             }
             Event::RemoveMember(id, reply) => {
                 let req = self.next_request();
                 let context = MemberContext { req: Some(req), addr: None };
-                let cc = ConfChange {
-                    change_type: ConfChangeType::RemoveNode,
-                    node_id: id,
-                    context: serde_json::to_vec(&context).expect("serializes").into(),
-                };
-                let proposed = self.raw.propose_conf_change(cc);
-                self.wait(req, proposed.map_err(|e| e.to_string()), reply, None);
+                self.change_members(req, ConfChangeType::RemoveNode, id, &context, reply);
             }
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -294,19 +432,59 @@ impl Node {
         }
     }
 
-    /// Sets the gauges: the storage's (sizes) and the node's (term, commit, applied, role).
-    /// Counters and histograms are updated where their events happen.
-    fn refresh_metrics(&self) {
-        self.storage.metrics();
-        let st = self.raw.status();
+    /// Proposes one membership change in every region (each region is a Raft group of the
+    /// same members). A region that refuses the proposal fails the request at once; the
+    /// regions that took it may still apply it, as any request answered 503 may.
+    fn change_members(
+        &mut self,
+        req: RequestId,
+        change_type: ConfChangeType,
+        node_id: u64,
+        context: &MemberContext,
+        reply: Sender<Reply>,
+    ) {
+        let cc = ConfChange {
+            change_type,
+            node_id,
+            context: serde_json::to_vec(context).expect("serializes").into(),
+        };
+        let mut proposed = Ok(());
+        // Bounded by the regions.
+        for r in 0..self.regions.len() {
+            if let Err(e) = self.multi.propose_conf_change(group_of(r), cc.clone()) {
+                proposed = Err(format!("region {r}: {e}"));
+                break;
+            }
+        }
+        let all = (0..self.regions.len()).collect();
+        self.wait(req, proposed, reply, None, all);
+    }
+
+    /// Sets the gauges: the storage's (sizes) and the node's (region 0's term, commit, applied,
+    /// role; regions led). Counters and histograms are updated where their events happen.
+    fn refresh_metrics(&mut self) {
+        self.multi.engine().metrics();
+        let applied = self.regions[0].applied;
+        let leading = self.leading();
+        let Some(raw) = self.multi.raw_node(group_of(0)) else { return };
+        let st = raw.status();
         metrics::gauge!("raftwal_kv_term").set(st.hard_state.term as f64);
         metrics::gauge!("raftwal_kv_commit_index").set(st.hard_state.commit as f64);
-        metrics::gauge!("raftwal_kv_applied_index").set(self.applied as f64);
+        metrics::gauge!("raftwal_kv_applied_index").set(applied as f64);
         metrics::gauge!("raftwal_kv_last_index").set(st.last_index as f64);
         metrics::gauge!("raftwal_kv_leader_id").set(st.soft_state.leader_id as f64);
-        let leading = st.soft_state.raft_state == StateRole::Leader;
-        metrics::gauge!("raftwal_kv_is_leader").set(if leading { 1.0 } else { 0.0 });
+        let leads = st.soft_state.raft_state == StateRole::Leader;
+        metrics::gauge!("raftwal_kv_is_leader").set(if leads { 1.0 } else { 0.0 });
+        metrics::gauge!("raftwal_kv_regions_led").set(leading as f64);
         metrics::gauge!("raftwal_kv_requests_waiting").set(self.waiting.len() as f64);
+    }
+
+    fn leading(&self) -> usize {
+        (0..self.regions.len())
+            .filter(|r| {
+                self.multi.status(group_of(*r)).is_some_and(|s| s.role == StateRole::Leader)
+            })
+            .count()
     }
 
     fn wait(
@@ -315,7 +493,9 @@ impl Node {
         proposed: Result<(), String>,
         reply: Sender<Reply>,
         key: Option<String>,
+        regions: BTreeSet<usize>,
     ) {
+        assert!(!regions.is_empty(), "a request waits for at least one region");
         if let Err(e) = proposed {
             metrics::counter!("raftwal_kv_proposals_dropped_total").increment(1);
             let _ = reply.send(Err(format!("not proposed: {e}")));
@@ -328,7 +508,7 @@ impl Node {
         }
         let started = Instant::now();
         let deadline = started + self.options.request_timeout;
-        self.waiting.insert(req, Waiter { started, deadline, reply, key });
+        self.waiting.insert(req, Waiter { started, deadline, reply, key, regions });
     }
 
     /// Drops requests whose HTTP side has given up (it answers 503 on its own timeout).
@@ -338,75 +518,67 @@ impl Node {
         let expired = before - self.waiting.len();
         metrics::counter!("raftwal_kv_requests_expired_total").increment(expired as u64);
         let waiting = &self.waiting;
-        self.confirmed.retain(|(_, ctx)| {
-            serde_json::from_slice::<RequestId>(ctx).is_ok_and(|req| waiting.contains_key(&req))
-        });
+        for region in &mut self.regions {
+            region.confirmed.retain(|(_, ctx)| {
+                serde_json::from_slice::<RequestId>(ctx).is_ok_and(|req| waiting.contains_key(&req))
+            });
+        }
     }
 
     fn status(&self) -> String {
-        let st = self.raw.status();
+        let mut reports = Vec::new();
+        for (r, region) in self.regions.iter().enumerate() {
+            let st = self.multi.status(region.group).unwrap_or_default();
+            reports.push(RegionReport {
+                region: r,
+                group: region.group,
+                leader: st.leader,
+                term: st.term,
+                role: format!("{:?}", st.role),
+                commit: st.commit,
+                applied: region.applied,
+                first_index: region.storage.first_index().unwrap_or_default(),
+                last_index: st.last_index,
+                snapshot_index: region.snapshot_index,
+                snapshots_received: region.snapshots_received,
+                keys: region.kv.data.len(),
+            });
+        }
+        let first = &reports[0];
         let report = StatusReport {
             id: self.id,
-            leader: st.soft_state.leader_id,
-            term: st.hard_state.term,
-            role: format!("{:?}", st.soft_state.raft_state),
-            commit: st.hard_state.commit,
-            applied: self.applied,
-            first_index: self.storage.first_index().unwrap_or_default(),
-            last_index: st.last_index,
-            snapshot_index: self.snapshot_index,
-            snapshots_received: self.snapshots_received,
-            voters: st.conf_state.voters,
-            learners: st.conf_state.learners,
-            keys: self.kv.data.len(),
+            leader: first.leader,
+            term: first.term,
+            role: first.role.clone(),
+            commit: first.commit,
+            applied: first.applied,
+            first_index: first.first_index,
+            last_index: first.last_index,
+            snapshot_index: first.snapshot_index,
+            snapshots_received: reports.iter().map(|r| r.snapshots_received).sum(),
+            voters: self.regions[0].conf_state.voters.clone(),
+            learners: self.regions[0].conf_state.learners.clone(),
+            keys: reports.iter().map(|r| r.keys).sum(),
+            leading: reports.iter().filter(|r| r.leader == self.id).count(),
+            regions: reports,
         };
         serde_json::to_string(&report).expect("serializes")
     }
 
-    /// The Ready loop: persist, send, apply, advance; then serve confirmed reads and take a
-    /// snapshot if one is due.
+    /// The ready cycle: `MultiRaft::ready` persisted every region's Ready and advanced them;
+    /// send the batches (one per peer), apply, then serve confirmed reads and take the
+    /// snapshots that are due.
     fn process_ready(&mut self) -> Fallible<()> {
         for _ in 0..MAX_READY_PER_ROUND {
-            if !self.raw.has_ready() {
+            if !self.multi.has_ready() {
                 return Ok(());
             }
-            let mut rd = self.raw.ready();
-            if let Some(ss) = rd.soft_state {
-                if ss.leader_id != self.leader {
-                    self.leader = ss.leader_id;
-                    metrics::counter!("raftwal_kv_leader_changes_total").increment(1);
-                }
-                if ss.raft_state == StateRole::Leader {
-                    let term = self.raw.status().hard_state.term;
-                    info!(node = self.id, term, "became leader");
-                }
+            let rd = self.multi.ready()?;
+            for b in rd.batches {
+                self.send(b);
             }
-            // 1. Persist: the snapshot, then entries and hard state in one synced write.
-            if let Some(s) = &rd.snapshot {
-                self.storage.apply_snapshot(s.clone())?;
-            }
-            if !rd.entries.is_empty() || rd.hard_state.is_some() {
-                self.storage.save(rd.hard_state.as_ref(), &rd.entries)?;
-            }
-            // 2. Send, only now. Failures are reported to the core after `advance`.
-            let mut failed = Vec::new();
-            for m in std::mem::take(&mut rd.messages) {
-                self.send(m, &mut failed);
-            }
-            // 3. Apply.
-            if let Some(s) = &rd.snapshot {
-                self.restore(s)?;
-            }
-            for rs in &rd.read_states {
-                self.confirmed.push((rs.index, rs.request_ctx.clone()));
-            }
-            for e in &rd.committed_entries {
-                self.apply(e)?;
-            }
-            // 4. Acknowledge.
-            self.raw.advance(rd);
-            for ev in failed {
-                self.handle(ev);
+            for gr in rd.groups {
+                self.apply_group(gr)?;
             }
             self.serve_reads();
             self.maybe_snapshot()?;
@@ -414,52 +586,82 @@ impl Node {
         Ok(())
     }
 
-    fn send(&mut self, m: Message, failed: &mut Vec<Event>) {
-        let (to, is_snap) = (m.to, m.msg_type == MessageType::MsgSnap);
-        let queued = self.peers.get(&to).is_some_and(|p| p.send(m));
-        if !queued {
-            failed.push(if is_snap {
-                Event::SnapshotStatus(to, false)
-            } else {
-                Event::Unreachable(to)
-            });
+    fn send(&mut self, b: Batch) {
+        let to = b.to;
+        let failed = match self.peers.get(&to) {
+            Some(p) => p.send(b).err(),
+            None => Some(b),
+        };
+        if let Some(b) = failed {
+            // The queue holds failures reported by the senders too; the node thread is the
+            // only reader, so report through it rather than re-entering the core here.
+            let _ = transport::report(to, &b, false, &self.events);
         }
     }
 
-    /// Replaces the map with a snapshot received from the leader (already in storage).
-    fn restore(&mut self, s: &Snapshot) -> Fallible<()> {
-        assert!(
-            s.metadata.index > self.applied,
-            "node {}: snapshot at {} is not past applied {}",
-            self.id,
-            s.metadata.index,
-            self.applied
-        );
-        self.kv = KvState::decode(&s.data)?;
-        self.conf_state = s.metadata.conf_state.clone();
-        self.applied = s.metadata.index;
-        self.snapshot_index = s.metadata.index;
-        self.snapshots_received += 1;
-        let addrs: Vec<(u64, String)> =
-            self.kv.addrs.iter().map(|(id, a)| (*id, a.clone())).collect();
-        for (id, addr) in addrs {
-            self.ensure_peer(id, &addr);
+    fn apply_group(&mut self, gr: GroupReady) -> Fallible<()> {
+        let r = usize::try_from(gr.group - 1).expect("region index fits usize");
+        assert!(r < self.regions.len(), "group {} is not a region's", gr.group);
+        if let Some(ss) = gr.soft_state {
+            let region = &mut self.regions[r];
+            if ss.leader_id != region.leader {
+                region.leader = ss.leader_id;
+                metrics::counter!("raftwal_kv_leader_changes_total").increment(1);
+            }
+            if ss.raft_state == StateRole::Leader {
+                let term = self.multi.status(gr.group).map(|s| s.term).unwrap_or_default();
+                info!(node = self.id, region = r, term, "became leader");
+            }
         }
-        self.answer_covered();
-        metrics::counter!("raftwal_kv_snapshots_received_total").increment(1);
-        info!(node = self.id, index = s.metadata.index, "restored from a snapshot");
+        if let Some(s) = &gr.snapshot {
+            self.restore(r, s)?;
+        }
+        for rs in &gr.read_states {
+            self.regions[r].confirmed.push((rs.index, rs.request_ctx.clone()));
+        }
+        for e in &gr.committed_entries {
+            self.apply(r, e, gr.conf_state.as_ref())?;
+        }
         Ok(())
     }
 
-    /// Answers the writes and membership changes whose entries the snapshot just restored
-    /// covers: this node never applies those entries itself, so their outcome is the one the
-    /// snapshot's state machine recorded. The others keep waiting (they may commit later).
-    fn answer_covered(&mut self) {
+    /// Replaces region `r`'s map with a snapshot received from the leader (already in storage).
+    fn restore(&mut self, r: usize, s: &Snapshot) -> Fallible<()> {
+        let region = &mut self.regions[r];
+        assert!(
+            s.metadata.index > region.applied,
+            "node {} region {r}: snapshot at {} is not past applied {}",
+            self.id,
+            s.metadata.index,
+            region.applied
+        );
+        region.kv = KvState::decode(&s.data)?;
+        region.conf_state = s.metadata.conf_state.clone();
+        region.applied = s.metadata.index;
+        region.snapshot_index = s.metadata.index;
+        region.snapshots_received += 1;
+        let addrs: Vec<(u64, String)> =
+            region.kv.addrs.iter().map(|(id, a)| (*id, a.clone())).collect();
+        for (id, addr) in addrs {
+            self.ensure_peer(id, &addr);
+        }
+        self.answer_covered(r);
+        metrics::counter!("raftwal_kv_snapshots_received_total").increment(1);
+        info!(node = self.id, region = r, index = s.metadata.index, "restored from a snapshot");
+        Ok(())
+    }
+
+    /// Answers the writes and membership changes whose entries the snapshot just restored in
+    /// region `r` covers: this node never applies those entries itself, so their outcome is
+    /// the one the snapshot's state machine recorded. The others keep waiting (they may commit
+    /// later).
+    fn answer_covered(&mut self, r: usize) {
+        let kv = &self.regions[r].kv;
         let covered: Vec<(RequestId, bool)> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.key.is_none())
-            .filter_map(|(req, _)| self.kv.outcome(req).map(|took_effect| (*req, took_effect)))
+            .filter(|(_, w)| w.key.is_none() && w.regions.contains(&r))
+            .filter_map(|(req, _)| kv.outcome(req).map(|took_effect| (*req, took_effect)))
             .collect();
         for (req, took_effect) in covered {
             let reply = if took_effect {
@@ -467,58 +669,81 @@ impl Node {
             } else {
                 Err("refused by the membership (applied through a snapshot)".into())
             };
-            self.answer(Some(req), reply);
+            self.answer(Some(req), r, reply);
         }
     }
 
-    fn answer(&mut self, req: Option<RequestId>, reply: Reply) {
-        if let Some(w) = req.and_then(|r| self.waiting.remove(&r)) {
+    /// Region `r` is done with `req`: a failure is answered at once, a success once every
+    /// region the request waits for is done.
+    fn answer(&mut self, req: Option<RequestId>, r: usize, reply: Reply) {
+        let Some(req) = req else { return };
+        let Some(w) = self.waiting.get_mut(&req) else { return };
+        w.regions.remove(&r);
+        if reply.is_ok() && !w.regions.is_empty() {
+            return;
+        }
+        if let Some(w) = self.waiting.remove(&req) {
             let _ = w.reply.send(reply);
         }
     }
 
-    fn apply(&mut self, e: &Entry) -> Fallible<()> {
-        if e.index <= self.applied {
+    /// Applies one committed entry of region `r`. `conf_state` is the group's membership after
+    /// the changes of the cycle (`MultiRaft` applied them to the Raft node already).
+    fn apply(&mut self, r: usize, e: &Entry, conf_state: Option<&ConfState>) -> Fallible<()> {
+        let region = &mut self.regions[r];
+        if e.index <= region.applied {
             return Ok(()); // covered by the snapshot the map was restored from
         }
         assert_eq!(
             e.index,
-            self.applied + 1,
-            "node {}: applied {} then {}: a gap in the committed entries",
+            region.applied + 1,
+            "node {} region {r}: applied {} then {}: a gap in the committed entries",
             self.id,
-            self.applied,
+            region.applied,
             e.index
         );
-        self.applied = e.index;
+        region.applied = e.index;
         match e.entry_type {
             EntryType::Normal if e.data.is_empty() => {} // a new leader's empty entry
             EntryType::Normal => {
                 let cmd: Command = serde_json::from_slice(&e.data)?;
-                self.kv.apply(&cmd.op);
-                self.kv.record(cmd.req, true);
-                self.answer(Some(cmd.req), Ok(None));
+                region.kv.apply(&cmd.op);
+                region.kv.record(cmd.req, true);
+                self.answer(Some(cmd.req), r, Ok(None));
             }
             EntryType::ConfChange => {
                 let cc = ConfChange::decode(&e.data)?;
                 let context = member_context(&cc.context);
-                self.conf_state = self.raw.apply_conf_change(&cc);
-                self.member_changed(cc.change_type, cc.node_id, context);
+                if let Some(cs) = conf_state {
+                    region.conf_state = cs.clone();
+                }
+                self.member_changed(r, cc.change_type, cc.node_id, context);
             }
             EntryType::ConfChangeV2 => {
                 let cc = ConfChangeV2::decode(&e.data)?;
                 let context = member_context(&cc.context);
-                self.conf_state = self.raw.apply_conf_change(&cc);
+                if let Some(cs) = conf_state {
+                    region.conf_state = cs.clone();
+                }
                 for c in &cc.changes {
-                    self.member_changed(c.change_type, c.node_id, context.clone());
+                    self.member_changed(r, c.change_type, c.node_id, context.clone());
                 }
             }
         }
         Ok(())
     }
 
-    /// Keeps the address book and the peer connections in step with an applied change.
-    fn member_changed(&mut self, change: ConfChangeType, node: u64, context: MemberContext) {
-        let cs = &self.conf_state;
+    /// Keeps the address book and the peer connections in step with a change applied in
+    /// region `r`.
+    fn member_changed(
+        &mut self,
+        r: usize,
+        change: ConfChangeType,
+        node: u64,
+        context: MemberContext,
+    ) {
+        let region = &mut self.regions[r];
+        let cs = &region.conf_state;
         let member = cs.voters.contains(&node) || cs.learners.contains(&node);
         let took_effect = match change {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => member,
@@ -527,65 +752,79 @@ impl Node {
         match change {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 if let Some(addr) = &context.addr {
-                    self.kv.addrs.insert(node, addr.clone());
-                    self.ensure_peer(node, addr);
+                    region.kv.addrs.insert(node, addr.clone());
+                    let addr = addr.clone();
+                    self.ensure_peer(node, &addr);
                 }
             }
             ConfChangeType::RemoveNode => {
-                self.kv.addrs.remove(&node);
+                region.kv.addrs.remove(&node);
                 if node == self.id {
-                    info!(node = self.id, "removed from the cluster");
+                    info!(node = self.id, region = r, "removed from the region");
                 }
             }
         }
-        self.snapshot_due = true;
+        let region = &mut self.regions[r];
+        region.snapshot_due = true;
         if let Some(req) = context.req {
-            self.kv.record(req, took_effect);
+            region.kv.record(req, took_effect);
         }
         let reply = if took_effect {
             Ok(None)
         } else {
             Err(format!("change {change:?} of node {node} refused by the membership"))
         };
-        self.answer(context.req, reply);
+        self.answer(context.req, r, reply);
     }
 
     fn serve_reads(&mut self) {
-        let applied = self.applied;
-        let mut ready = Vec::new();
-        self.confirmed.retain(|(index, ctx)| {
-            if *index > applied {
-                return true;
-            }
-            ready.push(ctx.clone());
-            false
-        });
-        for ctx in ready {
-            let Ok(req) = serde_json::from_slice::<RequestId>(&ctx) else { continue };
-            if let Some(w) = self.waiting.remove(&req) {
-                let took = w.started.elapsed().as_secs_f64();
-                metrics::histogram!("raftwal_kv_read_index_duration_seconds").record(took);
-                let key = w.key.as_deref().unwrap_or_default();
-                let _ = w.reply.send(Ok(self.kv.data.get(key).cloned()));
+        // Bounded by the regions, then by each region's confirmed reads.
+        for region in &mut self.regions {
+            let applied = region.applied;
+            let mut ready = Vec::new();
+            region.confirmed.retain(|(index, ctx)| {
+                if *index > applied {
+                    return true;
+                }
+                ready.push(ctx.clone());
+                false
+            });
+            for ctx in ready {
+                let Ok(req) = serde_json::from_slice::<RequestId>(&ctx) else { continue };
+                if let Some(w) = self.waiting.remove(&req) {
+                    let took = w.started.elapsed().as_secs_f64();
+                    metrics::histogram!("raftwal_kv_read_index_duration_seconds").record(took);
+                    let key = w.key.as_deref().unwrap_or_default();
+                    let _ = w.reply.send(Ok(region.kv.data.get(key).cloned()));
+                }
             }
         }
     }
 
-    /// Every `snapshot_every` applied entries, and after a membership change: a snapshot of the
-    /// map, then compaction of the log up to `compact_keep` entries below it.
+    /// Per region, every `snapshot_every` applied entries and after a membership change: a
+    /// snapshot of the region's map, then compaction of its log up to `compact_keep` entries
+    /// below it.
     fn maybe_snapshot(&mut self) -> Fallible<()> {
-        let due = self.applied >= self.snapshot_index + self.options.snapshot_every
-            || (self.snapshot_due && self.applied > self.snapshot_index);
-        if !due {
-            return Ok(());
-        }
-        self.snapshot_due = false;
-        let image = Bytes::from(self.kv.encode());
-        self.storage.create_snapshot(self.applied, Some(self.conf_state.clone()), image)?;
-        self.snapshot_index = self.applied;
-        let target = self.applied.saturating_sub(self.options.compact_keep);
-        if target >= self.storage.first_index()? {
-            self.storage.compact(target)?;
+        let (every, keep) = (self.options.snapshot_every, self.options.compact_keep);
+        // Bounded by the regions.
+        for region in &mut self.regions {
+            let due = region.applied >= region.snapshot_index + every
+                || (region.snapshot_due && region.applied > region.snapshot_index);
+            if !due {
+                continue;
+            }
+            region.snapshot_due = false;
+            let image = Bytes::from(region.kv.encode());
+            region.storage.create_snapshot(
+                region.applied,
+                Some(region.conf_state.clone()),
+                image,
+            )?;
+            region.snapshot_index = region.applied;
+            let target = region.applied.saturating_sub(keep);
+            if target >= region.storage.first_index()? {
+                region.storage.compact(target)?;
+            }
         }
         Ok(())
     }
@@ -610,10 +849,15 @@ mod tests {
     use super::*;
 
     fn single_node(dir: &Path) -> Node {
+        single_node_with_regions(dir, 1)
+    }
+
+    fn single_node_with_regions(dir: &Path, regions: u64) -> Node {
         let options = Options {
             id: 1,
             peers: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
             join: false,
+            regions,
             tick: Duration::from_millis(10),
             election_ticks: 10,
             snapshot_every: 1000,
@@ -651,9 +895,9 @@ mod tests {
         let (tx_covered, rx_covered) = channel();
         let (tx_later, rx_later) = channel();
         let (tx_refused, rx_refused) = channel();
-        node.wait(covered, Ok(()), tx_covered, None);
-        node.wait(later, Ok(()), tx_later, None);
-        node.wait(refused, Ok(()), tx_refused, None);
+        node.wait(covered, Ok(()), tx_covered, None, [0].into());
+        node.wait(later, Ok(()), tx_later, None, [0].into());
+        node.wait(refused, Ok(()), tx_refused, None, [0].into());
 
         // The leader applied `covered` and refused the membership change `refused`; `later`
         // is not in the snapshot (it may still commit after it).
@@ -661,11 +905,70 @@ mod tests {
             40,
             &[(covered, put.clone(), true), (refused, Op::Delete { key: "x".into() }, false)],
         );
-        node.restore(&snapshot).unwrap();
+        node.restore(0, &snapshot).unwrap();
 
         assert_eq!(rx_covered.try_recv(), Ok(Ok(None)), "the write took effect");
         assert!(matches!(rx_refused.try_recv(), Ok(Err(_))), "the change was refused");
         assert_eq!(rx_later.try_recv(), Err(TryRecvError::Empty), "still waiting");
-        assert_eq!(node.kv.data.get("k").map(String::as_str), Some("v"));
+        assert_eq!(node.regions[0].kv.data.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn region_of_is_stable_and_spreads_keys_over_every_region() {
+        // FNV-1a of "" is the offset basis; of "a" a published test vector (both below
+        // u64::MAX, which leaves them whole).
+        assert_eq!(region_of("", u64::MAX), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(region_of("a", u64::MAX), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(region_of("anything", 1), 0, "one region holds every key");
+        let mut hits = [0u32; 8];
+        for k in 0..800 {
+            hits[region_of(&format!("key{k}"), 8) as usize] += 1;
+        }
+        assert!(hits.iter().all(|h| *h >= 50), "800 keys over 8 regions: {hits:?}");
+    }
+
+    #[test]
+    fn a_membership_change_is_answered_once_every_region_applied_it_and_a_refusal_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = single_node_with_regions(tmp.path(), 3);
+        let (change, refused) = (node.next_request(), node.next_request());
+        let (tx_change, rx_change) = channel();
+        let (tx_refused, rx_refused) = channel();
+        node.wait(change, Ok(()), tx_change, None, [0, 1, 2].into());
+        node.wait(refused, Ok(()), tx_refused, None, [0, 1, 2].into());
+
+        node.answer(Some(change), 0, Ok(None));
+        node.answer(Some(change), 2, Ok(None));
+        node.answer(Some(change), 2, Ok(None)); // the same region twice counts once
+        assert_eq!(rx_change.try_recv(), Err(TryRecvError::Empty), "region 1 has not applied it");
+        node.answer(Some(change), 1, Ok(None));
+        assert_eq!(rx_change.try_recv(), Ok(Ok(None)), "every region applied it");
+
+        node.answer(Some(refused), 1, Err("refused".into()));
+        assert_eq!(rx_refused.try_recv(), Ok(Err("refused".into())), "a refusal is final");
+        assert!(node.waiting.is_empty(), "both answered");
+    }
+
+    #[test]
+    fn a_directory_holding_a_group_beyond_the_regions_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = single_node_with_regions(tmp.path(), 3);
+        // The first cycle writes every region's bootstrap entries.
+        node.process_ready().unwrap();
+        drop(node);
+        let options = Options {
+            id: 1,
+            peers: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            join: false,
+            regions: 2,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_every: 1000,
+            compact_keep: 10,
+            request_timeout: Duration::from_secs(60),
+        };
+        let (events, _) = channel();
+        let err = Node::open(options, tmp.path(), events).err().expect("refused");
+        assert!(err.to_string().contains("holds group 3"), "{err}");
     }
 }

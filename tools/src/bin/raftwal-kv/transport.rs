@@ -1,10 +1,11 @@
 //! Peers over TCP: one outgoing connection per peer, carrying length-prefixed frames
-//! (`u32` little-endian length, then `Message::encode`), and a listener whose connections are
-//! read frame by frame into the node's event queue.
+//! (`u32` little-endian length, then `Batch::encode`: everything the node's regions send that
+//! peer in one ready cycle), and a listener whose connections are read frame by frame into the
+//! node's event queue.
 //!
 //! Sending never blocks the Raft loop: each peer has a bounded queue drained by its own thread.
-//! A message that cannot be queued or written is dropped and reported (`Unreachable`, and a
-//! failed snapshot for `MsgSnap`); Raft retransmits. After a failed connect or write, the
+//! A batch that cannot be queued or written is dropped and reported (`Unreachable`, and a
+//! failed snapshot for each `MsgSnap` in it); Raft retransmits. After a failed connect or write, the
 //! sender waits out a backoff (doubling, bounded) before it connects again, dropping what
 //! arrives meanwhile.
 
@@ -14,21 +15,20 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raftwal::raft::{Message, MessageType};
+use raftwal::raft::{Batch, MessageType};
 
 use crate::node::Event;
 
-/// Largest frame accepted: far above any message this example sends (snapshots included).
+/// Largest frame accepted: far above any batch this example sends (snapshots included).
 const MAX_FRAME_BYTES: usize = 64 << 20;
-/// Messages queued for one peer before new ones are dropped.
+/// Batches queued for one peer before new ones are dropped (one per ready cycle).
 const PEER_QUEUE_LEN: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts peers' connections on `addr`; every decoded message becomes an
-/// [`Event::Message`].
+/// Accepts peers' connections on `addr`; every decoded batch becomes an [`Event::Batch`].
 pub fn listen(addr: &str, events: Sender<Event>) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     thread::Builder::new().name("raft-accept".into()).spawn(move || {
@@ -72,9 +72,9 @@ fn read_frames(stream: TcpStream, events: &Sender<Event>) {
         if reader.read_exact(&mut frame).is_err() {
             return;
         }
-        match Message::decode(&frame) {
-            Ok(m) => {
-                if events.send(Event::Message(Box::new(m))).is_err() {
+        match Batch::decode(&frame) {
+            Ok(b) => {
+                if events.send(Event::Batch(Box::new(b))).is_err() {
                     return;
                 }
             }
@@ -90,7 +90,7 @@ fn read_frames(stream: TcpStream, events: &Sender<Event>) {
 pub struct Peer {
     /// The address the peer listens on.
     pub addr: String,
-    queue: SyncSender<Message>,
+    queue: SyncSender<Batch>,
 }
 
 impl Peer {
@@ -104,11 +104,11 @@ impl Peer {
         Ok(Peer { addr, queue })
     }
 
-    /// Queues `m`; false if the queue is full (or the thread gone) and `m` was dropped.
-    pub fn send(&self, m: Message) -> bool {
-        match self.queue.try_send(m) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    /// Queues `b`; gives it back if the queue is full (or the thread gone).
+    pub fn send(&self, b: Batch) -> Result<(), Batch> {
+        match self.queue.try_send(b) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => Err(b),
         }
     }
 }
@@ -128,9 +128,9 @@ fn connect(addr: &str) -> io::Result<BufWriter<TcpStream>> {
     Err(last)
 }
 
-fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> io::Result<()> {
-    let frame = m.encode();
-    assert!(frame.len() <= MAX_FRAME_BYTES, "message of {} bytes is too large", frame.len());
+fn write_frame(w: &mut BufWriter<TcpStream>, b: &Batch) -> io::Result<()> {
+    let frame = b.encode();
+    assert!(frame.len() <= MAX_FRAME_BYTES, "batch of {} bytes is too large", frame.len());
     let len = u32::try_from(frame.len()).expect("bounded by MAX_FRAME_BYTES");
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&frame)?;
@@ -138,7 +138,7 @@ fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> io::Result<()> {
 }
 
 /// Runs until the [`Peer`] is dropped (its queue closes).
-fn send_loop(to: u64, addr: &str, rx: &Receiver<Message>, events: &Sender<Event>) {
+fn send_loop(to: u64, addr: &str, rx: &Receiver<Batch>, events: &Sender<Event>) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
@@ -167,17 +167,23 @@ fn send_loop(to: u64, addr: &str, rx: &Receiver<Message>, events: &Sender<Event>
             },
             None => false,
         };
-        let report = if sent {
-            (m.msg_type == MessageType::MsgSnap).then_some(Event::SnapshotStatus(to, true))
-        } else if m.msg_type == MessageType::MsgSnap {
-            Some(Event::SnapshotStatus(to, false))
-        } else {
-            Some(Event::Unreachable(to))
-        };
-        if let Some(ev) = report
-            && events.send(ev).is_err()
-        {
+        if report(to, &m, sent, events).is_err() {
             return;
         }
     }
+}
+
+/// Tells the node how sending `b` to `to` went: each snapshot in it finished or failed, and the
+/// peer unreachable if it was not sent. Errs once the node is gone.
+pub fn report(to: u64, b: &Batch, sent: bool, events: &Sender<Event>) -> Result<(), ()> {
+    // Bounded by the batch's messages.
+    for (group, m) in &b.messages {
+        if m.msg_type == MessageType::MsgSnap {
+            events.send(Event::SnapshotStatus(to, *group, sent)).map_err(|_| ())?;
+        }
+    }
+    if !sent {
+        events.send(Event::Unreachable(to)).map_err(|_| ())?;
+    }
+    Ok(())
 }
