@@ -321,10 +321,13 @@ fn proposals(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(PROPOSALS_PER_ROUND as u64));
 
-    let mut cluster = MultiCluster::new(groups);
+    // Each cluster is set up on the first call of its bench's closure: a filtered run skips
+    // it.
+    let mut cluster = None;
     let mut rng = Rng::new(1);
     let mut tally = Tally::default();
     group.bench_function(BenchmarkId::new("multi_raft", groups), |b| {
+        let cluster = cluster.get_or_insert_with(|| MultiCluster::new(groups));
         b.iter_custom(|iters| {
             let syncs = cluster.syncs();
             let start = Instant::now();
@@ -341,9 +344,10 @@ fn proposals(c: &mut Criterion) {
     drop(cluster);
     let multi = tally;
 
-    let mut cluster = PerGroupCluster::new(groups);
+    let mut cluster = None;
     let mut tally = Tally::default();
     group.bench_function(BenchmarkId::new("per_group_wal", groups), |b| {
+        let cluster = cluster.get_or_insert_with(|| PerGroupCluster::new(groups));
         b.iter_custom(|iters| {
             let syncs = cluster.syncs();
             let start = Instant::now();
@@ -399,10 +403,8 @@ fn report_idle(name: &str, t: &Tally) {
     );
 }
 
-fn idle(c: &mut Criterion) {
-    let groups: u64 = if quick() { 1_000 } else { 10_000 };
-    let mut group = c.benchmark_group("idle");
-    group.throughput(Throughput::Elements(1));
+/// `groups` groups on three nodes, every one quiesced.
+fn quiesced_cluster(groups: u64) -> MultiCluster {
     let mut cluster = MultiCluster::new(groups);
     for _ in 0..MAX_QUIESCE_TICKS {
         if cluster.all_quiesced(groups) {
@@ -411,16 +413,29 @@ fn idle(c: &mut Criterion) {
         cluster.tick();
     }
     assert!(cluster.all_quiesced(groups), "every group quiesced within {MAX_QUIESCE_TICKS} ticks");
+    cluster
+}
 
+fn idle(c: &mut Criterion) {
+    let groups: u64 = if quick() { 1_000 } else { 10_000 };
+    let mut group = c.benchmark_group("idle");
+    group.throughput(Throughput::Elements(1));
+    // Set up on the first call of a bench's closure (a filtered run skips it), shared by both.
+    let mut cluster = None;
     let mut tallies = Vec::new();
     for (name, quiescence) in [("quiesced", true), ("ticking", false)] {
-        for node in &mut cluster.nodes {
-            node.set_quiescence(quiescence);
-        }
-        // Delivers the wakes of turning quiescence off.
-        cluster.stabilize();
         let mut tally = Tally::default();
+        let mut configured = false;
         group.bench_function(BenchmarkId::new(name, groups), |b| {
+            let cluster = cluster.get_or_insert_with(|| quiesced_cluster(groups));
+            if !configured {
+                configured = true;
+                for node in &mut cluster.nodes {
+                    node.set_quiescence(quiescence);
+                }
+                // Delivers the wakes of turning quiescence off.
+                cluster.stabilize();
+            }
             b.iter_custom(|iters| {
                 let (batches, items) = (cluster.batches, cluster.items);
                 let cpu = cpu_time_of(|| {
@@ -435,7 +450,9 @@ fn idle(c: &mut Criterion) {
                 cpu
             })
         });
-        if quiescence {
+        if let Some(cluster) = &cluster
+            && quiescence
+        {
             assert!(cluster.all_quiesced(groups), "idle groups stayed quiesced");
         }
         tallies.push((format!("{name}/{groups}"), tally));
