@@ -1,5 +1,6 @@
 //! `MultiRaft` on three nodes in one process, batches handed from node to node in memory (no
-//! encoding), every node on its own `LogEngine` in a temp directory under `SyncPolicy::Always`.
+//! encoding), every log in a temp directory under `SyncPolicy::Always`. One thread drives all
+//! three nodes, so their fdatasyncs run one after another, in both variants alike.
 //!
 //! - `proposals`: 128-byte proposals to random groups of 1,000 (each at its leader, leaders
 //!   spread over the nodes), [`PROPOSALS_PER_ROUND`] at a time, ready cycles run until the
