@@ -26,7 +26,7 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
         "1 writer × 1 KiB",
         "8 writers × 1 KiB",
         "entries() cache hit, 64 × 1 KiB",
-        "recovery scan of a 128 MiB log",
+        "recovery rate of a 128 MiB log",
         "64 groups × 256 B / sync, 1,000 groups, 1 writer",
         "64 groups × 256 B / sync, 1,000 groups, 4 writers",
         "open a log of 1,000 groups, 32 MiB of 256 B entries (page cache)",

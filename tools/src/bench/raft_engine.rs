@@ -110,10 +110,6 @@ impl Target for RaftEngine {
         None
     }
 
-    fn bytes_recovered(&self) -> Option<u64> {
-        None
-    }
-
     fn close(self: Box<Self>) -> BenchResult<()> {
         drop(self);
         Ok(())

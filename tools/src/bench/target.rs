@@ -35,8 +35,6 @@ pub trait Target: Send + Sync {
     fn sync(&self) -> BenchResult<()>;
     /// Heap bytes of the index and the entries it covers, where the engine reports them.
     fn index_memory(&self) -> Option<(usize, usize)>;
-    /// Bytes of log records recovery checked when this log was opened, where known.
-    fn bytes_recovered(&self) -> Option<u64>;
     /// Closes the log cleanly.
     fn close(self: Box<Self>) -> BenchResult<()>;
 }
@@ -120,10 +118,6 @@ impl Target for Raftwal {
 
     fn index_memory(&self) -> Option<(usize, usize)> {
         Some(self.storage.wal().index_memory())
-    }
-
-    fn bytes_recovered(&self) -> Option<u64> {
-        Some(self.storage.wal().recovery_report().bytes_scanned)
     }
 
     fn close(self: Box<Self>) -> BenchResult<()> {
