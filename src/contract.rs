@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::types::{Entry, RaftState, Snapshot};
+use crate::types::{Entry, RaftState, RepairState, Snapshot};
 
 /// Read access to a Raft log, its persisted state and its newest snapshot.
 ///
@@ -44,6 +44,14 @@ pub trait Storage {
 
     /// The newest snapshot.
     fn snapshot(&self) -> Result<Snapshot>;
+
+    /// Whether the log lost durable entries to damage and is being repaired from a leader:
+    /// while this is `Some`, the node must not vote or campaign. It clears (durably, for a
+    /// durable storage) once the log again holds an entry at the returned index or beyond, or a
+    /// snapshot covering it. Storages that cannot lose durable data answer `None`.
+    fn repair_state(&self) -> Result<Option<RepairState>> {
+        Ok(None)
+    }
 }
 
 macro_rules! forward_storage {
@@ -66,6 +74,9 @@ macro_rules! forward_storage {
             }
             fn snapshot(&self) -> Result<Snapshot> {
                 (**self).snapshot()
+            }
+            fn repair_state(&self) -> Result<Option<RepairState>> {
+                (**self).repair_state()
             }
         }
     )*};

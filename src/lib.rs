@@ -102,7 +102,9 @@ pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use storage::{
     GroupStorage, LogEngine, MemoryStorage, SnapshotReader, SnapshotWriter, WalStorage,
 };
-pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
+pub use types::{
+    ConfState, Entry, EntryType, HardState, RaftState, RepairState, Snapshot, SnapshotMetadata,
+};
 pub use wal::{PurgeReport, WriteBatch};
 
 /// The README's example, compiled and run as a doctest so it stays true.

@@ -67,6 +67,22 @@ impl Entry {
     }
 }
 
+/// What a log lost to damage of durable data, kept durably until the log again vouches for
+/// itself (see [`crate::RecoveryMode::Repairable`]).
+///
+/// Before the damage the log had made entries up to `index` durable, and so may have
+/// acknowledged them to a leader; `term` is the highest term the log had seen. Until the log
+/// again durably holds an entry at `index` or beyond, written from a leader (or a snapshot
+/// covering `index`), the node must neither vote nor campaign: with a log shorter than what it
+/// acknowledged, its vote could elect a leader that lacks a committed entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RepairState {
+    /// The highest index the log had made durable before the damage.
+    pub index: u64,
+    /// The highest term the log had seen before the damage.
+    pub term: u64,
+}
+
 /// The state a Raft node must persist before it answers a message: etcd's `HardState`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HardState {
