@@ -34,6 +34,21 @@ pub enum RecoveryMode {
     /// acknowledged as durable and that a Raft quorum may have counted as committed: use it only
     /// on a node whose log will be re-fetched from the leader, never on a majority of nodes.
     TruncateCorrupt,
+    /// Like `TruncateCorrupt`, cut the log at the first damage to durable data, but first record
+    /// durably (in the `repair` file) what the cut loses: per group, the highest index the log
+    /// had reached, the highest term, and the newest hard state, read from every checkpoint,
+    /// footer and record past the damage. Term and vote are never lost to the cut, and each
+    /// group answers [`crate::Storage::repair_state`] until its log again holds what it lost,
+    /// so the Raft core keeps the node from voting or campaigning until it has caught up with a
+    /// leader. Safe on any minority of nodes at a time (DESIGN.md §8.3).
+    Repairable,
+}
+
+impl RecoveryMode {
+    /// Whether damage to durable data is cut rather than refused.
+    pub fn cuts_corruption(self) -> bool {
+        matches!(self, RecoveryMode::TruncateCorrupt | RecoveryMode::Repairable)
+    }
 }
 
 /// Options of [`crate::WalStorage`].

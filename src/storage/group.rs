@@ -20,7 +20,9 @@ use crate::metrics::WalMetrics;
 use crate::options::WalOptions;
 use crate::snapshot::{SnapshotFileWriter, SnapshotStore};
 use crate::storage::SNAP_DIR;
-use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use crate::types::{
+    ConfState, Entry, HardState, RaftState, RepairState, Snapshot, SnapshotMetadata,
+};
 use crate::wal::Wal;
 
 pub use crate::snapshot::SnapshotReader;
@@ -171,6 +173,13 @@ impl GroupStorage {
     /// Makes every write so far durable (for `SyncPolicy::Never`).
     pub fn sync(&self) -> Result<()> {
         self.wal.sync()
+    }
+
+    /// Ends this group's repair durably (see [`Storage::repair_state`]): call it once the Raft
+    /// node reports it caught up with a leader's commit index. Repair also ends by itself once
+    /// the log durably reaches the index it lost, or a snapshot covers it.
+    pub fn clear_repair(&self) -> Result<()> {
+        self.wal.clear_repair()
     }
 
     /// Records a snapshot of the state machine at `index` (data given whole) and returns it.
@@ -378,6 +387,10 @@ impl Storage for GroupStorage {
 
     fn last_index(&self) -> Result<u64> {
         Ok(self.wal.last_index())
+    }
+
+    fn repair_state(&self) -> Result<Option<RepairState>> {
+        Ok(self.wal.repair_state())
     }
 
     fn snapshot(&self) -> Result<Snapshot> {

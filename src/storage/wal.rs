@@ -17,7 +17,9 @@ use crate::io::{Fs, RealFs};
 use crate::metrics::WalMetrics;
 use crate::options::WalOptions;
 use crate::storage::{GroupStorage, LogEngine, SnapshotReader, SnapshotWriter};
-use crate::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use crate::types::{
+    ConfState, Entry, HardState, RaftState, RepairState, Snapshot, SnapshotMetadata,
+};
 use crate::wal::Wal;
 
 /// The group a [`WalStorage`] keeps its log in.
@@ -69,6 +71,11 @@ impl WalStorage {
     /// Makes every write so far durable (for `SyncPolicy::Never`).
     pub fn sync(&self) -> Result<()> {
         self.group.sync()
+    }
+
+    /// See [`GroupStorage::clear_repair`].
+    pub fn clear_repair(&self) -> Result<()> {
+        self.group.clear_repair()
     }
 
     /// Records a snapshot of the state machine at `index` (data given whole) and returns it.
@@ -154,5 +161,9 @@ impl Storage for WalStorage {
 
     fn snapshot(&self) -> Result<Snapshot> {
         self.group.snapshot()
+    }
+
+    fn repair_state(&self) -> Result<Option<RepairState>> {
+        self.group.repair_state()
     }
 }

@@ -21,6 +21,7 @@ mod index;
 pub mod inspect;
 mod purge;
 pub mod recovery;
+pub mod repair;
 mod replay;
 mod segment;
 mod state;
@@ -40,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::io::{DirLock, File, Fs};
 use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
-use crate::types::{Entry, HardState, SnapshotMetadata};
+use crate::types::{Entry, HardState, RepairState, SnapshotMetadata};
 use batch::Item;
 use cache::EntryCache;
 use index::Loc;
@@ -83,6 +84,9 @@ struct Inner {
     compact_requests: state::GroupMap<u32>,
     // A segment was sealed since the last purge: the next durable point may release some.
     purge_due: bool,
+    // What a Repairable open cut, per group, until each group's log holds it again (the
+    // `repair` file's contents; empty for a healthy log).
+    repairs: repair::RepairFile,
 }
 
 #[derive(Debug, Default)]
@@ -177,8 +181,9 @@ impl Engine {
             cache: EntryCache::new(options.cache_bytes),
             compact_requests: state::GroupMap::default(),
             purge_due: true,
+            repairs: repair::RepairFile::default(),
         };
-        Ok(Engine {
+        let engine = Engine {
             fs,
             dir: dir.to_path_buf(),
             options,
@@ -190,7 +195,113 @@ impl Engine {
             counters,
             recovery,
             _lock: lock,
-        })
+        };
+        // In every mode: a log still repairing stays repairing, whatever it is opened with.
+        if let Some(repairs) = repair::read(&engine.fs, &engine.dir)? {
+            engine.resolve_repairs(repairs)?;
+        }
+        Ok(engine)
+    }
+
+    /// Applies the repair file at open: the newest hard state it saw past the cut wins (and is
+    /// written back to the log), every repairing group's commit index is brought within its
+    /// log, and groups whose log already reaches what they lost stop repairing.
+    fn resolve_repairs(&self, mut repairs: repair::RepairFile) -> Result<()> {
+        let mut inner = self.lock_write()?;
+        if repairs.others_unknown {
+            for group in inner.state.group_ids() {
+                repairs.groups.entry(group).or_insert(repair::RepairRecord {
+                    index: repair::UNKNOWN_INDEX,
+                    ..Default::default()
+                });
+            }
+            repairs.others_unknown = false;
+        }
+        let mut fixes: Vec<(u64, HardState)> = Vec::new();
+        for (&group, record) in repairs.groups.iter_mut() {
+            let (first, last) = bounds(&inner.state, group);
+            let current = hard_state_of(&inner.state, group);
+            let mut hs = if repair::newer_hard_state(&record.hard_state, &current) {
+                record.hard_state
+            } else {
+                current
+            };
+            // The cut may have taken entries the commit index counted: Raft refuses a commit
+            // beyond the log, and relearns it from the leader.
+            hs.commit = hs.commit.min(last).max(first - 1);
+            let last_term = term_of(&inner.state, group, last).unwrap_or(0);
+            record.term = record.term.max(hs.term).max(last_term);
+            record.hard_state = hs;
+            if hs != current {
+                fixes.push((group, hs));
+            }
+        }
+        if !fixes.is_empty() {
+            let ops: Vec<Op<'_>> = fixes
+                .iter()
+                .map(|(group, hard_state)| Op::HardState { group: *group, hard_state: *hard_state })
+                .collect();
+            let lsn = self.write_ops(&mut inner, &ops)?;
+            drop(inner);
+            self.sync_to(lsn, None)?;
+            inner = self.lock_write()?;
+        }
+        let state = &inner.state;
+        repairs.groups.retain(|&group, r| {
+            r.index == repair::UNKNOWN_INDEX || bounds(state, group).1 < r.index
+        });
+        repair::write(&self.fs, &self.dir, &repairs)?;
+        inner.repairs = repairs;
+        Ok(())
+    }
+
+    /// Whether `group` is repairing what a Repairable open cut (see [`RepairState`]).
+    pub fn repair_state(&self, group: u64) -> Option<RepairState> {
+        let inner = self.read();
+        let record = inner.repairs.groups.get(&group)?;
+        Some(RepairState { index: record.index, term: record.term })
+    }
+
+    /// Ends `group`'s repair durably: its Raft node caught up with a leader (see
+    /// [`crate::raft`]'s repair rule). Nothing to do for a group not repairing.
+    pub fn clear_repair(&self, group: u64) -> Result<()> {
+        let mut inner = self.lock_write()?;
+        if inner.repairs.groups.remove(&group).is_some() {
+            repair::write(&self.fs, &self.dir, &inner.repairs)?;
+        }
+        Ok(())
+    }
+
+    /// The log bound of every repairing group, taken before a sync: once the sync is done,
+    /// those entries are durable.
+    fn repairing_bounds(inner: &Inner) -> Vec<(u64, u64)> {
+        // Bounded by the number of repairing groups, usually none.
+        inner.repairs.groups.keys().map(|&g| (g, bounds(&inner.state, g).1)).collect()
+    }
+
+    /// Ends the repair of every group whose durable log (`bounds`, taken before the sync that
+    /// made it durable) reaches what it lost.
+    /// Never fails its caller: the write it follows has happened, and a repair file not yet
+    /// rewritten only keeps the group repairing a while longer (safe, and retried).
+    fn settle_repairs(&self, bounds: Vec<(u64, u64)>) {
+        if bounds.is_empty() {
+            return;
+        }
+        let Ok(mut inner) = self.lock_write() else { return };
+        let before = inner.repairs.groups.len();
+        for (group, last) in bounds {
+            if inner.repairs.groups.get(&group).is_some_and(|r| r.index <= last) {
+                inner.repairs.groups.remove(&group);
+            }
+        }
+        if inner.repairs.groups.len() != before {
+            let _ = repair::write(&self.fs, &self.dir, &inner.repairs);
+        }
+    }
+
+    /// Whether a save under the policy leaves its writes durable when it returns.
+    fn durable_on_return(&self, needed: bool) -> bool {
+        needed && self.options.sync_policy != SyncPolicy::Never
     }
 
     /// What recovery found when this log was opened.
@@ -237,27 +348,41 @@ impl Engine {
 
     /// Writes `ops` as one write and applies them to the state. Returns the LSN a sync must
     /// reach.
+    /// Records a segment a rollover sealed.
+    fn note_sealed(&self, inner: &mut Inner, sealed: Sealed) {
+        // The rollover synced the old segment whole, and the directory if a rename was
+        // unsynced: everything before the new segment is durable, names included.
+        let durable_lsn = sealed.durable_lsn;
+        inner.sealed.insert(
+            sealed.sequence,
+            Segment {
+                sequence: sealed.sequence,
+                name: sealed.name,
+                file: sealed.file,
+                size: sealed.size,
+            },
+        );
+        inner.purge_due = true;
+        let mut sync = self.lock_sync();
+        sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
+    }
+
     fn write_ops(&self, inner: &mut Inner, ops: &[Op<'_>]) -> Result<u64> {
         let mut sealed: Option<Sealed> = None;
         let state = &inner.state;
+        // A term or vote change is what a node must never forget (a second vote in a term):
+        // the segment is sealed right after it, so that it has copies elsewhere.
+        let votes = ops.iter().any(|op| match op {
+            Op::HardState { group, hard_state } => {
+                let current = hard_state_of(state, *group);
+                hard_state.term != current.term || hard_state.vote != current.vote
+            }
+            _ => false,
+        });
         let lsn_before = inner.writer.lsn;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
-            // The rollover synced the old segment whole, and the directory if a rename was
-            // unsynced: everything before the new segment is durable, names included.
-            let durable_lsn = sealed.durable_lsn;
-            inner.sealed.insert(
-                sealed.sequence,
-                Segment {
-                    sequence: sealed.sequence,
-                    name: sealed.name,
-                    file: sealed.file,
-                    size: sealed.size,
-                },
-            );
-            inner.purge_due = true;
-            let mut sync = self.lock_sync();
-            sync.durable_lsn = sync.durable_lsn.max(durable_lsn);
+            self.note_sealed(inner, sealed);
         }
         let written = match result {
             Ok(written) => written,
@@ -328,6 +453,16 @@ impl Engine {
                 }
                 Op::Checkpoint(_) => {}
             }
+        }
+        if votes {
+            let state = &inner.state;
+            match inner.writer.seal_now(&|| state.checkpoint()) {
+                Ok(sealed) => self.note_sealed(inner, sealed),
+                // The write is in the log but unacknowledged; memory already holds it, so the
+                // log cannot go on as if it were not.
+                Err(Failure::Refused(e) | Failure::Poison(e)) => return Err(self.poison(e)),
+            }
+            return Ok(inner.writer.lsn);
         }
         Ok(lsn)
     }
@@ -425,7 +560,7 @@ impl Engine {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<()> {
-        let (lsn, needed) = {
+        let (lsn, needed, repairing) = {
             let mut inner = self.lock_write()?;
             let (first, last) = bounds(&inner.state, group);
             let kept = trim_append(entries, first, last)?;
@@ -447,9 +582,12 @@ impl Engine {
             let lsn = self.write_ops(&mut inner, &ops)?;
             let term_or_vote = hs.is_some_and(|hs| hs.term != old.term || hs.vote != old.vote);
             let needed = !self.options.must_sync_rule || !kept.is_empty() || term_or_vote;
-            (lsn, needed)
+            (lsn, needed, Self::repairing_bounds(&inner))
         };
         self.sync_per_policy(lsn, needed)?;
+        if self.durable_on_return(needed) {
+            self.settle_repairs(repairing);
+        }
         self.after_write();
         Ok(())
     }
@@ -462,7 +600,7 @@ impl Engine {
         if batch.is_empty() {
             return Ok(());
         }
-        let (lsn, needed) = {
+        let (lsn, needed, repairing) = {
             let mut inner = self.lock_write()?;
             let mut views: state::GroupMap<View<'_>> = state::GroupMap::default();
             let mut ops: Vec<Op<'_>> = Vec::with_capacity(batch.items.len() * 2);
@@ -511,10 +649,13 @@ impl Engine {
                 return Ok(());
             }
             let lsn = self.write_ops(&mut inner, &ops)?;
-            (lsn, needed)
+            (lsn, needed, Self::repairing_bounds(&inner))
         };
         batch.clear();
         self.sync_per_policy(lsn, needed)?;
+        if self.durable_on_return(needed) {
+            self.settle_repairs(repairing);
+        }
         self.after_write();
         Ok(())
     }
@@ -565,9 +706,13 @@ impl Engine {
                     metadata.index, metadata.term
                 )));
             }
-            self.write_ops(&mut inner, &[Op::Snapshot { group, metadata, resets_log }])?
+            let lsn =
+                self.write_ops(&mut inner, &[Op::Snapshot { group, metadata, resets_log }])?;
+            (lsn, Self::repairing_bounds(&inner))
         };
+        let (lsn, repairing) = lsn;
         self.sync_to(lsn, None)?;
+        self.settle_repairs(repairing);
         if resets_log {
             // The marker is durable: the snapshot is recorded whatever happens to old segments.
             self.purge_quietly();
@@ -585,6 +730,8 @@ impl Engine {
             self.write_ops(&mut inner, &[Op::Remove { group }])?
         };
         self.sync_to(lsn, None)?;
+        // A removed group has nothing left to repair.
+        self.clear_repair(group)?;
         self.purge_quietly();
         Ok(())
     }
@@ -592,8 +739,12 @@ impl Engine {
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<()> {
         self.check_poisoned()?;
-        let lsn = self.read().writer.lsn;
+        let (lsn, repairing) = {
+            let inner = self.read();
+            (inner.writer.lsn, Self::repairing_bounds(&inner))
+        };
         self.sync_to(lsn, None)?;
+        self.settle_repairs(repairing);
         // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments; a
         // purge that failed earlier is retried here too.
         self.purge_quietly();
@@ -800,6 +951,16 @@ impl Wal {
     /// See [`Engine::sync`].
     pub fn sync(&self) -> Result<()> {
         self.engine.sync()
+    }
+
+    /// See [`Engine::repair_state`].
+    pub fn repair_state(&self) -> Option<RepairState> {
+        self.engine.repair_state(self.group)
+    }
+
+    /// See [`Engine::clear_repair`].
+    pub fn clear_repair(&self) -> Result<()> {
+        self.engine.clear_repair(self.group)
     }
 
     /// See [`Engine::close`].

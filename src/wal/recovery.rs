@@ -298,6 +298,51 @@ fn candidate_at(
     Some((head, payload))
 }
 
+/// Walks `bytes` from `from` for every valid record of segment `sequence` (each frame checked
+/// on its own, as the look-ahead does), calling `visit` with its offset, the end of the bytes
+/// accounted for before it (a valid record not starting there follows unreadable bytes) and the
+/// record. Used to learn what a damaged log had held past its cut. The checksumming is bounded
+/// like the look-ahead's; returns false when the budget ran out before the end.
+pub(crate) fn salvage(
+    bytes: &[u8],
+    from: usize,
+    max_record: u32,
+    sequence: u32,
+    mut visit: impl FnMut(u64, u64, Record),
+) -> bool {
+    let rest = bytes.len().saturating_sub(from) as u64;
+    let budget = rest.saturating_mul(LOOKAHEAD_BUDGET_PER_BYTE) + LOOKAHEAD_BUDGET_MIN_BYTES;
+    let mut checked = 0u64;
+    let mut offset = from.next_multiple_of(RECORD_ALIGN);
+    let mut accounted = from as u64;
+    // Bounded by the file: every step moves at least one aligned slot forward.
+    while offset + FRAME_HEADER_LEN <= bytes.len() {
+        let Some((head, payload)) = candidate_at(bytes, offset, Some(sequence)) else {
+            offset += RECORD_ALIGN;
+            continue;
+        };
+        let cost = (FRAME_HEADER_LEN - LEN_OFFSET + payload.len()) as u64;
+        if checked + cost > budget {
+            return false;
+        }
+        checked += cost;
+        let header_after_crc = &bytes[offset + LEN_OFFSET..offset + FRAME_HEADER_LEN];
+        let decoded = (head.len <= max_record
+            && frame_crc(head.prev_crc, header_after_crc, payload) == head.crc)
+            .then(|| RecordType::from_u8(head.record_type))
+            .flatten()
+            .and_then(|t| Record::decode_payload_in(t, payload, None).ok());
+        let Some(record) = decoded else {
+            offset += RECORD_ALIGN;
+            continue;
+        };
+        visit(offset as u64, accounted, record);
+        offset += framed_len(payload.len());
+        accounted = offset as u64;
+    }
+    true
+}
+
 /// What a look-ahead did besides its answer.
 #[derive(Default)]
 struct LookAhead {

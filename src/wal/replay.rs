@@ -13,8 +13,10 @@ use crate::options::{RecoveryMode, WalOptions};
 use crate::wal::format::{self, HeaderError, Record};
 use crate::wal::index::Loc;
 use crate::wal::recovery::{
-    Decision, FOOTER_CASE, Position, ScannedRecord, Stop, classify, decide, scan_segment_shared,
+    Decision, FOOTER_CASE, Position, ScannedRecord, Stop, classify, decide, salvage,
+    scan_segment_shared,
 };
+use crate::wal::repair;
 use crate::wal::segment::{self, Segment};
 use crate::wal::state::EngineState;
 use crate::wal::writer::Active;
@@ -87,6 +89,25 @@ fn list_segments(fs: &Fs, dir: &Path) -> Result<Vec<Found>> {
     Ok(found)
 }
 
+/// Zeroes a sealed segment's footer record (if one starts at `end`) and its trailer, so that
+/// writing can resume after `end`.
+fn erase_seal(file: &dyn File, end: u64) -> Result<()> {
+    let len = file.len()?;
+    let mut head = [0u8; format::FRAME_HEADER_LEN];
+    if end + head.len() as u64 <= len {
+        file.read_exact_at(&mut head, end)?;
+        let frame = format::FrameHeader::read(&head);
+        if frame.record_type == format::RecordType::Footer as u8 {
+            let footer_end = (end + format::framed_len(frame.len as usize) as u64).min(len);
+            zero_range(file, end, footer_end)?;
+        }
+    }
+    if len >= (format::TRAILER_LEN as u64).max(end) {
+        zero_range(file, (len - format::TRAILER_LEN as u64).max(end), len)?;
+    }
+    Ok(())
+}
+
 /// Zeroes `[from, to)` of `file` in bounded chunks and syncs it.
 fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
     const CHUNK: usize = 64 << 10;
@@ -104,9 +125,18 @@ fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
 
 /// Where a replay must stop: a write that contradicted the state in `TruncateCorrupt` mode,
 /// found after part of it was applied. Recovery starts over and cuts the log there.
-struct Restart {
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Restart {
     segment: usize,
     offset: u64,
+}
+
+/// Why a pass of recovery stops before changing anything on disk.
+enum Redo {
+    /// Cut earlier (see [`Restart`]).
+    Cut(Restart),
+    /// `RecoveryMode::Repairable` must record what a cut here loses before making it.
+    Evidence(Restart),
 }
 
 /// The last kept segment with a valid header: the segment, end of accepted data, data start,
@@ -120,10 +150,16 @@ const MAX_RESTARTS: usize = 1024;
 /// Opens the WAL in `dir`: scans, decides, replays, repairs. The caller holds the directory lock.
 pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut cut: Option<Restart> = None;
+    // Where the evidence recorded so far starts: a cut at or after it loses nothing unrecorded.
+    let mut recorded: Option<Restart> = None;
     for _ in 0..MAX_RESTARTS {
-        match recover_once(fs, dir, options, cut.as_ref())? {
+        match recover_once(fs, dir, options, cut.as_ref(), recorded.as_ref())? {
             Ok(recovered) => return Ok(recovered),
-            Err(restart) => cut = Some(restart),
+            Err(Redo::Cut(restart)) => cut = Some(restart),
+            Err(Redo::Evidence(at)) => {
+                record_evidence(fs, dir, options, at)?;
+                recorded = Some(at);
+            }
         }
     }
     Err(Error::Io(std::io::Error::other("recovery could not settle on a cut point")))
@@ -135,12 +171,103 @@ fn next_write(records: &[ScannedRecord], from: usize) -> Option<std::ops::Range<
     Some(from..from + last + 1)
 }
 
+/// Reads everything from `at` on (the damaged segment through its footer when it has one, or
+/// the records that survive in it, and every later segment), and records what it says each
+/// group had reached in the repair file, merged with any earlier one, durably.
+///
+/// Refuses (corruption at `at`) when the unreadable bytes may have held a term or vote that no
+/// later copy restores: a term or vote change seals its segment, so every one lies in a sealed
+/// segment or in a checkpoint, and has a copy in the next segment's checkpoint; unreadable
+/// bytes in a sealed segment, or in a segment's checkpoint, must be followed by a readable
+/// checkpoint.
+fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Result<()> {
+    let found = list_segments(fs, dir)?;
+    let mut evidence = repair::Evidence::default();
+    let mut previous: Option<u64> = None;
+    for (k, f) in found.iter().enumerate().skip(at.segment) {
+        let sealed = k + 1 < found.len();
+        if previous.is_some_and(|p| p + 1 != f.sequence) {
+            // A whole segment is missing.
+            evidence.gap(true);
+        }
+        previous = Some(f.sequence);
+        let file = fs.open(&dir.join(&f.name))?;
+        let from = if k == at.segment { at.offset } else { 0 };
+        if sealed {
+            // A sealed segment's footer lists every record it held, the damaged ones too.
+            let footer = segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?;
+            if let Some(scan) = footer {
+                for r in scan.records.iter().filter(|r| r.offset >= from) {
+                    evidence.record(&r.record);
+                }
+                continue;
+            }
+        }
+        let bytes = segment::read_whole(&f.name, file.as_ref())?;
+        let Ok(sequence) = u32::try_from(f.sequence) else {
+            evidence.gap(true);
+            break;
+        };
+        // Whether the segment's checkpoint lies before `from` and reads whole.
+        let mut checkpoint_read = false;
+        if from > 0 {
+            let shared = bytes::Bytes::from(bytes.clone());
+            let scan = scan_segment_shared(&shared, options.max_record_bytes, f.sequence);
+            if let Some(first) = next_write(&scan.records, 0) {
+                let records = &scan.records[first];
+                let end = records.last().map_or(0, |r| r.offset + r.framed_len);
+                checkpoint_read = end <= from
+                    && records.iter().all(|r| matches!(r.record, Record::Checkpoint(_)));
+            }
+        }
+        if k == at.segment {
+            // The cut itself: whatever was at `at` is lost.
+            evidence.gap(sealed || !checkpoint_read);
+        } else if format::SegmentHeader::decode(&bytes).is_err() {
+            evidence.gap(true);
+        }
+        let start = (from as usize).max(format::SEGMENT_HEADER_LEN).min(bytes.len());
+        let mut seen_checkpoint = checkpoint_read;
+        let whole = salvage(
+            &bytes,
+            start,
+            options.max_record_bytes,
+            sequence,
+            |offset, accounted, record| {
+                // Zeroes before a footer are the segment's unused space, not lost records.
+                if offset != accounted && !matches!(record, Record::Footer(_)) {
+                    evidence.gap(sealed || !seen_checkpoint);
+                }
+                seen_checkpoint |= matches!(record, Record::Checkpoint(_));
+                evidence.record(&record);
+            },
+        );
+        if !whole {
+            evidence.gap(true);
+        }
+    }
+    if evidence.hard_state_may_be_lost() {
+        let name = found.get(at.segment).map_or("", |f| f.name.as_str());
+        let why = "damage where a term or vote may have been, and no later checkpoint survives \
+                   to restore it: no rule could keep this node from voting twice in a term";
+        return Err(corruption(name, at.offset, CorruptionKind::Malformed(why.into())));
+    }
+    let mut file = repair::read(fs, dir)?.unwrap_or_default();
+    file.merge(&evidence.into_file());
+    repair::write(fs, dir, &file)
+}
+
 fn recover_once(
     fs: &Fs,
     dir: &Path,
     options: &WalOptions,
     forced: Option<&Restart>,
-) -> Result<std::result::Result<Recovered, Restart>> {
+    recorded: Option<&Restart>,
+) -> Result<std::result::Result<Recovered, Redo>> {
+    // In Repairable mode a cut of durable data at `at` first needs its evidence recorded.
+    let needs_evidence = |at: Restart| {
+        options.recovery_mode == RecoveryMode::Repairable && recorded.is_none_or(|r| at < *r)
+    };
     let found = list_segments(fs, dir)?;
     // The index locates entries by a 32-bit segment number, so raftwal never names a segment
     // beyond it; such a name is damage (and the sequence arithmetic below must not overflow).
@@ -220,13 +347,15 @@ fn recover_once(
             }
         }
         if let Some((offset, kind)) = link_error {
-            match options.recovery_mode {
-                RecoveryMode::Strict => return Err(corruption(&f.name, offset, kind)),
-                RecoveryMode::TruncateCorrupt => {
-                    remove_from = Some(i);
-                    break;
-                }
+            if !options.recovery_mode.cuts_corruption() {
+                return Err(corruption(&f.name, offset, kind));
             }
+            let at = Restart { segment: i, offset: 0 };
+            if needs_evidence(at) {
+                return Ok(Err(Redo::Evidence(at)));
+            }
+            remove_from = Some(i);
+            break;
         }
 
         let case = if from_footer {
@@ -241,21 +370,26 @@ fn recover_once(
                 report.truncated = Some((f.name.clone(), scan.stop_offset, case.label));
                 (scan.records.len(), true)
             }
-            Decision::Corruption => match options.recovery_mode {
-                RecoveryMode::Strict => {
+            Decision::Corruption => {
+                if !options.recovery_mode.cuts_corruption() {
                     let kind = match &scan.stop {
                         Stop::Damaged(kind) => kind.clone(),
                         Stop::End => CorruptionKind::ChecksumMismatch,
                     };
                     return Err(corruption(&f.name, scan.stop_offset, kind));
                 }
-                RecoveryMode::TruncateCorrupt => {
-                    report.truncated = Some((f.name.clone(), scan.stop_offset, case.label));
-                    (scan.records.len(), true)
+                let at = Restart { segment: i, offset: scan.stop_offset };
+                if needs_evidence(at) {
+                    return Ok(Err(Redo::Evidence(at)));
                 }
-            },
+                report.truncated = Some((f.name.clone(), scan.stop_offset, case.label));
+                (scan.records.len(), true)
+            }
         };
         if let Some(restart) = forced.filter(|r| r.segment == i) {
+            if needs_evidence(*restart) {
+                return Ok(Err(Redo::Evidence(*restart)));
+            }
             // An earlier pass found a write here that contradicts the state: cut before it.
             keep_records = scan.records.iter().take_while(|r| r.offset < restart.offset).count();
             report.truncated = Some((f.name.clone(), restart.offset, "R9"));
@@ -286,13 +420,17 @@ fn recover_once(
                     _ if position == Position::Sealed => {
                         // Every segment but the newest was synced whole, and a write never spans
                         // two segments: its end was lost after it was durable.
-                        if options.recovery_mode == RecoveryMode::Strict {
+                        if !options.recovery_mode.cuts_corruption() {
                             let why = "a write whose last record is missing in a sealed segment";
                             return Err(corruption(
                                 &f.name,
                                 offset,
                                 CorruptionKind::Malformed(why.into()),
                             ));
+                        }
+                        let at = Restart { segment: i, offset };
+                        if needs_evidence(at) {
+                            return Ok(Err(Redo::Evidence(at)));
                         }
                         "W2"
                     }
@@ -314,18 +452,14 @@ fn recover_once(
             );
             if let Err((k, why)) = outcome {
                 let offset = records[write.start + k].offset;
-                match options.recovery_mode {
-                    RecoveryMode::Strict => {
-                        return Err(corruption(&f.name, offset, CorruptionKind::Malformed(why)));
-                    }
-                    RecoveryMode::TruncateCorrupt => {
-                        // Part of the write may be applied already: start over, cutting at it.
-                        return Ok(Err(Restart {
-                            segment: i,
-                            offset: records[write.start].offset,
-                        }));
-                    }
+                if !options.recovery_mode.cuts_corruption() {
+                    return Err(corruption(&f.name, offset, CorruptionKind::Malformed(why)));
                 }
+                // Part of the write may be applied already: start over, cutting at it.
+                return Ok(Err(Redo::Cut(Restart {
+                    segment: i,
+                    offset: records[write.start].offset,
+                })));
             }
             replayed_any = true;
             report.records_replayed += write.len();
@@ -415,6 +549,13 @@ fn recover_once(
             // segments' names: a rollover's rename that the stopped process never synced would
             // otherwise vanish in a later power cut, taking acknowledged writes with it (a later
             // sync only syncs the directory for renames made since open).
+            if footer.is_none() && data_start > 0 {
+                // A segment that had been sealed (its footer and trailer written) before the
+                // next one was dropped as torn: writing resumes in it, so the old footer and
+                // trailer go. Left in place, the trailer would lead a later open to a footer
+                // that lists none of the records written from now on.
+                erase_seal(segment.file.as_ref(), end)?;
+            }
             segment.file.sync_data()?;
             fs.sync_dir(dir)?;
             // A segment whose checkpoint never became durable is rewritten from its header on.

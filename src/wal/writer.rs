@@ -643,6 +643,16 @@ impl Writer {
         if let Err(e) = self.active.file.write_all_at(&self.buf, start) {
             return Err(Failure::Poison(e.into()));
         }
+        if header_plan.is_some() {
+            // A new segment's first write (its header) is synced at once: later writes may share
+            // its sector, and a power cut must never keep one of them beside a lost header,
+            // which reads as a damaged header (row H7) though nothing durable was lost.
+            let file = &self.active.file;
+            self.counters
+                .time_sync(self.slow_sync, || file.sync_data())
+                .map_err(|e| Failure::Poison(e.into()))?;
+            self.active.durable_offset = start + written_len as u64;
+        }
         self.active.fresh = false;
         self.active.write_offset = start + written_len as u64;
         self.active.prev_crc = prev_crc;
@@ -653,6 +663,30 @@ impl Writer {
             self.buf = Vec::new();
         }
         Ok(written)
+    }
+
+    /// Seals the active segment now and starts the next one with its header and checkpoint,
+    /// synced with its name. Used after a write that changed a term or a vote: the change then
+    /// has copies in the sealed segment's footer and in the new segment's checkpoint, in other
+    /// sectors and another file, so no single damaged record or sector can take it (DESIGN.md
+    /// §8.3). Synced at once because later writes would share the header's sector, and a
+    /// header that is not durable must never sit beside durable records (row H7). The returned
+    /// `durable_lsn` covers everything written.
+    pub fn seal_now(
+        &mut self,
+        checkpoint: &dyn Fn() -> Vec<Checkpoint>,
+    ) -> Result<Sealed, Failure> {
+        let state = checkpoint();
+        let mut sealed = self.roll()?;
+        let mut none = None;
+        // A new segment's first write is synced as it is written.
+        self.write(&[], &|| state.clone(), &mut none)?;
+        debug_assert!(none.is_none(), "a fresh segment holds a checkpoint without rolling");
+        debug_assert_eq!(self.active.durable_offset, self.active.write_offset);
+        self.fs.sync_dir(&self.dir).map_err(|e| Failure::Poison(e.into()))?;
+        self.durable_renames = self.renames;
+        sealed.durable_lsn = self.lsn;
+        Ok(sealed)
     }
 
     /// Seals the active segment (making it durable whole) and starts the next one.
