@@ -22,6 +22,10 @@ use crate::types::{ConfState, Entry, EntryType, HardState, RepairState, Snapshot
 /// they believe a leader is alive.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
+/// Context of an append rejection from a node whose log lost entries it had acknowledged: the
+/// leader lowers its match index for that node rather than taking the rejection as stale.
+pub const REPAIRING_LOG: &[u8] = b"RepairingLog";
+
 /// Limit on read requests a leader holds until its first commit in a term.
 const MAX_PENDING_READ_INDEX_MESSAGES: usize = 4096;
 
@@ -1015,7 +1019,12 @@ impl<S: Storage> Raft<S> {
                     .0;
             }
             let pr = self.prs.progress.get_mut(&from).expect("checked");
-            if pr.maybe_decr_to(m.index, next_probe) {
+            let changed = if m.context.as_ref() == REPAIRING_LOG {
+                pr.lost_entries(m.index, next_probe)
+            } else {
+                pr.maybe_decr_to(m.index, next_probe)
+            };
+            if changed {
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
                 }
@@ -1245,6 +1254,10 @@ impl<S: Storage> Raft<S> {
         // there are all at least m.log_term and ours are greater or missing.
         let hint = m.index.min(self.raft_log.last_index());
         let (hint_index, hint_term) = self.raft_log.find_conflict_by_term(hint, m.log_term);
+        // A repairing node may reject an entry it had acknowledged: the leader must not take
+        // the rejection for a stale one, or it would resend the same append forever.
+        let context =
+            if self.repairing.is_some() { Bytes::from_static(REPAIRING_LOG) } else { Bytes::new() };
         self.send(Message {
             msg_type: MessageType::MsgAppResp,
             to: m.from,
@@ -1252,6 +1265,7 @@ impl<S: Storage> Raft<S> {
             reject: true,
             reject_hint: hint_index,
             log_term: hint_term,
+            context,
             ..Message::default()
         });
     }

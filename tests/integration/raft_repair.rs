@@ -401,3 +401,29 @@ fn a_leader_repairs_a_node_with_a_snapshot_when_it_compacted_the_lost_entries() 
         assert!(log.iter().any(|g| same_entry(g, e)), "1 lacks {e:?}");
     }
 }
+
+#[test]
+fn a_leader_that_kept_its_term_repairs_a_node_at_its_next_write() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.campaign(1);
+    for d in ["a", "b", "c"] {
+        net.propose(1, d).unwrap();
+    }
+    let committed = net.node(1).log();
+    // 3 restarts with a damaged log while 1 stays leader: 1 believes 3 holds index 4.
+    let repair = lose_tail(&mut net, 3, 1);
+    net.tick_all();
+    assert_eq!(net.node(3).raw.status().repairing, Some(repair), "heartbeats repair nothing");
+    assert_eq!(net.node(3).committed(), 1, "a heartbeat's commit is capped at its log");
+    // The next write: 3 rejects the leader's probe at what it had acknowledged, and the
+    // leader probes lower instead of resending the same probe forever.
+    net.propose(1, "d").unwrap();
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.node(1).term(), 1, "no election was needed");
+    assert_eq!(net.node(3).raw.status().repairing, None);
+    let log = net.node(3).log();
+    for e in &committed {
+        assert!(log.iter().any(|g| same_entry(g, e)), "3 lacks {e:?}");
+    }
+    assert_eq!(net.node(3).applied_data(), vec!["a", "b", "c", "d"]);
+}
