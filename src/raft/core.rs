@@ -1274,9 +1274,11 @@ impl<S: Storage> Raft<S> {
         let mut commit = m.commit;
         if self.repairing.is_some() {
             // The leader sends `min(match, commit)`, and its match index for this node may
-            // count entries the damage took. The entries this log still holds are a prefix of
-            // what it acknowledged, so they match the leader's: committing up to the last of
-            // them is safe. Elsewhere a commit index beyond the log is a broken invariant.
+            // count entries the damage took. The entries this log still holds are what
+            // survived of those it acknowledged to this leader (the term never went back, so
+            // no other leader came between) and entries this leader sent since: they match
+            // its log, and committing up to the last of them is safe. Elsewhere a commit index
+            // beyond the log is a broken invariant.
             commit = commit.min(self.raft_log.last_index());
         }
         self.raft_log.commit_to(commit);
