@@ -16,11 +16,15 @@ use super::tracker::{Configuration, Progress, ProgressState, ProgressTracker};
 use crate::contract::Storage;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot};
+use crate::types::{ConfState, Entry, EntryType, HardState, RepairState, Snapshot};
 
 /// Context of a vote request that a leadership transfer started: voters grant it even while
 /// they believe a leader is alive.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
+
+/// Context of an append rejection from a node whose log lost entries it had acknowledged: the
+/// leader lowers its match index for that node rather than taking the rejection as stale.
+pub const REPAIRING_LOG: &[u8] = b"RepairingLog";
 
 /// Limit on read requests a leader holds until its first commit in a term.
 const MAX_PENDING_READ_INDEX_MESSAGES: usize = 4096;
@@ -91,6 +95,10 @@ pub struct Raft<S: Storage> {
     election_timeout: usize,
     disable_proposal_forwarding: bool,
     step_down_on_removal: bool,
+    // Set while the log is short of entries it made durable (and may have acknowledged)
+    // before damage: the node neither votes nor campaigns. Invariant: once `None`, never
+    // `Some` again for this node's lifetime.
+    repairing: Option<RepairState>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -104,6 +112,7 @@ impl<S: Storage> Raft<S> {
         };
         let raft_log = RaftLog::new(store, committed_limit)?;
         let rs = raft_log.store.initial_state()?;
+        let repairing = raft_log.store.repair_state()?;
         let mut r = Raft {
             id: c.id,
             term: 0,
@@ -136,6 +145,7 @@ impl<S: Storage> Raft<S> {
             election_timeout: c.election_tick,
             disable_proposal_forwarding: c.disable_proposal_forwarding,
             step_down_on_removal: c.step_down_on_removal,
+            repairing,
         };
         let last = r.raft_log.last_index();
         let (cfg, prs) = confchange::restore(&r.prs, last, &rs.conf_state)
@@ -144,6 +154,14 @@ impl<S: Storage> Raft<S> {
         debug_assert!(confchange::equivalent(&cs, &rs.conf_state), "{cs:?} != {:?}", rs.conf_state);
         if !rs.hard_state.is_empty() {
             r.load_state(&rs.hard_state)?;
+        }
+        if let Some(rep) = r.repairing
+            && rep.term > r.term
+        {
+            // The damage took hard states with it: the term never goes back. A leader of a
+            // lower term may lack entries this log acknowledged, and must not repair it.
+            r.term = rep.term;
+            r.vote = 0;
         }
         if c.applied > 0 {
             let last = r.raft_log.last_index();
@@ -168,6 +186,13 @@ impl<S: Storage> Raft<S> {
 
     fn load_state(&mut self, hs: &HardState) -> Result<()> {
         let (committed, last) = (self.raft_log.committed, self.raft_log.last_index());
+        let mut hs = *hs;
+        if self.repairing.is_some() && hs.commit > last {
+            // The damage took committed entries with it: this node knows them committed but
+            // no longer holds them. It learns the commit index again from the leader that
+            // repairs it; a commit index beyond the log would break `committed <= last`.
+            hs.commit = last;
+        }
         if hs.commit > last {
             return Err(Error::InvalidConfig(format!(
                 "stored commit {} is out of range [{committed}, {last}]",
@@ -192,6 +217,41 @@ impl<S: Storage> Raft<S> {
     /// The state to persist.
     pub fn hard_state(&self) -> HardState {
         HardState { term: self.term, vote: self.vote, commit: self.raft_log.committed }
+    }
+
+    /// The state of the repair this node is in, if its log lost entries it had made durable:
+    /// until it holds them again it grants no vote and never campaigns.
+    pub fn repair_state(&self) -> Option<RepairState> {
+        self.repairing
+    }
+
+    /// Called after the application persisted entries or a snapshot: ends the repair once
+    /// the persisted log reaches the index the log had made durable before the damage.
+    ///
+    /// Only *persisted* entries count. Unstable entries are in memory only: a crash before
+    /// they are written loses them again, and a vote granted on their strength would have been
+    /// granted by a node whose durable log still lacks what it acknowledged.
+    pub fn maybe_end_repair(&mut self) {
+        let Some(rep) = self.repairing else {
+            return;
+        };
+        if self.raft_log.unstable.snapshot.is_some() {
+            return;
+        }
+        // Every entry below the unstable offset is persisted (a pending snapshot, checked
+        // above, would not be): the persisted log ends just before it.
+        let persisted_last = self.raft_log.unstable.offset - 1;
+        if persisted_last < rep.index {
+            return;
+        }
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            id = self.id,
+            index = rep.index,
+            persisted_last,
+            "the log holds again what it lost: repair done, the node may vote"
+        );
+        self.repairing = None;
     }
 
     /// Whether this node can become leader: a voter with no snapshot still to persist.
@@ -525,6 +585,18 @@ impl<S: Storage> Raft<S> {
         if self.state == StateRole::Leader {
             return;
         }
+        if let Some(_rep) = self.repairing {
+            // An election timeout, a campaign request or a transfer: a node repairing its log
+            // may miss committed entries it acknowledged, so it must not lead.
+            #[cfg(feature = "tracing")]
+            tracing::debug!(
+                id = self.id,
+                campaign = ?t,
+                repair_index = _rep.index,
+                "repairing: not campaigning"
+            );
+            return;
+        }
         if !self.promotable() {
             return;
         }
@@ -541,6 +613,12 @@ impl<S: Storage> Raft<S> {
     }
 
     fn campaign(&mut self, t: CampaignType) {
+        assert!(
+            self.repairing.is_none(),
+            "node {} campaigns while repairing its log: {:?}",
+            self.id,
+            self.repairing
+        );
         if !self.promotable() {
             return;
         }
@@ -658,7 +736,11 @@ impl<S: Storage> Raft<S> {
                     || (self.vote == 0 && self.leader_id == 0)
                     || (m.msg_type == MessageType::MsgPreVote && m.term > self.term);
                 let resp = m.msg_type.vote_response();
-                if can_vote && self.raft_log.is_up_to_date(m.index, m.log_term) {
+                // A repairing node refuses every vote and pre-vote: its log may lack entries
+                // it acknowledged, so "up to date" compared with it proves nothing. The term
+                // was handled above as for any node: a higher term is adopted, without a vote.
+                let repairing = self.repairing.is_some();
+                if can_vote && !repairing && self.raft_log.is_up_to_date(m.index, m.log_term) {
                     // Answer with the request's term: a pre-vote grant is for a future term
                     // that this node has not entered.
                     let (commit, commit_term) = self.commit_marker();
@@ -675,6 +757,15 @@ impl<S: Storage> Raft<S> {
                         self.vote = m.from;
                     }
                 } else {
+                    #[cfg(feature = "tracing")]
+                    if repairing {
+                        tracing::debug!(
+                            id = self.id,
+                            candidate = m.from,
+                            term = m.term,
+                            "repairing: vote refused"
+                        );
+                    }
                     let (commit, commit_term) = self.commit_marker();
                     self.send(Message {
                         msg_type: resp,
@@ -928,7 +1019,12 @@ impl<S: Storage> Raft<S> {
                     .0;
             }
             let pr = self.prs.progress.get_mut(&from).expect("checked");
-            if pr.maybe_decr_to(m.index, next_probe) {
+            let changed = if m.context.as_ref() == REPAIRING_LOG {
+                pr.lost_entries(m.index, next_probe)
+            } else {
+                pr.maybe_decr_to(m.index, next_probe)
+            };
+            if changed {
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
                 }
@@ -1158,6 +1254,10 @@ impl<S: Storage> Raft<S> {
         // there are all at least m.log_term and ours are greater or missing.
         let hint = m.index.min(self.raft_log.last_index());
         let (hint_index, hint_term) = self.raft_log.find_conflict_by_term(hint, m.log_term);
+        // A repairing node may reject an entry it had acknowledged: the leader must not take
+        // the rejection for a stale one, or it would resend the same append forever.
+        let context =
+            if self.repairing.is_some() { Bytes::from_static(REPAIRING_LOG) } else { Bytes::new() };
         self.send(Message {
             msg_type: MessageType::MsgAppResp,
             to: m.from,
@@ -1165,12 +1265,23 @@ impl<S: Storage> Raft<S> {
             reject: true,
             reject_hint: hint_index,
             log_term: hint_term,
+            context,
             ..Message::default()
         });
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
-        self.raft_log.commit_to(m.commit);
+        let mut commit = m.commit;
+        if self.repairing.is_some() {
+            // The leader sends `min(match, commit)`, and its match index for this node may
+            // count entries the damage took. The entries this log still holds are what
+            // survived of those it acknowledged to this leader (the term never went back, so
+            // no other leader came between) and entries this leader sent since: they match
+            // its log, and committing up to the last of them is safe. Elsewhere a commit index
+            // beyond the log is a broken invariant.
+            commit = commit.min(self.raft_log.last_index());
+        }
+        self.raft_log.commit_to(commit);
         self.send(Message {
             msg_type: MessageType::MsgHeartbeatResp,
             to: m.from,

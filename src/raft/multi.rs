@@ -309,6 +309,8 @@ pub struct GroupStatus {
     pub last_index: u64,
     /// Whether the group is quiesced (not ticking).
     pub quiesced: bool,
+    /// Set while the group's log is repairing (see [`super::Status::repairing`]).
+    pub repairing: Option<crate::types::RepairState>,
 }
 
 /// Counters of what a [`MultiRaft`] did since it was created.
@@ -567,6 +569,7 @@ impl MultiRaft {
             first_index: g.storage.first_index().unwrap_or(0),
             last_index: st.last_index,
             quiesced: g.quiesced,
+            repairing: st.repairing,
         })
     }
 

@@ -14,7 +14,7 @@ use super::message::{
 use super::tracker::Progress;
 use crate::contract::Storage;
 use crate::error::{Error, Result};
-use crate::types::{ConfState, Entry, EntryType, HardState, Snapshot};
+use crate::types::{ConfState, Entry, EntryType, HardState, RepairState, Snapshot};
 
 /// Anything `propose` and `read_index` accept as a payload: owned buffers are taken without
 /// copying, borrowed ones are copied.
@@ -94,6 +94,9 @@ pub struct Status {
     pub progress: BTreeMap<u64, Progress>,
     /// The peer leadership is being transferred to, if any.
     pub lead_transferee: Option<u64>,
+    /// Set while the node repairs a log that lost entries it had made durable: it neither
+    /// votes nor campaigns until its persisted log reaches `index` again.
+    pub repairing: Option<RepairState>,
 }
 
 /// A Raft node driven by the application: `tick` / `step` / `propose` feed it, `ready` says
@@ -121,7 +124,15 @@ impl<S: Storage> RawNode<S> {
     pub fn new(config: &Config, store: S) -> Result<RawNode<S>> {
         let raft = Raft::new(config, store)?;
         let prev_soft_state = raft.soft_state();
-        let prev_hard_state = raft.hard_state();
+        let mut prev_hard_state = raft.hard_state();
+        if raft.repair_state().is_some() {
+            // A repairing node may start in a term above the stored one (the damage took hard
+            // states with it): compare with what is stored, so the first Ready persists it.
+            let stored = raft.raft_log.store.initial_state()?.hard_state;
+            if stored.term != prev_hard_state.term {
+                prev_hard_state = stored;
+            }
+        }
         Ok(RawNode { raft, prev_soft_state, prev_hard_state })
     }
 
@@ -285,6 +296,7 @@ impl<S: Storage> RawNode<S> {
                 BTreeMap::new()
             },
             lead_transferee: r.lead_transferee,
+            repairing: r.repair_state(),
         }
     }
 
@@ -340,6 +352,10 @@ impl<S: Storage> RawNode<S> {
         }
         if let Some(last) = rd.entries.last() {
             r.raft_log.stable_to(last.index, last.term);
+        }
+        if rd.snapshot.is_some() || !rd.entries.is_empty() {
+            // Only now are they persisted: a repair ends on persisted entries alone.
+            r.maybe_end_repair();
         }
         if let Some(last) = rd.committed_entries.last() {
             r.reduce_uncommitted_size(&rd.committed_entries);

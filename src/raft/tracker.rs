@@ -243,6 +243,26 @@ impl Progress {
         true
     }
 
+    /// Handles a rejection of an append at `rejected` from a follower whose log lost entries
+    /// it had acknowledged (a repairing node marks its rejections so). A rejection at or below
+    /// `matched` is then news, not a stale answer: the match falls below it, to the hint, and
+    /// probing resumes there. Without this `next` never goes below `matched + 1` and the same
+    /// append is rejected forever. Lowering the match is safe: the commit index never moves
+    /// back, and the follower acknowledges again whatever it holds. Returns whether anything
+    /// changed (an append should go out).
+    pub fn lost_entries(&mut self, rejected: u64, match_hint: u64) -> bool {
+        if rejected > self.matched || self.state == ProgressState::Snapshot {
+            return self.maybe_decr_to(rejected, match_hint);
+        }
+        // Index 0 always matches: a rejection there is not a follower's answer.
+        if rejected == 0 {
+            return false;
+        }
+        self.matched = match_hint.min(rejected - 1);
+        self.become_probe();
+        true
+    }
+
     /// Whether the leader must not send appends to this peer now.
     pub fn is_paused(&self) -> bool {
         match self.state {
@@ -472,6 +492,34 @@ mod tests {
         assert_eq!(pr.next_idx, 10);
         assert!(pr.maybe_decr_to(9, 100), "a hint above the probe keeps next at the probe");
         assert_eq!(pr.next_idx, 9);
+    }
+
+    #[test]
+    fn a_follower_that_lost_entries_lowers_its_match_to_the_hint() {
+        let mut pr = Progress::new(1, 10, 0);
+        pr.matched = 4;
+        pr.become_replicate();
+        pr.sent_entries(2, 20);
+        assert_eq!(pr.next_idx, 7);
+        // An unmarked rejection at the match index looks stale.
+        assert!(!pr.maybe_decr_to(4, 1));
+        assert!(pr.lost_entries(4, 1), "a marked one is news");
+        assert_eq!((pr.state, pr.matched, pr.next_idx), (ProgressState::Probe, 1, 2));
+        assert!(!pr.is_paused(), "the next probe goes out at once");
+        // A hint at or above the rejected index still moves below it.
+        let mut pr = Progress::new(1, 10, 0);
+        pr.matched = 4;
+        pr.become_probe();
+        assert!(pr.lost_entries(4, 9));
+        assert_eq!((pr.matched, pr.next_idx), (3, 4));
+        // Above the match it is an ordinary rejection.
+        let mut pr = Progress::new(1, 10, 0);
+        pr.matched = 4;
+        pr.become_probe();
+        pr.next_idx = 8;
+        assert!(pr.lost_entries(7, 2));
+        assert_eq!((pr.matched, pr.next_idx), (4, 5));
+        assert!(!pr.lost_entries(0, 0));
     }
 
     #[test]

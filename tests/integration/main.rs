@@ -19,6 +19,7 @@ mod raft_hardening;
 mod raft_membership;
 mod raft_net;
 mod raft_properties;
+mod raft_repair;
 mod raft_replication;
 mod raft_sim;
 mod recycle;
