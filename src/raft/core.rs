@@ -99,6 +99,10 @@ pub struct Raft<S: Storage> {
     // before damage: the node neither votes nor campaigns. Invariant: once `None`, never
     // `Some` again for this node's lifetime.
     repairing: Option<RepairState>,
+    // While repairing: a leader's commit index (and that leader's term) that this log matches
+    // through, the entry there being of the leader's term. Once persisted, it ends the repair
+    // (see `maybe_end_repair`).
+    repair_commit: Option<(u64, u64)>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -146,6 +150,7 @@ impl<S: Storage> Raft<S> {
             disable_proposal_forwarding: c.disable_proposal_forwarding,
             step_down_on_removal: c.step_down_on_removal,
             repairing,
+            repair_commit: None,
         };
         let last = r.raft_log.last_index();
         let (cfg, prs) = confchange::restore(&r.prs, last, &rs.conf_state)
@@ -241,7 +246,20 @@ impl<S: Storage> Raft<S> {
         // Every entry below the unstable offset is persisted (a pending snapshot, checked
         // above, would not be): the persisted log ends just before it.
         let persisted_last = self.raft_log.unstable.offset - 1;
-        if persisted_last < rep.index {
+        // The second way out, for a loss of unknown extent: the persisted log matches, through
+        // its commit index, a leader of a term above the damaged log's, which has committed an
+        // entry of its own term there. The acknowledgements this log sent before the damage
+        // were sent in terms up to `rep.term`, and a leader of a later term never counts them
+        // (only its own term's). Every entry committed by a leader of those terms is in the new
+        // leader's log (leader completeness), below its first entry of its own term, so below
+        // that commit index: this log holds it. A leader of `rep.term` itself may still count
+        // an acknowledgement of an entry this log lost, so it cannot end the repair this way.
+        let caught_up = self.repair_commit.is_some_and(|(index, term)| {
+            term > rep.term
+                && persisted_last >= index
+                && self.raft_log.term(index).is_ok_and(|t| t == term)
+        });
+        if persisted_last < rep.index && !caught_up {
             return;
         }
         #[cfg(feature = "tracing")]
@@ -1240,6 +1258,15 @@ impl<S: Storage> Raft<S> {
         if let Some(last_new) =
             self.raft_log.maybe_append(m.index, m.log_term, m.commit, &m.entries)
         {
+            if self.repairing.is_some()
+                && m.commit > 0
+                && self.raft_log.committed == m.commit
+                && self.raft_log.term(m.commit).is_ok_and(|t| t == self.term)
+            {
+                // This log now matches the leader's through the leader's commit index, at an
+                // entry of the leader's term: once persisted, that ends the repair.
+                self.repair_commit = Some((m.commit, self.term));
+            }
             self.send(Message {
                 msg_type: MessageType::MsgAppResp,
                 to: m.from,

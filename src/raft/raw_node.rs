@@ -353,10 +353,8 @@ impl<S: Storage> RawNode<S> {
         if let Some(last) = rd.entries.last() {
             r.raft_log.stable_to(last.index, last.term);
         }
-        if rd.snapshot.is_some() || !rd.entries.is_empty() {
-            // Only now are they persisted: a repair ends on persisted entries alone.
-            r.maybe_end_repair();
-        }
+        // Only now are the entries persisted: a repair ends on persisted entries alone.
+        r.maybe_end_repair();
         if let Some(last) = rd.committed_entries.last() {
             r.reduce_uncommitted_size(&rd.committed_entries);
             r.applied_to(last.index);

@@ -427,3 +427,37 @@ fn a_leader_that_kept_its_term_repairs_a_node_at_its_next_write() {
     }
     assert_eq!(net.node(3).applied_data(), vec!["a", "b", "c", "d"]);
 }
+
+#[test]
+fn a_loss_of_unknown_extent_ends_once_the_log_matches_a_leaders_commit_of_its_term() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.campaign(1);
+    for d in ["a", "b", "c"] {
+        net.propose(1, d).unwrap();
+    }
+    let committed = net.node(1).log();
+    let known = lose_tail(&mut net, 3, 1);
+    // The storage could not tell how far the log had gone.
+    let unknown = RepairState { index: u64::MAX, term: known.term };
+    net.node(3).store.set_repair_state(Some(unknown)).unwrap();
+    let id3 = net.node(3).config.clone();
+    let store = net.nodes.remove(&3).unwrap().store;
+    net.add_node(3, store, id3);
+    assert_eq!(net.node(3).raw.status().repairing, Some(unknown));
+    // The same leader's writes do not end it: that leader may still count an acknowledgement
+    // 3 sent for an entry it lost.
+    net.propose(1, "d").unwrap();
+    net.tick_all();
+    assert_eq!(net.node(3).raw.status().repairing, Some(unknown), "same term: still repairing");
+    // A leader of a later term, once it committed an entry of its own term that 3 holds.
+    net.node(1).raw.transfer_leader(2);
+    net.stabilize();
+    assert_eq!(net.node(2).state(), StateRole::Leader);
+    assert!(net.node(2).term() > unknown.term);
+    net.tick_all();
+    assert_eq!(net.node(3).raw.status().repairing, None, "matched the new leader's commit");
+    let log = net.node(3).log();
+    for e in &committed {
+        assert!(log.iter().any(|g| same_entry(g, e)), "3 lacks {e:?}");
+    }
+}
