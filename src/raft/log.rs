@@ -317,6 +317,10 @@ impl<S: Storage> RaftLog<S> {
     /// Committed entries not yet applied, at most `max_next_committed_size` bytes (but at
     /// least one entry).
     pub fn next_committed_entries(&self) -> Vec<Entry> {
+        // As in `has_next_committed_entries`: no storage lookup for an applied log.
+        if self.committed <= self.applied {
+            return Vec::new();
+        }
         let lo = (self.applied + 1).max(self.first_index());
         let hi = self.committed + 1;
         if lo >= hi {

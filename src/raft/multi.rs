@@ -930,12 +930,16 @@ impl MultiRaft {
     pub fn ready(&mut self) -> Result<MultiReady> {
         self.check_poisoned()?;
         let mut readies: Vec<(u64, Ready)> = Vec::new();
+        // Quiesced groups with nothing more to hand out: they leave the active groups.
+        let mut leaving: Vec<u64> = Vec::new();
         self.stats.group_visits += self.active.len() as u64;
         // Bounded by the active groups (in group order); the others have no Ready.
         for group in &self.active {
             let g = self.groups.get_mut(group).expect("an active group is hosted");
             if g.node.has_ready() {
                 readies.push((*group, g.node.ready()));
+            } else if g.quiesced {
+                leaving.push(*group);
             }
         }
         if let Err(e) = self.persist(&readies) {
@@ -979,6 +983,9 @@ impl MultiRaft {
                 read_states,
             };
             g.node.advance(rd);
+            if g.quiesced && !g.node.has_ready() {
+                leaving.push(group);
+            }
             if app.soft_state.is_some()
                 || app.snapshot.is_some()
                 || !app.committed_entries.is_empty()
@@ -987,12 +994,10 @@ impl MultiRaft {
                 out.groups.push(app);
             }
         }
-        // A quiesced group that handed out everything leaves the active groups. Bounded by them.
-        let groups = &self.groups;
-        self.active.retain(|group| {
-            let g = &groups[group];
-            !g.quiesced || g.node.has_ready()
-        });
+        // Bounded by the active groups.
+        for group in &leaving {
+            self.active.remove(group);
+        }
         self.check_active();
         out.batches = std::mem::take(&mut self.outbox).into_values().collect();
         for b in out.batches.iter_mut() {
