@@ -309,13 +309,18 @@ impl<S: Storage> RaftLog<S> {
 
     /// Whether committed entries wait to be applied.
     pub fn has_next_committed_entries(&self) -> bool {
-        let lo = (self.applied + 1).max(self.first_index());
-        self.committed + 1 > lo
+        // The same test as `next_committed_entries`, the cheap half first: the first index may
+        // cost a lookup in the storage.
+        self.committed > self.applied && self.committed + 1 > self.first_index()
     }
 
     /// Committed entries not yet applied, at most `max_next_committed_size` bytes (but at
     /// least one entry).
     pub fn next_committed_entries(&self) -> Vec<Entry> {
+        // As in `has_next_committed_entries`: no storage lookup for an applied log.
+        if self.committed <= self.applied {
+            return Vec::new();
+        }
         let lo = (self.applied + 1).max(self.first_index());
         let hi = self.committed + 1;
         if lo >= hi {

@@ -332,6 +332,9 @@ pub struct MultiStats {
     pub wakes: u64,
     /// Received items dropped: unknown or removed group, wrong address, or refused by the group.
     pub dropped: u64,
+    /// Groups `tick` and `ready` looked at, summed over their calls: the active groups (awake,
+    /// or with something to hand out), never the quiesced rest.
+    pub group_visits: u64,
 }
 
 /// Decides whether a message for a group this node does not host creates it: returns the
@@ -363,24 +366,28 @@ impl Group {
         if self.pending_reads > 0 || self.node.has_ready() {
             return false;
         }
-        let st = self.node.status();
-        st.soft_state.raft_state == StateRole::Leader
-            && st.lead_transferee.is_none()
-            && st.hard_state.commit == st.last_index
-            && st.applied == st.last_index
-            && st.progress.values().all(|p| p.matched == st.last_index)
+        // Read in place: a `status()` clones the membership and every peer's progress.
+        let r = self.node.core();
+        let last = r.raft_log.last_index();
+        r.state == StateRole::Leader
+            && r.lead_transferee.is_none()
+            && r.raft_log.committed == last
+            && r.raft_log.applied == last
+            && r.prs.progress.values().all(|p| p.matched == last)
     }
 
     fn leader(&self) -> u64 {
-        self.node.status().soft_state.leader_id
+        self.node.core().leader_id
+    }
+
+    fn role(&self) -> StateRole {
+        self.node.core().state
     }
 
     fn has_member(&self, node: u64) -> bool {
-        let cs = self.node.status().conf_state;
-        cs.voters.contains(&node)
-            || cs.learners.contains(&node)
-            || cs.voters_outgoing.contains(&node)
-            || cs.learners_next.contains(&node)
+        // The tracker holds a progress for exactly the members: voters (incoming and outgoing,
+        // so the next learners too) and learners.
+        self.node.core().prs.progress.contains_key(&node)
     }
 }
 
@@ -394,6 +401,12 @@ pub struct MultiRaft {
     id: u64,
     engine: LogEngine,
     groups: BTreeMap<u64, Group>,
+    // The groups `tick`, `has_ready` and `ready` look at, so that their cost follows the
+    // groups at work, not the groups hosted. Invariant: a hosted group not in it is quiesced
+    // and has no Ready. A group enters when it is created, woken, stepped, or handed out
+    // through `raw_node` or a local call; it leaves when a tick quiesces it or a cycle finds it
+    // quiesced with nothing to do. Bounded by the hosted groups.
+    active: BTreeSet<u64>,
     // Groups removed here: a late message must not create them again. Grows by one per
     // removal; `create_group` takes an id back.
     removed: BTreeSet<u64>,
@@ -422,6 +435,7 @@ impl MultiRaft {
             id,
             engine,
             groups: BTreeMap::new(),
+            active: BTreeSet::new(),
             removed: BTreeSet::new(),
             factory: None,
             quiescence: true,
@@ -520,6 +534,7 @@ impl MultiRaft {
             group,
             Group { node, storage, config, quiesced: false, pending_reads: 0, idle_ticks: 0 },
         );
+        self.active.insert(group);
         Ok(())
     }
 
@@ -530,6 +545,7 @@ impl MultiRaft {
         if self.groups.remove(&group).is_none() {
             return Err(Error::InvalidConfig(format!("group {group} is not hosted")));
         }
+        self.active.remove(&group);
         self.removed.insert(group);
         for batch in self.outbox.values_mut() {
             batch.heartbeats.retain(|hb| hb.group != group);
@@ -545,9 +561,13 @@ impl MultiRaft {
 
     /// The group's Raft node, for what this type does not offer (its status, leadership
     /// hints). Calls on it do not wake a quiesced group: use [`MultiRaft::wake`] after a change
-    /// that needs the group to run. Never call its `ready` or `advance`: the cycle does.
+    /// that needs the group to run (the next cycle still hands out what they produce). Never
+    /// call its `ready` or `advance`: the cycle does.
     pub fn raw_node(&mut self, group: u64) -> Option<&mut RawNode<GroupStorage>> {
-        self.groups.get_mut(&group).map(|g| &mut g.node)
+        let g = self.groups.get_mut(&group)?;
+        // Whatever the caller does may give the group a Ready.
+        self.active.insert(group);
+        Some(&mut g.node)
     }
 
     /// The storage of `group`, if hosted: for snapshots and compaction by the application.
@@ -582,10 +602,14 @@ impl MultiRaft {
         if self.poisoned { Err(Error::Poisoned) } else { Ok(()) }
     }
 
+    /// The group, for a call that may give it a Ready (so it joins the active groups).
     fn group_mut(&mut self, group: u64) -> Result<&mut Group> {
-        self.groups
+        let g = self
+            .groups
             .get_mut(&group)
-            .ok_or_else(|| Error::InvalidConfig(format!("group {group} is not hosted")))
+            .ok_or_else(|| Error::InvalidConfig(format!("group {group} is not hosted")))?;
+        self.active.insert(group);
+        Ok(g)
     }
 
     /// Wakes a quiesced group. A follower woken by anything but its leader asks the leader to
@@ -601,6 +625,7 @@ impl MultiRaft {
             return;
         }
         g.quiesced = false;
+        self.active.insert(group);
         self.stats.wakes += 1;
         let leader = g.leader();
         // A leader's quiesce heartbeats not yet sent are dropped when the cycle sends the
@@ -640,7 +665,7 @@ impl MultiRaft {
         self.check_poisoned()?;
         self.wake_group(group, None);
         let g = self.group_mut(group)?;
-        if g.node.status().soft_state.raft_state == StateRole::Leader {
+        if g.role() == StateRole::Leader {
             g.pending_reads += 1;
         }
         g.node.read_index(ctx);
@@ -698,10 +723,16 @@ impl MultiRaft {
         let id = self.id;
         let quiescence = self.quiescence;
         let quiesce_after_ticks = self.quiesce_after_ticks;
-        // Bounded by the hosted groups.
-        for (group, g) in self.groups.iter_mut() {
+        let groups = &mut self.groups;
+        let stats = &mut self.stats;
+        let outbox = &mut self.outbox;
+        stats.group_visits += self.active.len() as u64;
+        // Bounded by the active groups; a quiesced group that is not among them does not tick.
+        self.active.retain(|&group| {
+            let g = groups.get_mut(&group).expect("an active group is hosted");
             if g.quiesced {
-                continue;
+                // Stepped or handed out while quiesced: kept until a cycle takes its Ready.
+                return g.node.has_ready();
             }
             if !(quiescence && g.can_quiesce()) {
                 g.idle_ticks = 0;
@@ -710,35 +741,41 @@ impl MultiRaft {
             } else {
                 g.idle_ticks = 0;
                 g.quiesced = true;
-                self.stats.quiesces += 1;
-                let st = g.node.status();
+                stats.quiesces += 1;
+                let r = g.node.core();
+                let (term, commit) = (r.term, r.raft_log.committed);
                 // What the followers check against their own log (rule Q2).
                 assert_eq!(
-                    st.hard_state.commit, st.last_index,
+                    commit,
+                    r.raft_log.last_index(),
                     "group {group}: quiescing leader with commit below its last index"
                 );
-                for (peer, pr) in &st.progress {
+                // Bounded by the group's members.
+                for (peer, pr) in &r.prs.progress {
                     if *peer == id {
                         continue;
                     }
                     // The same heartbeat the core sends, marked.
                     let hb = Heartbeat {
-                        group: *group,
-                        term: st.hard_state.term,
-                        commit: pr.matched.min(st.hard_state.commit),
+                        group,
+                        term,
+                        commit: pr.matched.min(commit),
                         quiesce: true,
                         context: Bytes::new(),
                     };
-                    self.outbox
+                    outbox
                         .entry(*peer)
                         .or_insert_with(|| Batch::new(id, *peer))
                         .heartbeats
                         .push(hb);
                 }
-                continue;
+                // Rule Q1 found no Ready: nothing left for a cycle to do.
+                return false;
             }
             g.node.tick();
-        }
+            true
+        });
+        self.check_active();
     }
 
     /// Feeds a batch received from a peer node. Items for groups this node does not host are
@@ -808,8 +845,15 @@ impl MultiRaft {
         }
         let g = self.groups.get_mut(&group).expect("created or hosted");
         let read = m.msg_type == MessageType::MsgReadIndex;
-        let leading = g.node.status().soft_state.raft_state == StateRole::Leader;
-        match g.node.step(m) {
+        let leading = g.role() == StateRole::Leader;
+        let stepped = g.node.step(m);
+        // A message that leaves the group asleep may still give it a Ready (a follower's
+        // answer to a heartbeat); a leader's group that steps that answer usually has none, and
+        // stays out of the walks.
+        if !g.quiesced || g.node.has_ready() {
+            self.active.insert(group);
+        }
+        match stepped {
             Ok(()) => {
                 if read && leading {
                     g.pending_reads += 1;
@@ -846,18 +890,18 @@ impl MultiRaft {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        let st = g.node.status();
-        if term < st.hard_state.term {
+        let r = g.node.core();
+        if term < r.term {
             // A deposed leader's heartbeat, late: the core's answer tells it the newer term;
             // this node's own leader is not concerned.
             return;
         }
         let complete = quiescence
-            && st.soft_state.raft_state == StateRole::Follower
-            && st.soft_state.leader_id == leader
-            && st.hard_state.term == term
-            && st.hard_state.commit == commit
-            && st.last_index == commit
+            && r.state == StateRole::Follower
+            && r.leader_id == leader
+            && r.term == term
+            && r.raft_log.committed == commit
+            && r.raft_log.last_index() == commit
             && g.pending_reads == 0;
         if complete {
             if !g.quiesced {
@@ -866,13 +910,17 @@ impl MultiRaft {
             }
         } else {
             g.quiesced = false;
+            // Stepped just before, so active already; kept so by the invariant's letter.
+            self.active.insert(group);
             self.outbox.entry(leader).or_insert_with(|| Batch::new(id, leader)).wakes.push(group);
         }
     }
 
     /// Whether [`MultiRaft::ready`] has anything to do.
     pub fn has_ready(&self) -> bool {
-        !self.outbox.is_empty() || self.groups.values().any(|g| g.node.has_ready())
+        // Bounded by the active groups: the others have no Ready.
+        !self.outbox.is_empty()
+            || self.active.iter().any(|group| self.groups[group].node.has_ready())
     }
 
     /// One ready cycle for every group: persists every group's snapshot (through its storage),
@@ -885,10 +933,16 @@ impl MultiRaft {
     pub fn ready(&mut self) -> Result<MultiReady> {
         self.check_poisoned()?;
         let mut readies: Vec<(u64, Ready)> = Vec::new();
-        // Bounded by the hosted groups.
-        for (group, g) in self.groups.iter_mut() {
+        // Quiesced groups with nothing more to hand out: they leave the active groups.
+        let mut leaving: Vec<u64> = Vec::new();
+        self.stats.group_visits += self.active.len() as u64;
+        // Bounded by the active groups (in group order); the others have no Ready.
+        for group in &self.active {
+            let g = self.groups.get_mut(group).expect("an active group is hosted");
             if g.node.has_ready() {
                 readies.push((*group, g.node.ready()));
+            } else if g.quiesced {
+                leaving.push(*group);
             }
         }
         if let Err(e) = self.persist(&readies) {
@@ -932,6 +986,9 @@ impl MultiRaft {
                 read_states,
             };
             g.node.advance(rd);
+            if g.quiesced && !g.node.has_ready() {
+                leaving.push(group);
+            }
             if app.soft_state.is_some()
                 || app.snapshot.is_some()
                 || !app.committed_entries.is_empty()
@@ -940,6 +997,11 @@ impl MultiRaft {
                 out.groups.push(app);
             }
         }
+        // Bounded by the active groups.
+        for group in &leaving {
+            self.active.remove(group);
+        }
+        self.check_active();
         out.batches = std::mem::take(&mut self.outbox).into_values().collect();
         for b in out.batches.iter_mut() {
             // A quiesce heartbeat of a group that woke since the tick that queued it would put
@@ -959,6 +1021,19 @@ impl MultiRaft {
             self.stats.heartbeat_resps_sent += b.heartbeat_resps.len() as u64;
         }
         Ok(out)
+    }
+
+    /// Asserts the invariant of `active` (a hosted group not in it is quiesced and has no
+    /// Ready). A walk over every group, the cost `active` saves: debug builds only (the
+    /// benches build the `testing` feature too).
+    fn check_active(&self) {
+        #[cfg(debug_assertions)]
+        for (group, g) in &self.groups {
+            if !self.active.contains(group) {
+                assert!(g.quiesced, "group {group} is awake but not among the active groups");
+                assert!(!g.node.has_ready(), "group {group} has a Ready but is not active");
+            }
+        }
     }
 
     /// Step 1 of the Ready contract for every group at once.

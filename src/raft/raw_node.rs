@@ -300,6 +300,12 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
+    /// The core, read-only: for callers in `raft` that need a field or two of [`Status`]
+    /// without building (and allocating) a whole one.
+    pub(super) fn core(&self) -> &Raft<S> {
+        &self.raft
+    }
+
     /// Whether [`RawNode::ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;

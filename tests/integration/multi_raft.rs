@@ -415,6 +415,91 @@ fn lease_based_groups_never_quiesce() {
     assert_eq!(c.nodes[&2].status(1).unwrap().leader, 1);
 }
 
+/// Groups each node's `tick` and `ready` looked at so far.
+fn visits(c: &Cluster) -> BTreeMap<u64, u64> {
+    c.nodes.iter().map(|(id, n)| (*id, n.stats().group_visits)).collect()
+}
+
+/// Groups `tick` and `ready` looked at on each node since `before`.
+fn visits_since(c: &Cluster, before: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
+    visits(c).into_iter().map(|(id, v)| (id, v - before[&id])).collect()
+}
+
+#[test]
+fn ticks_and_cycles_visit_no_quiesced_group_and_a_message_wakes_one() {
+    let mut c = Cluster::new();
+    let groups: Vec<u64> = (1..=12).collect();
+    c.create(groups.clone());
+    for g in &groups {
+        c.elect(*g, leader_of(*g));
+    }
+    c.quiesce(&groups);
+    // Three election timeouts of ticks and cycles: no group looked at, nothing to do.
+    let before = visits(&c);
+    for _ in 0..3 * 10 {
+        c.tick_all();
+        for id in NODES {
+            assert!(!c.nodes[&id].has_ready(), "node {id} has a Ready with every group quiesced");
+        }
+        c.stabilize();
+    }
+    let none: BTreeMap<u64, u64> = NODES.iter().map(|id| (*id, 0)).collect();
+    assert_eq!(visits_since(&c, &before), none);
+    assert!(c.all_quiesced(&groups, &NODES));
+
+    // A proposal at a follower of group 5: the follower alone has one group to look at.
+    let (group, leader) = (5, leader_of(5));
+    let follower = NODES.iter().copied().find(|n| *n != leader).unwrap();
+    c.node(follower).propose(group, "via a message").unwrap();
+    let before = visits(&c);
+    c.tick_all();
+    let mut one_on_follower = none.clone();
+    one_on_follower.insert(follower, 1);
+    assert_eq!(visits_since(&c, &before), one_on_follower, "a tick after the proposal");
+    // The forwarded proposal is a message that wakes the quiesced leader: it then ticks that
+    // one group and no other.
+    let batches = c.cycle();
+    assert!(c.nodes[&leader].is_quiesced(group), "woken before the message arrived");
+    c.deliver(batches);
+    assert!(!c.nodes[&leader].is_quiesced(group), "the forwarded proposal wakes the leader");
+    let before = visits(&c);
+    c.node(leader).tick();
+    assert_eq!(visits_since(&c, &before)[&leader], 1, "the leader ticks the woken group alone");
+    c.stabilize();
+    for id in NODES {
+        assert_eq!(c.applied(id, group), vec![Bytes::from("via a message")], "node {id}");
+    }
+    for g in groups.iter().filter(|g| **g != group) {
+        assert!(c.all_quiesced(&[*g], &NODES), "group {g} slept through it");
+    }
+    // Quiesced again, the group leaves the walks too.
+    c.quiesce(&groups);
+    c.stabilize();
+    let before = visits(&c);
+    c.tick_all();
+    c.stabilize();
+    assert_eq!(visits_since(&c, &before), none);
+}
+
+#[test]
+fn a_change_made_through_raw_node_to_a_quiesced_group_is_handed_out() {
+    let mut c = Cluster::new();
+    c.create([1, 2]);
+    c.elect(1, 1);
+    c.elect(2, 1);
+    c.quiesce(&[1, 2]);
+    let term = c.nodes[&2].status(2).unwrap().term;
+    // No wake: the group stays quiesced, but the cycle must still send its vote requests.
+    c.node(2).raw_node(2).unwrap().campaign().unwrap();
+    assert!(c.nodes[&2].is_quiesced(2));
+    assert!(c.nodes[&2].has_ready(), "the campaign's Ready is not seen");
+    c.stabilize();
+    for id in NODES {
+        let st = c.nodes[&id].status(2).unwrap();
+        assert_eq!((st.leader, st.term), (2, term + 1), "node {id}");
+    }
+}
+
 #[test]
 fn a_partitioned_leader_of_a_quiesced_group_is_replaced_once_reported() {
     let mut c = Cluster::new();
