@@ -985,7 +985,13 @@ impl MultiRaft {
                 conf_state,
                 read_states,
             };
+            let was_repairing = g.node.core().repair_state().is_some();
             g.node.advance(rd);
+            if was_repairing && g.node.core().repair_state().is_none() {
+                // The core ended the repair (by a rule the storage cannot see alone): make it
+                // durable, or the next start repairs again (safe, but slower).
+                g.storage.clear_repair()?;
+            }
             if g.quiesced && !g.node.has_ready() {
                 leaving.push(group);
             }
