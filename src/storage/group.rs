@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::contract::{Storage, check_apply_snapshot, snapshot_term};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::metrics::WalMetrics;
+use crate::options::RecoveryMode;
 use crate::options::WalOptions;
 use crate::snapshot::{SnapshotFileWriter, SnapshotStore};
 use crate::storage::SNAP_DIR;
@@ -97,8 +98,9 @@ impl GroupStorage {
                 Err(Error::Corruption { kind, .. }) => kind,
                 Err(e) => return Err(e),
             }
-        } else if marker == SnapshotMetadata::default() {
-            // No snapshot was ever committed.
+        } else if marker.index == 0 {
+            // No snapshot was ever committed (or only a membership, which needs no file: see
+            // `snapshot`).
             return self.retain();
         } else {
             CorruptionKind::Missing
@@ -124,11 +126,40 @@ impl GroupStorage {
                 Err(e) => return Err(e),
             }
         }
+        if self.wal.engine().options().recovery_mode == RecoveryMode::Repairable {
+            return self.repair_from_leader(&marker);
+        }
         Err(Error::Corruption {
             segment: PathBuf::from(SNAP_DIR).join(marked),
             offset: 0,
             kind: damage,
         })
+    }
+
+    /// The marked snapshot is damaged and no older one is usable, in `RecoveryMode::Repairable`:
+    /// the group starts over from an empty log that keeps its membership, term and vote, and
+    /// repairs up to what it had (its leader sends a snapshot or the entries). The repair is
+    /// recorded first: a crash after the reset must never leave a healthy-looking empty log.
+    fn repair_from_leader(&self, marker: &SnapshotMetadata) -> Result<()> {
+        let hs = self.wal.hard_state();
+        let last = self.wal.last_index();
+        let last_term = self.wal.term(last).unwrap_or(0);
+        let state = RepairState {
+            index: marker.index.max(last),
+            term: hs.term.max(marker.term).max(last_term),
+        };
+        self.wal.engine().begin_repair(self.wal.group(), state)?;
+        let empty = SnapshotMetadata { index: 0, term: 0, conf_state: marker.conf_state.clone() };
+        self.wal.save_snapshot(&empty, true)?;
+        self.wal.save(Some(&HardState { commit: 0, ..hs }), &[])?;
+        self.wal.sync()?;
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            group = self.wal.group(),
+            index = state.index,
+            "the snapshot is damaged: the group repairs from its leader"
+        );
+        self.retain()
     }
 
     /// Deletes snapshot files beyond the newest `snapshot_retention`, never the marked one.

@@ -255,6 +255,21 @@ impl Engine {
         Ok(())
     }
 
+    /// The options the log was opened with.
+    pub fn options(&self) -> &WalOptions {
+        &self.options
+    }
+
+    /// Starts (or widens) `group`'s repair, durably: used when something the log relies on
+    /// outside the WAL (a snapshot file) turns out damaged in `RecoveryMode::Repairable`.
+    pub fn begin_repair(&self, group: u64, state: RepairState) -> Result<()> {
+        let mut inner = self.lock_write()?;
+        let record = inner.repairs.groups.entry(group).or_default();
+        record.index = record.index.max(state.index);
+        record.term = record.term.max(state.term);
+        repair::write(&self.fs, &self.dir, &inner.repairs)
+    }
+
     /// Whether `group` is repairing what a Repairable open cut (see [`RepairState`]).
     pub fn repair_state(&self, group: u64) -> Option<RepairState> {
         let inner = self.read();

@@ -342,3 +342,53 @@ fn writing_resumes_in_a_sealed_segment_whose_successor_was_torn() {
     let got = wal.entries(1, 8, u64::MAX).unwrap();
     assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
 }
+
+/// A damaged snapshot with no older one the log covers: Strict refuses; Repairable starts the
+/// group over from an empty log that keeps its membership, term and vote, and repairs up to
+/// what it had, until a leader's snapshot covers it.
+#[test]
+fn a_damaged_snapshot_makes_the_group_repair_from_its_leader() {
+    use bytes::Bytes;
+    use raftwal::{ConfState, Snapshot, SnapshotMetadata, WalStorage};
+    let tmp = tempfile::tempdir().unwrap();
+    let members = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+    {
+        let storage = WalStorage::open(tmp.path(), options(RecoveryMode::Strict)).unwrap();
+        storage.save(Some(&VOTE), &[]).unwrap();
+        let es: Vec<_> = (1..=8).map(|i| entry(i, 2, 100)).collect();
+        storage.append(&es).unwrap();
+        storage.create_snapshot(6, Some(members.clone()), Bytes::from(vec![7u8; 4096])).unwrap();
+        storage.compact(6).unwrap();
+    }
+    let snap_dir = tmp.path().join(raftwal::storage::SNAP_DIR);
+    let name = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with(".snap"))
+        .unwrap();
+    let mut bytes = std::fs::read(snap_dir.join(&name)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(snap_dir.join(&name), &bytes).unwrap();
+    assert!(matches!(
+        WalStorage::open(tmp.path(), options(RecoveryMode::Strict)),
+        Err(Error::Corruption { .. })
+    ));
+
+    let storage = WalStorage::open(tmp.path(), options(RecoveryMode::Repairable)).unwrap();
+    assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (1, 0));
+    let state = storage.initial_state().unwrap();
+    assert_eq!((state.hard_state.term, state.hard_state.vote), (VOTE.term, VOTE.vote));
+    assert_eq!(state.conf_state, members, "the membership is kept");
+    assert_eq!(storage.repair_state().unwrap(), Some(RepairState { index: 8, term: 2 }));
+    drop(storage);
+    // Durably so: a Strict open of the reset log still repairs.
+    let storage = WalStorage::open(tmp.path(), options(RecoveryMode::Strict)).unwrap();
+    assert_eq!(storage.repair_state().unwrap(), Some(RepairState { index: 8, term: 2 }));
+    let from_leader = Snapshot {
+        metadata: SnapshotMetadata { index: 9, term: 2, conf_state: members },
+        data: Bytes::from_static(b"state machine at 9"),
+    };
+    storage.apply_snapshot(from_leader).unwrap();
+    assert_eq!(storage.repair_state().unwrap(), None, "the leader's snapshot covers 8");
+}
