@@ -40,7 +40,7 @@ pub enum RecoveryMode {
     /// footer and record past the damage. Term and vote are never lost to the cut, and each
     /// group answers [`crate::Storage::repair_state`] until its log again holds what it lost,
     /// so the Raft core keeps the node from voting or campaigning until it has caught up with a
-    /// leader. Safe on any minority of nodes at a time (DESIGN.md §8.3).
+    /// leader. Safe on any minority of nodes at a time (DESIGN.md §8.2).
     Repairable,
 }
 

@@ -14,16 +14,8 @@
 //! its log (a later entry of the group or a checkpoint) gets index [`UNKNOWN_INDEX`]: only the
 //! Raft core's rule (catching up with a leader's commit index) can end its repair.
 //!
-//! # The file (`repair`, little-endian)
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `RWREPAIR` |
-//! | 8 | 4 | version (1) |
-//! | 12 | 4 | flags: bit 0, every group not listed lost an unknown suffix |
-//! | 16 | 4 | count of groups |
-//! | 20 | 48 × count | group, index, term, hard state term, vote, commit (u64 each) |
-//! | 20 + 48 × count | 4 | CRC32 of every byte before it |
+//! The file's layout is DESIGN.md §8.2's (`repair-file-table`, `repair-line-table`); a unit
+//! test checks the offsets below against it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,9 +30,14 @@ pub const REPAIR_FILE: &str = "repair";
 const REPAIR_TEMP: &str = "repair.tmp";
 const MAGIC: &[u8; 8] = b"RWREPAIR";
 const VERSION: u32 = 1;
-const HEADER_LEN: usize = 20;
-const GROUP_LEN: usize = 48;
-const CRC_LEN: usize = 4;
+const VERSION_OFFSET: usize = MAGIC.len();
+const FLAGS_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
+const COUNT_OFFSET: usize = FLAGS_OFFSET + size_of::<u32>();
+const HEADER_LEN: usize = COUNT_OFFSET + size_of::<u32>();
+/// One group's line: group, index, term, hard state term, vote, commit.
+const LINE_FIELDS: usize = 6;
+const GROUP_LEN: usize = LINE_FIELDS * size_of::<u64>();
+const CRC_LEN: usize = size_of::<u32>();
 /// Flag: every group not listed lost an unknown suffix too.
 pub const FLAG_OTHERS_UNKNOWN: u32 = 1;
 /// The index of a group whose lost suffix has no known bound.
@@ -124,21 +121,21 @@ impl RepairFile {
         if bytes.len() < HEADER_LEN + CRC_LEN {
             return Err(CorruptionKind::Torn);
         }
-        if &bytes[..8] != MAGIC {
+        if &bytes[..VERSION_OFFSET] != MAGIC {
             return Err(CorruptionKind::BadMagic);
         }
         let body = bytes.len() - CRC_LEN;
         if crc32fast::hash(&bytes[..body]) != u32_at(body) {
             return Err(CorruptionKind::ChecksumMismatch);
         }
-        if u32_at(8) != VERSION {
-            return Err(CorruptionKind::UnsupportedVersion(u32_at(8)));
+        if u32_at(VERSION_OFFSET) != VERSION {
+            return Err(CorruptionKind::UnsupportedVersion(u32_at(VERSION_OFFSET)));
         }
-        let flags = u32_at(12);
+        let flags = u32_at(FLAGS_OFFSET);
         if flags & !FLAG_OTHERS_UNKNOWN != 0 {
             return Err(CorruptionKind::Malformed(format!("repair file flags {flags:#x}")));
         }
-        let count = u32_at(16) as usize;
+        let count = u32_at(COUNT_OFFSET) as usize;
         if (body - HEADER_LEN) != count.saturating_mul(GROUP_LEN) {
             return Err(CorruptionKind::BadLength(count as u64));
         }
@@ -146,7 +143,7 @@ impl RepairFile {
         // Bounded by `count`, which the length check tied to the file's size.
         for k in 0..count {
             let at = HEADER_LEN + k * GROUP_LEN;
-            let v: Vec<u64> = (0..6).map(|j| u64_at(at + 8 * j)).collect();
+            let v: Vec<u64> = (0..LINE_FIELDS).map(|j| u64_at(at + 8 * j)).collect();
             let record = RepairRecord {
                 index: v[1],
                 term: v[2],
@@ -286,6 +283,24 @@ fn unknown() -> (RepairRecord, bool) {
 mod tests {
     use super::*;
     use crate::types::Entry;
+
+    #[test]
+    fn the_layout_matches_design_md() {
+        let header = [
+            (0, VERSION_OFFSET, "magic"),
+            (VERSION_OFFSET, FLAGS_OFFSET - VERSION_OFFSET, "version"),
+            (FLAGS_OFFSET, COUNT_OFFSET - FLAGS_OFFSET, "flags"),
+            (COUNT_OFFSET, HEADER_LEN - COUNT_OFFSET, "count"),
+        ];
+        let code: Vec<(usize, usize, String)> =
+            header.iter().map(|(o, s, n)| (*o, *s, n.to_string())).collect();
+        assert_eq!(code, crate::design_doc::table("repair-file-table"));
+        let names = ["group", "index", "term", "hs_term", "hs_vote", "hs_commit"];
+        let code: Vec<(usize, usize, String)> =
+            names.iter().enumerate().map(|(k, n)| (8 * k, 8, n.to_string())).collect();
+        assert_eq!(code, crate::design_doc::table("repair-line-table"));
+        assert_eq!(GROUP_LEN, 48);
+    }
 
     #[test]
     fn the_file_round_trips_and_a_flipped_bit_is_refused() {

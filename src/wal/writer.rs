@@ -665,13 +665,12 @@ impl Writer {
         Ok(written)
     }
 
-    /// Seals the active segment now and starts the next one with its header and checkpoint,
-    /// synced with its name. Used after a write that changed a term or a vote: the change then
-    /// has copies in the sealed segment's footer and in the new segment's checkpoint, in other
-    /// sectors and another file, so no single damaged record or sector can take it (DESIGN.md
-    /// §8.3). Synced at once because later writes would share the header's sector, and a
-    /// header that is not durable must never sit beside durable records (row H7). The returned
-    /// `durable_lsn` covers everything written.
+    /// Seals the active segment now and starts the next one with its header and checkpoint
+    /// (synced as every new segment's first write is), and syncs the directory for its name.
+    /// Used after a write that changed a term or a vote: the change then has copies in the
+    /// sealed segment's footer and in the new segment's checkpoint, in other sectors and
+    /// another file, so no single damaged record or sector can take it (DESIGN.md §7, case 22).
+    /// The returned `durable_lsn` covers everything written.
     pub fn seal_now(
         &mut self,
         checkpoint: &dyn Fn() -> Vec<Checkpoint>,
