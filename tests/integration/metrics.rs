@@ -238,7 +238,7 @@ mod facade {
         assert_eq!(catch.total("raftwal_entries_written_total"), 100);
         assert_eq!(catch.total("raftwal_written_bytes_total"), m.bytes_written);
         assert_eq!(catch.samples("raftwal_sync_duration_seconds"), m.syncs);
-        assert_eq!(catch.samples("raftwal_group_commit_callers"), 10);
+        assert_eq!(catch.samples("raftwal_group_commit_callers"), m.group_commit_callers.count);
         assert_eq!(catch.total("raftwal_segments_created_total"), m.segments_created);
         assert_eq!(catch.samples("raftwal_recovery_duration_seconds"), 1);
     }

@@ -392,3 +392,75 @@ fn a_damaged_snapshot_makes_the_group_repair_from_its_leader() {
     storage.apply_snapshot(from_leader).unwrap();
     assert_eq!(storage.repair_state().unwrap(), None, "the leader's snapshot covers 8");
 }
+
+/// Every sampled single-bit flip anywhere in a closed log's segments: a Repairable open either
+/// refuses with `Corruption`, or comes back with the exact term and vote, entries that are the
+/// ones written (or refused as damaged when read), a commit within the log, and a repair state
+/// covering every acknowledged entry it no longer holds.
+#[test]
+fn any_single_bit_flip_is_refused_or_repaired_without_losing_term_vote_or_entries() {
+    let small = |mode| WalOptions { segment_size_bytes: 4096, ..options(mode) };
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let wal = Wal::open(shared.clone(), &dir(), small(RecoveryMode::Strict)).unwrap();
+    let mut hs = HardState { term: 1, vote: 1, commit: 0 };
+    let mut written = Vec::new();
+    for i in 1..=40u64 {
+        if i == 12 || i == 27 {
+            // Elections: a new term and vote, each sealing its segment.
+            hs = HardState { term: hs.term + 1, vote: 1 + i % 3, commit: hs.commit };
+        }
+        hs.commit = i.saturating_sub(2);
+        let e = entry(i, hs.term, 150);
+        wal.save(Some(&hs), std::slice::from_ref(&e)).unwrap();
+        written.push(e);
+    }
+    wal.close().unwrap();
+    drop(wal);
+    let names = segments(&fs);
+    assert!(names.len() >= 3, "{names:?}");
+    let (mut refused, mut repaired, mut same) = (0, 0, 0);
+    for name in &names {
+        let path = dir().join(name);
+        let bytes = fs.read_file(&path).unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        // About 300 bits per segment, spread over its written bytes.
+        let step = (end as u64 * 8).div_ceil(300).max(1);
+        for bit in (0..end as u64 * 8).step_by(step as usize) {
+            let copy = fs.power_cut_copy();
+            copy.flip_bit(&path, bit).unwrap();
+            let shared: Fs = Arc::new(copy.clone());
+            let wal = match Wal::open(shared, &dir(), small(RecoveryMode::Repairable)) {
+                Err(Error::Corruption { .. }) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(e) => panic!("{name} bit {bit}: {e}"),
+                Ok(wal) => wal,
+            };
+            let got = wal.hard_state();
+            assert_eq!((got.term, got.vote), (hs.term, hs.vote), "{name} bit {bit}: term and vote");
+            let last = wal.last_index();
+            assert!(got.commit <= last, "{name} bit {bit}: commit {} past {last}", got.commit);
+            for i in wal.first_index()..=last {
+                match wal.entries(i, i + 1, u64::MAX) {
+                    Ok(es) => assert_eq!(es[0], written[i as usize - 1], "{name} bit {bit}"),
+                    Err(Error::Corruption { .. }) => {}
+                    Err(e) => panic!("{name} bit {bit}: entry {i}: {e}"),
+                }
+            }
+            if last < 40 {
+                let state = wal.repair_state();
+                assert!(
+                    state.is_some_and(|s| s.index >= 40 && s.term >= hs.term),
+                    "{name} bit {bit}: the log ends at {last} and repairs {state:?}"
+                );
+                repaired += 1;
+            } else {
+                same += 1;
+            }
+        }
+    }
+    println!("bit flips: {refused} refused, {repaired} repairing, {same} whole");
+    assert!(repaired > 0 && same > 0, "{refused} {repaired} {same}");
+}
