@@ -159,7 +159,9 @@ fn dump_json_lists_every_entry_and_the_other_records() {
     assert!(e42["data"].as_str().unwrap().starts_with("\"entry 042 entry 042"), "{e42}");
     assert!(rows.iter().all(|r| r["kept"] == true));
     let kinds = |kind: &str| rows.iter().filter(|r| r["record"] == kind).count();
-    assert_eq!(kinds("hard_state"), 20);
+    // The first save's hard state (a new term and vote) sealed the first segment, which held
+    // only entries 1 to 3: compacted, released, and its record with it.
+    assert_eq!(kinds("hard_state"), 19);
     assert_eq!(kinds("snapshot"), 1);
     assert_eq!(kinds("compact"), 1);
     assert!(kinds("checkpoint") >= segments(dir.path()).len(), "one per segment at least");
@@ -228,8 +230,9 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     // The damaged bytes may hold entries of any group: no upper bound can be named.
     assert_eq!(report["problem"]["affected_last"], Value::Null);
     assert_eq!(report["segments"][1]["damage"]["offset"], record.offset);
+    let newest = report["segments"].as_array().unwrap().len() - 1;
     assert_eq!(report["segments"][2]["kept"], false);
-    assert_eq!(report["segments"][2]["dropped_entries_last"], 60);
+    assert_eq!(report["segments"][newest]["dropped_entries_last"], 60);
     let affected = format!("entries affected: possibly from {} on", last_kept + 1);
     assert!(verify.stdout.contains(&affected), "{}", verify.stdout);
 
