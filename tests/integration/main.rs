@@ -22,6 +22,7 @@ mod raft_properties;
 mod raft_replication;
 mod raft_sim;
 mod recycle;
+mod sim_common;
 mod snapshot_hardening;
 mod wal;
 mod wal_hardening;
