@@ -21,6 +21,7 @@ mod raft_net;
 mod raft_properties;
 mod raft_replication;
 mod raft_sim;
+mod raft_sim_multi;
 mod recycle;
 mod sim_common;
 mod snapshot_hardening;
