@@ -830,9 +830,11 @@ impl Sim {
                 self.nodes.get_mut(&id).unwrap().multi.as_mut().unwrap().tick();
             }
         }
-        for _ in 0..3 {
+        // Fewer clients when calm, so that idle groups can quiesce.
+        let (tries, percent) = if faults { (3, 40) } else { (1, 25) };
+        for _ in 0..tries {
             let live = self.live();
-            if !live.is_empty() && self.rng.chance(40) {
+            if !live.is_empty() && self.rng.chance(percent) {
                 let id = live[self.rng.below(live.len() as u64) as usize];
                 self.client(id);
             }
@@ -861,19 +863,9 @@ impl Sim {
         self.check(self.now.is_multiple_of(50));
     }
 
-    fn run(&mut self) {
-        for _ in 0..FAULT_STEPS {
-            self.step(true);
-        }
-        // Calm: heal, restart everyone, and require progress in every group.
-        self.partition.clear();
-        for id in self.ids() {
-            if self.nodes[&id].multi.is_some() {
-                self.crash(id);
-            }
-            self.restart(id);
-        }
-        self.note(format!("t{} calm", self.now));
+    /// Calm steps until every group applied a new operation on every node; panics, naming
+    /// `when`, if one did not within `CALM_STEPS`.
+    fn require_progress(&mut self, when: &str) {
         let mut final_ids = BTreeMap::new();
         for g in self.group_ids() {
             final_ids.insert(g, self.next_op);
@@ -915,18 +907,45 @@ impl Sim {
         for g in self.group_ids() {
             assert!(
                 proposed.contains(&g),
-                "group {g}: no leader emerged in {CALM_STEPS} calm steps; nodes: {}",
+                "group {g}: no leader emerged in {CALM_STEPS} calm steps {when}; nodes: {}",
                 self.describe()
             );
             for (id, n) in &self.nodes {
                 assert!(
                     n.groups[&g].kv.seen.contains(&final_ids[&g]),
-                    "node {id} group {g} did not apply the final operation in {CALM_STEPS} calm \
-                     steps; nodes: {}",
+                    "node {id} group {g} did not apply a new operation in {CALM_STEPS} calm \
+                     steps {when}; nodes: {}",
                     self.describe()
                 );
             }
         }
+    }
+
+    fn run(&mut self) {
+        // Storms of faults alternate with quiet spells, in which idle groups quiesce, so that
+        // the next storm finds quiesced groups to partition and crash.
+        let mut storm = true;
+        for _ in 0..FAULT_STEPS {
+            storm = if storm { !self.rng.chance(4) } else { self.rng.chance(10) };
+            self.step(storm);
+        }
+        // The network heals and the down nodes come back; the others run on as the faults
+        // left them (quiesced groups included), and every group must make progress.
+        self.partition.clear();
+        for id in self.ids() {
+            if self.nodes[&id].multi.is_none() {
+                self.restart(id);
+            }
+        }
+        self.note(format!("t{} heal", self.now));
+        self.require_progress("after the network healed");
+        // Every node restarts, and every group must make progress again.
+        for id in self.ids() {
+            self.crash(id);
+            self.restart(id);
+        }
+        self.note(format!("t{} calm", self.now));
+        self.require_progress("after every node restarted");
         self.check(true);
         self.check_linearizable();
         // With everything applied, every replica of a group holds the same state.
