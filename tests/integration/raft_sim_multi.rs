@@ -7,8 +7,10 @@
 //! key-value store. Batches cross the network as bytes (`Batch::encode` / `decode`), under a
 //! network that drops, duplicates, delays and reorders whole batches and drops single items
 //! within them (so that groups sharing a batch still see different faults), and partitions
-//! nodes; the transport reports a batch it could not deliver (`report_unreachable`), and a
-//! failure detector reports unreachable peers now and then, as a node-liveness service would.
+//! nodes; the transport reports a batch it could not deliver (`report_unreachable`) and how
+//! each snapshot it carried went (`report_snapshot`, a failure also when the receiver died with
+//! it in flight), and a failure detector reports unreachable peers now and then, as a
+//! node-liveness service would.
 //!
 //! Meanwhile nodes lose power: every handle is dropped, `CrashFs::crash` keeps, loses or tears
 //! each unsynced write, the `LogEngine` is reopened from what survived, and at restart the
@@ -18,8 +20,10 @@
 //! fails and the process is dead from then on), or, when the cycle syncs nothing, before its
 //! messages leave and its entries are applied. Groups snapshot and compact on their own,
 //! leadership moves, and (on half the seeds) quiescence is on, with one to three idle ticks
-//! before a leader quiesces. Clients issue puts, compare-and-swaps and reads through the log,
-//! and reads through `read_index`, to random groups at random nodes.
+//! before a leader quiesces, and now and then turned off and on again on one node. Storms of
+//! faults alternate with quiet spells in which idle groups quiesce, so that the next storm
+//! partitions and crashes quiesced groups. Clients issue puts, compare-and-swaps and reads
+//! through the log, and reads through `read_index`, to random groups at random nodes.
 //!
 //! After every step the invariants are checked, per group:
 //!
@@ -33,16 +37,18 @@
 //!   entry was first applied holds that entry;
 //! - results: every node computes the same result for the same operation.
 //!
-//! At the end the network heals, every node restarts, and every group must elect a leader and
-//! commit a final operation on every node (liveness under good conditions); then each group's
-//! history of client operations is checked key by key for linearizability, with the
-//! Wing-Gong-Lowe search of `sim_common`.
+//! At the end the network heals and the down nodes restart, the others running on as the
+//! faults left them: every group must elect a leader and commit a new operation on every node.
+//! Then every node restarts, and every group must do so again (liveness under good conditions);
+//! with quiescence on, every group must then quiesce on every node once clients stop. Last,
+//! each group's history of client operations is checked key by key for linearizability, with
+//! the Wing-Gong-Lowe search of `sim_common`.
 //!
 //! Each seed picks the node count, the group count, the sync policy (`SyncPolicy::Always`, or
 //! `Never` with the cycle's own sync when a Ready asks for one), quiescence, check-quorum,
 //! pre-vote and the replication limits.
 //!
-//! `RAFTWAL_SIM_MULTI_SEEDS=n` runs n seeds (default 24), from `RAFTWAL_SIM_MULTI_FIRST_SEED`
+//! `RAFTWAL_SIM_MULTI_SEEDS=n` runs n seeds (default 48), from `RAFTWAL_SIM_MULTI_FIRST_SEED`
 //! (default 0); `RAFTWAL_SIM_MULTI_SEED=s` replays one seed; `RAFTWAL_SIM_MULTI_DEBUG=1` prints
 //! the run's events as they happen.
 
@@ -66,14 +72,16 @@ const FAULT_STEPS: usize = 300;
 const CALM_STEPS: usize = 1000;
 /// Committed entries per node and group re-read from storage at every step.
 const RECENT_CHECKED: u64 = 8;
+/// Limit on steps without clients for every group to quiesce: a few heartbeat rounds.
+const IDLE_STEPS: usize = 100;
 /// Limit on ready/deliver rounds within one step.
 const MAX_ROUNDS_PER_STEP: usize = 64;
 /// Limit on batches held by the network; beyond it new batches are dropped.
 const MAX_IN_FLIGHT: usize = 4096;
 /// Segment size of the simulated logs: small, so that a run rolls over and releases segments.
 const SIM_SEGMENT_BYTES: u64 = 4096;
-/// Seeds a run takes by default (about 40 s in a debug build on two cores).
-const DEFAULT_SEEDS: u64 = 64;
+/// Seeds a run takes by default: about 20 s of CPU in a debug build (40 s on two busy cores).
+const DEFAULT_SEEDS: u64 = 48;
 
 fn debug() -> bool {
     std::env::var_os("RAFTWAL_SIM_MULTI_DEBUG").is_some()
@@ -155,6 +163,8 @@ struct SimNode {
     engine: Option<LogEngine>,
     fs: CrashFs,
     groups: BTreeMap<u64, GroupSm>,
+    /// Whether the running process has quiescence on.
+    quiescence: bool,
 }
 
 impl SimNode {
@@ -214,6 +224,8 @@ struct Sim {
     clock: u64,
     /// What happened, for the failure message.
     trace: Vec<String>,
+    /// Whether clients issue operations (off while idle groups must quiesce).
+    clients: bool,
 }
 
 impl Sim {
@@ -237,13 +249,20 @@ impl Sim {
             history: BTreeMap::new(),
             clock: 0,
             trace: Vec::new(),
+            clients: true,
         };
         for id in 1..=setup.nodes {
             let fs = CrashFs::new();
             let engine = open_engine(&fs, &sim.options);
             sim.nodes.insert(
                 id,
-                SimNode { multi: None, engine: Some(engine), fs, groups: BTreeMap::new() },
+                SimNode {
+                    multi: None,
+                    engine: Some(engine),
+                    fs,
+                    groups: BTreeMap::new(),
+                    quiescence: false,
+                },
             );
             // A first start: every group is bootstrapped with every node as a voter.
             sim.restart(id);
@@ -580,8 +599,14 @@ impl Sim {
                 self.now
             );
         }
-        // In-flight batches to it are lost with it.
-        self.net.retain(|f| f.batch.to != id);
+        // In-flight batches to it are lost with it, and the transport tells the senders of
+        // snapshots (a leader waits for that report before it sends another).
+        let (lost, kept): (Vec<InFlight>, Vec<InFlight>) =
+            self.net.drain(..).partition(|f| f.batch.to == id);
+        self.net = kept;
+        for f in lost {
+            self.snapshot_outcome(&f.batch, false);
+        }
     }
 
     /// Starts node `id`'s process: a `MultiRaft` on its engine with every group, each state
@@ -611,6 +636,7 @@ impl Sim {
             multi.create_group(g, config(id, seed, g, snap.metadata.index), initial).unwrap();
         }
         n.multi = Some(multi);
+        n.quiescence = setup.quiesce_after_ticks.is_some();
     }
 
     /// Node `id` snapshots group `g` at its applied index and compacts the log under it.
@@ -802,6 +828,18 @@ impl Sim {
                     self.compact(id, g);
                 }
             }
+            if self.setup.quiesce_after_ticks.is_some() && self.rng.chance(1) {
+                // An operator turns quiescence off on one node, or back on: the groups it
+                // leads stay awake, and as a follower it keeps waking its leaders.
+                let id = pick(&mut self.rng);
+                let n = self.nodes.get_mut(&id).unwrap();
+                if let Some(multi) = n.multi.as_mut() {
+                    n.quiescence = !n.quiescence;
+                    multi.set_quiescence(n.quiescence);
+                    let on = n.quiescence;
+                    self.note(format!("t{} node {id} quiescence {on}", self.now));
+                }
+            }
             // A down node comes back eventually.
             for id in ids.iter().copied() {
                 if self.nodes[&id].multi.is_none() && self.rng.chance(5) {
@@ -831,7 +869,11 @@ impl Sim {
             }
         }
         // Fewer clients when calm, so that idle groups can quiesce.
-        let (tries, percent) = if faults { (3, 40) } else { (1, 25) };
+        let (tries, percent) = match (self.clients, faults) {
+            (false, _) => (0, 0),
+            (true, true) => (3, 40),
+            (true, false) => (1, 25),
+        };
         for _ in 0..tries {
             let live = self.live();
             if !live.is_empty() && self.rng.chance(percent) {
@@ -921,6 +963,30 @@ impl Sim {
         }
     }
 
+    /// Without clients, every group must quiesce on every node (rules Q1 and Q2 of DESIGN.md
+    /// §11.2): nothing is in flight once the last operations are applied everywhere.
+    fn require_quiescence(&mut self) {
+        self.clients = false;
+        let all_quiesced = |sim: &Sim| {
+            sim.nodes.values().all(|n| {
+                let multi = n.multi.as_ref().unwrap();
+                sim.group_ids().iter().all(|g| multi.is_quiesced(*g))
+            })
+        };
+        for _ in 0..IDLE_STEPS {
+            if all_quiesced(self) {
+                break;
+            }
+            self.step(false);
+        }
+        assert!(
+            all_quiesced(self),
+            "idle groups did not all quiesce in {IDLE_STEPS} steps; nodes: {}",
+            self.describe()
+        );
+        self.clients = true;
+    }
+
     fn run(&mut self) {
         // Storms of faults alternate with quiet spells, in which idle groups quiesce, so that
         // the next storm finds quiesced groups to partition and crash.
@@ -946,6 +1012,9 @@ impl Sim {
         }
         self.note(format!("t{} calm", self.now));
         self.require_progress("after every node restarted");
+        if self.setup.quiesce_after_ticks.is_some() {
+            self.require_quiescence();
+        }
         self.check(true);
         self.check_linearizable();
         // With everything applied, every replica of a group holds the same state.
