@@ -1132,3 +1132,17 @@ fn the_same_multi_group_seed_replays_the_same_history() {
         assert_eq!(run(seed), run(seed), "seed {seed}");
     }
 }
+
+/// Seed 1144 (four nodes, three groups, `SyncPolicy::Never`): node 4 dies at the sync of a ready
+/// cycle. Its newest segment's first write (header and checkpoint, offsets 0 to 392) was never
+/// synced, and the cycle's write came right after it, in the same 512-byte sector. The power
+/// cut loses the first write and keeps the second, so the reopened log finds a zeroed header
+/// with a valid record in its sector, which recovery row H7 refuses as a damaged header
+/// ("a valid record in the header's sector proves the sector was written whole"). A disk
+/// writes a sector whole from the page cache, so it holds either both writes or neither; only
+/// `CrashFs`, which keeps or loses each unsynced write on its own even when two share a
+/// sector, leaves this state. The run must reopen the log and go on.
+#[test]
+fn seed_1144_a_power_cut_keeping_a_later_write_of_the_header_sector_reopens() {
+    run_seed(1144);
+}
