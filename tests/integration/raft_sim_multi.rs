@@ -1146,3 +1146,16 @@ fn the_same_multi_group_seed_replays_the_same_history() {
 fn seed_1144_a_power_cut_keeping_a_later_write_of_the_header_sector_reopens() {
     run_seed(1144);
 }
+
+/// Seed 1289 (five nodes, three groups, quiescence after two idle ticks): once clients stop,
+/// group 2's leader (node 4) quiesces and so do its followers, but a plain heartbeat node 4
+/// sent before it quiesced reaches node 3 after the quiesce heartbeat (the network reorders).
+/// A message from the leader wakes a follower without a wake sent back, on the grounds that a
+/// leader that sends is awake; this one is stale, so node 3 ticks alone, times out and calls an
+/// election in an idle group. Each later attempt to quiesce risks the same, and the group
+/// quiesces for good only after several elections, beyond `IDLE_STEPS` (within ten times it).
+/// Every idle group must quiesce within a few election timeouts.
+#[test]
+fn seed_1289_idle_groups_quiesce_after_a_stale_heartbeat_of_a_quiesced_leader() {
+    run_seed(1289);
+}
