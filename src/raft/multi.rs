@@ -838,9 +838,16 @@ impl MultiRaft {
             self.stats.dropped += 1;
             return false;
         }
-        if !keep_asleep {
-            let from_leader = self.groups.get(&group).is_some_and(|g| g.leader() == m.from);
-            // A message from the leader wakes a follower without a wake sent back.
+        // A message from the leader that brings nothing new may be a stale one, reordered
+        // behind the quiesce heartbeat, from a leader that sleeps now: it leaves the follower
+        // asleep (woken alone, the follower would tick to an election in an idle group). One
+        // that brings news was sent after the quiescence, by a leader that is awake: it wakes
+        // the follower without a wake sent back.
+        let (from_leader, news) = self
+            .groups
+            .get(&group)
+            .map_or((false, true), |g| (g.leader() == m.from, brings_news(g.node.core(), &m)));
+        if !keep_asleep && (news || !from_leader) {
             self.wake_group(group, Some(m.from).filter(|_| from_leader));
         }
         let g = self.groups.get_mut(&group).expect("created or hosted");
@@ -1076,6 +1083,23 @@ impl std::fmt::Debug for MultiRaft {
             .field("poisoned", &self.poisoned)
             .field("stats", &self.stats)
             .finish()
+    }
+}
+
+/// Whether `m`, from the leader `r` follows, carries anything `r` lacks: a newer term, entries
+/// past its log, a commit index past its own. Heartbeats and appends that repeat what a
+/// quiesced follower holds do not.
+fn brings_news<S: crate::contract::Storage>(r: &super::core::Raft<S>, m: &Message) -> bool {
+    if m.term != r.term {
+        return true;
+    }
+    match m.msg_type {
+        MessageType::MsgHeartbeat => m.commit > r.raft_log.committed,
+        MessageType::MsgApp => {
+            let last = m.entries.last().map_or(m.index, |e| e.index);
+            last > r.raft_log.last_index() || m.commit > r.raft_log.committed
+        }
+        _ => true,
     }
 }
 

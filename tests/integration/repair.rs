@@ -416,7 +416,6 @@ fn any_single_bit_flip_is_refused_or_repaired_without_losing_term_vote_or_entrie
         written.push(e);
     }
     wal.close().unwrap();
-    drop(wal);
     let names = segments(&fs);
     assert!(names.len() >= 3, "{names:?}");
     let (mut refused, mut repaired, mut same) = (0, 0, 0);
