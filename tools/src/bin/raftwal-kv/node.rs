@@ -637,7 +637,7 @@ impl Node {
                     region = r,
                     index = was.index,
                     last_index = st.last_index,
-                    "repair ended: the log holds what damage cut from it; voting again"
+                    "repair ended: a leader gave back what damage cut from the log; voting again"
                 );
             }
             region.repairing = st.repairing;
