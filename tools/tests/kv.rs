@@ -2,8 +2,9 @@
 //! SIGKILL of its leader without losing an acknowledged write, the killed node restarts on its
 //! directory and catches up by snapshot, membership changes add and remove a node, and a
 //! sharded cluster (several regions) does the same per region with its leaders spread, and a
-//! follower whose log was damaged on disk repairs from the leader without voting. Every
-//! wait is bounded; every child is killed and reaped on every path (the guard's `Drop`).
+//! follower whose log was damaged on disk repairs from a leader without voting (one region or
+//! several). Every wait is bounded; every child is killed and reaped on every path (the
+//! guard's `Drop`).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -609,6 +610,90 @@ fn a_follower_with_a_damaged_log_repairs_without_voting_and_serves_every_acknowl
     let text = fs::read_to_string(&repair_log).unwrap();
     assert!(text.contains("repairing:"), "the start of the repair is logged:\n{text}");
     assert!(text.contains("repair ended"), "the end of the repair is logged:\n{text}");
+    for (key, value) in &acked {
+        assert_eq!(
+            c.get_settled(damaged, key),
+            (200, value.clone()),
+            "the repaired node serves acknowledged write {key}"
+        );
+    }
+}
+
+#[test]
+fn a_sharded_follower_with_a_damaged_log_repairs_every_region_the_cut_reached() {
+    const REGIONS: usize = 3;
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids);
+    c.regions = REGIONS as u64;
+    c.snapshot_every = 1000;
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    // Region r is led by the voter at position r % 3: node 2 leads region 1 only.
+    until("leaderships spread one per node", || {
+        leaders_seen_by(&c, 1).filter(|led| led.len() == 3 && led.values().all(|n| *n == 1))
+    });
+    let mut acked = BTreeMap::new();
+    for k in 0..24u64 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(1 + k % 3, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert_eq!(acked.len(), 24, "a healthy cluster acknowledges every write");
+    let damaged = 2;
+    let commits: Vec<u64> = regions_of(&c.status(1).unwrap()).iter().map(|r| r.1).collect();
+    let before = until("node 2 to apply every write in every region", || {
+        c.status(damaged).filter(|s| regions_of(s).iter().zip(&commits).all(|(r, c)| r.2 >= *c))
+    });
+    let region_field = |s: &Value, r: usize, name: &str| s["regions"][r][name].as_u64().unwrap();
+    let last_before: Vec<u64> =
+        (0..REGIONS).map(|r| region_field(&before, r, "last_index")).collect();
+    let voted_before: Vec<(u64, u64)> = (0..REGIONS)
+        .map(|r| (region_field(&before, r, "term"), region_field(&before, r, "vote")))
+        .collect();
+
+    c.kill(damaged);
+    // Region 0 is group 1; the cut drops every region's records that follow the damage.
+    damage_an_entries_record(&c.node_dir(damaged), 1);
+    let log = c.start(damaged, &ids, false);
+    // The other two hold every region's leadership: the repair may end before the first poll,
+    // so its start is checked in the node's log.
+    let repaired = until("node 2 to end every region's repair", || {
+        let s = c.status(damaged)?;
+        let mut repairing = false;
+        for r in 0..REGIONS {
+            let Some(until) = repairing_until(&s["regions"][r]) else { continue };
+            repairing = true;
+            assert_eq!(until, last_before[r], "region {r} repairs up to its old end: {s}");
+            let (term, vote) = (region_field(&s, r, "term"), region_field(&s, r, "vote"));
+            assert!(
+                vote == 0 || (term, vote) == voted_before[r],
+                "region {r} voted while repairing: {s} (before: {:?})",
+                voted_before[r]
+            );
+        }
+        assert_eq!(repairing_until(&s), repairing_until(&s["regions"][0]), "top level: region 0");
+        (!repairing).then_some(s)
+    });
+    let text = fs::read_to_string(&log).unwrap();
+    let started = format!("region=0 index={}", last_before[0]);
+    assert!(
+        text.lines().any(|l| l.contains("repairing:") && l.contains(&started)),
+        "region 0 starts repairing up to {}:\n{text}",
+        last_before[0]
+    );
+    let ended = |r: usize| {
+        text.lines().any(|l| l.contains("repair ended") && l.contains(&format!("region={r} ")))
+    };
+    for r in 0..REGIONS {
+        let began =
+            text.lines().any(|l| l.contains("repairing:") && l.contains(&format!("region={r} ")));
+        assert_eq!(began, ended(r), "region {r}: a repair that starts ends:\n{text}");
+    }
+    for (r, last) in last_before.iter().enumerate() {
+        assert!(region_field(&repaired, r, "last_index") >= *last, "{repaired}");
+    }
     for (key, value) in &acked {
         assert_eq!(
             c.get_settled(damaged, key),
