@@ -1,16 +1,25 @@
 //! `raftwal-kv` as built, as real processes on 127.0.0.1: a 3-node cluster survives the
 //! SIGKILL of its leader without losing an acknowledged write, the killed node restarts on its
 //! directory and catches up by snapshot, membership changes add and remove a node, and a
-//! sharded cluster (several regions) does the same per region with its leaders spread. Every
-//! wait is bounded; every child is killed and reaped on every path (the guard's `Drop`).
+//! sharded cluster (several regions) does the same per region with its leaders spread, and a
+//! follower whose log was damaged on disk repairs from a leader without voting (one region or
+//! several). Every wait is bounded; every child is killed and reaped on every path (the
+//! guard's `Drop`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{self, File, OpenOptions};
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use raftwal::storage::WAL_DIR;
+use raftwal::wal::format::{self, FRAME_HEADER_LEN, Record};
+use raftwal::wal::recovery::scan_segment;
+use raftwal::wal::repair::REPAIR_FILE;
+use raftwal::{Error, LogEngine, WalOptions};
 use serde_json::Value;
 
 /// Limit on any one wait (an election, a catch-up); elections take well under a second here.
@@ -26,6 +35,10 @@ struct Cluster {
     agent: ureq::Agent,
     /// The --regions every node is started with.
     regions: u64,
+    /// The --snapshot-every every node is started with.
+    snapshot_every: u64,
+    /// Processes started so far (each writes its own log file).
+    starts: u64,
 }
 
 impl Drop for Cluster {
@@ -71,6 +84,8 @@ impl Cluster {
             children: BTreeMap::new(),
             agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build(),
             regions: 1,
+            snapshot_every: 5,
+            starts: 0,
         }
     }
 
@@ -78,18 +93,31 @@ impl Cluster {
         format!("127.0.0.1:{}", self.raft_ports[&id])
     }
 
-    /// Starts node `id` with `members` as its --peers.
-    fn start(&mut self, id: u64, members: &[u64], join: bool) {
+    /// Starts node `id` with `members` as its --peers; returns the file its log goes to.
+    fn start(&mut self, id: u64, members: &[u64], join: bool) -> PathBuf {
+        self.start_with(id, members, join, &[])
+    }
+
+    /// Node `id`'s directory.
+    fn node_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    /// Starts node `id` with `members` as its --peers and `extra` arguments; returns the file
+    /// its stderr (its log) goes to.
+    fn start_with(&mut self, id: u64, members: &[u64], join: bool, extra: &[&str]) -> PathBuf {
         let peers: Vec<String> =
             members.iter().map(|m| format!("{m}={}", self.raft_addr(*m))).collect();
-        let log = File::create(self.dir.path().join(format!("n{id}.log"))).unwrap();
+        self.starts += 1;
+        let log_path = self.dir.path().join(format!("n{id}-{}.log", self.starts));
+        let log = File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftwal-kv"));
         cmd.args(["--id", &id.to_string(), "--peers", &peers.join(",")])
             .args(["--http", &format!("127.0.0.1:{}", self.http_ports[&id])])
             .arg("--dir")
-            .arg(self.dir.path().join(format!("n{id}")))
+            .arg(self.node_dir(id))
             .args(["--tick-ms", "20", "--election-ticks", "10"])
-            .args(["--snapshot-every", "5", "--compact-keep", "2"])
+            .args(["--snapshot-every", &self.snapshot_every.to_string(), "--compact-keep", "2"])
             .args(["--request-timeout-ms", "2000"])
             .args(["--regions", &self.regions.to_string()])
             .stdout(std::process::Stdio::null())
@@ -97,8 +125,10 @@ impl Cluster {
         if join {
             cmd.arg("--join");
         }
+        cmd.args(extra);
         let child = cmd.spawn().unwrap();
         assert!(self.children.insert(id, child).is_none(), "node {id} started twice");
+        log_path
     }
 
     /// SIGKILL, then reap.
@@ -446,4 +476,229 @@ fn sharded_cluster_spreads_leaders_survives_the_busiest_node_and_catches_it_up()
     until("the restarted node to lead its two regions again", || {
         leaders_seen_by(&c, busiest).filter(|led| led.get(&busiest) == Some(&2))
     });
+}
+
+/// Flips a byte inside the payload of the middle `Entries` record of group `group` in the
+/// newest segment of the engine directory `dir` (its WAL is in `dir/wal`). Later records follow it in the segment, so it
+/// had been durable: recovery cannot take the damage for a torn tail. Returns the first index
+/// the damaged record held.
+fn damage_an_entries_record(dir: &Path, group: u64) -> u64 {
+    let mut segments: Vec<PathBuf> = fs::read_dir(dir.join(WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_str().and_then(format::parse_segment_name).is_some())
+        .map(|e| e.path())
+        .collect();
+    // Names start with the sequence number in fixed-width hex: the last sorts newest.
+    segments.sort();
+    let newest = segments.last().expect("the node wrote a segment");
+    let bytes = fs::read(newest).unwrap();
+    let scan = scan_segment(&bytes, WalOptions::default().max_record_bytes);
+    let candidates: Vec<usize> = (0..scan.records.len())
+        .filter(
+            |i| matches!(&scan.records[*i].record, Record::Entries { group: g, .. } if *g == group),
+        )
+        .collect();
+    assert!(candidates.len() >= 3, "{} entries records in {}", candidates.len(), newest.display());
+    let at = candidates[candidates.len() / 2];
+    assert!(at + 1 < scan.records.len(), "later records follow the damaged one");
+    let record = &scan.records[at];
+    let Record::Entries { entries, .. } = &record.record else { unreachable!("filtered") };
+    let offset = record.offset + FRAME_HEADER_LEN as u64 + 3;
+    let flipped = [!bytes[usize::try_from(offset).unwrap()]];
+    let file = OpenOptions::new().write(true).open(newest).unwrap();
+    file.write_at(&flipped, offset).unwrap();
+    file.sync_all().unwrap();
+    entries[0].index
+}
+
+/// The `repairing_until` of a status, if set.
+fn repairing_until(status: &Value) -> Option<u64> {
+    let field = &status["repairing_until"];
+    assert!(field.is_null() || field.is_u64(), "repairing_until: {status}");
+    field.as_u64()
+}
+
+#[test]
+fn a_follower_with_a_damaged_log_repairs_without_voting_and_serves_every_acknowledged_write() {
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids);
+    // No snapshot: the damage cuts entries that only a leader's log can give back.
+    c.snapshot_every = 1000;
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    let leader = c.leader_among(&ids);
+    let mut acked = BTreeMap::new();
+    for k in 0..30 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(leader, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert_eq!(acked.len(), 30, "a healthy cluster acknowledges every write");
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let (damaged, healthy) = (others[0], others[1]);
+    let commit = c.status(leader).unwrap()["commit"].as_u64().unwrap();
+    let before = until("the follower to hold and apply every write", || {
+        c.status(damaged).filter(|s| s["applied"].as_u64().unwrap() >= commit)
+    });
+    assert_eq!(repairing_until(&before), None, "a healthy node is not repairing: {before}");
+    let term_before = before["term"].as_u64().unwrap();
+    let vote_before = before["vote"].as_u64().unwrap();
+    let last_before = before["last_index"].as_u64().unwrap();
+
+    c.kill(damaged);
+    let dir = c.node_dir(damaged);
+    let cut_at = damage_an_entries_record(&dir, 1);
+    assert!(cut_at < last_before, "the damage is inside the log: {cut_at} < {last_before}");
+    let err = LogEngine::open(&dir, WalOptions::default()).expect_err("Strict refuses");
+    assert!(matches!(err, Error::Corruption { .. }), "durable damage is corruption: {err}");
+
+    // Without --repair the node refuses to start.
+    let strict_log = c.start_with(damaged, &ids, false, &["--repair=false"]);
+    let exit = until("the node without --repair to exit", || {
+        c.children.get_mut(&damaged).unwrap().try_wait().unwrap()
+    });
+    c.children.remove(&damaged);
+    assert!(!exit.success(), "{exit}");
+    let text = fs::read_to_string(&strict_log).unwrap();
+    assert!(text.contains("cannot open the storage"), "{text}");
+
+    // With the leader down too, only the healthy follower is left to elect with: the
+    // repairing node's vote decides, and it must not be granted.
+    c.kill(leader);
+    let repair_log = c.start(damaged, &ids, false);
+    let first = until("the repairing node to answer", || c.status(damaged));
+    assert_eq!(repairing_until(&first), Some(last_before), "repairs up to its old end: {first}");
+    assert!(first["last_index"].as_u64().unwrap() < cut_at, "the log is cut: {first}");
+    let repair_file = dir.join(WAL_DIR).join(REPAIR_FILE);
+    assert!(repair_file.exists(), "the loss is recorded durably");
+    let no_vote_granted = |s: &Value| {
+        let (term, vote) = (s["term"].as_u64().unwrap(), s["vote"].as_u64().unwrap());
+        assert!(
+            vote == 0 || (term == term_before && vote == vote_before),
+            "a repairing node voted: {s} (before the damage: term {term_before} vote {vote_before})"
+        );
+        assert_ne!(s["role"], "Leader", "a repairing node leads: {s}");
+    };
+    // Samples over 1 s: 50 ticks, several election timeouts of the healthy follower.
+    let mut healthy_campaigned = false;
+    for _ in 0..20 {
+        let s = c.status(damaged).expect("the repairing node answers");
+        assert_eq!(repairing_until(&s), Some(last_before), "no leader, no repair: {s}");
+        no_vote_granted(&s);
+        let h = c.status(healthy).expect("the healthy follower answers");
+        assert_ne!(h["role"], "Leader", "elected without the repairing node's vote: {h}");
+        healthy_campaigned |= h["role"] == "PreCandidate" || h["role"] == "Candidate";
+        sleep(POLL);
+    }
+    assert!(healthy_campaigned, "the healthy follower asked for votes");
+
+    // The old leader back: it and the healthy follower elect a leader, which repairs the node.
+    c.start(leader, &ids, false);
+    let repaired = until("the node to end its repair", || {
+        let s = c.status(damaged)?;
+        if repairing_until(&s).is_none() {
+            return Some(s);
+        }
+        no_vote_granted(&s);
+        None
+    });
+    assert!(repaired["last_index"].as_u64().unwrap() >= last_before, "{repaired}");
+    assert!(!repair_file.exists(), "the end of the repair is durable");
+    let text = fs::read_to_string(&repair_log).unwrap();
+    assert!(text.contains("repairing:"), "the start of the repair is logged:\n{text}");
+    assert!(text.contains("repair ended"), "the end of the repair is logged:\n{text}");
+    for (key, value) in &acked {
+        assert_eq!(
+            c.get_settled(damaged, key),
+            (200, value.clone()),
+            "the repaired node serves acknowledged write {key}"
+        );
+    }
+}
+
+#[test]
+fn a_sharded_follower_with_a_damaged_log_repairs_every_region_the_cut_reached() {
+    const REGIONS: usize = 3;
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids);
+    c.regions = REGIONS as u64;
+    c.snapshot_every = 1000;
+    for id in ids {
+        c.start(id, &ids, false);
+    }
+    // Region r is led by the voter at position r % 3: node 2 leads region 1 only.
+    until("leaderships spread one per node", || {
+        leaders_seen_by(&c, 1).filter(|led| led.len() == 3 && led.values().all(|n| *n == 1))
+    });
+    let mut acked = BTreeMap::new();
+    for k in 0..24u64 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        if c.put(1 + k % 3, &key, &value) {
+            acked.insert(key, value);
+        }
+    }
+    assert_eq!(acked.len(), 24, "a healthy cluster acknowledges every write");
+    let damaged = 2;
+    let commits: Vec<u64> = regions_of(&c.status(1).unwrap()).iter().map(|r| r.1).collect();
+    let before = until("node 2 to apply every write in every region", || {
+        c.status(damaged).filter(|s| regions_of(s).iter().zip(&commits).all(|(r, c)| r.2 >= *c))
+    });
+    let region_field = |s: &Value, r: usize, name: &str| s["regions"][r][name].as_u64().unwrap();
+    let last_before: Vec<u64> =
+        (0..REGIONS).map(|r| region_field(&before, r, "last_index")).collect();
+    let voted_before: Vec<(u64, u64)> = (0..REGIONS)
+        .map(|r| (region_field(&before, r, "term"), region_field(&before, r, "vote")))
+        .collect();
+
+    c.kill(damaged);
+    // Region 0 is group 1; the cut drops every region's records that follow the damage.
+    damage_an_entries_record(&c.node_dir(damaged), 1);
+    let log = c.start(damaged, &ids, false);
+    // The other two hold every region's leadership: the repair may end before the first poll,
+    // so its start is checked in the node's log.
+    let repaired = until("node 2 to end every region's repair", || {
+        let s = c.status(damaged)?;
+        let mut repairing = false;
+        for r in 0..REGIONS {
+            let Some(until) = repairing_until(&s["regions"][r]) else { continue };
+            repairing = true;
+            assert_eq!(until, last_before[r], "region {r} repairs up to its old end: {s}");
+            let (term, vote) = (region_field(&s, r, "term"), region_field(&s, r, "vote"));
+            assert!(
+                vote == 0 || (term, vote) == voted_before[r],
+                "region {r} voted while repairing: {s} (before: {:?})",
+                voted_before[r]
+            );
+        }
+        assert_eq!(repairing_until(&s), repairing_until(&s["regions"][0]), "top level: region 0");
+        (!repairing).then_some(s)
+    });
+    let text = fs::read_to_string(&log).unwrap();
+    let started = format!("region=0 index={}", last_before[0]);
+    assert!(
+        text.lines().any(|l| l.contains("repairing:") && l.contains(&started)),
+        "region 0 starts repairing up to {}:\n{text}",
+        last_before[0]
+    );
+    let ended = |r: usize| {
+        text.lines().any(|l| l.contains("repair ended") && l.contains(&format!("region={r} ")))
+    };
+    for r in 0..REGIONS {
+        let began =
+            text.lines().any(|l| l.contains("repairing:") && l.contains(&format!("region={r} ")));
+        assert_eq!(began, ended(r), "region {r}: a repair that starts ends:\n{text}");
+    }
+    for (r, last) in last_before.iter().enumerate() {
+        assert!(region_field(&repaired, r, "last_index") >= *last, "{repaired}");
+    }
+    for (key, value) in &acked {
+        assert_eq!(
+            c.get_settled(damaged, key),
+            (200, value.clone()),
+            "the repaired node serves acknowledged write {key}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! | `DELETE /keys/{key}` | 204 once the delete is committed and applied here |
 //! | `POST /members/{id}` (body: its Raft address) | 204 once the node is a voter |
 //! | `DELETE /members/{id}` | 204 once the node is removed |
-//! | `GET /status` | 200 and JSON: id, members, `regions` (per region: leader, term, role, commit, applied, log bounds, snapshots, keys), `leading`; the top-level leader, term and log fields are region 0's |
+//! | `GET /status` | 200 and JSON: id, members, `regions` (per region: leader, term, vote, `repairing_until`, role, commit, applied, log bounds, snapshots, keys), `leading`; the top-level leader, term, vote, `repairing_until` and log fields are region 0's |
 //! | `GET /metrics` | 200 and the storage's and the node's metrics, Prometheus text format |
 //!
 //! `{key}` is percent-decoded (`/keys/a%20b` is the key `a b`) and must be UTF-8 then.

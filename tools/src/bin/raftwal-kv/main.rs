@@ -21,8 +21,9 @@ use std::process::ExitCode;
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use raftwal::RecoveryMode;
 use tracing::level_filters::LevelFilter;
 use tracing::{error, info};
 
@@ -66,6 +67,13 @@ struct Args {
     /// Milliseconds a request may wait to be committed and applied before a 503.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Open the log in `RecoveryMode::Repairable` (true) or `Strict` (false). Repairable: damage
+    /// to durable records is cut, what the cut lost is recorded, and the node neither votes nor
+    /// campaigns until a leader has given it back (see docs/raftwal-kv.md, "Damaged logs").
+    /// Strict: the node refuses to start on a damaged log.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    repair: bool,
     /// Most detailed log events written to stderr: off, error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
         snapshot_every: args.snapshot_every,
         compact_keep: args.compact_keep,
         request_timeout: timeout,
+        recovery_mode: if args.repair { RecoveryMode::Repairable } else { RecoveryMode::Strict },
     };
     let (tx, rx) = channel();
     let node = match Node::open(options, &args.dir, tx.clone()) {
@@ -160,7 +169,24 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_peers;
+    use clap::Parser;
+
+    use super::{Args, parse_peers};
+
+    #[test]
+    fn repair_is_on_unless_turned_off() {
+        let base = ["raftwal-kv", "--id", "1", "--peers", "1=a", "--http", "h", "--dir", "d"];
+        let parse = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Args::try_parse_from(argv).map(|a| a.repair)
+        };
+        assert!(parse(&[]).unwrap(), "on by default");
+        assert!(parse(&["--repair"]).unwrap());
+        assert!(parse(&["--repair=true"]).unwrap());
+        assert!(!parse(&["--repair=false"]).unwrap());
+        assert!(!parse(&["--repair", "false"]).unwrap());
+        assert!(parse(&["--repair=maybe"]).is_err(), "not a boolean");
+    }
 
     #[test]
     fn peers_parse_and_reject_malformed_lists() {

@@ -18,7 +18,8 @@ use raftwal::raft::{
     StateRole,
 };
 use raftwal::{
-    ConfState, Entry, EntryType, GroupStorage, LogEngine, Snapshot, Storage, WalOptions,
+    ConfState, Entry, EntryType, GroupStorage, LogEngine, RecoveryMode, RepairState, Snapshot,
+    Storage, WalOptions,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -72,6 +73,8 @@ pub struct Options {
     pub compact_keep: u64,
     /// How long a proposal or read may wait before it is dropped.
     pub request_timeout: Duration,
+    /// What opening the engine does with damaged durable records (`--repair`).
+    pub recovery_mode: RecoveryMode,
 }
 
 /// Most regions a node hosts: every region is a Raft group ticking on the node's one thread.
@@ -107,6 +110,11 @@ struct RegionReport {
     group: u64,
     leader: u64,
     term: u64,
+    /// The candidate this node voted for in `term` (0: none).
+    vote: u64,
+    /// While the region's log is repairing: the index it must reach again (`u64::MAX` if the
+    /// extent of the loss is unknown); null otherwise.
+    repairing_until: Option<u64>,
     role: String,
     commit: u64,
     applied: u64,
@@ -123,6 +131,8 @@ struct StatusReport {
     // Region 0's, the only region with `--regions 1`.
     leader: u64,
     term: u64,
+    vote: u64,
+    repairing_until: Option<u64>,
     role: String,
     commit: u64,
     applied: u64,
@@ -172,6 +182,9 @@ struct Region {
     confirmed: Vec<(u64, Bytes)>,
     /// The leader last seen (to count leader changes).
     leader: u64,
+    /// The repair the Raft core reported last (see `RecoveryMode::Repairable`): set from the
+    /// start until a leader gave the region's log back what damage cut from it.
+    repairing: Option<RepairState>,
 }
 
 /// The node thread's state.
@@ -199,7 +212,9 @@ impl Node {
         let id = options.id;
         let n = options.regions;
         assert!((1..=MAX_REGIONS).contains(&n), "{n} regions: checked by the caller");
-        let engine = LogEngine::open(dir, WalOptions::default())?;
+        let wal_options =
+            WalOptions { recovery_mode: options.recovery_mode, ..WalOptions::default() };
+        let engine = LogEngine::open(dir, wal_options)?;
         if let Some(g) = engine.group_ids().into_iter().find(|g| *g == 0 || *g > n) {
             return Err(format!(
                 "{} holds group {g}, which {n} region(s) do not have: start the node with the \
@@ -234,6 +249,18 @@ impl Node {
                 ..ConfState::default()
             });
             multi.create_group(group, config, initial)?;
+            let repairing = multi.status(group).and_then(|s| s.repairing);
+            if let Some(repair) = repairing {
+                info!(
+                    node = id,
+                    region = r,
+                    index = repair.index,
+                    term = repair.term,
+                    last_index = storage.last_index()?,
+                    "repairing: damage cut the log; neither voting nor campaigning until a \
+                     leader gives it back"
+                );
+            }
             regions.push(Region {
                 group,
                 storage,
@@ -245,6 +272,7 @@ impl Node {
                 snapshot_due: false,
                 confirmed: Vec::new(),
                 leader: 0,
+                repairing,
             });
         }
         let incarnation = SystemTime::now()
@@ -525,15 +553,22 @@ impl Node {
         }
     }
 
-    fn status(&self) -> String {
+    fn status(&mut self) -> String {
         let mut reports = Vec::new();
         for (r, region) in self.regions.iter().enumerate() {
             let st = self.multi.status(region.group).unwrap_or_default();
+            let vote = self
+                .multi
+                .raw_node(region.group)
+                .map(|raw| raw.status().hard_state.vote)
+                .unwrap_or_default();
             reports.push(RegionReport {
                 region: r,
                 group: region.group,
                 leader: st.leader,
                 term: st.term,
+                vote,
+                repairing_until: st.repairing.map(|repair| repair.index),
                 role: format!("{:?}", st.role),
                 commit: st.commit,
                 applied: region.applied,
@@ -549,6 +584,8 @@ impl Node {
             id: self.id,
             leader: first.leader,
             term: first.term,
+            vote: first.vote,
+            repairing_until: first.repairing_until,
             role: first.role.clone(),
             commit: first.commit,
             applied: first.applied,
@@ -580,10 +617,31 @@ impl Node {
             for gr in rd.groups {
                 self.apply_group(gr)?;
             }
+            self.note_repairs_ended();
             self.serve_reads();
             self.maybe_snapshot()?;
         }
         Ok(())
+    }
+
+    /// Logs the regions whose repair the last cycle ended: the core ends it at the `advance`
+    /// that persisted what the log lost (`MultiRaft` then clears it in storage, durably).
+    fn note_repairs_ended(&mut self) {
+        // Bounded by the regions; usually none is repairing.
+        for (r, region) in self.regions.iter_mut().enumerate() {
+            let Some(was) = region.repairing else { continue };
+            let st = self.multi.status(region.group).unwrap_or_default();
+            if st.repairing.is_none() {
+                info!(
+                    node = self.id,
+                    region = r,
+                    index = was.index,
+                    last_index = st.last_index,
+                    "repair ended: a leader gave back what damage cut from the log; voting again"
+                );
+            }
+            region.repairing = st.repairing;
+        }
     }
 
     fn send(&mut self, b: Batch) {
@@ -863,6 +921,7 @@ mod tests {
             snapshot_every: 1000,
             compact_keep: 10,
             request_timeout: Duration::from_secs(60),
+            recovery_mode: RecoveryMode::Strict,
         };
         let (events, _) = channel();
         Node::open(options, dir, events).unwrap()
@@ -966,6 +1025,7 @@ mod tests {
             snapshot_every: 1000,
             compact_keep: 10,
             request_timeout: Duration::from_secs(60),
+            recovery_mode: RecoveryMode::Strict,
         };
         let (events, _) = channel();
         let err = Node::open(options, tmp.path(), events).err().expect("refused");
