@@ -463,3 +463,75 @@ fn any_single_bit_flip_is_refused_or_repaired_without_losing_term_vote_or_entrie
     println!("bit flips: {refused} refused, {repaired} repairing, {same} whole");
     assert!(repaired > 0 && same > 0, "{refused} {repaired} {same}");
 }
+
+/// The names in the snapshot directory of the engine in `dir`, sorted.
+fn snap_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(raftwal::storage::SNAP_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Damage before the newest snapshot markers: the cut loses the markers of snapshots whose
+/// files are committed and on disk, and rolls the log back to a marker whose file retention
+/// already deleted. A Repairable open must neither delete the committed files nor refuse.
+#[test]
+fn a_cut_before_newer_snapshot_markers_keeps_their_files_and_opens() {
+    use std::os::unix::fs::FileExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_size_bytes: 64 << 10,
+        prepare_in_background: false,
+        snapshot_retention: 2,
+        ..WalOptions::default()
+    };
+    let voters = raftwal::ConfState { voters: vec![1, 2, 3], ..Default::default() };
+    {
+        let storage = raftwal::WalStorage::open(tmp.path(), opts.clone()).unwrap();
+        // A vote first: it seals its segment, so the entries that follow share the newest one.
+        storage.set_hard_state(HardState { term: 1, vote: 1, commit: 0 }).unwrap();
+        for i in 1..=30 {
+            let hs = HardState { term: 1, vote: 1, commit: i };
+            storage.save(Some(&hs), &[entry(i, 1, 100)]).unwrap();
+            if i % 5 == 0 {
+                let data = bytes::Bytes::from(format!("state at {i}"));
+                storage.create_snapshot(i, Some(voters.clone()), data).unwrap();
+                storage.compact(i - 2).unwrap();
+            }
+        }
+    }
+    let before = snap_files(tmp.path());
+    assert_eq!(before.len(), 2, "retention keeps the newest two: {before:?}");
+
+    let wal_dir = tmp.path().join(raftwal::storage::WAL_DIR);
+    let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let newest = wal_dir.join(names.last().unwrap());
+    let bytes = std::fs::read(&newest).unwrap();
+    let record = scan_segment(&bytes, opts.max_record_bytes)
+        .records
+        .into_iter()
+        .find(|r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == 12))
+        .expect("entry 12's record is in the newest segment");
+    let at = record.offset + FRAME_HEADER_LEN as u64 + 3;
+    let file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    file.write_at(&[!bytes[at as usize]], at).unwrap();
+    drop(file);
+    assert!(matches!(
+        raftwal::WalStorage::open(tmp.path(), opts.clone()),
+        Err(Error::Corruption { .. })
+    ));
+
+    let repairable = WalOptions { recovery_mode: RecoveryMode::Repairable, ..opts };
+    let opened = raftwal::WalStorage::open(tmp.path(), repairable);
+    assert_eq!(snap_files(tmp.path()), before, "committed snapshot files are kept");
+    let storage = opened.expect("a Repairable open cuts the damage rather than refusing");
+    assert!(storage.first_index().unwrap() > 1, "the log restarts after a snapshot");
+}
