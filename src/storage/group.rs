@@ -77,6 +77,9 @@ impl GroupStorage {
     pub(crate) fn recover_snapshots(&self) -> Result<()> {
         let marker = self.wal.snapshot_metadata();
         let marked = self.snaps.name(marker.term, marker.index);
+        if self.wal.repair_state().is_some() && self.adopt_newer_snapshot(&marker)? {
+            return self.retain();
+        }
         let mut older = Vec::new();
         let mut marked_found = false;
         for stored in self.snaps.list()? {
@@ -134,6 +137,36 @@ impl GroupStorage {
             offset: 0,
             kind: damage,
         })
+    }
+
+    /// A log cut for damage may have lost the markers of snapshots whose files are durable: a
+    /// snapshot file only ever holds committed state, so the newest one past the marker that
+    /// reads whole becomes the group's snapshot, as if its leader had sent it (the log restarts
+    /// after it unless it still holds the snapshot's entry). Returns whether one was adopted.
+    fn adopt_newer_snapshot(&self, marker: &SnapshotMetadata) -> Result<bool> {
+        let mut newer: Vec<_> =
+            self.snaps.list()?.into_iter().filter(|s| s.index > marker.index).collect();
+        newer.sort_by_key(|s| (s.index, s.term));
+        // Newest first; bounded by the files listed.
+        for stored in newer.iter().rev() {
+            match self.snaps.verify(&stored.name) {
+                Ok(metadata) => {
+                    let keeps = self.wal.term(metadata.index).ok() == Some(metadata.term);
+                    self.wal.save_snapshot(&metadata, !keeps)?;
+                    self.wal.sync()?;
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        group = self.wal.group(),
+                        index = metadata.index,
+                        "the cut took a snapshot's marker: its file is the group's snapshot again"
+                    );
+                    return Ok(true);
+                }
+                Err(Error::Corruption { .. }) => self.snaps.mark_broken(&stored.name)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// The marked snapshot is damaged and no older one is usable, in `RecoveryMode::Repairable`:

@@ -1046,8 +1046,19 @@ fn recovery_metrics(report: &RecoveryReport, took: std::time::Duration) -> Recov
         }
     }
     if let Some((_segment, _offset, _row)) = &report.truncated {
+        // The torn-tail rows cut what was never acknowledged; any other cut (TruncateCorrupt,
+        // Repairable) cut damage to durable data.
         #[cfg(feature = "tracing")]
-        tracing::warn!(segment = %_segment, offset = _offset, row = _row, "recovery cut a torn tail");
+        if matches!(*_row, "R2" | "R3" | "R4" | "H1" | "H2" | "W1") {
+            tracing::warn!(segment = %_segment, offset = _offset, row = _row, "recovery cut a torn tail");
+        } else {
+            tracing::error!(
+                segment = %_segment,
+                offset = _offset,
+                row = _row,
+                "recovery cut damaged durable records: what they held is lost to this log"
+            );
+        }
     }
     #[cfg(feature = "tracing")]
     for segment in &report.removed {
