@@ -394,8 +394,8 @@ fn report_idle(name: &str, t: &Tally) {
     // second; the cluster's CPU time split over its three nodes.
     let core_per_node = per_tick.as_secs_f64() * 10.0 / NODES.len() as f64;
     eprintln!(
-        "idle/{name}: {:.1} us CPU per tick of 3 nodes, {:.3} % of one core per node at 10 ticks/s, \
-         {:.2} batches and {:.1} items per tick ({} ticks)",
+        "idle/{name}: {:.3} us CPU per tick of 3 nodes, {:.2e} % of one core per node at 10 \
+         ticks/s, {:.2} batches and {:.1} items per tick ({} ticks)",
         per_tick.as_secs_f64() * 1e6,
         core_per_node * 100.0,
         t.batches as f64 / t.ticks as f64,
