@@ -452,6 +452,8 @@ impl Engine {
                         .unwrap_or_else(|why| panic!("a checked snapshot was refused: {why}"));
                     if resets_log {
                         inner.cache.clear(group);
+                        // Segments may be releasable once this is durable.
+                        inner.purge_due = true;
                     }
                 }
                 Op::Compact { group, index, term } => {
@@ -460,8 +462,10 @@ impl Engine {
                         .change(group, |s| s.apply_compact(index, term))
                         .unwrap_or_else(|why| panic!("a checked compaction was refused: {why}"));
                     inner.cache.compact(group, index);
+                    inner.purge_due = true;
                 }
                 Op::Remove { group } => {
+                    inner.purge_due = true;
                     inner.state.remove(group);
                     inner.cache.clear(group);
                     inner.compact_requests.remove(&group);
@@ -761,8 +765,12 @@ impl Engine {
         self.sync_to(lsn, None)?;
         self.settle_repairs(repairing);
         // Under `SyncPolicy::Never`, compactions wait for a sync to release their segments; a
-        // purge that failed earlier is retried here too.
-        self.purge_quietly();
+        // purge that failed earlier is retried here too. Nothing to do unless a seal, a
+        // compaction, a reset or a removal made some segment releasable since the last one
+        // (a purge walks every group: a sync per ready cycle must not).
+        if self.read().purge_due {
+            self.purge_quietly();
+        }
         Ok(())
     }
 
