@@ -15,6 +15,7 @@
 //! | `snapshot_recovery` | [`check_snapshot_recovery`]         | a tampered snapshot directory opens to a verified snapshot or `Corruption`, never a panic; an intact marked snapshot is recovered as it was |
 //! | `engine_recovery` | [`check_engine_recovery`]             | groups of one LogEngine changed by batches, snapshots and removals under faults, power cuts and reopens answer like their models in an allowed state: nothing acknowledged lost, each batch whole or absent across groups |
 //! | `raft_message`  | [`check_raft_message`]                  | the Raft wire decoders never panic, accept only canonical bytes, and round-trip structured messages |
+//! | `repair`        | [`check_repair`]                        | bit flips in a log open `Repairable` to `Ok` or `Corruption`, never a panic; after one flip into a closed log, term and vote are exact, entries are as written, and the repair state covers every entry lost |
 //!
 //! Inputs are bounded (operations, entry and snapshot sizes) so that one execution stays in the
 //! low milliseconds. The model of the `Storage` contract is [`crate::MemoryStorage`]: WalStorage is
@@ -29,6 +30,7 @@ mod decode;
 mod engine;
 mod message;
 mod ops;
+mod repair;
 mod seeds;
 mod snapshot;
 mod storage;
@@ -40,6 +42,7 @@ pub use engine::{
 };
 pub use message::check_raft_message;
 pub use ops::{FaultChoice, RecoveryOp, StorageOp};
+pub use repair::{MAX_FLIPS, check_repair};
 pub use seeds::{
     SeedFile, encode_recovery_case, encode_snapshot_recovery_case, encode_storage_case, seed_corpus,
 };

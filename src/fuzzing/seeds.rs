@@ -57,6 +57,15 @@ pub fn seed_corpus() -> Vec<SeedFile> {
         seeds.push(SeedFile { target: "snapshot_recovery", name: name.to_string(), bytes });
     }
     seeds.extend(raft_message_seeds());
+    for i in 0..6u64 {
+        // A workload seed, then one flip (file, bit), two for the last seed.
+        let mut bytes = rng.next_u64().to_le_bytes().to_vec();
+        for _ in 0..1 + i / 5 {
+            bytes.push(rng.below(4) as u8);
+            bytes.extend_from_slice(&(rng.next_u64() as u32).to_le_bytes());
+        }
+        seeds.push(SeedFile { target: "repair", name: format!("random-{i:02}"), bytes });
+    }
     seeds
 }
 

@@ -5,14 +5,22 @@ use std::path::{Path, PathBuf};
 
 use raftwal::fuzzing::{
     RecoveryCase, SnapshotRecoveryCase, StorageCase, check_decode, check_raft_message,
-    check_recovery, check_snapshot_file, check_snapshot_recovery, check_storage_model,
-    encode_recovery_case, encode_snapshot_recovery_case, encode_storage_case, seed_corpus,
+    check_recovery, check_repair, check_snapshot_file, check_snapshot_recovery,
+    check_storage_model, encode_recovery_case, encode_snapshot_recovery_case, encode_storage_case,
+    seed_corpus,
 };
 use raftwal::raft::message::{ConfChange, ConfChangeV2, Message};
 
 /// Every fuzz target and its corpus directory name.
-const TARGETS: [&str; 6] =
-    ["decode", "recovery", "snapshot_file", "storage_model", "snapshot_recovery", "raft_message"];
+const TARGETS: [&str; 7] = [
+    "decode",
+    "recovery",
+    "snapshot_file",
+    "storage_model",
+    "snapshot_recovery",
+    "raft_message",
+    "repair",
+];
 
 fn corpus_files(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -45,6 +53,7 @@ fn run(target: &str, bytes: &[u8]) -> bool {
             None => return false,
         },
         "raft_message" => check_raft_message(bytes),
+        "repair" => check_repair(bytes),
         other => panic!("unknown fuzz target {other}"),
     }
     true

@@ -1,0 +1,153 @@
+//! `check_repair`: a log built from a seed, damaged by bit flips the input places, opened in
+//! `RecoveryMode::Repairable`.
+//!
+//! Input: 8 bytes of seed (the workload: entries, term and vote changes, compactions, a clean
+//! close or not), then up to [`MAX_FLIPS`] flips of 5 bytes each (which segment file, which bit
+//! of its written bytes). Whatever the flips, open never panics and answers `Ok` or
+//! `Corruption`. With one flip into a closed log (where every record has a durable witness),
+//! an `Ok` open keeps the exact term and vote, holds only entries that were written (or refuses
+//! to read a damaged one), keeps its commit index within the log, and reports a repair state
+//! that covers every entry it no longer holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::io::{CrashFs, FileSystem, Fs};
+use crate::options::{RecoveryMode, SyncPolicy, WalOptions};
+use crate::rng::Rng;
+use crate::types::{Entry, HardState};
+use crate::wal::Wal;
+use crate::wal::format;
+
+/// Flips read from one input; the rest is ignored.
+pub const MAX_FLIPS: usize = 4;
+const FLIP_LEN: usize = 5;
+const ROOT: &str = "/fuzz/wal";
+
+fn options(mode: RecoveryMode) -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 4096,
+        max_record_bytes: 1024,
+        sync_policy: SyncPolicy::Always,
+        prepare_in_background: false,
+        cache_bytes: 512,
+        recovery_mode: mode,
+        ..WalOptions::default()
+    }
+}
+
+fn open(fs: &CrashFs, mode: RecoveryMode) -> crate::Result<Wal> {
+    let shared: Fs = Arc::new(fs.clone());
+    Wal::open(shared, Path::new(ROOT), options(mode))
+}
+
+/// What the workload left: the entries as written (index 1 first), the hard state, and whether
+/// the log was closed cleanly.
+struct Built {
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    closed: bool,
+}
+
+/// Builds a log from `seed`: 10 to 49 saves of one or two entries, a term and vote change now
+/// and then (each seals its segment), compactions now and then.
+fn build(fs: &CrashFs, seed: u64) -> Built {
+    let mut rng = Rng::new(seed);
+    let wal = open(fs, RecoveryMode::Strict).expect("a fresh log opens");
+    let mut hs = HardState { term: 1, vote: 1, commit: 0 };
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut first = 1;
+    let saves = 10 + rng.below(40);
+    // Bounded: at most 49 saves.
+    for _ in 0..saves {
+        if rng.below(8) == 0 {
+            hs = HardState { term: hs.term + 1, vote: 1 + rng.below(3), commit: hs.commit };
+        }
+        let count = 1 + rng.below(2);
+        let batch: Vec<Entry> = (0..count)
+            .map(|k| {
+                let index = entries.len() as u64 + 1 + k;
+                let len = 20 + rng.below(300) as usize;
+                Entry::new(index, hs.term, vec![(index as u8).wrapping_mul(31); len])
+            })
+            .collect();
+        hs.commit = (entries.len() as u64).saturating_sub(1);
+        wal.save(Some(&hs), &batch).expect("a save on a healthy log");
+        entries.extend(batch);
+        if rng.below(10) == 0 && hs.commit > first {
+            first = hs.commit;
+            wal.compact(first).expect("a compaction within the log");
+            first += 1;
+        }
+    }
+    let closed = rng.below(2) == 0;
+    if closed {
+        wal.close().expect("a clean close");
+    }
+    Built { entries, hard_state: hs, closed }
+}
+
+/// Runs the check on a fuzz input (see the module documentation).
+pub fn check_repair(input: &[u8]) {
+    let Some((seed, flips)) = input.split_first_chunk::<8>() else {
+        return;
+    };
+    let fs = CrashFs::new();
+    let built = build(&fs, u64::from_le_bytes(*seed));
+    let shared: Fs = Arc::new(fs.clone());
+    let dir = Path::new(ROOT);
+    let mut names: Vec<String> = shared
+        .list(dir)
+        .expect("the log directory lists")
+        .into_iter()
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let flips: Vec<&[u8]> = flips.chunks_exact(FLIP_LEN).take(MAX_FLIPS).collect();
+    for flip in &flips {
+        let name = &names[flip[0] as usize % names.len()];
+        let path = dir.join(name);
+        let bytes = fs.read_file(&path).expect("a listed segment reads");
+        // Within the written bytes (plus a little), where damage can matter.
+        let written = bytes.iter().rposition(|b| *b != 0).map_or(64, |p| p + 64).min(bytes.len());
+        let at = u32::from_le_bytes(flip[1..5].try_into().expect("4 bytes"));
+        fs.flip_bit(&path, u64::from(at) % (written as u64 * 8)).expect("a bit flips");
+    }
+    let wal = match open(&fs, RecoveryMode::Repairable) {
+        Ok(wal) => wal,
+        Err(Error::Corruption { .. }) => return,
+        Err(e) => panic!("a Repairable open failed with {e}, not Corruption"),
+    };
+    if flips.len() != 1 || !built.closed {
+        // Several flips can take every copy of something, and an unclosed log's last write
+        // has no witness: only the absence of a panic is promised there. Reads must not panic.
+        let (first, last) = (wal.first_index(), wal.last_index());
+        let _ = wal.entries(first, last + 1, u64::MAX);
+        return;
+    }
+    let hs = wal.hard_state();
+    let want = built.hard_state;
+    assert_eq!((hs.term, hs.vote), (want.term, want.vote), "term and vote survive one flip");
+    let (first, last) = (wal.first_index(), wal.last_index());
+    assert!(hs.commit <= last, "commit {} beyond the log's last index {last}", hs.commit);
+    // Bounded by the entries written.
+    for index in first..=last {
+        match wal.entries(index, index + 1, u64::MAX) {
+            Ok(got) => {
+                let written = &built.entries[index as usize - 1];
+                assert_eq!(&got[0], written, "entry {index} comes back as written");
+            }
+            Err(Error::Corruption { .. }) => {}
+            Err(e) => panic!("reading entry {index}: {e}"),
+        }
+    }
+    let written_last = built.entries.len() as u64;
+    if last < written_last {
+        let state = wal.repair_state();
+        assert!(
+            state.is_some_and(|s| s.index >= written_last && s.term >= want.term),
+            "the log ends at {last} of {written_last} and repairs {state:?}"
+        );
+    }
+}
