@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::io::{CrashFs, FileSystem, Fs};
+use crate::io::{CrashFs, Fs};
 use crate::options::{RecoveryMode, SyncPolicy, WalOptions};
 use crate::rng::Rng;
 use crate::types::{Entry, HardState};
