@@ -1089,6 +1089,20 @@ const SPAN_MAX_BYTES: usize = 1 << 20;
 /// Bytes read past the last record's start: room for a typical record whole.
 const SPAN_TAIL_BYTES: usize = 4096;
 
+/// One read of [`Inner::read_span`]: entry `next` of `group`, at `loc`, of a read of `[next, hi)`
+/// within `max_size`; `known` is the length of the record at `loc` when a header read before
+/// gave it.
+#[derive(Clone, Copy)]
+struct Request {
+    group: u64,
+    loc: Loc,
+    next: u64,
+    hi: u64,
+    max_size: u64,
+    max_record: u32,
+    known: Option<usize>,
+}
+
 /// Adds `size` to `total` if the entry fits the limit (the first always does).
 fn fits(total: &mut u64, out: &[Entry], size: u64, max_size: u64) -> bool {
     *total = total.saturating_add(size);
@@ -1136,14 +1150,23 @@ impl Inner {
             };
             let record = match from_span {
                 Some(record) => record,
-                _ => match self.read_span(group, index, loc, next, hi, max_size, max_record)? {
-                    (Some(new_span), record) => {
-                        span = Some(new_span);
-                        span_segment = loc.segment;
-                        record
+                _ => {
+                    // A record the span holds the start of but not the end: its header gives
+                    // its length, so one read takes it whole.
+                    let known = span
+                        .as_ref()
+                        .filter(|_| span_segment == loc.segment)
+                        .and_then(|s| s.record_len_at(u64::from(loc.offset), max_record));
+                    let request = Request { group, loc, next, hi, max_size, max_record, known };
+                    match self.read_span(index, request)? {
+                        (Some(new_span), record) => {
+                            span = Some(new_span);
+                            span_segment = loc.segment;
+                            record
+                        }
+                        (None, record) => record,
                     }
-                    (None, record) => record,
-                },
+                }
             };
             let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
                 self.segment_corruption(
@@ -1175,39 +1198,48 @@ impl Inner {
     /// Reads the record at `loc` (entry `next`'s) and, when later entries up to `hi` lie in later
     /// records of the same segment close behind it, the span of the segment holding them, in
     /// one `pread`: consecutive records of a group are then decoded from memory.
-    #[allow(clippy::too_many_arguments)]
     fn read_span(
         &self,
-        group: u64,
         index: &index::LogIndex,
-        loc: Loc,
-        next: u64,
-        hi: u64,
-        max_size: u64,
-        max_record: u32,
+        request: Request,
     ) -> Result<(Option<segment::Span<'_>>, Vec<Entry>)> {
+        let Request { group, loc, next, hi, max_size, max_record, known } = request;
         // Read at most what the caller may take back, twice over (other groups' records may lie
         // between), within bounds.
         let limit = usize::try_from(max_size.saturating_mul(2))
             .unwrap_or(usize::MAX)
             .clamp(SPAN_MIN_BYTES, SPAN_MAX_BYTES);
         let mut last = loc.offset;
+        let mut whole = true;
         // Bounded by `hi` and by the span's size.
         for k in next + 1..hi {
             let l = index.loc(k);
             if l.segment != loc.segment || l.offset < loc.offset {
+                whole = false;
                 break;
             }
             if (l.offset - loc.offset) as usize + SPAN_TAIL_BYTES > limit {
+                whole = false;
                 break;
             }
             last = l.offset;
         }
-        if last == loc.offset {
-            return Ok((None, self.read_record(group, loc, max_record)?));
-        }
+        // Entry `hi`'s record, when it starts later in the same segment, starts where the span
+        // may end: records do not overlap, so the record at `last` ends there or before.
+        let end = (whole && hi <= index.last_index())
+            .then(|| index.loc(hi))
+            .filter(|l| l.segment == loc.segment && l.offset > last)
+            .map(|l| (l.offset - loc.offset) as usize)
+            .filter(|&len| len <= limit);
+        let len = match (end, known) {
+            (Some(len), _) => len,
+            (None, Some(len)) if last == loc.offset => len,
+            (None, None) if last == loc.offset => {
+                return Ok((None, self.read_record(group, loc, max_record)?));
+            }
+            _ => (last - loc.offset) as usize + SPAN_TAIL_BYTES,
+        };
         let (name, file) = self.segment_file(loc)?;
-        let len = (last - loc.offset) as usize + SPAN_TAIL_BYTES;
         let span = segment::Span::read(name, file, u64::from(loc.offset), len)?;
         match span.entries_at(u64::from(loc.offset), group, max_record)? {
             Some(record) => Ok((Some(span), record)),

@@ -199,6 +199,16 @@ impl Span<'_> {
         Ok(Span { name, offset, bytes: bytes::Bytes::from(buf) })
     }
 
+    /// Bytes of the record at segment offset `at` (frame header and payload), from its header,
+    /// when the header lies in the span and its length is within `max_record`. Unchecked: the
+    /// read that follows checks the record whole.
+    pub fn record_len_at(&self, at: u64, max_record: u32) -> Option<usize> {
+        let start = at.checked_sub(self.offset)? as usize;
+        let header = self.bytes.get(start..start.checked_add(FRAME_HEADER_LEN)?)?;
+        let head = FrameHeader::read(header);
+        (head.len <= max_record).then(|| FRAME_HEADER_LEN + head.len as usize)
+    }
+
     /// Decodes the entries record of `group` at segment offset `at`, its CRC checked, or `None`
     /// when the record does not lie wholly in the span.
     pub fn entries_at(&self, at: u64, group: u64, max_record: u32) -> Result<Option<Vec<Entry>>> {

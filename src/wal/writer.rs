@@ -12,8 +12,9 @@ use crate::metrics::Counters;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::{Entry, HardState, SnapshotMetadata};
 use crate::wal::format::{
-    self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, FLAG_MORE, FRAME_HEADER_LEN, Footer,
-    Record, RecordType, SegmentHeader, TRAILER_LEN, Trailer, append_record, framed_len,
+    self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, ENTRIES_RECORD_TARGET_BYTES,
+    FLAG_MORE, FRAME_HEADER_LEN, Footer, Record, RecordType, SegmentHeader, TRAILER_LEN, Trailer,
+    append_record, framed_len,
 };
 use crate::wal::index::Loc;
 
@@ -466,6 +467,7 @@ impl Writer {
     /// Splits `ops` into records, each payload within the record limit.
     fn plan<'a>(&self, ops: &[Op<'a>]) -> Result<Plan<'a>> {
         let max = self.max_record_bytes as usize;
+        let target = max.min(ENTRIES_RECORD_TARGET_BYTES);
         let mut records = Vec::new();
         for op in ops {
             match op {
@@ -481,7 +483,9 @@ impl Writer {
                                 entry.index
                             )));
                         }
-                        if len + size > max {
+                        // A record holds at least one entry; an entry above the target (and
+                        // within `max`) goes alone.
+                        if i > start && len + size > target {
                             let part = Op::Entries { group: *group, entries: &entries[start..i] };
                             records.push((Part::Op(part), len));
                             start = i;

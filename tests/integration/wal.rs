@@ -7,6 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
 use raftwal::wal::Wal;
+use raftwal::wal::format::{ENTRIES_RECORD_TARGET_BYTES, FRAME_HEADER_LEN, Record, framed_len};
+use raftwal::wal::recovery::scan_segment;
 use raftwal::{CorruptionKind, Entry, Error, HardState, SyncPolicy, WalOptions};
 
 use crate::model::{Model, Outcome};
@@ -229,6 +231,99 @@ fn a_batch_larger_than_a_record_is_split_and_an_oversized_entry_refused() {
     drop(wal);
     let wal = open(&fs, &small_options()).unwrap();
     assert_eq!(wal.entries(1, 41, u64::MAX).unwrap(), es);
+}
+
+/// The segment files on `fs`, oldest first.
+fn segment_paths(fs: &CrashFs) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> =
+        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
+    paths.sort();
+    paths
+}
+
+/// The Entries records of the segment at `path`: offset, framed length, and entry indices.
+fn entries_records(fs: &CrashFs, path: &Path) -> Vec<(u64, u64, Vec<u64>)> {
+    let scan = scan_segment(&fs.read_file(path).unwrap(), 1 << 20);
+    scan.records
+        .into_iter()
+        .filter_map(|r| match r.record {
+            Record::Entries { entries, .. } => {
+                Some((r.offset, r.framed_len, entries.iter().map(|e| e.index).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn large_record_options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 1 << 20,
+        cache_bytes: 0,
+        prepare_in_background: false,
+        ..WalOptions::default()
+    }
+}
+
+#[test]
+fn a_large_run_of_entries_is_written_in_records_of_at_most_64_kib() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &large_record_options()).unwrap();
+    // One save of about 400 KiB: 1 KiB entries around one of 100 KiB.
+    let mut es: Vec<Entry> = (1..=150).map(|i| entry(i, 1, 1024)).collect();
+    es.push(entry(151, 1, 100 << 10));
+    es.extend((152..=300).map(|i| entry(i, 1, 1024)));
+    wal.save(None, &es).unwrap();
+    let paths = segment_paths(&fs);
+    assert_eq!(paths.len(), 1);
+    let records = entries_records(&fs, &paths[0]);
+    let indices: Vec<u64> = records.iter().flat_map(|(_, _, i)| i.clone()).collect();
+    assert_eq!(indices, (1..=300).collect::<Vec<_>>(), "consecutive runs, in order");
+    assert!(records.len() >= 6, "{} records", records.len());
+    let most = framed_len(ENTRIES_RECORD_TARGET_BYTES) as u64;
+    for (offset, framed, indices) in &records {
+        if indices.contains(&151) {
+            assert_eq!(indices, &[151], "the entry above the target has a record of its own");
+        } else {
+            assert!(*framed <= most, "record at {offset} takes {framed} bytes");
+        }
+    }
+    drop(wal);
+    let wal = open(&fs, &large_record_options()).unwrap();
+    assert_eq!(wal.entries(1, 301, u64::MAX).unwrap(), es);
+}
+
+#[test]
+fn damage_in_a_later_record_of_a_sealed_span_is_reported_at_that_record() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &large_record_options()).unwrap();
+    let es: Vec<Entry> = (1..=300).map(|i| entry(i, 1, 1024)).collect();
+    wal.save(None, &es).unwrap();
+    // 800 KiB more do not fit the 1 MiB segment: the first is sealed.
+    let more: Vec<Entry> = (301..=1100).map(|i| entry(i, 1, 1024)).collect();
+    wal.save(None, &more).unwrap();
+    assert_eq!(wal.segment_count(), 2);
+    let sealed = segment_paths(&fs)[0].clone();
+    let records = entries_records(&fs, &sealed);
+    assert!(records.len() >= 3, "{} records", records.len());
+    let (victim, _, held) = records[1].clone();
+    let (first, last) = (held[0], held[held.len() - 1]);
+    fs.flip_bit(&sealed, (victim + FRAME_HEADER_LEN as u64 + 100) * 8 + 3).unwrap();
+    let reported = |lo: u64, hi: u64| match wal.entries(lo, hi, u64::MAX) {
+        Err(Error::Corruption { segment, offset, kind }) => {
+            assert_eq!(segment.file_name(), sealed.file_name(), "[{lo}, {hi})");
+            assert_eq!(kind, CorruptionKind::ChecksumMismatch, "[{lo}, {hi})");
+            offset
+        }
+        other => panic!("[{lo}, {hi}): {other:?}"),
+    };
+    // Ending where the next record starts (one read to there), ending inside the damaged
+    // record (a read cut inside it, then the record by its header's length), and inside it.
+    assert_eq!(reported(1, last + 1), victim);
+    assert_eq!(reported(1, last), victim);
+    assert_eq!(reported(first + 1, first + 3), victim);
+    // The records around it still read.
+    assert_eq!(wal.entries(1, first, u64::MAX).unwrap(), es[..first as usize - 1]);
+    assert_eq!(wal.entries(last + 1, 301, u64::MAX).unwrap(), es[last as usize..]);
 }
 
 #[test]

@@ -52,6 +52,33 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
 }
 
 #[test]
+fn only_reads_runs_the_read_rows_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = raftwal()
+        .args(["bench", "--quick", "--json", "--only", "reads", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workloads: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workloads,
+        [
+            "entries() cache hit, 64 × 1 KiB",
+            "entries() sealed segment, 64 × 1 KiB",
+            "entries() after reopen (same entries), 64 × 1 KiB",
+        ]
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
+}
+
+#[test]
 fn a_plot_that_is_not_svg_is_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = raftwal()

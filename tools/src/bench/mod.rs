@@ -50,6 +50,26 @@ pub struct BenchArgs {
     /// `raft-engine` feature).
     #[arg(long, value_enum, value_name = "ENGINE")]
     compare: Option<Compare>,
+    /// Run only these workloads (may be repeated), e.g. `--only reads` [default: all].
+    #[arg(long, value_enum, value_name = "WORKLOADS")]
+    only: Vec<Only>,
+}
+
+/// Families of workloads `--only` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    /// Single-entry append+sync of 64 B, 1 KiB and 16 KiB.
+    Append,
+    /// Batches of 16, 256 and 1024 entries per sync.
+    Batch,
+    /// 1, 2, 4 and 8 concurrent writers.
+    Concurrent,
+    /// entries() reads: cache hit, sealed segment, after reopen.
+    Reads,
+    /// Recovery of a large log, and index memory.
+    Recovery,
+    /// Multi-group writes, open and churn.
+    Groups,
 }
 
 /// Engines raftwal can be compared with.
@@ -208,9 +228,18 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     let dir = temp.path();
     let budget = Budget::new(args.quick);
     let started = Instant::now();
-    // 6 append workloads, 4 concurrent, reads, recovery, 2 multi-group writes, multi-group
-    // open, churn.
-    let progress = Progress::new(16);
+    let run = |w: Only| args.only.is_empty() || args.only.contains(&w);
+    // 3 append and 3 batch workloads, 4 concurrent, reads, recovery, 2 multi-group writes,
+    // multi-group open, churn.
+    let counts = [
+        (Only::Append, 3u64),
+        (Only::Batch, 3),
+        (Only::Concurrent, 4),
+        (Only::Reads, 1),
+        (Only::Recovery, 1),
+        (Only::Groups, 4),
+    ];
+    let progress = Progress::new(counts.iter().filter(|(w, _)| run(*w)).map(|(_, n)| n).sum());
     let mut ctx = Ctx {
         dir,
         budget: &budget,
@@ -219,22 +248,34 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
         progress: &progress,
     };
     let mut rows = Vec::new();
-    for size in [64, 1024, 16 << 10] {
-        rows.push(workloads::append(&mut ctx, "append+sync", 1, size)?);
+    if run(Only::Append) {
+        for size in [64, 1024, 16 << 10] {
+            rows.push(workloads::append(&mut ctx, "append+sync", 1, size)?);
+        }
     }
-    for count in [16, 256, 1024] {
-        rows.push(workloads::append(&mut ctx, "batch", count, 1024)?);
+    if run(Only::Batch) {
+        for count in [16, 256, 1024] {
+            rows.push(workloads::append(&mut ctx, "batch", count, 1024)?);
+        }
     }
-    for writers in [1, 2, 4, 8] {
-        rows.push(workloads::concurrent(&mut ctx, writers)?);
+    if run(Only::Concurrent) {
+        for writers in [1, 2, 4, 8] {
+            rows.push(workloads::concurrent(&mut ctx, writers)?);
+        }
     }
-    rows.extend(workloads::reads(&mut ctx)?);
-    rows.extend(workloads::recovery(&mut ctx)?);
-    for writers in [1, 4] {
-        rows.push(groups::writes(&mut ctx, writers)?);
+    if run(Only::Reads) {
+        rows.extend(workloads::reads(&mut ctx)?);
     }
-    rows.extend(groups::open(&mut ctx)?);
-    rows.push(groups::churn(&mut ctx)?);
+    if run(Only::Recovery) {
+        rows.extend(workloads::recovery(&mut ctx)?);
+    }
+    if run(Only::Groups) {
+        for writers in [1, 4] {
+            rows.push(groups::writes(&mut ctx, writers)?);
+        }
+        rows.extend(groups::open(&mut ctx)?);
+        rows.push(groups::churn(&mut ctx)?);
+    }
     progress.bar.finish_and_clear();
     drop(ctx);
 
