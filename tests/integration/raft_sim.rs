@@ -503,8 +503,8 @@ fn pick_damage(fs: &CrashFs, rng: &mut Rng, read_footers: bool) -> Option<Damage
     // In the newest segment, only a record that a later record proves durable (its `durable`
     // field reaches past it) can be told from a torn write: damage to the others is cut as a
     // torn tail (rows R3, R4) with no repair state, and the node forgets entries it may have
-    // acknowledged (a limit of the library, see
-    // `repair::damage_to_the_newest_durable_write_is_recorded`). The simulator spares them.
+    // acknowledged (a limit of the library: nothing on disk tells a synced last write from an
+    // unsynced one). The simulator spares them.
     let durable_after = |k: usize| {
         records[k + 1..]
             .iter()
@@ -530,6 +530,18 @@ fn pick_damage(fs: &CrashFs, rng: &mut Rng, read_footers: bool) -> Option<Damage
     let (start, len) = payloads[rng.below(payloads.len() as u64) as usize];
     let bit = (start + rng.below(len)) * 8 + rng.below(8);
     Some(Damage::Flip { segment, bit })
+}
+
+/// Whether `store` holds a membership change after `applied`.
+fn pending_conf_change(store: &SimStore, applied: u64) -> bool {
+    let (first, last) = (store.first_index().unwrap(), store.last_index().unwrap());
+    let lo = (applied + 1).max(first);
+    lo <= last
+        && store
+            .entries(lo, last + 1, u64::MAX)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.entry_type, EntryType::ConfChange | EntryType::ConfChangeV2))
 }
 
 fn apply_damage(fs: &CrashFs, damage: &Damage) {
@@ -976,10 +988,13 @@ impl Sim {
             // The process's handles go with it (nothing else holds the storage now).
             assert_eq!(Arc::strong_count(&n.store), 1, "node {id}: storage still shared");
             let before = (n.store.last_index().unwrap(), n.store.hard_state());
+            let own_change = damage && pending_conf_change(&n.store, n.applied);
             n.store = Arc::new(SimStore::Memory(Box::default()));
             n.fs.crash(crash_seed);
-            let damaged =
-                damage && self.rng.chance(DAMAGE_PERCENT) && self.may_damage(id) && self.damage(id);
+            let damaged = damage
+                && self.rng.chance(DAMAGE_PERCENT)
+                && self.may_damage(id, own_change)
+                && self.damage(id);
             let n = self.nodes.get_mut(&id).unwrap();
             if !damaged {
                 n.store = Arc::new(open_store(backend, &n.fs, self.read_footers));
@@ -1008,7 +1023,8 @@ impl Sim {
     /// its leader is gone, nothing repairs them. (The voter set does not shrink below that while a node
     /// repairs: see `random_membership_change`; no unapplied membership change may be in any
     /// log, as it could shrink it.)
-    fn may_damage(&self, id: u64) -> bool {
+    /// `own_change`: whether node `id`'s log (read before its power cut) holds one.
+    fn may_damage(&self, id: u64, own_change: bool) -> bool {
         let repairing = self
             .nodes
             .iter()
@@ -1021,20 +1037,12 @@ impl Sim {
             .filter(|len| *len > 0)
             .min()
             .unwrap_or(self.nodes.len());
-        let changing = self.nodes.iter().any(|(other, n)| {
-            let last = n.store.last_index().unwrap();
-            *other != id
-                && n.applied < last
-                && n.store
-                    .entries(n.applied + 1, last + 1, u64::MAX)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|e| {
-                        matches!(e.entry_type, EntryType::ConfChange | EntryType::ConfChangeV2)
-                    })
-        });
+        let changing = self
+            .nodes
+            .iter()
+            .any(|(other, n)| *other != id && pending_conf_change(&n.store, n.applied));
         // The healthy voters, without this node, must remain a majority of every voter set.
-        repairing < (smallest - 1) / 2 && !changing
+        repairing < (smallest - 1) / 2 && !changing && !own_change
     }
 
     /// Damages node `id`'s log, just after its power cut: a bit flips inside the payload of
@@ -1085,17 +1093,16 @@ impl Sim {
                 }
                 Err(Error::Corruption { kind: CorruptionKind::Missing, .. }) => {
                     // The cut dropped a compaction whose released segments are gone: the
-                    // open refuses a log with a hole below the cut (a limit of the library,
-                    // see `repair::a_cut_that_drops_a_compaction_reopens`).
+                    // open refuses a log with a hole below the cut (a limit of the library:
+                    // the node would have to be replaced).
                     self.stats.refused_missing += 1;
                 }
                 Err(Error::Corruption {
                     segment, kind: CorruptionKind::Malformed(why), ..
                 }) if segment.starts_with("snap") && why.contains("differs from the log's") => {
                     // The cut dropped the bootstrap snapshot's marker (index 0, with the
-                    // membership): the open refuses the file that no marker names now (a
-                    // limit of the library, see
-                    // `repair::a_cut_that_drops_the_bootstrap_snapshot_reopens`).
+                    // membership): the open refuses the file, whose name is that of "no
+                    // snapshot" but whose metadata is not (a limit of the library).
                     self.stats.refused_snapshot += 1;
                 }
                 Err(e) => panic!("node {id}: the open refused {damage:?}: {e}"),
