@@ -1020,10 +1020,10 @@ impl Sim {
     /// Whether node `id` may be damaged now: the nodes repairing, it included, must leave a
     /// majority of healthy voters in the smallest voter set in use. Repairing nodes grant no
     /// vote, so without a healthy majority of a configuration no election succeeds and, once
-    /// its leader is gone, nothing repairs them. (The voter set does not shrink below that while a node
-    /// repairs: see `random_membership_change`; no unapplied membership change may be in any
-    /// log, as it could shrink it.)
-    /// `own_change`: whether node `id`'s log (read before its power cut) holds one.
+    /// its leader is gone, nothing repairs them. The voter set must not shrink below that
+    /// while a node repairs: `random_membership_change` removes no healthy voter then, and no
+    /// log may hold an unapplied membership change (`own_change`: whether node `id`'s log held
+    /// one before its power cut).
     fn may_damage(&self, id: u64, own_change: bool) -> bool {
         let repairing = self
             .nodes
