@@ -203,9 +203,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Applies the repair file at open: the newest hard state it saw past the cut wins (and is
-    /// written back to the log), every repairing group's commit index is brought within its
-    /// log, and groups whose log already reaches what they lost stop repairing.
+    /// Applies the repair file at open: the newest term and vote it saw past the cut win (and
+    /// are written back to the log) with the surviving log's commit index, and groups whose log
+    /// already reaches what they lost stop repairing.
     fn resolve_repairs(&self, mut repairs: repair::RepairFile) -> Result<()> {
         let mut inner = self.lock_write()?;
         if repairs.others_unknown {
@@ -226,9 +226,11 @@ impl Engine {
             } else {
                 current
             };
-            // The cut may have taken entries the commit index counted: Raft refuses a commit
-            // beyond the log, and relearns it from the leader.
-            hs.commit = hs.commit.min(last).max(first - 1);
+            // The commit index is the surviving log's own. A newer one may count entries the
+            // cut took, and the cut may also have brought back entries that a lost write had
+            // replaced: below the newer commit index, they would pass for committed. Raft
+            // relearns the commit index from the leader.
+            hs.commit = current.commit.min(last).max(first - 1);
             let last_term = term_of(&inner.state, group, last).unwrap_or(0);
             record.term = record.term.max(hs.term).max(last_term);
             record.hard_state = hs;

@@ -6,9 +6,10 @@
 //! learns, per group: how far the log had gone (the highest entry index, a checkpoint's last
 //! index, a snapshot's index), the highest term seen, and the newest hard state. That goes to
 //! the repair file *before* anything is cut, so a crash mid-repair can never leave a shorter log
-//! that looks healthy. Open then applies it: the newest hard state wins (term and vote are never
-//! lost to the cut), and each group answers [`crate::Storage::repair_state`] until its log holds
-//! the lost index again.
+//! that looks healthy. Open then applies it: the newest hard state's term and vote win (never
+//! lost to the cut) with the surviving log's commit index (the cut may bring back entries that a
+//! lost write had replaced, which a newer commit index would count), and each group answers
+//! [`crate::Storage::repair_state`] until its log holds the lost index again.
 //!
 //! A group whose records may have been in unreadable bytes with nothing after them that bounds
 //! its log (a later entry of the group or a checkpoint) gets index [`UNKNOWN_INDEX`]: only the

@@ -504,14 +504,21 @@ fn recover_once(
                 bytes = Some(bytes::Bytes::from(segment::read_whole(&f.name, seg.file.as_ref())?));
             }
             let bytes = bytes.as_ref().expect("read above");
-            let last_nonzero = if scan.header.as_ref().is_ok_and(|h| h.recycled) {
-                // What an earlier use of the file left after the end carries older sequences
-                // and never passes for this segment's records; only this segment's own records
-                // found past the end (a torn write whose later sectors survived) must go.
-                scan.last_valid_end.unwrap_or(0)
-            } else {
-                bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
-            };
+            // A cut of durable data (not a torn tail): this segment's own records past it claim
+            // to be durable, and any one left would later pass for a witness of zeroed durable
+            // data (R5). The look-ahead stops at the first witness, so it does not know where
+            // they end: erase to the end of the file's written bytes.
+            let torn = matches!(report.truncated.as_ref(), Some((name, _, label))
+                if *name == f.name && matches!(*label, "R2" | "R3" | "R4" | "W1"));
+            let last_nonzero =
+                if scan.header.as_ref().is_ok_and(|h| h.recycled) && (torn || !truncated_here) {
+                    // What an earlier use of the file left after the end carries older sequences
+                    // and never passes for this segment's records; only this segment's own records
+                    // found past the end (a torn write whose later sectors survived) must go.
+                    scan.last_valid_end.unwrap_or(0)
+                } else {
+                    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
+                };
             if last_nonzero > end {
                 let (seg, ..) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;

@@ -552,3 +552,43 @@ fn the_repair_check_holds_over_generated_damage() {
         assert!(result.is_ok(), "input {k} fails: {input:?}");
     }
 }
+
+/// A write that replaced a suffix of the log (a new leader's entries) is lost to a cut: the
+/// replaced entries come back, and they were never committed. The commit index after the open
+/// must not count them, whatever the newer hard states past the cut said.
+#[test]
+fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
+    let fs = CrashFs::new();
+    // Sealed segments read whole, so that damage in them is found at open.
+    let open_whole = |mode| {
+        let shared: Fs = Arc::new(fs.clone());
+        Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
+    };
+    let wal = open_whole(RecoveryMode::Strict).unwrap();
+    let hs = |term, commit| HardState { term, vote: 0, commit };
+    // Each term change seals its segment: one write per segment.
+    wal.save(Some(&hs(1, 3)), &(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
+    // A leader of term 2 replaces 4 and 5 (never committed), then commits its entries.
+    wal.save(Some(&hs(2, 3)), &(4..=6).map(|i| entry(i, 2, 100)).collect::<Vec<_>>()).unwrap();
+    wal.save(Some(&hs(2, 6)), &[entry(7, 2, 100)]).unwrap();
+    drop(wal);
+    let replaced = segments(&fs)
+        .into_iter()
+        .find(|name| {
+            records(&fs, name).iter().any(
+                |r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == 4),
+            )
+        })
+        .expect("a segment holds the replacing write");
+    damage(&fs, &replaced, &entries_record(&fs, &replaced, 4));
+
+    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    assert!(wal.repair_state().is_some());
+    assert_eq!(wal.term(5).unwrap(), 1, "the cut brought back the replaced entry 5");
+    assert_eq!(wal.hard_state().term, 2, "the term is kept");
+    assert!(
+        wal.hard_state().commit <= 3,
+        "commit {} counts entries of term 1 that term 2 replaced",
+        wal.hard_state().commit
+    );
+}
