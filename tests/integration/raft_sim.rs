@@ -1484,6 +1484,19 @@ fn seeds_that_found_repair_bugs_keep_raft_invariants() {
     }
 }
 
+/// Seeds whose histories find a library bug not yet fixed: a Repairable cut can bring back
+/// entries that a lost write had replaced, so the surviving log is not a prefix of what the
+/// node acknowledged. 626: the lost entries reached no further than the surviving log, so the
+/// node did not repair, and a heartbeat's commit index made it apply a replaced entry. 965: the
+/// node repaired, and the heartbeat's commit index, capped at the last index held, still
+/// counted replaced entries.
+#[test]
+fn seeds_where_a_cut_brings_back_replaced_entries_keep_raft_invariants() {
+    for seed in [626, 965] {
+        run_seed(seed);
+    }
+}
+
 #[test]
 fn the_same_seed_replays_the_same_history() {
     let run = |seed| {

@@ -592,3 +592,48 @@ fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
         wal.hard_state().commit
     );
 }
+
+/// A write that replaced the end of the log (a new leader's entries) is lost to a cut, and no
+/// lost entry goes past the surviving log's last index: the log is back at the same length with
+/// the replaced entries of the older term. Those are not the ones the node acknowledged, and a
+/// leader whose match index counts the acknowledged ones would commit the old ones through a
+/// heartbeat: so the log restarts at its snapshot (nothing past the commit index is trusted
+/// after a cut) and repairs up to what it had.
+#[test]
+fn a_cut_that_brings_back_replaced_entries_of_the_same_length_still_repairs() {
+    let fs = CrashFs::new();
+    let open_whole = |mode| {
+        let shared: Fs = Arc::new(fs.clone());
+        Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
+    };
+    let wal = open_whole(RecoveryMode::Strict).unwrap();
+    let hs = |term, commit| HardState { term, vote: 0, commit };
+    wal.save(Some(&hs(1, 2)), &(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
+    // A leader of term 2 replaces 3..=5 (never committed); this node acknowledges them.
+    wal.save(Some(&hs(2, 2)), &(3..=5).map(|i| entry(i, 2, 100)).collect::<Vec<_>>()).unwrap();
+    wal.save(Some(&hs(3, 2)), &[]).unwrap();
+    drop(wal);
+    let replaced = segments(&fs)
+        .into_iter()
+        .find(|name| {
+            records(&fs, name).iter().any(
+                |r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == 3),
+            )
+        })
+        .expect("a segment holds the replacing write");
+    damage(&fs, &replaced, &entries_record(&fs, &replaced, 3));
+
+    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    assert_eq!(wal.last_index(), 0, "no entry past the commit index survives the cut");
+    assert!(
+        wal.repair_state().is_some_and(|s| s.index >= 5),
+        "entries 3..=5 of term 2 were acknowledged and are gone: the node must repair"
+    );
+    drop(wal);
+    // The reset is done once: a reopen keeps what the leader sent since.
+    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    wal.save(None, &(1..=3).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
+    drop(wal);
+    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    assert_eq!(wal.last_index(), 3, "entries written after the repair began are kept");
+}
