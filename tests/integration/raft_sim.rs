@@ -1489,10 +1489,10 @@ fn seeds_that_found_repair_bugs_keep_raft_invariants() {
 /// node acknowledged. 626: the lost entries reached no further than the surviving log, so the
 /// node did not repair, and a heartbeat's commit index made it apply a replaced entry. 965: the
 /// node repaired, and the heartbeat's commit index, capped at the last index held, still
-/// counted replaced entries.
+/// counted replaced entries (1253 too).
 #[test]
 fn seeds_where_a_cut_brings_back_replaced_entries_keep_raft_invariants() {
-    for seed in [626, 965] {
+    for seed in [626, 965, 1253] {
         run_seed(seed);
     }
 }
