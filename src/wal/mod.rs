@@ -218,6 +218,11 @@ impl Engine {
             repairs.others_unknown = false;
         }
         let mut fixes: Vec<(u64, HardState)> = Vec::new();
+        // Groups whose log restarts at its snapshot: entries past the commit index may be ones
+        // that a lost write had replaced (a new leader's suffix), which were never committed
+        // and are not what this node acknowledged; entries at or below it cannot have been
+        // replaced. Dropping them all is safe: the repair covers them, and the leader resends.
+        let mut resets: Vec<(u64, SnapshotMetadata)> = Vec::new();
         for (&group, record) in repairs.groups.iter_mut() {
             let (first, last) = bounds(&inner.state, group);
             let current = hard_state_of(&inner.state, group);
@@ -227,27 +232,37 @@ impl Engine {
                 current
             };
             // The commit index is the surviving log's own. A newer one may count entries the
-            // cut took, and the cut may also have brought back entries that a lost write had
-            // replaced: below the newer commit index, they would pass for committed. Raft
-            // relearns the commit index from the leader.
+            // cut took, or entries a lost write had replaced.
             hs.commit = current.commit.min(last).max(first - 1);
             let last_term = term_of(&inner.state, group, last).unwrap_or(0);
             record.term = record.term.max(hs.term).max(last_term);
+            if repairs.reset_pending && last > hs.commit {
+                let marker = inner.state.group(group).map(|s| s.snapshot()).unwrap_or_default();
+                // Entries up to `last` may have been acknowledged: the repair covers them.
+                record.index = record.index.max(last);
+                hs.commit = hs.commit.min(marker.index);
+                resets.push((group, marker));
+            }
             record.hard_state = hs;
             if hs != current {
                 fixes.push((group, hs));
             }
         }
-        if !fixes.is_empty() {
-            let ops: Vec<Op<'_>> = fixes
+        if !fixes.is_empty() || !resets.is_empty() {
+            let mut ops: Vec<Op<'_>> = resets
                 .iter()
-                .map(|(group, hard_state)| Op::HardState { group: *group, hard_state: *hard_state })
+                .map(|(group, metadata)| Op::Snapshot { group: *group, metadata, resets_log: true })
                 .collect();
+            ops.extend(fixes.iter().map(|(group, hard_state)| Op::HardState {
+                group: *group,
+                hard_state: *hard_state,
+            }));
             let lsn = self.write_ops(&mut inner, &ops)?;
             drop(inner);
             self.sync_to(lsn, None)?;
             inner = self.lock_write()?;
         }
+        repairs.reset_pending = false;
         let state = &inner.state;
         repairs.groups.retain(|&group, r| {
             r.index == repair::UNKNOWN_INDEX || bounds(state, group).1 < r.index

@@ -41,6 +41,9 @@ const GROUP_LEN: usize = LINE_FIELDS * size_of::<u64>();
 const CRC_LEN: usize = size_of::<u32>();
 /// Flag: every group not listed lost an unknown suffix too.
 pub const FLAG_OTHERS_UNKNOWN: u32 = 1;
+/// Flag: the listed groups' logs are still to be cut back to their snapshots (see
+/// [`RepairFile::reset_pending`]).
+pub const FLAG_RESET_PENDING: u32 = 2;
 /// The index of a group whose lost suffix has no known bound.
 pub const UNKNOWN_INDEX: u64 = u64::MAX;
 /// A repair file larger than this is damage (it lists at most one line per group).
@@ -64,6 +67,10 @@ pub struct RepairFile {
     pub groups: BTreeMap<u64, RepairRecord>,
     /// Every group not listed lost an unknown suffix.
     pub others_unknown: bool,
+    /// The cut was just made: entries a group holds past its commit index may be ones that a
+    /// lost write had replaced, never committed; open drops them (the log restarts at its
+    /// snapshot) before the repair goes on, and clears this.
+    pub reset_pending: bool,
 }
 
 /// Whether `candidate` is newer than `current` (a later term, or a vote cast in the same term).
@@ -94,13 +101,15 @@ impl RepairFile {
             self.groups.entry(*group).or_default().merge(record);
         }
         self.others_unknown |= other.others_unknown;
+        self.reset_pending |= other.reset_pending;
     }
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + GROUP_LEN * self.groups.len() + CRC_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        let flags = if self.others_unknown { FLAG_OTHERS_UNKNOWN } else { 0 };
+        let flags = if self.others_unknown { FLAG_OTHERS_UNKNOWN } else { 0 }
+            | if self.reset_pending { FLAG_RESET_PENDING } else { 0 };
         out.extend_from_slice(&flags.to_le_bytes());
         let count = u32::try_from(self.groups.len()).expect("fewer than 2^32 groups");
         out.extend_from_slice(&count.to_le_bytes());
@@ -133,14 +142,18 @@ impl RepairFile {
             return Err(CorruptionKind::UnsupportedVersion(u32_at(VERSION_OFFSET)));
         }
         let flags = u32_at(FLAGS_OFFSET);
-        if flags & !FLAG_OTHERS_UNKNOWN != 0 {
+        if flags & !(FLAG_OTHERS_UNKNOWN | FLAG_RESET_PENDING) != 0 {
             return Err(CorruptionKind::Malformed(format!("repair file flags {flags:#x}")));
         }
         let count = u32_at(COUNT_OFFSET) as usize;
         if (body - HEADER_LEN) != count.saturating_mul(GROUP_LEN) {
             return Err(CorruptionKind::BadLength(count as u64));
         }
-        let mut file = RepairFile { others_unknown: flags != 0, ..RepairFile::default() };
+        let mut file = RepairFile {
+            others_unknown: flags & FLAG_OTHERS_UNKNOWN != 0,
+            reset_pending: flags & FLAG_RESET_PENDING != 0,
+            ..RepairFile::default()
+        };
         // Bounded by `count`, which the length check tied to the file's size.
         for k in 0..count {
             let at = HEADER_LEN + k * GROUP_LEN;
@@ -272,7 +285,7 @@ impl Evidence {
                 (group, r)
             })
             .collect();
-        RepairFile { groups, others_unknown: self.others_unknown }
+        RepairFile { groups, others_unknown: self.others_unknown, reset_pending: true }
     }
 }
 

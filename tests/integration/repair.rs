@@ -142,7 +142,8 @@ fn a_damaged_vote_in_a_sealed_segment_comes_back_from_its_copies() {
     let wal = whole(RecoveryMode::Repairable).unwrap();
     let hs = wal.hard_state();
     assert_eq!((hs.term, hs.vote), (VOTE.term, VOTE.vote), "the vote survives its record");
-    assert_eq!(wal.last_index(), 2, "everything after the damage is cut");
+    // Everything after the damage is cut, and entries 1 and 2, never committed, with it.
+    assert_eq!(wal.last_index(), 0);
     // The sealed segment's footer names exactly what was lost.
     assert_eq!(wal.repair_state(), Some(RepairState { index: 6, term: 2 }));
 }
@@ -178,9 +179,12 @@ fn a_group_whose_lost_records_nothing_bounds_repairs_until_cleared() {
     damage(&fs, &newest, &entries_record(&fs, &newest, 20));
 
     let wal = open(&fs, RecoveryMode::Repairable).unwrap();
-    assert_eq!(wal.last_index(), 19);
+    // Cut at entry 20; nothing past the commit index (16) is trusted after a cut, and no
+    // truncation of a log exists but its snapshot: the log restarts there (index 0).
+    assert_eq!(wal.last_index(), 0);
     assert_eq!(wal.repair_state(), Some(RepairState { index: UNKNOWN_INDEX, term: 2 }));
-    wal.save(None, &[entry(20, 2, 100), entry(21, 2, 100)]).unwrap();
+    let from_leader: Vec<_> = (1..=21).map(|i| entry(i, 2, 100)).collect();
+    wal.save(None, &from_leader).unwrap();
     assert!(wal.repair_state().is_some(), "no index ends an unbounded repair");
     wal.clear_repair().unwrap();
     assert_eq!(wal.repair_state(), None);
@@ -237,7 +241,8 @@ fn groups_repair_on_their_own_and_a_removed_group_stops_repairing() {
     engine.write(&mut batch).unwrap();
     for i in 1..=10u64 {
         for g in 1..=3u64 {
-            batch.save(g, None, &[entry(i, 2, 100)]).unwrap();
+            let hs = HardState { commit: i, ..VOTE };
+            batch.save(g, Some(&hs), &[entry(i, 2, 100)]).unwrap();
             engine.write(&mut batch).unwrap();
         }
     }
@@ -584,7 +589,9 @@ fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
 
     let wal = open_whole(RecoveryMode::Repairable).unwrap();
     assert!(wal.repair_state().is_some());
-    assert_eq!(wal.term(5).unwrap(), 1, "the cut brought back the replaced entry 5");
+    // The cut brought back the replaced entries 4 and 5 of term 1: the log restarts at its
+    // snapshot rather than keep them.
+    assert_eq!(wal.last_index(), 0, "no replaced entry survives");
     assert_eq!(wal.hard_state().term, 2, "the term is kept");
     assert!(
         wal.hard_state().commit <= 3,
