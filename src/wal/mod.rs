@@ -492,11 +492,16 @@ impl Engine {
         }
         if votes {
             let state = &inner.state;
-            match inner.writer.seal_now(&|| state.checkpoint()) {
-                Ok(sealed) => self.note_sealed(inner, sealed),
+            let mut sealed = None;
+            let result = inner.writer.seal_now(&|| state.checkpoint(), &mut sealed);
+            if let Some(sealed) = sealed {
+                // Known to the log even if starting the next segment failed: it holds records.
+                self.note_sealed(inner, sealed);
+            }
+            if let Err(Failure::Refused(e) | Failure::Poison(e)) = result {
                 // The write is in the log but unacknowledged; memory already holds it, so the
                 // log cannot go on as if it were not.
-                Err(Failure::Refused(e) | Failure::Poison(e)) => return Err(self.poison(e)),
+                return Err(self.poison(e));
             }
             return Ok(inner.writer.lsn);
         }

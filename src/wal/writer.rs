@@ -678,9 +678,11 @@ impl Writer {
     pub fn seal_now(
         &mut self,
         checkpoint: &dyn Fn() -> Vec<Checkpoint>,
-    ) -> Result<Sealed, Failure> {
+        sealed: &mut Option<Sealed>,
+    ) -> Result<(), Failure> {
         let state = checkpoint();
-        let mut sealed = self.roll()?;
+        // Handed back even if what follows fails: the sealed segment holds the log's records.
+        *sealed = Some(self.roll()?);
         let mut none = None;
         // A new segment's first write is synced as it is written.
         self.write(&[], &|| state.clone(), &mut none)?;
@@ -688,8 +690,10 @@ impl Writer {
         debug_assert_eq!(self.active.durable_offset, self.active.write_offset);
         self.fs.sync_dir(&self.dir).map_err(|e| Failure::Poison(e.into()))?;
         self.durable_renames = self.renames;
-        sealed.durable_lsn = self.lsn;
-        Ok(sealed)
+        if let Some(sealed) = sealed.as_mut() {
+            sealed.durable_lsn = self.lsn;
+        }
+        Ok(())
     }
 
     /// Seals the active segment (making it durable whole) and starts the next one.
