@@ -170,7 +170,17 @@ pub fn check_decode_dir(files: &[(String, &[u8])]) {
         }
         Err(e) => panic!("opening decoded segments failed with {e}, not Corruption"),
     };
-    let log = read_whole_log(&wal).unwrap_or_else(|e| panic!("a recovered log must read: {e}"));
+    let log = match read_whole_log(&wal) {
+        Ok(log) => log,
+        // Opened through footers, a sealed segment's records are not read at open: a damaged
+        // one is refused when its entries are read (DESIGN.md §5.6), naming that segment.
+        Err(Error::Corruption { segment, .. })
+            if files.contains_key(segment.to_string_lossy().as_ref()) =>
+        {
+            return;
+        }
+        Err(e) => panic!("a recovered log must read: {e}"),
+    };
     let report = wal.recovery_report().clone();
     // Recovery may cut the tail of the segment it stops in and remove the segments after it;
     // everything before the cut stays byte for byte. The last surviving segment is the one
