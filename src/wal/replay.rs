@@ -137,6 +137,10 @@ enum Redo {
     Cut(Restart),
     /// `RecoveryMode::Repairable` must record what a cut here loses before making it.
     Evidence(Restart),
+    /// The segment at this position, read through its footer, is where writing resumes (the
+    /// segments after it were dropped as torn): read it whole, since its records become the
+    /// newest segment's and are scanned as such from then on.
+    ReadWhole(usize),
 }
 
 /// The last kept segment with a valid header: the segment, end of accepted data, data start,
@@ -152,10 +156,12 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut cut: Option<Restart> = None;
     // Where the evidence recorded so far starts: a cut at or after it loses nothing unrecorded.
     let mut recorded: Option<Restart> = None;
+    let mut whole: Option<usize> = None;
     for _ in 0..MAX_RESTARTS {
-        match recover_once(fs, dir, options, cut.as_ref(), recorded.as_ref())? {
+        match recover_once(fs, dir, options, cut.as_ref(), recorded.as_ref(), whole)? {
             Ok(recovered) => return Ok(recovered),
             Err(Redo::Cut(restart)) => cut = Some(restart),
+            Err(Redo::ReadWhole(segment)) => whole = Some(segment),
             Err(Redo::Evidence(at)) => {
                 record_evidence(fs, dir, options, at)?;
                 recorded = Some(at);
@@ -263,6 +269,7 @@ fn recover_once(
     options: &WalOptions,
     forced: Option<&Restart>,
     recorded: Option<&Restart>,
+    whole: Option<usize>,
 ) -> Result<std::result::Result<Recovered, Redo>> {
     // In Repairable mode a cut of durable data at `at` first needs its evidence recorded.
     let needs_evidence = |at: Restart| {
@@ -281,6 +288,8 @@ fn recover_once(
     // The last kept segment with a valid header: (segment, end of accepted data, data start,
     // first record, records kept).
     let mut last_kept: Option<Kept> = None;
+    // The position of the last kept segment, and whether it was read through its footer.
+    let mut resume_from_footer: Option<(usize, bool)> = None;
     let mut last_crc = 0u32;
     let mut next_sequence = 1;
     let mut replayed_any = false;
@@ -301,6 +310,7 @@ fn recover_once(
         let footer_scan = if position == Position::Sealed
             && options.read_footers
             && forced.is_none_or(|r| r.segment != i)
+            && whole != Some(i)
         {
             segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?
         } else {
@@ -311,7 +321,8 @@ fn recover_once(
             None => {
                 // Entries decoded by the scan share this buffer; it is freed with the scan.
                 let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
-                let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
+                let shared = bytes::Bytes::from(bytes.clone());
+                let scan = scan_segment_shared(&shared, options.max_record_bytes, f.sequence);
                 report.bytes_scanned += scan.stop_offset;
                 (Some(bytes), scan)
             }
@@ -492,6 +503,7 @@ fn recover_once(
         });
         let recycled = scan.header.as_ref().is_ok_and(|h| h.recycled);
         last_kept = Some((segment, end, data_start, first_record, kept_count, footer, recycled));
+        resume_from_footer = Some((i, from_footer));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
             // after an accepted end too (a torn write whose first sector was lost but a later
@@ -531,6 +543,11 @@ fn recover_once(
             }
             break;
         }
+    }
+
+    if let Some((i, true)) = resume_from_footer {
+        // Nothing has been changed on disk yet: the later segments go only below.
+        return Ok(Err(Redo::ReadWhole(i)));
     }
 
     if let Some(from) = remove_from {
