@@ -90,7 +90,7 @@ fn list_segments(fs: &Fs, dir: &Path) -> Result<Vec<Found>> {
 }
 
 /// Zeroes a sealed segment's footer record (if one starts at `end`) and its trailer, so that
-/// writing can resume after `end`.
+/// writing can resume after `end`. Unsynced: the caller syncs the segment it resumes in.
 fn erase_seal(file: &dyn File, end: u64) -> Result<()> {
     let len = file.len()?;
     let mut head = [0u8; format::FRAME_HEADER_LEN];
@@ -99,17 +99,24 @@ fn erase_seal(file: &dyn File, end: u64) -> Result<()> {
         let frame = format::FrameHeader::read(&head);
         if frame.record_type == format::RecordType::Footer as u8 {
             let footer_end = (end + format::framed_len(frame.len as usize) as u64).min(len);
-            zero_range(file, end, footer_end)?;
+            write_zeros(file, end, footer_end)?;
         }
     }
     if len >= (format::TRAILER_LEN as u64).max(end) {
-        zero_range(file, (len - format::TRAILER_LEN as u64).max(end), len)?;
+        write_zeros(file, (len - format::TRAILER_LEN as u64).max(end), len)?;
     }
     Ok(())
 }
 
 /// Zeroes `[from, to)` of `file` in bounded chunks and syncs it.
 fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
+    write_zeros(file, from, to)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+/// Zeroes `[from, to)` of `file` in bounded chunks, unsynced.
+fn write_zeros(file: &dyn File, from: u64, to: u64) -> Result<()> {
     const CHUNK: usize = 64 << 10;
     let zeros = vec![0u8; CHUNK];
     let mut at = from;
@@ -119,7 +126,6 @@ fn zero_range(file: &dyn File, from: u64, to: u64) -> Result<()> {
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
     }
-    file.sync_data()?;
     Ok(())
 }
 
@@ -209,7 +215,8 @@ fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Re
                 continue;
             }
         }
-        let bytes = segment::read_whole(&f.name, file.as_ref())?;
+        // Entries decoded below share this buffer: read once, never copied.
+        let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
         let Ok(sequence) = u32::try_from(f.sequence) else {
             evidence.gap(true);
             break;
@@ -217,8 +224,7 @@ fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Re
         // Whether the segment's checkpoint lies before `from` and reads whole.
         let mut checkpoint_read = false;
         if from > 0 {
-            let shared = bytes::Bytes::from(bytes.clone());
-            let scan = scan_segment_shared(&shared, options.max_record_bytes, f.sequence);
+            let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
             if let Some(first) = next_write(&scan.records, 0) {
                 let records = &scan.records[first];
                 let end = records.last().map_or(0, |r| r.offset + r.framed_len);
@@ -321,8 +327,7 @@ fn recover_once(
             None => {
                 // Entries decoded by the scan share this buffer; it is freed with the scan.
                 let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
-                let shared = bytes::Bytes::from(bytes.clone());
-                let scan = scan_segment_shared(&shared, options.max_record_bytes, f.sequence);
+                let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
                 report.bytes_scanned += scan.stop_offset;
                 (Some(bytes), scan)
             }
