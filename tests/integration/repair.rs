@@ -15,6 +15,7 @@ use raftwal::{
     WriteBatch,
 };
 
+use crate::snapshot_hardening::snap_files;
 use crate::wal::{dir, entry};
 
 fn options(mode: RecoveryMode) -> WalOptions {
@@ -31,6 +32,13 @@ fn options(mode: RecoveryMode) -> WalOptions {
 fn open(fs: &CrashFs, mode: RecoveryMode) -> raftwal::Result<Wal> {
     let shared: Fs = Arc::new(fs.clone());
     Wal::open(shared, &dir(), options(mode))
+}
+
+/// Opens with sealed segments read whole (not through their footers), so that damage in them
+/// is found at open.
+fn open_whole(fs: &CrashFs, mode: RecoveryMode) -> raftwal::Result<Wal> {
+    let shared: Fs = Arc::new(fs.clone());
+    Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
 }
 
 fn segments(fs: &CrashFs) -> Vec<String> {
@@ -134,12 +142,8 @@ fn a_damaged_vote_in_a_sealed_segment_comes_back_from_its_copies() {
     drop(wal);
 
     // Read whole, the damage shows: Strict refuses, Repairable cuts and keeps the vote.
-    let whole = |mode| {
-        let shared: Fs = Arc::new(fs.clone());
-        Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
-    };
-    assert!(matches!(whole(RecoveryMode::Strict), Err(Error::Corruption { .. })));
-    let wal = whole(RecoveryMode::Repairable).unwrap();
+    assert!(matches!(open_whole(&fs, RecoveryMode::Strict), Err(Error::Corruption { .. })));
+    let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     let hs = wal.hard_state();
     assert_eq!((hs.term, hs.vote), (VOTE.term, VOTE.vote), "the vote survives its record");
     // Everything after the damage is cut, and entries 1 and 2, never committed, with it.
@@ -469,16 +473,6 @@ fn any_single_bit_flip_is_refused_or_repaired_without_losing_term_vote_or_entrie
     assert!(repaired > 0 && same > 0, "{refused} {repaired} {same}");
 }
 
-/// The names in the snapshot directory of the engine in `dir`, sorted.
-fn snap_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(raftwal::storage::SNAP_DIR))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Damage before the newest snapshot markers: the cut loses the markers of snapshots whose
 /// files are committed and on disk, and rolls the log back to a marker whose file retention
 /// already deleted. A Repairable open must neither delete the committed files nor refuse.
@@ -564,12 +558,7 @@ fn the_repair_check_holds_over_generated_damage() {
 #[test]
 fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
     let fs = CrashFs::new();
-    // Sealed segments read whole, so that damage in them is found at open.
-    let open_whole = |mode| {
-        let shared: Fs = Arc::new(fs.clone());
-        Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
-    };
-    let wal = open_whole(RecoveryMode::Strict).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Strict).unwrap();
     let hs = |term, commit| HardState { term, vote: 0, commit };
     // Each term change seals its segment: one write per segment.
     wal.save(Some(&hs(1, 3)), &(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
@@ -587,7 +576,7 @@ fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
         .expect("a segment holds the replacing write");
     damage(&fs, &replaced, &entries_record(&fs, &replaced, 4));
 
-    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     assert!(wal.repair_state().is_some());
     // The cut brought back the replaced entries 4 and 5 of term 1: the log restarts at its
     // snapshot rather than keep them.
@@ -609,11 +598,7 @@ fn a_cut_that_brings_back_replaced_entries_does_not_count_them_committed() {
 #[test]
 fn a_cut_that_brings_back_replaced_entries_of_the_same_length_still_repairs() {
     let fs = CrashFs::new();
-    let open_whole = |mode| {
-        let shared: Fs = Arc::new(fs.clone());
-        Wal::open(shared, &dir(), WalOptions { read_footers: false, ..options(mode) })
-    };
-    let wal = open_whole(RecoveryMode::Strict).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Strict).unwrap();
     let hs = |term, commit| HardState { term, vote: 0, commit };
     wal.save(Some(&hs(1, 2)), &(1..=5).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
     // A leader of term 2 replaces 3..=5 (never committed); this node acknowledges them.
@@ -630,7 +615,7 @@ fn a_cut_that_brings_back_replaced_entries_of_the_same_length_still_repairs() {
         .expect("a segment holds the replacing write");
     damage(&fs, &replaced, &entries_record(&fs, &replaced, 3));
 
-    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     assert_eq!(wal.last_index(), 0, "no entry past the commit index survives the cut");
     assert!(
         wal.repair_state().is_some_and(|s| s.index >= 5),
@@ -638,9 +623,9 @@ fn a_cut_that_brings_back_replaced_entries_of_the_same_length_still_repairs() {
     );
     drop(wal);
     // The reset is done once: a reopen keeps what the leader sent since.
-    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     wal.save(None, &(1..=3).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
     drop(wal);
-    let wal = open_whole(RecoveryMode::Repairable).unwrap();
+    let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     assert_eq!(wal.last_index(), 3, "entries written after the repair began are kept");
 }

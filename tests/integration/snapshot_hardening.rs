@@ -35,7 +35,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// The names in the snapshot directory, sorted.
-fn snap_files(dir: &Path) -> Vec<String> {
+pub fn snap_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join(raftwal::storage::SNAP_DIR))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
