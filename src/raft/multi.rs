@@ -843,12 +843,13 @@ impl MultiRaft {
         // asleep (woken alone, the follower would tick to an election in an idle group). One
         // that brings news was sent after the quiescence, by a leader that is awake: it wakes
         // the follower without a wake sent back.
-        let (from_leader, news) = self
-            .groups
-            .get(&group)
-            .map_or((false, true), |g| (g.leader() == m.from, brings_news(g.node.core(), &m)));
-        if !keep_asleep && (news || !from_leader) {
-            self.wake_group(group, Some(m.from).filter(|_| from_leader));
+        // Asked of quiesced groups only: an awake one has nothing to wake.
+        let asleep = self.groups.get(&group).filter(|g| g.quiesced);
+        if let Some(g) = asleep.filter(|_| !keep_asleep) {
+            let from_leader = g.leader() == m.from;
+            if !from_leader || brings_news(g.node.core(), &m) {
+                self.wake_group(group, Some(m.from).filter(|_| from_leader));
+            }
         }
         let g = self.groups.get_mut(&group).expect("created or hosted");
         let read = m.msg_type == MessageType::MsgReadIndex;
