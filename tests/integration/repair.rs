@@ -629,3 +629,113 @@ fn a_cut_that_brings_back_replaced_entries_of_the_same_length_still_repairs() {
     let wal = open_whole(&fs, RecoveryMode::Repairable).unwrap();
     assert_eq!(wal.last_index(), 3, "entries written after the repair began are kept");
 }
+
+/// Whether a Strict open refuses, and what a Repairable open then repairs, after the entries
+/// record starting at `index` in the newest segment is damaged.
+fn damage_newest_and_open(fs: &CrashFs, index: u64) -> (bool, Option<RepairState>, u64) {
+    let newest = segments(fs).pop().unwrap();
+    damage(fs, &newest, &entries_record(fs, &newest, index));
+    let refused = matches!(open(fs, RecoveryMode::Strict), Err(Error::Corruption { .. }));
+    let wal = open(fs, RecoveryMode::Repairable).unwrap();
+    (refused, wal.repair_state(), wal.last_index())
+}
+
+/// The last acknowledged write of a log that stopped without `close()` (every written byte on
+/// disk, as after a killed process) is damaged: a later record (the sync's witness) proves it
+/// had been durable, so it is corruption, never a torn tail cut in silence.
+#[test]
+fn damage_to_the_last_acknowledged_write_is_corruption_not_a_torn_tail() {
+    let fs = build();
+    let (refused, repair, last) = damage_newest_and_open(&fs, 20);
+    assert!(
+        refused && repair.is_some_and(|s| s.index >= 20 && s.term == 2),
+        "Strict must refuse (refused: {refused}) and Repairable repair up to entry 20 \
+         (repairs {repair:?}, log ends at {last})"
+    );
+}
+
+/// Under `SyncPolicy::Never`, every write since the previous `sync()` carries the same durable
+/// point: the whole batch that the last `sync()` made durable needs the witness.
+#[test]
+fn damage_to_the_first_write_of_the_last_synced_batch_is_corruption() {
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let never = WalOptions { sync_policy: SyncPolicy::Never, ..options(RecoveryMode::Strict) };
+    let wal = Wal::open(shared, &dir(), never).unwrap();
+    wal.save(Some(&VOTE), &[]).unwrap();
+    for i in 1..=20 {
+        let hs = HardState { commit: i.min(15), ..VOTE };
+        wal.save(Some(&hs), &[entry(i, 2, 100)]).unwrap();
+        if i == 10 || i == 20 {
+            wal.sync().unwrap();
+        }
+    }
+    drop(wal);
+    let (refused, repair, last) = damage_newest_and_open(&fs, 11);
+    assert!(
+        refused && repair.is_some_and(|s| s.index >= 20 && s.term == 2),
+        "Strict must refuse (refused: {refused}) and Repairable repair up to entry 20 \
+         (repairs {repair:?}, log ends at {last})"
+    );
+}
+
+/// The same through `LogEngine`: the last write of one group among several.
+#[test]
+fn damage_to_the_last_acknowledged_write_of_a_group_is_corruption() {
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let root = PathBuf::from("/node");
+    let engine =
+        LogEngine::open_with_fs(shared.clone(), &root, options(RecoveryMode::Strict)).unwrap();
+    let mut batch = WriteBatch::new();
+    for g in 1..=3u64 {
+        batch.save(g, Some(&VOTE), &[]).unwrap();
+    }
+    engine.write(&mut batch).unwrap();
+    for i in 1..=10u64 {
+        for g in 1..=3u64 {
+            batch.save(g, Some(&HardState { commit: i, ..VOTE }), &[entry(i, 2, 100)]).unwrap();
+            engine.write(&mut batch).unwrap();
+        }
+    }
+    drop(engine);
+    let wal_dir = root.join("wal");
+    let mut names: Vec<String> = shared
+        .list(&wal_dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let newest = wal_dir.join(names.pop().unwrap());
+    let victim = scan_segment(&fs.read_file(&newest).unwrap(), 1 << 20)
+        .records
+        .into_iter()
+        .find(
+            |r| matches!(&r.record, Record::Entries { group: 3, entries } if entries[0].index == 10),
+        )
+        .unwrap();
+    fs.flip_bit(&newest, (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();
+    let strict = LogEngine::open_with_fs(shared.clone(), &root, options(RecoveryMode::Strict));
+    assert!(
+        matches!(strict, Err(Error::Corruption { .. })),
+        "Strict must refuse damage to group 3's acknowledged entry 10"
+    );
+    drop(strict);
+    let engine =
+        LogEngine::open_with_fs(shared.clone(), &root, options(RecoveryMode::Repairable)).unwrap();
+    let state = engine.group(3).unwrap().repair_state().unwrap();
+    assert!(state.is_some_and(|s| s.index >= 10), "group 3 must repair up to 10: {state:?}");
+}
+
+/// The witness is written after the sync and not synced itself: a power cut that loses it
+/// leaves the log as it was before witnesses, and the acknowledged write, intact, is kept.
+#[test]
+fn a_power_cut_that_loses_the_witness_keeps_the_acknowledged_write() {
+    let fs = build();
+    let cut = fs.power_cut_copy();
+    let wal = open(&cut, RecoveryMode::Strict).unwrap();
+    assert_eq!(wal.last_index(), 20);
+    assert_eq!(wal.hard_state().commit, 15);
+    assert_eq!(wal.repair_state(), None);
+}

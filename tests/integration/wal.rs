@@ -392,9 +392,64 @@ fn crash_once(
     halted
 }
 
+/// Runs `steps` with a halt at operation `halt_at`, as a process killed there: every byte it
+/// wrote reaches the disk. Then damages the newest segment's record of the last durable entry
+/// (acknowledged under `SyncPolicy::Always`, made durable by the last `Sync` under `Never`):
+/// some record written after the sync that made it durable (the sync's witness, or a later
+/// write) proves it was durable, so a Strict open must refuse, never cut it as a torn tail.
+/// Returns whether a record was damaged.
+fn process_death_then_damage(options: &WalOptions, steps: &[Step], halt_at: u64) -> bool {
+    let fs = CrashFs::new();
+    fs.inject(Fault { at_op: halt_at, kind: FaultKind::Halt });
+    let always = options.sync_policy == SyncPolicy::Always;
+    let (mut acked, mut durable) = (0, 0);
+    if let Ok(wal) = open(&fs, options) {
+        for step in steps {
+            if apply(&wal, step).is_err() {
+                break;
+            }
+            acked += 1;
+            if always || matches!(step, Step::Sync) {
+                durable = acked;
+            }
+        }
+    }
+    let last = steps[..durable].iter().rev().find_map(|step| match step {
+        Step::Save(_, es) => es.last().cloned(),
+        _ => None,
+    });
+    let copy = copy_fs(&fs);
+    let (Some(last), Some(newest)) = (last, segments(&copy).pop()) else { return false };
+    let victim = scan_segment(&copy.read_file(&newest).unwrap(), options.max_record_bytes)
+        .records
+        .into_iter()
+        .rev()
+        .find(|r| {
+            matches!(&r.record, Record::Entries { entries, .. }
+                if entries.iter().any(|e| (e.index, e.term) == (last.index, last.term)))
+        });
+    // In a sealed segment (synced whole) any damage is corruption; the newest is the question.
+    let Some(victim) = victim else { return false };
+    copy.flip_bit(&newest, (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();
+    let strict = WalOptions { recovery_mode: raftwal::RecoveryMode::Strict, ..options.clone() };
+    match open(&copy, &strict) {
+        Err(Error::Corruption { .. }) => true,
+        Err(e) => panic!("halt at op {halt_at}: damaged entry {}: {e}", last.index),
+        Ok(wal) => panic!(
+            "halt at op {halt_at}: durable entry {} damaged at {} of {} and cut as a torn tail \
+             ({})",
+            last.index,
+            victim.offset,
+            newest.display(),
+            describe(&wal)
+        ),
+    }
+}
+
 pub fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
     let want = expected(steps);
     let mut points = 0;
+    let mut damaged = 0;
     for at in 0.. {
         // Three crash outcomes per point: unsynced writes lost, kept or torn as the seed says.
         let mut reached = false;
@@ -404,10 +459,13 @@ pub fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
         if !reached {
             break;
         }
+        damaged += u64::from(process_death_then_damage(options, steps, at));
         points += 1;
         assert!(points < 100_000, "the workload must end");
     }
     assert!(points > 100, "the workload must perform many I/O operations, saw {points}");
+    assert!(damaged > points / 4, "too few durable records damaged: {damaged} of {points}");
+    println!("process deaths with the last durable entry damaged: {damaged}, each refused");
     points
 }
 
