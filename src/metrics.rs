@@ -182,6 +182,9 @@ pub struct WalMetrics {
     pub cache_bytes: u64,
     /// Snapshot files made durable (created or installed).
     pub snapshot_writes: u64,
+    /// Witness records written after syncs (DESIGN.md §7, case 26); not counted in `appends`,
+    /// their bytes are in `bytes_written`.
+    pub witnesses: u64,
     /// Whether the log is poisoned (a write or sync failed; every write is refused).
     pub poisoned: bool,
     /// What recovery did at open.
@@ -214,6 +217,7 @@ pub(crate) struct Counters {
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub snapshot_writes: AtomicU64,
+    pub witnesses: AtomicU64,
     pub poisonings: AtomicU64,
 }
 
@@ -223,6 +227,17 @@ pub(crate) fn micros(duration: Duration) -> u64 {
 }
 
 impl Counters {
+    /// A witness record of `bytes` bytes reached the kernel.
+    pub(crate) fn witnessed(&self, bytes: u64) {
+        self.witnesses.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("raftwal_witnesses_total").increment(1);
+            metrics::counter!("raftwal_written_bytes_total").increment(bytes);
+        }
+    }
+
     /// A write of `entries` entries in `bytes` bytes reached the kernel.
     pub(crate) fn wrote(&self, entries: u64, bytes: u64) {
         self.appends.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +333,7 @@ impl Counters {
             segments_created: self.segments_created.load(Ordering::Relaxed),
             segments_deleted: self.segments_deleted.load(Ordering::Relaxed),
             snapshot_writes: self.snapshot_writes.load(Ordering::Relaxed),
+            witnesses: self.witnesses.load(Ordering::Relaxed),
             poisoned: self.poisonings.load(Ordering::Relaxed) > 0,
             ..WalMetrics::default()
         }

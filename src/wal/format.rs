@@ -219,6 +219,10 @@ pub enum RecordType {
     Remove = 6,
     /// The seal-time summary of a sealed segment (see [`Footer`]): changes nothing.
     Footer = 7,
+    /// Written (unsynced) after a sync made the records before it durable, when no record yet
+    /// says so: its frame's `durable` field is what it carries, and it changes nothing. Without
+    /// it, damage to the last synced write of an unclosed log would read as a torn tail.
+    Witness = 8,
 }
 
 impl RecordType {
@@ -232,6 +236,7 @@ impl RecordType {
             5 => RecordType::Compact,
             6 => RecordType::Remove,
             7 => RecordType::Footer,
+            8 => RecordType::Witness,
             _ => return None,
         })
     }
@@ -371,6 +376,8 @@ pub enum Record {
     /// See [`RecordType::Footer`]: the encoded summary, decoded on demand by
     /// [`Footer::decode`].
     Footer(Vec<u8>),
+    /// See [`RecordType::Witness`]: an empty payload.
+    Witness,
 }
 
 /// The state a group starts from in a segment, written in the segment's first records so that
@@ -451,13 +458,14 @@ impl Record {
             Record::Compact { .. } => RecordType::Compact,
             Record::Remove { .. } => RecordType::Remove,
             Record::Footer(_) => RecordType::Footer,
+            Record::Witness => RecordType::Witness,
         }
     }
 
     /// The group the record changes (`None` for a checkpoint, which covers them all).
     pub fn group(&self) -> Option<u64> {
         match self {
-            Record::Checkpoint(_) | Record::Footer(_) => None,
+            Record::Checkpoint(_) | Record::Footer(_) | Record::Witness => None,
             Record::Entries { group, .. }
             | Record::HardState { group, .. }
             | Record::Snapshot { group, .. }
@@ -485,6 +493,7 @@ impl Record {
             }
             Record::Remove { group } => codec::put_u64(out, *group),
             Record::Footer(summary) => out.extend_from_slice(summary),
+            Record::Witness => {}
         }
     }
 
@@ -551,6 +560,8 @@ impl Record {
                 let summary = dec.bytes(dec.remaining(), "footer")?.to_vec();
                 Record::Footer(summary)
             }
+            // Its payload is empty: `finish` refuses any byte.
+            RecordType::Witness => Record::Witness,
         };
         dec.finish("record payload")?;
         Ok(record)
@@ -1008,6 +1019,7 @@ mod tests {
             Record::Snapshot { group: 3, metadata: SnapshotMetadata::default(), resets_log: true },
             Record::Compact { group: u64::MAX, index: 6, term: 3 },
             Record::Remove { group: 7 },
+            Record::Witness,
         ]
     }
 
@@ -1066,7 +1078,11 @@ mod tests {
         trailing.push(0);
         assert!(Record::decode_payload(RecordType::Entries, &trailing).is_err());
         assert_eq!(RecordType::from_u8(0), None);
-        assert_eq!(RecordType::from_u8(8), None);
+        assert_eq!(RecordType::from_u8(8), Some(RecordType::Witness));
+        assert_eq!(RecordType::from_u8(9), None);
+        // A witness's payload is empty: a byte there is refused.
+        assert_eq!(Record::decode_payload(RecordType::Witness, &[]), Ok(Record::Witness));
+        assert!(Record::decode_payload(RecordType::Witness, &[0]).is_err());
     }
 
     #[test]

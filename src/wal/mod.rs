@@ -144,6 +144,8 @@ impl Engine {
                     data_start: 0,
                     footer: Some(format::Footer::default()),
                     recycled: false,
+                    unwitnessed: None,
+                    witness_at: None,
                 }
             }
         };
@@ -158,6 +160,10 @@ impl Engine {
             records,
             pool,
         );
+        // Recovery synced the segment writing resumes in: if its last records that change
+        // state have no witness (the process stopped between a sync and its witness), they get
+        // one now, before anything is acknowledged that could depend on them.
+        writer.witness().map_err(Error::from)?;
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -573,6 +579,10 @@ impl Engine {
         // Such a rollover poisons the log before it releases the lock just taken.
         self.check_poisoned()?;
         inner.writer.mark_durable(&target);
+        // Before anyone is told the sync returned, so that a process that stops after an
+        // acknowledgement always leaves the witness to the kernel. A failed write poisons the
+        // log (by the caller), though what the sync covered is durable.
+        inner.writer.witness().map_err(Error::from)?;
         Ok(target.lsn)
     }
 
@@ -799,6 +809,10 @@ impl Engine {
     /// Writes a final checkpoint and syncs, so every record has a durable witness (a bit flip
     /// anywhere is then reported as corruption rather than cut as a torn tail).
     pub fn close(&self) -> Result<()> {
+        // Everything written first, so that its witness precedes the checkpoint, which the last
+        // sync makes durable with it (the checkpoint's own `durable` field covers only what was
+        // durable before it).
+        self.sync()?;
         let lsn = {
             let mut inner = self.lock_write()?;
             let checkpoint = inner.state.checkpoint();

@@ -49,6 +49,8 @@ pub struct ScannedRecord {
     pub framed_len: u64,
     /// Whether the write goes on in the next record ([`crate::wal::format::FLAG_MORE`]).
     pub more: bool,
+    /// The frame's `durable` field (0 for a record listed by a footer, which does not keep it).
+    pub durable: u64,
     /// The payload.
     pub record: Record,
 }
@@ -246,6 +248,7 @@ fn scan(
             crc,
             framed_len: framed as u64,
             more: head.flags & FLAG_MORE != 0,
+            durable: head.durable,
             record,
         });
         prev_crc = crc;

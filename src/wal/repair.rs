@@ -269,7 +269,10 @@ impl Evidence {
                 r.index = r.index.max(metadata.index);
                 r.term = r.term.max(metadata.term);
             }
-            Record::Compact { .. } | Record::Remove { .. } | Record::Footer(_) => {}
+            Record::Compact { .. }
+            | Record::Remove { .. }
+            | Record::Footer(_)
+            | Record::Witness => {}
         }
     }
 

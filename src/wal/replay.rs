@@ -150,8 +150,24 @@ enum Redo {
 }
 
 /// The last kept segment with a valid header: the segment, end of accepted data, data start,
-/// first record, records kept, its footer so far, and whether it is a recycled file.
-type Kept = (Segment, u64, u64, u64, u64, Option<format::Footer>, bool);
+/// first record, records kept, its footer so far, whether it is a recycled file, and its
+/// witness state (see [`witness_state`]).
+type Kept = (Segment, u64, u64, u64, u64, Option<format::Footer>, bool, (Option<u64>, Option<u64>));
+
+/// For a segment writing may resume in, kept `records`: the first record that changes state
+/// and that no record's `durable` field covers (those at or after the last record's), and the
+/// offset of its last record if that is a witness (see [`Active`]).
+fn witness_state(records: &[ScannedRecord]) -> (Option<u64>, Option<u64>) {
+    let Some(last) = records.last() else { return (None, None) };
+    let unwitnessed = records
+        .iter()
+        .find(|r| {
+            r.offset >= last.durable
+                && !matches!(r.record, Record::Checkpoint(_) | Record::Footer(_) | Record::Witness)
+        })
+        .map(|r| r.offset);
+    (unwitnessed, matches!(last.record, Record::Witness).then_some(last.offset))
+}
 
 /// How many times recovery may start over to cut at an earlier write; each restart cuts strictly
 /// earlier, so this only guards against a mistake.
@@ -507,7 +523,9 @@ fn recover_once(
             footer
         });
         let recycled = scan.header.as_ref().is_ok_and(|h| h.recycled);
-        last_kept = Some((segment, end, data_start, first_record, kept_count, footer, recycled));
+        let witnesses = witness_state(&records[..kept_count as usize]);
+        last_kept =
+            Some((segment, end, data_start, first_record, kept_count, footer, recycled, witnesses));
         resume_from_footer = Some((i, from_footer));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
@@ -572,7 +590,7 @@ fn recover_once(
 
     let mut records_total = next_record.unwrap_or(0);
     let resume = match last_kept {
-        Some((segment, end, data_start, first_record, kept, footer, recycled)) => {
+        Some((segment, end, data_start, first_record, kept, footer, recycled, witnesses)) => {
             // Whatever was read may still be only in the page cache after a process crash:
             // make it durable before anything is acknowledged on top of it. That includes the
             // segments' names: a rollover's rename that the stopped process never synced would
@@ -593,6 +611,7 @@ fn recover_once(
                 debug_assert_eq!(kept, 0, "no write is kept after a torn checkpoint");
                 records_total = first_record;
             }
+
             Some(Active {
                 sequence: segment.sequence,
                 first_record,
@@ -605,6 +624,8 @@ fn recover_once(
                 data_start,
                 footer: if fresh { Some(format::Footer::default()) } else { footer },
                 recycled,
+                unwitnessed: if fresh { None } else { witnesses.0 },
+                witness_at: if fresh { None } else { witnesses.1 },
             })
         }
         None => None,
@@ -650,6 +671,12 @@ pub(super) fn replay_write(
     if checkpoints > 0 {
         let k = write.iter().position(|r| matches!(r.record, Record::Checkpoint(_))).unwrap_or(0);
         return Err((k, "a checkpoint inside a write of changes".to_string()));
+    }
+    // The writer writes a witness alone, after a sync: one inside a write is no write of its.
+    if write.len() > 1
+        && let Some(k) = write.iter().position(|r| matches!(r.record, Record::Witness))
+    {
+        return Err((k, "a witness inside a write of changes".to_string()));
     }
     let segment =
         u32::try_from(sequence).map_err(|_| (0, "segment sequence beyond 2^32".to_string()))?;

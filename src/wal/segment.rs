@@ -103,6 +103,7 @@ pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Op
             crc: 0,
             framed_len: next - r.offset,
             more: r.more,
+            durable: 0,
             record: r.record,
         });
     }
@@ -111,6 +112,7 @@ pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Op
         crc: frame.crc,
         framed_len: framed as u64,
         more: false,
+        durable: frame.durable,
         record: Record::Footer(Vec::new()),
     });
     Ok(Some(SegmentScan {

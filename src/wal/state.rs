@@ -278,6 +278,8 @@ impl EngineState {
             Record::Checkpoint(_) => Err("a checkpoint inside a write".to_string()),
             // A sealed segment's summary: it restates the records before it.
             Record::Footer(_) => Ok(()),
+            // It says only that the records before it were durable.
+            Record::Witness => Ok(()),
             Record::Entries { group, entries } => self.change(*group, |state| {
                 state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)
             }),

@@ -147,6 +147,28 @@ pub struct Active {
     /// header, so that a scan finds a clean end after the last record instead of what the
     /// earlier use left there.
     pub recycled: bool,
+    /// Offset of the first record that changes state and that no record's `durable` field
+    /// covers yet (at most earlier than that: it may name a record that changes nothing). Once
+    /// a sync makes it durable, a witness is due (DESIGN.md §7, case 26).
+    pub unwitnessed: Option<u64>,
+    /// Offset of the witness record, while it is the last record: it is never waited for, so
+    /// the segment counts as durable without it.
+    pub witness_at: Option<u64>,
+}
+
+impl Active {
+    /// Notes a record (or write) written at `start` whose frames say `durable` bytes were
+    /// durable; `changes` says whether it changes state (a checkpoint, footer or witness does not).
+    fn note_written(&mut self, start: u64, durable: u64, changes: bool) {
+        if self.unwitnessed.is_some_and(|u| u < durable) {
+            // Witnessed; what lies between the durable point and this write is not.
+            self.unwitnessed = (durable < start).then_some(durable);
+        }
+        if changes && self.unwitnessed.is_none() {
+            self.unwitnessed = Some(start);
+        }
+        self.witness_at = None;
+    }
 }
 
 /// A segment that was just sealed by a rollover.
@@ -237,7 +259,8 @@ pub struct Writer {
     pub pool: Vec<String>,
     /// Files the pool keeps at most; more are deleted.
     pub pool_capacity: usize,
-    /// Bytes written since open (a log sequence number for group commit).
+    /// Bytes of writes since open (a log sequence number for group commit). Witnesses are not
+    /// counted: nothing waits for them, so a sync never has to cover one.
     pub lsn: u64,
     /// Records written since the log was created (the next record's ordinal).
     pub records: u64,
@@ -594,6 +617,8 @@ impl Writer {
             }
             self.active.data_start = self.buf.len() as u64;
         }
+        let data_at = start + self.buf.len() as u64;
+        let changes = plan.records.iter().any(|(part, _)| matches!(part, Part::Op(_)));
         let mut written = Vec::new();
         for (k, (part, payload_len)) in plan.records.iter().enumerate() {
             let offset = start + self.buf.len() as u64;
@@ -658,6 +683,7 @@ impl Writer {
             self.active.durable_offset = start + written_len as u64;
         }
         self.active.fresh = false;
+        self.active.note_written(data_at, durable, changes);
         self.active.write_offset = start + written_len as u64;
         self.active.prev_crc = prev_crc;
         self.records = records;
@@ -742,6 +768,8 @@ impl Writer {
             data_start: 0,
             footer: Some(Footer::default()),
             recycled,
+            unwitnessed: None,
+            witness_at: None,
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
@@ -814,6 +842,8 @@ impl Writer {
         };
         write(&buf, offset)?;
         write(&trailer.encode(), trailer_at)?;
+        let durable = self.active.durable_offset;
+        self.active.note_written(offset, durable, false);
         self.active.write_offset = end;
         self.active.prev_crc = crc;
         self.records += 1;
@@ -849,9 +879,56 @@ impl Writer {
         self.active.write_offset.max(self.segment_size_bytes)
     }
 
-    /// Whether every written byte of the active segment is durable.
+    /// Whether every written byte of the active segment is durable, but for a witness that
+    /// is its last record (nothing waits for one).
     pub fn is_durable(&self) -> bool {
-        self.active.durable_offset == self.active.write_offset
+        self.active.durable_offset >= self.active.witness_at.unwrap_or(self.active.write_offset)
+    }
+
+    /// Appends a witness record if a record that changes state lies in the durable part of the
+    /// active segment and no record says it is durable (DESIGN.md §7, case 26): its frame's
+    /// `durable` field is the durable end, so damage found there later is corruption, not a
+    /// torn tail. Not synced (writeback or the next sync makes it durable), and not counted in
+    /// `lsn`: nothing waits for it. Returns whether one was written.
+    pub fn witness(&mut self) -> Result<bool, Failure> {
+        let durable = self.active.durable_offset;
+        if self.active.fresh || !self.active.unwitnessed.is_some_and(|u| u < durable) {
+            return Ok(false);
+        }
+        let start = self.active.write_offset;
+        assert!(durable <= start, "durable bytes {durable} past the written end {start}");
+        let sequence = u32::try_from(self.active.sequence).expect("sequences stay below 2^32");
+        self.buf.clear();
+        let crc = append_record(
+            &mut self.buf,
+            RecordType::Witness,
+            0,
+            sequence,
+            self.active.prev_crc,
+            durable,
+            |_| {},
+        );
+        let len = self.buf.len() as u64;
+        if self.active.recycled {
+            // As after every write: a clean end for a scan.
+            self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        }
+        if let Err(e) = self.active.file.write_all_at(&self.buf, start) {
+            return Err(Failure::Poison(e.into()));
+        }
+        if let Some(footer) = self.active.footer.as_mut() {
+            footer.push_payload(start, false, RecordType::Witness, &[]);
+            if footer.len() > format::MAX_FOOTER_BYTES {
+                self.active.footer = None;
+            }
+        }
+        self.active.note_written(start, durable, false);
+        self.active.witness_at = Some(start);
+        self.active.write_offset = start + len;
+        self.active.prev_crc = crc;
+        self.records += 1;
+        self.counters.witnessed(len);
+        Ok(true)
     }
 }
 

@@ -464,7 +464,7 @@ pub fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
         assert!(points < 100_000, "the workload must end");
     }
     assert!(points > 100, "the workload must perform many I/O operations, saw {points}");
-    assert!(damaged > points / 4, "too few durable records damaged: {damaged} of {points}");
+    assert!(damaged > points / 8, "too few durable records damaged: {damaged} of {points}");
     println!("process deaths with the last durable entry damaged: {damaged}, each refused");
     points
 }

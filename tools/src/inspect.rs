@@ -22,7 +22,7 @@ use raftwal::snapshot::format::snapshot_name;
 use raftwal::wal::Engine;
 use raftwal::wal::format::{Checkpoint, Record, SEGMENT_SUFFIX};
 use raftwal::wal::inspect::{Event, Inspection, Problem, SegmentReport, Verdict, inspect_group};
-use raftwal::wal::recovery::{Decision, Stop};
+use raftwal::wal::recovery::{Decision, ScannedRecord, Stop};
 use raftwal::{Entry, EntryType, Error, RecoveryMode, SnapshotMetadata, WalOptions};
 use serde::Serialize;
 
@@ -377,6 +377,9 @@ struct DumpRow<'a> {
     dummy_term: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_index: Option<u64>,
+    /// A witness's `durable` field: the bytes of its segment a sync had made durable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable: Option<u64>,
 }
 
 const PREVIEW_BYTES: usize = 24;
@@ -418,12 +421,14 @@ fn entry_row<'a>(segment: &'a str, offset: u64, kept: bool, group: u64, e: &Entr
     }
 }
 
-/// The group a record belongs to (`None`: a checkpoint or a footer, which cover every group).
+/// The group a record belongs to (`None`: a checkpoint, a footer or a witness, which cover
+/// every group).
 fn record_group(record: &Record) -> Option<u64> {
     record.group()
 }
 
-fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> DumpRow<'a> {
+fn other_row<'a>(segment: &'a str, kept: bool, scanned: &ScannedRecord) -> DumpRow<'a> {
+    let (offset, record) = (scanned.offset, &scanned.record);
     let row = DumpRow { segment, offset, kept, group: record_group(record), ..DumpRow::default() };
     match record {
         Record::Entries { .. } => unreachable!("entries are dumped one by one"),
@@ -448,6 +453,7 @@ fn other_row<'a>(segment: &'a str, offset: u64, kept: bool, record: &Record) -> 
         }
         Record::Remove { .. } => DumpRow { record: "remove", ..row },
         Record::Footer(_) => DumpRow { record: "footer", ..row },
+        Record::Witness => DumpRow { record: "witness", durable: Some(scanned.durable), ..row },
     }
 }
 
@@ -492,6 +498,7 @@ fn dump_line(row: &DumpRow<'_>, group_column: bool) -> String {
         ),
         "compact" => "new dummy entry".into(),
         "remove" => "group removed".into(),
+        "witness" => format!("bytes before {} were durable", opt(row.durable)),
         "checkpoint" if row.group.is_none() => "no line for the group".into(),
         "checkpoint" => format!(
             "dummy ({}, {}) last {} hard state term {} vote {} commit {}",
@@ -608,11 +615,11 @@ pub fn dump(
                     }
                     other => match record_group(other) {
                         Some(group) if shown(group) && in_range(&position, group) => {
-                            vec![other_row(name, offset, kept, other)]
+                            vec![other_row(name, kept, record)]
                         }
                         // A sealed segment's footer covers every group: shown with them all.
                         None if !filtered && only.is_none() => {
-                            vec![other_row(name, offset, kept, other)]
+                            vec![other_row(name, kept, record)]
                         }
                         _ => Vec::new(),
                     },
