@@ -541,7 +541,7 @@ fn every_acknowledged_step_survives_a_power_cut_right_after_it() {
 }
 
 /// Copies every file of `from` into a fresh CrashFs.
-fn copy_fs(from: &CrashFs) -> CrashFs {
+pub fn copy_fs(from: &CrashFs) -> CrashFs {
     let to = CrashFs::new();
     for path in from.list_all() {
         if let Some(bytes) = from.read_file(&path) {

@@ -12,7 +12,9 @@ use std::thread::ThreadId;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs, OpEvent, OpKind};
 use raftwal::wal::Wal;
-use raftwal::wal::format::{SegmentHeader, parse_segment_name, segment_name};
+use raftwal::wal::format::{
+    FRAME_HEADER_LEN, Record, SegmentHeader, parse_segment_name, segment_name,
+};
 use raftwal::{
     ConfState, Entry, Error, Snapshot, SnapshotMetadata, SyncPolicy, WalOptions, WalStorage,
 };
@@ -435,4 +437,87 @@ fn apply_snapshot_succeeds_when_releasing_old_files_fails_after_its_marker() {
     let storage = WalStorage::open_with_fs(fs, Path::new("/node"), options).unwrap();
     assert_eq!(storage.wal().snapshot_metadata().index, 300);
     assert_eq!(storage.wal().first_index(), 301);
+}
+
+#[derive(Default)]
+struct FollowScript {
+    leader: Option<ThreadId>,
+    follower: Option<ThreadId>,
+    leader_paused: bool,
+    release_leader: bool,
+    follower_writing: bool,
+    follower_paused: bool,
+    release_follower: bool,
+}
+
+/// A write made while a sync runs is framed with the durable point from before that sync, so it
+/// witnesses nothing the sync made durable. The leader must still write a witness (after that
+/// write) before it acknowledges: a process that dies before the follower's own sync leaves
+/// the acknowledged write witnessed, and damage to it is corruption, not a torn tail.
+#[test]
+fn a_write_made_during_a_sync_does_not_stand_in_for_its_witness() {
+    let crash = CrashFs::new();
+    let options = WalOptions { segment_size_bytes: 64 << 10, ..small_options() };
+    let wal = Arc::new(open(&crash, &options).unwrap());
+    wal.save(None, &[entry(1, 1, 100)]).unwrap();
+    let script = Script::new(FollowScript::default());
+    let hook_script = script.clone();
+    crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+        let me = Some(std::thread::current().id());
+        let mut s = hook_script.lock();
+        if me == s.leader && e.kind == OpKind::Sync && !s.leader_paused {
+            s.leader_paused = true;
+            drop(s);
+            hook_script.changed.notify_all();
+            hook_script.wait_for(|s| s.release_leader);
+        } else if me == s.follower && e.kind == OpKind::Write {
+            // Under the log's lock: the leader's accounting after its sync waits for it.
+            s.follower_writing = true;
+            drop(s);
+            hook_script.changed.notify_all();
+        } else if me == s.follower && e.kind == OpKind::Sync && !s.follower_paused {
+            s.follower_paused = true;
+            drop(s);
+            hook_script.changed.notify_all();
+            hook_script.wait_for(|s| s.release_follower);
+        }
+        Ok(())
+    })));
+    let spawn = |leads: bool, e: Entry| {
+        let (wal, script) = (wal.clone(), script.clone());
+        std::thread::spawn(move || {
+            let me = Some(std::thread::current().id());
+            script.update(|s| if leads { s.leader = me } else { s.follower = me });
+            wal.save(None, &[e])
+        })
+    };
+    let leader = spawn(true, entry(2, 1, 100));
+    script.wait_for(|s| s.leader_paused);
+    let follower = spawn(false, entry(3, 1, 100));
+    script.wait_for(|s| s.follower_writing);
+    script.update(|s| s.release_leader = true);
+    leader.join().unwrap().expect("entry 2 is acknowledged");
+    // The follower leads the next sync and is paused in it: the process dies now.
+    script.wait_for(|s| s.follower_paused);
+    let dead = crate::wal::copy_fs(&crash);
+    script.update(|s| s.release_follower = true);
+    follower.join().unwrap().unwrap();
+    crash.set_hook(None);
+
+    let newest = segment_files(&dead).pop().unwrap();
+    let scan = raftwal::wal::recovery::scan_segment(&dead.read_file(&newest).unwrap(), 1 << 20);
+    let at = |index: u64| {
+        scan.records.iter().position(
+            |r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == index),
+        )
+    };
+    let (two, three) = (at(2).unwrap(), at(3).unwrap());
+    assert_eq!(three, two + 1, "entry 3's write follows entry 2's at once");
+    let victim = &scan.records[two];
+    dead.flip_bit(&newest, (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();
+    match open(&dead, &options) {
+        Err(Error::Corruption { offset, .. }) => assert_eq!(offset, victim.offset),
+        Err(e) => panic!("{e}"),
+        Ok(wal) => panic!("acknowledged entry 2 was cut as a torn tail: last {}", wal.last_index()),
+    }
 }
