@@ -933,6 +933,18 @@ mod tests {
         assert_eq!(code, documented, "record frame: code vs DESIGN.md");
         assert_eq!(FRAME_HEADER_LEN, 24);
 
+        // A witness is a bare frame: the same fields, no payload, no padding.
+        let documented = crate::design_doc::table("witness-record-table");
+        assert_eq!(code, documented, "witness record: code vs DESIGN.md");
+        let mut witness = Vec::new();
+        let crc = append_record(&mut witness, RecordType::Witness, 0, 9, 0xABCD, 4096, |_| {});
+        assert_eq!(witness.len(), FRAME_HEADER_LEN);
+        let head = FrameHeader::read(&witness);
+        assert_eq!((head.crc, head.len, head.record_type, head.flags), (crc, 0, 8, 0));
+        assert_eq!((head.prev_crc, head.durable, head.sequence), (0xABCD, 4096, 9));
+        assert!(head.reserved_zero);
+        assert_eq!(crc, frame_crc(0xABCD, &witness[LEN_OFFSET..], &[]));
+
         let trailer = [
             (0, TRAILER_FOOTER_OFFSET, "magic"),
             (TRAILER_FOOTER_OFFSET, TRAILER_FOOTER_LEN - TRAILER_FOOTER_OFFSET, "footer_offset"),
