@@ -63,7 +63,7 @@ use raftwal::raft::{
 };
 use raftwal::rng::Rng;
 use raftwal::storage::WAL_DIR;
-use raftwal::wal::format::{self, FRAME_HEADER_LEN, FrameHeader};
+use raftwal::wal::format::{self, FRAME_HEADER_LEN, FrameHeader, Record};
 use raftwal::wal::recovery::scan_segment;
 use raftwal::{
     ConfState, CorruptionKind, Entry, EntryType, Error, HardState, MemoryStorage, RaftState,
@@ -345,10 +345,16 @@ fn pick_damage(fs: &CrashFs, rng: &mut Rng, read_footers: bool) -> Option<Damage
             .unwrap_or(0)
     };
     let newest_chosen = &segment == newest;
+    // The marker of the index-0 bootstrap snapshot holds the first membership; a Repairable
+    // cut that drops it loses that membership with no repair state (a limit of the library,
+    // DESIGN.md §8.2). Before witnesses (§7, case 26) it was spared as an unwitnessed last write
+    // of a new log; it is spared by name now.
+    let bootstrap = |k: usize| matches!(&records[k].record, Record::Snapshot { metadata, .. } if metadata.index == 0);
     let payloads: Vec<(u64, u64)> = (first_write..records.len())
         .filter(|k| {
             !newest_chosen || durable_after(*k) >= records[*k].offset + records[*k].framed_len
         })
+        .filter(|k| !bootstrap(*k))
         .map(|k| &records[k])
         .map(|r| {
             let len = FrameHeader::read(&bytes[r.offset as usize..]).len;

@@ -10,7 +10,7 @@ use raftwal::WalStorage;
 use raftwal::io::{CrashFs, FileSystem, Fs, RealFs};
 use raftwal::wal::Wal;
 use raftwal::wal::format::{
-    self, FLAGS_OFFSET, FRAME_HEADER_LEN, HEADER_CRC_OFFSET, SEQUENCE_OFFSET,
+    self, FLAGS_OFFSET, FRAME_HEADER_LEN, HEADER_CRC_OFFSET, Record, SEQUENCE_OFFSET,
 };
 use raftwal::wal::recovery::scan_segment;
 use raftwal::{ConfState, Entry, Error, HardState, Snapshot, SnapshotMetadata, Storage};
@@ -185,11 +185,12 @@ fn snapshot_files_without_any_segment_are_refused() {
 }
 
 /// Under `SyncPolicy::Never` with explicit syncs, a record of an earlier synced batch has a
-/// witness in every later batch: damage to it is refused, not cut.
+/// witness in every later batch, and the last synced batch in the witness its sync wrote:
+/// damage to any of them is refused, not cut.
 #[test]
 fn damage_witnessed_by_a_later_synced_batch_is_refused() {
     let never = WalOptions { sync_policy: SyncPolicy::Never, ..options() };
-    for victim_batch in 0..2 {
+    for victim_batch in 0..3 {
         let fs = CrashFs::new();
         let wal = open(&fs, &never).unwrap();
         let mut offsets = Vec::new();
@@ -200,7 +201,10 @@ fn damage_witnessed_by_a_later_synced_batch_is_refused() {
             wal.sync().unwrap();
             let name = segments(&fs, &wal_dir()).pop().unwrap();
             let bytes = fs.read_file(&wal_dir().join(&name)).unwrap();
-            offsets.push((name, scan_segment(&bytes, 2048).records.last().unwrap().offset));
+            let records = scan_segment(&bytes, 2048).records;
+            // The batch's last record (the sync's witness follows it).
+            let last = records.iter().rev().find(|r| r.record != Record::Witness).unwrap();
+            offsets.push((name, last.offset));
         }
         drop(wal);
         let (name, offset) = &offsets[victim_batch];
@@ -355,7 +359,11 @@ fn large_records_of_sealed_segments_read_back_and_a_cut_inside_one_is_torn() {
     let first_sealed = segments(fs.as_ref(), dir.path()).remove(0);
     let path = dir.path().join(&first_sealed);
     let bytes = std::fs::read(&path).unwrap();
-    let second = scan_segment(&bytes, 64 << 10).records[2].clone();
+    let second = scan_segment(&bytes, 64 << 10)
+        .records
+        .into_iter()
+        .find(|r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == 2))
+        .unwrap();
     // Cut 6000 bytes into the second entry's record: past the first read, before its end.
     std::fs::OpenOptions::new()
         .write(true)
@@ -431,13 +439,16 @@ fn w1_a_write_missing_its_last_record_at_the_end_of_the_log_is_cut_whole() {
     wal.save(Some(&HardState { term: 1, vote: 1, commit: 2 }), &[entry(2, 1, 100)]).unwrap();
     drop(wal);
     let name = segments(&fs, &wal_dir()).pop().unwrap();
-    let records = scanned(&fs, &name);
+    let mut records = scanned(&fs, &name);
+    // A write torn before its sync has no witness: the one its sync wrote goes too.
+    let witness = records.pop().unwrap();
+    assert_eq!(witness.record, Record::Witness, "the last save's sync wrote a witness");
     let last = records.last().unwrap();
     let first_of_write = &records[records.len() - 2];
     assert!(first_of_write.more && !last.more, "the last save is one write of two records");
     let path = wal_dir().join(&name);
     let mut bytes = fs.read_file(&path).unwrap();
-    let end = (last.offset + last.framed_len) as usize;
+    let end = (witness.offset + witness.framed_len) as usize;
     bytes[last.offset as usize..end].fill(0);
     fs.write_file_raw(&path, &bytes).unwrap();
 
