@@ -892,7 +892,7 @@ impl Writer {
     /// `lsn`: nothing waits for it. Returns whether one was written.
     pub fn witness(&mut self) -> Result<bool, Failure> {
         let durable = self.active.durable_offset;
-        if self.active.fresh || !self.active.unwitnessed.is_some_and(|u| u < durable) {
+        if self.active.fresh || self.active.unwitnessed.is_none_or(|u| u >= durable) {
             return Ok(false);
         }
         let start = self.active.write_offset;
