@@ -434,6 +434,7 @@ struct ZstdBody {
 
 impl ZstdBody {
     fn new(source: BodySource) -> io::Result<ZstdBody> {
+        let stored = source.end - source.offset;
         let mut context = zstd_safe::DCtx::try_create()
             .ok_or_else(|| io::Error::other("zstd: cannot allocate a decoder"))?;
         context
@@ -442,7 +443,9 @@ impl ZstdBody {
         Ok(ZstdBody {
             source,
             context,
-            input: vec![0; zstd_safe::DCtx::in_size()].into_boxed_slice(),
+            // No larger than the stored body: a small snapshot need not zero zstd's 128 KiB.
+            input: vec![0; stored.clamp(1, zstd_safe::DCtx::in_size() as u64) as usize]
+                .into_boxed_slice(),
             start: 0,
             end: 0,
             source_done: false,
