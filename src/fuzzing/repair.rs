@@ -10,7 +10,10 @@
 //! to read a damaged one), keeps its commit index within the log, and reports a repair state
 //! that covers every entry it no longer holds.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -25,6 +28,16 @@ use crate::wal::format;
 pub const MAX_FLIPS: usize = 4;
 const FLIP_LEN: usize = 5;
 const ROOT: &str = "/fuzz/wal";
+/// Logs kept built, by seed (each a few segments of 4 KiB).
+const BUILT_LOGS_KEPT: usize = 16;
+
+thread_local! {
+    /// The logs built lately, newest last, each with what its workload wrote. Building one is
+    /// most of a run, and the fuzzer tries many flips on one seed in a row; a log is a function
+    /// of its seed, so a copy of the one kept is the log building it again would give.
+    static BUILT_LOGS: RefCell<VecDeque<(u64, CrashFs, Rc<Built>)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
 
 fn options(mode: RecoveryMode) -> WalOptions {
     WalOptions {
@@ -87,13 +100,29 @@ fn build(fs: &CrashFs, seed: u64) -> Built {
     Built { entries, hard_state: hs }
 }
 
+/// The log `seed` builds, on a file system of its own, from the logs kept or built now.
+fn built_log(seed: u64) -> (CrashFs, Rc<Built>) {
+    BUILT_LOGS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some((_, fs, built)) = kept.iter().find(|(s, _, _)| *s == seed) {
+            return (fs.fork(), Rc::clone(built));
+        }
+        let fs = CrashFs::new();
+        let built = Rc::new(build(&fs, seed));
+        if kept.len() == BUILT_LOGS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((seed, fs.fork(), Rc::clone(&built)));
+        (fs, built)
+    })
+}
+
 /// Runs the check on a fuzz input (see the module documentation).
 pub fn check_repair(input: &[u8]) {
     let Some((seed, flips)) = input.split_first_chunk::<8>() else {
         return;
     };
-    let fs = CrashFs::new();
-    let built = build(&fs, u64::from_le_bytes(*seed));
+    let (fs, built) = built_log(u64::from_le_bytes(*seed));
     let shared: Fs = Arc::new(fs.clone());
     let dir = Path::new(ROOT);
     let mut names: Vec<String> = shared
