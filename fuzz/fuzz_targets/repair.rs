@@ -5,5 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use raftwal::fuzzing::check_repair;
+use raftwal::io::LimitedAlloc;
+
+/// A single allocation above 256 MiB aborts the run: a finding (docs/fuzzing.md).
+#[global_allocator]
+static ALLOC: LimitedAlloc = LimitedAlloc::new(256 << 20);
 
 fuzz_target!(|data: &[u8]| check_repair(data));

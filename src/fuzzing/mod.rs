@@ -21,9 +21,9 @@
 //! low milliseconds. The model of the `Storage` contract is [`crate::MemoryStorage`]: WalStorage is
 //! driven with the same calls and every answer compared.
 //!
-//! Allocation bounds are not measured here (that would take a counting global allocator, and
-//! raftwal has no `unsafe`): the fuzz targets are run with libFuzzer's `-malloc_limit_mb`, which
-//! turns any single allocation above the limit into a finding.
+//! Allocation bounds are not measured here: the fuzz targets run under
+//! [`crate::io::LimitedAlloc`] as their global allocator, which turns any single allocation above
+//! 256 MiB into a finding (an abort), without the sanitizer libFuzzer's `-malloc_limit_mb` needs.
 
 mod compare;
 mod decode;

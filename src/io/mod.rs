@@ -15,6 +15,9 @@
 
 #[cfg(any(test, feature = "testing"))]
 mod crash;
+#[cfg(any(test, feature = "testing"))]
+#[allow(unsafe_code)] // A GlobalAlloc must be unsafe to implement; see its SAFETY comments.
+mod limit_alloc;
 mod real;
 
 use std::any::Any;
@@ -25,6 +28,8 @@ use std::sync::Arc;
 
 #[cfg(any(test, feature = "testing"))]
 pub use crash::{CrashFs, Fault, FaultKind, Hook, OpEvent, OpKind};
+#[cfg(any(test, feature = "testing"))]
+pub use limit_alloc::LimitedAlloc;
 pub use real::RealFs;
 
 /// Upper bound on the calls `write_all_at`/`read_exact_at` make for one buffer: a file system that
