@@ -90,6 +90,11 @@ pub struct SegmentHeader {
     pub recycled: bool,
 }
 
+/// The largest `first_record` a segment may carry: 2^62 records (some 15,000 years at ten
+/// million a second) leaves the writer's count, which adds the records of a write to it, far
+/// from overflowing. Recovery refuses a header or name beyond it as corruption.
+pub const MAX_FIRST_RECORD: u64 = 1 << 62;
+
 /// Header flag: the file is a recycled one (see [`SegmentHeader::recycled`]).
 pub const HEADER_FLAG_RECYCLED: u32 = 1;
 

@@ -364,7 +364,17 @@ fn recover_once(
             link_error = Some((0, CorruptionKind::Gap));
         }
         if let Ok(header) = &scan.header {
-            if header.sequence != f.sequence || header.first_record != f.first_record {
+            if header.first_record > format::MAX_FIRST_RECORD {
+                // No log writes this many records; the writer's count would overflow.
+                link_error = Some((
+                    format::FIRST_RECORD_OFFSET as u64,
+                    CorruptionKind::Malformed(format!(
+                        "first record {} is beyond the largest a log reaches ({})",
+                        header.first_record,
+                        format::MAX_FIRST_RECORD
+                    )),
+                ));
+            } else if header.sequence != f.sequence || header.first_record != f.first_record {
                 link_error = Some((
                     0,
                     CorruptionKind::Malformed(format!(

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs, OpEvent, OpKind};
 use raftwal::wal::Wal;
 use raftwal::wal::format::{
-    FRAME_HEADER_LEN, Record, SegmentHeader, parse_segment_name, segment_name,
+    FRAME_HEADER_LEN, MAX_FIRST_RECORD, Record, SegmentHeader, parse_segment_name, segment_name,
 };
 use raftwal::{
     ConfState, Entry, Error, Snapshot, SnapshotMetadata, SyncPolicy, WalOptions, WalStorage,
@@ -269,6 +269,31 @@ fn the_last_segment_sequence_refuses_a_rollover_before_writing_anything() {
     assert_eq!(wal.last_index(), acked);
     let want: Vec<Entry> = (1..=acked).map(|i| entry(i, 1, 100)).collect();
     assert_eq!(wal.entries(1, acked + 1, u64::MAX).unwrap(), want);
+}
+
+#[test]
+fn a_record_count_near_its_limit_is_refused_as_corruption_not_a_panic() {
+    // A segment header's `first_record` (and the name that repeats it) comes from disk: a log
+    // whose count of records written could never be reached must be refused where it is read,
+    // not overflow the writer's count when writing resumes.
+    let crash = CrashFs::new();
+    open(&crash, &small_options()).unwrap().close().unwrap();
+    let files = segment_files(&crash);
+    let [first] = &files[..] else { panic!("one segment: {files:?}") };
+    for first_record in [u64::MAX, u64::MAX - 1, MAX_FIRST_RECORD + 1] {
+        let mut bytes = crash.read_file(first).unwrap();
+        let header = SegmentHeader { sequence: 1, first_record, prev_crc: 0, recycled: false };
+        bytes[..header.encode().len()].copy_from_slice(&header.encode());
+        let forged = CrashFs::new();
+        forged.write_file_raw(&dir().join(segment_name(1, first_record)), &bytes).unwrap();
+        let name = segment_name(1, first_record);
+        match open(&forged, &small_options()) {
+            Err(Error::Corruption { segment, .. }) => {
+                assert!(segment.ends_with(&name), "the place names the segment: {segment:?}")
+            }
+            other => panic!("first record {first_record}: want Corruption, got {other:?}"),
+        }
+    }
 }
 
 #[derive(Default)]
