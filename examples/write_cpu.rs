@@ -6,7 +6,7 @@
 //! cargo run --release --example write_cpu -- batch 5      # 1024 × 1 KiB per batch, one group
 //! ```
 //!
-//! A third argument compacts each group behind, keeping that many entries. The log goes to a
+//! `WRITE_CPU_BATCHES=n` stops after n batches. A third argument compacts each group behind, keeping that many entries. The log goes to a
 //! temporary directory in /dev/shm (or in `WRITE_CPU_DIR`). Prints batches per second and the
 //! bytes the log wrote per batch.
 
@@ -51,8 +51,11 @@ fn main() -> raftwal::Result<()> {
     let before = engine.metrics().bytes_written;
     let started = Instant::now();
     let mut batches = 0u64;
-    // Bounded by the duration.
-    while started.elapsed() < duration {
+    // A fixed number of batches instead, for instruction counts (e.g. under callgrind).
+    let limit: u64 =
+        std::env::var("WRITE_CPU_BATCHES").ok().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+    // Bounded by the duration and the limit.
+    while started.elapsed() < duration && batches < limit {
         match mode.as_str() {
             "groups" => {
                 let mut picked = Vec::with_capacity(GROUPS_PER_BATCH);
