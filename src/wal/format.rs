@@ -49,9 +49,13 @@ pub fn temp_name(sequence: u64) -> String {
 
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RAFTWAL\x01";
-/// The format version this build writes and reads. Version 1 (one group per directory, no
-/// group ids in records) is refused with [`HeaderError::Version`].
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build writes. Version 3 added the Witness (type 8) and EntriesHardState (type 9) records:
+/// a build that knows only version 2 refuses such a segment by its header, rather than taking
+/// the new record for damage. Version 1 (one group per directory, no group ids in records) is
+/// refused with [`HeaderError::Version`].
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build reads: version 2 segments hold a subset of version 3's records.
+pub const OLDEST_READ_VERSION: u32 = 2;
 
 /// Header field offsets, each derived from the one before.
 pub const MAGIC_OFFSET: usize = 0;
@@ -150,7 +154,7 @@ impl SegmentHeader {
         // The version is read only once the CRC vouches for it: a flipped bit in the version
         // field is damage, not a newer format.
         let version = LittleEndian::read_u32(&buf[VERSION_OFFSET..]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         let flags = LittleEndian::read_u32(&buf[FLAGS_OFFSET..]);
@@ -228,6 +232,9 @@ pub enum RecordType {
     /// says so: its frame's `durable` field is what it carries, and it changes nothing. Without
     /// it, damage to the last synced write of an unclosed log would read as a torn tail.
     Witness = 8,
+    /// A run of entries of one group and then its new hard state: a `save` that changes both
+    /// costs one record, not two.
+    EntriesHardState = 9,
 }
 
 impl RecordType {
@@ -242,6 +249,7 @@ impl RecordType {
             6 => RecordType::Remove,
             7 => RecordType::Footer,
             8 => RecordType::Witness,
+            9 => RecordType::EntriesHardState,
             _ => return None,
         })
     }
@@ -341,12 +349,15 @@ pub enum Record {
     /// See [`RecordType::Checkpoint`]: one part of the state of every group (a checkpoint too
     /// large for one record goes on in the next, with [`FLAG_MORE`]), sorted by group id.
     Checkpoint(Vec<Checkpoint>),
-    /// See [`RecordType::Entries`]; never empty, consecutive indices.
+    /// See [`RecordType::Entries`]; never empty, consecutive indices. With a hard state it is
+    /// a [`RecordType::EntriesHardState`] record: the hard state applies after the entries.
     Entries {
         /// The group.
         group: u64,
         /// The entries.
         entries: Vec<Entry>,
+        /// The group's new hard state, if the record carries one.
+        hard_state: Option<HardState>,
     },
     /// See [`RecordType::HardState`].
     HardState {
@@ -457,7 +468,8 @@ impl Record {
     pub fn record_type(&self) -> RecordType {
         match self {
             Record::Checkpoint(_) => RecordType::Checkpoint,
-            Record::Entries { .. } => RecordType::Entries,
+            Record::Entries { hard_state: None, .. } => RecordType::Entries,
+            Record::Entries { hard_state: Some(_), .. } => RecordType::EntriesHardState,
             Record::HardState { .. } => RecordType::HardState,
             Record::Snapshot { .. } => RecordType::Snapshot,
             Record::Compact { .. } => RecordType::Compact,
@@ -483,7 +495,9 @@ impl Record {
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             Record::Checkpoint(groups) => encode_checkpoint_payload(out, groups),
-            Record::Entries { group, entries } => encode_entries_payload(out, *group, entries),
+            Record::Entries { group, entries, hard_state } => {
+                encode_entries_payload(out, *group, hard_state.as_ref(), entries)
+            }
             Record::HardState { group, hard_state } => {
                 codec::put_u64(out, *group);
                 codec::encode_hard_state(out, hard_state);
@@ -534,7 +548,14 @@ impl Record {
             }
             RecordType::Entries => {
                 let group = dec.u64("entries group")?;
-                Record::Entries { group, entries: decode_entries_payload(&mut dec, owner)? }
+                let entries = decode_entries_payload(&mut dec, owner)?;
+                Record::Entries { group, entries, hard_state: None }
+            }
+            RecordType::EntriesHardState => {
+                let group = dec.u64("entries group")?;
+                let hard_state = Some(codec::decode_hard_state(&mut dec)?);
+                let entries = decode_entries_payload(&mut dec, owner)?;
+                Record::Entries { group, entries, hard_state }
             }
             RecordType::HardState => Record::HardState {
                 group: dec.u64("hard state group")?,
@@ -587,20 +608,32 @@ pub fn encode_snapshot_payload(
 
 /// Bytes before the first entry of an entries payload: the group (u64) and the count (u32).
 pub const ENTRIES_HEAD_LEN: usize = size_of::<u64>() + size_of::<u32>();
+/// The same for an entries-and-hard-state payload: the group, the hard state, the count.
+pub const ENTRIES_HARD_STATE_HEAD_LEN: usize = ENTRIES_HEAD_LEN + codec::HARD_STATE_LEN;
 
-/// Appends an entries payload: the group, a u32 count, then each entry's codec encoding.
-pub fn encode_entries_payload(out: &mut Vec<u8>, group: u64, entries: &[Entry]) {
+/// Appends an entries payload: the group, a u32 count, then each entry's codec encoding; with a
+/// hard state (an [`RecordType::EntriesHardState`] payload), the hard state follows the group.
+pub fn encode_entries_payload(
+    out: &mut Vec<u8>,
+    group: u64,
+    hard_state: Option<&HardState>,
+    entries: &[Entry],
+) {
     let count = u32::try_from(entries.len()).expect("a record holds fewer than 2^32 entries");
     codec::put_u64(out, group);
+    if let Some(hs) = hard_state {
+        codec::encode_hard_state(out, hs);
+    }
     codec::put_u32(out, count);
     for entry in entries {
         codec::encode_entry(out, entry);
     }
 }
 
-/// Bytes an entries payload for `entries` takes.
-pub fn entries_payload_len(entries: &[Entry]) -> u64 {
-    ENTRIES_HEAD_LEN as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
+/// Bytes an entries payload for `entries` takes (with a hard state or not).
+pub fn entries_payload_len(entries: &[Entry], with_hard_state: bool) -> u64 {
+    let head = if with_hard_state { ENTRIES_HARD_STATE_HEAD_LEN } else { ENTRIES_HEAD_LEN };
+    head as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
 }
 
 fn decode_entries_payload(
@@ -707,10 +740,19 @@ pub struct Footer {
 pub const MAX_FOOTER_BYTES: usize = 16 << 20;
 
 impl Footer {
-    /// Adds an entries record at `offset`.
-    pub fn push_entries(&mut self, offset: u64, more: bool, group: u64, entries: &[Entry]) {
+    /// Adds an entries record at `offset` (an entries-and-hard-state one with `hard_state`).
+    pub fn push_entries(
+        &mut self,
+        offset: u64,
+        more: bool,
+        group: u64,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) {
         let Some(first) = entries.first() else { return };
-        self.push_head(offset, RecordType::Entries, more);
+        let record_type =
+            if hard_state.is_some() { RecordType::EntriesHardState } else { RecordType::Entries };
+        self.push_head(offset, record_type, more);
         codec::put_u64(&mut self.buf, group);
         codec::put_u64(&mut self.buf, first.index);
         codec::put_u32(&mut self.buf, entries.len() as u32);
@@ -728,6 +770,9 @@ impl Footer {
             k += len;
         }
         LittleEndian::write_u32(&mut self.buf[runs_at..], runs);
+        if let Some(hs) = hard_state {
+            codec::encode_hard_state(&mut self.buf, hs);
+        }
     }
 
     /// Adds a record of any other type at `offset`, with its payload.
@@ -746,7 +791,9 @@ impl Footer {
     /// Adds a decoded record.
     pub fn push_record(&mut self, offset: u64, more: bool, record: &Record) {
         match record {
-            Record::Entries { group, entries } => self.push_entries(offset, more, *group, entries),
+            Record::Entries { group, entries, hard_state } => {
+                self.push_entries(offset, more, *group, entries, hard_state.as_ref())
+            }
             // An earlier footer is listed (it is part of the chain) without its summary.
             Record::Footer(_) => self.push_payload(offset, more, RecordType::Footer, &[]),
             other => {
@@ -814,6 +861,7 @@ impl Footer {
             first: u64,
             count: usize,
             runs: Vec<(u32, u64)>,
+            hard_state: Option<HardState>,
         }
         let mut pending: Vec<Pending> = Vec::new();
         for _ in 0..count {
@@ -831,7 +879,7 @@ impl Footer {
             let record_type = RecordType::from_u8(record_type)
                 .ok_or(DecodeError { what: "footer record type" })?;
             let record = match record_type {
-                RecordType::Entries => {
+                RecordType::Entries | RecordType::EntriesHardState => {
                     let group = dec.u64("footer entries group")?;
                     let first = dec.u64("footer entries first index")?;
                     let n = dec.u32("footer entries count")? as usize;
@@ -853,8 +901,14 @@ impl Footer {
                     if total != n || first.checked_add(n as u64).is_none() {
                         return Err(DecodeError { what: "footer entries runs" });
                     }
-                    pending.push(Pending { at: out.len(), group, first, count: n, runs: terms });
-                    Record::Entries { group, entries: Vec::new() }
+                    let hard_state = if record_type == RecordType::EntriesHardState {
+                        Some(codec::decode_hard_state(&mut dec)?)
+                    } else {
+                        None
+                    };
+                    let at = out.len();
+                    pending.push(Pending { at, group, first, count: n, runs: terms, hard_state });
+                    Record::Entries { group, entries: Vec::new(), hard_state }
                 }
                 RecordType::Footer => {
                     // An earlier seal's footer, in a segment that was resumed after it: it
@@ -872,11 +926,12 @@ impl Footer {
             out.push(FooterRecord { offset, more, record });
         }
         dec.finish("footer")?;
-        for Pending { at: k, group, first, count: n, runs: terms } in pending {
+        for Pending { at: k, group, first, count: n, runs: terms, hard_state } in pending {
             let end = out.get(k + 1).map_or(footer_offset, |r| r.offset);
             let room = (end - out[k].offset) as usize;
-            let fits = room.saturating_sub(FRAME_HEADER_LEN + ENTRIES_HEAD_LEN)
-                / Entry::HEADER_LEN as usize;
+            let head =
+                if hard_state.is_some() { ENTRIES_HARD_STATE_HEAD_LEN } else { ENTRIES_HEAD_LEN };
+            let fits = room.saturating_sub(FRAME_HEADER_LEN + head) / Entry::HEADER_LEN as usize;
             if n > fits {
                 return Err(DecodeError { what: "footer entries count" });
             }
@@ -893,7 +948,7 @@ impl Footer {
                     index += 1;
                 }
             }
-            out[k].record = Record::Entries { group, entries };
+            out[k].record = Record::Entries { group, entries, hard_state };
         }
         Ok(out)
     }
@@ -998,11 +1053,19 @@ mod tests {
         let mut wrong_magic = bytes;
         wrong_magic[MAGIC_OFFSET] = b'X';
         assert_eq!(SegmentHeader::decode(&wrong_magic), Err(HeaderError::BadMagic));
-        let mut newer = bytes;
-        LittleEndian::write_u32(&mut newer[VERSION_OFFSET..], 3);
-        let crc = crc32fast::hash(&newer[..HEADER_CRC_OFFSET]);
-        LittleEndian::write_u32(&mut newer[HEADER_CRC_OFFSET..], crc);
-        assert_eq!(SegmentHeader::decode(&newer), Err(HeaderError::Version(3)));
+        let with_version = |version: u32| {
+            let mut out = bytes;
+            LittleEndian::write_u32(&mut out[VERSION_OFFSET..], version);
+            let crc = crc32fast::hash(&out[..HEADER_CRC_OFFSET]);
+            LittleEndian::write_u32(&mut out[HEADER_CRC_OFFSET..], crc);
+            out
+        };
+        assert_eq!(SegmentHeader::decode(&with_version(4)), Err(HeaderError::Version(4)));
+        assert_eq!(
+            SegmentHeader::decode(&with_version(2)),
+            Ok(header),
+            "a version 2 segment (no EntriesHardState records) is read"
+        );
         let mut older = bytes;
         LittleEndian::write_u32(&mut older[VERSION_OFFSET..], 1);
         let crc = crc32fast::hash(&older[..HEADER_CRC_OFFSET]);
@@ -1031,6 +1094,12 @@ mod tests {
             Record::Entries {
                 group: 3,
                 entries: vec![Entry::new(6, 3, "a"), Entry::new(7, 3, vec![9u8; 33])],
+                hard_state: None,
+            },
+            Record::Entries {
+                group: 4,
+                entries: vec![Entry::new(2, 1, "b"), Entry::new(3, 2, "c")],
+                hard_state: Some(HardState { term: 2, vote: 4, commit: 2 }),
             },
             Record::HardState { group: 9, hard_state: HardState { term: 4, vote: 0, commit: 7 } },
             Record::Snapshot { group: 3, metadata: SnapshotMetadata::default(), resets_log: true },
@@ -1079,16 +1148,27 @@ mod tests {
     fn entries_payload_length_is_predicted_and_bad_payloads_are_refused() {
         let entries = vec![Entry::new(6, 3, "abc"), Entry::new(7, 3, "")];
         let mut payload = Vec::new();
-        encode_entries_payload(&mut payload, 4, &entries);
-        assert_eq!(payload.len() as u64, entries_payload_len(&entries));
+        encode_entries_payload(&mut payload, 4, None, &entries);
+        assert_eq!(payload.len() as u64, entries_payload_len(&entries, false));
+        let hs = HardState { term: 3, vote: 1, commit: 6 };
+        let mut with_hs = Vec::new();
+        encode_entries_payload(&mut with_hs, 4, Some(&hs), &entries);
+        assert_eq!(with_hs.len() as u64, entries_payload_len(&entries, true));
+        assert_eq!(
+            Record::decode_payload(RecordType::EntriesHardState, &with_hs).unwrap(),
+            Record::Entries { group: 4, entries: entries.clone(), hard_state: Some(hs) }
+        );
+        // A plain entries payload is too short for the other type, and the reverse.
+        assert!(Record::decode_payload(RecordType::EntriesHardState, &payload).is_err());
+        assert!(Record::decode_payload(RecordType::Entries, &with_hs).is_err());
 
         let gap = vec![Entry::new(6, 3, "abc"), Entry::new(8, 3, "")];
         let mut bad = Vec::new();
-        encode_entries_payload(&mut bad, 4, &gap);
+        encode_entries_payload(&mut bad, 4, None, &gap);
         assert!(Record::decode_payload(RecordType::Entries, &bad).is_err());
 
         let mut empty = Vec::new();
-        encode_entries_payload(&mut empty, 4, &[]);
+        encode_entries_payload(&mut empty, 4, None, &[]);
         assert!(Record::decode_payload(RecordType::Entries, &empty).is_err());
 
         let mut trailing = payload.clone();
@@ -1096,7 +1176,8 @@ mod tests {
         assert!(Record::decode_payload(RecordType::Entries, &trailing).is_err());
         assert_eq!(RecordType::from_u8(0), None);
         assert_eq!(RecordType::from_u8(8), Some(RecordType::Witness));
-        assert_eq!(RecordType::from_u8(9), None);
+        assert_eq!(RecordType::from_u8(9), Some(RecordType::EntriesHardState));
+        assert_eq!(RecordType::from_u8(10), None);
         // A witness's payload is empty: a byte there is refused.
         assert_eq!(Record::decode_payload(RecordType::Witness, &[]), Ok(Record::Witness));
         assert!(Record::decode_payload(RecordType::Witness, &[0]).is_err());
@@ -1122,10 +1203,10 @@ mod tests {
             assert_eq!((got.offset, got.more), (offsets[k], k % 2 == 0));
             match (&got.record, want) {
                 (
-                    Record::Entries { group: g1, entries: e1 },
-                    Record::Entries { group: g2, entries: e2 },
+                    Record::Entries { group: g1, entries: e1, hard_state: h1 },
+                    Record::Entries { group: g2, entries: e2, hard_state: h2 },
                 ) => {
-                    assert_eq!(g1, g2);
+                    assert_eq!((g1, h1), (g2, h2));
                     let key = |e: &Entry| (e.index, e.term);
                     assert_eq!(
                         e1.iter().map(key).collect::<Vec<_>>(),
@@ -1141,7 +1222,7 @@ mod tests {
     #[test]
     fn a_forged_footer_is_refused_without_allocating_for_its_claims() {
         let mut footer = Footer::default();
-        footer.push_entries(64, false, 1, &[Entry::new(5, 2, "x")]);
+        footer.push_entries(64, false, 1, &[Entry::new(5, 2, "x")], None);
         let good = footer.payload().to_vec();
         // The entry count claims far more entries than the room before the footer holds.
         let mut forged = good.clone();
@@ -1158,6 +1239,13 @@ mod tests {
         assert!(
             Footer::decode(&good, 64 + (FRAME_HEADER_LEN + ENTRIES_HEAD_LEN) as u64 + 20).is_err()
         );
+        // An entries-and-hard-state record needs room for its longer head too.
+        let mut with_hs = Footer::default();
+        let hs = HardState { term: 2, vote: 1, commit: 5 };
+        with_hs.push_entries(64, false, 1, &[Entry::new(5, 2, "x")], Some(&hs));
+        let room = 64 + (FRAME_HEADER_LEN + ENTRIES_HARD_STATE_HEAD_LEN) as u64 + 21;
+        assert!(Footer::decode(with_hs.payload(), room).is_ok());
+        assert!(Footer::decode(with_hs.payload(), room - 1).is_err());
         // Truncated anywhere: refused.
         for cut in 0..good.len() {
             assert!(Footer::decode(&good[..cut], 4096).is_err(), "cut at {cut}");

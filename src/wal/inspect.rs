@@ -631,7 +631,7 @@ fn entry_range<'a>(
 ) -> Option<(u64, u64)> {
     records
         .filter_map(|r| match &r.record {
-            Record::Entries { group: g, entries } if *g == group => {
+            Record::Entries { group: g, entries, .. } if *g == group => {
                 Some((entries.first()?.index, entries.last()?.index))
             }
             _ => None,
@@ -997,8 +997,11 @@ mod tests {
     #[test]
     fn a_valid_record_that_contradicts_the_log_is_corruption_open_cuts_only_when_forced() {
         let fs = CrashFs::new();
-        let stray =
-            Record::Entries { group: 0, entries: vec![Entry::new(5, 1, "does not attach")] };
+        let stray = Record::Entries {
+            group: 0,
+            entries: vec![Entry::new(5, 1, "does not attach")],
+            hard_state: None,
+        };
         let name = write_segment(&fs, &[Record::Checkpoint(vec![]), stray]);
         let offset =
             scan_segment(&fs.read_file(&dir().join(&name)).unwrap(), 2048).records[1].offset;

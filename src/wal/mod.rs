@@ -411,7 +411,8 @@ impl Engine {
         // A term or vote change is what a node must never forget (a second vote in a term):
         // the segment is sealed right after it, so that it has copies elsewhere.
         let votes = ops.iter().any(|op| match op {
-            Op::HardState { group, hard_state } => {
+            Op::HardState { group, hard_state }
+            | Op::Entries { group, hard_state: Some(hard_state), .. } => {
                 let current = hard_state_of(state, *group);
                 hard_state.term != current.term || hard_state.vote != current.vote
             }
@@ -437,7 +438,7 @@ impl Engine {
         let mut runs = written.iter();
         for op in ops {
             match *op {
-                Op::Entries { group, entries } => {
+                Op::Entries { group, entries, hard_state } => {
                     // One op may have been split over several records.
                     let mut rest = entries;
                     while let Some((head, _)) = rest.split_first() {
@@ -460,6 +461,12 @@ impl Engine {
                             .unwrap_or_else(|why| panic!("a checked append was refused: {why}"));
                         inner.cache.append(group, part, lsn, durable_lsn);
                         rest = tail;
+                    }
+                    if let Some(hs) = hard_state {
+                        let _ = inner.state.change(group, |s| {
+                            s.apply_hard_state(hs);
+                            Ok(())
+                        });
                     }
                 }
                 Op::HardState { group, hard_state } => {
@@ -620,11 +627,11 @@ impl Engine {
             }
             let old = hard_state_of(&inner.state, group);
             let hs = hard_state.filter(|hs| **hs != old);
-            let mut ops = Vec::with_capacity(2);
+            let mut ops = Vec::with_capacity(1);
             if !kept.is_empty() {
-                ops.push(Op::Entries { group, entries: kept });
-            }
-            if let Some(hs) = hs {
+                // The hard state rides in the entries' record.
+                ops.push(Op::Entries { group, entries: kept, hard_state: hs.copied() });
+            } else if let Some(hs) = hs {
                 ops.push(Op::HardState { group, hard_state: *hs });
             }
             if ops.is_empty() {
@@ -653,7 +660,8 @@ impl Engine {
         }
         let (lsn, needed, repairing) = {
             let mut inner = self.lock_write()?;
-            let mut views: state::GroupMap<View<'_>> = state::GroupMap::default();
+            let mut views: state::GroupMap<View<'_>> =
+                state::GroupMap::with_capacity_and_hasher(batch.items.len(), Default::default());
             let mut ops: Vec<Op<'_>> = Vec::with_capacity(batch.items.len() * 2);
             let mut needed = !self.options.must_sync_rule;
             for item in &batch.items {
@@ -662,17 +670,20 @@ impl Engine {
                         let view =
                             views.entry(*group).or_insert_with(|| View::of(&inner.state, *group));
                         let kept = trim_append(entries, view.dummy + 1, view.last)?;
+                        let hs = hard_state.filter(|hs| *hs != view.hard_state);
+                        if let Some(hs) = hs {
+                            needed |=
+                                hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
+                            view.hard_state = hs;
+                        }
                         if let Some(head) = kept.first() {
                             view.last = kept.last().expect("non-empty").index;
                             view.written.retain(|w| w[0].index < head.index);
                             view.written.push(kept);
-                            ops.push(Op::Entries { group: *group, entries: kept });
+                            // The hard state rides in the entries' record.
+                            ops.push(Op::Entries { group: *group, entries: kept, hard_state: hs });
                             needed = true;
-                        }
-                        if let Some(hs) = hard_state.filter(|hs| *hs != view.hard_state) {
-                            needed |=
-                                hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
-                            view.hard_state = hs;
+                        } else if let Some(hs) = hs {
                             ops.push(Op::HardState { group: *group, hard_state: hs });
                         }
                     }

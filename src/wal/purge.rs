@@ -257,8 +257,10 @@ impl Engine {
         inner: &mut super::Inner,
         groups: &[(u64, Vec<Entry>)],
     ) -> Result<u64> {
-        let ops: Vec<Op<'_>> =
-            groups.iter().map(|(group, entries)| Op::Entries { group: *group, entries }).collect();
+        let ops: Vec<Op<'_>> = groups
+            .iter()
+            .map(|(group, entries)| Op::Entries { group: *group, entries, hard_state: None })
+            .collect();
         #[cfg(feature = "tracing")]
         tracing::debug!(groups = groups.len(), "rewrote cold groups pinning old segments");
         self.write_ops(inner, &ops)

@@ -782,6 +782,7 @@ pub(crate) mod tests {
             .map(|i| Record::Entries {
                 group: 0,
                 entries: vec![Entry::new(i, 1, vec![i as u8; 40])],
+                hard_state: None,
             })
             .chain([Record::HardState {
                 group: 0,
@@ -1007,8 +1008,16 @@ pub(crate) mod tests {
     #[test]
     fn a_valid_record_above_a_lowered_limit_is_refused_not_cut() {
         let records = vec![
-            Record::Entries { group: 0, entries: vec![Entry::new(1, 1, vec![1u8; 40])] },
-            Record::Entries { group: 0, entries: vec![Entry::new(2, 1, vec![2u8; 3000])] },
+            Record::Entries {
+                group: 0,
+                entries: vec![Entry::new(1, 1, vec![1u8; 40])],
+                hard_state: None,
+            },
+            Record::Entries {
+                group: 0,
+                entries: vec![Entry::new(2, 1, vec![2u8; 3000])],
+                hard_state: None,
+            },
         ];
         let built = build(&records, 0, 8192);
         let scan = scan_segment(&built.bytes, 2048);

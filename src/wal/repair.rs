@@ -238,13 +238,18 @@ impl Evidence {
     /// A record read past the cut.
     pub fn record(&mut self, record: &Record) {
         match record {
-            Record::Entries { group, entries } => {
+            Record::Entries { group, entries, hard_state } => {
                 let (r, known) = self.groups.entry(*group).or_insert_with(unknown);
                 if let Some(last) = entries.last() {
                     r.index = r.index.max(last.index);
                 }
                 r.term = entries.iter().map(|e| e.term).fold(r.term, u64::max);
                 *known = true;
+                // The hard state applies after the entries, as a HardState record would.
+                if let Some(hs) = hard_state {
+                    r.term = r.term.max(hs.term);
+                    r.hard_state = *hs;
+                }
             }
             Record::HardState { group, hard_state } => {
                 let (r, _) = self.groups.entry(*group).or_insert_with(unknown);
@@ -341,6 +346,7 @@ mod tests {
         let entries = |group, from: u64, to: u64, term| Record::Entries {
             group,
             entries: (from..=to).map(|i| Entry { index: i, term, ..Default::default() }).collect(),
+            hard_state: None,
         };
         let mut ev = Evidence::default();
         ev.gap(false);

@@ -227,15 +227,20 @@ impl Span<'_> {
         if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
             return Err(corruption(CorruptionKind::ChecksumMismatch));
         }
-        if head.record_type != RecordType::Entries as u8 {
-            return Err(corruption(CorruptionKind::Malformed(format!(
-                "index points at a record of type {}, not entries",
-                head.record_type
-            ))));
-        }
+        let record_type = match RecordType::from_u8(head.record_type) {
+            Some(t @ (RecordType::Entries | RecordType::EntriesHardState)) => t,
+            _ => {
+                return Err(corruption(CorruptionKind::Malformed(format!(
+                    "index points at a record of type {}, not entries",
+                    head.record_type
+                ))));
+            }
+        };
         let owner = Some((&self.bytes, start + FRAME_HEADER_LEN));
-        match Record::decode_payload_in(RecordType::Entries, payload, owner) {
-            Ok(Record::Entries { group: found, entries }) if found == group => Ok(Some(entries)),
+        match Record::decode_payload_in(record_type, payload, owner) {
+            Ok(Record::Entries { group: found, entries, .. }) if found == group => {
+                Ok(Some(entries))
+            }
             Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
                 format!("the index points at entries of group {found}, not of group {group}"),
             ))),

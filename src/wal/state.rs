@@ -280,8 +280,12 @@ impl EngineState {
             Record::Footer(_) => Ok(()),
             // It says only that the records before it were durable.
             Record::Witness => Ok(()),
-            Record::Entries { group, entries } => self.change(*group, |state| {
-                state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)
+            Record::Entries { group, entries, hard_state } => self.change(*group, |state| {
+                state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)?;
+                if let Some(hs) = hard_state {
+                    state.apply_hard_state(*hs);
+                }
+                Ok(())
             }),
             Record::HardState { group, hard_state } => self.change(*group, |state| {
                 state.apply_hard_state(*hard_state);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use crate::codec::HARD_STATE_LEN;
 use crate::error::{Error, Result};
 use crate::io::{File, Fs};
 use crate::metrics::Counters;
@@ -46,12 +47,15 @@ pub fn recycle_capacity(options: &crate::WalOptions) -> usize {
 /// One logical change to write.
 #[derive(Clone, Copy, Debug)]
 pub enum Op<'a> {
-    /// Entries of `group` replacing its log from their first index on (contiguous, non-empty).
+    /// Entries of `group` replacing its log from their first index on (contiguous, non-empty),
+    /// then its new hard state if given (one record for both, when it fits).
     Entries {
         /// The group.
         group: u64,
         /// The entries.
         entries: &'a [Entry],
+        /// The group's new hard state, applied after the entries.
+        hard_state: Option<HardState>,
     },
     /// A group's new hard state.
     HardState {
@@ -494,7 +498,7 @@ impl Writer {
         let mut records = Vec::new();
         for op in ops {
             match op {
-                Op::Entries { group, entries } => {
+                Op::Entries { group, entries, hard_state } => {
                     assert!(!entries.is_empty(), "an entries op is never empty");
                     let mut start = 0;
                     let mut len = ENTRIES_HEAD_LEN;
@@ -509,27 +513,45 @@ impl Writer {
                         // A record holds at least one entry; an entry above the target (and
                         // within `max`) goes alone.
                         if i > start && len + size > target {
-                            let part = Op::Entries { group: *group, entries: &entries[start..i] };
+                            let part = Op::Entries {
+                                group: *group,
+                                entries: &entries[start..i],
+                                hard_state: None,
+                            };
                             records.push((Part::Op(part), len));
                             start = i;
                             len = ENTRIES_HEAD_LEN;
                         }
                         len += size;
                     }
-                    let part = Op::Entries { group: *group, entries: &entries[start..] };
-                    records.push((Part::Op(part), len));
+                    // The hard state goes in the last record, or in one of its own if that
+                    // record would pass the limit with it.
+                    let entries = &entries[start..];
+                    match hard_state {
+                        Some(hs) if len + HARD_STATE_LEN <= max => {
+                            let part =
+                                Op::Entries { group: *group, entries, hard_state: Some(*hs) };
+                            records.push((Part::Op(part), len + HARD_STATE_LEN));
+                        }
+                        _ => {
+                            let part = Op::Entries { group: *group, entries, hard_state: None };
+                            records.push((Part::Op(part), len));
+                            if let Some(hs) = hard_state {
+                                let part = Op::HardState { group: *group, hard_state: *hs };
+                                records.push((Part::Op(part), payload_len(Part::Op(part))));
+                            }
+                        }
+                    }
                 }
                 Op::Checkpoint(groups) => plan_checkpoint(groups, max, &mut records),
                 other => {
-                    let mut scratch = Vec::new();
-                    encode_payload(Part::Op(*other), &mut scratch);
-                    if scratch.len() > max {
+                    let len = payload_len(Part::Op(*other));
+                    if len > max {
                         return Err(Error::contract(format!(
-                            "a record of {} bytes is above max_record_bytes {max}",
-                            scratch.len()
+                            "a record of {len} bytes is above max_record_bytes {max}"
                         )));
                     }
-                    records.push((Part::Op(*other), scratch.len()));
+                    records.push((Part::Op(*other), len));
                 }
             }
         }
@@ -641,9 +663,13 @@ impl Writer {
             );
             if let Some(footer) = self.active.footer.as_mut() {
                 match part {
-                    Part::Op(Op::Entries { group, entries }) => {
-                        footer.push_entries(offset, flags != 0, *group, entries)
-                    }
+                    Part::Op(Op::Entries { group, entries, hard_state }) => footer.push_entries(
+                        offset,
+                        flags != 0,
+                        *group,
+                        entries,
+                        hard_state.as_ref(),
+                    ),
                     other => {
                         let payload = &self.buf
                             [before + FRAME_HEADER_LEN..before + FRAME_HEADER_LEN + *payload_len];
@@ -654,7 +680,7 @@ impl Writer {
                     self.active.footer = None;
                 }
             }
-            if let Part::Op(Op::Entries { group, entries }) = part {
+            if let Part::Op(Op::Entries { group, entries, .. }) = part {
                 written.push(EntriesWritten {
                     group: *group,
                     sequence: self.active.sequence,
@@ -934,7 +960,8 @@ impl Writer {
 
 fn part_type(part: &Part<'_>) -> RecordType {
     match part {
-        Part::Op(Op::Entries { .. }) => RecordType::Entries,
+        Part::Op(Op::Entries { hard_state: None, .. }) => RecordType::Entries,
+        Part::Op(Op::Entries { hard_state: Some(_), .. }) => RecordType::EntriesHardState,
         Part::Op(Op::HardState { .. }) => RecordType::HardState,
         Part::Op(Op::Snapshot { .. }) => RecordType::Snapshot,
         Part::Op(Op::Compact { .. }) => RecordType::Compact,
@@ -943,10 +970,30 @@ fn part_type(part: &Part<'_>) -> RecordType {
     }
 }
 
+/// Bytes of `part`'s payload; fixed-size records are not encoded to find out (a batch has one
+/// hard state per group).
+fn payload_len(part: Part<'_>) -> usize {
+    const U64: usize = size_of::<u64>();
+    match part {
+        Part::Op(Op::HardState { .. }) => U64 + HARD_STATE_LEN,
+        Part::Op(Op::Compact { .. }) => 3 * U64,
+        Part::Op(Op::Remove { .. }) => U64,
+        Part::Op(Op::Entries { entries, hard_state, .. }) => {
+            let len = format::entries_payload_len(entries, hard_state.is_some());
+            usize::try_from(len).expect("checked by plan")
+        }
+        other => {
+            let mut scratch = Vec::new();
+            encode_payload(other, &mut scratch);
+            scratch.len()
+        }
+    }
+}
+
 fn encode_payload(part: Part<'_>, out: &mut Vec<u8>) {
     match part {
-        Part::Op(Op::Entries { group, entries }) => {
-            format::encode_entries_payload(out, group, entries)
+        Part::Op(Op::Entries { group, entries, hard_state }) => {
+            format::encode_entries_payload(out, group, hard_state.as_ref(), entries)
         }
         Part::Op(Op::HardState { group, hard_state }) => {
             Record::HardState { group, hard_state }.encode_payload(out)

@@ -264,7 +264,7 @@ fn groups_repair_on_their_own_and_a_removed_group_stops_repairing() {
         .records
         .into_iter()
         .find(
-            |r| matches!(&r.record, Record::Entries { group: 2, entries } if entries[0].index == 9),
+            |r| matches!(&r.record, Record::Entries { group: 2, entries, .. } if entries[0].index == 9),
         )
         .unwrap();
     fs.flip_bit(&wal_dir.join(&newest), (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();

@@ -428,15 +428,21 @@ fn scanned(fs: &CrashFs, name: &str) -> Vec<raftwal::wal::recovery::ScannedRecor
     scan_segment(&fs.read_file(&wal_dir().join(name)).unwrap(), 2048).records
 }
 
-/// Row W1: a write of two records (entries, then the hard state) whose last record never
-/// reached the disk, at the end of the newest segment: torn before its sync, so cut whole.
+/// Two entries too large to share a record under `small_options`' 2 KiB limit: a save of them
+/// is a write of two records (entries, then entries with the hard state).
+fn two_records(first: u64) -> [Entry; 2] {
+    [entry(first, 1, 1200), entry(first + 1, 1, 1200)]
+}
+
+/// Row W1: a write of two records whose last record never reached the disk, at the end of the
+/// newest segment: torn before its sync, so cut whole.
 #[test]
 fn w1_a_write_missing_its_last_record_at_the_end_of_the_log_is_cut_whole() {
     let fs = CrashFs::new();
     let wal = open(&fs, &options()).unwrap();
     wal.save(Some(&HardState { term: 1, vote: 1, commit: 1 }), &[entry(1, 1, 100)]).unwrap();
     // Same term and vote: the write stays in the newest segment (a vote seals it).
-    wal.save(Some(&HardState { term: 1, vote: 1, commit: 2 }), &[entry(2, 1, 100)]).unwrap();
+    wal.save(Some(&HardState { term: 1, vote: 1, commit: 3 }), &two_records(2)).unwrap();
     drop(wal);
     let name = segments(&fs, &wal_dir()).pop().unwrap();
     let mut records = scanned(&fs, &name);
@@ -455,7 +461,7 @@ fn w1_a_write_missing_its_last_record_at_the_end_of_the_log_is_cut_whole() {
     let wal = open(&fs, &options()).unwrap();
     let report = wal.recovery_report();
     assert_eq!(report.truncated, Some((name, first_of_write.offset, "W1")), "{report:?}");
-    assert_eq!(wal.last_index(), 1, "the entry of the torn write is gone with its hard state");
+    assert_eq!(wal.last_index(), 1, "the entries of the torn write are gone with its hard state");
     assert_eq!(wal.hard_state(), HardState { term: 1, vote: 1, commit: 1 });
 }
 
@@ -468,8 +474,8 @@ fn w2_a_write_missing_its_last_record_in_a_sealed_segment_is_corruption() {
     let mut i = 1;
     // Saves until the log has rolled over once.
     while segments(&fs, &wal_dir()).len() < 2 {
-        wal.save(Some(&HardState { term: 1, vote: 1, commit: i }), &[entry(i, 1, 100)]).unwrap();
-        i += 1;
+        wal.save(Some(&HardState { term: 1, vote: 1, commit: i + 1 }), &two_records(i)).unwrap();
+        i += 2;
     }
     drop(wal);
     let sealed = segments(&fs, &wal_dir())[0].clone();

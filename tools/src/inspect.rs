@@ -585,14 +585,21 @@ pub fn dump(
                 };
                 let (name, offset) = (segment.name.as_str(), record.offset);
                 let rows: Vec<DumpRow<'_>> = match &record.record {
-                    Record::Entries { group, entries } if shown(*group) => {
-                        let rows = entries
+                    Record::Entries { group, entries, hard_state } if shown(*group) => {
+                        let mut rows: Vec<DumpRow<'_>> = entries
                             .iter()
                             .filter(|e| !filtered || (lo..=hi).contains(&e.index))
                             .map(|e| entry_row(name, offset, kept, *group, e))
                             .collect();
                         if let Some(last) = entries.last() {
                             position.insert(*group, last.index);
+                        }
+                        // The record's hard state, after its entries.
+                        if let Some(hs) = hard_state
+                            && in_range(&position, *group)
+                        {
+                            let record = Record::HardState { group: *group, hard_state: *hs };
+                            rows.push(other_row(name, offset, kept, &record));
                         }
                         rows
                     }
