@@ -23,6 +23,7 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
         "16 × 1 KiB / sync",
         "256 × 1 KiB / sync",
         "1024 × 1 KiB / sync",
+        "1024 × 1 KiB / sync, compacting behind (keeps 16,384 entries)",
         "1 writer × 1 KiB",
         "8 writers × 1 KiB",
         "entries() cache hit, 64 × 1 KiB",
@@ -46,8 +47,8 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
     assert!(latency["p99"].as_u64().unwrap() <= latency["p999"].as_u64().unwrap());
     let index = rows.iter().find(|r| r["group"] == "index").unwrap();
     assert!(index["raftwal"]["value"].as_f64().unwrap() >= 4.0, "a 4-byte offset per entry");
-    // Without --compare: the five single-group goals and three multi-group ones.
-    assert_eq!(report["goals"].as_array().unwrap().len(), 8);
+    // Without --compare: the six single-group goals and three multi-group ones.
+    assert_eq!(report["goals"].as_array().unwrap().len(), 9);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
 }
 

@@ -303,7 +303,7 @@ fn damage_group_entry(dir: &Path, group: u64, index: u64) -> (PathBuf, u64) {
     for segment in segments(dir) {
         for record in records(&segment) {
             let holds = match &record.record {
-                Record::Entries { group: g, entries } => {
+                Record::Entries { group: g, entries, .. } => {
                     *g == group && entries.iter().any(|e| e.index == index)
                 }
                 _ => false,

@@ -60,7 +60,7 @@ pub struct BenchArgs {
 pub enum Only {
     /// Single-entry append+sync of 64 B, 1 KiB and 16 KiB.
     Append,
-    /// Batches of 16, 256 and 1024 entries per sync.
+    /// Batches of 16, 256 and 1024 entries per sync, and 1024 compacting behind.
     Batch,
     /// 1, 2, 4 and 8 concurrent writers.
     Concurrent,
@@ -233,7 +233,7 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     // multi-group open, churn.
     let counts = [
         (Only::Append, 3u64),
-        (Only::Batch, 3),
+        (Only::Batch, 4),
         (Only::Concurrent, 4),
         (Only::Reads, 1),
         (Only::Recovery, 1),
@@ -250,13 +250,16 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     let mut rows = Vec::new();
     if run(Only::Append) {
         for size in [64, 1024, 16 << 10] {
-            rows.push(workloads::append(&mut ctx, "append+sync", 1, size)?);
+            rows.push(workloads::append(&mut ctx, "append+sync", 1, size, None)?);
         }
     }
     if run(Only::Batch) {
         for count in [16, 256, 1024] {
-            rows.push(workloads::append(&mut ctx, "batch", count, 1024)?);
+            rows.push(workloads::append(&mut ctx, "batch", count, 1024, None)?);
         }
+        // The same in steady state: compacting behind, segments are recycled, not prepared.
+        let keep = Some(workloads::STEADY_KEEP_ENTRIES);
+        rows.push(workloads::append(&mut ctx, "batch", 1024, 1024, keep)?);
     }
     if run(Only::Concurrent) {
         for writers in [1, 2, 4, 8] {

@@ -106,6 +106,18 @@ impl Target for RaftEngine {
         self.engine.sync().map_err(err)
     }
 
+    fn compact_behind(&self, keep: u64) -> BenchResult<()> {
+        let first = self.engine.first_index(region(0)).unwrap_or(1);
+        let last = self.engine.last_index(region(0)).unwrap_or(0);
+        if last + 1 - first > 2 * keep {
+            // compact_to(i) keeps i and after; the expired files are then purged, and recycled
+            // (`enable_log_recycle`, on by default with format version 2).
+            self.engine.compact_to(region(0), last - keep + 1);
+            self.engine.purge_expired_files().map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn index_memory(&self) -> Option<(usize, usize)> {
         None
     }

@@ -31,6 +31,10 @@ pub trait Target: Send + Sync {
     fn read(&self, lo: u64, hi: u64) -> BenchResult<u64>;
     /// The last index writer 0 appended.
     fn last_index(&self) -> u64;
+    /// Compacts writer 0's log to its last `keep` entries once it holds more than twice as
+    /// many, as a node in steady state compacts behind its applied index; the engine then
+    /// releases (and recycles) what no entry needs.
+    fn compact_behind(&self, keep: u64) -> BenchResult<()>;
     /// Makes every append durable.
     fn sync(&self) -> BenchResult<()>;
     /// Heap bytes of the index and the entries it covers, where the engine reports them.
@@ -114,6 +118,15 @@ impl Target for Raftwal {
 
     fn sync(&self) -> BenchResult<()> {
         Ok(self.storage.sync()?)
+    }
+
+    fn compact_behind(&self, keep: u64) -> BenchResult<()> {
+        let (first, last) = (self.storage.first_index()?, self.storage.last_index()?);
+        if last + 1 - first > 2 * keep {
+            // Releases the segments before the new first entry (purge runs after compaction).
+            self.storage.compact(last - keep)?;
+        }
+        Ok(())
     }
 
     fn index_memory(&self) -> Option<(usize, usize)> {

@@ -96,18 +96,31 @@ impl Tally {
     }
 }
 
-/// `count` entries of `size` bytes per append+sync, one writer.
+/// Entries the steady-state row keeps behind its appends (16 MiB of 1 KiB entries): it
+/// compacts to them whenever the log holds twice as many.
+pub const STEADY_KEEP_ENTRIES: u64 = 16 * 1024;
+
+/// `count` entries of `size` bytes per append+sync, one writer; with `keep`, the log is
+/// compacted behind the appends (see [`super::target::Target::compact_behind`]), so that
+/// released segments are reused as a node in steady state reuses them.
 pub fn append(
     ctx: &mut Ctx<'_>,
     group: &'static str,
     count: usize,
     size: usize,
+    keep: Option<u64>,
 ) -> BenchResult<Row> {
-    let name = if count == 1 {
+    let mut name = if count == 1 {
         format!("1 × {} / sync", human_bytes(size as u64))
     } else {
         format!("{count} × {} / sync", human_bytes(size as u64))
     };
+    if let Some(keep) = keep {
+        name.push_str(&format!(
+            ", compacting behind (keeps {} entries)",
+            super::report::num(keep as f64)
+        ));
+    }
     ctx.progress.start(&name);
     let sync_bytes = record_bytes(count, size);
     let mut targets = Vec::new();
@@ -118,9 +131,16 @@ pub fn append(
     // Not counted: the first appends of a new log (and its next segment being prepared in the
     // background) and the raw loop's first writes.
     ctx.sync_loop.run(sync_bytes, ctx.budget.warmup)?;
+    let op = |target: &dyn Target| -> BenchResult<()> {
+        target.append(0, count, size)?;
+        if let Some(keep) = keep {
+            target.compact_behind(keep)?;
+        }
+        Ok(())
+    };
     for (_, target) in &targets {
         let mut ignored = Tally::default();
-        run_for(ctx.budget.warmup, &mut ignored, || target.append(0, count, size), count, size)?;
+        run_for(ctx.budget.warmup, &mut ignored, || op(target.as_ref()), count, size)?;
     }
     let mut raw_syncs = (0u64, Duration::ZERO);
     let mut tallies: Vec<Tally> =
@@ -131,7 +151,7 @@ pub fn append(
         raw_syncs.1 += t;
         ctx.progress.tick();
         for ((_, target), tally) in targets.iter().zip(&mut tallies) {
-            run_for(ctx.budget.round, tally, || target.append(0, count, size), count, size)?;
+            run_for(ctx.budget.round, tally, || op(target.as_ref()), count, size)?;
             ctx.progress.tick();
         }
     }
