@@ -712,7 +712,7 @@ fn damage_to_the_last_acknowledged_write_of_a_group_is_corruption() {
         .records
         .into_iter()
         .find(
-            |r| matches!(&r.record, Record::Entries { group: 3, entries } if entries[0].index == 10),
+            |r| matches!(&r.record, Record::Entries { group: 3, entries, .. } if entries[0].index == 10),
         )
         .unwrap();
     fs.flip_bit(&newest, (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();
