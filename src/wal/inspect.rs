@@ -797,10 +797,16 @@ mod tests {
     fn a_flipped_bit_in_a_sealed_segment_is_corruption_as_open_finds_it() {
         let fs = build(true);
         let (clean, records) = all_records(&fs);
-        // The third record of the second segment, a byte into its payload.
+        // The third record of the second segment that has a payload (a witness has none), a
+        // byte into it.
         let victim_segment = clean.segments[1].name.clone();
-        let victim =
-            records.iter().filter(|(s, _, _)| *s == victim_segment).nth(2).unwrap().1.clone();
+        let in_segment: Vec<&ScannedRecord> =
+            records.iter().filter(|(s, _, _)| *s == victim_segment).map(|(_, r, _)| r).collect();
+        let victim_at = (0..in_segment.len())
+            .filter(|&k| !matches!(in_segment[k].record, Record::Witness))
+            .nth(2)
+            .unwrap();
+        let victim = in_segment[victim_at].clone();
         let clean_state = {
             let wal = open(&fs, RecoveryMode::Strict).unwrap();
             let (first, last) = (wal.first_index(), wal.last_index());
@@ -809,9 +815,7 @@ mod tests {
         let offset = victim.offset + FRAME_HEADER_LEN as u64 + 1;
         fs.flip_bit(&dir().join(&victim_segment), offset * 8).unwrap();
         // A write is kept whole or not at all: the cut is at the start of the victim's write.
-        let in_segment: Vec<&ScannedRecord> =
-            records.iter().filter(|(s, _, _)| *s == victim_segment).map(|(_, r, _)| r).collect();
-        let mut write_start = 2;
+        let mut write_start = victim_at;
         while write_start > 0 && in_segment[write_start - 1].more {
             write_start -= 1;
         }
@@ -832,7 +836,7 @@ mod tests {
         assert!(problem.cut.drops_unreadable);
         let damaged = &inspection.segments[1];
         assert!(damaged.kept, "kept up to the damaged record's write");
-        assert_eq!(damaged.records, 2, "the two records before the damaged third");
+        assert_eq!(damaged.records as usize, write_start, "the records before the damaged write");
         assert!(damaged.unreadable_bytes > 0, "the damaged record and those after it");
         assert_eq!(inspection.segments[2].dropped_entries, inspection.segments[2].entries);
         assert_eq!(inspection.segments[0].dropped_entries, None);
