@@ -836,7 +836,7 @@ mod tests {
         assert!(problem.cut.drops_unreadable);
         let damaged = &inspection.segments[1];
         assert!(damaged.kept, "kept up to the damaged record's write");
-        assert_eq!(damaged.records as usize, write_start, "the records before the damaged write");
+        assert_eq!(damaged.records, write_start, "the records before the damaged write");
         assert!(damaged.unreadable_bytes > 0, "the damaged record and those after it");
         assert_eq!(inspection.segments[2].dropped_entries, inspection.segments[2].entries);
         assert_eq!(inspection.segments[0].dropped_entries, None);

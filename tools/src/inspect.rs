@@ -598,8 +598,9 @@ pub fn dump(
                         if let Some(hs) = hard_state
                             && in_range(&position, *group)
                         {
-                            let record = Record::HardState { group: *group, hard_state: *hs };
-                            rows.push(other_row(name, offset, kept, &record));
+                            let hs = Record::HardState { group: *group, hard_state: *hs };
+                            let scanned = ScannedRecord { record: hs, ..record.clone() };
+                            rows.push(other_row(name, kept, &scanned));
                         }
                         rows
                     }

@@ -204,11 +204,14 @@ fn a_flipped_bit_mid_log_is_corruption_repair_refuses_and_force_truncate_drops_w
     build(dir.path(), false, true);
     let all = segments(dir.path());
     assert!(all.len() >= 3, "the workload spans several segments: {all:?}");
-    // The third record of the second (sealed) segment, one byte into its payload.
+    // The third record with a payload (a witness has none) of the second (sealed) segment,
+    // one byte into its payload.
     let victim = &all[1];
     let in_victim = records(victim);
-    let record = in_victim[2].clone();
-    let cut_at = write_start(&in_victim, 2);
+    let at = (0..in_victim.len()).filter(|&k| in_victim[k].record != Record::Witness).nth(2);
+    let at = at.expect("the sealed segment holds three records with payloads");
+    let record = in_victim[at].clone();
+    let cut_at = write_start(&in_victim, at);
     let mut bytes = fs::read(victim).unwrap();
     bytes[record.offset as usize + FRAME_HEADER_LEN + 1] ^= 0x04;
     fs::write(victim, &bytes).unwrap();
@@ -411,8 +414,10 @@ fn a_torn_tail_is_reported_and_repair_cuts_it_keeping_a_broken_copy() {
 
     let repair = run_on("repair", dir.path(), &[]);
     assert_eq!(repair.code, 0, "{}{}", repair.stdout, repair.stderr);
-    // The torn record is the hard state of the last save: its entries go with it.
-    assert!(write_at < torn.offset, "the last save wrote entries, then its hard state");
+    // The torn record is the last save, its entries and its hard state in one record (type
+    // 9): the cut takes the whole write.
+    let whole_save = matches!(torn.record, Record::Entries { hard_state: Some(_), .. });
+    assert!(whole_save, "the last save wrote its entries and hard state in one record");
     let cut = format!("recovery cut {} at offset {write_at} (case R3)", name(&last));
     assert!(repair.stdout.contains(&cut), "{}", repair.stdout);
     let copy = last.with_file_name(format!("{}.broken", name(&last)));
