@@ -739,3 +739,152 @@ fn a_power_cut_that_loses_the_witness_keeps_the_acknowledged_write() {
     assert_eq!(wal.hard_state().commit, 15);
     assert_eq!(wal.repair_state(), None);
 }
+
+/// The first membership of a new node: the index-0 snapshot every founding member applies.
+fn founders() -> raftwal::ConfState {
+    raftwal::ConfState { voters: vec![1, 2, 3], ..Default::default() }
+}
+
+/// Opens the storages of every group in `/node` (the parent of [`dir`]), sealed segments read
+/// whole.
+fn open_engine(fs: &CrashFs, mode: RecoveryMode) -> raftwal::Result<LogEngine> {
+    let shared: Fs = Arc::new(fs.clone());
+    let opts = WalOptions { read_footers: false, ..options(mode) };
+    LogEngine::open_with_fs(shared, dir().parent().unwrap(), opts)
+}
+
+/// Groups `groups` bootstrapped one after the other with [`founders`] (index-0 snapshots), then
+/// each given entries 1..=6 of term 2 (commit 4). The first of these writes carries the vote
+/// and entries 1 to 3: a vote seals its segment, and the entries keep that segment, with the
+/// bootstrap markers, from being released.
+fn bootstrapped(groups: &[u64]) -> CrashFs {
+    use raftwal::{Snapshot, SnapshotMetadata};
+    let fs = CrashFs::new();
+    let engine = open_engine(&fs, RecoveryMode::Strict).unwrap();
+    for &g in groups {
+        let metadata = SnapshotMetadata { conf_state: founders(), ..Default::default() };
+        let first = Snapshot { metadata, data: bytes::Bytes::new() };
+        engine.group(g).unwrap().apply_snapshot(first).unwrap();
+    }
+    for &g in groups {
+        let storage = engine.group(g).unwrap();
+        let hs = HardState { term: 2, vote: 1, commit: 0 };
+        storage.save(Some(&hs), &(1..=3).map(|i| entry(i, 2, 100)).collect::<Vec<_>>()).unwrap();
+        for i in 4..=6 {
+            let hs = HardState { term: 2, vote: 1, commit: i - 2 };
+            storage.save(Some(&hs), &[entry(i, 2, 100)]).unwrap();
+        }
+    }
+    fs
+}
+
+/// Flips a bit in the marker of `group`'s index-0 snapshot.
+fn damage_bootstrap_marker(fs: &CrashFs, group: u64) {
+    for name in segments(fs) {
+        let marker = records(fs, &name).into_iter().find(|r| {
+            matches!(&r.record, Record::Snapshot { group: g, metadata, .. }
+                if *g == group && metadata.index == 0)
+        });
+        if let Some(marker) = marker {
+            damage(fs, &name, &marker);
+            return;
+        }
+    }
+    panic!("no index-0 snapshot marker of group {group}");
+}
+
+/// The snapshot files of group `group` in `/node/snap`.
+fn group_snap_files(fs: &CrashFs, group: u64) -> Vec<PathBuf> {
+    let snap = dir().parent().unwrap().join(raftwal::storage::SNAP_DIR);
+    let prefix = format!("{group:016x}-");
+    let mut names: Vec<PathBuf> = fs
+        .list(&snap)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".snap"))
+        .map(|n| snap.join(n))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A cut that drops the marker of the index-0 bootstrap snapshot (the group's first
+/// membership): its file is adopted again, and the group repairs up to the index its log had
+/// reached. Strict refuses.
+#[test]
+fn a_cut_of_the_bootstrap_marker_adopts_its_file_and_repairs() {
+    let fs = bootstrapped(&[0]);
+    damage_bootstrap_marker(&fs, 0);
+    let open = |mode| {
+        let shared: Fs = Arc::new(fs.clone());
+        let opts = WalOptions { read_footers: false, ..options(mode) };
+        raftwal::WalStorage::open_with_fs(shared, dir().parent().unwrap(), opts)
+    };
+    assert!(matches!(open(RecoveryMode::Strict), Err(Error::Corruption { .. })));
+
+    let storage = open(RecoveryMode::Repairable).unwrap();
+    let state = storage.initial_state().unwrap();
+    assert_eq!(state.conf_state, founders(), "the first membership is kept");
+    assert_eq!((state.hard_state.term, state.hard_state.vote), (2, 1), "term and vote are kept");
+    assert_eq!(storage.snapshot().unwrap().metadata.conf_state, founders());
+    assert_eq!(storage.repair_state().unwrap(), Some(RepairState { index: 6, term: 2 }));
+    drop(storage);
+    // Durably so, in any mode.
+    let storage = open(RecoveryMode::Strict).unwrap();
+    assert_eq!(storage.initial_state().unwrap().conf_state, founders());
+    assert_eq!(storage.repair_state().unwrap(), Some(RepairState { index: 6, term: 2 }));
+    storage.append(&(1..=6).map(|i| entry(i, 2, 100)).collect::<Vec<_>>()).unwrap();
+    assert_eq!(storage.repair_state().unwrap(), None, "repaired from the leader");
+}
+
+/// The same with the bootstrap snapshot's file damaged too: no file holds the membership, and
+/// no rule could keep the node safe, so every mode refuses, a Repairable open naming the file.
+#[test]
+fn a_cut_of_the_bootstrap_marker_with_a_damaged_file_is_refused() {
+    let fs = bootstrapped(&[0]);
+    damage_bootstrap_marker(&fs, 0);
+    let files = group_snap_files(&fs, 0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let len = fs.read_file(&files[0]).unwrap().len() as u64;
+    fs.flip_bit(&files[0], len * 4).unwrap();
+    for mode in [RecoveryMode::Strict, RecoveryMode::Repairable] {
+        match open_engine(&fs, mode) {
+            Err(Error::Corruption { segment, .. }) => assert!(
+                mode == RecoveryMode::Strict || segment.ends_with(files[0].file_name().unwrap()),
+                "{segment:?}"
+            ),
+            Err(e) => panic!("{mode:?}: {e}"),
+            Ok(_) => panic!("{mode:?}: opened without the membership"),
+        }
+    }
+    assert_eq!(group_snap_files(&fs, 0), files, "the refusal leaves the file in place");
+}
+
+/// Several groups in one log: damage to one group's bootstrap marker cuts the records of every
+/// group after it; each group whose marker the cut took gets its file back and repairs, and
+/// the others keep their membership.
+#[test]
+fn a_cut_of_bootstrap_markers_of_several_groups_adopts_each_file() {
+    let fs = bootstrapped(&[1, 2, 3]);
+    damage_bootstrap_marker(&fs, 2);
+    assert!(matches!(open_engine(&fs, RecoveryMode::Strict), Err(Error::Corruption { .. })));
+    let engine = open_engine(&fs, RecoveryMode::Repairable).unwrap();
+    for g in [1, 2, 3] {
+        let storage = engine.group(g).unwrap();
+        let state = storage.initial_state().unwrap();
+        assert_eq!(state.conf_state, founders(), "group {g} keeps its first membership");
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (2, 1), "group {g}");
+        assert_eq!(
+            storage.repair_state().unwrap(),
+            Some(RepairState { index: 6, term: 2 }),
+            "group {g}"
+        );
+    }
+    drop(engine);
+    let engine = open_engine(&fs, RecoveryMode::Strict).unwrap();
+    for g in [1, 2, 3] {
+        let storage = engine.group(g).unwrap();
+        assert_eq!(storage.initial_state().unwrap().conf_state, founders(), "group {g}");
+        assert!(storage.repair_state().unwrap().is_some(), "group {g}");
+    }
+}
