@@ -80,6 +80,14 @@ impl GroupStorage {
         if self.wal.repair_state().is_some() && self.adopt_newer_snapshot(&marker)? {
             return self.retain();
         }
+        let repairable = self.wal.engine().options().recovery_mode == RecoveryMode::Repairable;
+        if repairable
+            && marker.index == 0
+            && marker.conf_state == ConfState::default()
+            && self.adopt_bootstrap_snapshot()?
+        {
+            return self.retain();
+        }
         let mut older = Vec::new();
         let mut marked_found = false;
         for stored in self.snaps.list()? {
@@ -167,6 +175,59 @@ impl GroupStorage {
             }
         }
         Ok(false)
+    }
+
+    /// A log whose marker holds no membership at index 0 while an index-0 snapshot file of the
+    /// group holds one: a cut took the marker of the group's bootstrap snapshot, its first
+    /// membership, which no leader resends (it sends entries from index 1). The file that reads
+    /// whole becomes the group's snapshot again, as [`Self::adopt_newer_snapshot`] does for newer
+    /// ones; the repair the cut recorded stays. When every such file is damaged the open is
+    /// refused, naming it: a node without its membership could never take part again. (A crash
+    /// between a bootstrap's file and its marker leaves the same picture: the bootstrap is
+    /// completed.) Returns whether one was adopted.
+    fn adopt_bootstrap_snapshot(&self) -> Result<bool> {
+        let firsts: Vec<_> = self.snaps.list()?.into_iter().filter(|s| s.index == 0).collect();
+        let mut damaged = None;
+        // Bounded by the files listed.
+        for stored in firsts.iter().rev() {
+            match self.snaps.verify(&stored.name) {
+                Ok(metadata)
+                    if metadata.index == 0 && metadata.conf_state != ConfState::default() =>
+                {
+                    let keeps = self.wal.term(0).ok() == Some(metadata.term);
+                    let last = self.wal.last_index();
+                    if !keeps && last > 0 {
+                        // The reset drops entries that may have been acknowledged.
+                        let term = self.wal.hard_state().term.max(self.wal.term(last).unwrap_or(0));
+                        self.wal
+                            .engine()
+                            .begin_repair(self.wal.group(), RepairState { index: last, term })?;
+                    }
+                    self.wal.save_snapshot(&metadata, !keeps)?;
+                    self.wal.sync()?;
+                    debug_assert_eq!(self.wal.snapshot_metadata(), metadata);
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        group = self.wal.group(),
+                        "the cut took the bootstrap snapshot's marker: its file holds the membership again"
+                    );
+                    return Ok(true);
+                }
+                Ok(_) => {}
+                Err(Error::Corruption { kind, .. }) => {
+                    damaged.get_or_insert((stored.name.clone(), kind));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match damaged {
+            Some((name, kind)) => Err(Error::Corruption {
+                segment: PathBuf::from(SNAP_DIR).join(name),
+                offset: 0,
+                kind,
+            }),
+            None => Ok(false),
+        }
     }
 
     /// The marked snapshot is damaged and no older one is usable, in `RecoveryMode::Repairable`:
