@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use raftwal::io::CrashFs;
-use raftwal::wal::format::{FLAGS_OFFSET, HEADER_FLAG_RECYCLED, POOL_SUFFIX};
-use raftwal::{HardState, WalOptions};
+use raftwal::wal::format::{FLAGS_OFFSET, HEADER_FLAG_RECYCLED, POOL_SUFFIX, TRAILER_LEN};
+use raftwal::{HardState, SyncPolicy, WalOptions};
 
 use crate::wal::{Step, crash_at_every_operation, dir, entry, open, small_options};
 
@@ -166,4 +166,88 @@ fn a_pool_file_that_held_the_sequence_it_would_take_is_not_reused() {
     let wal = open(&fs, &options).unwrap();
     let want: Vec<_> = (25..=60).map(|i| entry(i, 1, 400)).collect();
     assert_eq!(wal.entries(25, 61, u64::MAX).unwrap(), want);
+}
+
+/// The newest segment's path.
+fn newest_segment(fs: &CrashFs) -> PathBuf {
+    files(fs, ".wal").pop().expect("a log has a segment")
+}
+
+fn trailer_of(bytes: &[u8]) -> &[u8] {
+    &bytes[bytes.len() - TRAILER_LEN..]
+}
+
+#[test]
+fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_after_a_power_cut() {
+    // A recycled segment is sealed with a footer, its successor's name is lost in a power cut,
+    // writing resumes after the footer (the trailer stays: it is past the records), and the
+    // segment is sealed again, now without a footer (its summary grew past max_record_bytes).
+    // That seal zeroes the old trailer; a power cut after the next segment is durable must not
+    // bring it back, or open replays the segment from a footer that lists only part of it.
+    let options =
+        WalOptions { sync_policy: SyncPolicy::Never, max_record_bytes: 1024, ..small_options() };
+    let hs = |commit| HardState { term: 1, vote: 1, commit };
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    wal.save(Some(&hs(0)), &[]).unwrap();
+    for i in 1..=24 {
+        wal.save(None, &[entry(i, 1, 400)]).unwrap();
+    }
+    wal.compact(24).unwrap();
+    wal.sync().unwrap();
+    assert!(!files(&fs, POOL_SUFFIX).is_empty(), "released segments wait in the pool");
+    // Entries until a write rolls over into a recycled file, which then has room.
+    let mut last = 24;
+    let full = newest_segment(&fs);
+    let recycled = |path: &PathBuf| {
+        let bytes = fs.read_file(path).unwrap();
+        u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap())
+            & HEADER_FLAG_RECYCLED
+            != 0
+    };
+    while newest_segment(&fs) == full || !recycled(&newest_segment(&fs)) {
+        last += 1;
+        wal.save(None, &[entry(last, 1, 400)]).unwrap();
+        assert!(last < 60, "the log never wrote into a recycled file");
+    }
+    let resumed = newest_segment(&fs);
+    wal.sync().unwrap();
+    // A write too large for what is left rolls over: the segment is sealed with a footer, and
+    // the next one's name is not durable (nothing synced it).
+    let big = |first: u64| -> Vec<_> { (first..first + 4).map(|i| entry(i, 1, 900)).collect() };
+    wal.save(None, &big(last + 1)).unwrap();
+    assert_ne!(newest_segment(&fs), resumed, "the write rolled over");
+    assert_eq!(
+        &trailer_of(&fs.durable_file(&resumed).unwrap())[..4],
+        b"RWFT",
+        "sealed with a footer"
+    );
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+
+    // Writing resumes after the footer; the trailer stays.
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(newest_segment(&fs), resumed, "the next segment's name was lost");
+    assert_eq!(wal.last_index(), last);
+    assert_eq!(&trailer_of(&fs.read_file(&resumed).unwrap())[..4], b"RWFT");
+    // Enough small records that the segment's summary no longer fits a record, then a clean
+    // close: everything written is durable, and nothing (no witness) follows the checkpoint.
+    for commit in 1..=30 {
+        wal.save(Some(&hs(commit)), &[]).unwrap();
+    }
+    wal.close().unwrap();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(newest_segment(&fs), resumed);
+    wal.save(None, &big(last + 1)).unwrap();
+    assert_ne!(newest_segment(&fs), resumed, "the write rolled over");
+    assert_eq!(trailer_of(&fs.read_file(&resumed).unwrap()), [0; TRAILER_LEN], "no footer");
+    // The new segment's name and records are durable, the write acknowledged.
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), last + 4);
+    assert_eq!(wal.entries(last + 1, last + 5, u64::MAX).unwrap(), big(last + 1));
+    assert_eq!(wal.hard_state(), hs(30));
 }
