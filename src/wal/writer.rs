@@ -758,10 +758,12 @@ impl Writer {
         // Get the next file first: if that fails, nothing has changed.
         let (file, recycled) =
             self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
-        let sealed_size = self.write_footer()?;
+        let (sealed_size, zeroed_trailer) = self.write_footer()?;
         // A later segment must never be durable while an earlier one is not: recovery treats
-        // every segment but the last as synced whole.
-        if self.active.durable_offset < self.active.write_offset {
+        // every segment but the last as synced whole. That covers a zeroed old trailer too,
+        // though every record may be durable already: if a power cut brought the trailer back,
+        // open would replay the segment from a footer that lists only part of it (case 16).
+        if zeroed_trailer || self.active.durable_offset < self.active.write_offset {
             let file = &self.active.file;
             self.counters
                 .time_sync(self.slow_sync, || file.sync_data())
@@ -811,15 +813,16 @@ impl Writer {
 
     /// Writes the active segment's footer record after its last record and the trailer that
     /// points at it at the end of the file, both synced with the segment when it is sealed.
-    /// Returns the bytes the file takes. A segment whose footer does not fit a record (or grew
-    /// too large to keep) is sealed without one: open then reads it whole.
-    fn write_footer(&mut self) -> Result<u64, Failure> {
+    /// Returns the bytes the file takes, and whether it zeroed a trailer without moving the
+    /// write offset (the seal must sync that too). A segment whose footer does not fit a record
+    /// (or grew too large to keep) is sealed without one: open then reads it whole.
+    fn write_footer(&mut self) -> Result<(u64, bool), Failure> {
         let file_len = self.active.write_offset.max(self.segment_size_bytes);
         // The file's length is what recovery finds the trailer by: it may exceed the
         // preallocated size (a large write extended it, or the option changed since).
         let Ok(file_len) = self.active.file.len().map(|len| len.max(file_len)) else {
             // Unknown: seal without a footer rather than guess where the trailer goes.
-            return Ok(file_len);
+            return Ok((file_len, false));
         };
         let footer =
             self.active.footer.take().filter(|f| f.len() <= self.max_record_bytes as usize);
@@ -829,13 +832,14 @@ impl Writer {
             // Only past the records: where a trailer can be (records written over one since
             // have replaced it).
             let at = file_len.saturating_sub(TRAILER_LEN as u64);
-            if at >= self.active.write_offset {
+            let zeroed = at >= self.active.write_offset;
+            if zeroed {
                 self.active
                     .file
                     .write_all_at(&[0u8; TRAILER_LEN], at)
                     .map_err(|e| Failure::Poison(e.into()))?;
             }
-            return Ok(file_len);
+            return Ok((file_len, zeroed));
         };
         let offset = self.active.write_offset;
         let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + footer.len() + 8);
@@ -857,7 +861,7 @@ impl Writer {
         let room = (FRAME_HEADER_LEN + TRAILER_LEN) as u64;
         let trailer_at = file_len.max(end + room) - TRAILER_LEN as u64;
         if trailer_at + TRAILER_LEN as u64 >= MAX_SEGMENT_SPAN_BYTES {
-            return Ok(file_len);
+            return Ok((file_len, false));
         }
         let trailer = Trailer {
             footer_offset: u32::try_from(offset).expect("checked below 4 GiB"),
@@ -874,7 +878,7 @@ impl Writer {
         self.active.prev_crc = crc;
         self.records += 1;
         self.lsn += footer_len as u64;
-        Ok(trailer_at + TRAILER_LEN as u64)
+        Ok((trailer_at + TRAILER_LEN as u64, false))
     }
 
     /// What a sync issued now would cover.
