@@ -280,6 +280,33 @@ fn a_crash_at_every_io_operation_of_a_snapshot_workload_keeps_a_consistent_prefi
 }
 
 #[test]
+fn a_crash_at_every_io_operation_of_a_bootstrap_keeps_a_consistent_prefix() {
+    // A new node's first durable act: the index-0 snapshot that carries only the membership
+    // (its file, then its marker), then the first entries. A crash anywhere in it must leave a
+    // storage that opens, empty or bootstrapped.
+    let bootstrap = Snapshot {
+        metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
+        data: Bytes::new(),
+    };
+    let hs = Some(HardState { term: 1, vote: 1, commit: 0 });
+    let steps = vec![Step::Apply(bootstrap), Step::Save(hs, run(1, 3, 1))];
+    let want = expected(&steps);
+    let mut points = 0u64;
+    for at in 0.. {
+        let mut reached = false;
+        for seed in 0..3 {
+            reached |= crash_once(&steps, &want, at, at * 3 + seed);
+        }
+        if !reached {
+            break;
+        }
+        points += 1;
+        assert!(points < 10_000, "the workload must end");
+    }
+    assert!(points > 5, "the bootstrap must perform several I/O operations, saw {points}");
+}
+
+#[test]
 fn readers_on_other_threads_never_see_a_torn_answer() {
     let fs = CrashFs::new();
     let storage = Arc::new(open(&fs).unwrap());
