@@ -81,7 +81,11 @@ impl GroupStorage {
             return self.retain();
         }
         let repairable = self.wal.engine().options().recovery_mode == RecoveryMode::Repairable;
-        if repairable
+        // In every mode, an empty log whose bootstrap file is durable but whose marker is not
+        // (a crash inside the bootstrap's `apply_snapshot`, after the file, before the marker)
+        // completes the bootstrap; the file's name is the empty marker's, so it is no orphan.
+        let empty_log = self.wal.first_index() == 1 && self.wal.last_index() == 0;
+        if (repairable || empty_log)
             && marker.index == 0
             && marker.conf_state == ConfState::default()
             && self.adopt_bootstrap_snapshot()?
@@ -182,9 +186,9 @@ impl GroupStorage {
     /// membership, which no leader resends (it sends entries from index 1). The file that reads
     /// whole becomes the group's snapshot again, as [`Self::adopt_newer_snapshot`] does for newer
     /// ones; the repair the cut recorded stays. When every such file is damaged the open is
-    /// refused, naming it: a node without its membership could never take part again. (A crash
-    /// between a bootstrap's file and its marker leaves the same picture: the bootstrap is
-    /// completed.) Returns whether one was adopted.
+    /// refused, naming it: a node without its membership could never take part again. A crash
+    /// between a bootstrap's file and its marker leaves the same picture on an empty log, in any
+    /// recovery mode: the bootstrap is completed. Returns whether one was adopted.
     fn adopt_bootstrap_snapshot(&self) -> Result<bool> {
         let firsts: Vec<_> = self.snaps.list()?.into_iter().filter(|s| s.index == 0).collect();
         let mut damaged = None;
