@@ -487,8 +487,10 @@ fn readers_of_every_group_never_see_another_groups_or_a_torn_answer() {
     let engine = open(&fs, &options).unwrap();
     const GROUPS: u64 = 4;
     const ROUNDS: u64 = 120;
+    let written = Arc::new(AtomicBool::new(false));
     let writer = {
         let engine = engine.clone();
+        let written = written.clone();
         std::thread::spawn(move || {
             for round in 1..=ROUNDS {
                 let mut batch = WriteBatch::new();
@@ -509,16 +511,25 @@ fn readers_of_every_group_never_see_another_groups_or_a_torn_answer() {
                 }
                 engine.write(&mut batch).unwrap();
             }
+            written.store(true, Ordering::Release);
         })
     };
     let readers: Vec<_> = (1..=GROUPS)
         .map(|g| {
             let engine = engine.clone();
+            let written = written.clone();
             std::thread::spawn(move || {
                 let group = engine.group(g).unwrap();
                 let mut checked = 0u64;
-                // Bounded: a fixed number of reads.
-                for _ in 0..300 {
+                // At least 300 reads, and on until one after the last write (a reader scheduled
+                // before the writer would otherwise see only empty logs). Bounded: the writer
+                // ends, and the reads after it succeed.
+                for read in 0u64.. {
+                    let done = written.load(Ordering::Acquire);
+                    if read >= 300 && done && checked > 0 {
+                        break;
+                    }
+                    assert!(read < 100_000_000, "group {g}: the writer never finished");
                     let (first, last) = (group.first_index().unwrap(), group.last_index().unwrap());
                     let es = match group.entries(first, last + 1, u64::MAX) {
                         Ok(es) => es,
