@@ -1840,6 +1840,102 @@ fn the_engine_recovery_check_accepts_batches_crashed_at_every_fault_point() {
     }
 }
 
+/// Group 0's few entries, then `writes` batches of group 1, each with a new term (so each seals
+/// its segment and the housekeeping after it runs). Once the log is over its purge threshold,
+/// that housekeeping rewrites cold group 0 and syncs the rewrite. Returns each call's result.
+fn cold_rewrite_workload(engine: &LogEngine, writes: u64) -> Vec<Result<()>> {
+    let mut results = Vec::new();
+    let mut batch = WriteBatch::new();
+    batch.save(0, Some(&hs(1, 0)), &run(0, 1, 3, 1, 100)).unwrap();
+    results.push(engine.write(&mut batch));
+    // Bounded by `writes`.
+    for i in 0..writes {
+        let mut batch = WriteBatch::new();
+        batch.save(1, Some(&hs(i + 1, 0)), &run(1, 3 * i + 1, 3 * i + 3, i + 1, 300)).unwrap();
+        results.push(engine.write(&mut batch));
+    }
+    results
+}
+
+/// A write's durable effect happened when its segment was sealed; the rewrite of a cold group
+/// that follows it is housekeeping that never fails the write. When that rewrite's sync
+/// succeeds but the witness written after it fails, the log is poisoned silently: the write
+/// answers Ok (it is durable), the next call that writes or syncs (a close among them) answers
+/// Poisoned, and after a power cut every acknowledged write is there.
+#[test]
+fn a_failed_witness_after_a_background_rewrite_poisons_the_next_call_and_loses_nothing() {
+    let options = raftwal::fuzzing::engine_options(SyncPolicy::Never);
+    const WRITES: u64 = 40;
+    // A dry run finds the rewrite's witness: in the first write whose housekeeping reads (the
+    // rewrite reads the cold group's entries), the first pwrite after the sync that follows.
+    let dry = CrashFs::new();
+    let ops: Arc<std::sync::Mutex<Vec<(u64, OpKind)>>> = Arc::default();
+    let (seen, counter) = (ops.clone(), dry.clone());
+    let hook: Hook = Arc::new(move |event: &OpEvent<'_>| {
+        seen.lock().unwrap().push((counter.op_count(), event.kind));
+        Ok(())
+    });
+    let engine = open(&dry, &options).unwrap();
+    dry.set_hook(Some(hook));
+    let mut witness = None;
+    let mut batch = WriteBatch::new();
+    batch.save(0, Some(&hs(1, 0)), &run(0, 1, 3, 1, 100)).unwrap();
+    engine.write(&mut batch).unwrap();
+    for i in 0..WRITES {
+        ops.lock().unwrap().clear();
+        let mut batch = WriteBatch::new();
+        batch.save(1, Some(&hs(i + 1, 0)), &run(1, 3 * i + 1, 3 * i + 3, i + 1, 300)).unwrap();
+        engine.write(&mut batch).unwrap();
+        let ops = ops.lock().unwrap();
+        let after = |from: usize, kind: OpKind| {
+            ops.iter().skip(from).position(|(_, k)| *k == kind).map(|p| p + from)
+        };
+        let found = after(0, OpKind::Read)
+            .and_then(|r| after(r, OpKind::Sync))
+            .and_then(|s| after(s, OpKind::Write))
+            .map(|w| ops[w].0);
+        if found.is_some() {
+            witness = found;
+            break;
+        }
+    }
+    dry.set_hook(None);
+    drop(engine);
+    let witness = witness.expect("some write's housekeeping rewrites group 0 and syncs it");
+
+    // The same run, with that pwrite failing.
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    fs.inject(Fault { at_op: witness, kind: FaultKind::WriteEio });
+    let results = cold_rewrite_workload(&engine, WRITES);
+    let acknowledged = results.iter().take_while(|r| r.is_ok()).count();
+    assert!(fs.op_count() > witness, "the fault's operation ran");
+    // Every write answers Ok up to the one whose housekeeping failed: its change happened.
+    let failed = &results[acknowledged..];
+    assert!(
+        !failed.is_empty() && failed.iter().all(|r| matches!(r, Err(Error::Poisoned))),
+        "the calls after the silent poison are refused: {failed:?}"
+    );
+    assert!(matches!(engine.sync(), Err(Error::Poisoned)), "the sync is never retried");
+    assert!(matches!(engine.close(), Err(Error::Poisoned)), "a poisoned log cannot close");
+    drop(engine);
+
+    fs.crash_lose_all_unsynced();
+    fs.clear_faults();
+    let engine = open(&fs, &options).unwrap();
+    // Each acknowledged write with a new term sealed its segment: all of them are durable.
+    let writes = acknowledged as u64 - 1;
+    let g0 = engine.group(0).unwrap();
+    assert_eq!((g0.first_index().unwrap(), g0.last_index().unwrap()), (1, 3));
+    assert_eq!(g0.entries(1, 4, u64::MAX).unwrap(), run(0, 1, 3, 1, 100));
+    let g1 = engine.group(1).unwrap();
+    assert_eq!(g1.last_index().unwrap(), 3 * writes);
+    assert_eq!(g1.initial_state().unwrap().hard_state, hs(writes, 0));
+    let want: Vec<Entry> =
+        (0..writes).flat_map(|i| run(1, 3 * i + 1, 3 * i + 3, i + 1, 300)).collect();
+    assert_eq!(g1.entries(1, 3 * writes + 1, u64::MAX).unwrap(), want);
+}
+
 #[test]
 fn every_engine_recovery_corpus_file_passes_the_check() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/engine_recovery");
