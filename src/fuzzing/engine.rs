@@ -12,6 +12,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 
 use crate::contract::Storage;
+use crate::error::Error;
 use crate::fuzzing::compare::{Outcome, answers_like, holds_like, same_answers};
 use crate::fuzzing::ops::FaultChoice;
 use crate::fuzzing::storage::recovery_options;
@@ -280,10 +281,48 @@ fn describe(engine: &LogEngine, models: &Models) -> String {
         .unwrap_or_else(|| "no difference".into())
 }
 
+/// Reopens after a power cut and checks that the engine holds one state `history` allows (with
+/// `every_answer`, that it answers like it too); that state is durable from then on.
+fn restart(
+    fs: &CrashFs,
+    options: &WalOptions,
+    history: &mut History,
+    step: usize,
+    every_answer: bool,
+) -> LogEngine {
+    let reopened =
+        open(fs, options).unwrap_or_else(|e| panic!("step {step}: reopen after a power cut: {e}"));
+    // Newest first; bounded by the states pushed.
+    let recovered = (0..history.states.len())
+        .rev()
+        .find(|k| engine_like(&reopened, &history.states[*k], false));
+    let Some(k) = recovered else {
+        panic!(
+            "step {step}: after a power cut the engine matches no allowed state \
+             ({} candidates); against the durable one: {}",
+            history.states.len(),
+            describe(&reopened, &history.states[0])
+        );
+    };
+    if every_answer {
+        assert!(
+            engine_like(&reopened, &history.states[k], true),
+            "step {step}: the engine holds an allowed state but answers differently: {}",
+            describe(&reopened, &history.states[k])
+        );
+    }
+    history.states.truncate(k + 1);
+    history.settle();
+    reopened
+}
+
 /// Runs `case` on a LogEngine over CrashFs and on one MemoryStorage per group. Panics if an
 /// operation fails with no fault armed, if a call answers differently from the model, if the
 /// engine cannot reopen after a power cut, or if a reopened engine matches no state the history
 /// allows (a lost acknowledged batch, or a batch present in some groups and absent from others).
+/// A clean close may find the log poisoned only if a fault armed since the last restart fired:
+/// a call that never fails its caller (housekeeping after a write) poisons silently. The process
+/// then stops as at a power cut that loses everything unsynced, and recovery is checked.
 ///
 /// The final power cut checks every answer of every group; the restarts before it check what
 /// each group holds (indices, hard state, snapshot, every term, the whole log), which is what
@@ -300,6 +339,8 @@ pub fn check_engine_recovery(case: &EngineCase) {
     let mut faults = 0;
     // Whether a fault is armed (or fired) since the last restart.
     let mut faulted = false;
+    // Faults armed since the last restart (all of them cleared at each restart).
+    let mut armed = 0;
     // An operation failed: the process is taken as dead until the next restart.
     let mut dead = false;
     let final_step = case.ops.len().min(MAX_ENGINE_OPS);
@@ -396,6 +437,7 @@ pub fn check_engine_recovery(case: &EngineCase) {
             EngineOp::Fault { after, kind } => {
                 if faults < MAX_FAULTS && !dead {
                     faults += 1;
+                    armed += 1;
                     faulted = true;
                     let at_op = fs.op_count() + u64::from(after % 64);
                     fs.inject(Fault { at_op, kind: kind.kind() });
@@ -403,12 +445,24 @@ pub fn check_engine_recovery(case: &EngineCase) {
                 None
             }
             EngineOp::Reopen if !dead && !fs.is_halted() && engine.is_some() => {
+                // A fault that fired in a call that never fails its caller (the housekeeping
+                // after a write, whose change has happened) may have poisoned the log silently.
+                let fired = armed > fs.armed_faults();
                 // Faults not yet fired are disarmed: this close and open run clean.
                 fs.clear_faults();
-                faulted = false;
+                (faulted, armed) = (false, 0);
                 let live = engine.take().expect("checked");
-                if let Err(e) = live.close() {
-                    panic!("step {step}: a clean close failed: {e}");
+                match live.close() {
+                    Ok(()) => {}
+                    Err(Error::Poisoned) if fired => {
+                        // The process cannot close: it stops, as after a power cut.
+                        drop(live);
+                        fs.crash_lose_all_unsynced();
+                        let last = step == final_step;
+                        engine = Some(restart(&fs, &options, &mut history, step, last));
+                        continue;
+                    }
+                    Err(e) => panic!("step {step}: a clean close failed: {e}"),
                 }
                 history.settle();
                 drop(live);
@@ -430,32 +484,8 @@ pub fn check_engine_recovery(case: &EngineCase) {
                     _ => fs.crash_lose_all_unsynced(),
                 }
                 fs.clear_faults();
-                (faulted, dead) = (false, false);
-                let reopened = open(&fs, &options)
-                    .unwrap_or_else(|e| panic!("step {step}: reopen after a power cut: {e}"));
-                // Newest first; bounded by the states pushed.
-                let recovered = (0..history.states.len())
-                    .rev()
-                    .find(|k| engine_like(&reopened, &history.states[*k], false));
-                let Some(k) = recovered else {
-                    panic!(
-                        "step {step}: after a power cut the engine matches no allowed state \
-                         ({} candidates); against the durable one: {}",
-                        history.states.len(),
-                        describe(&reopened, &history.states[0])
-                    );
-                };
-                if step == final_step {
-                    assert!(
-                        engine_like(&reopened, &history.states[k], true),
-                        "step {step}: the engine holds an allowed state but answers differently: \
-                         {}",
-                        describe(&reopened, &history.states[k])
-                    );
-                }
-                history.states.truncate(k + 1);
-                history.settle();
-                engine = Some(reopened);
+                (faulted, dead, armed) = (false, false, 0);
+                engine = Some(restart(&fs, &options, &mut history, step, step == final_step));
                 None
             }
         };

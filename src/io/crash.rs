@@ -798,6 +798,11 @@ impl CrashFs {
         state.faults.insert(position, fault);
     }
 
+    /// How many faults are armed and have not fired yet.
+    pub fn armed_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
     /// Disarms every fault that has not fired yet (a fired `Halt` stays until the next crash).
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
