@@ -81,15 +81,16 @@ impl GroupStorage {
             return self.retain();
         }
         let repairable = self.wal.engine().options().recovery_mode == RecoveryMode::Repairable;
+        let no_membership = marker.index == 0 && marker.conf_state == ConfState::default();
+        if repairable && no_membership && self.adopt_bootstrap_snapshot()? {
+            return self.retain();
+        }
         // In every mode, an empty log whose bootstrap file is durable but whose marker is not
         // (a crash inside the bootstrap's `apply_snapshot`, after the file, before the marker)
-        // completes the bootstrap; the file's name is the empty marker's, so it is no orphan.
+        // completes the bootstrap: the file has the empty marker's name (term 0, index 0), so it
+        // is no orphan. Only that file, and only whole; anything else is judged as before.
         let empty_log = self.wal.first_index() == 1 && self.wal.last_index() == 0;
-        if (repairable || empty_log)
-            && marker.index == 0
-            && marker.conf_state == ConfState::default()
-            && self.adopt_bootstrap_snapshot()?
-        {
+        if no_membership && empty_log && self.adopt_marked_bootstrap(&marked)? {
             return self.retain();
         }
         let mut older = Vec::new();
@@ -231,6 +232,28 @@ impl GroupStorage {
                 kind,
             }),
             None => Ok(false),
+        }
+    }
+
+    /// The file named like the empty marker (term 0, index 0) reads whole and holds a
+    /// membership: a bootstrap whose marker a crash kept from the disk. It becomes the group's
+    /// snapshot. Returns whether it was adopted; a damaged or absent file is left to the caller.
+    fn adopt_marked_bootstrap(&self, marked: &str) -> Result<bool> {
+        if !self.snaps.list()?.iter().any(|s| s.name == marked) {
+            return Ok(false);
+        }
+        match self.snaps.verify(marked) {
+            Ok(metadata)
+                if metadata.index == 0
+                    && metadata.term == 0
+                    && metadata.conf_state != ConfState::default() =>
+            {
+                self.wal.save_snapshot(&metadata, false)?;
+                self.wal.sync()?;
+                Ok(true)
+            }
+            Ok(_) | Err(Error::Corruption { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
