@@ -537,7 +537,7 @@ pub fn inspect_group(
     let focus = state.group(group);
     let last_index = focus.map_or(0, |g| g.index.last_index());
     let mut unrecoverable = None;
-    if state.group_with_missing().is_some() {
+    if !state.groups_with_missing().is_empty() {
         unrecoverable = Some((
             found.first().map_or(String::new(), |f| f.name.clone()),
             CorruptionKind::Missing,

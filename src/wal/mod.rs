@@ -106,7 +106,7 @@ impl Engine {
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
         let started = std::time::Instant::now();
-        let recovered = replay::recover(&fs, dir, &options).inspect_err(|_error| {
+        let mut recovered = replay::recover(&fs, dir, &options).inspect_err(|_error| {
             #[cfg(feature = "tracing")]
             tracing::error!(dir = %dir.display(), error = %_error, "recovery refused to open the log");
         })?;
@@ -114,6 +114,7 @@ impl Engine {
         let counters = Arc::new(Counters::default());
         let mut state = recovered.state;
         let created = recovered.resume.is_none();
+        let restarted = std::mem::take(&mut recovered.restarted);
         let active = match recovered.resume {
             Some(active) => active,
             None => {
@@ -204,15 +205,16 @@ impl Engine {
         };
         // In every mode: a log still repairing stays repairing, whatever it is opened with.
         if let Some(repairs) = repair::read(&engine.fs, &engine.dir)? {
-            engine.resolve_repairs(repairs)?;
+            engine.resolve_repairs(repairs, &restarted)?;
         }
         Ok(engine)
     }
 
     /// Applies the repair file at open: the newest term and vote it saw past the cut win (and
     /// are written back to the log) with the surviving log's commit index, and groups whose log
-    /// already reaches what they lost stop repairing.
-    fn resolve_repairs(&self, mut repairs: repair::RepairFile) -> Result<()> {
+    /// already reaches what they lost stop repairing. `restarted` groups had their logs
+    /// restarted at their snapshots by recovery (a hole below the cut); that is written here.
+    fn resolve_repairs(&self, mut repairs: repair::RepairFile, restarted: &[u64]) -> Result<()> {
         let mut inner = self.lock_write()?;
         if repairs.others_unknown {
             for group in inner.state.group_ids() {
@@ -242,7 +244,11 @@ impl Engine {
             hs.commit = current.commit.min(last).max(first - 1);
             let last_term = term_of(&inner.state, group, last).unwrap_or(0);
             record.term = record.term.max(hs.term).max(last_term);
-            if repairs.reset_pending && last > hs.commit {
+            if restarted.binary_search(&group).is_ok() {
+                // Already restarted in memory (recovery added the loss to the record).
+                let marker = inner.state.group(group).map(|s| s.snapshot()).unwrap_or_default();
+                resets.push((group, marker));
+            } else if repairs.reset_pending && last > hs.commit {
                 let marker = inner.state.group(group).map(|s| s.snapshot()).unwrap_or_default();
                 // Entries up to `last` may have been acknowledged: the repair covers them.
                 record.index = record.index.max(last);

@@ -80,7 +80,8 @@ pub fn newer_hard_state(candidate: &HardState, current: &HardState) -> bool {
 }
 
 impl RepairRecord {
-    fn merge(&mut self, other: &RepairRecord) {
+    /// Folds `other` in: the larger index and term, the newer hard state.
+    pub fn merge(&mut self, other: &RepairRecord) {
         self.index = self.index.max(other.index);
         self.term = self.term.max(other.term);
         if newer_hard_state(&other.hard_state, &self.hard_state)

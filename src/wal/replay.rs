@@ -58,6 +58,9 @@ pub struct Recovered {
     pub next_record: u64,
     /// What happened.
     pub report: RecoveryReport,
+    /// Groups whose logs restarted at their snapshots in memory (row P10); open makes that
+    /// durable.
+    pub restarted: Vec<u64>,
 }
 
 struct Found {
@@ -197,6 +200,62 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
 fn next_write(records: &[ScannedRecord], from: usize) -> Option<std::ops::Range<usize>> {
     let last = records[from..].iter().position(|r| !r.more)?;
     Some(from..from + last + 1)
+}
+
+/// Groups left with entries whose records lay in segments that are gone (a hole: a cut took the
+/// compaction that had released them, or a segment was lost) restart their logs at their
+/// snapshots, as row P10 of DESIGN.md §8.2 says: in any mode while a cut's resets are still
+/// pending (the repair file says so, and only a Repairable open cuts), and in Repairable mode
+/// always. Each group's loss is first added to the repair file, durably, so that a crash before
+/// the restart is durable never forgets it. Otherwise a hole is refused as `Missing` (row P7).
+/// Returns the groups restarted, whose restart the open makes durable.
+fn restart_logs_with_holes(
+    fs: &Fs,
+    dir: &Path,
+    mode: RecoveryMode,
+    state: &mut EngineState,
+    first_segment: &str,
+) -> Result<Vec<u64>> {
+    let holes = state.groups_with_missing();
+    if holes.is_empty() {
+        return Ok(holes);
+    }
+    let pending = repair::read(fs, dir)?.filter(|f| f.reset_pending);
+    let mut file = match pending {
+        Some(file) => file,
+        // Segments lost with no cut (deleted, say): a Repairable open treats the entries
+        // they held as damage like any other, and the restart as a cut's.
+        None if mode == RecoveryMode::Repairable => {
+            let mut file = repair::read(fs, dir)?.unwrap_or_default();
+            file.reset_pending = true;
+            file
+        }
+        None => return Err(corruption(first_segment, 0, CorruptionKind::Missing)),
+    };
+    for &group in &holes {
+        let Some(log) = state.group(group) else { continue };
+        let last = log.index.last_index();
+        // A group the file does not list lost an unknown suffix when it says so for all
+        // such groups: the log's own last index does not bound it.
+        let unknown = file.others_unknown && !file.groups.contains_key(&group);
+        let lost = repair::RepairRecord {
+            index: if unknown { repair::UNKNOWN_INDEX } else { last },
+            term: log.index.term(last).unwrap_or(0).max(log.hard_state.term),
+            hard_state: log.hard_state,
+        };
+        file.groups.entry(group).or_default().merge(&lost);
+    }
+    repair::write(fs, dir, &file)?;
+    for &group in &holes {
+        state
+            .change(group, |log| {
+                let marker = log.snapshot();
+                log.apply_snapshot(&marker, true)
+            })
+            .map_err(|why| corruption(first_segment, 0, CorruptionKind::Malformed(why)))?;
+    }
+    debug_assert!(state.groups_with_missing().is_empty(), "every hole was closed");
+    Ok(holes)
 }
 
 /// Reads everything from `at` on (the damaged segment through its footer when it has one, or
@@ -593,10 +652,8 @@ fn recover_once(
         }
     }
 
-    if state.group_with_missing().is_some() {
-        let first = found.first().map_or("", |f| f.name.as_str());
-        return Err(corruption(first, 0, CorruptionKind::Missing));
-    }
+    let first_name = found.first().map_or("", |f| f.name.as_str());
+    let holes = restart_logs_with_holes(fs, dir, options.recovery_mode, &mut state, first_name)?;
 
     let mut records_total = next_record.unwrap_or(0);
     let resume = match last_kept {
@@ -648,6 +705,7 @@ fn recover_once(
         last_crc,
         next_record: records_total,
         report,
+        restarted: holes,
     }))
 }
 

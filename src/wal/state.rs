@@ -304,9 +304,12 @@ impl EngineState {
         }
     }
 
-    /// A group with live entries whose records lay in deleted segments, if any.
-    pub fn group_with_missing(&self) -> Option<u64> {
-        self.groups.iter().find(|(_, s)| s.index.has_missing()).map(|(id, _)| *id)
+    /// The groups with live entries whose records lay in deleted segments, sorted.
+    pub fn groups_with_missing(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> =
+            self.groups.iter().filter(|(_, s)| s.index.has_missing()).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Releases spare capacity (after recovery built the indexes).

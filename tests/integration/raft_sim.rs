@@ -423,8 +423,6 @@ struct DurableStats {
     repairs: usize,
     /// Damage targets the open refused (a vote may have been lost), replaced by another.
     refused: usize,
-    /// Damage targets the open refused because the cut left a hole below it, replaced.
-    refused_missing: usize,
 }
 
 struct Sim {
@@ -919,12 +917,6 @@ impl Sim {
                     if why.contains("vote") =>
                 {
                     self.stats.refused += 1;
-                }
-                Err(Error::Corruption { kind: CorruptionKind::Missing, .. }) => {
-                    // The cut dropped a compaction whose released segments are gone: the
-                    // open refuses a log with a hole below the cut (a limit of the library:
-                    // the node would have to be replaced).
-                    self.stats.refused_missing += 1;
                 }
                 Err(e) => panic!("node {id}: the open refused {damage:?}: {e}"),
             }
@@ -1434,7 +1426,6 @@ fn seeded_cluster_simulation_keeps_raft_invariants() {
         durable.deletes += stats.deletes;
         durable.repairs += stats.repairs;
         durable.refused += stats.refused;
-        durable.refused_missing += stats.refused_missing;
         damaged_seeds += usize::from(stats.flips + stats.deletes > 0);
     }
     eprintln!("raft_sim: {} seeds, {damaged_seeds} with damage to a log; {durable:?}", seeds.len());

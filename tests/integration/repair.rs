@@ -208,7 +208,7 @@ fn a_crash_during_a_repairable_open_never_forgets_the_loss() {
     for at in 0..200u64 {
         for seed in 0..3 {
             let fs = base.power_cut_copy();
-            fs.inject(Fault { at_op: at, kind: FaultKind::Halt });
+            fs.inject(Fault { at_op: fs.op_count() + at, kind: FaultKind::Halt });
             let done = open(&fs, RecoveryMode::Repairable).is_ok() && !fs.is_halted();
             reached_end |= done;
             fs.crash(seed);
@@ -887,4 +887,151 @@ fn a_cut_of_bootstrap_markers_of_several_groups_adopts_each_file() {
         assert_eq!(storage.initial_state().unwrap().conf_state, founders(), "group {g}");
         assert!(storage.repair_state().unwrap().is_some(), "group {g}");
     }
+}
+
+/// Entries 1..=150 of 1000 bytes (with the vote and commit 145), a compaction at 140 that
+/// releases every segment before the one it is written in, then entries 151..=160. Returns the
+/// segment holding the compaction and the entries record written just before it there.
+fn compacted_past_released_segments() -> (CrashFs, String, ScannedRecord) {
+    let fs = CrashFs::new();
+    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    wal.save(Some(&VOTE), &[]).unwrap();
+    for i in 1..=150 {
+        let hs = HardState { commit: i.min(145), ..VOTE };
+        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
+    }
+    wal.compact(140).unwrap();
+    for i in 151..=160 {
+        wal.save(None, &[entry(i, 2, 1000)]).unwrap();
+    }
+    drop(wal);
+    let names = segments(&fs);
+    let (name, position) = names
+        .iter()
+        .find_map(|name| {
+            let records = records(&fs, name);
+            let at = records.iter().position(|r| matches!(r.record, Record::Compact { .. }))?;
+            Some((name.clone(), at))
+        })
+        .expect("the compaction's record is on disk");
+    assert_eq!(names[0], name, "the compaction released every older segment");
+    let before = records(&fs, &name)[..position]
+        .iter()
+        .rev()
+        .find(|r| matches!(r.record, Record::Entries { .. }))
+        .cloned()
+        .expect("entries precede the compaction in its segment");
+    match &records(&fs, &name)[0].record {
+        Record::Checkpoint(cps) => {
+            assert!(
+                cps[0].last_index > cps[0].dummy_index,
+                "the checkpoint names entries held only in released segments"
+            )
+        }
+        other => panic!("a segment starts with its checkpoint, not {other:?}"),
+    }
+    (fs, name, before)
+}
+
+/// A cut that drops a compaction whose released segments are gone leaves the log with a hole
+/// below the cut (row P10): Strict refuses; Repairable restarts the group's log at its snapshot,
+/// keeps term and vote, and repairs up to the index the log had reached, durably.
+#[test]
+fn a_cut_that_drops_a_compaction_of_released_segments_restarts_the_log_and_repairs() {
+    let (fs, name, before) = compacted_past_released_segments();
+    damage(&fs, &name, &before);
+    assert!(matches!(open(&fs, RecoveryMode::Strict), Err(Error::Corruption { .. })));
+
+    let check = |wal: &Wal| {
+        let hs = wal.hard_state();
+        assert_eq!(
+            (hs.term, hs.vote, hs.commit),
+            (VOTE.term, VOTE.vote, 0),
+            "term and vote are kept"
+        );
+        assert_eq!(
+            (wal.first_index(), wal.last_index()),
+            (1, 0),
+            "the log restarts at its snapshot"
+        );
+        assert_eq!(wal.repair_state(), Some(RepairState { index: 160, term: 2 }));
+    };
+    let wal = open(&fs, RecoveryMode::Repairable).unwrap();
+    check(&wal);
+    drop(wal);
+    for mode in [RecoveryMode::Strict, RecoveryMode::Repairable] {
+        let wal = open(&fs, mode).unwrap();
+        check(&wal);
+    }
+    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    for i in 1..=160 {
+        wal.save(None, &[entry(i, 2, 1000)]).unwrap();
+    }
+    assert_eq!(wal.repair_state(), None, "repaired from the leader");
+}
+
+/// A crash at every I/O operation of the Repairable open that restarts the log never leaves a
+/// log that opens without the repair, or one that no open accepts.
+#[test]
+fn a_crash_during_the_restart_of_a_log_with_a_hole_keeps_the_repair() {
+    let (base, name, before) = compacted_past_released_segments();
+    damage(&base, &name, &before);
+    let mut reached_end = false;
+    // Bounded: an open makes far fewer than 300 I/O operations.
+    for at in 0..300u64 {
+        for seed in 0..3 {
+            let fs = base.power_cut_copy();
+            fs.inject(Fault { at_op: fs.op_count() + at, kind: FaultKind::Halt });
+            reached_end |= open(&fs, RecoveryMode::Repairable).is_ok() && !fs.is_halted();
+            fs.crash(seed);
+            fs.clear_faults();
+            let wal = open(&fs, RecoveryMode::Repairable)
+                .unwrap_or_else(|e| panic!("crash at op {at} seed {seed}: reopen failed: {e}"));
+            assert_eq!(
+                wal.repair_state(),
+                Some(RepairState { index: 160, term: 2 }),
+                "crash at op {at} seed {seed}: the repair is kept"
+            );
+            let hs = wal.hard_state();
+            assert_eq!((hs.term, hs.vote), (VOTE.term, VOTE.vote), "crash at op {at} seed {seed}");
+            assert_eq!(wal.last_index(), 0, "crash at op {at} seed {seed}");
+        }
+        if reached_end {
+            break;
+        }
+    }
+    assert!(reached_end, "some open ran to the end without reaching its halt");
+}
+
+/// A lost oldest segment (deleted, not damaged) leaves entries below the first one that remains
+/// with no record: Strict refuses (row P7); Repairable restarts the log at its snapshot and
+/// repairs up to the last index, which the intact rest of the log gives exactly (row P10).
+#[test]
+fn a_lost_oldest_segment_restarts_the_log_and_repairs() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    wal.save(Some(&VOTE), &[]).unwrap();
+    for i in 1..=150 {
+        let hs = HardState { commit: i.min(145), ..VOTE };
+        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
+    }
+    drop(wal);
+    let names = segments(&fs);
+    assert!(names.len() >= 3, "the entries span several segments: {names:?}");
+    fs.remove_file(&dir().join(&names[0])).unwrap();
+    match open(&fs, RecoveryMode::Strict) {
+        Err(Error::Corruption { kind: raftwal::CorruptionKind::Missing, .. }) => {}
+        other => {
+            panic!("Strict must refuse missing entries, got {:?}", other.map(|w| w.last_index()))
+        }
+    }
+    let wal = open(&fs, RecoveryMode::Repairable).unwrap();
+    let hs = wal.hard_state();
+    assert_eq!((hs.term, hs.vote, hs.commit), (VOTE.term, VOTE.vote, 0));
+    assert_eq!(wal.last_index(), 0, "the log restarts at its snapshot");
+    assert_eq!(wal.repair_state(), Some(RepairState { index: 150, term: 2 }));
+    drop(wal);
+    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    assert_eq!(wal.repair_state(), Some(RepairState { index: 150, term: 2 }), "durably");
+    assert_eq!(wal.last_index(), 0);
 }
