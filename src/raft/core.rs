@@ -774,6 +774,13 @@ impl<S: Storage> Raft<S> {
                         self.election_elapsed = 0;
                         self.vote = m.from;
                     }
+                } else if self.term == 0 {
+                    // Only a pre-vote reaches here at term 0 (a vote's term was adopted above),
+                    // refused by a repairing node (a healthy one at term 0 has an empty log,
+                    // which any candidate's is up to date with): a response needs a term, and
+                    // this node has none to give. The candidate's round goes on without it, as
+                    // if the message was lost.
+                    debug_assert_eq!(m.msg_type, MessageType::MsgPreVote);
                 } else {
                     #[cfg(feature = "tracing")]
                     if repairing {

@@ -116,6 +116,41 @@ fn a_repairing_node_grants_no_vote_or_pre_vote_at_any_term() {
     }
 }
 
+/// A node whose damage left it no term (term 0, no entries: the loss of a log that had barely
+/// started) and a repair of unknown extent: a pre-vote, which moves no term, gets no answer (a
+/// response needs a term, and this node has none to give), and a vote request is refused at
+/// the term it brings.
+#[test]
+fn a_repairing_node_without_a_term_refuses_votes_without_answering_at_term_0() {
+    use MessageType::{MsgPreVote, MsgVote};
+    for t in [MsgPreVote, MsgVote] {
+        let store = Arc::new(MemoryStorage::new());
+        store
+            .apply_snapshot(Snapshot {
+                metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
+                data: Bytes::new(),
+            })
+            .unwrap();
+        let repair = RepairState { index: u64::MAX, term: 0 };
+        store.set_repair_state(Some(repair)).unwrap();
+        let mut node =
+            RawNode::new(&Config { pre_vote: true, ..config(3) }, store.clone()).unwrap();
+        drain(&mut node, &store);
+        node.step(vote_request(t, 1)).unwrap();
+        let out = drain(&mut node, &store);
+        let answers: Vec<&Message> = out.iter().filter(|m| m.to == 2).collect();
+        match t {
+            MsgPreVote => assert!(answers.is_empty(), "{t:?}: {out:?}"),
+            _ => {
+                assert_eq!(answers.len(), 1, "{t:?}: {out:?}");
+                assert!(answers[0].reject && answers[0].term == 1, "{t:?}: {:?}", answers[0]);
+            }
+        }
+        assert_eq!(store.hard_state().vote, 0, "{t:?}: no vote persisted");
+        assert_eq!(node.status().repairing, Some(repair));
+    }
+}
+
 #[test]
 fn a_repairing_node_never_campaigns() {
     for pre_vote in [false, true] {
