@@ -1,9 +1,11 @@
 //! Releasing segments no group needs, and rewriting cold groups forward so that a few old
 //! entries never pin old segments (the problem of idle groups in a shared log).
 //!
-//! A segment can go once it is sealed, everything written is durable, and no group's first live
-//! entry lies in it or before it: every segment starts with a checkpoint of every group's hard
-//! state, dummy and snapshot marker, so metadata never pins a segment; only entries do. When the
+//! A segment can go once it is sealed, everything written is durable, no group's first live
+//! entry lies in it or before it, and it is not the one just before the active segment (kept as
+//! the second copy of what the active segment's checkpoint restates): every segment starts with
+//! a checkpoint of every group's hard state, dummy and snapshot marker, so metadata never pins a
+//! segment; only entries do. When the
 //! log's bytes exceed `purge_threshold_bytes`, the groups whose entries pin the oldest segments
 //! are handled: a cold one (at most `rewrite_max_entries` entries and `rewrite_max_bytes`) has
 //! its live entries written again, unchanged, at the head of the log; a hot one is reported in
@@ -126,7 +128,11 @@ impl Engine {
             .map(|loc| u64::from(loc.segment))
             .min()
             .unwrap_or(active)
-            .min(active);
+            // The segment before the active one stays whatever it holds: its records (and its
+            // footer) are the second copy of every group's term and vote, which the active
+            // segment's checkpoint restates, so damage to that checkpoint loses no vote
+            // (DESIGN.md §8.2).
+            .min(active.saturating_sub(1));
         let doomed: Vec<u64> = inner.sealed.range(..first_needed).map(|(seq, _)| *seq).collect();
         // Bounded by the sealed segments listed.
         for sequence in doomed {

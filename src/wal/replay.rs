@@ -307,14 +307,21 @@ fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Re
                     && records.iter().all(|r| matches!(r.record, Record::Checkpoint(_)));
             }
         }
+        // A checkpoint restates the state the records before it built: this segment's holds
+        // nothing that is lost with its bytes when the segment before it is kept (it was
+        // replayed: every term and vote included), or when no record precedes it (the log's
+        // first segment: an empty state).
+        let checkpoint_known = checkpoint_read
+            || f.first_record == 0
+            || (k == at.segment && k > 0 && found[k - 1].sequence + 1 == f.sequence);
         if k == at.segment {
             // The cut itself: whatever was at `at` is lost.
-            evidence.gap(sealed || !checkpoint_read);
+            evidence.gap(sealed || !checkpoint_known);
         } else if format::SegmentHeader::decode(&bytes).is_err() {
             evidence.gap(true);
         }
         let start = (from as usize).max(format::SEGMENT_HEADER_LEN).min(bytes.len());
-        let mut seen_checkpoint = checkpoint_read;
+        let mut seen_checkpoint = checkpoint_known;
         let whole = salvage(
             &bytes,
             start,

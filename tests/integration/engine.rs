@@ -1687,13 +1687,13 @@ fn an_index_compacted_to_ten_entries_costs_at_most_8_bytes_each_plus_a_constant(
 /// multi-group log closed cleanly (`rounds` rounds of batches over three groups); every reopen
 /// must give `Corruption` naming that segment or every group exactly as it was. Returns the
 /// reopens refused, those that opened, and the log's segments.
-fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
+fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
     let fs = CrashFs::new();
     let engine = open(&fs, &options()).unwrap();
     let mut models: BTreeMap<u64, Model> = BTreeMap::new();
     let mut batch = WriteBatch::new();
-    // The terms first: a term change seals its segment, and that one holds no entry, so it is
-    // released and the entries all lie in the next.
+    // The terms first: a term change seals its segment, which holds no entry (it stays, as the
+    // one before the active segment), and the entries all lie in the next.
     for g in 1..=3u64 {
         batch.save(g, Some(&hs(1, 0)), &[]).unwrap();
         models.entry(g).or_default().hard_state = hs(1, 0);
@@ -1717,8 +1717,9 @@ fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
     drop(engine);
     let mut names = segment_names(&fs);
     names.sort();
-    let path = Path::new(ROOT).join("wal").join(&names[0]);
-    assert!(names[0].ends_with(SEGMENT_SUFFIX));
+    let name = if newest { names.last().unwrap() } else { &names[0] };
+    let path = Path::new(ROOT).join("wal").join(name);
+    assert!(name.ends_with(SEGMENT_SUFFIX));
     let bytes = fs.read_file(&path).unwrap();
     // The records end at the last nonzero byte (the rest of the preallocated segment is zero).
     let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
@@ -1733,7 +1734,7 @@ fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
         match open(&copy, &options()) {
             Err(Error::Corruption { segment, .. }) => {
                 assert!(
-                    segment.to_string_lossy().contains(&names[0]),
+                    segment.to_string_lossy().contains(name.as_str()),
                     "bit {bit}: the corruption names the segment, not {segment:?}"
                 );
                 refused += 1;
@@ -1767,16 +1768,16 @@ fn flip_bits_of_the_first_segment(rounds: u64) -> (u64, u64, usize) {
 }
 
 #[test]
-fn a_flipped_bit_in_the_only_segment_gives_corruption_or_the_same_answers() {
-    let (refused, same, segments) = flip_bits_of_the_first_segment(3);
-    assert_eq!(segments, 1, "the log fits one segment");
+fn a_flipped_bit_in_the_active_segment_gives_corruption_or_the_same_answers() {
+    let (refused, same, segments) = flip_bits_of_a_segment(3, true);
+    assert_eq!(segments, 2, "the entries fit the active segment, after the term's segment");
     assert!(refused > 0, "flips in records are detected");
-    println!("bit flips, one segment: {refused} refused as corruption, {same} opened the same");
+    println!("bit flips, active segment: {refused} refused as corruption, {same} opened the same");
 }
 
 #[test]
 fn a_flipped_bit_in_a_sealed_segment_gives_corruption_or_the_same_answers() {
-    let (refused, same, segments) = flip_bits_of_the_first_segment(20);
+    let (refused, same, segments) = flip_bits_of_a_segment(20, false);
     assert!(segments > 1, "the first segment is sealed");
     assert!(refused > 0, "flips in records are detected");
     println!("bit flips, sealed segment: {refused} refused as corruption, {same} opened the same");

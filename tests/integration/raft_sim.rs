@@ -327,11 +327,8 @@ fn pick_damage(fs: &CrashFs, rng: &mut Rng, read_footers: bool) -> Option<Damage
     let segment = targets[rng.below(targets.len() as u64) as usize].clone();
     let bytes = fs.read_file(&dir.join(&segment)).unwrap();
     let records = scan_segment(&bytes, SIM_MAX_RECORD_BYTES).records;
-    // A segment's first write is its checkpoint, the copy of every group's term and vote
-    // that damage elsewhere leaves to restore them. Damage to it with no later checkpoint
-    // may lose a vote: the open refuses, and the node would be lost for good (its disk
-    // replaced, under a new identity). The simulator spares checkpoints instead.
-    let first_write = records.iter().position(|r| !r.more).map_or(records.len(), |p| p + 1);
+    // A segment's checkpoint is a target like any other record: the segment before it, kept
+    // for that reason, holds the second copy of every term and vote it restates.
     // In the newest segment, only a record that a later record proves durable (its `durable`
     // field reaches past it) can be told from a torn write: damage to the others is cut as a
     // torn tail (rows R3, R4) with no repair state, and the node forgets entries it may have
@@ -345,7 +342,7 @@ fn pick_damage(fs: &CrashFs, rng: &mut Rng, read_footers: bool) -> Option<Damage
             .unwrap_or(0)
     };
     let newest_chosen = &segment == newest;
-    let payloads: Vec<(u64, u64)> = (first_write..records.len())
+    let payloads: Vec<(u64, u64)> = (0..records.len())
         .filter(|k| {
             !newest_chosen || durable_after(*k) >= records[*k].offset + records[*k].framed_len
         })
@@ -873,7 +870,7 @@ impl Sim {
     }
 
     /// Damages node `id`'s log, just after its power cut: a bit flips inside the payload of
-    /// a record (any record but a segment's checkpoint), or a sealed segment is deleted. The
+    /// a record, or a sealed segment is deleted. The
     /// node's storage is reopened from the damaged disk, with `RecoveryMode::Repairable`: it
     /// cuts the log at the damage and reports a repair state until the log holds again what
     /// it had. Returns whether the damage was done (the storage is then open); false leaves
