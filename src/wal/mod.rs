@@ -51,6 +51,10 @@ use writer::{Active, Failure, MAX_SEGMENT_SEQUENCE, Op, Sealed, SyncTarget, Writ
 
 /// Name of the lock file in a WAL directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// Name of the note a read leaves when it finds damage: open replays sealed segments from their
+/// footers without checking their records, so the next open reads every segment whole instead,
+/// and recovery sees the damage (DESIGN.md §8.2, row P11). Removed by the open that did so.
+pub const READ_WHOLE_FILE: &str = "read-whole";
 
 /// The write-ahead log of one node: the logs of every group it hosts, in one directory.
 pub struct Engine {
@@ -106,7 +110,10 @@ impl Engine {
         crate::io::create_dir_all_durable(fs.as_ref(), dir)?;
         let lock = fs.try_lock(&dir.join(LOCK_FILE))?.ok_or(Error::Locked)?;
         let started = std::time::Instant::now();
-        let mut recovered = replay::recover(&fs, dir, &options).inspect_err(|_error| {
+        let noted = fs.list(dir)?.iter().any(|name| name == READ_WHOLE_FILE);
+        let replay_options =
+            WalOptions { read_footers: options.read_footers && !noted, ..options.clone() };
+        let mut recovered = replay::recover(&fs, dir, &replay_options).inspect_err(|_error| {
             #[cfg(feature = "tracing")]
             tracing::error!(dir = %dir.display(), error = %_error, "recovery refused to open the log");
         })?;
@@ -206,6 +213,11 @@ impl Engine {
         // In every mode: a log still repairing stays repairing, whatever it is opened with.
         if let Some(repairs) = repair::read(&engine.fs, &engine.dir)? {
             engine.resolve_repairs(repairs, &restarted)?;
+        }
+        if noted {
+            // Every segment was read whole and what was found is settled.
+            engine.fs.remove_file(&engine.dir.join(READ_WHOLE_FILE))?;
+            engine.fs.sync_dir(&engine.dir)?;
         }
         Ok(engine)
     }
@@ -871,7 +883,27 @@ impl Engine {
     /// `group`'s entries in `[lo, hi)` within `max_size`, with `Storage::entries`'s semantics.
     pub fn entries(&self, group: u64, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>> {
         let inner = self.read();
-        inner.entries(group, lo, hi, max_size, self.options.max_record_bytes)
+        let result = inner.entries(group, lo, hi, max_size, self.options.max_record_bytes);
+        drop(inner);
+        if matches!(result, Err(Error::Corruption { .. })) && self.options.read_footers {
+            self.note_damage_found();
+        }
+        result
+    }
+
+    /// Leaves the note that makes the next open read every segment whole (see
+    /// [`READ_WHOLE_FILE`]): damage a read found in a segment replayed from its footer would
+    /// otherwise stay unseen by every open, and fail the same read after every restart. Best
+    /// effort (the caller reports the damage anyway), but a failed directory fsync poisons the
+    /// log, as everywhere: whether the directory's state is durable is unknown.
+    fn note_damage_found(&self) {
+        #[cfg(feature = "tracing")]
+        tracing::error!(dir = %self.dir.display(), "a read found damage: the next open reads every segment whole");
+        if self.fs.create(&self.dir.join(READ_WHOLE_FILE)).is_ok()
+            && let Err(e) = self.fs.sync_dir(&self.dir)
+        {
+            self.poison(e.into());
+        }
     }
 
     /// Segment files the log holds now.

@@ -1067,3 +1067,53 @@ fn a_lost_oldest_segment_restarts_the_log_and_repairs() {
     assert_eq!(wal.repair_state(), Some(RepairState { index: 150, term: 2 }), "durably");
     assert_eq!(wal.last_index(), 0);
 }
+
+/// Damage in a sealed segment that open replays from its footer is found only when an entry
+/// is read. That read fails with `Corruption` and leaves a durable note, so that the next open
+/// reads the sealed segments whole and finds it: Strict refuses at open, Repairable cuts and
+/// repairs, instead of every restart failing again at the same read.
+#[test]
+fn damage_found_by_a_read_is_repaired_at_the_next_open() {
+    let fs = CrashFs::new();
+    // Footers of up to 64 KiB, so that every sealed segment is replayed from its footer.
+    let open = |fs: &CrashFs, mode| {
+        let shared: Fs = Arc::new(fs.clone());
+        Wal::open(shared, &dir(), WalOptions { max_record_bytes: 64 << 10, ..options(mode) })
+    };
+    let wal = open(&fs, RecoveryMode::Repairable).unwrap();
+    wal.save(Some(&VOTE), &[]).unwrap();
+    for i in 1..=150 {
+        let hs = HardState { commit: i.min(145), ..VOTE };
+        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
+    }
+    drop(wal);
+    let names = segments(&fs);
+    let (name, record) = names[..names.len() - 1]
+        .iter()
+        .find_map(|name| {
+            let r = records(&fs, name).into_iter().find(
+                |r| matches!(&r.record, Record::Entries { entries, .. } if entries[0].index == 10),
+            )?;
+            Some((name.clone(), r))
+        })
+        .expect("entry 10 lies in a sealed segment");
+    damage(&fs, &name, &record);
+
+    let wal = open(&fs, RecoveryMode::Repairable).unwrap();
+    assert_eq!((wal.last_index(), wal.repair_state()), (150, None), "the footer hides the damage");
+    assert!(matches!(wal.entries(10, 11, u64::MAX), Err(Error::Corruption { .. })));
+    drop(wal);
+
+    assert!(
+        matches!(open(&fs, RecoveryMode::Strict), Err(Error::Corruption { .. })),
+        "Strict now finds the damage at open"
+    );
+    let wal = open(&fs, RecoveryMode::Repairable).unwrap();
+    assert_eq!(wal.last_index(), 9, "cut at the damage");
+    assert_eq!(wal.repair_state(), Some(RepairState { index: 150, term: 2 }));
+    assert!(wal.entries(wal.first_index(), 10, u64::MAX).is_ok(), "what remains reads");
+    drop(wal);
+    // The repair is durable and the note done with: the next open is an ordinary one.
+    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    assert_eq!(wal.repair_state(), Some(RepairState { index: 150, term: 2 }));
+}
