@@ -104,6 +104,13 @@ pub struct WalOptions {
     /// reused as new segments, instead of allocating and zero-filling new files: writes then
     /// overwrite blocks that exist already, and the disk writes each segment once, not twice.
     pub recycle_segments: bool,
+    /// Each sync's witness record (DESIGN.md §7, case 26) is synced too, with a second
+    /// fdatasync, before the sync returns. Off (the default), it reaches the disk with the next
+    /// sync or the kernel's writeback, and a power cut before then together with damage to
+    /// exactly the writes that sync covered reads as a torn tail: the writes are cut without a
+    /// repair state. On, every acknowledged write has a durable witness, at the cost of a
+    /// second fdatasync per sync (group commit shares it like the first).
+    pub sync_witness: bool,
 }
 
 impl Default for WalOptions {
@@ -126,6 +133,7 @@ impl Default for WalOptions {
             rewrite_budget_bytes: 16 << 20,
             read_footers: true,
             recycle_segments: true,
+            sync_witness: false,
         }
     }
 }

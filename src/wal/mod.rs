@@ -171,7 +171,9 @@ impl Engine {
         // Recovery synced the segment writing resumes in: if its last records that change
         // state have no witness (the process stopped between a sync and its witness), they get
         // one now, before anything is acknowledged that could depend on them.
-        writer.witness().map_err(Error::from)?;
+        if writer.witness().map_err(Error::from)? && options.sync_witness {
+            writer.active.file.sync_data()?;
+        }
         if writer.active.fresh {
             // Write the header and checkpoint now, so that an empty log is a valid log.
             let mut sealed = None;
@@ -607,7 +609,13 @@ impl Engine {
         // Before anyone is told the sync returned, so that a process that stops after an
         // acknowledgement always leaves the witness to the kernel. A failed write poisons the
         // log (by the caller), though what the sync covered is durable.
-        inner.writer.witness().map_err(Error::from)?;
+        if inner.writer.witness().map_err(Error::from)? && self.options.sync_witness {
+            // Made durable before anyone is told, outside the lock: writers go on meanwhile,
+            // and the sync lock (held by this leader) keeps other syncs out.
+            let file = inner.writer.active.file.clone();
+            drop(inner);
+            self.counters.time_sync(self.options.slow_sync_threshold, || file.sync_data())?;
+        }
         Ok(target.lsn)
     }
 
