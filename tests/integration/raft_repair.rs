@@ -16,9 +16,8 @@ type Raw = RawNode<Arc<MemoryStorage>>;
 /// term 2, and now holds 1..=3.
 const LOST: RepairState = RepairState { index: 6, term: 2 };
 
-/// Node 3 of {1, 2, 3} alone, over a storage holding entries 1..=3 of term 2, hard state
-/// (term 2, no vote, commit 3) and `repair`.
-fn lone(repair: Option<RepairState>, pre_vote: bool) -> (Raw, Arc<MemoryStorage>) {
+/// A storage holding only the founding membership {1, 2, 3} (the index-0 snapshot).
+fn founded() -> Arc<MemoryStorage> {
     let store = Arc::new(MemoryStorage::new());
     store
         .apply_snapshot(Snapshot {
@@ -26,6 +25,13 @@ fn lone(repair: Option<RepairState>, pre_vote: bool) -> (Raw, Arc<MemoryStorage>
             data: Bytes::new(),
         })
         .unwrap();
+    store
+}
+
+/// Node 3 of {1, 2, 3} alone, over a storage holding entries 1..=3 of term 2, hard state
+/// (term 2, no vote, commit 3) and `repair`.
+fn lone(repair: Option<RepairState>, pre_vote: bool) -> (Raw, Arc<MemoryStorage>) {
+    let store = founded();
     let es: Vec<Entry> = (1..=3).map(|i| Entry::new(i, 2, Bytes::new())).collect();
     store.append(&es).unwrap();
     store.set_hard_state(HardState { term: 2, vote: 0, commit: 3 }).unwrap();
@@ -124,13 +130,7 @@ fn a_repairing_node_grants_no_vote_or_pre_vote_at_any_term() {
 fn a_repairing_node_without_a_term_refuses_votes_without_answering_at_term_0() {
     use MessageType::{MsgPreVote, MsgVote};
     for t in [MsgPreVote, MsgVote] {
-        let store = Arc::new(MemoryStorage::new());
-        store
-            .apply_snapshot(Snapshot {
-                metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
-                data: Bytes::new(),
-            })
-            .unwrap();
+        let store = founded();
         let repair = RepairState { index: u64::MAX, term: 0 };
         store.set_repair_state(Some(repair)).unwrap();
         let mut node =
@@ -276,13 +276,7 @@ fn a_persisted_snapshot_covering_the_index_ends_repair_and_a_shorter_one_does_no
 #[test]
 fn a_repairing_node_starts_whatever_the_damage_left_of_its_hard_state() {
     // The hard state says commit 6 and term 2, but the log ends at 3 and had seen term 5.
-    let store = Arc::new(MemoryStorage::new());
-    store
-        .apply_snapshot(Snapshot {
-            metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
-            data: Bytes::new(),
-        })
-        .unwrap();
+    let store = founded();
     let es: Vec<Entry> = (1..=3).map(|i| Entry::new(i, 2, Bytes::new())).collect();
     store.append(&es).unwrap();
     store.set_hard_state(HardState { term: 2, vote: 1, commit: 6 }).unwrap();

@@ -75,13 +75,17 @@ const VOTE: HardState = HardState { term: 2, vote: 3, commit: 0 };
 /// A vote (which seals the first segment), then entries 1..=20 one write each, commit 15.
 fn build() -> CrashFs {
     let fs = CrashFs::new();
-    let wal = open(&fs, RecoveryMode::Strict).unwrap();
+    write_short_log(&open(&fs, RecoveryMode::Strict).unwrap());
+    fs
+}
+
+/// The writes of [`build`].
+fn write_short_log(wal: &Wal) {
     wal.save(Some(&VOTE), &[]).unwrap();
     for i in 1..=20 {
         let hs = HardState { commit: i.min(15), ..VOTE };
         wal.save(Some(&hs), &[entry(i, 2, 100)]).unwrap();
     }
-    fs
 }
 
 #[test]
@@ -234,32 +238,14 @@ fn a_crash_during_a_repairable_open_never_forgets_the_loss() {
     let base = build();
     let newest = segments(&base).pop().unwrap();
     damage(&base, &newest, &entries_record(&base, &newest, 8));
-    // Bounded: an open makes far fewer than 200 I/O operations.
-    let mut reached_end = false;
-    for at in 0..200u64 {
-        for seed in 0..3 {
-            let fs = base.power_cut_copy();
-            fs.inject(Fault { at_op: fs.op_count() + at, kind: FaultKind::Halt });
-            let done = open(&fs, RecoveryMode::Repairable).is_ok() && !fs.is_halted();
-            reached_end |= done;
-            fs.crash(seed);
-            fs.clear_faults();
-            let wal = open(&fs, RecoveryMode::Repairable)
-                .unwrap_or_else(|e| panic!("crash at op {at} seed {seed}: reopen failed: {e}"));
-            assert_eq!(
-                wal.repair_state(),
-                Some(RepairState { index: 20, term: 2 }),
-                "crash at op {at} seed {seed}"
-            );
-            assert_eq!(wal.last_index(), 7);
-            let hs = wal.hard_state();
-            assert_eq!((hs.term, hs.vote), (VOTE.term, VOTE.vote));
-        }
-        if reached_end {
-            break;
-        }
-    }
-    assert!(reached_end, "some open ran to the end without reaching its halt");
+    crash_every_point_of_a_repairable_open(&base, |wal, at, seed| {
+        assert_eq!(
+            wal.repair_state(),
+            Some(RepairState { index: 20, term: 2 }),
+            "crash at op {at} seed {seed}"
+        );
+        assert_eq!(wal.last_index(), 7);
+    });
 }
 
 #[test]
@@ -920,17 +906,22 @@ fn a_cut_of_bootstrap_markers_of_several_groups_adopts_each_file() {
     }
 }
 
+/// The vote, then entries 1..=150 of 1000 bytes (a few segments), commit 145.
+fn write_long_log(wal: &Wal) {
+    wal.save(Some(&VOTE), &[]).unwrap();
+    for i in 1..=150 {
+        let hs = HardState { commit: i.min(145), ..VOTE };
+        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
+    }
+}
+
 /// Entries 1..=150 of 1000 bytes (with the vote and commit 145), a compaction at 140 that
 /// releases every segment before the one it is written in, then entries 151..=160. Returns the
 /// segment holding the compaction and the entries record written just before it there.
 fn compacted_past_released_segments() -> (CrashFs, String, ScannedRecord) {
     let fs = CrashFs::new();
     let wal = open(&fs, RecoveryMode::Strict).unwrap();
-    wal.save(Some(&VOTE), &[]).unwrap();
-    for i in 1..=150 {
-        let hs = HardState { commit: i.min(145), ..VOTE };
-        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
-    }
+    write_long_log(&wal);
     wal.compact(140).unwrap();
     for i in 151..=160 {
         wal.save(None, &[entry(i, 2, 1000)]).unwrap();
@@ -1008,6 +999,20 @@ fn a_cut_that_drops_a_compaction_of_released_segments_restarts_the_log_and_repai
 fn a_crash_during_the_restart_of_a_log_with_a_hole_keeps_the_repair() {
     let (base, name, before) = compacted_past_released_segments();
     damage(&base, &name, &before);
+    crash_every_point_of_a_repairable_open(&base, |wal, at, seed| {
+        assert_eq!(
+            wal.repair_state(),
+            Some(RepairState { index: 160, term: 2 }),
+            "crash at op {at} seed {seed}: the repair is kept"
+        );
+        assert_eq!(wal.last_index(), 0, "crash at op {at} seed {seed}");
+    });
+}
+
+/// Stops a Repairable open of `base`'s damaged log at every I/O operation in turn (a power cut
+/// with three outcomes after each), until one runs to the end; the next open must succeed and
+/// keep term and vote, and `check` sees it.
+fn crash_every_point_of_a_repairable_open(base: &CrashFs, check: impl Fn(&Wal, u64, u64)) {
     let mut reached_end = false;
     // Bounded: an open makes far fewer than 300 I/O operations.
     for at in 0..300u64 {
@@ -1019,14 +1024,9 @@ fn a_crash_during_the_restart_of_a_log_with_a_hole_keeps_the_repair() {
             fs.clear_faults();
             let wal = open(&fs, RecoveryMode::Repairable)
                 .unwrap_or_else(|e| panic!("crash at op {at} seed {seed}: reopen failed: {e}"));
-            assert_eq!(
-                wal.repair_state(),
-                Some(RepairState { index: 160, term: 2 }),
-                "crash at op {at} seed {seed}: the repair is kept"
-            );
             let hs = wal.hard_state();
             assert_eq!((hs.term, hs.vote), (VOTE.term, VOTE.vote), "crash at op {at} seed {seed}");
-            assert_eq!(wal.last_index(), 0, "crash at op {at} seed {seed}");
+            check(&wal, at, seed);
         }
         if reached_end {
             break;
@@ -1042,11 +1042,7 @@ fn a_crash_during_the_restart_of_a_log_with_a_hole_keeps_the_repair() {
 fn a_lost_oldest_segment_restarts_the_log_and_repairs() {
     let fs = CrashFs::new();
     let wal = open(&fs, RecoveryMode::Strict).unwrap();
-    wal.save(Some(&VOTE), &[]).unwrap();
-    for i in 1..=150 {
-        let hs = HardState { commit: i.min(145), ..VOTE };
-        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
-    }
+    write_long_log(&wal);
     drop(wal);
     let names = segments(&fs);
     assert!(names.len() >= 3, "the entries span several segments: {names:?}");
@@ -1081,11 +1077,7 @@ fn damage_found_by_a_read_is_repaired_at_the_next_open() {
         Wal::open(shared, &dir(), WalOptions { max_record_bytes: 64 << 10, ..options(mode) })
     };
     let wal = open(&fs, RecoveryMode::Repairable).unwrap();
-    wal.save(Some(&VOTE), &[]).unwrap();
-    for i in 1..=150 {
-        let hs = HardState { commit: i.min(145), ..VOTE };
-        wal.save(Some(&hs), &[entry(i, 2, 1000)]).unwrap();
-    }
+    write_long_log(&wal);
     drop(wal);
     let names = segments(&fs);
     let (name, record) = names[..names.len() - 1]
@@ -1132,11 +1124,7 @@ fn a_synced_witness_survives_the_power_cut_that_would_hide_damage_to_the_last_wr
         };
         let fs = CrashFs::new();
         let wal = open(&fs, RecoveryMode::Strict).unwrap();
-        wal.save(Some(&VOTE), &[]).unwrap();
-        for i in 1..=20 {
-            let hs = HardState { commit: i.min(15), ..VOTE };
-            wal.save(Some(&hs), &[entry(i, 2, 100)]).unwrap();
-        }
+        write_short_log(&wal);
         // The power cut: only what was synced survives.
         let cut = fs.power_cut_copy();
         drop(wal);
