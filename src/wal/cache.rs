@@ -104,41 +104,45 @@ impl EntryCache {
 
     /// Evicts the oldest cached entries while over the budget, stopping at one not durable.
     pub fn evict(&mut self, durable_lsn: u64) {
-        // Bounded: each pass evicts an entry, or drops or shortens the front item.
+        // Bounded: each pass drops or shortens the front item, or stops.
         while self.bytes > self.limit_bytes {
             let Some(item) = self.order.front_mut() else { break };
             if item.lsn > durable_lsn {
                 break;
             }
-            let front = self
-                .groups
-                .get(&item.group)
-                .and_then(|c| c.entries.front())
-                .map(|(e, l)| (e.index, *l));
-            match front {
-                // The group's oldest cached entry is this append's: evict it.
-                Some((index, lsn))
-                    if lsn == item.lsn
-                        && index >= item.first
-                        && index < item.first + item.count =>
-                {
-                    let cache = self.groups.get_mut(&item.group).expect("found above");
-                    let (entry, _) = cache.entries.pop_front().expect("front exists");
-                    self.bytes -= entry.encoded_len();
-                    self.entries -= 1;
-                    if cache.entries.is_empty() {
-                        self.groups.remove(&item.group);
+            let Some(cache) = self.groups.get_mut(&item.group) else {
+                // The group's entries are all gone (compacted, replaced or cleared).
+                self.order.pop_front();
+                continue;
+            };
+            // The append's entries still cached are at the front of its group's run: evict as
+            // many as the budget asks, with one lookup for the run.
+            let end = item.first + item.count;
+            // Bounded by the item's entries.
+            while self.bytes > self.limit_bytes {
+                match cache.entries.front() {
+                    Some((entry, lsn))
+                        if *lsn == item.lsn && entry.index >= item.first && entry.index < end =>
+                    {
+                        self.bytes -= entry.encoded_len();
+                        item.first = entry.index + 1;
+                        self.entries -= 1;
+                        cache.entries.pop_front();
                     }
-                    item.count -= index + 1 - item.first;
-                    item.first = index + 1;
-                    if item.count == 0 {
-                        self.order.pop_front();
+                    _ => {
+                        // Nothing of this append is left at the front: it was compacted or
+                        // replaced.
+                        item.first = end;
+                        break;
                     }
                 }
-                // Nothing of this append is left at the front: it was compacted or replaced.
-                _ => {
-                    self.order.pop_front();
-                }
+            }
+            item.count = end - item.first;
+            if cache.entries.is_empty() {
+                self.groups.remove(&item.group);
+            }
+            if item.count == 0 {
+                self.order.pop_front();
             }
         }
         // Items of appends whose entries are all gone are dropped once they outnumber the
