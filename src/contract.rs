@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::types::{Entry, RaftState, RepairState, Snapshot};
+use crate::types::{Entry, RaftState, RepairState, Snapshot, SnapshotMetadata};
 
 /// Read access to a Raft log, its persisted state and its newest snapshot.
 ///
@@ -171,18 +171,23 @@ pub(crate) fn snapshot_term(
     }
 }
 
-/// Checks that a snapshot at `incoming` may replace a log whose newest snapshot is at `current`
+/// Checks that a snapshot at `incoming` may replace a log whose newest snapshot is `current`
 /// and whose last index is `last` (etcd's `ApplySnapshot`).
 ///
 /// A snapshot at index 0 carries only a membership: it bootstraps a storage that has never held
 /// an entry or a snapshot, and is [`Error::SnapshotOutOfDate`] on any other (applied there, it
-/// would wipe the log). Any other snapshot must be newer than the newest one.
-pub(crate) fn check_apply_snapshot(current: u64, last: u64, incoming: u64) -> Result<()> {
+/// would wipe the log, or replace the bootstrap snapshot under the same file name). Any other
+/// snapshot must be newer than the newest one.
+pub(crate) fn check_apply_snapshot(
+    current: &SnapshotMetadata,
+    last: u64,
+    incoming: u64,
+) -> Result<()> {
     if incoming == 0 {
-        let empty = current == 0 && last == 0;
+        let empty = *current == SnapshotMetadata::default() && last == 0;
         return if empty { Ok(()) } else { Err(Error::SnapshotOutOfDate) };
     }
-    if current >= incoming {
+    if current.index >= incoming {
         return Err(Error::SnapshotOutOfDate);
     }
     Ok(())
@@ -191,6 +196,7 @@ pub(crate) fn check_apply_snapshot(current: u64, last: u64, incoming: u64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ConfState;
 
     #[test]
     fn limit_size_keeps_at_least_one_and_the_longest_fitting_prefix() {
@@ -225,13 +231,22 @@ mod tests {
     #[test]
     fn an_index_0_snapshot_only_bootstraps_an_empty_log() {
         let out_of_date = |r: Result<()>| matches!(r, Err(Error::SnapshotOutOfDate));
-        assert!(check_apply_snapshot(0, 0, 0).is_ok());
-        assert!(out_of_date(check_apply_snapshot(0, 3, 0)));
-        assert!(out_of_date(check_apply_snapshot(4, 4, 0)));
+        let at = |index, term| SnapshotMetadata { index, term, ..SnapshotMetadata::default() };
+        let none = SnapshotMetadata::default();
+        assert!(check_apply_snapshot(&none, 0, 0).is_ok());
+        assert!(out_of_date(check_apply_snapshot(&none, 3, 0)));
+        assert!(out_of_date(check_apply_snapshot(&at(4, 1), 4, 0)));
         // A snapshot at 4, then the log cut back by a conflicting append at 1.
-        assert!(out_of_date(check_apply_snapshot(4, 0, 0)));
-        assert!(check_apply_snapshot(0, 3, 2).is_ok());
-        assert!(out_of_date(check_apply_snapshot(4, 9, 4)));
-        assert!(check_apply_snapshot(4, 9, 5).is_ok());
+        assert!(out_of_date(check_apply_snapshot(&at(4, 1), 0, 0)));
+        // A bootstrap snapshot held already, even with no entry after it.
+        assert!(out_of_date(check_apply_snapshot(&at(0, 1), 0, 0)));
+        let members = SnapshotMetadata {
+            conf_state: ConfState { voters: vec![1], ..Default::default() },
+            ..none.clone()
+        };
+        assert!(out_of_date(check_apply_snapshot(&members, 0, 0)));
+        assert!(check_apply_snapshot(&none, 3, 2).is_ok());
+        assert!(out_of_date(check_apply_snapshot(&at(4, 1), 9, 4)));
+        assert!(check_apply_snapshot(&at(4, 1), 9, 5).is_ok());
     }
 }

@@ -373,7 +373,7 @@ impl GroupStorage {
     /// [`GroupStorage::apply_snapshot`] would.
     pub fn snapshot_installer(&self, metadata: SnapshotMetadata) -> Result<SnapshotWriter<'_>> {
         let current = self.wal.snapshot_metadata();
-        check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
+        check_apply_snapshot(&current, self.wal.last_index(), metadata.index)?;
         self.begin(metadata, true)
     }
 
@@ -396,7 +396,7 @@ impl GroupStorage {
         // Checked again: another snapshot may have been committed while this one streamed.
         let current = self.wal.snapshot_metadata();
         if resets_log {
-            check_apply_snapshot(current.index, self.wal.last_index(), metadata.index)?;
+            check_apply_snapshot(&current, self.wal.last_index(), metadata.index)?;
         } else {
             self.check_still_matches(&metadata, current.index)?;
         }

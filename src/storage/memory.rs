@@ -168,7 +168,7 @@ impl MemoryStorage {
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let mut inner = self.write();
         check_apply_snapshot(
-            inner.snapshot.metadata.index,
+            &inner.snapshot.metadata,
             inner.last_index(),
             snapshot.metadata.index,
         )?;

@@ -77,8 +77,10 @@ impl Model {
 
     pub fn apply_snapshot(&mut self, s: Snapshot) -> Outcome<()> {
         let current = self.snapshot.metadata.index;
-        // Index 0 (a membership only) bootstraps an empty log and never wipes one.
-        let wipes = s.metadata.index == 0 && (self.last() != 0 || current != 0);
+        // Index 0 (a membership only) bootstraps a log that never held an entry or a snapshot,
+        // and never wipes or replaces one.
+        let held = self.snapshot.metadata != SnapshotMetadata::default();
+        let wipes = s.metadata.index == 0 && (self.last() != 0 || held);
         if wipes || (current != 0 && current >= s.metadata.index) {
             return Outcome::SnapshotOutOfDate;
         }

@@ -171,6 +171,35 @@ fn an_index_0_snapshot_bootstraps_an_empty_log_and_never_wipes_one_on_both_stora
     assert_eq!(storage.entries(1, 6, u64::MAX).unwrap(), run(1, 5, 1));
 }
 
+/// Found by the `recovery` fuzz target: a second index-0 snapshot on a log that holds one (and
+/// no entry) was accepted, and written under the same file name as the first; when its marker
+/// then failed, the first marker named the second's file, and a power cut later the storage
+/// answered the first's membership with the second's data. A storage that holds a snapshot,
+/// even at index 0, has been bootstrapped: another index-0 snapshot is out of date (etcd:
+/// `ErrSnapOutOfDate` for any index at or below the current one), on both storages.
+#[test]
+fn a_second_index_0_snapshot_is_out_of_date_and_changes_nothing_on_both_storages() {
+    let second = Snapshot {
+        metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1]) },
+        data: Bytes::from_static(b"other"),
+    };
+    let first = Snapshot { data: Bytes::from_static(b"first"), ..membership_only() };
+    let memory = MemoryStorage::new();
+    memory.apply_snapshot(first.clone()).unwrap();
+    assert!(matches!(memory.apply_snapshot(second.clone()), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(memory.snapshot().unwrap(), first);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    storage.apply_snapshot(first.clone()).unwrap();
+    assert!(matches!(storage.apply_snapshot(second), Err(Error::SnapshotOutOfDate)));
+    assert_eq!(storage.snapshot().unwrap(), first);
+    drop(storage);
+    let storage = WalStorage::open(tmp.path(), options()).unwrap();
+    assert_eq!(storage.snapshot().unwrap(), first);
+    assert_eq!(storage.initial_state().unwrap().conf_state, voters(&[1, 2, 3]));
+}
+
 /// Found by the `snapshot_recovery` fuzz target: the marked snapshot is damaged, and the newest
 /// older file, named for index 6, holds a valid snapshot of index 4. Falling back to it wrote a
 /// marker for index 4, whose file does not exist, and every later `snapshot()` failed. A file
