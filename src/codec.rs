@@ -174,6 +174,13 @@ pub fn encode_conf_state(out: &mut Vec<u8>, cs: &ConfState) {
     out.push(u8::from(cs.auto_leave));
 }
 
+/// Bytes [`encode_conf_state`] appends for `cs`.
+pub fn conf_state_encoded_len(cs: &ConfState) -> usize {
+    let ids =
+        cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
+    4 * size_of::<u32>() + ids * size_of::<u64>() + 1
+}
+
 /// Reads a conf state written by [`encode_conf_state`].
 pub fn decode_conf_state(dec: &mut Decoder<'_>) -> Result<ConfState, DecodeError> {
     let voters = decode_ids(dec, "conf state voters")?;

@@ -424,6 +424,8 @@ const MIN_CHECKPOINT_LEN: usize = size_of::<[u64; 7]>();
 impl Checkpoint {
     /// Appends this checkpoint's encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        // One allocation at most, not one per field as the buffer doubles.
+        out.reserve(self.encoded_len());
         codec::put_u64(out, self.group);
         codec::put_u64(out, self.dummy_index);
         codec::put_u64(out, self.dummy_term);
@@ -445,9 +447,9 @@ impl Checkpoint {
 
     /// Bytes [`Checkpoint::encode`] appends.
     pub fn encoded_len(&self) -> usize {
-        let mut scratch = Vec::new();
-        self.encode(&mut scratch);
-        scratch.len()
+        // Group, dummy index and term, last index; the hard state's three fields; the
+        // snapshot's index and term, then its membership.
+        size_of::<[u64; 9]>() + codec::conf_state_encoded_len(&self.snapshot.conf_state)
     }
 }
 
@@ -457,6 +459,7 @@ pub const CHECKPOINT_COUNT_LEN: usize = size_of::<u32>();
 /// Appends a checkpoint payload: a u32 count, then each group's checkpoint.
 pub fn encode_checkpoint_payload(out: &mut Vec<u8>, groups: &[Checkpoint]) {
     let count = u32::try_from(groups.len()).expect("fewer than 2^32 groups in one record");
+    out.reserve(CHECKPOINT_COUNT_LEN + groups.iter().map(Checkpoint::encoded_len).sum::<usize>());
     codec::put_u32(out, count);
     for cp in groups {
         cp.encode(out);
@@ -796,10 +799,14 @@ impl Footer {
             }
             // An earlier footer is listed (it is part of the chain) without its summary.
             Record::Footer(_) => self.push_payload(offset, more, RecordType::Footer, &[]),
+            // Encoded in place, after a length patched once the payload is there.
             other => {
-                let mut payload = Vec::new();
-                other.encode_payload(&mut payload);
-                self.push_payload(offset, more, other.record_type(), &payload);
+                self.push_head(offset, other.record_type(), more);
+                let len_at = self.buf.len();
+                codec::put_u32(&mut self.buf, 0);
+                other.encode_payload(&mut self.buf);
+                let len = self.buf.len() - len_at - size_of::<u32>();
+                LittleEndian::write_u32(&mut self.buf[len_at..], len as u32);
             }
         }
     }
@@ -958,6 +965,47 @@ impl Footer {
 mod tests {
     use super::*;
     use crate::types::ConfState;
+
+    /// A checkpoint's length is counted, not encoded: the count must match every membership
+    /// shape, and a footer must list a record with the payload it was framed with.
+    #[test]
+    fn checkpoint_lengths_are_counted_as_encoded() {
+        let memberships = [
+            ConfState::default(),
+            ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+            ConfState {
+                voters: vec![1],
+                learners: vec![2, 3],
+                voters_outgoing: vec![4, 5, 6],
+                learners_next: vec![7],
+                auto_leave: true,
+            },
+        ];
+        let mut groups = Vec::new();
+        for (i, conf_state) in memberships.into_iter().enumerate() {
+            let cp = Checkpoint {
+                group: i as u64,
+                dummy_index: 5,
+                dummy_term: 2,
+                last_index: 9,
+                hard_state: HardState { term: 3, vote: 1, commit: 7 },
+                snapshot: SnapshotMetadata { index: 5, term: 2, conf_state },
+            };
+            let mut out = vec![0xAA];
+            cp.encode(&mut out);
+            assert_eq!(out.len() - 1, cp.encoded_len());
+            groups.push(cp);
+        }
+        let record = Record::Checkpoint(groups);
+        let mut payload = Vec::new();
+        record.encode_payload(&mut payload);
+        let mut listed = Footer::default();
+        listed.push_record(64, true, &record);
+        let mut framed = Footer::default();
+        framed.push_payload(64, true, RecordType::Checkpoint, &payload);
+        assert_eq!(listed.payload(), framed.payload());
+        assert_eq!(listed.records(), 1);
+    }
 
     /// The offset tables of DESIGN.md §5, read from the file, against the constants.
     #[test]
