@@ -314,6 +314,10 @@ fn apply_file_op(image: &mut Vec<u8>, op: &FileOp) {
 /// Normalizes `path` so equal paths compare equal: drops `.` components and repeated
 /// separators; refuses `..` (raftwal never uses it) and overlong paths.
 fn normalize(path: &Path) -> io::Result<PathBuf> {
+    if is_normal(path.as_os_str().as_encoded_bytes()) {
+        // Nearly every path raftwal passes: one copy instead of a push per component.
+        return Ok(path.to_path_buf());
+    }
     let mut out = PathBuf::new();
     for (i, component) in path.components().enumerate() {
         if i >= MAX_PATH_DEPTH {
@@ -335,6 +339,24 @@ fn normalize(path: &Path) -> io::Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+/// Whether `normalize` would return the path unchanged: an optional leading `/`, then at most
+/// `MAX_PATH_DEPTH` components (the root counted) joined by single `/`, none empty, `.` or `..`.
+fn is_normal(bytes: &[u8]) -> bool {
+    let (mut components, rest) = match bytes.split_first() {
+        Some((b'/', [])) => return true,
+        Some((b'/', rest)) => (1, rest),
+        Some(_) => (0, bytes),
+        None => return false,
+    };
+    for part in rest.split(|b| *b == b'/') {
+        if part.is_empty() || part == b"." || part == b".." {
+            return false;
+        }
+        components += 1;
+    }
+    components <= MAX_PATH_DEPTH
 }
 
 /// Splits a file path into its normalized directory and its UTF-8 name.
@@ -1231,18 +1253,42 @@ impl FileSystem for CrashFs {
         let dir = normalize(dir)?;
         let entry = state.dir(&dir)?;
         let mut mkdirs = Vec::new();
-        for op in std::mem::take(&mut entry.unsynced) {
-            if let DirOp::MkDir { name } = op {
-                mkdirs.push(dir.join(name));
+        let unsynced = std::mem::take(&mut entry.unsynced);
+        if unsynced.is_empty() {
+            // Every namespace change is journaled: with none since the last sync, the durable
+            // namespace is the volatile one already, and no inode stopped being named.
+            debug_assert_eq!(entry.durable, entry.volatile, "an unjournaled namespace change");
+            return Ok(());
+        }
+        // Only the inodes the journal mentions, or that the old durable namespace held under a
+        // name it mentions, can stop being named here; every other keeps its durable name.
+        let mut dropped = Vec::new();
+        for op in unsynced {
+            match op {
+                DirOp::MkDir { name } => mkdirs.push(dir.join(name)),
+                DirOp::Link { name, inode } => {
+                    dropped.push(inode);
+                    dropped.extend(entry.durable.get(&name).copied());
+                }
+                DirOp::Unlink { name } => dropped.extend(entry.durable.get(&name).copied()),
+                DirOp::Rename { from, to, inode } => {
+                    dropped.push(inode);
+                    dropped.extend(entry.durable.get(&from).copied());
+                    dropped.extend(entry.durable.get(&to).copied());
+                }
             }
         }
         entry.durable = entry.volatile.clone();
+        dropped.sort_unstable();
+        dropped.dedup();
         for path in mkdirs {
             if let Some(child) = state.dirs.get_mut(&path) {
                 child.durable_entry = true;
             }
         }
-        state.collect_garbage();
+        for id in dropped {
+            state.free_if_unreferenced(id);
+        }
         Ok(())
     }
 
