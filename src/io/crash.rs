@@ -318,6 +318,11 @@ fn normalize(path: &Path) -> io::Result<PathBuf> {
         // Nearly every path raftwal passes: one copy instead of a push per component.
         return Ok(path.to_path_buf());
     }
+    normalize_by_components(path)
+}
+
+/// [`normalize`], one component at a time.
+fn normalize_by_components(path: &Path) -> io::Result<PathBuf> {
     let mut out = PathBuf::new();
     for (i, component) in path.components().enumerate() {
         if i >= MAX_PATH_DEPTH {
@@ -343,20 +348,48 @@ fn normalize(path: &Path) -> io::Result<PathBuf> {
 
 /// Whether `normalize` would return the path unchanged: an optional leading `/`, then at most
 /// `MAX_PATH_DEPTH` components (the root counted) joined by single `/`, none empty, `.` or `..`.
+/// Separators are found a word at a time: under the fuzzer every compare is traced, and this
+/// runs for every operation.
 fn is_normal(bytes: &[u8]) -> bool {
     let (mut components, rest) = match bytes.split_first() {
         Some((b'/', [])) => return true,
         Some((b'/', rest)) => (1, rest),
         Some(_) => (0, bytes),
-        None => return false,
+        None => return true,
     };
-    for part in rest.split(|b| *b == b'/') {
+    let mut start = 0;
+    // Bounded: each pass consumes one component.
+    loop {
+        let end = next_separator(rest, start);
+        let part = &rest[start..end];
         if part.is_empty() || part == b"." || part == b".." {
             return false;
         }
         components += 1;
+        if end == rest.len() {
+            return components <= MAX_PATH_DEPTH;
+        }
+        start = end + 1;
     }
-    components <= MAX_PATH_DEPTH
+}
+
+/// The index of the first `/` in `bytes` at or after `from`, or `bytes.len()`.
+fn next_separator(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const SLASHES: u64 = u64::from_le_bytes([b'/'; 8]);
+    let mut at = from;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes")) ^ SLASHES;
+        // The lowest set bit marks the first zero byte of `x` exactly (a borrow only runs
+        // upward from a zero byte): the first separator.
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return at + (zero.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    bytes[at.min(bytes.len())..].iter().position(|b| *b == b'/').map_or(bytes.len(), |k| at + k)
 }
 
 /// Splits a file path into its normalized directory and its UTF-8 name.
@@ -1316,6 +1349,54 @@ impl FileSystem for CrashFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast check agrees with the component-by-component normalization on paths of every
+    /// shape (separators inside and across words, `.` and `..`, repeated and trailing `/`).
+    #[test]
+    fn a_path_is_normal_exactly_when_normalizing_leaves_it_unchanged() {
+        let deep = format!("/{}", vec!["d"; MAX_PATH_DEPTH].join("/"));
+        let deeper = format!("/{}", vec!["d"; MAX_PATH_DEPTH - 1].join("/"));
+        let paths = [
+            "",
+            "/",
+            "//",
+            "a",
+            "/a",
+            "a/",
+            "/a/",
+            "./a",
+            "a/.",
+            "a/./b",
+            "a/../b",
+            "..",
+            ".",
+            "/node/wal/00000000000000000001.seg",
+            "/node//wal",
+            "/node/wal/",
+            "/.hidden/x",
+            "/a.b/..c/d..",
+            "/abcdefgh/ijklmnop",
+            "/abcdefg/hijklmno/",
+            "/abcdefghijklmno//p",
+            "relative/dir/name.tmp",
+            &deep,
+            &deeper,
+        ];
+        for path in paths {
+            let fast = is_normal(path.as_bytes());
+            let slow = normalize_by_components(Path::new(path));
+            let unchanged = slow.as_ref().is_ok_and(|p| p.as_os_str() == path);
+            assert_eq!(fast, unchanged, "{path:?}: {slow:?}");
+            if fast {
+                assert_eq!(normalize(Path::new(path)).unwrap(), slow.unwrap(), "{path:?}");
+            }
+        }
+        for (bytes, from) in [(&b"abcdefghijk/"[..], 0), (b"/a/b", 1), (b"abc", 0), (b"a/b", 3)] {
+            let want =
+                bytes[from..].iter().position(|b| *b == b'/').map_or(bytes.len(), |k| k + from);
+            assert_eq!(next_separator(bytes, from), want, "{bytes:?} from {from}");
+        }
+    }
 
     /// Enough seeds that every outcome of a three-way or sector-by-sector choice shows up.
     const SEEDS: u64 = 200;

@@ -21,7 +21,7 @@
 use crate::error::CorruptionKind;
 use crate::wal::format::{
     FLAG_MORE, FRAME_HEADER_LEN, FrameHeader, HeaderError, LEN_OFFSET, RECORD_ALIGN, Record,
-    RecordType, SEGMENT_HEADER_LEN, SegmentHeader, frame_crc, framed_len,
+    RecordType, SEGMENT_HEADER_LEN, SegmentHeader, TYPE_OFFSET, frame_crc, framed_len,
 };
 
 /// Bytes the look-ahead past a stop may checksum, per byte after the stop. Each valid record is
@@ -289,6 +289,9 @@ fn candidate_at(
     sequence: Option<u32>,
 ) -> Option<(FrameHeader, &[u8])> {
     let header_bytes = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
+    // Most slots a look-ahead visits are zeroes or payload bytes: the type byte alone turns
+    // nearly all of them away before the whole header is read.
+    RecordType::from_u8(header_bytes[TYPE_OFFSET])?;
     let head = FrameHeader::read(header_bytes);
     if !head.reserved_zero
         || RecordType::from_u8(head.record_type).is_none()
