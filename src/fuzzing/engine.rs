@@ -18,7 +18,7 @@ use crate::fuzzing::ops::FaultChoice;
 use crate::fuzzing::storage::recovery_options;
 use crate::io::{CrashFs, Fault, Fs};
 use crate::options::{SyncPolicy, WalOptions};
-use crate::storage::{LogEngine, MemoryStorage};
+use crate::storage::{GroupStorage, LogEngine, MemoryStorage};
 use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use crate::wal::WriteBatch;
 
@@ -258,11 +258,26 @@ fn groups_with_state(models: &Models) -> Vec<u64> {
 /// what its model holds ([`holds_like`]); with `every_answer`, whether every group answers
 /// like its model ([`answers_like`]: every range and limit too).
 fn engine_like(engine: &LogEngine, models: &Models, every_answer: bool) -> bool {
+    engine_like_through(engine, &handles(engine), models, every_answer)
+}
+
+/// A handle on every group of `engine`.
+fn handles(engine: &LogEngine) -> Vec<GroupStorage> {
+    (0..GROUPS).map(|g| engine.group(g).expect("a group handle")).collect()
+}
+
+/// [`engine_like`] through `groups`, handles on every group of `engine` held across the
+/// candidates of one restart (as a caller holds them): a group's snapshot is then read from
+/// the disk once per restart, not once per candidate.
+fn engine_like_through(
+    engine: &LogEngine,
+    groups: &[GroupStorage],
+    models: &Models,
+    every_answer: bool,
+) -> bool {
     engine.group_ids() == groups_with_state(models)
-        && (0..GROUPS).all(|g| {
-            let group = engine.group(g).expect("a group handle");
-            let model = &models[g as usize];
-            if every_answer { answers_like(model, &group) } else { holds_like(model, &group) }
+        && groups.iter().zip(models).all(|(group, model)| {
+            if every_answer { answers_like(model, group) } else { holds_like(model, group) }
         })
 }
 
@@ -292,10 +307,11 @@ fn restart(
 ) -> LogEngine {
     let reopened =
         open(fs, options).unwrap_or_else(|e| panic!("step {step}: reopen after a power cut: {e}"));
+    let groups = handles(&reopened);
     // Newest first; bounded by the states pushed.
     let recovered = (0..history.states.len())
         .rev()
-        .find(|k| engine_like(&reopened, &history.states[*k], false));
+        .find(|k| engine_like_through(&reopened, &groups, &history.states[*k], false));
     let Some(k) = recovered else {
         panic!(
             "step {step}: after a power cut the engine matches no allowed state \
@@ -306,11 +322,12 @@ fn restart(
     };
     if every_answer {
         assert!(
-            engine_like(&reopened, &history.states[k], true),
+            engine_like_through(&reopened, &groups, &history.states[k], true),
             "step {step}: the engine holds an allowed state but answers differently: {}",
             describe(&reopened, &history.states[k])
         );
     }
+    drop(groups);
     history.states.truncate(k + 1);
     history.settle();
     reopened
