@@ -274,11 +274,21 @@ fn enospc() -> io::Error {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no such file or directory", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, NotFound(path.to_path_buf()))
 }
+
+/// A missing file or directory. Its message is formatted only when shown: most are looked for
+/// on purpose (a snapshot that was never taken) and dropped unread.
+#[derive(Debug)]
+struct NotFound(PathBuf);
+
+impl fmt::Display for NotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: no such file or directory", self.0.display())
+    }
+}
+
+impl std::error::Error for NotFound {}
 
 fn too_many(what: &str) -> io::Error {
     io::Error::other(format!("CrashFs limit reached: {what}"))
@@ -1836,6 +1846,8 @@ mod tests {
         assert_eq!(fs.list(&p("/nodir")).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(fs.sync_dir(&p("/nodir")).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(fs.try_lock(&p("/nodir/LOCK")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        let shown = fs.open(&p("/db/missing")).err().map(|e| e.to_string());
+        assert_eq!(shown.as_deref(), Some("/db/missing: no such file or directory"));
     }
 
     #[test]
