@@ -228,6 +228,63 @@ impl FaultKind {
     }
 }
 
+/// The directories by normalized path, in `Path` order (a parent before its children). A
+/// file system holds a handful: a sorted vector found by a byte comparison of paths costs less
+/// than a tree compared component by component, and the lookup runs for every operation.
+#[derive(Clone, Default)]
+struct Dirs {
+    entries: Vec<(PathBuf, Dir)>,
+}
+
+impl Dirs {
+    /// Where `path` is. Every key and every path looked up is normalized, so equal paths are
+    /// equal bytes.
+    fn position(&self, path: &Path) -> Option<usize> {
+        let wanted = path.as_os_str().as_encoded_bytes();
+        self.entries.iter().position(|(key, _)| key.as_os_str().as_encoded_bytes() == wanted)
+    }
+
+    fn get(&self, path: &Path) -> Option<&Dir> {
+        self.position(path).map(|k| &self.entries[k].1)
+    }
+
+    fn get_mut(&mut self, path: &Path) -> Option<&mut Dir> {
+        self.position(path).map(|k| &mut self.entries[k].1)
+    }
+
+    fn contains_key(&self, path: &Path) -> bool {
+        self.position(path).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Adds or replaces the directory at `path`, keeping the order.
+    fn insert(&mut self, path: PathBuf, dir: Dir) {
+        match self.entries.binary_search_by(|(key, _)| key.as_path().cmp(&path)) {
+            Ok(k) => self.entries[k].1 = dir,
+            Err(k) => self.entries.insert(k, (path, dir)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PathBuf, &Dir)> {
+        self.entries.iter().map(|(path, dir)| (path, dir))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&PathBuf, &mut Dir)> {
+        self.entries.iter_mut().map(|(path, dir)| (&*path, dir))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Dir> {
+        self.entries.iter().map(|(_, dir)| dir)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&PathBuf, &mut Dir) -> bool) {
+        self.entries.retain_mut(|(path, dir)| keep(path, dir));
+    }
+}
+
 #[derive(Clone)]
 struct State {
     /// The number the next operation takes.
@@ -241,7 +298,7 @@ struct State {
     next_inode: InodeId,
     inodes: BTreeMap<InodeId, Inode>,
     /// Keyed by normalized path; sorted so a parent comes before its children.
-    dirs: BTreeMap<PathBuf, Dir>,
+    dirs: Dirs,
     /// Held locks: normalized path → the id of the guard holding it.
     locks: HashMap<PathBuf, u64>,
     next_lock: u64,
@@ -422,7 +479,7 @@ fn is_root(dir: &Path) -> bool {
 
 impl State {
     fn new() -> State {
-        let mut dirs = BTreeMap::new();
+        let mut dirs = Dirs::default();
         for root in ["", "/"] {
             let dir = Dir { durable_entry: true, ..Dir::default() };
             dirs.insert(PathBuf::from(root), dir);
@@ -636,7 +693,7 @@ impl State {
     fn crash(&mut self, mut policy: CrashPolicy) {
         // Directories first, in path order, each choosing a surviving prefix of its journal.
         let mut durable_mkdirs = Vec::new();
-        for (path, dir) in &mut self.dirs {
+        for (path, dir) in self.dirs.iter_mut() {
             let total = dir.unsynced.len() as u64;
             let kept = to_usize(policy.below(total + 1));
             for op in dir.unsynced.drain(..).take(kept) {
@@ -664,7 +721,7 @@ impl State {
         // A directory survives if its entry was durable in a parent that survived; parents sort
         // before their children, so one pass in order decides all.
         let mut surviving = BTreeSet::new();
-        for (path, dir) in &self.dirs {
+        for (path, dir) in self.dirs.iter() {
             let parent_survives = path.parent().is_none_or(|p| surviving.contains(p));
             if is_root(path) || (dir.durable_entry && parent_survives) {
                 surviving.insert(path.clone());
@@ -1028,7 +1085,7 @@ impl CrashFs {
 /// once when `durable`).
 fn make_dirs(state: &mut State, dir: &Path, durable: bool) -> io::Result<()> {
     let missing: Vec<&Path> =
-        dir.ancestors().take_while(|a| !state.dirs.contains_key(*a)).collect();
+        dir.ancestors().take_while(|a| !state.dirs.contains_key(a)).collect();
     if state.dirs.len() + missing.len() > MAX_DIRS {
         return Err(too_many("directories"));
     }
