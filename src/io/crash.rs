@@ -1084,8 +1084,7 @@ impl CrashFs {
 /// Creates `dir` and its missing ancestors, each journaled in its parent (or made durable at
 /// once when `durable`).
 fn make_dirs(state: &mut State, dir: &Path, durable: bool) -> io::Result<()> {
-    let missing: Vec<&Path> =
-        dir.ancestors().take_while(|a| !state.dirs.contains_key(a)).collect();
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !state.dirs.contains_key(a)).collect();
     if state.dirs.len() + missing.len() > MAX_DIRS {
         return Err(too_many("directories"));
     }
