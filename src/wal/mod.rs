@@ -258,11 +258,11 @@ impl Engine {
             hs.commit = current.commit.min(last).max(first - 1);
             let last_term = term_of(&inner.state, group, last).unwrap_or(0);
             record.term = record.term.max(hs.term).max(last_term);
-            if restarted.binary_search(&group).is_ok() {
-                // Already restarted in memory (recovery added the loss to the record).
-                let marker = inner.state.group(group).map(|s| s.snapshot()).unwrap_or_default();
-                resets.push((group, marker));
-            } else if repairs.reset_pending && last > hs.commit {
+            // A group recovery restarted in memory (a hole, its loss already recorded) has
+            // `last` at its snapshot: the lines below only make the restart durable.
+            if restarted.binary_search(&group).is_ok()
+                || (repairs.reset_pending && last > hs.commit)
+            {
                 let marker = inner.state.group(group).map(|s| s.snapshot()).unwrap_or_default();
                 // Entries up to `last` may have been acknowledged: the repair covers them.
                 record.index = record.index.max(last);

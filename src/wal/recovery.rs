@@ -293,10 +293,7 @@ fn candidate_at(
     // nearly all of them away before the whole header is read.
     RecordType::from_u8(header_bytes[TYPE_OFFSET])?;
     let head = FrameHeader::read(header_bytes);
-    if !head.reserved_zero
-        || RecordType::from_u8(head.record_type).is_none()
-        || sequence.is_some_and(|s| s != head.sequence)
-    {
+    if !head.reserved_zero || sequence.is_some_and(|s| s != head.sequence) {
         return None;
     }
     let payload_start = offset + FRAME_HEADER_LEN;

@@ -220,18 +220,15 @@ fn restart_logs_with_holes(
     if holes.is_empty() {
         return Ok(holes);
     }
-    let pending = repair::read(fs, dir)?.filter(|f| f.reset_pending);
-    let mut file = match pending {
-        Some(file) => file,
-        // Segments lost with no cut (deleted, say): a Repairable open treats the entries
-        // they held as damage like any other, and the restart as a cut's.
-        None if mode == RecoveryMode::Repairable => {
-            let mut file = repair::read(fs, dir)?.unwrap_or_default();
-            file.reset_pending = true;
-            file
+    let mut file = repair::read(fs, dir)?.unwrap_or_default();
+    if !file.reset_pending {
+        if mode != RecoveryMode::Repairable {
+            return Err(corruption(first_segment, 0, CorruptionKind::Missing));
         }
-        None => return Err(corruption(first_segment, 0, CorruptionKind::Missing)),
-    };
+        // Segments lost with no cut (deleted, say): a Repairable open treats the entries they
+        // held as damage like any other, and the restart as a cut's.
+        file.reset_pending = true;
+    }
     for &group in &holes {
         let Some(log) = state.group(group) else { continue };
         let last = log.index.last_index();

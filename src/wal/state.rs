@@ -70,9 +70,8 @@ impl LogState {
     }
 
     fn set_snapshot(&mut self, metadata: &SnapshotMetadata) {
-        let SnapshotMetadata { index, term, conf_state } = metadata;
-        let none = *index == 0 && *term == 0 && is_empty_membership(conf_state);
-        self.snapshot = (!none).then(|| Box::new(metadata.clone()));
+        self.snapshot =
+            (*metadata != SnapshotMetadata::default()).then(|| Box::new(metadata.clone()));
     }
 
     /// Whether the group has no state at all: it reads as a log that never existed.
@@ -89,10 +88,8 @@ impl LogState {
     fn matches(&self, cp: &Checkpoint) -> bool {
         let snapshot = match self.snapshot.as_deref() {
             Some(snapshot) => *snapshot == cp.snapshot,
-            None => {
-                let SnapshotMetadata { index, term, conf_state } = &cp.snapshot;
-                *index == 0 && *term == 0 && is_empty_membership(conf_state)
-            }
+            // The default stands for no marker (a default membership allocates nothing).
+            None => cp.snapshot == SnapshotMetadata::default(),
         };
         self.index.dummy_index() == cp.dummy_index
             && self.index.dummy_term() == cp.dummy_term
@@ -356,17 +353,6 @@ impl EngineState {
     pub fn live_entries(&self) -> usize {
         self.groups.values().map(|s| s.index.len()).sum()
     }
-}
-
-/// Whether `cs` is the default membership (what an absent snapshot marker stands for).
-fn is_empty_membership(cs: &crate::types::ConfState) -> bool {
-    let crate::types::ConfState { voters, learners, voters_outgoing, learners_next, auto_leave } =
-        cs;
-    voters.is_empty()
-        && learners.is_empty()
-        && voters_outgoing.is_empty()
-        && learners_next.is_empty()
-        && !auto_leave
 }
 
 fn conf_state_heap_bytes(cs: &crate::types::ConfState) -> usize {
