@@ -378,6 +378,8 @@ impl GroupStorage {
     }
 
     fn begin(&self, metadata: SnapshotMetadata, resets_log: bool) -> Result<SnapshotWriter<'_>> {
+        // A stopped log could never take the marker: refused before the file is created.
+        self.wal.engine().check_poisoned()?;
         let file = self.snaps.begin(metadata, self.options.snapshot_compression_level)?;
         self.shared.writing.fetch_add(1, Ordering::AcqRel);
         Ok(SnapshotWriter { storage: self, file: Some(file), resets_log })
@@ -400,7 +402,9 @@ impl GroupStorage {
         } else {
             self.check_still_matches(&metadata, current.index)?;
         }
-        // 1. The file, durable under its final name.
+        // 1. The file, durable under its final name; not once the log has stopped (a writer
+        // begun before), whose marker would be refused after the file is in place.
+        self.wal.engine().check_poisoned()?;
         let name = file.finish()?;
         // 2. The marker: the commit point.
         if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {

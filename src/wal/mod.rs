@@ -383,7 +383,10 @@ impl Engine {
         self.sync.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_poisoned(&self) -> Result<()> {
+    /// `Err(Poisoned)` once a failed write or sync has stopped the log. Callers that write
+    /// elsewhere before the log (a snapshot's file before its marker) ask first, so that a
+    /// refusal means nothing was written.
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) { Err(Error::Poisoned) } else { Ok(()) }
     }
 

@@ -237,3 +237,53 @@ fn open_never_falls_back_to_a_snapshot_file_whose_contents_disagree_with_its_nam
         }
     }
 }
+
+/// A log stopped by a failed sync refuses a snapshot before any I/O: not one file system
+/// operation, nothing under `snap/`, and after a power cut an empty log still has no
+/// membership. (Found by the `recovery` fuzz target: the file of a refused bootstrap was
+/// written, its removal then failed on the dying file system, and the next open took the file
+/// for a bootstrap a crash had interrupted, a membership the caller had been told was refused.)
+#[test]
+fn a_poisoned_log_refuses_a_snapshot_without_writing_its_file() {
+    use raftwal::io::{CrashFs, Fault, FaultKind, FileSystem, Fs};
+    use std::sync::Arc;
+
+    for install in [true, false] {
+        let fs = CrashFs::new();
+        let open =
+            || WalStorage::open_with_fs(Arc::new(fs.clone()) as Fs, Path::new("/node"), options());
+        let storage = open().unwrap();
+        let snap_dir = Path::new("/node").join(raftwal::storage::SNAP_DIR);
+        let files_before = fs.list(&snap_dir).unwrap_or_default();
+        if !install {
+            storage.append(&run(1, 3, 1)).unwrap();
+            storage.sync().unwrap();
+        }
+        fs.inject(Fault { at_op: fs.op_count(), kind: FaultKind::SyncEio });
+        let hs = raftwal::HardState { term: 2, vote: 1, commit: 0 };
+        assert!(storage.save(Some(&hs), &[]).is_err(), "the sync fails");
+        assert!(storage.sync().is_err(), "and the log is poisoned");
+        let ops = fs.op_count();
+        let answer = if install {
+            let metadata = SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1]) };
+            storage.apply_snapshot(Snapshot { metadata, data: Bytes::from_static(b"boot") })
+        } else {
+            storage.create_snapshot(3, Some(voters(&[1, 2])), Bytes::from_static(b"s")).map(|_| ())
+        };
+        assert!(matches!(answer, Err(Error::Poisoned)), "install {install}: {answer:?}");
+        assert_eq!(fs.op_count(), ops, "install {install}: refused before any I/O");
+        assert_eq!(
+            fs.list(&snap_dir).unwrap_or_default(),
+            files_before,
+            "install {install}: nothing written under snap/"
+        );
+        drop(storage);
+        fs.crash_lose_all_unsynced();
+        let reopened = open().unwrap();
+        let state = reopened.initial_state().unwrap();
+        if install {
+            assert_eq!(state.conf_state, ConfState::default(), "no bootstrap took place");
+        }
+        assert_eq!(reopened.snapshot().unwrap().metadata.index, 0, "install {install}");
+    }
+}
