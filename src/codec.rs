@@ -89,6 +89,24 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// `fields` as 16 lowercase hex digits each, joined by `-`, then `suffix`: the names of segment
+/// and snapshot files, built without the formatting machinery (a snapshot's name is built at
+/// every read of it).
+pub fn hex_name(fields: &[u64], suffix: &str) -> String {
+    let mut name = String::with_capacity(fields.len() * 17 + suffix.len());
+    for (k, field) in fields.iter().enumerate() {
+        if k > 0 {
+            name.push('-');
+        }
+        for shift in (0..16).rev() {
+            let nibble = ((field >> (shift * 4)) & 0xf) as u32;
+            name.push(char::from_digit(nibble, 16).expect("a nibble is a hex digit"));
+        }
+    }
+    name.push_str(suffix);
+    name
+}
+
 /// Appends a little-endian u32.
 pub fn put_u32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_le_bytes());
@@ -222,6 +240,18 @@ pub fn decode_snapshot_metadata(dec: &mut Decoder<'_>) -> Result<SnapshotMetadat
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hex_names_are_what_padded_hex_formatting_gives() {
+        let values =
+            [0, 1, 0xf, 0x10, 0xdead_beef, u64::from(u32::MAX) + 1, u64::MAX - 1, u64::MAX];
+        for (a, b) in values.iter().zip(values.iter().rev()) {
+            assert_eq!(hex_name(&[*a], ".tmp"), format!("{a:016x}.tmp"));
+            assert_eq!(hex_name(&[*a, *b], ".wal"), format!("{a:016x}-{b:016x}.wal"));
+            assert_eq!(hex_name(&[*b, *a, *b], ""), format!("{b:016x}-{a:016x}-{b:016x}"));
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -461,6 +461,26 @@ fn next_separator(bytes: &[u8], from: usize) -> usize {
 
 /// Splits a file path into its normalized directory and its UTF-8 name.
 fn split_file_path(path: &Path) -> io::Result<(PathBuf, String)> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if is_normal(bytes) {
+        // Nearly every path raftwal passes: a normal path's directory and name are what lies
+        // either side of its last `/`, without parsing its components twice more.
+        let (dir, name) = match bytes.iter().rposition(|b| *b == b'/') {
+            Some(0) => (&bytes[..1], &bytes[1..]),
+            Some(k) => (&bytes[..k], &bytes[k + 1..]),
+            None => (&bytes[..0], bytes),
+        };
+        if let (Ok(dir), Ok(name)) = (std::str::from_utf8(dir), std::str::from_utf8(name))
+            && !name.is_empty()
+        {
+            return Ok((PathBuf::from(dir), name.to_owned()));
+        }
+    }
+    split_by_components(path)
+}
+
+/// [`split_file_path`], through the normalized path's components.
+fn split_by_components(path: &Path) -> io::Result<(PathBuf, String)> {
     let normal = normalize(path)?;
     let invalid = || {
         io::Error::new(
@@ -1456,6 +1476,9 @@ mod tests {
             if fast {
                 assert_eq!(normalize(Path::new(path)).unwrap(), slow.unwrap(), "{path:?}");
             }
+            let (split, by_components) =
+                (split_file_path(Path::new(path)), split_by_components(Path::new(path)));
+            assert_eq!(split.ok(), by_components.ok(), "{path:?} split");
         }
         for (bytes, from) in [(&b"abcdefghijk/"[..], 0), (b"/a/b", 1), (b"abc", 0), (b"a/b", 3)] {
             let want =

@@ -17,7 +17,7 @@ pub const BROKEN_SUFFIX: &str = ".broken";
 /// `{group:016x}-{term:016x}-{index:016x}.snap`: a plain sorted listing groups a group's files
 /// together and puts its newest last (terms and indices both only grow).
 pub fn snapshot_name(group: u64, term: u64, index: u64) -> String {
-    format!("{group:016x}-{term:016x}-{index:016x}{SNAPSHOT_SUFFIX}")
+    codec::hex_name(&[group, term, index], SNAPSHOT_SUFFIX)
 }
 
 /// The temp file writer number `writer` streams a snapshot into before it is renamed to

@@ -19,7 +19,7 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// `{sequence:016x}-{first_record:016x}.wal`: a plain sorted listing is log order.
 pub fn segment_name(sequence: u64, first_record: u64) -> String {
-    format!("{sequence:016x}-{first_record:016x}{SEGMENT_SUFFIX}")
+    codec::hex_name(&[sequence, first_record], SEGMENT_SUFFIX)
 }
 
 /// The (sequence, first record) a segment file name carries, or `None` for other files.
@@ -37,12 +37,12 @@ pub const POOL_SUFFIX: &str = ".free";
 
 /// `{sequence:016x}.free`: segment `sequence`'s file, released and kept for reuse.
 pub fn pool_name(sequence: u64) -> String {
-    format!("{sequence:016x}{POOL_SUFFIX}")
+    codec::hex_name(&[sequence], POOL_SUFFIX)
 }
 
 /// `{sequence:016x}.tmp`: the file prepared to become segment `sequence`.
 pub fn temp_name(sequence: u64) -> String {
-    format!("{sequence:016x}{TEMP_SUFFIX}")
+    codec::hex_name(&[sequence], TEMP_SUFFIX)
 }
 
 // ---- Segment header ----------------------------------------------------------------------------
