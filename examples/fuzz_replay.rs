@@ -2,8 +2,9 @@
 //! first: `cargo run --example fuzz_replay --features testing -- <target> <file>`.
 
 use raftwal::fuzzing::{
-    RecoveryCase, SnapshotRecoveryCase, StorageCase, check_decode, check_raft_message,
-    check_recovery, check_snapshot_file, check_snapshot_recovery, check_storage_model,
+    EngineCase, RecoveryCase, SnapshotRecoveryCase, StorageCase, check_decode,
+    check_engine_recovery, check_raft_message, check_recovery, check_repair, check_snapshot_file,
+    check_snapshot_recovery, check_storage_model,
 };
 
 fn main() {
@@ -11,7 +12,8 @@ fn main() {
     let [_, target, path] = args.as_slice() else {
         eprintln!(
             "usage: fuzz_replay \
-             <recovery|storage_model|decode|snapshot_file|snapshot_recovery|raft_message> <file>"
+             <recovery|storage_model|decode|snapshot_file|snapshot_recovery|raft_message|\
+             engine_recovery|repair> <file>"
         );
         std::process::exit(2);
     };
@@ -43,6 +45,15 @@ fn main() {
             }
             check_snapshot_recovery(&case);
         }
+        "engine_recovery" => {
+            let case = EngineCase::from_fuzz_input(&bytes).expect("the input decodes");
+            println!("sync_never: {}", case.sync_never);
+            for (step, op) in case.ops.iter().enumerate() {
+                println!("{step}: {op:?}");
+            }
+            check_engine_recovery(&case);
+        }
+        "repair" => check_repair(&bytes),
         "raft_message" => check_raft_message(&bytes),
         "decode" => check_decode(&bytes),
         "snapshot_file" => check_snapshot_file(&bytes),

@@ -360,6 +360,8 @@ pub fn check_engine_recovery(case: &EngineCase) {
     let mut armed = 0;
     // An operation failed: the process is taken as dead until the next restart.
     let mut dead = false;
+    // Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`), to read a finding.
+    let trace = std::env::var_os("RAFTWAL_FUZZ_TRACE").is_some();
     let final_step = case.ops.len().min(MAX_ENGINE_OPS);
     let ops = case.ops.iter().take(MAX_ENGINE_OPS).chain([&EngineOp::PowerCut {
         // A final harshest power cut: what was acknowledged as durable must be there.
@@ -506,6 +508,11 @@ pub fn check_engine_recovery(case: &EngineCase) {
                 None
             }
         };
+        if trace {
+            let fired = fs.is_halted();
+            let answer = change.as_ref().map(|(result, _, durable)| (result, durable));
+            eprintln!("step {step}: {op:?} -> {answer:?} (dead {dead}, halted {fired})");
+        }
         let Some((result, next, durable)) = change else { continue };
         match result {
             Ok(()) if durable => history.push(next, true),
