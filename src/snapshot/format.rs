@@ -13,6 +13,9 @@ pub const SNAPSHOT_SUFFIX: &str = ".snap";
 pub const TEMP_SUFFIX: &str = ".snap.tmp";
 /// Suffix given to a snapshot file that failed its checks.
 pub const BROKEN_SUFFIX: &str = ".broken";
+/// Suffix a group's removal adds to its snapshot files (`*.snap.removing`) until its Remove
+/// record is durable: never read, and settled by the next open (put back or deleted).
+pub const REMOVING_SUFFIX: &str = ".removing";
 
 /// `{group:016x}-{term:016x}-{index:016x}.snap`: a plain sorted listing groups a group's files
 /// together and puts its newest last (terms and indices both only grow).

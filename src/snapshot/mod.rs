@@ -120,6 +120,29 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Sets every finished snapshot file of the group aside (`*.snap` becomes
+    /// `*.snap.removing`), durably: the first step of removing the group. From then on no file
+    /// of the group looks committed or like an interrupted bootstrap, whatever a crash keeps of
+    /// the removal; an open that finds the removal not durable puts the marked file back. A
+    /// failed rename moves back the files already set aside.
+    pub fn set_aside_all(&self) -> Result<()> {
+        let listed = self.list()?;
+        let aside = |name: &str| self.dir.join(format!("{name}{}", format::REMOVING_SUFFIX));
+        // Bounded by the files listed.
+        for (k, stored) in listed.iter().enumerate() {
+            if let Err(e) = self.fs.rename(&self.dir.join(&stored.name), &aside(&stored.name)) {
+                for done in &listed[..k] {
+                    let _ = self.fs.rename(&aside(&done.name), &self.dir.join(&done.name));
+                }
+                return Err(e.into());
+            }
+        }
+        if !listed.is_empty() {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Removes a snapshot file (and makes the removal durable).
     pub fn remove(&self, name: &str) -> Result<()> {
         self.fs.remove_file(&self.dir.join(name))?;

@@ -17,7 +17,7 @@ use crate::io::{Fs, RealFs};
 use crate::metrics::WalMetrics;
 use crate::options::WalOptions;
 use crate::snapshot::SnapshotStore;
-use crate::snapshot::format::{parse_snapshot_name, parse_temp_group};
+use crate::snapshot::format::{REMOVING_SUFFIX, parse_snapshot_name, parse_temp_group};
 use crate::storage::group::{GroupShared, GroupStorage};
 use crate::storage::{SNAP_DIR, WAL_DIR};
 use crate::types::SnapshotMetadata;
@@ -86,6 +86,7 @@ impl LogEngine {
         let snap_dir = dir.join(SNAP_DIR);
         // Creates the directory and removes every writer's leftover temp file.
         SnapshotStore::open(fs.clone(), &snap_dir, 0)?;
+        settle_set_aside(&fs, &snap_dir, &engine)?;
         let mut groups: BTreeSet<u64> = fs
             .list(&snap_dir)?
             .iter()
@@ -155,10 +156,16 @@ impl LogEngine {
     /// Removes group `id` and all its state (entries, hard state, snapshots), durably. Handles on
     /// it then see an empty log; the id can be used again from empty.
     pub fn remove_group(&self, id: u64) -> Result<()> {
+        let snaps = SnapshotStore::open_existing(self.shared.fs.clone(), &self.shared.snap_dir, id);
+        // 1. The snapshot files set aside, durably: a crash from here on leaves no file that an
+        //    open could take for the group's snapshot (an index-0 file would otherwise look like
+        //    a bootstrap to complete) without first seeing that the removal did not happen.
+        snaps.set_aside_all()?;
+        // 2. The Remove record, synced: the commit point.
         self.shared.engine.remove_group(id)?;
         self.shared.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        // The removal is durable: the files are orphans now (the next open deletes them too).
-        SnapshotStore::open_existing(self.shared.fs.clone(), &self.shared.snap_dir, id).remove_all()
+        // 3. The files (the next open deletes them too).
+        snaps.remove_all()
     }
 
     /// Makes every write so far durable.
@@ -197,6 +204,33 @@ impl LogEngine {
     pub fn wal(&self) -> &Arc<Engine> {
         &self.shared.engine
     }
+}
+
+/// Settles the files a group's removal set aside (`*.snap.removing`, case 12 of DESIGN §8): when
+/// the WAL holds no state of the group, its Remove record is durable and they are deleted;
+/// otherwise the removal did not happen, and the file the group's marker names is put back
+/// under its name (unless a file of that name exists), the others deleted.
+fn settle_set_aside(fs: &Fs, snap_dir: &Path, engine: &Engine) -> Result<()> {
+    let names = fs.list(snap_dir)?;
+    let live: BTreeSet<u64> = engine.group_ids().into_iter().collect();
+    let mut changed = false;
+    // Bounded by the files listed.
+    for name in &names {
+        let Some(original) = name.strip_suffix(REMOVING_SUFFIX) else { continue };
+        let Some((group, term, index)) = parse_snapshot_name(original) else { continue };
+        let marker = engine.snapshot_metadata(group);
+        let marked = live.contains(&group) && (marker.term, marker.index) == (term, index);
+        if marked && !names.iter().any(|n| n == original) {
+            fs.rename(&snap_dir.join(name), &snap_dir.join(original))?;
+        } else {
+            fs.remove_file(&snap_dir.join(name))?;
+        }
+        changed = true;
+    }
+    if changed {
+        fs.sync_dir(snap_dir)?;
+    }
+    Ok(())
 }
 
 /// Refuses a directory whose snapshot files survived while its WAL has no segment. A new

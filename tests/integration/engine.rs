@@ -1268,6 +1268,8 @@ fn concurrent_batches_crashed_anywhere_keep_every_acknowledged_batch_whole() {
 /// One step of the snapshot-and-removal workload, on group `.0`.
 #[derive(Clone, Debug)]
 enum GroupStep {
+    /// A membership-only snapshot (index 0) installed in an empty group.
+    Bootstrap(u64),
     Save(u64, HardState, Vec<Entry>),
     Snapshot(u64, u64),
     Remove(u64),
@@ -1276,6 +1278,8 @@ enum GroupStep {
 
 fn snapshot_removal_workload() -> Vec<GroupStep> {
     vec![
+        GroupStep::Bootstrap(3),
+        GroupStep::Save(3, hs(3, 0), Vec::new()),
         GroupStep::Save(1, hs(1, 3), run(1, 1, 6, 1, 200)),
         GroupStep::Save(2, hs(1, 4), run(2, 1, 6, 1, 200)),
         GroupStep::Snapshot(1, 4),
@@ -1285,7 +1289,15 @@ fn snapshot_removal_workload() -> Vec<GroupStep> {
         GroupStep::Snapshot(1, 2),
         GroupStep::Compact(2, 5),
         GroupStep::Remove(2),
+        GroupStep::Remove(3),
     ]
+}
+
+fn bootstrap_snapshot() -> Snapshot {
+    Snapshot {
+        metadata: SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) },
+        data: Bytes::from_static(b"bootstrap"),
+    }
 }
 
 fn snapshot_data(group: u64, index: u64) -> Bytes {
@@ -1294,6 +1306,7 @@ fn snapshot_data(group: u64, index: u64) -> Bytes {
 
 fn apply_group_step(engine: &LogEngine, step: &GroupStep) -> Result<()> {
     match step {
+        GroupStep::Bootstrap(g) => engine.group(*g)?.apply_snapshot(bootstrap_snapshot()),
         GroupStep::Save(g, state, es) => engine.group(*g)?.save(Some(state), es),
         GroupStep::Snapshot(g, i) => engine
             .group(*g)?
@@ -1306,10 +1319,14 @@ fn apply_group_step(engine: &LogEngine, step: &GroupStep) -> Result<()> {
 
 /// Both groups' models after each prefix of the steps.
 fn group_step_states(steps: &[GroupStep]) -> Vec<BTreeMap<u64, Model>> {
-    let mut models: BTreeMap<u64, Model> = [(1, Model::default()), (2, Model::default())].into();
+    let mut models: BTreeMap<u64, Model> =
+        [(1, Model::default()), (2, Model::default()), (3, Model::default())].into();
     let mut states = vec![models.clone()];
     for step in steps {
         let ok = match step {
+            GroupStep::Bootstrap(g) => {
+                models.get_mut(g).unwrap().apply_snapshot(bootstrap_snapshot())
+            }
             GroupStep::Save(g, state, es) => {
                 let model = models.get_mut(g).unwrap();
                 model.hard_state = *state;
@@ -1345,7 +1362,7 @@ fn matches_with_snapshots(
             return Err(format!("group {g}: snapshot {:?}", got.metadata));
         }
         let files = snapshot_files_of(fs, g);
-        if model.snapshot.metadata.index == 0 && !files.is_empty() {
+        if model.snapshot.metadata == SnapshotMetadata::default() && !files.is_empty() {
             return Err(format!("group {g} has no snapshot but files {files:?}"));
         }
     }
