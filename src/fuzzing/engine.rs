@@ -351,6 +351,13 @@ pub fn check_engine_recovery(case: &EngineCase) {
     let options = engine_options(sync_policy);
     let always = sync_policy == SyncPolicy::Always;
     let fs = CrashFs::new();
+    // Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`, or `ops` for every file system
+    // operation too), to read a finding.
+    let trace_level = super::trace_level();
+    if trace_level == super::Trace::Ops {
+        super::trace_operations(&fs);
+    }
+    let trace = trace_level != super::Trace::Off;
     let mut engine = Some(open(&fs, &options).expect("a fresh engine opens"));
     let mut history = History { states: vec![vec![MemoryStorage::new(); GROUPS as usize]] };
     let mut faults = 0;
@@ -360,8 +367,6 @@ pub fn check_engine_recovery(case: &EngineCase) {
     let mut armed = 0;
     // An operation failed: the process is taken as dead until the next restart.
     let mut dead = false;
-    // Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`), to read a finding.
-    let trace = std::env::var_os("RAFTWAL_FUZZ_TRACE").is_some();
     let final_step = case.ops.len().min(MAX_ENGINE_OPS);
     let ops = case.ops.iter().take(MAX_ENGINE_OPS).chain([&EngineOp::PowerCut {
         // A final harshest power cut: what was acknowledged as durable must be there.

@@ -51,3 +51,38 @@ pub use storage::{
     MAX_MODEL_OPS, MAX_OPS, RecoveryCase, StorageCase, check_recovery, check_storage_model,
     recovery_options,
 };
+
+/// How much a check prints while it runs, from `RAFTWAL_FUZZ_TRACE`: unset, nothing; `ops`,
+/// every step and every file system operation; anything else, every step. For reading a
+/// finding with the `fuzz_replay` example; the fuzz targets run with it unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trace {
+    Off,
+    Steps,
+    Ops,
+}
+
+fn trace_level() -> Trace {
+    match std::env::var_os("RAFTWAL_FUZZ_TRACE") {
+        None => Trace::Off,
+        Some(value) if value == "ops" => Trace::Ops,
+        Some(_) => Trace::Steps,
+    }
+}
+
+/// Prints every operation `fs` runs (and every handle dropped) to stderr, with its number.
+fn trace_operations(fs: &crate::io::CrashFs) {
+    let counter = fs.clone();
+    fs.set_hook(Some(std::sync::Arc::new(move |event: &crate::io::OpEvent<'_>| {
+        // The number the operation is about to take (a close takes none).
+        let at = counter.op_count();
+        let path = event.path.map(std::path::Path::display);
+        let to = event.to.map(std::path::Path::display);
+        match (path, to) {
+            (Some(path), Some(to)) => eprintln!("  op {at}: {:?} {path} -> {to}", event.kind),
+            (Some(path), None) => eprintln!("  op {at}: {:?} {path}", event.kind),
+            _ => eprintln!("  op {at}: {:?}", event.kind),
+        }
+        Ok(())
+    })));
+}

@@ -251,7 +251,8 @@ struct Recovery {
     /// match the disk (after a failed fsync Linux keeps pages it never wrote), so the next
     /// restart is a power cut, as an operator's would be.
     failed: bool,
-    /// Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`), to read a finding.
+    /// Print every step to stderr (`RAFTWAL_FUZZ_TRACE=1`, or `ops` for every file system
+    /// operation too), to read a finding.
     trace: bool,
 }
 
@@ -463,6 +464,10 @@ pub fn check_recovery(case: &RecoveryCase) {
     let policy = if case.sync_never { SyncPolicy::Never } else { SyncPolicy::Always };
     let options = recovery_options(policy);
     let fs = CrashFs::new();
+    let trace = super::trace_level();
+    if trace == super::Trace::Ops {
+        super::trace_operations(&fs);
+    }
     let storage = open(&fs, &options).expect("a fresh storage opens");
     let mut run = Recovery {
         fs,
@@ -477,7 +482,7 @@ pub fn check_recovery(case: &RecoveryCase) {
         },
         armed: 0,
         failed: false,
-        trace: std::env::var_os("RAFTWAL_FUZZ_TRACE").is_some(),
+        trace: trace != super::Trace::Off,
     };
     let mut faults = 0;
     for (step, op) in case.ops.iter().take(MAX_OPS).enumerate() {

@@ -408,10 +408,14 @@ impl GroupStorage {
         let name = file.finish()?;
         // 2. The marker: the commit point.
         if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {
-            // Not committed, so the file is an orphan (open would remove it too); unless the
-            // marker was written and only its sync failed: then the log names this snapshot and
-            // the marker may be durable, so the file must stay.
-            if self.wal.snapshot_metadata() != metadata {
+            // Refused with the log still running: nothing reached the log, so the file is an
+            // orphan (open would remove it too). Any other failure stopped the log, and the
+            // marker's bytes may be in the segment (a write can fail after part of it landed,
+            // and the file may already hold the rest) or durable (only its sync failed): a
+            // power cut can then bring the marker back, so the file stays for open to settle.
+            let refused = self.wal.engine().check_poisoned().is_ok()
+                && self.wal.snapshot_metadata() != metadata;
+            if refused {
                 let _ = self.snaps.remove(&name);
             }
             // Refused because a compaction passed the index since the check above: answered as
