@@ -313,11 +313,14 @@ fn restart(
         .rev()
         .find(|k| engine_like_through(&reopened, &groups, &history.states[*k], false));
     let Some(k) = recovered else {
+        let differences: Vec<String> = (0..history.states.len())
+            .map(|k| format!("against candidate {k}: {}", describe(&reopened, &history.states[k])))
+            .collect();
         panic!(
             "step {step}: after a power cut the engine matches no allowed state \
-             ({} candidates); against the durable one: {}",
+             ({} candidates, the first durable):\n{}",
             history.states.len(),
-            describe(&reopened, &history.states[0])
+            differences.join("\n")
         );
     };
     if every_answer {

@@ -405,6 +405,12 @@ impl GroupStorage {
         // 1. The file, durable under its final name; not once the log has stopped (a writer
         // begun before), whose marker would be refused after the file is in place.
         self.wal.engine().check_poisoned()?;
+        // A bootstrap's file (named like the empty marker) completes the bootstrap at open even
+        // without its marker (§8 case 7): it must not be durable before the writes that came
+        // before it, which the marker's sync would have made durable too.
+        if (metadata.term, metadata.index) == (0, 0) {
+            self.wal.sync()?;
+        }
         let name = file.finish()?;
         // 2. The marker: the commit point.
         if let Err(e) = self.wal.save_snapshot(&metadata, resets_log) {

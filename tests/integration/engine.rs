@@ -1974,3 +1974,57 @@ fn every_engine_recovery_corpus_file_passes_the_check() {
     }
     assert!(ran > 0, "no corpus file decodes into an input");
 }
+
+/// A bootstrap (an index-0 snapshot holding the membership) whose marker's sync fails leaves a
+/// durable file that open takes for a bootstrap to complete (DESIGN §8 case 7). That file must
+/// not become durable before the writes that came before it: after a power cut, a group that
+/// the bootstrap reached implies every earlier write of every group, as a marker would. (Found
+/// by the `engine_recovery` fuzz target: another group's unsynced entries were lost with the
+/// failed sync while the bootstrap came back.)
+#[test]
+fn a_bootstrap_whose_marker_sync_fails_never_comes_back_without_the_writes_before_it() {
+    let options = WalOptions { sync_policy: SyncPolicy::Never, ..options() };
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.save(1, Some(&hs(1, 0)), &run(1, 1, 3, 1, 40)).unwrap();
+    engine.write(&mut batch).unwrap();
+    engine.sync().unwrap();
+    let mut batch = WriteBatch::default();
+    batch.save(1, None, &run(1, 4, 5, 1, 40)).unwrap();
+    engine.write(&mut batch).unwrap();
+    // The first sync after the snapshot directory's fsync is the marker's, and fails.
+    let snap_synced = Arc::new(AtomicBool::new(false));
+    let (seen, probe) = (snap_synced.clone(), fs.clone());
+    let armed = Arc::new(AtomicBool::new(false));
+    let hook: Hook = Arc::new(move |event: &OpEvent<'_>| {
+        let in_snap = event.path.is_some_and(|p| p.ends_with(raftwal::storage::SNAP_DIR));
+        if event.kind == OpKind::SyncDir && in_snap {
+            seen.store(true, Ordering::SeqCst);
+        } else if event.kind == OpKind::Sync
+            && seen.load(Ordering::SeqCst)
+            && !armed.swap(true, Ordering::SeqCst)
+        {
+            probe.inject(Fault { at_op: probe.op_count(), kind: FaultKind::SyncEio });
+        }
+        Ok(())
+    });
+    fs.set_hook(Some(hook));
+    let metadata = SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1, 2, 3]) };
+    let bootstrap = Snapshot { metadata, data: Bytes::from_static(b"membership") };
+    let answer = engine.group(0).unwrap().apply_snapshot(bootstrap);
+    assert!(matches!(answer, Err(Error::Io(_))), "{answer:?}");
+    assert!(snap_synced.load(Ordering::SeqCst), "the file was made durable");
+    fs.set_hook(None);
+    drop(engine);
+    fs.crash_lose_all_unsynced();
+    let engine = open(&fs, &options).unwrap();
+    let bootstrapped = engine.group(0).unwrap().initial_state().unwrap().conf_state.voters;
+    let last = engine.group(1).unwrap().last_index().unwrap();
+    if bootstrapped == [1, 2, 3] {
+        assert_eq!(last, 5, "the bootstrap came back, so the write before it must have");
+    } else {
+        assert!(bootstrapped.is_empty(), "{bootstrapped:?}");
+        assert!(last == 3 || last == 5, "last {last}");
+    }
+}
