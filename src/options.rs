@@ -71,8 +71,8 @@ pub struct WalOptions {
     /// Bytes of recent entries kept in memory for reads.
     pub cache_bytes: u64,
     /// Prepare the next segment file on a background thread (on: rollover never waits for a file
-    /// to be created and allocated; off: it is prepared inline, which keeps the order of I/O
-    /// operations deterministic for crash tests).
+    /// to be created and allocated; off: the rollover prepares it inline when it needs it, which
+    /// keeps the order of I/O operations deterministic for crash tests).
     pub prepare_in_background: bool,
     /// Snapshots kept on disk; older ones are deleted.
     pub snapshot_retention: usize,

@@ -211,11 +211,6 @@ pub struct SyncTarget {
 /// A prepared file, and whether it is a recycled one.
 type PreparedFile = (Arc<dyn File>, bool);
 
-enum Prepared {
-    Ready(u64, PreparedFile),
-    Pending(Preparation),
-}
-
 /// A segment being prepared on a background thread. Dropping it stops the thread and waits for
 /// it: the thread must never outlive the log, or it could truncate and zero-fill a file of the
 /// same name that a reopened log has prepared, or even started writing to.
@@ -254,10 +249,10 @@ pub struct Writer {
     background: bool,
     /// The segment being appended to.
     pub active: Active,
-    /// The next segment's file. Declared after `active`: a writer being dropped tells a
-    /// preparation to stop (in `Drop for Writer`), closes its files, then waits for the thread
-    /// here.
-    prepared: Option<Prepared>,
+    /// The next segment's file being prepared on a background thread (never inline: see
+    /// `start_preparing`). Declared after `active`: a writer being dropped tells a preparation
+    /// to stop (in `Drop for Writer`), closes its files, then waits for the thread here.
+    prepared: Option<Preparation>,
     buf: Vec<u8>,
     /// Released segment files to reuse (`*.free` names, oldest first), and how many to keep.
     pub pool: Vec<String>,
@@ -280,7 +275,7 @@ pub struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(Prepared::Pending(preparation)) = &self.prepared {
+        if let Some(preparation) = &self.prepared {
             // Stop it now rather than after the files close; `prepared`'s drop joins it.
             preparation.cancel.store(true, Ordering::Release);
         }
@@ -450,44 +445,44 @@ impl Writer {
         writer
     }
 
+    /// Starts preparing the next segment's file on a background thread. Inline
+    /// (`prepare_in_background` off), nothing happens here: the rollover prepares the file when
+    /// it needs it, so that an open that never rolls over creates no file (most opens of a
+    /// crash test do not, and preparing at each open was a large part of their cost).
     fn start_preparing(&mut self) {
+        self.prepared = None;
         let sequence = self.active.sequence + 1;
-        if sequence > MAX_SEGMENT_SEQUENCE {
-            // No segment can follow this one; the rollover will say so.
-            return self.prepared = None;
+        if !self.background || sequence > MAX_SEGMENT_SEQUENCE {
+            // Beyond the last sequence no segment can follow this one; the rollover says so.
+            return;
         }
+        let run = self.preparation(sequence);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        let handle = std::thread::spawn(move || run(&stop));
+        self.prepared = Some(Preparation { sequence, cancel, handle: Some(handle) });
+    }
+
+    /// What prepares the file of segment `sequence`: the oldest released file, if any
+    /// (reusing it saves allocating and zero-filling one), else a new one.
+    fn preparation(
+        &mut self,
+        sequence: u64,
+    ) -> impl FnOnce(&AtomicBool) -> std::io::Result<PreparedFile> + Send + 'static {
         let (fs, dir, size) = (self.fs.clone(), self.dir.clone(), self.segment_size_bytes);
-        // The oldest released file, if any: reusing it saves allocating and zero-filling one.
         let pool_name = (!self.pool.is_empty()).then(|| self.pool.remove(0));
-        let run = move |cancel: &AtomicBool| match &pool_name {
+        move |cancel: &AtomicBool| match &pool_name {
             Some(name) => prepare_recycled(&fs, &dir, name, sequence, size, cancel),
             None => prepare(&fs, &dir, sequence, size, cancel).map(|file| (file, false)),
-        };
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.prepared = Some(if self.background {
-            let stop = cancel.clone();
-            let handle = std::thread::spawn(move || run(&stop));
-            Prepared::Pending(Preparation { sequence, cancel, handle: Some(handle) })
-        } else {
-            match run(&cancel) {
-                Ok(file) => Prepared::Ready(sequence, file),
-                // Not fatal: the rollover will try again and report the error then.
-                Err(_) => return self.prepared = None,
-            }
-        });
+        }
     }
 
     fn take_prepared(&mut self, sequence: u64) -> std::io::Result<PreparedFile> {
         match self.prepared.take() {
-            Some(Prepared::Ready(seq, file)) if seq == sequence => Ok(file),
-            Some(Prepared::Pending(preparation)) if preparation.sequence == sequence => {
-                preparation.wait()
-            }
-            _ => {
-                let never = AtomicBool::new(false);
-                prepare(&self.fs, &self.dir, sequence, self.segment_size_bytes, &never)
-                    .map(|file| (file, false))
-            }
+            Some(preparation) if preparation.sequence == sequence => preparation.wait(),
+            // Inline, or a background preparation for another sequence (dropping it stops and
+            // joins its thread; open removes its file): prepared here.
+            _ => self.preparation(sequence)(&AtomicBool::new(false)),
         }
     }
 

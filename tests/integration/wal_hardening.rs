@@ -181,7 +181,19 @@ fn a_sync_overlapping_a_failed_rollover_sync_is_not_acknowledged() {
     wal.save(None, &[entry(1, 1, 2000)]).unwrap();
     let script = Script::new(OverlapScript::default());
     let hook_script = script.clone();
+    // The rollover (on this thread) first prepares segment 2's file, syncing it, then fdatasyncs
+    // segment 1: its second sync is the one that fails.
+    let roller = std::thread::current().id();
+    let roller_syncs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let fail_at = crash.clone();
     crash.set_hook(Some(Arc::new(move |e: &OpEvent<'_>| {
+        if std::thread::current().id() == roller
+            && e.kind == OpKind::Sync
+            && hook_script.lock().leader_paused
+            && roller_syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+        {
+            fail_at.inject(Fault { at_op: fail_at.op_count(), kind: FaultKind::SyncEio });
+        }
         let mut s = hook_script.lock();
         if s.leader == Some(std::thread::current().id())
             && e.kind == OpKind::Sync
@@ -202,8 +214,7 @@ fn a_sync_overlapping_a_failed_rollover_sync_is_not_acknowledged() {
         })
     };
     script.wait_for(|s| s.leader_paused);
-    // The rollover's fdatasync of segment 1 is the next sync to run, and fails.
-    crash.inject(Fault { at_op: crash.op_count(), kind: FaultKind::SyncEio });
+    // The rollover's fdatasync of segment 1 fails (armed by the hook).
     let rolled = wal.save(None, &[entry(3, 1, 2000)]);
     assert!(matches!(rolled, Err(Error::Io(_))), "the failed sync is reported: {rolled:?}");
     script.update(|s| s.release_leader = true);
