@@ -440,11 +440,55 @@ enum ZstdFailure {
     Damaged,
 }
 
+std::thread_local! {
+    /// A zstd decoder kept per thread between snapshot reads. Creating one costs more than
+    /// decoding a small snapshot (it probes the CPU, which traps in a virtual machine, and
+    /// allocates its buffers anew): reading every group's snapshot after an open spent a fifth
+    /// of its time there. At most one per thread, of at most [`SPARE_DECODER_MAX_BYTES`], kept for the
+    /// thread's life.
+    static SPARE_DECODER: std::cell::RefCell<Option<zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A zstd decoder with no session and the window limit set: the thread's spare, or a new one.
+fn take_decoder() -> io::Result<zstd_safe::DCtx<'static>> {
+    // `try_with` fails only while the thread is being torn down: then a new decoder.
+    let spare = SPARE_DECODER.try_with(|spare| spare.borrow_mut().take()).ok().flatten();
+    let mut context = match spare {
+        Some(context) => context,
+        None => zstd_safe::DCtx::try_create()
+            .ok_or_else(|| io::Error::other("zstd: cannot allocate a decoder"))?,
+    };
+    context
+        .set_parameter(zstd_safe::DParameter::WindowLogMax(format::ZSTD_WINDOW_LOG_MAX))
+        .map_err(|code| io::Error::other(zstd_safe::get_error_name(code)))?;
+    Ok(context)
+}
+
+/// The largest decoder kept as a thread's spare. A decoder holds its window and block buffers
+/// after a read: about 1 MiB for what level 1 writes, 2.5 MiB for level 3 (frames streamed
+/// without a content size get the level's full window). One that grew a window above 2 MiB
+/// (up to the 8 MiB limit) is freed instead: its creation is small beside decoding a snapshot
+/// written that way, and a thread should not hold it for a snapshot it read once.
+const SPARE_DECODER_MAX_BYTES: usize = 4 << 20;
+
+/// Gives a decoder back as the thread's spare, its session and parameters reset (a damaged
+/// stream it stopped in leaves nothing behind); one that cannot be reset, or that holds more
+/// than [`SPARE_DECODER_MAX_BYTES`], is freed.
+fn return_decoder(mut context: zstd_safe::DCtx<'static>) {
+    if context.sizeof() <= SPARE_DECODER_MAX_BYTES
+        && context.reset(zstd_safe::ResetDirective::SessionAndParameters).is_ok()
+    {
+        let _ = SPARE_DECODER.try_with(|spare| *spare.borrow_mut() = Some(context));
+    }
+}
+
 /// Decodes a zstd body, with a window of at most `1 << ZSTD_WINDOW_LOG_MAX` bytes: the
 /// decoder's memory is bounded whatever the frames declare.
 struct ZstdBody {
     source: BodySource,
-    context: zstd_safe::DCtx<'static>,
+    /// `None` only in `drop`, which gives it back to the thread.
+    context: Option<zstd_safe::DCtx<'static>>,
     /// Stored bytes read but not yet decoded: `input[start..end]`.
     input: Box<[u8]>,
     start: usize,
@@ -458,14 +502,9 @@ struct ZstdBody {
 impl ZstdBody {
     fn new(source: BodySource) -> io::Result<ZstdBody> {
         let stored = source.end - source.offset;
-        let mut context = zstd_safe::DCtx::try_create()
-            .ok_or_else(|| io::Error::other("zstd: cannot allocate a decoder"))?;
-        context
-            .set_parameter(zstd_safe::DParameter::WindowLogMax(format::ZSTD_WINDOW_LOG_MAX))
-            .map_err(|code| io::Error::other(zstd_safe::get_error_name(code)))?;
         Ok(ZstdBody {
             source,
-            context,
+            context: Some(take_decoder()?),
             // No larger than the stored body: a small snapshot need not zero zstd's 128 KiB.
             input: vec![0; stored.clamp(1, zstd_safe::DCtx::in_size() as u64) as usize]
                 .into_boxed_slice(),
@@ -491,8 +530,8 @@ impl ZstdBody {
             }
             let mut output = zstd_safe::OutBuffer::around(&mut *buf);
             let mut input = zstd_safe::InBuffer::around(&self.input[self.start..self.end]);
-            let hint = self
-                .context
+            let context = self.context.as_mut().expect("taken only in drop");
+            let hint = context
                 .decompress_stream(&mut output, &mut input)
                 .map_err(|_| ZstdFailure::Damaged)?;
             let (consumed, produced) = (input.pos(), output.pos());
@@ -519,7 +558,15 @@ impl ZstdBody {
     /// Bytes the decoder holds (its window and buffers).
     #[cfg(test)]
     fn memory_bytes(&self) -> usize {
-        self.context.sizeof() + self.input.len()
+        self.context.as_ref().map_or(0, |context| context.sizeof()) + self.input.len()
+    }
+}
+
+impl Drop for ZstdBody {
+    fn drop(&mut self) {
+        if let Some(context) = self.context.take() {
+            return_decoder(context);
+        }
     }
 }
 
@@ -731,7 +778,9 @@ mod tests {
         let mut data = Vec::new();
         let result = store.read_into(&name, &mut data);
         assert!(is_corruption(&result), "{result:?}");
-        // Refused before its window is allocated.
+        // Refused before its window is allocated (measured on a new decoder: the thread's
+        // spare holds the buffers of the read above).
+        SPARE_DECODER.with(|spare| spare.borrow_mut().take());
         let mut reader = store.reader(&name).unwrap();
         let error = reader.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
@@ -759,6 +808,69 @@ mod tests {
             let name = writer.finish().unwrap();
             let snapshot = store.read_all(&name).unwrap();
             assert!(snapshot.data == data, "level {level} reads back");
+        }
+    }
+
+    /// The thread's spare decoder, by its address (to tell reuse from a new one), and its size.
+    fn spare_decoder() -> Option<(usize, usize)> {
+        SPARE_DECODER.with(|spare| {
+            spare.borrow().as_ref().map(|context| {
+                (context as *const zstd_safe::DCtx<'static> as usize, context.sizeof())
+            })
+        })
+    }
+
+    #[test]
+    fn a_decoder_is_reused_after_a_damaged_stream_and_decodes_the_next_snapshot_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let frame = zstd::bulk::compress(&data, 3).unwrap();
+        let good = forge(tmp.path(), Compression::Zstd, data.len() as u64, &frame);
+        assert!(store.read_all(&good).unwrap().data == data);
+        let Some((kept, _)) = spare_decoder() else { panic!("the decoder is kept") };
+        // A stream cut inside its frame leaves the decoder mid-frame; reset, it is reused.
+        let mut cut = frame.clone();
+        cut.truncate(frame.len() / 2);
+        let cut_name = format::snapshot_name(0, 2, 10);
+        let header = SnapshotHeader {
+            compression: Compression::Zstd,
+            data_len: data.len() as u64,
+            stored_len: cut.len() as u64,
+            body_crc: crc32fast::hash(&cut),
+            metadata: SnapshotMetadata { index: 10, ..metadata() },
+        };
+        let mut bytes = header.encode();
+        bytes.extend_from_slice(&cut);
+        std::fs::write(tmp.path().join(&cut_name), bytes).unwrap();
+        assert!(is_corruption(&store.verify(&cut_name)));
+        assert!(spare_decoder().is_some(), "kept after a damaged stream");
+        assert!(store.read_all(&good).unwrap().data == data, "the next read is whole");
+        assert_eq!(spare_decoder().map(|(at, _)| at), Some(kept), "the same decoder");
+    }
+
+    #[test]
+    fn a_decoder_that_grew_a_large_window_is_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let limit = format::ZSTD_WINDOW_LOG_MAX;
+        let data = vec![7u8; 2 << limit];
+        let name = forge(
+            tmp.path(),
+            Compression::Zstd,
+            data.len() as u64,
+            &frame_with_window(limit, &data[..100_000]),
+        );
+        // The body is shorter than data_len says: corruption, after the window was allocated.
+        assert!(is_corruption(&store.verify(&name)));
+        if let Some((_, size)) = spare_decoder() {
+            assert!(size < 1 << limit, "a spare of {size} bytes was kept");
+        }
+        let frame = zstd::bulk::compress(&data, 3).unwrap();
+        let name = forge(tmp.path(), Compression::Zstd, data.len() as u64, &frame);
+        assert!(store.read_all(&name).unwrap().data == data);
+        if let Some((_, size)) = spare_decoder() {
+            assert!(size < 1 << limit, "a spare of {size} bytes was kept");
         }
     }
 
