@@ -181,13 +181,7 @@ impl SnapshotStore {
         };
         let body = match compression {
             Compression::None => Body::Plain(sink),
-            Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
-                if level > format::ZSTD_MAX_LEVEL_WITHIN_WINDOW {
-                    encoder.window_log(format::ZSTD_WINDOW_LOG_MAX)?;
-                }
-                Body::Zstd(encoder)
-            }
+            Compression::Zstd => Body::Zstd(ZstdSink::new(sink, level)?),
         };
         Ok(SnapshotFileWriter {
             store: self.clone(),
@@ -331,7 +325,106 @@ impl Write for BodySink {
 
 enum Body {
     Plain(BodySink),
-    Zstd(zstd::stream::write::Encoder<'static, BodySink>),
+    Zstd(ZstdSink),
+}
+
+std::thread_local! {
+    /// A zstd encoder kept per thread between snapshot writes, as [`SPARE_DECODER`] is for
+    /// reads: creating one probes the CPU and allocates its tables anew, which for the small
+    /// snapshots of many groups costs more than compressing them. At most one per thread, of
+    /// at most [`SPARE_CODER_MAX_BYTES`].
+    static SPARE_ENCODER: std::cell::RefCell<Option<zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_error(code: zstd_safe::ErrorCode) -> io::Error {
+    io::Error::other(zstd_safe::get_error_name(code))
+}
+
+/// Compresses a snapshot's body into its file at `level`, with a window of at most
+/// `1 << ZSTD_WINDOW_LOG_MAX` bytes (what readers accept).
+struct ZstdSink {
+    sink: BodySink,
+    context: zstd_safe::CCtx<'static>,
+    /// Compressed bytes go through here to the sink.
+    out: Box<[u8]>,
+}
+
+/// Bytes of compressed output handed to the sink at a time.
+const ZSTD_OUT_BYTES: usize = 16 << 10;
+
+impl ZstdSink {
+    fn new(sink: BodySink, level: i32) -> io::Result<ZstdSink> {
+        // `try_with` fails only while the thread is being torn down: then a new encoder.
+        let spare = SPARE_ENCODER.try_with(|spare| spare.borrow_mut().take()).ok().flatten();
+        let mut context = match spare {
+            Some(context) => context,
+            None => zstd_safe::CCtx::try_create()
+                .ok_or_else(|| io::Error::other("zstd: cannot allocate an encoder"))?,
+        };
+        context
+            .set_parameter(zstd_safe::CParameter::CompressionLevel(level))
+            .map_err(zstd_error)?;
+        if level > format::ZSTD_MAX_LEVEL_WITHIN_WINDOW {
+            context
+                .set_parameter(zstd_safe::CParameter::WindowLog(format::ZSTD_WINDOW_LOG_MAX))
+                .map_err(zstd_error)?;
+        }
+        Ok(ZstdSink { sink, context, out: vec![0; ZSTD_OUT_BYTES].into_boxed_slice() })
+    }
+
+    /// Runs one compression step over `input` with `directive`, handing what it produced to the
+    /// sink. Returns zstd's count of bytes it still holds to flush (0: none).
+    fn step(
+        &mut self,
+        input: &mut zstd_safe::InBuffer<'_>,
+        directive: zstd_safe::zstd_sys::ZSTD_EndDirective,
+    ) -> io::Result<usize> {
+        let mut output = zstd_safe::OutBuffer::around(&mut self.out[..]);
+        let held =
+            self.context.compress_stream2(&mut output, input, directive).map_err(zstd_error)?;
+        let produced = output.pos();
+        self.sink.write_all(&self.out[..produced])?;
+        Ok(held)
+    }
+
+    /// Flushes (or with `ZSTD_e_end`, ends the frame of) what zstd holds into the sink.
+    fn drain(&mut self, directive: zstd_safe::zstd_sys::ZSTD_EndDirective) -> io::Result<()> {
+        let mut empty = zstd_safe::InBuffer::around(&[]);
+        // Bounded: each step hands the sink up to ZSTD_OUT_BYTES of what zstd holds, which
+        // the input written so far bounds.
+        while self.step(&mut empty, directive)? > 0 {}
+        Ok(())
+    }
+
+    /// Ends the frame and returns the sink; the encoder becomes the thread's spare, reset, if
+    /// it is small enough.
+    fn finish(mut self) -> io::Result<BodySink> {
+        self.drain(zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end)?;
+        let ZstdSink { sink, mut context, .. } = self;
+        if context.sizeof() <= SPARE_CODER_MAX_BYTES
+            && context.reset(zstd_safe::ResetDirective::SessionAndParameters).is_ok()
+        {
+            let _ = SPARE_ENCODER.try_with(|spare| *spare.borrow_mut() = Some(context));
+        }
+        Ok(sink)
+    }
+}
+
+impl Write for ZstdSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut input = zstd_safe::InBuffer::around(data);
+        // Bounded: each step takes input into zstd or hands output to the sink.
+        while input.pos() < data.len() {
+            self.step(&mut input, zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain(zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)?;
+        self.sink.flush()
+    }
 }
 
 /// Streams a snapshot into a temp file; [`SnapshotFileWriter::finish`] makes it durable and
@@ -444,7 +537,7 @@ std::thread_local! {
     /// A zstd decoder kept per thread between snapshot reads. Creating one costs more than
     /// decoding a small snapshot (it probes the CPU, which traps in a virtual machine, and
     /// allocates its buffers anew): reading every group's snapshot after an open spent a fifth
-    /// of its time there. At most one per thread, of at most [`SPARE_DECODER_MAX_BYTES`], kept for the
+    /// of its time there. At most one per thread, of at most [`SPARE_CODER_MAX_BYTES`], kept for the
     /// thread's life.
     static SPARE_DECODER: std::cell::RefCell<Option<zstd_safe::DCtx<'static>>> =
         const { std::cell::RefCell::new(None) };
@@ -465,18 +558,19 @@ fn take_decoder() -> io::Result<zstd_safe::DCtx<'static>> {
     Ok(context)
 }
 
-/// The largest decoder kept as a thread's spare. A decoder holds its window and block buffers
-/// after a read: about 1 MiB for what level 1 writes, 2.5 MiB for level 3 (frames streamed
-/// without a content size get the level's full window). One that grew a window above 2 MiB
-/// (up to the 8 MiB limit) is freed instead: its creation is small beside decoding a snapshot
-/// written that way, and a thread should not hold it for a snapshot it read once.
-const SPARE_DECODER_MAX_BYTES: usize = 4 << 20;
+/// The largest zstd decoder or encoder kept as a thread's spare. After use, a decoder holds
+/// its window and block buffers (about 1 MiB for what level 1 writes, 2.5 MiB for level 3:
+/// frames streamed without a content size get the level's full window) and an encoder its
+/// tables (1.4 MiB at level 1, 3.7 MiB at level 3, the default; 15 MiB at level 9). Larger
+/// ones are freed: their creation is small beside the work of such a level or window, and a
+/// thread should not hold them for a snapshot it handled once.
+const SPARE_CODER_MAX_BYTES: usize = 4 << 20;
 
 /// Gives a decoder back as the thread's spare, its session and parameters reset (a damaged
 /// stream it stopped in leaves nothing behind); one that cannot be reset, or that holds more
-/// than [`SPARE_DECODER_MAX_BYTES`], is freed.
+/// than [`SPARE_CODER_MAX_BYTES`], is freed.
 fn return_decoder(mut context: zstd_safe::DCtx<'static>) {
-    if context.sizeof() <= SPARE_DECODER_MAX_BYTES
+    if context.sizeof() <= SPARE_CODER_MAX_BYTES
         && context.reset(zstd_safe::ResetDirective::SessionAndParameters).is_ok()
     {
         let _ = SPARE_DECODER.try_with(|spare| *spare.borrow_mut() = Some(context));
@@ -847,6 +941,45 @@ mod tests {
         assert!(spare_decoder().is_some(), "kept after a damaged stream");
         assert!(store.read_all(&good).unwrap().data == data, "the next read is whole");
         assert_eq!(spare_decoder().map(|(at, _)| at), Some(kept), "the same decoder");
+    }
+
+    #[test]
+    fn an_encoder_is_reused_and_every_snapshot_it_writes_reads_back_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let spare = || {
+            SPARE_ENCODER.with(|spare| {
+                spare.borrow().as_ref().map(|c| c as *const zstd_safe::CCtx<'static> as usize)
+            })
+        };
+        let mut kept = None;
+        for index in 1..=3u64 {
+            let data: Vec<u8> = (0..50_000u64).map(|i| (i * index % 253) as u8).collect();
+            let md = SnapshotMetadata { index, ..metadata() };
+            let mut writer = store.begin(md.clone(), 3).unwrap();
+            writer.write_all(&data[..20_000]).unwrap();
+            // A flush mid-stream ends a block, not the frame.
+            writer.flush().unwrap();
+            writer.write_all(&data[20_000..]).unwrap();
+            let name = writer.finish().unwrap();
+            let snapshot = store.read_all(&name).unwrap();
+            assert!(snapshot.data == data && snapshot.metadata == md, "snapshot {index}");
+            let now = spare();
+            assert!(now.is_some(), "the encoder is kept after snapshot {index}");
+            assert!(kept.is_none() || kept == now, "the same encoder");
+            kept = now;
+        }
+        // A writer dropped mid-stream takes its encoder with it; the next one starts clean.
+        let mut abandoned = store.begin(SnapshotMetadata { index: 7, ..metadata() }, 3).unwrap();
+        abandoned.write_all(&[1u8; 10_000]).unwrap();
+        drop(abandoned);
+        let mut writer = store.begin(SnapshotMetadata { index: 8, ..metadata() }, 3).unwrap();
+        writer.write_all(b"after an abandoned one").unwrap();
+        let name = writer.finish().unwrap();
+        assert_eq!(
+            store.read_all(&name).unwrap().data,
+            Bytes::from_static(b"after an abandoned one")
+        );
     }
 
     #[test]
