@@ -472,7 +472,15 @@ impl GroupStorage {
             return Err(Error::SnapshotTemporarilyUnavailable);
         }
         let marker = self.wal.snapshot_metadata();
-        self.snaps.reader(&self.snaps.name(marker.term, marker.index))
+        let reader = self.snaps.reader(&self.snaps.name(marker.term, marker.index))?;
+        if marker.index == 0 && reader.metadata() != &marker {
+            // A bootstrap's file the marker does not stand for (see `snapshot`): as if absent.
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no snapshot has been committed",
+            )));
+        }
+        Ok(reader)
     }
 
     /// Writes a final checkpoint of the whole engine and syncs: a cleanly closed log proves
@@ -569,11 +577,16 @@ impl Storage for GroupStorage {
             return Ok(cached.clone());
         }
         let name = self.snaps.name(marker.term, marker.index);
+        let empty = || Snapshot { metadata: marker.clone(), data: Bytes::new() };
         let snapshot = match self.snaps.read_all(&name) {
+            // The empty marker's name is also a bootstrap's: a file there that the marker does
+            // not stand for (a bootstrap whose marker failed; the next open settles it) is not
+            // this storage's snapshot.
+            Ok(snapshot) if marker.index == 0 && snapshot.metadata != marker => empty(),
             Ok(snapshot) => snapshot,
             // Never committed a snapshot: the empty one (with the marker's membership).
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && marker.index == 0 => {
-                Snapshot { metadata: marker, data: Bytes::new() }
+                empty()
             }
             Err(e) => return Err(e),
         };

@@ -359,3 +359,57 @@ fn a_snapshot_whose_marker_write_fails_keeps_its_file_for_the_marker_it_may_have
     // The case needs power cuts that keep the marker's bytes; some seeds must give one.
     assert!(kept > 0, "no power cut kept the marker, so the case was not tried");
 }
+
+/// A bootstrap whose marker write fails keeps its file (the marker may have reached the disk),
+/// and that file has the empty marker's name: the live storage must still answer the empty
+/// snapshot it holds, not the file's, until an open settles which one the disk holds. (Found
+/// by the `recovery` fuzz target: `snapshot()` answered the refused bootstrap's membership and
+/// data while every other answer was the empty storage's.)
+#[test]
+fn a_failed_bootstrap_leaves_the_live_storage_answering_the_empty_snapshot() {
+    use raftwal::io::{CrashFs, Fault, FaultKind, OpKind};
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let fs = CrashFs::new();
+    let storage = WalStorage::open_with_fs(
+        Arc::new(fs.clone()) as raftwal::io::Fs,
+        Path::new("/node"),
+        options(),
+    )
+    .unwrap();
+    // The first write after the snapshot directory's fsync is the marker's, and fails.
+    let (dir_synced, probe) = (Arc::new(AtomicBool::new(false)), fs.clone());
+    let armed = AtomicBool::new(false);
+    fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+        let in_snap = event.path.is_some_and(|p| p.ends_with(raftwal::storage::SNAP_DIR));
+        if event.kind == OpKind::SyncDir && in_snap {
+            dir_synced.store(true, Ordering::SeqCst);
+        } else if event.kind == OpKind::Write
+            && dir_synced.load(Ordering::SeqCst)
+            && !armed.swap(true, Ordering::SeqCst)
+        {
+            probe.inject(Fault { at_op: probe.op_count(), kind: FaultKind::WriteEio });
+        }
+        Ok(())
+    })));
+    let metadata = SnapshotMetadata { index: 0, term: 0, conf_state: voters(&[1]) };
+    let answer = storage.apply_snapshot(Snapshot { metadata, data: Bytes::from_static(b"boot") });
+    assert!(matches!(answer, Err(Error::Io(_))), "{answer:?}");
+    fs.set_hook(None);
+    let snapshot = storage.snapshot().unwrap();
+    assert_eq!(snapshot.metadata, SnapshotMetadata::default(), "the empty snapshot");
+    assert!(snapshot.data.is_empty());
+    assert_eq!(storage.initial_state().unwrap().conf_state, ConfState::default());
+    // The streaming reader agrees: it finds no snapshot to stream, as before the bootstrap.
+    match storage.snapshot_reader() {
+        Ok(mut reader) => {
+            let mut data = Vec::new();
+            reader.read_to_end(&mut data).unwrap();
+            assert_eq!(reader.metadata(), &SnapshotMetadata::default(), "streamed {data:?}");
+        }
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
+        Err(e) => panic!("{e}"),
+    }
+}
