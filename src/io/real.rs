@@ -10,6 +10,11 @@ use fs2::FileExt as _;
 
 use super::{DirLock, File, FileSystem};
 
+/// Times a contended directory lock is tried again, [`LOCK_RETRY_PAUSE`] apart, before open
+/// reports it held: 100 ms in all, far longer than a spawned child takes to exec.
+const LOCK_RETRIES: u32 = 20;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The operating system's file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealFs;
@@ -95,11 +100,22 @@ impl FileSystem for RealFs {
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock_exclusive() {
-            Ok(()) => Ok(Some(DirLock::new(file))),
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => Ok(None),
-            Err(e) => Err(e),
+        // A lock can be held for a moment by no one who wants it: a child process being spawned
+        // (by any thread) holds a copy of every open file, this one's included, from its fork
+        // until its exec, so a log dropped and reopened in that moment finds its own lock held.
+        // Contention is retried for up to LOCK_RETRIES pauses before it is reported.
+        for attempt in 0..=LOCK_RETRIES {
+            match file.try_lock_exclusive() {
+                Ok(()) => return Ok(Some(DirLock::new(file))),
+                Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                    if attempt < LOCK_RETRIES {
+                        std::thread::sleep(LOCK_RETRY_PAUSE);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Ok(None)
     }
 }
 
@@ -140,5 +156,24 @@ mod tests {
         assert!(RealFs.try_lock(&path).unwrap().is_none(), "a held lock must refuse a second");
         drop(first);
         assert!(RealFs.try_lock(&path).unwrap().is_some(), "a dropped lock must be free again");
+    }
+
+    /// A child process being spawned holds a copy of every open file, the lock's included, from
+    /// its fork until its exec: a log dropped and reopened in that moment (by another thread)
+    /// finds its own lock held. Held here by another open of the file, released shortly after.
+    #[test]
+    fn a_lock_held_for_a_moment_by_another_open_of_the_file_is_taken_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        let copy =
+            fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).unwrap();
+        copy.try_lock_exclusive().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            drop(copy);
+        });
+        let lock = RealFs.try_lock(&path).unwrap();
+        release.join().unwrap();
+        assert!(lock.is_some(), "the lock was released while the open waited");
     }
 }
