@@ -394,6 +394,30 @@ fn look_after(bytes: &[u8], stop: usize, sequence: Option<u32>, work: &mut LookA
     after
 }
 
+/// End of the last frame at or after `from` whose header names segment `sequence`, checked or
+/// not (`from` if none). In a recycled file that is what must be erased after the recovered
+/// end: a torn record of this segment left there would, once shorter records are written over
+/// its start and the segment is sealed, read as damage in a synced segment. Frames an earlier
+/// use of the file left carry older sequences and can stay.
+pub(crate) fn own_frames_end(bytes: &[u8], from: usize, sequence: u64) -> usize {
+    let mut end = from;
+    let mut offset = from;
+    // Bounded by the file: every step moves one aligned slot forward.
+    while offset + FRAME_HEADER_LEN <= bytes.len() {
+        let header = &bytes[offset..offset + FRAME_HEADER_LEN];
+        if RecordType::from_u8(header[TYPE_OFFSET]).is_some() {
+            let head = FrameHeader::read(header);
+            if head.reserved_zero && u64::from(head.sequence) == sequence {
+                // A length no record can have still names this segment: erase to the end.
+                let framed = framed_len(head.len as usize);
+                end = end.max(offset.saturating_add(framed).min(bytes.len()));
+            }
+        }
+        offset += RECORD_ALIGN;
+    }
+    end
+}
+
 /// Where in the log a segment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Position {
