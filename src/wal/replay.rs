@@ -623,9 +623,9 @@ fn recover_once(
                     // What an earlier use of the file left after the end carries older sequences
                     // and never passes for this segment's records; only this segment's own
                     // frames past the end must go: valid ones (a torn write whose later sectors
-                    // survived) and torn ones (the cut record itself, and any after it).
-                    let own = crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence);
-                    scan.last_valid_end.unwrap_or(0).max(own as u64)
+                    // survived, which the look-ahead found too) and torn ones (the cut record
+                    // itself, and any after it).
+                    crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence) as u64
                 } else {
                     bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
                 };
