@@ -319,7 +319,7 @@ pub fn inspect_group(
         file.read_exact_at(&mut bytes, 0)?;
         let scan = scan_segment_of(&bytes, options.max_record_bytes, f.sequence);
         let case = decide(position, classify(&scan), scan.after.into());
-        let written_bytes = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1);
+        let written_bytes = crate::wal::recovery::written_end(&bytes) as u64;
         drop(bytes);
 
         // Links, as replay checks them.

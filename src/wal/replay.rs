@@ -627,7 +627,7 @@ fn recover_once(
                     // itself, and any after it).
                     crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence) as u64
                 } else {
-                    bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
+                    crate::wal::recovery::written_end(bytes) as u64
                 };
             if last_nonzero > end {
                 let (seg, ..) = last_kept.as_ref().expect("just set");
