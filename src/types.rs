@@ -102,7 +102,9 @@ impl HardState {
 }
 
 /// The membership of a cluster, including the two halves of a joint configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+// Hash is derived over the same fields `eq` compares.
+#[allow(clippy::derived_hash_with_manual_eq)]
+#[derive(Clone, Debug, Default, Eq, Hash)]
 pub struct ConfState {
     /// Voters of the incoming (or only) configuration.
     pub voters: Vec<u64>,
@@ -114,6 +116,24 @@ pub struct ConfState {
     pub learners_next: Vec<u64>,
     /// Whether the joint configuration is left automatically once it is committed.
     pub auto_leave: bool,
+}
+
+impl PartialEq for ConfState {
+    /// Field by field, as derived, except that an empty list is never handed to `memcmp`: an
+    /// empty `Vec` points at a dangling address, and glibc's AVX-512 `memcmp` reads it with a
+    /// masked load even for zero bytes, which costs a microcode assist (about 90 ns against 1 ns
+    /// on a machine that has it). Most lists are empty, and replay compares every group's
+    /// membership with each segment's checkpoint.
+    fn eq(&self, other: &Self) -> bool {
+        fn same(a: &[u64], b: &[u64]) -> bool {
+            a.len() == b.len() && (a.is_empty() || a == b)
+        }
+        same(&self.voters, &other.voters)
+            && same(&self.learners, &other.learners)
+            && same(&self.voters_outgoing, &other.voters_outgoing)
+            && same(&self.learners_next, &other.learners_next)
+            && self.auto_leave == other.auto_leave
+    }
 }
 
 /// What a snapshot stands for: the last entry it covers and the membership at that point.
@@ -155,6 +175,37 @@ pub struct RaftState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conf_states_are_equal_exactly_when_every_field_is() {
+        let lists: [&[u64]; 4] = [&[], &[1], &[1, 2, 3], &[3, 2, 1]];
+        // Every field takes every value while the others stay empty (or false).
+        let mut states = Vec::new();
+        for field in 0..4 {
+            for list in lists {
+                let mut cs = ConfState::default();
+                let target = match field {
+                    0 => &mut cs.voters,
+                    1 => &mut cs.learners,
+                    2 => &mut cs.voters_outgoing,
+                    _ => &mut cs.learners_next,
+                };
+                target.extend_from_slice(list);
+                states.push(((field, list.to_vec(), false), cs));
+            }
+        }
+        let leave = ConfState { auto_leave: true, ..ConfState::default() };
+        states.push(((4, Vec::new(), true), leave));
+        for (a_key, a) in &states {
+            for (b_key, b) in &states {
+                // Empty lists make the same state whatever field was "set".
+                let same = (a_key.1.is_empty() && !a_key.2 && b_key.1.is_empty() && !b_key.2)
+                    || a_key == b_key;
+                assert_eq!(a == b, same, "{a:?} against {b:?}");
+                assert_eq!(a.clone() == *b, same, "a clone of {a:?} against {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn entry_type_byte_round_trips_and_rejects_unknown() {
