@@ -146,20 +146,33 @@ pub fn open_groups(dir: &Path, synced: bool) -> BenchResult<Box<dyn Groups>> {
     Ok(Box::new(RaftEngineGroups { engine, sync: synced }))
 }
 
+/// Adds `group`'s hard state to `batch`, as the raftwal side writes it (term, vote, commit).
+fn put_hard_state(batch: &mut LogBatch, group: u64, hs: &raftwal::HardState) -> BenchResult<()> {
+    let mut value = Vec::with_capacity(24);
+    for field in [hs.term, hs.vote, hs.commit] {
+        value.extend_from_slice(&field.to_le_bytes());
+    }
+    let mut message = BytesValue::new();
+    message.value = value;
+    batch.put_message(group, HARD_STATE_KEY.to_vec(), &message).map_err(err)
+}
+
 impl Groups for RaftEngineGroups {
     fn write(&self, items: &[(u64, u64)]) -> BenchResult<()> {
         let mut batch = LogBatch::with_capacity(items.len());
         for &(group, index) in items {
             let entries = [entry(index, 1, &group_entry_data(group, index))];
             batch.add_entries::<Entries>(group, &entries).map_err(err)?;
-            let hs = hard_state(index);
-            let mut value = Vec::with_capacity(24);
-            for field in [hs.term, hs.vote, hs.commit] {
-                value.extend_from_slice(&field.to_le_bytes());
-            }
-            let mut message = BytesValue::new();
-            message.value = value;
-            batch.put_message(group, HARD_STATE_KEY.to_vec(), &message).map_err(err)?;
+            put_hard_state(&mut batch, group, &hard_state(index))?;
+        }
+        self.engine.write(&mut batch, self.sync).map_err(err)?;
+        Ok(())
+    }
+
+    fn elect(&self, groups: &[u64]) -> BenchResult<()> {
+        let mut batch = LogBatch::with_capacity(groups.len());
+        for &group in groups {
+            put_hard_state(&mut batch, group, &hard_state(0))?;
         }
         self.engine.write(&mut batch, self.sync).map_err(err)?;
         Ok(())
