@@ -137,8 +137,13 @@ pub fn check_repair(input: &[u8]) {
         let name = &names[flip[0] as usize % names.len()];
         let path = dir.join(name);
         let bytes = fs.read_file(&path).expect("a listed segment reads");
-        // Within the written bytes (plus a little), where damage can matter.
-        let written = bytes.iter().rposition(|b| *b != 0).map_or(64, |p| p + 64).min(bytes.len());
+        // Within the written bytes (up to 63 past the last non-zero one; the first 64 of a file
+        // of zeros), where damage can matter.
+        let written = match crate::wal::recovery::written_end(&bytes) {
+            0 => 64,
+            end => end + 63,
+        }
+        .min(bytes.len());
         let at = u32::from_le_bytes(flip[1..5].try_into().expect("4 bytes"));
         fs.flip_bit(&path, u64::from(at) % (written as u64 * 8)).expect("a bit flips");
     }
