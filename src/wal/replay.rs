@@ -625,7 +625,18 @@ fn recover_once(
                     // frames past the end must go: valid ones (a torn write whose later sectors
                     // survived, which the look-ahead found too) and torn ones (the cut record
                     // itself, and any after it).
-                    crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence) as u64
+                    let own = crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence);
+                    // And the frame header at the end, whatever it holds: every write to a
+                    // recycled file ends with a zeroed one, where a scan stops cleanly. A torn
+                    // write can keep part of its header without the sequence naming the segment
+                    // (its last field); left in place, a segment sealed before anything else is
+                    // written there would read as damaged.
+                    let at_end = bytes.get(end as usize..).unwrap_or_default();
+                    let header = &at_end[..at_end.len().min(format::FRAME_HEADER_LEN)];
+                    match header.iter().rposition(|&b| b != 0) {
+                        Some(last) => own.max(end as usize + last + 1) as u64,
+                        None => own as u64,
+                    }
                 } else {
                     crate::wal::recovery::written_end(bytes) as u64
                 };

@@ -304,3 +304,77 @@ fn a_torn_write_in_a_recycled_segment_is_erased_at_open() {
     let wal = open(&fs, &options).unwrap();
     assert_eq!(wal.last_index(), last);
 }
+
+/// A write torn by a power cut in a recycled segment can keep less than its frame header: the
+/// header's last field, the sequence naming the segment, is lost with the rest. Open must erase
+/// what is left anyway. When the next write does not fit and rolls over, nothing is written at
+/// the recovered end before the segment is sealed; with no footer (its summary grew past
+/// `max_record_bytes`) the torn bytes stay right behind the last record, and the next open
+/// reads them as damage in a synced segment and refuses a healthy log. (Found by the
+/// `engine_recovery` fuzz target: "checksum mismatch" in a sealed segment after a power cut, a
+/// write that rolled over and a clean reopen.)
+#[test]
+fn a_torn_frame_header_in_a_recycled_segment_is_erased_at_open() {
+    let options =
+        WalOptions { sync_policy: SyncPolicy::Never, max_record_bytes: 1024, ..small_options() };
+    let hs = |commit| HardState { term: 1, vote: 1, commit };
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    wal.save(Some(&hs(0)), &[]).unwrap();
+    for i in 1..=24 {
+        wal.save(None, &[entry(i, 1, 400)]).unwrap();
+    }
+    wal.compact(24).unwrap();
+    wal.sync().unwrap();
+    let mut last = 24;
+    let full = newest_segment(&fs);
+    let recycled = |path: &PathBuf| {
+        let bytes = fs.read_file(path).unwrap();
+        u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap())
+            & HEADER_FLAG_RECYCLED
+            != 0
+    };
+    while newest_segment(&fs) == full || !recycled(&newest_segment(&fs)) {
+        last += 1;
+        wal.save(None, &[entry(last, 1, 400)]).unwrap();
+        assert!(last < 60, "the log never wrote into a recycled file");
+    }
+    let segment = newest_segment(&fs);
+    // Enough small records that the segment's summary no longer fits a record.
+    for commit in 1..=30 {
+        wal.save(Some(&hs(commit)), &[]).unwrap();
+    }
+    assert_eq!(newest_segment(&fs), segment, "the small records fit the segment");
+    // A clean close and open: the next record lands right after the last durable one (after a
+    // sync, a witness would come first, and a power cut would take it).
+    wal.close().unwrap();
+    let wal = open(&fs, &options).unwrap();
+    let synced = fs.durable_file(&segment).unwrap();
+    assert_eq!(synced, fs.read_file(&segment).unwrap(), "everything is durable");
+    // One more record, not synced; a power cut then keeps its first 16 bytes only: the frame
+    // header's checksum, length, type and chain, not its durable point or sequence.
+    wal.save(None, &[entry(last + 1, 1, 100)]).unwrap();
+    let written = fs.read_file(&segment).unwrap();
+    let start = (0..written.len()).find(|&i| written[i] != synced[i]).expect("the record landed");
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    let mut torn = fs.read_file(&segment).unwrap();
+    torn[start..start + 16].copy_from_slice(&written[start..start + 16]);
+    fs.write_file_raw(&segment, &torn).unwrap();
+
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), last, "the torn record is cut");
+    let after = fs.durable_file(&segment).unwrap();
+    assert!(after[start..start + 16].iter().all(|&b| b == 0), "the torn header is erased, durably");
+    // A write larger than what is left rolls over before anything lands at the recovered end.
+    let big: Vec<_> = (last + 1..last + 5).map(|i| entry(i, 1, 900)).collect();
+    wal.save(None, &big).unwrap();
+    assert_ne!(newest_segment(&fs), segment, "the write rolled over");
+    assert_eq!(trailer_of(&fs.read_file(&segment).unwrap()), [0; TRAILER_LEN], "no footer");
+    wal.close().unwrap();
+
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.last_index(), last + 4);
+    assert_eq!(wal.entries(last + 1, last + 5, u64::MAX).unwrap(), big);
+    assert_eq!(wal.hard_state(), hs(30));
+}
