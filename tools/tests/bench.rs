@@ -80,6 +80,28 @@ fn only_reads_runs_the_read_rows_alone() {
 }
 
 #[test]
+fn the_multi_group_open_row_writes_the_payload_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = raftwal()
+        .args(["bench", "--quick", "--json", "--only", "groups", "--groups-open-mib", "8", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let opens: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .filter(|w| w.starts_with("open a log of"))
+        .collect();
+    assert_eq!(opens, ["open a log of 1,000 groups, 8 MiB of 256 B entries (page cache)"]);
+    let refused = raftwal().args(["bench", "--groups-open-mib", "0"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "a zero size is a usage error");
+}
+
+#[test]
 fn a_plot_that_is_not_svg_is_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = raftwal()

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Run only these workloads (may be repeated), e.g. `--only reads` [default: all].
     #[arg(long, value_enum, value_name = "WORKLOADS")]
     only: Vec<Only>,
+    /// Payload of the 10,000-group log the multi-group open row writes and opens, in MiB
+    /// [default: 256, 32 with --quick]. The log takes up to twice that on disk, and the open is
+    /// timed from the page cache: it should fit in memory.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    groups_open_mib: Option<u64>,
 }
 
 /// Families of workloads `--only` selects.
@@ -226,7 +231,10 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let temp = tempfile::Builder::new().prefix(".raftwal-bench-").tempdir_in(&parent)?;
     let dir = temp.path();
-    let budget = Budget::new(args.quick);
+    let mut budget = Budget::new(args.quick);
+    if let Some(mib) = args.groups_open_mib {
+        budget.open_bytes = mib << 20;
+    }
     let started = Instant::now();
     let run = |w: Only| args.only.is_empty() || args.only.contains(&w);
     // 3 append and 3 batch workloads, 4 concurrent, reads, recovery, 2 multi-group writes,
