@@ -30,6 +30,7 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
         "recovery rate of a 128 MiB log",
         "64 groups × 256 B / sync, 1,000 groups, 1 writer",
         "64 groups × 256 B / sync, 1,000 groups, 4 writers",
+        "64 groups × 256 B / sync, each in a new term, 1,000 groups, 1 writer",
         "open a log of 1,000 groups, 32 MiB of 256 B entries (page cache)",
         "index memory after open (1,000 groups, 131,072 entries)",
         "WAL bytes after churn, 1,000 groups, 100 cold, 32 MiB written",

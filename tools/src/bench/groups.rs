@@ -37,12 +37,19 @@ pub fn hard_state(index: u64) -> HardState {
     HardState { term: 1, vote: 0, commit: index }
 }
 
+/// The hard state written with entry `index` of a group: in term 1, or, with `new_term`, in a
+/// term of its own (`index + 1`), as when every write follows an election of its group.
+pub fn hard_state_of(index: u64, new_term: bool) -> HardState {
+    if new_term { HardState { term: index + 1, ..hard_state(index) } } else { hard_state(index) }
+}
+
 /// A log engine hosting many groups, under test.
 pub trait Groups: Send + Sync {
     /// Writes one batch: for each `(group, index)`, the entry `index` of `group`
     /// (`group_entry_data`, term 1) and the hard state `hard_state(index)`. Durable on return
     /// when opened synced.
-    fn write(&self, items: &[(u64, u64)]) -> BenchResult<()>;
+    /// With `new_terms`, every group's hard state is in a new term ([`hard_state_of`]).
+    fn write(&self, items: &[(u64, u64)], new_terms: bool) -> BenchResult<()>;
     /// Gives each of `groups` its first term (the hard state `hard_state(0)`: term 1, nothing
     /// committed) in one batch, as the groups' first elections would before they take writes.
     fn elect(&self, groups: &[u64]) -> BenchResult<()>;
@@ -74,11 +81,11 @@ pub fn open_raftwal(dir: &Path, synced: bool) -> BenchResult<Box<dyn Groups>> {
 }
 
 impl Groups for RaftwalGroups {
-    fn write(&self, items: &[(u64, u64)]) -> BenchResult<()> {
+    fn write(&self, items: &[(u64, u64)], new_terms: bool) -> BenchResult<()> {
         let mut batch = WriteBatch::new();
         for &(group, index) in items {
             let entry = Entry::new(index, 1, group_entry_data(group, index));
-            batch.save(group, Some(&hard_state(index)), &[entry])?;
+            batch.save(group, Some(&hard_state_of(index, new_terms)), &[entry])?;
         }
         Ok(self.engine.write(&mut batch)?)
     }
@@ -164,6 +171,7 @@ fn write_for(
     target: &dyn Groups,
     picker: &mut Picker,
     duration: Duration,
+    new_terms: bool,
 ) -> BenchResult<(u64, Histogram<u64>)> {
     let mut items = Vec::with_capacity(GROUPS_PER_BATCH);
     let mut batches = 0u64;
@@ -173,7 +181,7 @@ fn write_for(
     loop {
         picker.batch(&mut items);
         let t = Instant::now();
-        target.write(&items)?;
+        target.write(&items, new_terms)?;
         record(&mut hist, t.elapsed());
         batches += 1;
         if started.elapsed() >= duration {
@@ -195,13 +203,14 @@ fn round(
     target: &dyn Groups,
     pickers: &mut [Picker],
     duration: Duration,
+    new_terms: bool,
     tally: &mut Tally,
 ) -> BenchResult<()> {
     let started = Instant::now();
     let results: Vec<BenchResult<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = pickers
             .iter_mut()
-            .map(|picker| s.spawn(move || write_for(target, picker, duration)))
+            .map(|picker| s.spawn(move || write_for(target, picker, duration, new_terms)))
             .collect();
         handles.into_iter().map(|h| h.join().expect("writer thread panicked")).collect()
     });
@@ -230,15 +239,17 @@ fn remove(dir: &Path) {
 }
 
 /// `writers` threads, each writing batches of 64 of its own groups (1,000 groups in all), one
-/// sync per batch.
-pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
+/// sync per batch. With `new_terms`, every group's hard state in every batch is in a new term,
+/// as when each write follows an election of its group: the cost of elections.
+pub fn writes(ctx: &mut Ctx<'_>, writers: usize, new_terms: bool) -> BenchResult<Row> {
     let name = format!(
-        "{GROUPS_PER_BATCH} groups × {ENTRY_BYTES} B / sync, {} groups, {writers} writer{}",
+        "{GROUPS_PER_BATCH} groups × {ENTRY_BYTES} B / sync{}, {} groups, {writers} writer{}",
+        if new_terms { ", each in a new term" } else { "" },
         super::report::num(GROUPS as f64),
         if writers == 1 { "" } else { "s" }
     );
     ctx.progress.start(&name);
-    let slug = format!("groups-{writers}");
+    let slug = format!("groups-{writers}{}", if new_terms { "-terms" } else { "" });
     let mut targets = Vec::new();
     for engine in ctx.engines {
         let dir = dir_of(ctx, &slug, engine.name);
@@ -259,13 +270,17 @@ pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
     for (_, target, pickers) in &mut targets {
         let before = target.bytes_written();
         let mut ignored = Tally::new();
-        round(target.as_ref(), pickers, ctx.budget.warmup, &mut ignored)?;
+        round(target.as_ref(), pickers, ctx.budget.warmup, new_terms, &mut ignored)?;
         if let (None, Some(b), Some(a)) = (batch_bytes, before, target.bytes_written()) {
             batch_bytes = Some(((a - b) / ignored.batches.max(1)) as usize);
         }
         ctx.progress.tick();
     }
-    let sync_bytes = batch_bytes.ok_or("raftwal reports no bytes written")?;
+    let written = batch_bytes.ok_or("raftwal reports no bytes written")?;
+    // With new terms, raftwal writes far more per batch than the batch holds (each seals a
+    // segment and checkpoints every group); the raw loop then writes what a steady batch holds,
+    // so that the ratio shows what elections cost.
+    let sync_bytes = if new_terms { BATCH_PAYLOAD_BYTES as usize } else { written };
     ctx.sync_loop.run(sync_bytes, ctx.budget.warmup)?;
     let mut raw_syncs = (0u64, Duration::ZERO);
     let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::new()).collect();
@@ -275,7 +290,7 @@ pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
         raw_syncs.1 += t;
         ctx.progress.tick();
         for ((_, target, pickers), tally) in targets.iter_mut().zip(&mut tallies) {
-            round(target.as_ref(), pickers, ctx.budget.round, tally)?;
+            round(target.as_ref(), pickers, ctx.budget.round, new_terms, tally)?;
             ctx.progress.tick();
         }
     }
@@ -306,12 +321,22 @@ pub fn writes(ctx: &mut Ctx<'_>, writers: usize) -> BenchResult<Row> {
         unit: "batches/s",
         raftwal: measures.remove(0),
         raw: Some(raw_rate),
-        raw_what: format!(
-            "pwrite + fdatasync of {} (raftwal's bytes per batch) into a zero-filled file, \
-             syncs/s, one thread; the ratio is also that of MB/s written. raftwal: LogEngine, \
-             WalOptions defaults (SyncPolicy::Always), one WriteBatch per batch",
-            human_bytes(sync_bytes as u64)
-        ),
+        raw_what: if new_terms {
+            format!(
+                "pwrite + fdatasync of {} (the batch's entry payload) into a zero-filled file, \
+                 syncs/s, one thread. raftwal wrote {} per batch: a term change seals its \
+                 segment and checkpoints every group (DESIGN.md §7 case 22)",
+                human_bytes(sync_bytes as u64),
+                human_bytes(written as u64)
+            )
+        } else {
+            format!(
+                "pwrite + fdatasync of {} (raftwal's bytes per batch) into a zero-filled file, \
+                 syncs/s, one thread; the ratio is also that of MB/s written. raftwal: LogEngine, \
+                 WalOptions defaults (SyncPolicy::Always), one WriteBatch per batch",
+                human_bytes(sync_bytes as u64)
+            )
+        },
         seq_mb_per_s: None,
         raft_engine: measures.into_iter().next(),
         histogram: None,
@@ -338,7 +363,7 @@ fn fill(target: &dyn Groups, groups: u64, bytes: u64, progress: &Progress) -> Be
     // Bounded: `batches` writes.
     for i in 0..batches {
         picker.batch(&mut items);
-        target.write(&items)?;
+        target.write(&items, false)?;
         if i % 256 == 0 {
             progress.tick();
         }

@@ -237,7 +237,7 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     }
     let started = Instant::now();
     let run = |w: Only| args.only.is_empty() || args.only.contains(&w);
-    // 3 append and 3 batch workloads, 4 concurrent, reads, recovery, 2 multi-group writes,
+    // 3 append and 3 batch workloads, 4 concurrent, reads, recovery, 3 multi-group writes,
     // multi-group open, churn.
     let counts = [
         (Only::Append, 3u64),
@@ -245,7 +245,7 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
         (Only::Concurrent, 4),
         (Only::Reads, 1),
         (Only::Recovery, 1),
-        (Only::Groups, 4),
+        (Only::Groups, 5),
     ];
     let progress = Progress::new(counts.iter().filter(|(w, _)| run(*w)).map(|(_, n)| n).sum());
     let mut ctx = Ctx {
@@ -282,8 +282,9 @@ fn bench(args: &BenchArgs) -> BenchResult<()> {
     }
     if run(Only::Groups) {
         for writers in [1, 4] {
-            rows.push(groups::writes(&mut ctx, writers)?);
+            rows.push(groups::writes(&mut ctx, writers, false)?);
         }
+        rows.push(groups::writes(&mut ctx, 1, true)?);
         rows.extend(groups::open(&mut ctx)?);
         rows.push(groups::churn(&mut ctx)?);
     }

@@ -12,7 +12,7 @@ use protobuf::well_known_types::BytesValue;
 use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize};
 
 use super::BenchResult;
-use super::groups::{Groups, group_entry_data, hard_state};
+use super::groups::{Groups, group_entry_data, hard_state, hard_state_of};
 use super::target::{Mode, Sizing, Target};
 use super::workloads::entry_data;
 
@@ -158,12 +158,12 @@ fn put_hard_state(batch: &mut LogBatch, group: u64, hs: &raftwal::HardState) -> 
 }
 
 impl Groups for RaftEngineGroups {
-    fn write(&self, items: &[(u64, u64)]) -> BenchResult<()> {
+    fn write(&self, items: &[(u64, u64)], new_terms: bool) -> BenchResult<()> {
         let mut batch = LogBatch::with_capacity(items.len());
         for &(group, index) in items {
             let entries = [entry(index, 1, &group_entry_data(group, index))];
             batch.add_entries::<Entries>(group, &entries).map_err(err)?;
-            put_hard_state(&mut batch, group, &hard_state(index))?;
+            put_hard_state(&mut batch, group, &hard_state_of(index, new_terms))?;
         }
         self.engine.write(&mut batch, self.sync).map_err(err)?;
         Ok(())

@@ -189,8 +189,13 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
 
 /// The goals of the multi-group rows.
 fn multi_group_goals(rows: &[Row], goals: &mut Vec<Goal>) {
-    let writes: Vec<&Row> =
-        rows.iter().filter(|r| r.group == "multi-group" && r.unit == "batches/s").collect();
+    // The goals are for steady writes; the row of writes in new terms shows what elections
+    // cost and has none.
+    let writes: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.group == "multi-group" && r.unit == "batches/s")
+        .filter(|r| !r.workload.contains("new term"))
+        .collect();
     let writers = |r: &Row| r.workload.rsplit(", ").next().unwrap_or_default().to_string();
     if !writes.is_empty() && writes.iter().all(|r| r.raft_engine.is_some()) {
         let vs: Vec<(String, f64)> =
@@ -439,7 +444,16 @@ mod tests {
         let limit_mib = super::super::groups::CHURN_GOAL_BYTES as f64 / (1 << 20) as f64;
         let churn =
             row("multi-group", "WAL bytes after churn, 1,000 groups", "MiB", limit_mib + 0.1, None);
-        let goals = goals(&[one, four, index, churn]);
+        // Far below every goal, and not counted in them.
+        let mut terms = row(
+            "multi-group",
+            "64 groups × 256 B / sync, each in a new term, 1,000 groups, 1 writer",
+            "batches/s",
+            1.0,
+            Some(0.01),
+        );
+        terms.raft_engine = Some(measure(100.0, None));
+        let goals = goals(&[one, four, terms, index, churn]);
         let met: Vec<bool> = goals.iter().map(|g| g.met).collect();
         // 1.49× raft-engine misses; 0.8× raw and the index allowance are on the line (met); the
         // churn is 0.1 MiB above its limit (missed).
