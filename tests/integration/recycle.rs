@@ -1,11 +1,12 @@
 //! Recycled segments: released files are kept and reused; what an earlier use left in a file
 //! never comes back as records, survives no crash as data, and costs the open nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use raftwal::io::CrashFs;
+use raftwal::wal::Wal;
 use raftwal::wal::format::{FLAGS_OFFSET, HEADER_FLAG_RECYCLED, POOL_SUFFIX, TRAILER_LEN};
-use raftwal::{HardState, SyncPolicy, WalOptions};
+use raftwal::{Entry, HardState, SyncPolicy, WalOptions};
 
 use crate::wal::{Step, crash_at_every_operation, dir, entry, open, small_options};
 
@@ -19,16 +20,15 @@ fn files(fs: &CrashFs, suffix: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Whether the segment at `path` is a reused file (its header's flag).
+fn is_recycled(fs: &CrashFs, path: &Path) -> bool {
+    let bytes = fs.read_file(path).unwrap();
+    let flags = u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap());
+    flags & HEADER_FLAG_RECYCLED != 0
+}
+
 fn recycled_segments(fs: &CrashFs) -> usize {
-    files(fs, ".wal")
-        .iter()
-        .filter(|p| {
-            let bytes = fs.read_file(p).unwrap();
-            let flags =
-                u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap());
-            flags & HEADER_FLAG_RECYCLED != 0
-        })
-        .count()
+    files(fs, ".wal").iter().filter(|p| is_recycled(fs, p)).count()
 }
 
 /// Rounds of large entries, each compacted away, so segments are released and reused.
@@ -177,6 +177,53 @@ fn trailer_of(bytes: &[u8]) -> &[u8] {
     &bytes[bytes.len() - TRAILER_LEN..]
 }
 
+/// A log whose newest segment is a reused file with room left: a hard state `hs`, entries
+/// 1..=24 released by a compaction, then entries until a write rolls over into a recycled file.
+/// Returns the log, that segment and the last index.
+fn writing_into_a_recycled_file(
+    fs: &CrashFs,
+    options: &WalOptions,
+    hs: &HardState,
+) -> (Wal, PathBuf, u64) {
+    let wal = open(fs, options).unwrap();
+    wal.save(Some(hs), &[]).unwrap();
+    for i in 1..=24 {
+        wal.save(None, &[entry(i, 1, 400)]).unwrap();
+    }
+    wal.compact(24).unwrap();
+    wal.sync().unwrap();
+    assert!(!files(fs, POOL_SUFFIX).is_empty(), "released segments wait in the pool");
+    let mut last = 24;
+    let full = newest_segment(fs);
+    while newest_segment(fs) == full || !is_recycled(fs, &newest_segment(fs)) {
+        last += 1;
+        wal.save(None, &[entry(last, 1, 400)]).unwrap();
+        assert!(last < 60, "the log never wrote into a recycled file");
+    }
+    (wal, newest_segment(fs), last)
+}
+
+/// Writes `entries` without a sync, then cuts the power so that, of the bytes of `segment`
+/// that differ from `before`, only the first `kept` survive. Returns where they start.
+fn tear_a_write(
+    fs: &CrashFs,
+    wal: Wal,
+    segment: &Path,
+    before: &[u8],
+    entries: &[Entry],
+    kept: usize,
+) -> usize {
+    wal.save(None, entries).unwrap();
+    let written = fs.read_file(segment).unwrap();
+    let start = (0..written.len()).find(|&i| written[i] != before[i]).expect("the write landed");
+    drop(wal);
+    fs.crash_lose_all_unsynced();
+    let mut torn = fs.read_file(segment).unwrap();
+    torn[start..start + kept].copy_from_slice(&written[start..start + kept]);
+    fs.write_file_raw(segment, &torn).unwrap();
+    start
+}
+
 #[test]
 fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_after_a_power_cut() {
     // A recycled segment is sealed with a footer, its successor's name is lost in a power cut,
@@ -188,29 +235,7 @@ fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_afte
         WalOptions { sync_policy: SyncPolicy::Never, max_record_bytes: 1024, ..small_options() };
     let hs = |commit| HardState { term: 1, vote: 1, commit };
     let fs = CrashFs::new();
-    let wal = open(&fs, &options).unwrap();
-    wal.save(Some(&hs(0)), &[]).unwrap();
-    for i in 1..=24 {
-        wal.save(None, &[entry(i, 1, 400)]).unwrap();
-    }
-    wal.compact(24).unwrap();
-    wal.sync().unwrap();
-    assert!(!files(&fs, POOL_SUFFIX).is_empty(), "released segments wait in the pool");
-    // Entries until a write rolls over into a recycled file, which then has room.
-    let mut last = 24;
-    let full = newest_segment(&fs);
-    let recycled = |path: &PathBuf| {
-        let bytes = fs.read_file(path).unwrap();
-        u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap())
-            & HEADER_FLAG_RECYCLED
-            != 0
-    };
-    while newest_segment(&fs) == full || !recycled(&newest_segment(&fs)) {
-        last += 1;
-        wal.save(None, &[entry(last, 1, 400)]).unwrap();
-        assert!(last < 60, "the log never wrote into a recycled file");
-    }
-    let resumed = newest_segment(&fs);
+    let (wal, resumed, last) = writing_into_a_recycled_file(&fs, &options, &hs(0));
     wal.sync().unwrap();
     // A write too large for what is left rolls over: the segment is sealed with a footer, and
     // the next one's name is not durable (nothing synced it).
@@ -263,38 +288,12 @@ fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_afte
 fn a_torn_write_in_a_recycled_segment_is_erased_at_open() {
     let options = WalOptions { sync_policy: SyncPolicy::Never, ..small_options() };
     let fs = CrashFs::new();
-    let wal = open(&fs, &options).unwrap();
-    wal.save(Some(&HardState { term: 1, vote: 1, commit: 0 }), &[]).unwrap();
-    for i in 1..=24 {
-        wal.save(None, &[entry(i, 1, 400)]).unwrap();
-    }
-    wal.compact(24).unwrap();
-    wal.sync().unwrap();
-    let mut last = 24;
-    let full = newest_segment(&fs);
-    let recycled = |path: &PathBuf| {
-        let bytes = fs.read_file(path).unwrap();
-        u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap())
-            & HEADER_FLAG_RECYCLED
-            != 0
-    };
-    while newest_segment(&fs) == full || !recycled(&newest_segment(&fs)) {
-        last += 1;
-        wal.save(None, &[entry(last, 1, 400)]).unwrap();
-        assert!(last < 60, "the log never wrote into a recycled file");
-    }
-    let segment = newest_segment(&fs);
+    let hs = HardState { term: 1, vote: 1, commit: 0 };
+    let (wal, segment, last) = writing_into_a_recycled_file(&fs, &options, &hs);
     wal.sync().unwrap();
     let synced = fs.read_file(&segment).unwrap();
     // One more record, not synced; a power cut then keeps its first 600 bytes only.
-    wal.save(None, &[entry(last + 1, 1, 900)]).unwrap();
-    let written = fs.read_file(&segment).unwrap();
-    let start = (0..written.len()).find(|&i| written[i] != synced[i]).expect("the record landed");
-    drop(wal);
-    fs.crash_lose_all_unsynced();
-    let mut torn = fs.read_file(&segment).unwrap();
-    torn[start..start + 600].copy_from_slice(&written[start..start + 600]);
-    fs.write_file_raw(&segment, &torn).unwrap();
+    let start = tear_a_write(&fs, wal, &segment, &synced, &[entry(last + 1, 1, 900)], 600);
 
     let wal = open(&fs, &options).unwrap();
     assert_eq!(wal.last_index(), last, "the torn record is cut");
@@ -319,27 +318,7 @@ fn a_torn_frame_header_in_a_recycled_segment_is_erased_at_open() {
         WalOptions { sync_policy: SyncPolicy::Never, max_record_bytes: 1024, ..small_options() };
     let hs = |commit| HardState { term: 1, vote: 1, commit };
     let fs = CrashFs::new();
-    let wal = open(&fs, &options).unwrap();
-    wal.save(Some(&hs(0)), &[]).unwrap();
-    for i in 1..=24 {
-        wal.save(None, &[entry(i, 1, 400)]).unwrap();
-    }
-    wal.compact(24).unwrap();
-    wal.sync().unwrap();
-    let mut last = 24;
-    let full = newest_segment(&fs);
-    let recycled = |path: &PathBuf| {
-        let bytes = fs.read_file(path).unwrap();
-        u32::from_le_bytes(bytes[FLAGS_OFFSET..FLAGS_OFFSET + 4].try_into().unwrap())
-            & HEADER_FLAG_RECYCLED
-            != 0
-    };
-    while newest_segment(&fs) == full || !recycled(&newest_segment(&fs)) {
-        last += 1;
-        wal.save(None, &[entry(last, 1, 400)]).unwrap();
-        assert!(last < 60, "the log never wrote into a recycled file");
-    }
-    let segment = newest_segment(&fs);
+    let (wal, segment, last) = writing_into_a_recycled_file(&fs, &options, &hs(0));
     // Enough small records that the segment's summary no longer fits a record.
     for commit in 1..=30 {
         wal.save(Some(&hs(commit)), &[]).unwrap();
@@ -353,14 +332,7 @@ fn a_torn_frame_header_in_a_recycled_segment_is_erased_at_open() {
     assert_eq!(synced, fs.read_file(&segment).unwrap(), "everything is durable");
     // One more record, not synced; a power cut then keeps its first 16 bytes only: the frame
     // header's checksum, length, type and chain, not its durable point or sequence.
-    wal.save(None, &[entry(last + 1, 1, 100)]).unwrap();
-    let written = fs.read_file(&segment).unwrap();
-    let start = (0..written.len()).find(|&i| written[i] != synced[i]).expect("the record landed");
-    drop(wal);
-    fs.crash_lose_all_unsynced();
-    let mut torn = fs.read_file(&segment).unwrap();
-    torn[start..start + 16].copy_from_slice(&written[start..start + 16]);
-    fs.write_file_raw(&segment, &torn).unwrap();
+    let start = tear_a_write(&fs, wal, &segment, &synced, &[entry(last + 1, 1, 100)], 16);
 
     let wal = open(&fs, &options).unwrap();
     assert_eq!(wal.last_index(), last, "the torn record is cut");
