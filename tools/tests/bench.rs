@@ -53,22 +53,27 @@ fn a_quick_run_reports_every_workload_as_json_and_cleans_up() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
 }
 
-#[test]
-fn only_reads_runs_the_read_rows_alone() {
+/// Runs `bench --quick --json` with `args` in a new directory, checks that it succeeds and
+/// leaves nothing behind, and returns the names of the rows.
+fn quick_rows(args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let out = raftwal()
-        .args(["bench", "--quick", "--json", "--only", "reads", "--dir"])
+        .args(["bench", "--quick", "--json"])
+        .args(args)
+        .arg("--dir")
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let workloads: Vec<&str> = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["workload"].as_str().unwrap())
-        .collect();
+    let rows = report["rows"].as_array().unwrap();
+    rows.iter().map(|r| r["workload"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn only_reads_runs_the_read_rows_alone() {
+    let workloads = quick_rows(&["--only", "reads"]);
     assert_eq!(
         workloads,
         [
@@ -77,26 +82,12 @@ fn only_reads_runs_the_read_rows_alone() {
             "entries() after reopen (same entries), 64 × 1 KiB",
         ]
     );
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run leaves nothing behind");
 }
 
 #[test]
 fn the_multi_group_open_row_writes_the_payload_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = raftwal()
-        .args(["bench", "--quick", "--json", "--only", "groups", "--groups-open-mib", "8", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let opens: Vec<&str> = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["workload"].as_str().unwrap())
-        .filter(|w| w.starts_with("open a log of"))
-        .collect();
+    let rows = quick_rows(&["--only", "groups", "--groups-open-mib", "8"]);
+    let opens: Vec<&String> = rows.iter().filter(|w| w.starts_with("open a log of")).collect();
     assert_eq!(opens, ["open a log of 1,000 groups, 8 MiB of 256 B entries (page cache)"]);
     let refused = raftwal().args(["bench", "--groups-open-mib", "0"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2), "a zero size is a usage error");
