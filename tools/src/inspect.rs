@@ -1235,7 +1235,7 @@ pub fn repair(
         if let Event::Record { record, kept: false, .. } = event {
             match &record.record {
                 Record::Snapshot { group: g, metadata, .. } if *g == group => {
-                    dropped = Some(metadata.clone());
+                    dropped = Some(SnapshotMetadata::clone(metadata));
                 }
                 Record::Checkpoint(cps) => {
                     if let Some(cp) = cps.iter().find(|cp| cp.group == group) {
