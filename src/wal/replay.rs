@@ -633,10 +633,7 @@ fn recover_once(
                     // written there would read as damaged.
                     let at_end = bytes.get(end as usize..).unwrap_or_default();
                     let header = &at_end[..at_end.len().min(format::FRAME_HEADER_LEN)];
-                    match header.iter().rposition(|&b| b != 0) {
-                        Some(last) => own.max(end as usize + last + 1) as u64,
-                        None => own as u64,
-                    }
+                    own.max(end as usize + crate::wal::recovery::written_end(header)) as u64
                 } else {
                     crate::wal::recovery::written_end(bytes) as u64
                 };
