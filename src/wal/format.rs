@@ -359,6 +359,22 @@ pub enum Record {
         /// The group's new hard state, if the record carries one.
         hard_state: Option<HardState>,
     },
+    /// An entries record as a segment's footer lists it, for open's replay only: its entries'
+    /// indices and their one term, without the entries. [`Footer::decode_each`] makes it, when
+    /// asked for lean records, for every entries record of one term run (the others come as
+    /// [`Record::Entries`]); it is never written, and has no payload to encode.
+    EntryRun {
+        /// The group.
+        group: u64,
+        /// Index of the first entry.
+        first: u64,
+        /// Entries, at least one.
+        count: u32,
+        /// Their term.
+        term: u64,
+        /// The group's new hard state, if the record carries one.
+        hard_state: Option<HardState>,
+    },
     /// See [`RecordType::HardState`].
     HardState {
         /// The group.
@@ -486,6 +502,8 @@ impl Record {
             Record::Checkpoint(_) => RecordType::Checkpoint,
             Record::Entries { hard_state: None, .. } => RecordType::Entries,
             Record::Entries { hard_state: Some(_), .. } => RecordType::EntriesHardState,
+            Record::EntryRun { hard_state: None, .. } => RecordType::Entries,
+            Record::EntryRun { hard_state: Some(_), .. } => RecordType::EntriesHardState,
             Record::HardState { .. } => RecordType::HardState,
             Record::Snapshot { .. } => RecordType::Snapshot,
             Record::Compact { .. } => RecordType::Compact,
@@ -500,6 +518,7 @@ impl Record {
         match self {
             Record::Checkpoint(_) | Record::Footer(_) | Record::Witness => None,
             Record::Entries { group, .. }
+            | Record::EntryRun { group, .. }
             | Record::HardState { group, .. }
             | Record::Snapshot { group, .. }
             | Record::Compact { group, .. }
@@ -513,6 +532,9 @@ impl Record {
             Record::Checkpoint(groups) => encode_checkpoint_payload(out, groups),
             Record::Entries { group, entries, hard_state } => {
                 encode_entries_payload(out, *group, hard_state.as_ref(), entries)
+            }
+            Record::EntryRun { .. } => {
+                unreachable!("a listed entries record has no entries to encode; only open sees it")
             }
             Record::HardState { group, hard_state } => {
                 codec::put_u64(out, *group);
@@ -804,11 +826,37 @@ impl Footer {
         self.buf.extend_from_slice(payload);
     }
 
+    /// Adds an entries record of one term run: `count` entries from `first`, all of `term`.
+    fn push_run(
+        &mut self,
+        offset: u64,
+        more: bool,
+        group: u64,
+        (first, count, term): (u64, u32, u64),
+        hard_state: Option<&HardState>,
+    ) {
+        let record_type =
+            if hard_state.is_some() { RecordType::EntriesHardState } else { RecordType::Entries };
+        self.push_head(offset, record_type, more);
+        codec::put_u64(&mut self.buf, group);
+        codec::put_u64(&mut self.buf, first);
+        codec::put_u32(&mut self.buf, count);
+        codec::put_u32(&mut self.buf, 1);
+        codec::put_u32(&mut self.buf, count);
+        codec::put_u64(&mut self.buf, term);
+        if let Some(hs) = hard_state {
+            codec::encode_hard_state(&mut self.buf, hs);
+        }
+    }
+
     /// Adds a decoded record.
     pub fn push_record(&mut self, offset: u64, more: bool, record: &Record) {
         match record {
             Record::Entries { group, entries, hard_state } => {
                 self.push_entries(offset, more, *group, entries, hard_state.as_ref())
+            }
+            Record::EntryRun { group, first, count, term, hard_state } => {
+                self.push_run(offset, more, *group, (*first, *count, *term), hard_state.as_ref())
             }
             // An earlier footer is listed (it is part of the chain) without its summary.
             Record::Footer(_) => self.push_payload(offset, more, RecordType::Footer, &[]),
@@ -867,56 +915,64 @@ impl Footer {
     /// than the segment's size allows. Entries come back with their index and term only (empty
     /// data, type normal): what replay needs.
     pub fn decode(payload: &[u8], footer_offset: u64) -> Result<Vec<FooterRecord>, DecodeError> {
+        let mut out = Vec::new();
+        Footer::decode_each(payload, footer_offset, false, |record, _| out.push(record))?;
+        Ok(out)
+    }
+
+    /// [`Footer::decode`] without the list: gives each record, in order, to `each` together
+    /// with the offset of the record after it (the footer's for the last), and returns how
+    /// many there were. On an error, records before it may have been given. With `lean`, an
+    /// entries record of one term run comes as a [`Record::EntryRun`], without entries.
+    pub fn decode_each(
+        payload: &[u8],
+        footer_offset: u64,
+        lean: bool,
+        mut each: impl FnMut(FooterRecord, u64),
+    ) -> Result<usize, DecodeError> {
         let mut dec = Decoder::new(payload);
         let count = dec.u32("footer record count")? as usize;
         // Every listed record takes at least six bytes here.
         if count > dec.remaining() / 6 {
             return Err(DecodeError { what: "footer record count" });
         }
-        let mut out: Vec<FooterRecord> = Vec::with_capacity(count);
-        // Entries records to expand once the next offset bounds them.
-        struct Pending {
-            at: usize,
-            group: u64,
-            first: u64,
-            count: usize,
-            runs: Vec<(u32, u64)>,
-            hard_state: Option<HardState>,
-        }
-        let mut pending: Vec<Pending> = Vec::new();
+        // A record waits here until the next one's offset bounds it: an entries record's count
+        // is checked against that room before its entries are made.
+        let mut held: Option<(FooterRecord, Option<Runs<'_>>)> = None;
         for _ in 0..count {
             let offset = u64::from(dec.u32("footer record offset")?);
             let record_type = dec.u8("footer record type")?;
             let flags = dec.u8("footer record flags")?;
-            if out.last().is_some_and(|r| r.offset >= offset)
+            if held.as_ref().is_some_and(|(r, _)| r.offset >= offset)
                 || offset < SEGMENT_HEADER_LEN as u64
                 || offset >= footer_offset
                 || flags & !FLAG_MORE != 0
             {
                 return Err(DecodeError { what: "footer record offset" });
             }
+            if let Some((record, runs)) = held.take() {
+                each(expand(record, runs, offset, lean)?, offset);
+            }
             let more = flags & FLAG_MORE != 0;
             let record_type = RecordType::from_u8(record_type)
                 .ok_or(DecodeError { what: "footer record type" })?;
-            let record = match record_type {
+            let (record, runs) = match record_type {
                 RecordType::Entries | RecordType::EntriesHardState => {
                     let group = dec.u64("footer entries group")?;
                     let first = dec.u64("footer entries first index")?;
                     let n = dec.u32("footer entries count")? as usize;
                     let runs = dec.u32("footer entries runs")? as usize;
-                    if n == 0 || runs == 0 || runs > n || runs > dec.remaining() / 12 {
+                    if n == 0 || runs == 0 || runs > n || runs > dec.remaining() / RUN_LEN {
                         return Err(DecodeError { what: "footer entries count" });
                     }
-                    let mut terms: Vec<(u32, u64)> = Vec::with_capacity(runs);
+                    let bytes = dec.bytes(runs * RUN_LEN, "footer runs")?;
                     let mut total = 0usize;
-                    for _ in 0..runs {
-                        let len = dec.u32("footer run length")?;
-                        let term = dec.u64("footer run term")?;
+                    for run in bytes.chunks_exact(RUN_LEN) {
+                        let len = LittleEndian::read_u32(run);
                         if len == 0 {
                             return Err(DecodeError { what: "footer run length" });
                         }
                         total += len as usize;
-                        terms.push((len, term));
                     }
                     if total != n || first.checked_add(n as u64).is_none() {
                         return Err(DecodeError { what: "footer entries runs" });
@@ -926,52 +982,82 @@ impl Footer {
                     } else {
                         None
                     };
-                    let at = out.len();
-                    pending.push(Pending { at, group, first, count: n, runs: terms, hard_state });
-                    Record::Entries { group, entries: Vec::new(), hard_state }
+                    let record = Record::Entries { group, entries: Vec::new(), hard_state };
+                    (record, Some(Runs { first, count: n, bytes }))
                 }
                 RecordType::Footer => {
                     // An earlier seal's footer, in a segment that was resumed after it: it
                     // changes nothing, and its summary is not needed.
                     let len = dec.u32("footer payload length")? as usize;
                     dec.bytes(len, "footer payload")?;
-                    Record::Footer(Vec::new())
+                    (Record::Footer(Vec::new()), None)
                 }
                 other => {
                     let len = dec.u32("footer payload length")? as usize;
                     let bytes = dec.bytes(len, "footer payload")?;
-                    Record::decode_payload(other, bytes)?
+                    (Record::decode_payload(other, bytes)?, None)
                 }
             };
-            out.push(FooterRecord { offset, more, record });
+            held = Some((FooterRecord { offset, more, record }, runs));
         }
         dec.finish("footer")?;
-        for Pending { at: k, group, first, count: n, runs: terms, hard_state } in pending {
-            let end = out.get(k + 1).map_or(footer_offset, |r| r.offset);
-            let room = (end - out[k].offset) as usize;
-            let head =
-                if hard_state.is_some() { ENTRIES_HARD_STATE_HEAD_LEN } else { ENTRIES_HEAD_LEN };
-            let fits = room.saturating_sub(FRAME_HEADER_LEN + head) / Entry::HEADER_LEN as usize;
-            if n > fits {
-                return Err(DecodeError { what: "footer entries count" });
-            }
-            let mut entries = Vec::with_capacity(n);
-            let mut index = first;
-            for (len, term) in terms {
-                for _ in 0..len {
-                    entries.push(Entry {
-                        index,
-                        term,
-                        entry_type: crate::types::EntryType::Normal,
-                        data: bytes::Bytes::new(),
-                    });
-                    index += 1;
-                }
-            }
-            out[k].record = Record::Entries { group, entries, hard_state };
+        if let Some((record, runs)) = held {
+            each(expand(record, runs, footer_offset, lean)?, footer_offset);
         }
-        Ok(out)
+        Ok(count)
     }
+}
+
+/// Bytes of one term run in a footer: entries (u32), term (u64).
+const RUN_LEN: usize = size_of::<u32>() + size_of::<u64>();
+
+/// An entries record's term runs in a footer, checked to sum to `count`.
+struct Runs<'a> {
+    first: u64,
+    count: usize,
+    bytes: &'a [u8],
+}
+
+/// Makes the entries of a footer's entries record that ends before `end`, after checking that
+/// the space up to `end` can hold them; with `lean`, a record of one term run becomes a
+/// [`Record::EntryRun`] instead.
+fn expand(
+    mut r: FooterRecord,
+    runs: Option<Runs<'_>>,
+    end: u64,
+    lean: bool,
+) -> Result<FooterRecord, DecodeError> {
+    let (Some(runs), Record::Entries { group, entries, hard_state }) = (runs, &mut r.record) else {
+        return Ok(r);
+    };
+    let room = (end - r.offset) as usize;
+    let head = if hard_state.is_some() { ENTRIES_HARD_STATE_HEAD_LEN } else { ENTRIES_HEAD_LEN };
+    let fits = room.saturating_sub(FRAME_HEADER_LEN + head) / Entry::HEADER_LEN as usize;
+    if runs.count > fits {
+        return Err(DecodeError { what: "footer entries count" });
+    }
+    if lean && runs.bytes.len() == RUN_LEN {
+        // Checked by the caller: the run's length is the count, which fits in 32 bits.
+        let (count, term) = (runs.count as u32, LittleEndian::read_u64(&runs.bytes[4..]));
+        let (group, hard_state) = (*group, *hard_state);
+        r.record = Record::EntryRun { group, first: runs.first, count, term, hard_state };
+        return Ok(r);
+    }
+    entries.reserve_exact(runs.count);
+    let mut index = runs.first;
+    for run in runs.bytes.chunks_exact(RUN_LEN) {
+        let (len, term) = (LittleEndian::read_u32(run), LittleEndian::read_u64(&run[4..]));
+        for _ in 0..len {
+            entries.push(Entry {
+                index,
+                term,
+                entry_type: crate::types::EntryType::Normal,
+                data: bytes::Bytes::new(),
+            });
+            index += 1;
+        }
+    }
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -1280,6 +1366,73 @@ mod tests {
                 (got, want) => assert_eq!(got, want),
             }
         }
+    }
+
+    /// A lean decode gives an entries record of one term as a run, any other as entries, with
+    /// the same group, indices, terms and hard state; its forged counts are refused as the
+    /// full decode refuses them; and a footer rebuilt from lean records is the same footer.
+    #[test]
+    fn a_lean_footer_decode_says_what_the_full_one_says() {
+        let hs = HardState { term: 3, vote: 2, commit: 7 };
+        let one_term: Vec<Entry> = (5..9).map(|i| Entry::new(i, 2, "x")).collect();
+        let two_terms = vec![Entry::new(9, 2, "y"), Entry::new(10, 3, "z")];
+        let records = [
+            Record::Entries { group: 1, entries: one_term.clone(), hard_state: None },
+            Record::Entries { group: 4, entries: one_term, hard_state: Some(hs) },
+            Record::HardState { group: 1, hard_state: hs },
+            Record::Entries { group: 1, entries: two_terms, hard_state: Some(hs) },
+        ];
+        let mut footer = Footer::default();
+        let mut offset = SEGMENT_HEADER_LEN as u64;
+        for record in &records {
+            footer.push_record(offset, false, record);
+            let mut payload = Vec::new();
+            record.encode_payload(&mut payload);
+            offset += framed_len(payload.len()) as u64;
+        }
+        let full = Footer::decode(footer.payload(), offset).unwrap();
+        let mut lean = Vec::new();
+        let n = Footer::decode_each(footer.payload(), offset, true, |r, _| lean.push(r)).unwrap();
+        assert_eq!((n, lean.len()), (records.len(), records.len()));
+        for (k, (lean, full)) in lean.iter().zip(&full).enumerate() {
+            assert_eq!((lean.offset, lean.more), (full.offset, full.more), "record {k}");
+            match (&lean.record, &full.record) {
+                (
+                    Record::EntryRun { group, first, count, term, hard_state },
+                    Record::Entries { group: g, entries, hard_state: h },
+                ) => {
+                    assert_eq!((group, hard_state), (g, h), "record {k}");
+                    let run: Vec<(u64, u64)> =
+                        (0..u64::from(*count)).map(|i| (first + i, *term)).collect();
+                    let listed: Vec<(u64, u64)> =
+                        entries.iter().map(|e| (e.index, e.term)).collect();
+                    assert_eq!(run, listed, "record {k}");
+                }
+                (lean, full) => assert_eq!(lean, full, "record {k}"),
+            }
+        }
+        assert!(matches!(lean[0].record, Record::EntryRun { count: 4, .. }));
+        assert!(matches!(lean[1].record, Record::EntryRun { hard_state: Some(_), .. }));
+        assert!(matches!(lean[3].record, Record::Entries { .. }), "two terms stay entries");
+        // A footer rebuilt from the lean records (as for a segment writing resumes in).
+        let mut rebuilt = Footer::default();
+        for r in &lean {
+            rebuilt.push_record(r.offset, r.more, &r.record);
+        }
+        assert_eq!(rebuilt.payload(), footer.payload());
+        // No room before the footer for the entries the last record claims: refused, lean or
+        // not.
+        let needs = FRAME_HEADER_LEN + ENTRIES_HARD_STATE_HEAD_LEN + 2 * Entry::HEADER_LEN as usize;
+        let short = lean[3].offset + needs as u64 - 1;
+        assert!(Footer::decode(footer.payload(), short + 1).is_ok());
+        assert!(Footer::decode(footer.payload(), short).is_err());
+        assert!(Footer::decode_each(footer.payload(), short, true, |_, _| {}).is_err());
+        // The same for a record that would come as a run.
+        let mut single = Footer::default();
+        single.push_entries(64, false, 1, &[Entry::new(5, 2, "x")], None);
+        let room = 64 + (FRAME_HEADER_LEN + ENTRIES_HEAD_LEN) as u64 + Entry::HEADER_LEN;
+        assert!(Footer::decode_each(single.payload(), room, true, |_, _| {}).is_ok());
+        assert!(Footer::decode_each(single.payload(), room - 1, true, |_, _| {}).is_err());
     }
 
     #[test]

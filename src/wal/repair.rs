@@ -240,17 +240,13 @@ impl Evidence {
     pub fn record(&mut self, record: &Record) {
         match record {
             Record::Entries { group, entries, hard_state } => {
-                let (r, known) = self.groups.entry(*group).or_insert_with(unknown);
-                if let Some(last) = entries.last() {
-                    r.index = r.index.max(last.index);
-                }
-                r.term = entries.iter().map(|e| e.term).fold(r.term, u64::max);
-                *known = true;
-                // The hard state applies after the entries, as a HardState record would.
-                if let Some(hs) = hard_state {
-                    r.term = r.term.max(hs.term);
-                    r.hard_state = *hs;
-                }
+                let last = entries.last().map_or(0, |e| e.index);
+                let term = entries.iter().map(|e| e.term).max().unwrap_or(0);
+                self.entries(*group, last, term, hard_state.as_ref());
+            }
+            Record::EntryRun { group, first, count, term, hard_state } => {
+                let last = first + u64::from(*count) - 1;
+                self.entries(*group, last, *term, hard_state.as_ref());
             }
             Record::HardState { group, hard_state } => {
                 let (r, _) = self.groups.entry(*group).or_insert_with(unknown);
@@ -279,6 +275,19 @@ impl Evidence {
             | Record::Remove { .. }
             | Record::Footer(_)
             | Record::Witness => {}
+        }
+    }
+
+    /// An entries record of `group` up to `last`, whose largest term is `term`.
+    fn entries(&mut self, group: u64, last: u64, term: u64, hard_state: Option<&HardState>) {
+        let (r, known) = self.groups.entry(group).or_insert_with(unknown);
+        r.index = r.index.max(last);
+        r.term = r.term.max(term);
+        *known = true;
+        // The hard state applies after the entries, as a HardState record would.
+        if let Some(hs) = hard_state {
+            r.term = r.term.max(hs.term);
+            r.hard_state = *hs;
         }
     }
 

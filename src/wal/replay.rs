@@ -30,6 +30,9 @@ pub struct RecoveryReport {
     pub records_replayed: usize,
     /// Bytes of records checked.
     pub bytes_scanned: u64,
+    /// Sealed segments whose footers were decoded on a second thread while the segment before
+    /// them replayed (only footers of at least 256 KiB are).
+    pub footers_decoded_ahead: usize,
     /// The decision table's row (§8 of DESIGN.md) each segment read matched, in log order.
     pub rows: Vec<&'static str>,
     /// Where a tail was cut: (segment file, offset, recovery table row).
@@ -383,25 +386,36 @@ fn recover_once(
     // Segments from this position on are removed after the logical pass.
     let mut remove_from: Option<usize> = None;
 
+    // A sealed segment is replayed from its footer when it has a valid one (and no earlier
+    // pass asked to cut it); otherwise, and always for the newest, it is read whole.
+    let by_footer = |i: usize| {
+        i + 1 < found.len()
+            && options.read_footers
+            && forced.is_none_or(|r| r.segment != i)
+            && whole != Some(i)
+    };
+    // Footers read ahead of the segment being replayed, so that they decode meanwhile.
+    let mut lookahead = segment::FooterLookahead::new(decode_listed);
+    let mut read_ahead_to = 0;
     for (i, f) in found.iter().enumerate() {
         let position = match (i + 1 == found.len(), i == 0) {
             (true, true) => Position::Only,
             (true, false) => Position::Last,
             (false, _) => Position::Sealed,
         };
-        let file = fs.open(&dir.join(&f.name))?;
-        // A sealed segment is replayed from its footer when it has a valid one (and no earlier
-        // pass asked to cut it); otherwise, and always for the newest, it is read whole.
-        let footer_scan = if position == Position::Sealed
-            && options.read_footers
-            && forced.is_none_or(|r| r.segment != i)
-            && whole != Some(i)
-        {
-            segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?
-        } else {
-            None
-        };
-        let (mut bytes, scan) = match footer_scan {
+        // Bounded: at most FOOTERS_AHEAD + 1 segments past `i`.
+        while read_ahead_to < found.len() && read_ahead_to <= i + segment::FOOTERS_AHEAD {
+            let (j, next) = (read_ahead_to, &found[read_ahead_to]);
+            if by_footer(j) {
+                let file = fs.open(&dir.join(&next.name))?;
+                let raw = segment::read_footer(file.as_ref(), options.max_record_bytes)?;
+                lookahead.push(j, &next.name, file, raw);
+            }
+            read_ahead_to += 1;
+        }
+        let (file, listed) =
+            if by_footer(i) { lookahead.take(i) } else { (fs.open(&dir.join(&f.name))?, None) };
+        let (mut bytes, scan) = match listed {
             Some(scan) => (None, scan),
             None => {
                 // Entries decoded by the scan share this buffer; it is freed with the scan.
@@ -649,7 +663,14 @@ fn recover_once(
             }
             break;
         }
+        if from_footer {
+            lookahead.dispose(scan);
+        }
     }
+
+    report.footers_decoded_ahead = lookahead.decoded_ahead();
+    // Ends the second thread (footers read ahead past a cut are dropped unused).
+    drop(lookahead);
 
     if let Some((i, true)) = resume_from_footer {
         // Nothing has been changed on disk yet: the later segments go only below.
@@ -726,6 +747,12 @@ fn recover_once(
 /// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),
 /// or the records of one call. `first` says whether it starts the replay. On a contradiction,
 /// says which record (position in `write`) and why.
+/// What the open's [`segment::FooterLookahead`] makes of a footer, on the lookahead's thread:
+/// the scan it stands for, with [`Record::EntryRun`]s for most entries records.
+fn decode_listed(name: &str, raw: segment::RawFooter) -> Option<crate::wal::recovery::SegmentScan> {
+    segment::decode_footer(name, raw, true)
+}
+
 pub(super) fn replay_write(
     state: &mut EngineState,
     sequence: u64,

@@ -304,6 +304,16 @@ impl EngineState {
                 }
                 Ok(())
             }),
+            Record::EntryRun { group, first, count, term, hard_state } => {
+                self.change(*group, |state| {
+                    let terms = std::iter::repeat_n(*term, *count as usize);
+                    state.apply_entries(*first, terms, loc)?;
+                    if let Some(hs) = hard_state {
+                        state.apply_hard_state(*hs);
+                    }
+                    Ok(())
+                })
+            }
             Record::HardState { group, hard_state } => self.change(*group, |state| {
                 state.apply_hard_state(*hard_state);
                 Ok(())

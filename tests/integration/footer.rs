@@ -157,3 +157,58 @@ fn a_damaged_trailer_or_footer_falls_back_to_reading_the_segment() {
         other => panic!("a damaged footer must be refused, got {other:?}"),
     }
 }
+
+/// Footers large enough to be decoded on open's second thread (256 KiB and more) give the state
+/// a replay of the records gives, for every group, with term changes inside records, hard
+/// states, compactions and a log closed and reopened part-way (a checkpoint mid-segment).
+#[test]
+fn large_footers_decoded_ahead_replay_to_the_state_the_records_give() {
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let big = |read_footers: bool| WalOptions {
+        segment_size_bytes: 1 << 20,
+        sync_policy: raftwal::SyncPolicy::Never,
+        prepare_in_background: false,
+        cache_bytes: 0,
+        purge_threshold_bytes: u64::MAX,
+        read_footers,
+        ..WalOptions::default()
+    };
+    let groups = 200u64;
+    let mut next = vec![1u64; groups as usize];
+    let mut rng = Rng::new(7);
+    for session in 0..2 {
+        let engine =
+            LogEngine::open_with_fs(shared.clone(), Path::new("/node"), big(true)).unwrap();
+        for step in 0..600u64 {
+            let mut batch = WriteBatch::default();
+            for k in 0..64 {
+                let id = (step * 64 + k + session) % groups;
+                let at = next[id as usize];
+                // Every 97th save starts a new term inside its record.
+                let term = |i: u64| 1 + i / 50 + u64::from(step % 97 == 0 && i > at);
+                let es: Vec<Entry> =
+                    (at..at + 2).map(|i| Entry::new(i, term(i), vec![i as u8; 8])).collect();
+                let hs = HardState { term: term(at + 1), vote: 1, commit: at };
+                batch.save(id, (k % 3 != 0).then_some(&hs), &es).unwrap();
+                next[id as usize] = at + 2;
+                if rng.chance(2) && at > 10 {
+                    batch.compact(id, at - 10).unwrap();
+                }
+            }
+            engine.write(&mut batch).unwrap();
+        }
+        engine.close().unwrap();
+    }
+    let by_footer = LogEngine::open_with_fs(shared.clone(), Path::new("/node"), big(true)).unwrap();
+    let report = by_footer.recovery_report().clone();
+    assert!(report.footers_decoded_ahead >= 2, "{report:?}");
+    assert!(report.rows.iter().filter(|r| **r == "F1").count() >= 3, "{:?}", report.rows);
+    let seen: Vec<String> = (0..groups).map(|g| observe(&by_footer, g)).collect();
+    drop(by_footer);
+    let by_records = LogEngine::open_with_fs(shared, Path::new("/node"), big(false)).unwrap();
+    assert_eq!(by_records.recovery_report().footers_decoded_ahead, 0);
+    for g in 0..groups {
+        assert_eq!(observe(&by_records, g), seen[g as usize], "group {g}");
+    }
+}

@@ -432,6 +432,7 @@ fn other_row<'a>(segment: &'a str, kept: bool, scanned: &ScannedRecord) -> DumpR
     let row = DumpRow { segment, offset, kept, group: record_group(record), ..DumpRow::default() };
     match record {
         Record::Entries { .. } => unreachable!("entries are dumped one by one"),
+        Record::EntryRun { .. } => unreachable!("dump reads segments whole, never footers"),
         Record::Checkpoint(_) => unreachable!("checkpoints are dumped line by line"),
         Record::HardState { hard_state: hs, .. } => DumpRow {
             record: "hard_state",
