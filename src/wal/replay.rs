@@ -744,15 +744,15 @@ fn recover_once(
     }))
 }
 
-/// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),
-/// or the records of one call. `first` says whether it starts the replay. On a contradiction,
-/// says which record (position in `write`) and why.
 /// What the open's [`segment::FooterLookahead`] makes of a footer, on the lookahead's thread:
 /// the scan it stands for, with [`Record::EntryRun`]s for most entries records.
 fn decode_listed(name: &str, raw: segment::RawFooter) -> Option<crate::wal::recovery::SegmentScan> {
     segment::decode_footer(name, raw, true)
 }
 
+/// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),
+/// or the records of one call. `first` says whether it starts the replay. On a contradiction,
+/// says which record (position in `write`) and why.
 pub(super) fn replay_write(
     state: &mut EngineState,
     sequence: u64,
