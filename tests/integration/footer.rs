@@ -158,14 +158,8 @@ fn a_damaged_trailer_or_footer_falls_back_to_reading_the_segment() {
     }
 }
 
-/// Footers large enough to be decoded on open's second thread (256 KiB and more) give the state
-/// a replay of the records gives, for every group, with term changes inside records, hard
-/// states, compactions and a log closed and reopened part-way (a checkpoint mid-segment).
-#[test]
-fn large_footers_decoded_ahead_replay_to_the_state_the_records_give() {
-    let fs = CrashFs::new();
-    let shared: Fs = Arc::new(fs.clone());
-    let big = |read_footers: bool| WalOptions {
+fn large_footer_options(read_footers: bool) -> WalOptions {
+    WalOptions {
         segment_size_bytes: 1 << 20,
         sync_policy: raftwal::SyncPolicy::Never,
         prepare_in_background: false,
@@ -173,13 +167,24 @@ fn large_footers_decoded_ahead_replay_to_the_state_the_records_give() {
         purge_threshold_bytes: u64::MAX,
         read_footers,
         ..WalOptions::default()
-    };
-    let groups = 200u64;
+    }
+}
+
+const LARGE_FOOTER_GROUPS: u64 = 200;
+
+/// A log whose sealed segments have footers of 256 KiB and more (so open decodes them on its
+/// second thread): 200 groups, term changes inside records, hard states, compactions, and a
+/// close and reopen part-way (a checkpoint mid-segment).
+fn large_footer_log() -> CrashFs {
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let groups = LARGE_FOOTER_GROUPS;
     let mut next = vec![1u64; groups as usize];
     let mut rng = Rng::new(7);
     for session in 0..2 {
         let engine =
-            LogEngine::open_with_fs(shared.clone(), Path::new("/node"), big(true)).unwrap();
+            LogEngine::open_with_fs(shared.clone(), Path::new("/node"), large_footer_options(true))
+                .unwrap();
         for step in 0..600u64 {
             let mut batch = WriteBatch::default();
             for k in 0..64 {
@@ -200,15 +205,64 @@ fn large_footers_decoded_ahead_replay_to_the_state_the_records_give() {
         }
         engine.close().unwrap();
     }
-    let by_footer = LogEngine::open_with_fs(shared.clone(), Path::new("/node"), big(true)).unwrap();
+    fs
+}
+
+/// Footers decoded on open's second thread give the state a replay of the records gives, for
+/// every group.
+#[test]
+fn large_footers_decoded_ahead_replay_to_the_state_the_records_give() {
+    let fs = large_footer_log();
+    let shared: Fs = Arc::new(fs);
+    let open = |read_footers| {
+        let options = large_footer_options(read_footers);
+        LogEngine::open_with_fs(shared.clone(), Path::new("/node"), options).unwrap()
+    };
+    let by_footer = open(true);
     let report = by_footer.recovery_report().clone();
     assert!(report.footers_decoded_ahead >= 2, "{report:?}");
     assert!(report.rows.iter().filter(|r| **r == "F1").count() >= 3, "{:?}", report.rows);
-    let seen: Vec<String> = (0..groups).map(|g| observe(&by_footer, g)).collect();
+    let seen: Vec<String> = (0..LARGE_FOOTER_GROUPS).map(|g| observe(&by_footer, g)).collect();
     drop(by_footer);
-    let by_records = LogEngine::open_with_fs(shared, Path::new("/node"), big(false)).unwrap();
+    let by_records = open(false);
     assert_eq!(by_records.recovery_report().footers_decoded_ahead, 0);
-    for g in 0..groups {
+    for g in 0..LARGE_FOOTER_GROUPS {
         assert_eq!(observe(&by_records, g), seen[g as usize], "group {g}");
     }
+}
+
+/// The second thread of open only decodes: every file system call is made by the opening
+/// thread, and two opens of the same files make the same calls in the same order (crash tests
+/// number them).
+#[test]
+fn open_makes_every_file_system_call_itself_in_the_same_order() {
+    let fs = large_footer_log();
+    let calls = |fs: CrashFs| {
+        let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let opener = std::thread::current().id();
+        let log = seen.clone();
+        fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+            let here = std::thread::current().id();
+            log.lock().unwrap().push(format!(
+                "{:?} {:?} {}",
+                event.kind,
+                event.path,
+                here == opener
+            ));
+            Ok(())
+        })));
+        let shared: Fs = Arc::new(fs.clone());
+        let engine =
+            LogEngine::open_with_fs(shared, Path::new("/node"), large_footer_options(true))
+                .unwrap();
+        assert!(engine.recovery_report().footers_decoded_ahead >= 2);
+        fs.set_hook(None);
+        drop(engine);
+        seen.lock().unwrap().clone()
+    };
+    let first = calls(fs.fork());
+    let second = calls(fs.fork());
+    assert!(first.len() > 10, "{first:?}");
+    assert!(first.iter().all(|call| call.ends_with("true")), "a call off the opening thread");
+    assert_eq!(first, second);
 }
