@@ -395,7 +395,7 @@ fn recover_once(
             && whole != Some(i)
     };
     // Footers read ahead of the segment being replayed, so that they decode meanwhile.
-    let mut lookahead = segment::FooterLookahead::new(decode_listed);
+    let mut lookahead = segment::FooterLookahead::default();
     let mut read_ahead_to = 0;
     for (i, f) in found.iter().enumerate() {
         let position = match (i + 1 == found.len(), i == 0) {
@@ -742,12 +742,6 @@ fn recover_once(
         report,
         restarted: holes,
     }))
-}
-
-/// What the open's [`segment::FooterLookahead`] makes of a footer, on the lookahead's thread:
-/// the scan it stands for, with [`Record::EntryRun`]s for most entries records.
-fn decode_listed(name: &str, raw: segment::RawFooter) -> Option<crate::wal::recovery::SegmentScan> {
-    segment::decode_footer(name, raw, true)
 }
 
 /// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),

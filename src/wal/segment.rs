@@ -177,19 +177,19 @@ pub const FOOTERS_AHEAD: usize = 2;
 
 /// Decodes the footers of the next sealed segments on a second thread while open replays the
 /// segment before them: decoding a footer and replaying it take about the same time, so a
-/// large log opens in about half the time on two cores. `T` is what `decode` makes of a
-/// footer (`None` if it does not check out).
+/// large log opens in about half the time on two cores. Footers are decoded lean
+/// ([`decode_footer`] with `lean`): replay is all they are read for.
 ///
 /// Every I/O stays on the caller's thread, in segment order ([`FooterLookahead::push`] after
 /// [`read_footer`]), so the sequence of file system calls is the same on every run: crash
-/// tests number them. Only `decode`, which does no I/O, moves. Footers below
+/// tests number them. Only [`decode_footer`], which does no I/O, moves. Footers below
 /// [`PARALLEL_FOOTER_BYTES`] never start the thread.
-pub struct FooterLookahead<T: Send + 'static> {
-    decode: fn(&str, RawFooter) -> Option<T>,
+#[derive(Default)]
+pub struct FooterLookahead {
     /// Pushed and not yet taken, in push order: (segment position, file, footer or its
     /// decoding on the worker).
     pending: VecDeque<(usize, Arc<dyn File>, Pending)>,
-    worker: Option<Worker<T>>,
+    worker: Option<Worker>,
     /// Footers sent to the worker so far.
     sent: usize,
 }
@@ -204,27 +204,22 @@ enum Pending {
 }
 
 /// Work for the lookahead's thread.
-enum Job<T> {
+enum Job {
     /// Decode this footer and send the result back.
     Decode(String, RawFooter),
     /// Free a replayed result: its records were allocated on the worker, and freeing them
     /// there keeps the allocator's per-thread caches warm (freeing them on the replaying
     /// thread made open slower on two threads than on one).
-    Drop(T),
+    Drop(SegmentScan),
 }
 
-struct Worker<T> {
-    jobs: Option<SyncSender<Job<T>>>,
-    results: Receiver<Option<T>>,
+struct Worker {
+    jobs: Option<SyncSender<Job>>,
+    results: Receiver<Option<SegmentScan>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl<T: Send + 'static> FooterLookahead<T> {
-    /// A lookahead that makes `decode(name, footer)` of each footer.
-    pub fn new(decode: fn(&str, RawFooter) -> Option<T>) -> FooterLookahead<T> {
-        FooterLookahead { decode, pending: VecDeque::new(), worker: None, sent: 0 }
-    }
-
+impl FooterLookahead {
     /// Footers decoded on the second thread so far.
     pub fn decoded_ahead(&self) -> usize {
         self.sent
@@ -267,12 +262,12 @@ impl<T: Send + 'static> FooterLookahead<T> {
     }
 
     /// The file and decoded footer of the segment at `position`, the oldest pushed.
-    pub fn take(&mut self, position: usize) -> (Arc<dyn File>, Option<T>) {
+    pub fn take(&mut self, position: usize) -> (Arc<dyn File>, Option<SegmentScan>) {
         let (at, file, pending) = self.pending.pop_front().expect("a footer was pushed");
         assert_eq!(at, position, "footers are taken in the order they were pushed");
         let scan = match pending {
             Pending::Missing => None,
-            Pending::Raw(name, raw) => (self.decode)(&name, raw),
+            Pending::Raw(name, raw) => decode_footer(&name, raw, true),
             Pending::Decoding => {
                 let worker = self.worker.as_ref().expect("sent to the worker");
                 // A worker that panicked sends nothing: the segment is read whole instead.
@@ -283,7 +278,7 @@ impl<T: Send + 'static> FooterLookahead<T> {
     }
 
     /// Hands a replayed result back, to be freed where it was allocated.
-    pub fn dispose(&mut self, scan: T) {
+    pub fn dispose(&mut self, scan: SegmentScan) {
         if let Some(jobs) = self.worker.as_ref().and_then(|w| w.jobs.as_ref()) {
             // If the worker is gone, the scan comes back in the error and is dropped here.
             let _ = jobs.send(Job::Drop(scan));
@@ -291,12 +286,11 @@ impl<T: Send + 'static> FooterLookahead<T> {
     }
 
     /// The worker's job queue, started on first use; `None` if no thread can be started.
-    fn worker(&mut self) -> Option<&SyncSender<Job<T>>> {
+    fn worker(&mut self) -> Option<&SyncSender<Job>> {
         if self.worker.is_none() {
-            let decode = self.decode;
             // The result queue holds every footer the caller can have outstanding, so the worker
             // never blocks on it; the caller may wait on the job queue while the worker frees.
-            let (jobs, job_rx) = sync_channel::<Job<T>>(2 * (FOOTERS_AHEAD + 1));
+            let (jobs, job_rx) = sync_channel::<Job>(2 * (FOOTERS_AHEAD + 1));
             let (result_tx, results) = sync_channel(FOOTERS_AHEAD + 1);
             let thread = std::thread::Builder::new()
                 .name("raftwal-open".into())
@@ -305,7 +299,7 @@ impl<T: Send + 'static> FooterLookahead<T> {
                     for job in job_rx {
                         match job {
                             Job::Decode(name, raw) => {
-                                if result_tx.send(decode(&name, raw)).is_err() {
+                                if result_tx.send(decode_footer(&name, raw, true)).is_err() {
                                     break;
                                 }
                             }
@@ -320,7 +314,7 @@ impl<T: Send + 'static> FooterLookahead<T> {
     }
 }
 
-impl<T> Drop for Worker<T> {
+impl Drop for Worker {
     fn drop(&mut self) {
         // Closing the job queue ends the worker after the footer it decodes, if any.
         self.jobs.take();
