@@ -788,26 +788,38 @@ impl Footer {
         hard_state: Option<&HardState>,
     ) {
         let Some(first) = entries.first() else { return };
+        let runs =
+            entries.chunk_by(|a, b| a.term == b.term).map(|run| (run.len() as u32, run[0].term));
+        let head = (group, first.index, entries.len() as u32);
+        self.push_runs(offset, more, head, runs, hard_state);
+    }
+
+    /// Adds an entries record: `(group, first index, count)`, then its term runs as
+    /// `(entries, term)`, then its hard state if it carries one.
+    fn push_runs(
+        &mut self,
+        offset: u64,
+        more: bool,
+        (group, first, count): (u64, u64, u32),
+        runs: impl Iterator<Item = (u32, u64)>,
+        hard_state: Option<&HardState>,
+    ) {
         let record_type =
             if hard_state.is_some() { RecordType::EntriesHardState } else { RecordType::Entries };
         self.push_head(offset, record_type, more);
         codec::put_u64(&mut self.buf, group);
-        codec::put_u64(&mut self.buf, first.index);
-        codec::put_u32(&mut self.buf, entries.len() as u32);
+        codec::put_u64(&mut self.buf, first);
+        codec::put_u32(&mut self.buf, count);
         let runs_at = self.buf.len();
         codec::put_u32(&mut self.buf, 0);
-        let mut runs = 0u32;
-        let mut k = 0;
-        // Bounded: each pass consumes one run of equal terms.
-        while k < entries.len() {
-            let term = entries[k].term;
-            let len = entries[k..].iter().take_while(|e| e.term == term).count();
-            codec::put_u32(&mut self.buf, len as u32);
+        let mut listed = 0u32;
+        // Bounded by the record's entries: each run holds at least one.
+        for (len, term) in runs {
+            codec::put_u32(&mut self.buf, len);
             codec::put_u64(&mut self.buf, term);
-            runs += 1;
-            k += len;
+            listed += 1;
         }
-        LittleEndian::write_u32(&mut self.buf[runs_at..], runs);
+        LittleEndian::write_u32(&mut self.buf[runs_at..], listed);
         if let Some(hs) = hard_state {
             codec::encode_hard_state(&mut self.buf, hs);
         }
@@ -826,29 +838,6 @@ impl Footer {
         self.buf.extend_from_slice(payload);
     }
 
-    /// Adds an entries record of one term run: `count` entries from `first`, all of `term`.
-    fn push_run(
-        &mut self,
-        offset: u64,
-        more: bool,
-        group: u64,
-        (first, count, term): (u64, u32, u64),
-        hard_state: Option<&HardState>,
-    ) {
-        let record_type =
-            if hard_state.is_some() { RecordType::EntriesHardState } else { RecordType::Entries };
-        self.push_head(offset, record_type, more);
-        codec::put_u64(&mut self.buf, group);
-        codec::put_u64(&mut self.buf, first);
-        codec::put_u32(&mut self.buf, count);
-        codec::put_u32(&mut self.buf, 1);
-        codec::put_u32(&mut self.buf, count);
-        codec::put_u64(&mut self.buf, term);
-        if let Some(hs) = hard_state {
-            codec::encode_hard_state(&mut self.buf, hs);
-        }
-    }
-
     /// Adds a decoded record.
     pub fn push_record(&mut self, offset: u64, more: bool, record: &Record) {
         match record {
@@ -856,7 +845,8 @@ impl Footer {
                 self.push_entries(offset, more, *group, entries, hard_state.as_ref())
             }
             Record::EntryRun { group, first, count, term, hard_state } => {
-                self.push_run(offset, more, *group, (*first, *count, *term), hard_state.as_ref())
+                let run = std::iter::once((*count, *term));
+                self.push_runs(offset, more, (*group, *first, *count), run, hard_state.as_ref())
             }
             // An earlier footer is listed (it is part of the chain) without its summary.
             Record::Footer(_) => self.push_payload(offset, more, RecordType::Footer, &[]),
