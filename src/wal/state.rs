@@ -297,22 +297,13 @@ impl EngineState {
             Record::Footer(_) => Ok(()),
             // It says only that the records before it were durable.
             Record::Witness => Ok(()),
-            Record::Entries { group, entries, hard_state } => self.change(*group, |state| {
-                state.apply_entries(entries[0].index, entries.iter().map(|e| e.term), loc)?;
-                if let Some(hs) = hard_state {
-                    state.apply_hard_state(*hs);
-                }
-                Ok(())
-            }),
+            Record::Entries { group, entries, hard_state } => {
+                let terms = entries.iter().map(|e| e.term);
+                self.apply_entries(*group, entries[0].index, terms, *hard_state, loc)
+            }
             Record::EntryRun { group, first, count, term, hard_state } => {
-                self.change(*group, |state| {
-                    let terms = std::iter::repeat_n(*term, *count as usize);
-                    state.apply_entries(*first, terms, loc)?;
-                    if let Some(hs) = hard_state {
-                        state.apply_hard_state(*hs);
-                    }
-                    Ok(())
-                })
+                let terms = std::iter::repeat_n(*term, *count as usize);
+                self.apply_entries(*group, *first, terms, *hard_state, loc)
             }
             Record::HardState { group, hard_state } => self.change(*group, |state| {
                 state.apply_hard_state(*hard_state);
@@ -329,6 +320,24 @@ impl EngineState {
                 Ok(())
             }
         }
+    }
+
+    /// An entries record of `group`: entries from `first` with `terms`, then its hard state.
+    fn apply_entries(
+        &mut self,
+        group: u64,
+        first: u64,
+        terms: impl ExactSizeIterator<Item = u64>,
+        hard_state: Option<HardState>,
+        loc: Loc,
+    ) -> Result<(), Contradiction> {
+        self.change(group, |state| {
+            state.apply_entries(first, terms, loc)?;
+            if let Some(hs) = hard_state {
+                state.apply_hard_state(hs);
+            }
+            Ok(())
+        })
     }
 
     /// The groups with live entries whose records lay in deleted segments, sorted.
