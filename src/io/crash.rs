@@ -102,6 +102,9 @@ pub enum OpKind {
     TryLock,
     /// A file handle was dropped (after the fact; the hook cannot fail it).
     Close,
+    /// [`File::start_writeback`]: seen by the hook, which may fail it, but no numbered
+    /// operation and no crash point, since it changes no image.
+    StartWriteback,
 }
 
 /// An operation about to run, as a [`Hook`] sees it.
@@ -1240,6 +1243,11 @@ impl File for CrashFile {
     fn sync_data(&self) -> io::Result<()> {
         let (mut state, fault) = self.begin(Op::Sync)?;
         state.sync_data(self.inode, fault)
+    }
+
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        // A hint to the kernel: what a crash leaves does not depend on it.
+        run_hook(&self.state, event(OpKind::StartWriteback, None))
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -59,6 +59,14 @@ pub trait File: Send + Sync + fmt::Debug {
     /// below `len` cannot fail for lack of space.
     fn allocate(&self, len: u64) -> io::Result<()>;
 
+    /// Starts writing `[offset, offset + len)` to the disk without waiting for it: a hint that
+    /// makes a later `sync_data` shorter, and promises nothing about durability. Files that
+    /// cannot start writeback early do nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Writes all of `buf` at `offset`, continuing after short writes.
     fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         for _ in 0..MAX_PARTIAL_IO_CALLS {

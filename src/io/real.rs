@@ -48,6 +48,21 @@ impl File for RealFile {
         // file reads as zeros) but does not reserve the blocks.
         self.0.allocate(len)
     }
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)] // One system call the standard library does not wrap.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(()); // Only a hint: a range beyond off_t is left to the sync.
+        };
+        // SAFETY: sync_file_range takes a descriptor and integers and touches no memory of this
+        // process; the descriptor stays open while `self.0` is borrowed.
+        let rc = unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
 }
 
 impl FileSystem for RealFs {

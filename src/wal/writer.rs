@@ -1,5 +1,6 @@
 //! The write side of the WAL: framing a batch of records into one buffer, writing it with one
-//! system call, rolling over to a prepared segment, and the bookkeeping a sync needs.
+//! system call (or in pieces, with their writeback started early, when it is large), rolling
+//! over to a prepared segment, and the bookkeeping a sync needs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,15 @@ use crate::wal::index::Loc;
 /// never creates one: a log whose last segment has it refuses to roll over.
 pub const MAX_SEGMENT_SEQUENCE: u64 = u32::MAX as u64 - 1;
 const _: () = assert!(MAX_SEGMENT_SEQUENCE < Loc::MISSING.segment as u64);
+
+/// Encoded bytes of a large write after which the records framed so far are handed to the
+/// kernel, and their writeback started, while the rest are framed: the disk writes the start of
+/// the batch while the CPU frames its end. Every write whose sync follows (`SyncPolicy::Always`
+/// or `Batch`) also starts the writeback of its last piece before the in-memory index and cache
+/// are updated, so that the disk works while they are, and the fdatasync finds less to write.
+/// Pieces of one write may reach the disk in any order before its sync, as its sectors may:
+/// recovery reads any subset of them as a torn write (DESIGN.md §7, case 3).
+const EARLY_WRITE_BYTES: usize = 256 << 10;
 
 /// The error a rollover (or a new log) past [`MAX_SEGMENT_SEQUENCE`] gets.
 pub fn sequence_exhausted(sequence: u64) -> Error {
@@ -247,6 +257,8 @@ pub struct Writer {
     segment_size_bytes: u64,
     max_record_bytes: u32,
     background: bool,
+    /// Whether writes start their writeback before the sync that follows them.
+    early_writeback: bool,
     /// The segment being appended to.
     pub active: Active,
     /// The next segment's file being prepared on a background thread (never inline: see
@@ -429,6 +441,7 @@ impl Writer {
             segment_size_bytes: options.segment_size_bytes,
             max_record_bytes: options.max_record_bytes,
             background: options.prepare_in_background,
+            early_writeback: options.sync_policy != crate::SyncPolicy::Never,
             active,
             prepared: None,
             buf: Vec::new(),
@@ -554,7 +567,8 @@ impl Writer {
         Ok(Plan { records, bytes })
     }
 
-    /// Writes `ops` as one buffer with one write call, rolling over first if they do not fit.
+    /// Writes `ops` as one buffer with one write call (in pieces for a large one, see
+    /// [`EARLY_WRITE_BYTES`]), rolling over first if they do not fit.
     /// `checkpoint` builds the state before `ops`, written first in a new segment. Every record
     /// but the last carries [`FLAG_MORE`], so recovery applies the write whole or not at all.
     /// Returns where each run of entries went.
@@ -637,6 +651,8 @@ impl Writer {
         let data_at = start + self.buf.len() as u64;
         let changes = plan.records.iter().any(|(part, _)| matches!(part, Part::Op(_)));
         let mut written = Vec::new();
+        // The bytes of `buf` already handed to the kernel.
+        let mut handed = 0;
         for (k, (part, payload_len)) in plan.records.iter().enumerate() {
             let offset = start + self.buf.len() as u64;
             let flags = if k + 1 < plan.records.len() { FLAG_MORE } else { 0 };
@@ -684,13 +700,23 @@ impl Writer {
                     count: entries.len(),
                 });
             }
+            if self.early_writeback && self.buf.len() - handed >= EARLY_WRITE_BYTES {
+                self.hand_over(start, handed).map_err(|e| Failure::Poison(e.into()))?;
+                handed = self.buf.len();
+            }
         }
         let written_len = self.buf.len();
         if self.active.recycled {
             // Overwritten by the next write; ends this one cleanly for a scan.
             self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         }
-        if let Err(e) = self.active.file.write_all_at(&self.buf, start) {
+        // A new segment's first write is synced below at once: no writeback to start early.
+        let handing = if self.early_writeback && header_plan.is_none() {
+            self.hand_over(start, handed)
+        } else {
+            self.active.file.write_all_at(&self.buf[handed..], start + handed as u64)
+        };
+        if let Err(e) = handing {
             return Err(Failure::Poison(e.into()));
         }
         if header_plan.is_some() {
@@ -714,6 +740,14 @@ impl Writer {
             self.buf = Vec::new();
         }
         Ok(written)
+    }
+
+    /// Writes `buf[handed..]` at `start + handed` and starts its writeback (see
+    /// [`EARLY_WRITE_BYTES`]).
+    fn hand_over(&self, start: u64, handed: usize) -> std::io::Result<()> {
+        let (piece, at) = (&self.buf[handed..], start + handed as u64);
+        self.active.file.write_all_at(piece, at)?;
+        self.active.file.start_writeback(at, piece.len() as u64)
     }
 
     /// Seals the active segment now and starts the next one with its header and checkpoint

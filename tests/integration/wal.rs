@@ -968,3 +968,120 @@ fn a_checkpoint_claiming_a_huge_deleted_prefix_costs_no_memory_and_is_corruption
         other => panic!("expected corruption (missing entries), got {other:?}"),
     }
 }
+
+/// Options under which a save of a few hundred KiB is one write of several pieces: the writer
+/// hands such a write to the kernel 256 KiB at a time and starts each piece's writeback.
+fn large_write_options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes: 1 << 20,
+        max_record_bytes: 64 << 10,
+        prepare_in_background: false,
+        cache_bytes: 4096,
+        ..WalOptions::default()
+    }
+}
+
+/// `count` entries from `first` in `term`, of 1,000 bytes each.
+fn large_run(first: u64, count: u64, term: u64) -> Vec<Entry> {
+    (first..first + count).map(|i| entry(i, term, 1000)).collect()
+}
+
+/// The kinds of the operations `fs` sees while `f` runs.
+fn operations_of(fs: &CrashFs, f: impl FnOnce()) -> Vec<raftwal::io::OpKind> {
+    let seen: Arc<std::sync::Mutex<Vec<raftwal::io::OpKind>>> = Arc::default();
+    let log = seen.clone();
+    fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+        log.lock().unwrap().push(event.kind);
+        Ok(())
+    })));
+    f();
+    fs.set_hook(None);
+    seen.lock().unwrap().clone()
+}
+
+#[test]
+fn a_large_synced_write_goes_in_pieces_whose_writeback_starts_before_its_sync() {
+    use raftwal::io::OpKind::{StartWriteback, Sync, Write};
+    for policy in [SyncPolicy::Always, SyncPolicy::Never] {
+        let fs = CrashFs::new();
+        let options = WalOptions { sync_policy: policy, ..large_write_options() };
+        let wal = open(&fs, &options).unwrap();
+        // The segment's first write (its header, synced at once) is out of the way.
+        wal.save(Some(&HardState { term: 1, vote: 1, commit: 0 }), &large_run(1, 2, 1)).unwrap();
+        let big = large_run(3, 1024, 1); // about 1 MiB
+        let ops = operations_of(&fs, || wal.save(None, &big).unwrap());
+        let written: Vec<_> = ops.iter().take_while(|k| **k != Sync).collect();
+        if policy == SyncPolicy::Always {
+            // Write, StartWriteback, Write, StartWriteback, ..., then the sync.
+            let pieces = written.len() / 2;
+            assert!(pieces >= 4, "1 MiB in pieces of 256 KiB: {ops:?}");
+            assert!(
+                written.chunks(2).all(|pair| pair == [&Write, &StartWriteback]),
+                "each piece's writeback starts after it is written: {ops:?}"
+            );
+            assert!(ops.contains(&Sync), "{ops:?}");
+        } else {
+            assert_eq!(written, [&Write], "without a sync to follow, one write: {ops:?}");
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = open(&fs.power_cut_copy(), &options).unwrap();
+        assert_eq!(wal.last_index(), 1026);
+        assert_eq!(wal.entries(3, 1027, u64::MAX).unwrap(), big);
+    }
+}
+
+#[test]
+fn a_writeback_that_cannot_start_poisons_the_log() {
+    let fs = CrashFs::new();
+    let wal = open(&fs, &large_write_options()).unwrap();
+    let first = large_run(1, 2, 1);
+    wal.save(Some(&HardState { term: 1, vote: 1, commit: 0 }), &first).unwrap();
+    fs.set_hook(Some(Arc::new(|event: &raftwal::io::OpEvent<'_>| {
+        if event.kind == raftwal::io::OpKind::StartWriteback {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    })));
+    assert!(matches!(wal.save(None, &large_run(3, 600, 1)), Err(Error::Io(_))));
+    fs.set_hook(None);
+    // Never retried: the log refuses every write after it.
+    assert!(wal.save(None, &large_run(3, 1, 1)).is_err(), "the log is poisoned");
+    drop(wal);
+    // What was acknowledged is there; the failed write is whole or absent (it was never synced).
+    let wal = open(&fs.power_cut_copy(), &large_write_options()).unwrap();
+    assert_eq!(wal.entries(1, 3, u64::MAX).unwrap(), first);
+    assert!([2, 602].contains(&wal.last_index()), "last index {}", wal.last_index());
+}
+
+/// Three saves of 270 KiB (two pieces each), one of them an overwrite by a new leader, among
+/// small saves, over 1 MiB segments.
+fn large_write_workload() -> Vec<Step> {
+    let mut steps = Vec::new();
+    let (mut next, mut term) = (1u64, 1u64);
+    for round in 0..24u64 {
+        let count = if round % 10 == 4 { 270 } else { 2 };
+        steps.push(Step::Save(
+            Some(HardState { term, vote: 1, commit: next.saturating_sub(1) }),
+            large_run(next, count, term),
+        ));
+        next += count;
+        if round == 12 {
+            // A new leader replaces the last entry with a large run.
+            term += 1;
+            next -= 1;
+            steps.push(Step::Save(
+                Some(HardState { term, vote: 2, commit: next - 1 }),
+                large_run(next, 270, term),
+            ));
+            next += 270;
+        }
+    }
+    steps
+}
+
+#[test]
+fn a_crash_inside_a_write_handed_over_in_pieces_keeps_all_of_it_or_none() {
+    let points = crash_at_every_operation(&large_write_options(), &large_write_workload());
+    println!("large-write crash points checked: {points} x 3 seeds");
+}
