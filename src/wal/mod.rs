@@ -136,9 +136,9 @@ impl Engine {
                 // durable (below): a log's only segment never shows a header that was not
                 // synced, so recovery can treat a bad one as damage (row H6).
                 let file = fs.create(&dir.join(format::temp_name(sequence)))?;
-                // Allocated but not zero-filled: creating a log stays cheap. Only this first
-                // segment pays for appending into unwritten extents; the writer prepares every
-                // later one zero-filled, in the background.
+                // Allocated but not zero-filled: creating a log stays cheap. Appends into its
+                // unwritten extents cost each fdatasync an inode write, so the writer leaves it
+                // once the next segment is prepared (zero-filled, in the background).
                 file.allocate(options.segment_size_bytes)?;
                 Active {
                     sequence,
@@ -154,6 +154,7 @@ impl Engine {
                     recycled: false,
                     unwitnessed: None,
                     witness_at: None,
+                    blocks_written: false,
                 }
             }
         };
@@ -526,7 +527,9 @@ impl Engine {
                 Op::Checkpoint(_) => {}
             }
         }
-        if votes {
+        // A new log's first segment is left as soon as the next one is ready (see
+        // `Writer::leaves_unwritten_segment`), by the same seal.
+        if votes || inner.writer.leaves_unwritten_segment() {
             let state = &inner.state;
             let mut sealed = None;
             let result = inner.writer.seal_now(&|| state.checkpoint(), &mut sealed);

@@ -728,6 +728,9 @@ fn recover_once(
                 recycled,
                 unwitnessed: if fresh { None } else { witnesses.0 },
                 witness_at: if fresh { None } else { witnesses.1 },
+                // Whether a reopened first segment was zero-filled is not known: it is used
+                // until it fills, paying for unwritten blocks if it has them.
+                blocks_written: true,
             })
         }
         None => None,

@@ -168,6 +168,12 @@ pub struct Active {
     /// Offset of the witness record, while it is the last record: it is never waited for, so
     /// the segment counts as durable without it.
     pub witness_at: Option<u64>,
+    /// Whether its blocks were written before its first record (zero-filled or recycled).
+    /// Only a new log's first segment is not: it is allocated without zeros to keep creating a
+    /// log cheap, and each fdatasync of an append into its unwritten blocks also writes the
+    /// inode (the extents' conversion), so the writer leaves it once the next segment is ready
+    /// (see [`Writer::leaves_unwritten_segment`]).
+    pub blocks_written: bool,
 }
 
 impl Active {
@@ -232,6 +238,11 @@ struct Preparation {
 }
 
 impl Preparation {
+    /// Whether the file is prepared (or its preparation failed): taking it will not wait.
+    fn is_done(&self) -> bool {
+        self.handle.as_ref().is_none_or(|handle| handle.is_finished())
+    }
+
     /// Waits for the prepared file.
     fn wait(mut self) -> std::io::Result<PreparedFile> {
         let handle = self.handle.take().expect("joined only here and in drop");
@@ -750,6 +761,16 @@ impl Writer {
         self.active.file.start_writeback(at, piece.len() as u64)
     }
 
+    /// Whether the active segment is a new log's first one, not zero-filled (see
+    /// [`Active::blocks_written`]), holding records, with the next segment's file prepared in the
+    /// background and ready: the engine then seals it with [`Writer::seal_now`], so that appends
+    /// go to written blocks from then on, as they do in every later segment.
+    pub fn leaves_unwritten_segment(&self) -> bool {
+        !self.active.blocks_written
+            && !self.active.fresh
+            && self.prepared.as_ref().is_some_and(Preparation::is_done)
+    }
+
     /// Seals the active segment now and starts the next one with its header and checkpoint
     /// (synced as every new segment's first write is), and syncs the directory for its name.
     /// Used after a write that changed a term or a vote: the change then has copies in the
@@ -827,6 +848,7 @@ impl Writer {
             recycled,
             unwitnessed: None,
             witness_at: None,
+            blocks_written: true,
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();

@@ -1085,3 +1085,42 @@ fn a_crash_inside_a_write_handed_over_in_pieces_keeps_all_of_it_or_none() {
     let points = crash_at_every_operation(&large_write_options(), &large_write_workload());
     println!("large-write crash points checked: {points} x 3 seeds");
 }
+
+#[test]
+fn a_new_logs_first_segment_is_left_once_the_next_one_is_prepared() {
+    // The first segment of a new log is allocated without zeros; later ones are prepared
+    // zero-filled in the background. Once the second is ready, the next write seals the first.
+    let options = WalOptions {
+        segment_size_bytes: 256 << 10,
+        prepare_in_background: true,
+        ..large_write_options()
+    };
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    // Bounded: the preparation of a 256 KiB file on CrashFs takes far less than 10 s. No hard
+    // state: a vote would seal the segment anyway (DESIGN.md §7, case 22).
+    for _ in 0..10_000 {
+        wal.save(None, &[entry(next, 1, 100)]).unwrap();
+        next += 1;
+        if segments(&fs).len() > 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let written = wal.metrics().bytes_written;
+    assert_eq!(segments(&fs).len(), 2, "the first segment was left");
+    assert!(written < options.segment_size_bytes / 4, "left long before it filled: {written} B");
+    // Only the first one: the second is used until it fills, as every later one is.
+    let before = segments(&fs).len();
+    for _ in 0..200 {
+        wal.save(None, &[entry(next, 1, 100)]).unwrap();
+        next += 1;
+    }
+    assert_eq!(segments(&fs).len(), before, "later segments are not left early");
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.last_index(), next - 1);
+    let all = wal.entries(1, next, u64::MAX).unwrap();
+    assert!(all.iter().zip(1..).all(|(e, i)| *e == entry(i, 1, 100)));
+}
