@@ -233,14 +233,16 @@ type PreparedFile = (Arc<dyn File>, bool);
 struct Preparation {
     sequence: u64,
     cancel: Arc<AtomicBool>,
+    // Set by the thread once the file is prepared, before it returns it.
+    ready: Arc<AtomicBool>,
     // `None` only once joined.
     handle: Option<JoinHandle<std::io::Result<PreparedFile>>>,
 }
 
 impl Preparation {
-    /// Whether the file is prepared (or its preparation failed): taking it will not wait.
-    fn is_done(&self) -> bool {
-        self.handle.as_ref().is_none_or(|handle| handle.is_finished())
+    /// Whether the file is prepared: taking it will neither wait nor fail.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Waits for the prepared file.
@@ -482,9 +484,14 @@ impl Writer {
         }
         let run = self.preparation(sequence);
         let cancel = Arc::new(AtomicBool::new(false));
-        let stop = cancel.clone();
-        let handle = std::thread::spawn(move || run(&stop));
-        self.prepared = Some(Preparation { sequence, cancel, handle: Some(handle) });
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop, done) = (cancel.clone(), ready.clone());
+        let handle = std::thread::spawn(move || {
+            let prepared = run(&stop);
+            done.store(prepared.is_ok(), Ordering::Release);
+            prepared
+        });
+        self.prepared = Some(Preparation { sequence, cancel, ready, handle: Some(handle) });
     }
 
     /// What prepares the file of segment `sequence`: the oldest released file, if any
@@ -764,11 +771,12 @@ impl Writer {
     /// Whether the active segment is a new log's first one, not zero-filled (see
     /// [`Active::blocks_written`]), holding records, with the next segment's file prepared in the
     /// background and ready: the engine then seals it with [`Writer::seal_now`], so that appends
-    /// go to written blocks from then on, as they do in every later segment.
+    /// go to written blocks from then on, as they do in every later segment. A preparation that
+    /// failed is never ready: the rollover that needs the file meets the failure, as before.
     pub fn leaves_unwritten_segment(&self) -> bool {
         !self.active.blocks_written
             && !self.active.fresh
-            && self.prepared.as_ref().is_some_and(Preparation::is_done)
+            && self.prepared.as_ref().is_some_and(Preparation::is_ready)
     }
 
     /// Seals the active segment now and starts the next one with its header and checkpoint

@@ -1124,3 +1124,53 @@ fn a_new_logs_first_segment_is_left_once_the_next_one_is_prepared() {
     let all = wal.entries(1, next, u64::MAX).unwrap();
     assert!(all.iter().zip(1..).all(|(e, i)| *e == entry(i, 1, 100)));
 }
+
+#[test]
+fn a_failed_preparation_keeps_the_first_segment_in_use_and_the_log_healthy() {
+    // The file of segment 2 cannot be created: the first segment is not left early, no write
+    // fails for it, and the rollover that needs the file prepares it then.
+    let options = WalOptions {
+        segment_size_bytes: 64 << 10,
+        prepare_in_background: true,
+        ..large_write_options()
+    };
+    let fs = CrashFs::new();
+    let temp_files = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = temp_files.clone();
+    fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+        let temp = event.path.is_some_and(|p| p.extension().is_some_and(|e| e == "tmp"));
+        // The first temp file is the new log's first segment; the next ones are preparations.
+        if event.kind == raftwal::io::OpKind::Create
+            && temp
+            && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0
+        {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    })));
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    for _ in 0..50 {
+        wal.save(None, &[entry(next, 1, 100)]).unwrap();
+        next += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(temp_files.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the preparation ran");
+    assert_eq!(segments(&fs).len(), 1, "the first segment stays in use");
+    fs.set_hook(None);
+    // Past the end of the first segment: the rollover that needs the file reports the failed
+    // preparation once (refused, nothing written, the log not poisoned), then prepares it.
+    let mut refused = 0;
+    for _ in 0..800 {
+        match wal.save(None, &[entry(next, 1, 100)]) {
+            Ok(()) => next += 1,
+            Err(Error::Io(e)) if e.raw_os_error() == Some(28) => refused += 1,
+            Err(e) => panic!("save of {next}: {e}"),
+        }
+    }
+    assert!(refused <= 1, "refused {refused} times");
+    assert!(segments(&fs).len() > 1);
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.last_index(), next - 1);
+}
