@@ -61,7 +61,18 @@ impl File for RealFile {
         let rc = unsafe {
             libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
         };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // Not offered here (a file that is not a regular one, a file system or a sandbox
+            // without the call): a hint that cannot be given is no failure.
+            Some(libc::ESPIPE | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM) => {
+                Ok(())
+            }
+            _ => Err(error),
+        }
     }
 }
 
@@ -137,6 +148,19 @@ impl FileSystem for RealFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_writeback_works_on_a_file_and_is_a_quiet_no_op_where_it_is_not_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RealFs.create(&dir.path().join("a")).unwrap();
+        file.write_all_at(&[7u8; 8192], 0).unwrap();
+        file.start_writeback(0, 8192).unwrap();
+        file.sync_data().unwrap();
+        // A character device: sync_file_range refuses it (ESPIPE on Linux), and a hint that
+        // cannot be given must not fail the write that asked for it.
+        let null = RealFs.open(Path::new("/dev/null")).unwrap();
+        null.start_writeback(0, 4096).unwrap();
+    }
 
     #[test]
     fn write_read_and_list_on_a_real_directory() {
