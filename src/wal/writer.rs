@@ -32,7 +32,7 @@ const _: () = assert!(MAX_SEGMENT_SEQUENCE < Loc::MISSING.segment as u64);
 /// or `Batch`) also starts the writeback of its last piece before the in-memory index and cache
 /// are updated, so that the disk works while they are, and the fdatasync finds less to write.
 /// Pieces of one write may reach the disk in any order before its sync, as its sectors may:
-/// recovery reads any subset of them as a torn write (DESIGN.md §7, case 3).
+/// recovery reads any subset of them as a torn write (DESIGN.md §7, case 2).
 const EARLY_WRITE_BYTES: usize = 256 << 10;
 
 /// The error a rollover (or a new log) past [`MAX_SEGMENT_SEQUENCE`] gets.
@@ -719,7 +719,7 @@ impl Writer {
                 });
             }
             if self.early_writeback && self.buf.len() - handed >= EARLY_WRITE_BYTES {
-                self.hand_over(start, handed).map_err(|e| Failure::Poison(e.into()))?;
+                self.hand_over(start, handed, true).map_err(|e| Failure::Poison(e.into()))?;
                 handed = self.buf.len();
             }
         }
@@ -729,12 +729,8 @@ impl Writer {
             self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         }
         // A new segment's first write is synced below at once: no writeback to start early.
-        let handing = if self.early_writeback && header_plan.is_none() {
-            self.hand_over(start, handed)
-        } else {
-            self.active.file.write_all_at(&self.buf[handed..], start + handed as u64)
-        };
-        if let Err(e) = handing {
+        let writeback = self.early_writeback && header_plan.is_none();
+        if let Err(e) = self.hand_over(start, handed, writeback) {
             return Err(Failure::Poison(e.into()));
         }
         if header_plan.is_some() {
@@ -760,12 +756,12 @@ impl Writer {
         Ok(written)
     }
 
-    /// Writes `buf[handed..]` at `start + handed` and starts its writeback (see
-    /// [`EARLY_WRITE_BYTES`]).
-    fn hand_over(&self, start: u64, handed: usize) -> std::io::Result<()> {
+    /// Writes `buf[handed..]` at `start + handed` and, with `writeback`, starts its writeback
+    /// (see [`EARLY_WRITE_BYTES`]).
+    fn hand_over(&self, start: u64, handed: usize, writeback: bool) -> std::io::Result<()> {
         let (piece, at) = (&self.buf[handed..], start + handed as u64);
         self.active.file.write_all_at(piece, at)?;
-        self.active.file.start_writeback(at, piece.len() as u64)
+        if writeback { self.active.file.start_writeback(at, piece.len() as u64) } else { Ok(()) }
     }
 
     /// Whether the active segment is a new log's first one, not zero-filled (see

@@ -981,6 +981,12 @@ fn large_write_options() -> WalOptions {
     }
 }
 
+/// [`large_write_options`] with segments of `segment_size_bytes`, each but a new log's first
+/// prepared on a background thread.
+fn background_options(segment_size_bytes: u64) -> WalOptions {
+    WalOptions { segment_size_bytes, prepare_in_background: true, ..large_write_options() }
+}
+
 /// `count` entries from `first` in `term`, of 1,000 bytes each.
 fn large_run(first: u64, count: u64, term: u64) -> Vec<Entry> {
     (first..first + count).map(|i| entry(i, term, 1000)).collect()
@@ -1090,11 +1096,7 @@ fn a_crash_inside_a_write_handed_over_in_pieces_keeps_all_of_it_or_none() {
 fn a_new_logs_first_segment_is_left_once_the_next_one_is_prepared() {
     // The first segment of a new log is allocated without zeros; later ones are prepared
     // zero-filled in the background. Once the second is ready, the next write seals the first.
-    let options = WalOptions {
-        segment_size_bytes: 256 << 10,
-        prepare_in_background: true,
-        ..large_write_options()
-    };
+    let options = background_options(256 << 10);
     let fs = CrashFs::new();
     let wal = open(&fs, &options).unwrap();
     let mut next = 1;
@@ -1129,11 +1131,7 @@ fn a_new_logs_first_segment_is_left_once_the_next_one_is_prepared() {
 fn a_failed_preparation_keeps_the_first_segment_in_use_and_the_log_healthy() {
     // The file of segment 2 cannot be created: the first segment is not left early, no write
     // fails for it, and the rollover that needs the file prepares it then.
-    let options = WalOptions {
-        segment_size_bytes: 64 << 10,
-        prepare_in_background: true,
-        ..large_write_options()
-    };
+    let options = background_options(64 << 10);
     let fs = CrashFs::new();
     let temp_files = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let seen = temp_files.clone();
