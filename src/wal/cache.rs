@@ -16,13 +16,25 @@ use crate::types::Entry;
 /// One group's cached run: entries with the log position (LSN) of the write that made them.
 #[derive(Debug, Default)]
 struct GroupCache {
+    /// Index of the first cached entry (meaningless while `entries` is empty). Kept beside the
+    /// run so that finding a place in it reads the group's table slot, not the run's memory:
+    /// with many groups, each run's first and last entries are cache misses.
+    first: u64,
     entries: VecDeque<(Entry, u64)>,
 }
 
 impl GroupCache {
     fn get(&self, index: u64) -> Option<&Entry> {
-        let first = self.entries.front()?.0.index;
-        self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?).map(|(e, _)| e)
+        let at = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.entries.get(at).map(|(e, _)| e)
+    }
+
+    /// Drops the first cached entry, returning it.
+    fn pop_front(&mut self) -> Option<Entry> {
+        let (entry, _) = self.entries.pop_front()?;
+        debug_assert_eq!(entry.index, self.first, "the run starts at `first`");
+        self.first += 1;
+        Some(entry)
     }
 }
 
@@ -80,17 +92,23 @@ impl EntryCache {
         let cache = self.groups.entry(group).or_default();
         // Drop the replaced suffix, and everything if the run would not stay contiguous.
         let mut dropped = (0u64, 0usize);
-        let keep = match cache.entries.front().map(|(e, _)| e.index) {
-            Some(first) if head.index > first => {
-                let back = cache.entries.back().expect("front exists").0.index;
-                if head.index > back + 1 { 0 } else { (head.index - first) as usize }
-            }
-            _ => 0,
+        let (first, len) = (cache.first, cache.entries.len() as u64);
+        let keep = if len > 0 && head.index > first && head.index <= first + len {
+            (head.index - first) as usize
+        } else {
+            0
         };
         for (entry, _) in cache.entries.drain(keep..) {
             dropped.0 += entry.encoded_len();
             dropped.1 += 1;
         }
+        if keep == 0 {
+            cache.first = head.index;
+        }
+        debug_assert!(
+            cache.entries.back().is_none_or(|(e, _)| e.index + 1 == head.index),
+            "the run stays contiguous"
+        );
         for entry in entries {
             self.bytes += entry.encoded_len();
             cache.entries.push_back((entry.clone(), lsn));
@@ -127,7 +145,7 @@ impl EntryCache {
                         self.bytes -= entry.encoded_len();
                         item.first = entry.index + 1;
                         self.entries -= 1;
-                        cache.entries.pop_front();
+                        cache.pop_front();
                     }
                     _ => {
                         // Nothing of this append is left at the front: it was compacted or
@@ -153,10 +171,11 @@ impl EntryCache {
             // not yet compacted: that entry alone says whether any is left.
             self.order.retain(|item| {
                 groups.get(&item.group).is_some_and(|c| {
-                    let front = c.entries.front().map_or(u64::MAX, |(e, _)| e.index);
-                    let at = item.first.max(front);
+                    let at = item.first.max(c.first);
                     at < item.first + item.count
-                        && c.entries.get((at - front) as usize).is_some_and(|(_, l)| *l == item.lsn)
+                        && c.entries
+                            .get((at - c.first) as usize)
+                            .is_some_and(|(_, l)| *l == item.lsn)
                 })
             });
         }
@@ -166,8 +185,8 @@ impl EntryCache {
     pub fn compact(&mut self, group: u64, index: u64) {
         let Some(cache) = self.groups.get_mut(&group) else { return };
         // Bounded by the group's cached entries.
-        while cache.entries.front().is_some_and(|(e, _)| e.index <= index) {
-            let (entry, _) = cache.entries.pop_front().expect("checked non-empty");
+        while !cache.entries.is_empty() && cache.first <= index {
+            let entry = cache.pop_front().expect("checked non-empty");
             self.bytes -= entry.encoded_len();
             self.entries -= 1;
         }

@@ -477,20 +477,20 @@ impl Engine {
                             offset: u32::try_from(run.offset).expect("segments stay below 4 GiB"),
                         };
                         let (part, tail) = rest.split_at(run.count);
+                        // The hard state applies after the last run, in the same lookup.
+                        let hs = hard_state.filter(|_| tail.is_empty());
                         inner
                             .state
                             .change(group, |s| {
-                                s.apply_entries(head.index, part.iter().map(|e| e.term), loc)
+                                s.apply_entries(head.index, part.iter().map(|e| e.term), loc)?;
+                                if let Some(hs) = hs {
+                                    s.apply_hard_state(hs);
+                                }
+                                Ok(())
                             })
                             .unwrap_or_else(|why| panic!("a checked append was refused: {why}"));
                         inner.cache.append(group, part, lsn, durable_lsn);
                         rest = tail;
-                    }
-                    if let Some(hs) = hard_state {
-                        let _ = inner.state.change(group, |s| {
-                            s.apply_hard_state(hs);
-                            Ok(())
-                        });
                     }
                 }
                 Op::HardState { group, hard_state } => {
