@@ -443,6 +443,7 @@ impl Engine {
             _ => false,
         });
         let lsn_before = inner.writer.lsn;
+        inner.writer.sync_running = self.lock_sync().syncing;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
             self.note_sealed(inner, sealed);

@@ -272,6 +272,11 @@ pub struct Writer {
     background: bool,
     /// Whether writes start their writeback before the sync that follows them.
     early_writeback: bool,
+    /// Whether another caller's sync is running; the engine sets it before each write. Such a
+    /// write does not start the writeback of its last piece: the running fdatasync may be
+    /// waiting on this file's pages, and new writeback would delay it (the group commit whose
+    /// sync covers this write is the next one, which writes these pages anyway).
+    pub sync_running: bool,
     /// The segment being appended to.
     pub active: Active,
     /// The next segment's file being prepared on a background thread (never inline: see
@@ -455,6 +460,7 @@ impl Writer {
             max_record_bytes: options.max_record_bytes,
             background: options.prepare_in_background,
             early_writeback: options.sync_policy != crate::SyncPolicy::Never,
+            sync_running: false,
             active,
             prepared: None,
             buf: Vec::new(),
@@ -729,7 +735,7 @@ impl Writer {
             self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         }
         // A new segment's first write is synced below at once: no writeback to start early.
-        let writeback = self.early_writeback && header_plan.is_none();
+        let writeback = self.early_writeback && header_plan.is_none() && !self.sync_running;
         if let Err(e) = self.hand_over(start, handed, writeback) {
             return Err(Failure::Poison(e.into()));
         }

@@ -1060,6 +1060,76 @@ fn a_writeback_that_cannot_start_poisons_the_log() {
     assert!([2, 602].contains(&wal.last_index()), "last index {}", wal.last_index());
 }
 
+#[test]
+fn a_write_made_while_another_sync_runs_leaves_its_writeback_to_the_next_sync() {
+    // Writer A's fdatasync is held in the hook; writer B writes meanwhile. B's write starts no
+    // writeback (it would compete with the running sync for the same file); a write made with
+    // no sync running does start one.
+    use raftwal::io::OpKind;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fs = CrashFs::new();
+    let wal = open(&fs, &large_write_options()).unwrap();
+    wal.save(Some(&HardState { term: 1, vote: 1, commit: 0 }), &[entry(1, 1, 100)]).unwrap();
+    let seen: Arc<Mutex<Vec<OpKind>>> = Arc::default();
+    let (log, armed, release) =
+        (seen.clone(), Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(false)));
+    let (hold, free) = (armed.clone(), release.clone());
+    fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+        log.lock().unwrap().push(event.kind);
+        // The first sync waits until released (bounded: 10 s).
+        if event.kind == OpKind::Sync && hold.swap(false, Ordering::SeqCst) {
+            for _ in 0..10_000 {
+                if free.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })));
+    let count = |kind: OpKind| seen.lock().unwrap().iter().filter(|k| **k == kind).count();
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| wal.save(None, &[entry(2, 1, 100)]));
+        // Bounded: A reaches its sync at once.
+        for _ in 0..10_000 {
+            if count(OpKind::Sync) == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(count(OpKind::Sync), 1, "A's sync is running");
+        assert_eq!(count(OpKind::StartWriteback), 1, "A's own write started its writeback");
+        let b = scope.spawn(|| wal.save(None, &[entry(3, 1, 100)]));
+        // Bounded: B writes at once, then waits for A's sync.
+        for _ in 0..10_000 {
+            if count(OpKind::Write) == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        release.store(true, Ordering::SeqCst);
+        a.join().unwrap().unwrap();
+        b.join().unwrap().unwrap();
+    });
+    let kinds = seen.lock().unwrap().clone();
+    // B's write is the second one; up to the sync that covers it, no writeback was started.
+    let b_write = kinds.iter().enumerate().filter(|(_, k)| **k == OpKind::Write).nth(1).unwrap().0;
+    let next_sync = b_write + kinds[b_write..].iter().position(|k| *k == OpKind::Sync).unwrap();
+    assert!(
+        !kinds[b_write..next_sync].contains(&OpKind::StartWriteback),
+        "B started a writeback while A's sync ran: {kinds:?}"
+    );
+    // With no sync running, a write starts its writeback again.
+    let before = count(OpKind::StartWriteback);
+    wal.save(None, &[entry(4, 1, 100)]).unwrap();
+    assert_eq!(count(OpKind::StartWriteback), before + 1);
+    fs.set_hook(None);
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &large_write_options()).unwrap();
+    assert_eq!(wal.last_index(), 4);
+}
+
 /// Three saves of 270 KiB (two pieces each), one of them an overwrite by a new leader, among
 /// small saves, over 1 MiB segments.
 fn large_write_workload() -> Vec<Step> {
