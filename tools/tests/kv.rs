@@ -7,11 +7,15 @@
 //! guard's `Drop`).
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::AtomicU16;
+use std::sync::atomic::Ordering::SeqCst;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -50,10 +54,41 @@ impl Drop for Cluster {
     }
 }
 
-/// Ports the kernel hands out for 127.0.0.1 right now (released before use).
+/// Lowest port [`free_ports`] hands out.
+const PORTS_FROM: u16 = 10_000;
+/// The next port [`free_ports`] tries; tests of this process never get the same port twice.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// `n` ports of 127.0.0.1 that nothing listens on now (released before use), below the kernel's
+/// ephemeral range. A port in that range can become the local end of any outgoing connection
+/// (this process's HTTP clients, a node's peer connections) between its release here and a
+/// node binding it, or linger in TIME_WAIT after one; the node would then fail to bind and
+/// exit (seen with `tools/kv-demo`).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_low > PORTS_FROM + 1_000,
+        "no room below the ephemeral range {ephemeral_low}"
+    );
+    let span = ephemeral_low - PORTS_FROM;
+    // A start that differs between runs, so that runs close together do not collide.
+    let seed = RandomState::new().build_hasher().finish();
+    let _ = NEXT_PORT.compare_exchange(0, (seed % u64::from(span)) as u16 + 1, SeqCst, SeqCst);
+    let mut listeners = Vec::with_capacity(n);
+    // Bounded: a whole lap of the span.
+    for _ in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let k = NEXT_PORT.fetch_add(1, SeqCst) % span;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", PORTS_FROM + k)) {
+            listeners.push(l);
+        }
+    }
+    assert_eq!(listeners.len(), n, "no {n} free ports from {PORTS_FROM} to {ephemeral_low}");
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
