@@ -540,6 +540,10 @@ impl<S: Storage> Raft<S> {
 
     /// Becomes a follower of `leader_id` (0: unknown) in `term`.
     pub fn become_follower(&mut self, term: u64, leader_id: u64) {
+        #[cfg(feature = "tracing")]
+        if self.state != StateRole::Follower || term != self.term {
+            tracing::info!(id = self.id, term, leader = leader_id, "became follower");
+        }
         self.reset(term);
         self.leader_id = leader_id;
         self.state = StateRole::Follower;
@@ -556,6 +560,8 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.vote = self.id;
         self.state = StateRole::Candidate;
+        #[cfg(feature = "tracing")]
+        tracing::info!(id = self.id, term, "became candidate");
     }
 
     fn become_pre_candidate(&mut self) {
@@ -569,6 +575,8 @@ impl<S: Storage> Raft<S> {
         self.prs.reset_votes();
         self.state = StateRole::PreCandidate;
         self.leader_id = 0;
+        #[cfg(feature = "tracing")]
+        tracing::info!(id = self.id, term = self.term, "became pre-candidate");
     }
 
     fn become_leader(&mut self) {
@@ -582,6 +590,8 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.leader_id = self.id;
         self.state = StateRole::Leader;
+        #[cfg(feature = "tracing")]
+        tracing::info!(id = self.id, term, "became leader");
         let last = self.raft_log.last_index();
         if let Some(pr) = self.prs.progress.get_mut(&self.id) {
             // The leader's own log trivially matches; it never waits on itself.
@@ -701,6 +711,16 @@ impl<S: Storage> Raft<S> {
                     && self.leader_id != 0
                     && self.election_elapsed < self.election_timeout;
                 if !force && in_lease {
+                    #[cfg(feature = "tracing")]
+                    tracing::info!(
+                        id = self.id,
+                        term = self.term,
+                        leader = self.leader_id,
+                        candidate = m.from,
+                        candidate_term = m.term,
+                        "{:?} ignored: the leader's lease has not run out",
+                        m.msg_type
+                    );
                     // While this node hears from a leader it does not help depose it: this
                     // keeps a partitioned node that rejoins from disrupting the cluster.
                     return Ok(());
@@ -758,7 +778,24 @@ impl<S: Storage> Raft<S> {
                 // it acknowledged, so "up to date" compared with it proves nothing. The term
                 // was handled above as for any node: a higher term is adopted, without a vote.
                 let repairing = self.repairing.is_some();
-                if can_vote && !repairing && self.raft_log.is_up_to_date(m.index, m.log_term) {
+                let granted =
+                    can_vote && !repairing && self.raft_log.is_up_to_date(m.index, m.log_term);
+                #[cfg(feature = "tracing")]
+                tracing::info!(
+                    id = self.id,
+                    term = self.term,
+                    vote = self.vote,
+                    last_index = self.raft_log.last_index(),
+                    last_term = self.raft_log.last_term(),
+                    candidate = m.from,
+                    candidate_term = m.term,
+                    candidate_index = m.index,
+                    candidate_log_term = m.log_term,
+                    granted,
+                    "{:?}",
+                    m.msg_type
+                );
+                if granted {
                     // Answer with the request's term: a pre-vote grant is for a future term
                     // that this node has not entered.
                     let (commit, commit_term) = self.commit_marker();
