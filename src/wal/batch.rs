@@ -1,14 +1,17 @@
 //! `WriteBatch`: changes to many groups, written as one unit (all of it survives a crash, or
 //! none of it) with at most one sync.
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
 use crate::types::{Entry, HardState};
 
 /// What a batch asks of one group, in the order added.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Item {
-    /// Entries (etcd append semantics) and a hard state.
-    Save { group: u64, hard_state: Option<HardState>, entries: Vec<Entry> },
+    /// Entries (etcd append semantics), `entries` a range of the batch's `entries`, and a
+    /// hard state.
+    Save { group: u64, hard_state: Option<HardState>, entries: Range<usize> },
     /// Compaction up to an index.
     Compact { group: u64, index: u64 },
 }
@@ -20,6 +23,9 @@ pub(crate) enum Item {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     pub(crate) items: Vec<Item>,
+    /// The entries of every `Save`, one after the other: one buffer for the batch instead of
+    /// one per save, kept (with `items`) across `clear` for the next batch.
+    pub(crate) entries: Vec<Entry>,
 }
 
 impl WriteBatch {
@@ -50,12 +56,19 @@ impl WriteBatch {
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }
+        let start = self.entries.len();
+        self.entries.extend_from_slice(entries);
         self.items.push(Item::Save {
             group,
             hard_state: hard_state.copied(),
-            entries: entries.to_vec(),
+            entries: start..self.entries.len(),
         });
         Ok(())
+    }
+
+    /// The entries of a `Save` item.
+    pub(crate) fn entries_of(&self, range: &Range<usize>) -> &[Entry] {
+        &self.entries[range.clone()]
     }
 
     /// Compacts `group` up to `index` (entry `index` becomes the dummy), checked when the batch
@@ -77,6 +90,7 @@ impl WriteBatch {
     /// Forgets every change (the batch can be reused).
     pub fn clear(&mut self) {
         self.items.clear();
+        self.entries.clear();
     }
 
     /// Number of items added.

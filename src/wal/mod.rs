@@ -693,26 +693,28 @@ impl Engine {
         }
         let (lsn, needed, repairing) = {
             let mut inner = self.lock_write()?;
-            let mut views: state::GroupMap<View<'_>> =
+            let mut views: state::GroupMap<View> =
                 state::GroupMap::with_capacity_and_hasher(batch.items.len(), Default::default());
             let mut ops: Vec<Op<'_>> = Vec::with_capacity(batch.items.len() * 2);
+            // Every group's entries the batch writes, in order (see `View::term`).
+            let mut written: Vec<(u64, &[Entry])> = Vec::with_capacity(batch.items.len());
             let mut needed = !self.options.must_sync_rule;
             for item in &batch.items {
                 match item {
                     Item::Save { group, hard_state, entries } => {
                         let view =
                             views.entry(*group).or_insert_with(|| View::of(&inner.state, *group));
-                        let kept = trim_append(entries, view.dummy + 1, view.last)?;
+                        let kept =
+                            trim_append(batch.entries_of(entries), view.dummy + 1, view.last)?;
                         let hs = hard_state.filter(|hs| *hs != view.hard_state);
                         if let Some(hs) = hs {
                             needed |=
                                 hs.term != view.hard_state.term || hs.vote != view.hard_state.vote;
                             view.hard_state = hs;
                         }
-                        if let Some(head) = kept.first() {
-                            view.last = kept.last().expect("non-empty").index;
-                            view.written.retain(|w| w[0].index < head.index);
-                            view.written.push(kept);
+                        if let Some(last) = kept.last() {
+                            view.last = last.index;
+                            written.push((*group, kept));
                             // The hard state rides in the entries' record.
                             ops.push(Op::Entries { group: *group, entries: kept, hard_state: hs });
                             needed = true;
@@ -732,7 +734,7 @@ impl Engine {
                                 view.last
                             )));
                         }
-                        let term = view.term(&inner.state, *group, *index)?;
+                        let term = view.term(&inner.state, &written, *group, *index)?;
                         view.dummy = *index;
                         ops.push(Op::Compact { group: *group, index: *index, term });
                         needed = true;
@@ -991,30 +993,35 @@ fn term_of(state: &EngineState, group: u64, index: u64) -> Result<u64> {
 }
 
 /// A group as a batch being checked sees it: its state plus the batch's earlier items.
-struct View<'a> {
+struct View {
     dummy: u64,
     last: u64,
     hard_state: HardState,
-    // Entries the batch writes, each slice replacing the log from its first index on.
-    written: Vec<&'a [Entry]>,
 }
 
-impl<'a> View<'a> {
-    fn of(state: &EngineState, group: u64) -> View<'a> {
+impl View {
+    fn of(state: &EngineState, group: u64) -> View {
         let (first, last) = bounds(state, group);
-        View {
-            dummy: first - 1,
-            last,
-            hard_state: hard_state_of(state, group),
-            written: Vec::new(),
-        }
+        View { dummy: first - 1, last, hard_state: hard_state_of(state, group) }
     }
 
-    /// The term of `index` (within the view's log), from the batch's entries or the state.
-    fn term(&self, state: &EngineState, group: u64, index: u64) -> Result<u64> {
-        for slice in self.written.iter().rev() {
+    /// The term of `index` (at most `self.last`) in `group`'s log as the batch leaves it so far:
+    /// from the newest of the batch's entry slices (`written`, every group's, in order) that
+    /// holds it, else from the state. A later slice replaces the log from its first index on,
+    /// so a slice that an even later one replaced cannot be the newest holding `index`: each
+    /// slice attaches at most one past the log's last index, and `index` is still in the log.
+    fn term(
+        &self,
+        state: &EngineState,
+        written: &[(u64, &[Entry])],
+        group: u64,
+        index: u64,
+    ) -> Result<u64> {
+        debug_assert!(index <= self.last);
+        // Bounded by the batch's items.
+        for (g, slice) in written.iter().rev() {
             let first = slice[0].index;
-            if index >= first && index < first + slice.len() as u64 {
+            if *g == group && index >= first && index < first + slice.len() as u64 {
                 return Ok(slice[(index - first) as usize].term);
             }
         }

@@ -273,6 +273,39 @@ fn compaction_of_one_group_leaves_the_others_untouched() {
 }
 
 #[test]
+fn a_compaction_in_a_batch_takes_the_term_the_batch_itself_left_at_its_index() {
+    let fs = CrashFs::new();
+    let mut engine = open(&fs, &options()).unwrap();
+    let mut batch = WriteBatch::new();
+    // Group 1: 1..=8 in term 1, then 4..=6 in term 2 replaces its suffix from 4; group 2's
+    // entries at the same indices in term 3 lie in between and must not answer for group 1.
+    batch.save(1, None, &run(1, 1, 8, 1, 50)).unwrap();
+    batch.save(2, None, &run(2, 1, 8, 3, 50)).unwrap();
+    batch.save(1, Some(&hs(2, 0)), &run(1, 4, 6, 2, 50)).unwrap();
+    batch.compact(1, 5).unwrap();
+    batch.compact(2, 5).unwrap();
+    // Past group 1's new last index (6): the replaced 7 and 8 are gone.
+    let mut refused = batch.clone();
+    refused.compact(1, 7).unwrap();
+    assert!(matches!(engine.write(&mut refused), Err(Error::ContractViolation(_))));
+    engine.write(&mut batch).unwrap();
+    for round in 0..2 {
+        let (one, two) = (engine.group(1).unwrap(), engine.group(2).unwrap());
+        let context = format!("round {round}");
+        assert_eq!(one.first_index().unwrap(), 6, "{context}");
+        assert_eq!(one.last_index().unwrap(), 6, "{context}");
+        assert_eq!(one.term(5).unwrap(), 2, "{context}: the dummy has the replacing term");
+        assert_eq!(one.entries(6, 7, u64::MAX).unwrap(), run(1, 6, 6, 2, 50), "{context}");
+        assert_eq!(two.first_index().unwrap(), 6, "{context}");
+        assert_eq!(two.term(5).unwrap(), 3, "{context}: group 2's dummy keeps its own term");
+        drop((one, two));
+        if round == 0 {
+            engine = reopen(&fs, engine, &options());
+        }
+    }
+}
+
+#[test]
 fn purge_after_compacting_every_group_releases_the_old_segments() {
     // Never: the purge that follows a write waits for a sync, so the explicit purge does it.
     let options = WalOptions { sync_policy: SyncPolicy::Never, ..options() };
