@@ -56,7 +56,8 @@ impl Drop for Cluster {
 
 /// Lowest port [`free_ports`] hands out.
 const PORTS_FROM: u16 = 10_000;
-/// The next port [`free_ports`] tries; tests of this process never get the same port twice.
+/// The next port [`free_ports`] tries: the tests of this process get distinct ports (until
+/// they have used the whole range).
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// `n` ports of 127.0.0.1 that nothing listens on now (released before use), below the kernel's
