@@ -98,9 +98,12 @@ impl EntryCache {
         } else {
             0
         };
-        for (entry, _) in cache.entries.drain(keep..) {
-            dropped.0 += entry.encoded_len();
-            dropped.1 += 1;
+        if keep < cache.entries.len() {
+            // Only a replacement drops anything; an append at the end skips the drain's setup.
+            for (entry, _) in cache.entries.drain(keep..) {
+                dropped.0 += entry.encoded_len();
+                dropped.1 += 1;
+            }
         }
         if keep == 0 {
             cache.first = head.index;
