@@ -1060,6 +1060,16 @@ fn a_writeback_that_cannot_start_poisons_the_log() {
     assert!([2, 602].contains(&wal.last_index()), "last index {}", wal.last_index());
 }
 
+/// Polls `done` every millisecond until it holds, for 10 s at most.
+fn wait_for(mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_write_made_while_another_sync_runs_leaves_its_writeback_to_the_next_sync() {
     // Writer A's fdatasync is held in the hook; writer B writes meanwhile. B's write starts no
@@ -1077,37 +1087,20 @@ fn a_write_made_while_another_sync_runs_leaves_its_writeback_to_the_next_sync() 
     let (hold, free) = (armed.clone(), release.clone());
     fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
         log.lock().unwrap().push(event.kind);
-        // The first sync waits until released (bounded: 10 s).
+        // The first sync waits until released.
         if event.kind == OpKind::Sync && hold.swap(false, Ordering::SeqCst) {
-            for _ in 0..10_000 {
-                if free.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            wait_for(|| free.load(Ordering::SeqCst));
         }
         Ok(())
     })));
     let count = |kind: OpKind| seen.lock().unwrap().iter().filter(|k| **k == kind).count();
     std::thread::scope(|scope| {
         let a = scope.spawn(|| wal.save(None, &[entry(2, 1, 100)]));
-        // Bounded: A reaches its sync at once.
-        for _ in 0..10_000 {
-            if count(OpKind::Sync) == 1 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_for(|| count(OpKind::Sync) == 1); // A reaches its sync at once
         assert_eq!(count(OpKind::Sync), 1, "A's sync is running");
         assert_eq!(count(OpKind::StartWriteback), 1, "A's own write started its writeback");
         let b = scope.spawn(|| wal.save(None, &[entry(3, 1, 100)]));
-        // Bounded: B writes at once, then waits for A's sync.
-        for _ in 0..10_000 {
-            if count(OpKind::Write) == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_for(|| count(OpKind::Write) == 2); // B writes at once, then waits for A's sync
         release.store(true, Ordering::SeqCst);
         a.join().unwrap().unwrap();
         b.join().unwrap().unwrap();
