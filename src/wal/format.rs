@@ -701,7 +701,7 @@ fn decode_entries_payload(
 /// Bytes of the trailer at the very end of a sealed segment's file.
 pub const TRAILER_LEN: usize = 16;
 /// First bytes of a trailer.
-pub const TRAILER_MAGIC: [u8; 4] = *b"RWFT";
+pub const TRAILER_MAGIC: [u8; 4] = *b"RWFG";
 /// Offset of the footer record's frame, u32.
 pub const TRAILER_FOOTER_OFFSET: usize = TRAILER_MAGIC.len();
 /// Bytes the footer record's frame occupies (padding included), u32.

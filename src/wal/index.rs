@@ -163,6 +163,19 @@ impl LogIndex {
         T::IntoIter: ExactSizeIterator,
     {
         let terms = terms.into_iter();
+        let count = terms.len();
+        self.append_each(first, count, loc.segment, terms.map(|term| (term, loc.offset)));
+    }
+
+    /// Replaces every entry from `first` on with `count` entries given as (term, record
+    /// offset), all in segment `segment`: [`LogIndex::append`] for entries of several records.
+    pub fn append_each(
+        &mut self,
+        first: u64,
+        count: usize,
+        segment: u32,
+        entries: impl Iterator<Item = (u64, u32)>,
+    ) {
         assert!(
             first > self.dummy_index && first <= self.last_index() + 1,
             "append at {first} leaves a gap or rewrites the dummy: log is ({}, {}]",
@@ -170,7 +183,7 @@ impl LogIndex {
             self.last_index()
         );
         assert!(
-            first.checked_add(terms.len() as u64).is_some(),
+            first.checked_add(count as u64).is_some(),
             "append at {first} overflows the index space"
         );
         // Most appends extend the log: nothing to drop, and the fronts of the runs stay as
@@ -180,22 +193,26 @@ impl LogIndex {
             self.truncate_from(first);
             self.retail();
         }
-        if terms.len() > 0 && (self.segments.is_empty() || self.tail_segment != loc.segment) {
+        if count > 0 && (self.segments.is_empty() || self.tail_segment != segment) {
             assert!(
-                self.segments.is_empty() || self.tail_segment < loc.segment,
+                self.segments.is_empty() || self.tail_segment < segment,
                 "entries are written to segments in order"
             );
-            self.segments.push_back(SegmentRun { first, segment: loc.segment });
-            self.tail_segment = loc.segment;
+            self.segments.push_back(SegmentRun { first, segment });
+            self.tail_segment = segment;
         }
-        for (k, term) in terms.enumerate() {
-            let index = first + k as u64;
+        // Bounded by `count`: the iterator is cut there.
+        let mut added = 0;
+        for (term, offset) in entries.take(count) {
+            let index = first + added as u64;
             if self.runs.is_empty() || self.tail_term != term {
                 self.runs.push_back(TermRun { first: index, term });
                 self.tail_term = term;
             }
-            self.offsets.push_back(loc.offset);
+            self.offsets.push_back(offset);
+            added += 1;
         }
+        assert_eq!(added, count, "append of {count} entries was given {added}");
         if extends {
             assert_eq!(self.segments.is_empty(), self.offsets.is_empty());
             debug_assert!({

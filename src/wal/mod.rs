@@ -16,6 +16,7 @@
 
 mod batch;
 mod cache;
+pub mod footer;
 pub mod format;
 mod index;
 pub mod inspect;

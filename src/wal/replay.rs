@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::{File, Fs};
 use crate::options::{RecoveryMode, WalOptions};
+use crate::wal::footer::Item;
 use crate::wal::format::{self, HeaderError, Record};
 use crate::wal::index::Loc;
 use crate::wal::recovery::{
@@ -31,7 +32,7 @@ pub struct RecoveryReport {
     /// Bytes of records checked.
     pub bytes_scanned: u64,
     /// Sealed segments whose footers were decoded on a second thread while the segment before
-    /// them replayed (only footers of at least 256 KiB are).
+    /// them replayed (only footers of at least 64 KiB are).
     pub footers_decoded_ahead: usize,
     /// The decision table's row (§8 of DESIGN.md) each segment read matched, in log order.
     pub rows: Vec<&'static str>,
@@ -151,7 +152,8 @@ enum Redo {
     Evidence(Restart),
     /// The segment at this position, read through its footer, is where writing resumes (the
     /// segments after it were dropped as torn): read it whole, since its records become the
-    /// newest segment's and are scanned as such from then on.
+    /// newest segment's and are scanned as such from then on. Or its footer contradicts the
+    /// state: read whole, its records say which one does, and the table decides.
     ReadWhole(usize),
 }
 
@@ -184,12 +186,16 @@ pub fn recover(fs: &Fs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let mut cut: Option<Restart> = None;
     // Where the evidence recorded so far starts: a cut at or after it loses nothing unrecorded.
     let mut recorded: Option<Restart> = None;
-    let mut whole: Option<usize> = None;
+    // Segments to read whole although they have a footer.
+    let mut whole: Vec<usize> = Vec::new();
     for _ in 0..MAX_RESTARTS {
-        match recover_once(fs, dir, options, cut.as_ref(), recorded.as_ref(), whole)? {
+        match recover_once(fs, dir, options, cut.as_ref(), recorded.as_ref(), &whole)? {
             Ok(recovered) => return Ok(recovered),
             Err(Redo::Cut(restart)) => cut = Some(restart),
-            Err(Redo::ReadWhole(segment)) => whole = Some(segment),
+            Err(Redo::ReadWhole(segment)) => {
+                assert!(!whole.contains(&segment), "segment {segment} was read whole already");
+                whole.push(segment);
+            }
             Err(Redo::Evidence(at)) => {
                 record_evidence(fs, dir, options, at)?;
                 recorded = Some(at);
@@ -283,11 +289,11 @@ fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Re
         if sealed {
             // A sealed segment's footer lists every record it held, the damaged ones too.
             let footer = segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?;
-            if let Some(scan) = footer {
-                for r in scan.records.iter().filter(|r| r.offset >= from) {
-                    evidence.record(&r.record);
+            if let Some(sealed) = footer {
+                // It decoded once, so it decodes again; if not, the segment is read whole.
+                if footer_evidence(&sealed, from, &mut evidence).is_ok() {
+                    continue;
                 }
-                continue;
             }
         }
         // Entries decoded below share this buffer: read once, never copied.
@@ -357,7 +363,7 @@ fn recover_once(
     options: &WalOptions,
     forced: Option<&Restart>,
     recorded: Option<&Restart>,
-    whole: Option<usize>,
+    whole: &[usize],
 ) -> Result<std::result::Result<Recovered, Redo>> {
     // In Repairable mode a cut of durable data at `at` first needs its evidence recorded.
     let needs_evidence = |at: Restart| {
@@ -372,7 +378,7 @@ fn recover_once(
     }
     let mut state = EngineState::default();
     let mut report = RecoveryReport::default();
-    let mut sealed: Vec<Segment> = Vec::new();
+    let mut sealed_segments: Vec<Segment> = Vec::new();
     // The last kept segment with a valid header: (segment, end of accepted data, data start,
     // first record, records kept).
     let mut last_kept: Option<Kept> = None;
@@ -392,7 +398,7 @@ fn recover_once(
         i + 1 < found.len()
             && options.read_footers
             && forced.is_none_or(|r| r.segment != i)
-            && whole != Some(i)
+            && !whole.contains(&i)
     };
     // Footers read ahead of the segment being replayed, so that they decode meanwhile.
     let mut lookahead = segment::FooterLookahead::default();
@@ -415,18 +421,59 @@ fn recover_once(
         }
         let (file, listed) =
             if by_footer(i) { lookahead.take(i) } else { (fs.open(&dir.join(&f.name))?, None) };
-        let (mut bytes, scan) = match listed {
-            Some(scan) => (None, scan),
-            None => {
-                // Entries decoded by the scan share this buffer; it is freed with the scan.
-                let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
-                let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
-                report.bytes_scanned += scan.stop_offset;
-                (Some(bytes), scan)
-            }
-        };
-        let from_footer = bytes.is_none();
         report.segments_scanned += 1;
+        if let Some(sealed) = listed {
+            if let Err((offset, kind)) =
+                check_links(&found, i, &sealed.header, replayed_any, last_crc, next_record)
+            {
+                if !options.recovery_mode.cuts_corruption() {
+                    return Err(corruption(&f.name, offset, kind));
+                }
+                let at = Restart { segment: i, offset: 0 };
+                if needs_evidence(at) {
+                    return Ok(Err(Redo::Evidence(at)));
+                }
+                remove_from = Some(i);
+                break;
+            }
+            report.rows.push(FOOTER_CASE.label);
+            let segment = u32::try_from(f.sequence).expect("checked below 2^32 above");
+            let parts: Vec<&[format::Checkpoint]> =
+                sealed.footer.checkpoint.iter().map(|(_, part)| part.as_slice()).collect();
+            let replayed = state.apply_checkpoint(&parts, !replayed_any).and_then(|()| {
+                sealed
+                    .footer
+                    .for_each_group(|group, items| state.apply_footer_group(group, items, segment))
+            });
+            if replayed.is_err() {
+                // Part of it may be applied already: start over, reading this one whole.
+                return Ok(Err(Redo::ReadWhole(i)));
+            }
+            replayed_any = true;
+            // The listed records and the footer.
+            let kept = u64::from(sealed.footer.records) + 1;
+            report.records_replayed += kept as usize;
+            last_crc = sealed.crc;
+            next_record = Some(sealed.header.first_record + kept);
+            if let Some((segment, ..)) = last_kept.take() {
+                sealed_segments.push(segment);
+            }
+            next_sequence = f.sequence + 1;
+            let end = sealed.offset + sealed.framed;
+            let size = file.len()?;
+            let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
+            // Never resumed as it is: a segment read through its footer that ends up the last
+            // one kept is read whole first (below).
+            let (first_record, recycled) = (sealed.header.first_record, sealed.header.recycled);
+            last_kept = Some((segment, end, end, first_record, kept, None, recycled, (None, None)));
+            resume_from_footer = Some((i, true));
+            lookahead.dispose(sealed);
+            continue;
+        }
+        // Entries decoded by the scan share this buffer; it is freed with the scan.
+        let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
+        let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
+        report.bytes_scanned += scan.stop_offset;
         if let Err(HeaderError::Version(version)) = scan.header {
             // Another format's log is never cut, whatever the mode: a version 1 directory
             // would otherwise lose every segment from this one on.
@@ -436,35 +483,13 @@ fn recover_once(
 
         // Links between segments: consecutive sequences, names that match headers, and a record
         // chain (and count) that crosses files. A broken link is never a torn write.
-        let mut link_error = None;
-        if i > 0 && f.sequence != found[i - 1].sequence + 1 {
-            link_error = Some((0, CorruptionKind::Gap));
-        }
-        if let Ok(header) = &scan.header {
-            if header.first_record > format::MAX_FIRST_RECORD {
-                // No log writes this many records; the writer's count would overflow.
-                link_error = Some((
-                    format::FIRST_RECORD_OFFSET as u64,
-                    CorruptionKind::Malformed(format!(
-                        "first record {} is beyond the largest a log reaches ({})",
-                        header.first_record,
-                        format::MAX_FIRST_RECORD
-                    )),
-                ));
-            } else if header.sequence != f.sequence || header.first_record != f.first_record {
-                link_error = Some((
-                    0,
-                    CorruptionKind::Malformed(format!(
-                        "header says sequence {} first record {}, the name says {} and {}",
-                        header.sequence, header.first_record, f.sequence, f.first_record
-                    )),
-                ));
-            } else if replayed_any && header.prev_crc != last_crc {
-                link_error = Some((format::PREV_CRC_OFFSET as u64, CorruptionKind::Gap));
-            } else if next_record.is_some_and(|n| n != header.first_record) {
-                link_error = Some((format::FIRST_RECORD_OFFSET as u64, CorruptionKind::Gap));
+        let link_error = match &scan.header {
+            Ok(header) => check_links(&found, i, header, replayed_any, last_crc, next_record).err(),
+            Err(_) if i > 0 && f.sequence != found[i - 1].sequence + 1 => {
+                Some((0, CorruptionKind::Gap))
             }
-        }
+            Err(_) => None,
+        };
         if let Some((offset, kind)) = link_error {
             if !options.recovery_mode.cuts_corruption() {
                 return Err(corruption(&f.name, offset, kind));
@@ -477,11 +502,7 @@ fn recover_once(
             break;
         }
 
-        let case = if from_footer {
-            &FOOTER_CASE
-        } else {
-            decide(position, classify(&scan), scan.after.into())
-        };
+        let case = decide(position, classify(&scan), scan.after.into());
         report.rows.push(case.label);
         let (mut keep_records, mut stop_here) = match case.decision {
             Decision::Accept => (scan.records.len(), false),
@@ -593,13 +614,10 @@ fn recover_once(
         next_record = Some(first_record + kept_count);
         let truncated_here = end != scan.stop_offset || stop_here;
         if let Some((segment, ..)) = last_kept.take() {
-            sealed.push(segment);
+            sealed_segments.push(segment);
         }
         next_sequence = f.sequence + 1;
-        let size = match &bytes {
-            Some(bytes) => bytes.len() as u64,
-            None => file.len()?,
-        };
+        let size = bytes.len() as u64;
         let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
         // The summary a resumed segment's footer starts from (only where writing may resume).
         let footer = (truncated_here || position != Position::Sealed).then(|| {
@@ -613,44 +631,39 @@ fn recover_once(
         let witnesses = witness_state(&records[..kept_count as usize]);
         last_kept =
             Some((segment, end, data_start, first_record, kept_count, footer, recycled, witnesses));
-        resume_from_footer = Some((i, from_footer));
+        resume_from_footer = Some((i, false));
         if truncated_here || position != Position::Sealed {
             // Erase whatever follows `end` in the segment writing resumes in: after a cut, and
             // after an accepted end too (a torn write whose first sector was lost but a later
             // one survived). Left in place, bytes after a cut could pass for records, and
             // shorter appends would leave them right behind the last record, where the sealed
             // segment would read as damaged.
-            if bytes.is_none() {
-                // Read through its footer, and now cut: the bytes after the cut must be seen.
-                let (seg, ..) = last_kept.as_ref().expect("just set");
-                bytes = Some(bytes::Bytes::from(segment::read_whole(&f.name, seg.file.as_ref())?));
-            }
-            let bytes = bytes.as_ref().expect("read above");
             // A cut of durable data (not a torn tail): this segment's own records past it claim
             // to be durable, and any one left would later pass for a witness of zeroed durable
             // data (R5). The look-ahead stops at the first witness, so it does not know where
             // they end: erase to the end of the file's written bytes.
             let torn = matches!(report.truncated.as_ref(), Some((name, _, label))
                 if *name == f.name && matches!(*label, "R2" | "R3" | "R4" | "W1"));
-            let last_nonzero =
-                if scan.header.as_ref().is_ok_and(|h| h.recycled) && (torn || !truncated_here) {
-                    // What an earlier use of the file left after the end carries older sequences
-                    // and never passes for this segment's records; only this segment's own
-                    // frames past the end must go: valid ones (a torn write whose later sectors
-                    // survived, which the look-ahead found too) and torn ones (the cut record
-                    // itself, and any after it).
-                    let own = crate::wal::recovery::own_frames_end(bytes, end as usize, f.sequence);
-                    // And the frame header at the end, whatever it holds: every write to a
-                    // recycled file ends with a zeroed one, where a scan stops cleanly. A torn
-                    // write can keep part of its header without the sequence naming the segment
-                    // (its last field); left in place, a segment sealed before anything else is
-                    // written there would read as damaged.
-                    let at_end = bytes.get(end as usize..).unwrap_or_default();
-                    let header = &at_end[..at_end.len().min(format::FRAME_HEADER_LEN)];
-                    own.max(end as usize + crate::wal::recovery::written_end(header)) as u64
-                } else {
-                    crate::wal::recovery::written_end(bytes) as u64
-                };
+            let last_nonzero = if scan.header.as_ref().is_ok_and(|h| h.recycled)
+                && (torn || !truncated_here)
+            {
+                // What an earlier use of the file left after the end carries older sequences
+                // and never passes for this segment's records; only this segment's own
+                // frames past the end must go: valid ones (a torn write whose later sectors
+                // survived, which the look-ahead found too) and torn ones (the cut record
+                // itself, and any after it).
+                let own = crate::wal::recovery::own_frames_end(&bytes, end as usize, f.sequence);
+                // And the frame header at the end, whatever it holds: every write to a
+                // recycled file ends with a zeroed one, where a scan stops cleanly. A torn
+                // write can keep part of its header without the sequence naming the segment
+                // (its last field); left in place, a segment sealed before anything else is
+                // written there would read as damaged.
+                let at_end = bytes.get(end as usize..).unwrap_or_default();
+                let header = &at_end[..at_end.len().min(format::FRAME_HEADER_LEN)];
+                own.max(end as usize + crate::wal::recovery::written_end(header)) as u64
+            } else {
+                crate::wal::recovery::written_end(&bytes) as u64
+            };
             if last_nonzero > end {
                 let (seg, ..) = last_kept.as_ref().expect("just set");
                 zero_range(seg.file.as_ref(), end, last_nonzero)?;
@@ -662,9 +675,6 @@ fn recover_once(
                 remove_from = Some(i + 1);
             }
             break;
-        }
-        if from_footer {
-            lookahead.dispose(scan);
         }
     }
 
@@ -737,7 +747,7 @@ fn recover_once(
     };
     Ok(Ok(Recovered {
         state,
-        sealed,
+        sealed: sealed_segments,
         resume,
         next_sequence,
         last_crc,
@@ -745,6 +755,84 @@ fn recover_once(
         report,
         restarted: holes,
     }))
+}
+
+/// Checks the links of segment `found[i]`, whose header is `header`, to the segments before it:
+/// consecutive sequences, a name that matches the header, and a record chain (and count) that
+/// crosses files. A broken link is never a torn write. Gives the offset and kind of a break.
+fn check_links(
+    found: &[Found],
+    i: usize,
+    header: &format::SegmentHeader,
+    replayed_any: bool,
+    last_crc: u32,
+    next_record: Option<u64>,
+) -> std::result::Result<(), (u64, CorruptionKind)> {
+    let f = &found[i];
+    // A skipped sequence is reported where the header says more, if it does (as inspection
+    // predicts it): the checks of the header come after it.
+    let gap = i > 0 && f.sequence != found[i - 1].sequence + 1;
+    if header.first_record > format::MAX_FIRST_RECORD {
+        // No log writes this many records; the writer's count would overflow.
+        return Err((
+            format::FIRST_RECORD_OFFSET as u64,
+            CorruptionKind::Malformed(format!(
+                "first record {} is beyond the largest a log reaches ({})",
+                header.first_record,
+                format::MAX_FIRST_RECORD
+            )),
+        ));
+    }
+    if header.sequence != f.sequence || header.first_record != f.first_record {
+        return Err((
+            0,
+            CorruptionKind::Malformed(format!(
+                "header says sequence {} first record {}, the name says {} and {}",
+                header.sequence, header.first_record, f.sequence, f.first_record
+            )),
+        ));
+    }
+    if replayed_any && header.prev_crc != last_crc {
+        return Err((format::PREV_CRC_OFFSET as u64, CorruptionKind::Gap));
+    }
+    if next_record.is_some_and(|n| n != header.first_record) {
+        return Err((format::FIRST_RECORD_OFFSET as u64, CorruptionKind::Gap));
+    }
+    if gap {
+        return Err((0, CorruptionKind::Gap));
+    }
+    Ok(())
+}
+
+/// Records what the records at or after `from` of a sealed segment read through its footer
+/// held, as [`repair::Evidence::record`] would from the records themselves.
+fn footer_evidence(
+    sealed: &segment::SealedScan,
+    from: u64,
+    evidence: &mut repair::Evidence,
+) -> std::result::Result<(), String> {
+    for (offset, part) in &sealed.footer.checkpoint {
+        if *offset >= from {
+            evidence.record(&Record::Checkpoint(part.clone()));
+        }
+    }
+    sealed.footer.for_each_group(|group, items| {
+        for item in items {
+            match item {
+                Item::Entries { first, count, terms, offsets } => {
+                    // Offsets never decrease within a run: skip those before `from`.
+                    let skip = Item::offsets(offsets).take_while(|&o| u64::from(o) < from).count();
+                    let Some(term) = Item::terms(terms).skip(skip).max() else { continue };
+                    let (first, count) = (first + skip as u64, count - skip as u32);
+                    let hard_state = None;
+                    evidence.record(&Record::EntryRun { group, first, count, term, hard_state });
+                }
+                Item::Record { offset, record } if *offset >= from => evidence.record(record),
+                Item::Record { .. } => {}
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Applies one accepted write to the state: the checkpoint a segment starts with (`first_write`),

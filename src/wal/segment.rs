@@ -10,17 +10,15 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use byteorder::{ByteOrder, LittleEndian};
-
 use crate::error::{CorruptionKind, Error, Result};
 use crate::io::File;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::Entry;
+use crate::wal::footer::SealedFooter;
 use crate::wal::format::{
-    FRAME_HEADER_LEN, Footer, FrameHeader, LEN_OFFSET, Record, RecordType, SEGMENT_HEADER_LEN,
+    FRAME_HEADER_LEN, FrameHeader, LEN_OFFSET, Record, RecordType, SEGMENT_HEADER_LEN,
     SegmentHeader, TRAILER_LEN, Trailer, frame_crc, framed_len,
 };
-use crate::wal::recovery::{After, ScannedRecord, SegmentScan, Stop};
 
 /// Bytes read at a record's offset in one call: the frame header and the payload of most
 /// records, so that a read usually costs one `pread`.
@@ -51,12 +49,25 @@ impl Segment {
 
 /// Reads a sealed segment through its footer: the header, the trailer at the end of the file and
 /// the footer record it points at, checked (magic and CRCs, offsets within the file, counts
-/// bounded by the space they describe). Returns the scan the footer stands for (its records,
-/// with entries' index and term only, then the footer record), or `None` when anything is
-/// missing or does not check out: the caller then reads the segment whole. Errors are I/O
-/// errors only.
-pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Option<SegmentScan>> {
-    Ok(read_footer(file, max_record)?.and_then(|raw| decode_footer(name, raw, false)))
+/// bounded by the space they describe). `None` when anything is missing or does not check
+/// out: the caller then reads the segment whole. Errors are I/O errors only.
+pub fn read_by_footer(name: &str, file: &dyn File, max_record: u32) -> Result<Option<SealedScan>> {
+    Ok(read_footer(file, max_record)?.and_then(|raw| decode_footer(name, raw)))
+}
+
+/// A sealed segment as its footer describes it.
+#[derive(Debug)]
+pub struct SealedScan {
+    /// The segment's header.
+    pub header: SegmentHeader,
+    /// The decoded footer.
+    pub footer: SealedFooter,
+    /// Offset of the footer record's frame.
+    pub offset: u64,
+    /// Bytes of the footer's frame, padding included.
+    pub framed: u64,
+    /// The footer record's CRC: the last of the segment's chain.
+    pub crc: u32,
 }
 
 /// A sealed segment's footer frame as [`read_footer`] found it: read, not yet checked.
@@ -104,11 +115,10 @@ pub fn read_footer(file: &dyn File, max_record: u32) -> Result<Option<RawFooter>
 }
 
 /// The CPU half of [`read_by_footer`]: checks the footer's frame (type, sequence, CRC) and
-/// decodes its summary into the scan it stands for; with `lean`, entries records of one term
-/// come as [`Record::EntryRun`]s (all that replay needs). It does no I/O, so open may run it
-/// on another thread.
-pub fn decode_footer(name: &str, raw: RawFooter, lean: bool) -> Option<SegmentScan> {
-    let RawFooter { header, offset, frame: buf } = raw;
+/// decodes its payload ([`SealedFooter::decode`]). It does no I/O, so open may run it on another
+/// thread.
+pub fn decode_footer(name: &str, raw: RawFooter) -> Option<SealedScan> {
+    let RawFooter { header, offset, frame: mut buf } = raw;
     let framed = buf.len();
     let frame = FrameHeader::read(&buf);
     let payload_end = FRAME_HEADER_LEN + frame.len as usize;
@@ -126,50 +136,29 @@ pub fn decode_footer(name: &str, raw: RawFooter, lean: bool) -> Option<SegmentSc
     {
         return None;
     }
-    let payload = &buf[FRAME_HEADER_LEN..payload_end];
-    // At least six bytes of summary per record: the capacity is bounded by the footer's size.
-    let listed = payload.get(..4).map_or(0, LittleEndian::read_u32) as usize;
-    let mut records: Vec<ScannedRecord> = Vec::with_capacity(listed.min(payload.len() / 6) + 1);
-    let decoded = Footer::decode_each(payload, offset, lean, |r, next| {
-        records.push(ScannedRecord {
-            offset: r.offset,
-            // Only the last record's CRC is used (the chain into the next segment): the footer's.
-            crc: 0,
-            framed_len: next - r.offset,
-            more: r.more,
-            durable: 0,
-            record: r.record,
-        })
-    });
-    if decoded.is_err() {
-        #[cfg(feature = "tracing")]
-        tracing::warn!(segment = name, "a footer that passed its CRC does not decode: scanning");
-        let _ = name;
-        return None;
+    // The payload keeps the frame's buffer: no copy.
+    buf.truncate(payload_end);
+    buf.drain(..FRAME_HEADER_LEN);
+    match SealedFooter::decode(buf, offset) {
+        Ok(footer) => {
+            Some(SealedScan { header, footer, offset, framed: framed as u64, crc: frame.crc })
+        }
+        Err(_e) => {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                segment = name,
+                what = _e.what,
+                "a footer that passed its CRC does not decode: scanning"
+            );
+            let _ = name;
+            None
+        }
     }
-    records.push(ScannedRecord {
-        offset,
-        crc: frame.crc,
-        framed_len: framed as u64,
-        more: false,
-        durable: frame.durable,
-        record: Record::Footer(Vec::new()),
-    });
-    Some(SegmentScan {
-        header: Ok(header),
-        records,
-        stop_offset: offset + framed as u64,
-        stop: Stop::End,
-        after: After::Nothing,
-        lookahead_checked_bytes: 0,
-        first_valid_after: None,
-        last_valid_end: None,
-    })
 }
 
 /// Footers of at least this many bytes are decoded on the lookahead's thread; smaller ones cost
 /// less to decode than a thread costs to start, and are decoded where they are needed.
-pub const PARALLEL_FOOTER_BYTES: usize = 256 << 10;
+pub const PARALLEL_FOOTER_BYTES: usize = 64 << 10;
 
 /// How many sealed segments' footers open reads ahead of the one it replays: one keeps the
 /// second thread busy while the first replays; more would only hold more memory.
@@ -177,8 +166,7 @@ pub const FOOTERS_AHEAD: usize = 2;
 
 /// Decodes the footers of the next sealed segments on a second thread while open replays the
 /// segment before them: decoding a footer and replaying it take about the same time, so a
-/// large log opens in about half the time on two cores. Footers are decoded lean
-/// ([`decode_footer`] with `lean`): replay is all they are read for.
+/// large log opens in about half the time on two cores.
 ///
 /// Every I/O stays on the caller's thread, in segment order ([`FooterLookahead::push`] after
 /// [`read_footer`]), so the sequence of file system calls is the same on every run: crash
@@ -210,12 +198,12 @@ enum Job {
     /// Free a replayed result: its records were allocated on the worker, and freeing them
     /// there keeps the allocator's per-thread caches warm (freeing them on the replaying
     /// thread made open slower on two threads than on one).
-    Drop(SegmentScan),
+    Drop(SealedScan),
 }
 
 struct Worker {
     jobs: Option<SyncSender<Job>>,
-    results: Receiver<Option<SegmentScan>>,
+    results: Receiver<Option<SealedScan>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -262,12 +250,12 @@ impl FooterLookahead {
     }
 
     /// The file and decoded footer of the segment at `position`, the oldest pushed.
-    pub fn take(&mut self, position: usize) -> (Arc<dyn File>, Option<SegmentScan>) {
+    pub fn take(&mut self, position: usize) -> (Arc<dyn File>, Option<SealedScan>) {
         let (at, file, pending) = self.pending.pop_front().expect("a footer was pushed");
         assert_eq!(at, position, "footers are taken in the order they were pushed");
         let scan = match pending {
             Pending::Missing => None,
-            Pending::Raw(name, raw) => decode_footer(&name, raw, true),
+            Pending::Raw(name, raw) => decode_footer(&name, raw),
             Pending::Decoding => {
                 let worker = self.worker.as_ref().expect("sent to the worker");
                 // A worker that panicked sends nothing: the segment is read whole instead.
@@ -278,7 +266,7 @@ impl FooterLookahead {
     }
 
     /// Hands a replayed result back, to be freed where it was allocated.
-    pub fn dispose(&mut self, scan: SegmentScan) {
+    pub fn dispose(&mut self, scan: SealedScan) {
         if let Some(jobs) = self.worker.as_ref().and_then(|w| w.jobs.as_ref()) {
             // If the worker is gone, the scan comes back in the error and is dropped here.
             let _ = jobs.send(Job::Drop(scan));
@@ -299,7 +287,7 @@ impl FooterLookahead {
                     for job in job_rx {
                         match job {
                             Job::Decode(name, raw) => {
-                                if result_tx.send(decode_footer(&name, raw, true)).is_err() {
+                                if result_tx.send(decode_footer(&name, raw)).is_err() {
                                     break;
                                 }
                             }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::types::{HardState, SnapshotMetadata};
+use crate::wal::footer::Item;
 use crate::wal::format::{Checkpoint, Record};
 use crate::wal::index::{Loc, LogIndex};
 
@@ -320,6 +321,51 @@ impl EngineState {
                 Ok(())
             }
         }
+    }
+
+    /// One group's part of a sealed segment's footer (see [`crate::wal::footer`]), its records
+    /// in segment `segment`: the same changes as its records applied one by one, with one
+    /// lookup of the group.
+    pub fn apply_footer_group(
+        &mut self,
+        group: u64,
+        items: &[Item<'_>],
+        segment: u32,
+    ) -> Result<(), Contradiction> {
+        self.change(group, |state| {
+            for item in items {
+                match item {
+                    Item::Entries { first, count, terms, offsets } => {
+                        let (dummy, last) = (state.index.dummy_index(), state.index.last_index());
+                        if *first <= dummy || *first > last.saturating_add(1) {
+                            return Err(format!(
+                                "entries at {first} do not attach to the log ({dummy}, {last}]"
+                            ));
+                        }
+                        let entries = Item::terms(terms).zip(Item::offsets(offsets));
+                        state.index.append_each(*first, *count as usize, segment, entries);
+                    }
+                    Item::Record { record: Record::HardState { hard_state, .. }, .. } => {
+                        state.apply_hard_state(*hard_state)
+                    }
+                    Item::Record {
+                        record: Record::Snapshot { metadata, resets_log, .. }, ..
+                    } => state.apply_snapshot(metadata, *resets_log)?,
+                    Item::Record { record: Record::Compact { index, term, .. }, .. } => {
+                        state.apply_compact(*index, *term)?
+                    }
+                    // Everything goes, as `remove` does; the group is dropped below if it
+                    // ends with no state.
+                    Item::Record { record: Record::Remove { .. }, .. } => {
+                        *state = LogState::default()
+                    }
+                    Item::Record { record, .. } => {
+                        return Err(format!("a footer lists {record:?} under a group"));
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// An entries record of `group`: entries from `first` with `terms`, then its hard state.

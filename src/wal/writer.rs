@@ -13,6 +13,7 @@ use crate::io::{File, Fs};
 use crate::metrics::Counters;
 use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::{Entry, HardState, SnapshotMetadata};
+use crate::wal::footer;
 use crate::wal::format::{
     self, CHECKPOINT_COUNT_LEN, Checkpoint, ENTRIES_HEAD_LEN, ENTRIES_RECORD_TARGET_BYTES,
     FLAG_MORE, FRAME_HEADER_LEN, Footer, Record, RecordType, SegmentHeader, TRAILER_LEN, Trailer,
@@ -885,8 +886,10 @@ impl Writer {
             // Unknown: seal without a footer rather than guess where the trailer goes.
             return Ok((file_len, false));
         };
-        let footer =
-            self.active.footer.take().filter(|f| f.len() <= self.max_record_bytes as usize);
+        let offset = self.active.write_offset;
+        // The listing becomes the footer, grouped (`footer::build`).
+        let footer = self.active.footer.take().and_then(|listing| footer::build(&listing, offset));
+        let footer = footer.filter(|f| f.len() <= self.max_record_bytes as usize);
         let Some(footer) = footer else {
             // No footer: a trailer an earlier seal left (the segment was resumed after it) must
             // not point open at a footer that lists only part of the segment.
@@ -902,7 +905,6 @@ impl Writer {
             }
             return Ok((file_len, zeroed));
         };
-        let offset = self.active.write_offset;
         let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + footer.len() + 8);
         let crc = append_record(
             &mut buf,
@@ -911,7 +913,7 @@ impl Writer {
             self.active.sequence as u32,
             self.active.prev_crc,
             self.active.durable_offset,
-            |out| out.extend_from_slice(footer.payload()),
+            |out| out.extend_from_slice(&footer),
         );
         let footer_len = buf.len();
         // A zeroed frame header after it (a recycled file holds older bytes there).

@@ -172,7 +172,7 @@ fn large_footer_options(read_footers: bool) -> WalOptions {
 
 const LARGE_FOOTER_GROUPS: u64 = 200;
 
-/// A log whose sealed segments have footers of 256 KiB and more (so open decodes them on its
+/// A log whose sealed segments have footers of 64 KiB and more (so open decodes them on its
 /// second thread): 200 groups, term changes inside records, hard states, compactions, and a
 /// close and reopen part-way (a checkpoint mid-segment).
 fn large_footer_log() -> CrashFs {

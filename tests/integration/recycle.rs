@@ -244,7 +244,7 @@ fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_afte
     assert_ne!(newest_segment(&fs), resumed, "the write rolled over");
     assert_eq!(
         &trailer_of(&fs.durable_file(&resumed).unwrap())[..4],
-        b"RWFT",
+        &raftwal::wal::format::TRAILER_MAGIC,
         "sealed with a footer"
     );
     drop(wal);
@@ -254,11 +254,15 @@ fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_afte
     let wal = open(&fs, &options).unwrap();
     assert_eq!(newest_segment(&fs), resumed, "the next segment's name was lost");
     assert_eq!(wal.last_index(), last);
-    assert_eq!(&trailer_of(&fs.read_file(&resumed).unwrap())[..4], b"RWFT");
-    // Enough small records that the segment's summary no longer fits a record, then a clean
-    // close: everything written is durable, and nothing (no witness) follows the checkpoint.
-    for commit in 1..=30 {
-        wal.save(Some(&hs(commit)), &[]).unwrap();
+    assert_eq!(
+        &trailer_of(&fs.read_file(&resumed).unwrap())[..4],
+        &raftwal::wal::format::TRAILER_MAGIC
+    );
+    // Enough small records that the segment's footer no longer fits a record (each rewrites
+    // the last entry, so none joins the run before it in the footer), then a clean close:
+    // everything written is durable, and nothing (no witness) follows the checkpoint.
+    for commit in 1..=32 {
+        wal.save(Some(&hs(commit)), &[entry(last, 1, 0)]).unwrap();
     }
     wal.close().unwrap();
     let wal = open(&fs, &options).unwrap();
@@ -274,7 +278,7 @@ fn a_resumed_recycled_segment_sealed_without_a_footer_leaves_no_old_trailer_afte
     let wal = open(&fs, &options).unwrap();
     assert_eq!(wal.last_index(), last + 4);
     assert_eq!(wal.entries(last + 1, last + 5, u64::MAX).unwrap(), big(last + 1));
-    assert_eq!(wal.hard_state(), hs(30));
+    assert_eq!(wal.hard_state(), hs(32));
 }
 
 /// A write torn by a power cut in a recycled segment leaves a frame naming this segment at the
