@@ -266,3 +266,111 @@ fn open_makes_every_file_system_call_itself_in_the_same_order() {
     assert!(first.iter().all(|call| call.ends_with("true")), "a call off the opening thread");
     assert_eq!(first, second);
 }
+
+/// Recomputes the CRC of every frame of `files` from byte `from` of the first on, and the
+/// headers of the later ones, so that the record chain holds again across files after a
+/// change at `from` (each frame's CRC is seeded with the one before, and each segment header
+/// names the CRC the segment before ended with).
+fn rechain(fs: &CrashFs, files: &[std::path::PathBuf], from: usize) {
+    use raftwal::wal::format::{
+        CRC_OFFSET, FRAME_HEADER_LEN, FRAME_PREV_CRC_OFFSET, FrameHeader, HEADER_CRC_OFFSET,
+        LEN_OFFSET, PREV_CRC_OFFSET, SEGMENT_HEADER_LEN, frame_crc, framed_len,
+    };
+    let mut prev = None;
+    for (k, path) in files.iter().enumerate() {
+        let mut bytes = fs.read_file(path).unwrap();
+        let mut at = if k == 0 { from } else { SEGMENT_HEADER_LEN };
+        if let Some(prev) = prev {
+            bytes[PREV_CRC_OFFSET..PREV_CRC_OFFSET + 4].copy_from_slice(&u32::to_le_bytes(prev));
+            let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+            bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+        let mut last = FrameHeader::read(&bytes[at..]).prev_crc;
+        // Bounded by the file: each pass moves past one frame.
+        while at + FRAME_HEADER_LEN <= bytes.len() {
+            let frame = FrameHeader::read(&bytes[at..]);
+            if bytes[at..at + FRAME_HEADER_LEN].iter().all(|&b| b == 0) {
+                break;
+            }
+            let end = at + FRAME_HEADER_LEN + frame.len as usize;
+            let seed = prev.take().unwrap_or(last);
+            let field = at + FRAME_PREV_CRC_OFFSET;
+            bytes[field..field + 4].copy_from_slice(&seed.to_le_bytes());
+            let crc = frame_crc(
+                seed,
+                &bytes[at + LEN_OFFSET..at + FRAME_HEADER_LEN],
+                &bytes[at + FRAME_HEADER_LEN..end],
+            );
+            bytes[at + CRC_OFFSET..at + CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+            last = crc;
+            at += framed_len(frame.len as usize);
+        }
+        prev = Some(last);
+        fs.write_file_raw(path, &bytes).unwrap();
+    }
+}
+
+/// A footer whose CRC holds but whose items contradict the state (here: a run of entries that
+/// does not attach to its group's log) is not believed: open starts over and reads that segment
+/// whole, and its records give the state.
+#[test]
+fn a_footer_that_contradicts_the_state_sends_open_to_the_records() {
+    use raftwal::wal::footer::{ITEM_ENTRIES, SealedFooter};
+    use raftwal::wal::format::FRAME_HEADER_LEN;
+    let fs = CrashFs::new();
+    workload(&fs, 5);
+    let reference: Vec<String> = {
+        let engine = open(&fs, false);
+        (0..6).map(|g| observe(&engine, g)).collect()
+    };
+    let mut segments: Vec<_> =
+        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
+    segments.sort();
+    // The first sealed segment whose footer holds a run of entries.
+    let (k, footer_at, run_at) = segments[..segments.len() - 1]
+        .iter()
+        .enumerate()
+        .find_map(|(k, path)| {
+            let bytes = fs.read_file(path).unwrap();
+            let len = bytes.len();
+            let offset = u32::from_le_bytes(bytes[len - 12..len - 8].try_into().unwrap()) as usize;
+            let payload_len =
+                u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().unwrap()) as usize;
+            let payload =
+                &bytes[offset + FRAME_HEADER_LEN..offset + FRAME_HEADER_LEN + payload_len];
+            SealedFooter::decode(payload.to_vec(), offset as u64).ok()?;
+            // The layout of DESIGN.md §5.6: records, parts, the parts (offset, length,
+            // payload), the group count, then the first group's head (id, items) and its first
+            // item.
+            let u32_at = |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().unwrap());
+            let mut at = 8;
+            for _ in 0..u32_at(4) {
+                at += 8 + u32_at(at + 4) as usize;
+            }
+            let item = at + 4 + 12;
+            (payload[item] == ITEM_ENTRIES).then_some((k, offset, offset + FRAME_HEADER_LEN + item))
+        })
+        .expect("a sealed segment with a run of entries in its footer");
+    let path = &segments[k];
+    let mut bytes = fs.read_file(path).unwrap();
+    // The run's first index, one byte after its type: far past any group's last index.
+    let first = &mut bytes[run_at + 1..run_at + 9];
+    let forged = u64::from_le_bytes(first.try_into().unwrap()) + 1_000_000;
+    first.copy_from_slice(&forged.to_le_bytes());
+    fs.write_file_raw(path, &bytes).unwrap();
+    rechain(&fs, &segments[k..], footer_at);
+    // The forged footer still decodes: what stops it is the state.
+    let bytes = fs.read_file(path).unwrap();
+    let payload_len =
+        u32::from_le_bytes(bytes[footer_at + 4..footer_at + 8].try_into().unwrap()) as usize;
+    let payload = &bytes[footer_at + FRAME_HEADER_LEN..footer_at + FRAME_HEADER_LEN + payload_len];
+    assert!(SealedFooter::decode(payload.to_vec(), footer_at as u64).is_ok());
+
+    let engine = open(&fs, true);
+    let rows = engine.recovery_report().rows.clone();
+    assert_ne!(rows[k], "F1", "segment {k} was read whole: {rows:?}");
+    assert!(rows.contains(&"F1"), "the other sealed segments keep their footers: {rows:?}");
+    for g in 0..6 {
+        assert_eq!(observe(&engine, g), reference[g as usize], "group {g}");
+    }
+}
