@@ -226,7 +226,8 @@ pub enum RecordType {
     Compact = 5,
     /// A group was removed: all its state is gone.
     Remove = 6,
-    /// The seal-time summary of a sealed segment (see [`Footer`]): changes nothing.
+    /// The seal-time summary of a sealed segment, group by group (see
+    /// [`crate::wal::footer`]): changes nothing.
     Footer = 7,
     /// Written (unsynced) after a sync made the records before it durable, when no record yet
     /// says so: its frame's `durable` field is what it carries, and it changes nothing. Without
@@ -359,9 +360,9 @@ pub enum Record {
         /// The group's new hard state, if the record carries one.
         hard_state: Option<HardState>,
     },
-    /// An entries record as a segment's footer lists it, for open's replay only: its entries'
-    /// indices and their one term, without the entries. [`Footer::decode_each`] makes it, when
-    /// asked for lean records, for every entries record of one term run (the others come as
+    /// An entries record as the writer's listing of a segment holds it: its entries' indices
+    /// and their one term, without the entries. [`Footer::decode_each`] makes it, when asked
+    /// for lean records, for every entries record of one term run (the others come as
     /// [`Record::Entries`]); it is never written, and has no payload to encode.
     EntryRun {
         /// The group.
@@ -407,7 +408,7 @@ pub enum Record {
         group: u64,
     },
     /// See [`RecordType::Footer`]: the encoded summary, decoded on demand by
-    /// [`Footer::decode`].
+    /// [`crate::wal::footer::SealedFooter::decode`].
     Footer(Vec<u8>),
     /// See [`RecordType::Witness`]: an empty payload.
     Witness,
@@ -749,8 +750,8 @@ impl Trailer {
     }
 }
 
-/// A record as a footer lists it: its offset, whether its write goes on, and its contents, with
-/// entries reduced to index and term (their data stay in the record, checked when read).
+/// A record as the writer's listing holds it: its offset, whether its write goes on, and its
+/// contents, with entries reduced to index and term (their data stay in the record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FooterRecord {
     /// Offset of the record's frame in the segment.
@@ -761,8 +762,11 @@ pub struct FooterRecord {
     pub record: Record,
 }
 
-/// The seal-time summary of a segment: every record before it, as [`FooterRecord`]s, so that
-/// opening a log replays a sealed segment from its footer instead of reading its payloads.
+/// The *listing* of the active segment: every record written to it so far, as
+/// [`FooterRecord`]s, kept by the writer in file order (one append per record, no per-group
+/// work) and turned into the segment's footer, group by group, when it is sealed
+/// ([`crate::wal::footer::build`]). Recovery rebuilds it for the segment writing resumes in.
+/// It lives in memory only.
 ///
 /// Encoding: `records: u32`, then per record `offset: u32, type: u8, flags: u8`, then for
 /// entries `group: u64, first_index: u64, count: u32, runs: u32` and `runs` pairs
@@ -773,7 +777,7 @@ pub struct Footer {
     records: u32,
 }
 
-/// Longest footer kept while a segment is written: beyond it the segment gets no footer (and
+/// Longest listing kept while a segment is written: beyond it the segment gets no footer (and
 /// is scanned at open), so a segment of many tiny records cannot make the writer hold much.
 pub const MAX_FOOTER_BYTES: usize = 16 << 20;
 
@@ -878,7 +882,7 @@ impl Footer {
         self.records
     }
 
-    /// Bytes of the encoded summary.
+    /// Bytes of the encoded listing.
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -888,7 +892,7 @@ impl Footer {
         self.records == 0
     }
 
-    /// The encoded summary (the footer record's payload).
+    /// The encoded listing.
     pub fn payload(&self) -> &[u8] {
         &self.buf
     }

@@ -287,7 +287,8 @@ fn record_evidence(fs: &Fs, dir: &Path, options: &WalOptions, at: Restart) -> Re
         let file = fs.open(&dir.join(&f.name))?;
         let from = if k == at.segment { at.offset } else { 0 };
         if sealed {
-            // A sealed segment's footer lists every record it held, the damaged ones too.
+            // A sealed segment's footer holds what every record of it did, the damaged ones
+            // too (a group's hard states as the last of them, which is what evidence keeps).
             let footer = segment::read_by_footer(&f.name, file.as_ref(), options.max_record_bytes)?;
             if let Some(sealed) = footer {
                 // It decoded once, so it decodes again; if not, the segment is read whole.
