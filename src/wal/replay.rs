@@ -157,6 +157,12 @@ enum Redo {
     ReadWhole(usize),
 }
 
+/// How open read a segment: a sealed one through its footer, or the whole file and its scan.
+enum Read {
+    Footer(Box<segment::SealedScan>),
+    Whole(bytes::Bytes, crate::wal::recovery::SegmentScan),
+}
+
 /// The last kept segment with a valid header: the segment, end of accepted data, data start,
 /// first record, records kept, its footer so far, whether it is a recycled file, and its
 /// witness state (see [`witness_state`]).
@@ -423,68 +429,30 @@ fn recover_once(
         let (file, listed) =
             if by_footer(i) { lookahead.take(i) } else { (fs.open(&dir.join(&f.name))?, None) };
         report.segments_scanned += 1;
-        if let Some(sealed) = listed {
-            if let Err((offset, kind)) =
-                check_links(&found, i, &sealed.header, replayed_any, last_crc, next_record)
-            {
-                if !options.recovery_mode.cuts_corruption() {
-                    return Err(corruption(&f.name, offset, kind));
+        let read = match listed {
+            Some(sealed) => Read::Footer(Box::new(sealed)),
+            None => {
+                // Entries decoded by the scan share this buffer; it is freed with the scan.
+                let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
+                let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
+                report.bytes_scanned += scan.stop_offset;
+                if let Err(HeaderError::Version(version)) = scan.header {
+                    // Another format's log is never cut, whatever the mode: a version 1
+                    // directory would otherwise lose every segment from this one on.
+                    let kind = CorruptionKind::UnsupportedVersion(version);
+                    return Err(corruption(&f.name, format::VERSION_OFFSET as u64, kind));
                 }
-                let at = Restart { segment: i, offset: 0 };
-                if needs_evidence(at) {
-                    return Ok(Err(Redo::Evidence(at)));
-                }
-                remove_from = Some(i);
-                break;
+                Read::Whole(bytes, scan)
             }
-            report.rows.push(FOOTER_CASE.label);
-            let segment = u32::try_from(f.sequence).expect("checked below 2^32 above");
-            let parts: Vec<&[format::Checkpoint]> =
-                sealed.footer.checkpoint.iter().map(|(_, part)| part.as_slice()).collect();
-            let replayed = state.apply_checkpoint(&parts, !replayed_any).and_then(|()| {
-                sealed
-                    .footer
-                    .for_each_group(|group, items| state.apply_footer_group(group, items, segment))
-            });
-            if replayed.is_err() {
-                // Part of it may be applied already: start over, reading this one whole.
-                return Ok(Err(Redo::ReadWhole(i)));
-            }
-            replayed_any = true;
-            // The listed records and the footer.
-            let kept = u64::from(sealed.footer.records) + 1;
-            report.records_replayed += kept as usize;
-            last_crc = sealed.crc;
-            next_record = Some(sealed.header.first_record + kept);
-            if let Some((segment, ..)) = last_kept.take() {
-                sealed_segments.push(segment);
-            }
-            next_sequence = f.sequence + 1;
-            let end = sealed.offset + sealed.framed;
-            let size = file.len()?;
-            let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
-            // Never resumed as it is: a segment read through its footer that ends up the last
-            // one kept is read whole first (below).
-            let (first_record, recycled) = (sealed.header.first_record, sealed.header.recycled);
-            last_kept = Some((segment, end, end, first_record, kept, None, recycled, (None, None)));
-            resume_from_footer = Some((i, true));
-            lookahead.dispose(sealed);
-            continue;
-        }
-        // Entries decoded by the scan share this buffer; it is freed with the scan.
-        let bytes = bytes::Bytes::from(segment::read_whole(&f.name, file.as_ref())?);
-        let scan = scan_segment_shared(&bytes, options.max_record_bytes, f.sequence);
-        report.bytes_scanned += scan.stop_offset;
-        if let Err(HeaderError::Version(version)) = scan.header {
-            // Another format's log is never cut, whatever the mode: a version 1 directory
-            // would otherwise lose every segment from this one on.
-            let kind = CorruptionKind::UnsupportedVersion(version);
-            return Err(corruption(&f.name, format::VERSION_OFFSET as u64, kind));
-        }
+        };
 
         // Links between segments: consecutive sequences, names that match headers, and a record
         // chain (and count) that crosses files. A broken link is never a torn write.
-        let link_error = match &scan.header {
+        let header = match &read {
+            Read::Footer(sealed) => Ok(&sealed.header),
+            Read::Whole(_, scan) => scan.header.as_ref(),
+        };
+        let link_error = match header {
             Ok(header) => check_links(&found, i, header, replayed_any, last_crc, next_record).err(),
             Err(_) if i > 0 && f.sequence != found[i - 1].sequence + 1 => {
                 Some((0, CorruptionKind::Gap))
@@ -503,6 +471,45 @@ fn recover_once(
             break;
         }
 
+        let (bytes, scan) = match read {
+            Read::Whole(bytes, scan) => (bytes, scan),
+            Read::Footer(sealed) => {
+                report.rows.push(FOOTER_CASE.label);
+                let segment = u32::try_from(f.sequence).expect("checked below 2^32 above");
+                let parts: Vec<&[format::Checkpoint]> =
+                    sealed.footer.checkpoint.iter().map(|(_, part)| part.as_slice()).collect();
+                let replayed = state.apply_checkpoint(&parts, !replayed_any).and_then(|()| {
+                    sealed.footer.for_each_group(|group, items| {
+                        state.apply_footer_group(group, items, segment)
+                    })
+                });
+                if replayed.is_err() {
+                    // Part of it may be applied already: start over, reading this one whole.
+                    return Ok(Err(Redo::ReadWhole(i)));
+                }
+                replayed_any = true;
+                // The listed records and the footer.
+                let kept = u64::from(sealed.footer.records) + 1;
+                report.records_replayed += kept as usize;
+                last_crc = sealed.crc;
+                next_record = Some(sealed.header.first_record + kept);
+                if let Some((segment, ..)) = last_kept.take() {
+                    sealed_segments.push(segment);
+                }
+                next_sequence = f.sequence + 1;
+                let end = sealed.offset + sealed.framed;
+                let size = file.len()?;
+                let segment = Segment { sequence: f.sequence, name: f.name.clone(), file, size };
+                // Never resumed as it is: a segment read through its footer that ends up the last
+                // one kept is read whole first (below).
+                let (first_record, recycled) = (sealed.header.first_record, sealed.header.recycled);
+                last_kept =
+                    Some((segment, end, end, first_record, kept, None, recycled, (None, None)));
+                resume_from_footer = Some((i, true));
+                lookahead.dispose(*sealed);
+                continue;
+            }
+        };
         let case = decide(position, classify(&scan), scan.after.into());
         report.rows.push(case.label);
         let (mut keep_records, mut stop_here) = match case.decision {

@@ -39,6 +39,19 @@ fn observe(engine: &LogEngine, group: u64) -> String {
     format!("{first} {last} {:?} {:?} {:?} {entries:?}", g.term(first - 1), state, marker)
 }
 
+/// What every group of the workload answers.
+fn observe_all(engine: &LogEngine) -> Vec<String> {
+    (0..6).map(|g| observe(engine, g)).collect()
+}
+
+/// The segment files, in order.
+fn segment_paths(fs: &CrashFs) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> =
+        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
+    segments.sort();
+    segments
+}
+
 /// Random work over 6 groups: batches of saves (with overwrites), compactions, snapshots,
 /// removals, across many small segments.
 fn workload(fs: &CrashFs, seed: u64) {
@@ -113,13 +126,8 @@ fn footers_replay_to_exactly_the_state_the_records_give() {
 fn a_damaged_trailer_or_footer_falls_back_to_reading_the_segment() {
     let fs = CrashFs::new();
     workload(&fs, 99);
-    let reference: Vec<String> = {
-        let engine = open(&fs, false);
-        (0..6).map(|g| observe(&engine, g)).collect()
-    };
-    let mut segments: Vec<_> =
-        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
-    segments.sort();
+    let reference = observe_all(&open(&fs, false));
+    let segments = segment_paths(&fs);
     let sealed = &segments[1];
     let len = fs.read_file(sealed).unwrap().len() as u64;
     // The trailer's CRC, then (on a fresh copy) a byte inside the footer record it points at.
@@ -319,13 +327,8 @@ fn a_footer_that_contradicts_the_state_sends_open_to_the_records() {
     use raftwal::wal::format::FRAME_HEADER_LEN;
     let fs = CrashFs::new();
     workload(&fs, 5);
-    let reference: Vec<String> = {
-        let engine = open(&fs, false);
-        (0..6).map(|g| observe(&engine, g)).collect()
-    };
-    let mut segments: Vec<_> =
-        fs.list_all().into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
-    segments.sort();
+    let reference = observe_all(&open(&fs, false));
+    let segments = segment_paths(&fs);
     // The first sealed segment whose footer holds a run of entries.
     let (k, footer_at, run_at) = segments[..segments.len() - 1]
         .iter()
