@@ -93,6 +93,68 @@ pub fn check_decode(bytes: &[u8]) {
     }
 }
 
+/// Recomputes the CRC of every frame of the segment files `files` (in order) from byte `from`
+/// of the first on, and the headers of the later ones, so that the record chain holds again
+/// after a change at `from`: each frame's CRC is seeded with the one before, and each segment
+/// header names the CRC the segment before ended with. Frames are followed by their length
+/// fields up to a zeroed frame header or the end of the file. For tests that forge a record
+/// and need it to pass its CRC.
+pub fn rechain(files: &mut [Vec<u8>], from: usize) {
+    let mut last: Option<u32> = None;
+    for (k, bytes) in files.iter_mut().enumerate() {
+        let (at, seed) = match last {
+            // The first file's first frame keeps the CRC it names as the one before it.
+            None if k == 0 => {
+                (from, LittleEndian::read_u32(&bytes[from + format::FRAME_PREV_CRC_OFFSET..]))
+            }
+            _ => (SEGMENT_HEADER_LEN, rechain_header(bytes, last)),
+        };
+        last = Some(rechain_frames(bytes, at, seed, usize::MAX, false));
+    }
+}
+
+/// Sets a segment header's `prev_crc` to `prev` (when given) and recomputes the header's CRC;
+/// returns the header's `prev_crc`.
+fn rechain_header(bytes: &mut [u8], prev: Option<u32>) -> u32 {
+    if let Some(prev) = prev {
+        LittleEndian::write_u32(&mut bytes[format::PREV_CRC_OFFSET..], prev);
+    }
+    let crc = crc32fast::hash(&bytes[..format::HEADER_CRC_OFFSET]);
+    LittleEndian::write_u32(&mut bytes[format::HEADER_CRC_OFFSET..], crc);
+    LittleEndian::read_u32(&bytes[format::PREV_CRC_OFFSET..])
+}
+
+/// Recomputes the CRCs of the frames of one segment file from offset `at`, the first seeded
+/// with `seed`, up to a zeroed frame header, a length beyond `max_len` or the end of the file;
+/// with `tidy`, also zeroes each frame's reserved bytes and unknown flags. Returns the last CRC
+/// (`seed` when there is no frame).
+fn rechain_frames(bytes: &mut [u8], mut at: usize, seed: u32, max_len: usize, tidy: bool) -> u32 {
+    let mut prev = seed;
+    // Bounded: each pass moves past one frame.
+    while at + format::FRAME_HEADER_LEN <= bytes.len() {
+        let frame = at..at + format::FRAME_HEADER_LEN;
+        let len = LittleEndian::read_u32(&bytes[at + format::LEN_OFFSET..]) as usize;
+        let end = frame.end + len;
+        if bytes[frame.clone()].iter().all(|&b| b == 0) || len > max_len || end > bytes.len() {
+            break;
+        }
+        if tidy {
+            bytes[at + format::RESERVED_OFFSET..at + format::FRAME_PREV_CRC_OFFSET].fill(0);
+            bytes[at + format::FLAGS_BYTE_OFFSET] &= format::FLAG_MORE;
+        }
+        LittleEndian::write_u32(&mut bytes[at + format::FRAME_PREV_CRC_OFFSET..], prev);
+        let crc = format::frame_crc(
+            prev,
+            &bytes[at + format::LEN_OFFSET..frame.end],
+            &bytes[frame.end..end],
+        );
+        LittleEndian::write_u32(&mut bytes[at + format::CRC_OFFSET..], crc);
+        prev = crc;
+        at += format::framed_len(len);
+    }
+    prev
+}
+
 /// `files` with every header CRC and record CRC recomputed and the record chain linked across
 /// files, as far as the frames' length fields allow.
 fn with_valid_checksums(files: &[(String, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -102,41 +164,9 @@ fn with_valid_checksums(files: &[(String, &[u8])]) -> Vec<(String, Vec<u8>)> {
         .map(|(name, bytes)| {
             let mut out = bytes.to_vec();
             if out.len() >= SEGMENT_HEADER_LEN && out.starts_with(&SEGMENT_MAGIC) {
-                if let Some(prev) = chain {
-                    LittleEndian::write_u32(&mut out[format::PREV_CRC_OFFSET..], prev);
-                }
-                let crc = crc32fast::hash(&out[..format::HEADER_CRC_OFFSET]);
-                LittleEndian::write_u32(&mut out[format::HEADER_CRC_OFFSET..], crc);
-                let mut prev = LittleEndian::read_u32(&out[format::PREV_CRC_OFFSET..]);
-                let mut offset = SEGMENT_HEADER_LEN;
-                // Bounded: each pass moves past one frame.
-                while offset + format::FRAME_HEADER_LEN <= out.len() {
-                    let frame = offset..offset + format::FRAME_HEADER_LEN;
-                    let len = LittleEndian::read_u32(&out[offset + format::LEN_OFFSET..]) as usize;
-                    let end = frame.end + len;
-                    if out[frame.clone()].iter().all(|&b| b == 0)
-                        || len > DECODE_MAX_RECORD_BYTES as usize
-                        || end > out.len()
-                    {
-                        break;
-                    }
-                    out[offset + format::RESERVED_OFFSET..offset + format::FRAME_PREV_CRC_OFFSET]
-                        .fill(0);
-                    out[offset + format::FLAGS_BYTE_OFFSET] &= format::FLAG_MORE;
-                    LittleEndian::write_u32(
-                        &mut out[offset + format::FRAME_PREV_CRC_OFFSET..],
-                        prev,
-                    );
-                    let crc = format::frame_crc(
-                        prev,
-                        &out[offset + format::LEN_OFFSET..frame.end],
-                        &out[frame.end..end],
-                    );
-                    LittleEndian::write_u32(&mut out[offset + format::CRC_OFFSET..], crc);
-                    prev = crc;
-                    offset += format::framed_len(len);
-                }
-                chain = Some(prev);
+                let seed = rechain_header(&mut out, chain);
+                let max = DECODE_MAX_RECORD_BYTES as usize;
+                chain = Some(rechain_frames(&mut out, SEGMENT_HEADER_LEN, seed, max, true));
             }
             (name.clone(), out)
         })

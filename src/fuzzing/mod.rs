@@ -36,7 +36,9 @@ mod snapshot;
 mod storage;
 
 pub use compare::{Outcome, answers_like, holds_like, same_answers, same_holdings, same_state};
-pub use decode::{DECODE_MAX_RECORD_BYTES, check_decode, check_decode_dir, check_snapshot_file};
+pub use decode::{
+    DECODE_MAX_RECORD_BYTES, check_decode, check_decode_dir, check_snapshot_file, rechain,
+};
 pub use engine::{
     BatchItem, EngineCase, EngineOp, MAX_ENGINE_OPS, check_engine_recovery, engine_options,
 };

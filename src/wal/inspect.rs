@@ -22,6 +22,18 @@ use crate::wal::recovery::{
 use crate::wal::replay::replay_write;
 use crate::wal::state::EngineState;
 
+/// Whether the last footer record among `records` holds what `footer::build` makes of the
+/// records before it; `None` when there is none.
+fn footer_agrees(records: &[ScannedRecord]) -> Option<bool> {
+    let at = records.iter().rposition(|r| matches!(r.record, Record::Footer(_)))?;
+    let Record::Footer(payload) = &records[at].record else { unreachable!("found above") };
+    let mut listing = crate::wal::format::Footer::default();
+    for r in &records[..at] {
+        listing.push_record(r.offset, r.more, &r.record);
+    }
+    Some(crate::wal::footer::build(&listing, records[at].offset).is_some_and(|b| b == *payload))
+}
+
 /// One segment file as found on disk, judged on its own and against the segment before it.
 #[derive(Clone, Debug)]
 pub struct SegmentReport {
@@ -62,6 +74,10 @@ pub struct SegmentReport {
     /// Written bytes that do not read as valid records (after the stop, or the whole segment when
     /// its header is bad): whatever entries they held cannot be named.
     pub unreadable_bytes: u64,
+    /// Whether the segment's footer (its last valid footer record) is the one its records before
+    /// it make (`footer::build`): `None` without one. A footer that is not would make an open
+    /// through footers build a state the records do not hold.
+    pub footer_agrees: Option<bool>,
 }
 
 /// What opening would do about the first problem in the log.
@@ -502,6 +518,7 @@ pub fn inspect_group(
             } else {
                 0
             }),
+            footer_agrees: footer_agrees(&scan.records),
         };
         total_records += report.records;
         total_valid += report.valid_bytes;

@@ -115,6 +115,11 @@ fn footers_replay_to_exactly_the_state_the_records_give() {
         drop(by_footer);
         let by_records = open(&fs, false);
         assert!(!by_records.recovery_report().rows.contains(&"F1"));
+        // Every footer written is the one its segment's records make.
+        let inspection =
+            raftwal::wal::inspect::inspect(&fs, Path::new("/node/wal"), &options(true)).unwrap();
+        let sealed = &inspection.segments[..inspection.segments.len() - 1];
+        assert!(sealed.iter().all(|s| s.footer_agrees == Some(true)), "seed {seed}");
         assert_eq!(by_records.group_ids(), groups, "seed {seed}");
         for g in 0..6 {
             assert_eq!(observe(&by_records, g), seen[g as usize], "seed {seed} group {g}");
@@ -275,46 +280,12 @@ fn open_makes_every_file_system_call_itself_in_the_same_order() {
     assert_eq!(first, second);
 }
 
-/// Recomputes the CRC of every frame of `files` from byte `from` of the first on, and the
-/// headers of the later ones, so that the record chain holds again across files after a
-/// change at `from` (each frame's CRC is seeded with the one before, and each segment header
-/// names the CRC the segment before ended with).
-fn rechain(fs: &CrashFs, files: &[std::path::PathBuf], from: usize) {
-    use raftwal::wal::format::{
-        CRC_OFFSET, FRAME_HEADER_LEN, FRAME_PREV_CRC_OFFSET, FrameHeader, HEADER_CRC_OFFSET,
-        LEN_OFFSET, PREV_CRC_OFFSET, SEGMENT_HEADER_LEN, frame_crc, framed_len,
-    };
-    let mut prev = None;
-    for (k, path) in files.iter().enumerate() {
-        let mut bytes = fs.read_file(path).unwrap();
-        let mut at = if k == 0 { from } else { SEGMENT_HEADER_LEN };
-        if let Some(prev) = prev {
-            bytes[PREV_CRC_OFFSET..PREV_CRC_OFFSET + 4].copy_from_slice(&u32::to_le_bytes(prev));
-            let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
-            bytes[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
-        }
-        let mut last = FrameHeader::read(&bytes[at..]).prev_crc;
-        // Bounded by the file: each pass moves past one frame.
-        while at + FRAME_HEADER_LEN <= bytes.len() {
-            let frame = FrameHeader::read(&bytes[at..]);
-            if bytes[at..at + FRAME_HEADER_LEN].iter().all(|&b| b == 0) {
-                break;
-            }
-            let end = at + FRAME_HEADER_LEN + frame.len as usize;
-            let seed = prev.take().unwrap_or(last);
-            let field = at + FRAME_PREV_CRC_OFFSET;
-            bytes[field..field + 4].copy_from_slice(&seed.to_le_bytes());
-            let crc = frame_crc(
-                seed,
-                &bytes[at + LEN_OFFSET..at + FRAME_HEADER_LEN],
-                &bytes[at + FRAME_HEADER_LEN..end],
-            );
-            bytes[at + CRC_OFFSET..at + CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
-            last = crc;
-            at += framed_len(frame.len as usize);
-        }
-        prev = Some(last);
-        fs.write_file_raw(path, &bytes).unwrap();
+/// [`raftwal::fuzzing::rechain`] on the files at `paths`.
+fn rechain(fs: &CrashFs, paths: &[std::path::PathBuf], from: usize) {
+    let mut files: Vec<Vec<u8>> = paths.iter().map(|p| fs.read_file(p).unwrap()).collect();
+    raftwal::fuzzing::rechain(&mut files, from);
+    for (path, bytes) in paths.iter().zip(&files) {
+        fs.write_file_raw(path, bytes).unwrap();
     }
 }
 
@@ -368,6 +339,13 @@ fn a_footer_that_contradicts_the_state_sends_open_to_the_records() {
         u32::from_le_bytes(bytes[footer_at + 4..footer_at + 8].try_into().unwrap()) as usize;
     let payload = &bytes[footer_at + FRAME_HEADER_LEN..footer_at + FRAME_HEADER_LEN + payload_len];
     assert!(SealedFooter::decode(payload.to_vec(), footer_at as u64).is_ok());
+
+    // Inspection (what `raftwal verify` runs) tells the forged footer from its records.
+    let inspection =
+        raftwal::wal::inspect::inspect(&fs, Path::new("/node/wal"), &options(true)).unwrap();
+    let agrees: Vec<Option<bool>> = inspection.segments.iter().map(|s| s.footer_agrees).collect();
+    assert_eq!(agrees[k], Some(false), "{agrees:?}");
+    assert!(agrees.iter().enumerate().all(|(j, a)| j == k || *a != Some(false)), "{agrees:?}");
 
     let engine = open(&fs, true);
     let rows = engine.recovery_report().rows.clone();

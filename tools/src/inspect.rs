@@ -834,6 +834,9 @@ struct VerifyView {
     segments: Vec<SegmentView>,
     snapshots: Vec<SnapshotView>,
     snapshot_problem: Option<String>,
+    /// Segments whose footer is not the one their records make: an open through footers would
+    /// build a state the records do not hold.
+    footers_disagreeing: Vec<String>,
     temp_files: Vec<String>,
 }
 
@@ -883,29 +886,39 @@ pub fn verify(layout: &Layout, max_record_bytes: u32, group: u64, json: bool) ->
     let (snaps, missing) = snapshots(layout, &inspection, true, |n| progress.advance(n))?;
     progress.bar.finish_and_clear();
     let snapshot_damaged = missing.is_some() || snaps.iter().any(|s| s.status == "damaged");
+    let footers_disagreeing: Vec<String> = inspection
+        .segments
+        .iter()
+        .filter(|s| s.footer_agrees == Some(false))
+        .map(|s| s.name.clone())
+        .collect();
+    let damaged = snapshot_damaged || !footers_disagreeing.is_empty();
     let code = match exit_for(inspection.verdict()) {
-        EXIT_CLEAN if snapshot_damaged => EXIT_CORRUPTION,
+        EXIT_CLEAN if damaged => EXIT_CORRUPTION,
         code => code,
     };
     if json {
         print_json(&VerifyView {
             dir: layout.dir.clone(),
-            verdict: if snapshot_damaged {
-                "corruption"
-            } else {
-                verdict_name(inspection.verdict())
-            },
+            verdict: if damaged { "corruption" } else { verdict_name(inspection.verdict()) },
             exit_code: code,
             problem: inspection.problem.as_ref().map(ProblemView::from),
             log: log_view(&inspection),
             segments: inspection.segments.iter().map(SegmentView::from).collect(),
             snapshots: snaps,
             snapshot_problem: missing,
+            footers_disagreeing,
             temp_files: inspection.temp_files.clone(),
         })?;
         return Ok(code);
     }
     let mut text = segment_lines(&inspection);
+    for name in &footers_disagreeing {
+        text += &format!(
+            "{name}: its footer is not the one its records make (open reads it through the footer; \
+             `WalOptions::read_footers` off reads the records)\n"
+        );
+    }
     text += &snapshot_lines(&snaps, &missing);
     text += &format!(
         "checked: segments {} ({} records, {} bytes of records), snapshot files {}\n",

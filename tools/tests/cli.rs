@@ -482,6 +482,41 @@ fn a_damaged_snapshot_file_fails_verify() {
     assert_eq!(report["verdict"], "corruption");
 }
 
+/// A footer whose CRC holds but that is not the one its segment's records make (a writer's bug,
+/// or a forgery) fails `verify`: an open through footers would believe it.
+#[test]
+fn a_footer_unlike_its_records_fails_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), false, true);
+    let mut paths: Vec<_> = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    paths.sort();
+    let mut files: Vec<Vec<u8>> = paths.iter().map(|p| fs::read(p).unwrap()).collect();
+    // The first segment is sealed: its trailer says where its footer is.
+    let first = &mut files[0];
+    let len = first.len();
+    let at = u32::from_le_bytes(first[len - 12..len - 8].try_into().unwrap()) as usize;
+    assert_eq!(&first[len - 16..len - 12], &raftwal::wal::format::TRAILER_MAGIC, "sealed");
+    // The footer's record count (its payload's first bytes), one more than the truth.
+    let count = at + raftwal::wal::format::FRAME_HEADER_LEN;
+    first[count] += 1;
+    raftwal::fuzzing::rechain(&mut files, at);
+    for (path, bytes) in paths.iter().zip(&files) {
+        fs::write(path, bytes).unwrap();
+    }
+
+    let run = run_on("verify", dir.path(), &[]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let name = paths[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(run.stdout.contains(&format!("{name}: its footer is not the one")), "{}", run.stdout);
+    let report = json(&run_on("verify", dir.path(), &["--json"]));
+    assert_eq!(report["verdict"], "corruption");
+    assert_eq!(report["footers_disagreeing"][0], name.as_str());
+}
+
 #[test]
 fn usage_and_io_errors_exit_with_2() {
     let dir = tempfile::tempdir().unwrap();
