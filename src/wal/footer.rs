@@ -21,13 +21,13 @@ use crate::codec::{self, DecodeError, Decoder};
 use crate::types::HardState;
 use crate::wal::format::{
     Checkpoint, FRAME_HEADER_LEN, Footer, FooterRecord, Record, RecordType, SEGMENT_HEADER_LEN,
+    read_term_runs,
 };
 
 /// Item type of a run of entries (the entries record type: runs come from entries records).
 pub const ITEM_ENTRIES: u8 = RecordType::Entries as u8;
 
-/// Bytes of one term run: entries (u32), term (u64).
-pub const TERM_RUN_LEN: usize = size_of::<u32>() + size_of::<u64>();
+pub use crate::wal::format::TERM_RUN_LEN;
 /// Bytes of one entry's record offset in a run.
 pub const ENTRY_OFFSET_LEN: usize = size_of::<u32>();
 /// Bytes of a group's head: group (u64), items (u32).
@@ -298,16 +298,6 @@ impl SealedFooter {
         Ok(footer)
     }
 
-    /// Bytes of the payload.
-    pub fn len(&self) -> usize {
-        self.payload.len()
-    }
-
-    /// Whether the payload is empty (never, for a decoded footer).
-    pub fn is_empty(&self) -> bool {
-        self.payload.is_empty()
-    }
-
     /// Gives each group, in increasing order, with its items in order, to `each`; stops at the
     /// first error `each` returns, and returns it. (The bytes were checked by
     /// [`SealedFooter::decode`], so they decode again; if they did not, that is an error too.)
@@ -369,18 +359,7 @@ impl SealedFooter {
             {
                 return Err(DecodeError { what: "footer entries count" });
             }
-            let terms = dec.bytes(runs * TERM_RUN_LEN, "footer term runs")?;
-            let mut total = 0u64;
-            for run in terms.chunks_exact(TERM_RUN_LEN) {
-                let len = LittleEndian::read_u32(run);
-                if len == 0 {
-                    return Err(DecodeError { what: "footer term run length" });
-                }
-                total += u64::from(len);
-            }
-            if total != u64::from(count) {
-                return Err(DecodeError { what: "footer term runs" });
-            }
+            let terms = read_term_runs(dec, runs, u64::from(count))?;
             let offsets = dec.bytes(count as usize * ENTRY_OFFSET_LEN, "footer entry offsets")?;
             let mut last = 0;
             for offset in Item::offsets(offsets) {

@@ -956,21 +956,13 @@ impl Footer {
                     let first = dec.u64("footer entries first index")?;
                     let n = dec.u32("footer entries count")? as usize;
                     let runs = dec.u32("footer entries runs")? as usize;
-                    if n == 0 || runs == 0 || runs > n || runs > dec.remaining() / RUN_LEN {
+                    if n == 0 || runs == 0 || runs > n || runs > dec.remaining() / TERM_RUN_LEN {
                         return Err(DecodeError { what: "footer entries count" });
                     }
-                    let bytes = dec.bytes(runs * RUN_LEN, "footer runs")?;
-                    let mut total = 0usize;
-                    for run in bytes.chunks_exact(RUN_LEN) {
-                        let len = LittleEndian::read_u32(run);
-                        if len == 0 {
-                            return Err(DecodeError { what: "footer run length" });
-                        }
-                        total += len as usize;
-                    }
-                    if total != n || first.checked_add(n as u64).is_none() {
+                    if first.checked_add(n as u64).is_none() {
                         return Err(DecodeError { what: "footer entries runs" });
                     }
+                    let bytes = read_term_runs(&mut dec, runs, n as u64)?;
                     let hard_state = if record_type == RecordType::EntriesHardState {
                         Some(codec::decode_hard_state(&mut dec)?)
                     } else {
@@ -1002,8 +994,30 @@ impl Footer {
     }
 }
 
-/// Bytes of one term run in a footer: entries (u32), term (u64).
-const RUN_LEN: usize = size_of::<u32>() + size_of::<u64>();
+/// Bytes of one term run in a listing or a footer: entries (u32), term (u64).
+pub const TERM_RUN_LEN: usize = size_of::<u32>() + size_of::<u64>();
+
+/// Reads `runs` term runs (each [`TERM_RUN_LEN`] bytes) and checks that none is empty and that
+/// they cover `count` entries; gives their bytes.
+pub fn read_term_runs<'a>(
+    dec: &mut Decoder<'a>,
+    runs: usize,
+    count: u64,
+) -> Result<&'a [u8], DecodeError> {
+    let bytes = dec.bytes(runs * TERM_RUN_LEN, "footer runs")?;
+    let mut total = 0u64;
+    for run in bytes.chunks_exact(TERM_RUN_LEN) {
+        let len = LittleEndian::read_u32(run);
+        if len == 0 {
+            return Err(DecodeError { what: "footer run length" });
+        }
+        total += u64::from(len);
+    }
+    if total != count {
+        return Err(DecodeError { what: "footer entries runs" });
+    }
+    Ok(bytes)
+}
 
 /// An entries record's term runs in a footer, checked to sum to `count`.
 struct Runs<'a> {
@@ -1030,7 +1044,7 @@ fn expand(
     if runs.count > fits {
         return Err(DecodeError { what: "footer entries count" });
     }
-    if lean && runs.bytes.len() == RUN_LEN {
+    if lean && runs.bytes.len() == TERM_RUN_LEN {
         // Checked by the caller: the run's length is the count, which fits in 32 bits.
         let (count, term) = (runs.count as u32, LittleEndian::read_u64(&runs.bytes[4..]));
         let (group, hard_state) = (*group, *hard_state);
@@ -1039,7 +1053,7 @@ fn expand(
     }
     entries.reserve_exact(runs.count);
     let mut index = runs.first;
-    for run in runs.bytes.chunks_exact(RUN_LEN) {
+    for run in runs.bytes.chunks_exact(TERM_RUN_LEN) {
         let (len, term) = (LittleEndian::read_u32(run), LittleEndian::read_u64(&run[4..]));
         for _ in 0..len {
             entries.push(Entry {
