@@ -149,6 +149,17 @@ impl LogIndex {
         }
     }
 
+    /// The segment holding the first live entry: `None` when there is no live entry, or when
+    /// the first lay in a deleted segment. `first_loc` without the search.
+    pub fn first_segment(&self) -> Option<u32> {
+        // Segment runs cover (base, last]; the first live entry is dummy + 1, missing if below
+        // base + 1.
+        if self.dummy_index < self.base {
+            return None;
+        }
+        self.segments.front().map(|run| run.segment)
+    }
+
     /// Location of the first live entry, if any.
     pub fn first_loc(&self) -> Option<Loc> {
         (self.last_index() > self.dummy_index).then(|| self.loc(self.dummy_index + 1))

@@ -123,11 +123,8 @@ impl Engine {
         let active = inner.writer.active.sequence;
         let first_needed = inner
             .state
-            .iter()
-            .filter_map(|(_, state)| state.index.first_loc())
-            .map(|loc| u64::from(loc.segment))
-            .min()
-            .unwrap_or(active)
+            .first_pinned_segment()
+            .map_or(active, u64::from)
             // The segment before the active one stays whatever it holds: its records (and its
             // footer) are the second copy of every group's term and vote, which the active
             // segment's checkpoint restates, so damage to that checkpoint loses no vote

@@ -5,7 +5,7 @@
 //! with no state at all (no entry, no dummy, no hard state, no snapshot) is not kept: it reads as
 //! an empty log, and costs no memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::types::{HardState, SnapshotMetadata};
@@ -73,6 +73,17 @@ impl LogState {
     fn set_snapshot(&mut self, metadata: &SnapshotMetadata) {
         self.snapshot =
             (*metadata != SnapshotMetadata::default()).then(|| Box::new(metadata.clone()));
+    }
+
+    /// The segment holding the first live entry, unless it is in a deleted segment or there is
+    /// none: the oldest segment this group needs.
+    fn pinned_segment(&self) -> Option<u32> {
+        let segment = self.index.first_segment();
+        debug_assert_eq!(
+            segment,
+            self.index.first_loc().map(|loc| loc.segment).filter(|s| *s != Loc::MISSING.segment)
+        );
+        segment
     }
 
     /// Whether the group has no state at all: it reads as a log that never existed.
@@ -176,6 +187,10 @@ impl LogState {
 pub struct EngineState {
     // Only groups with state (`!LogState::is_empty()`).
     groups: GroupMap<LogState>,
+    // For each segment, how many groups have their first live entry in it (entries of deleted
+    // segments pin nothing). Kept as the groups change, so that a purge after every write
+    // finds the oldest segment still needed without walking every group.
+    pins: BTreeMap<u32, u32>,
 }
 
 impl EngineState {
@@ -212,16 +227,56 @@ impl EngineState {
         change: impl FnOnce(&mut LogState) -> Result<T, Contradiction>,
     ) -> Result<T, Contradiction> {
         let state = self.groups.entry(group).or_default();
+        let before = state.pinned_segment();
         let result = change(state);
+        let after = state.pinned_segment();
         if state.is_empty() {
             self.groups.remove(&group);
+        }
+        if before != after {
+            self.unpin(before);
+            self.pin(after);
         }
         result
     }
 
+    /// The oldest segment holding some group's first live entry: no older segment is needed
+    /// for entries (`None`: no group has a live entry in a segment).
+    pub fn first_pinned_segment(&self) -> Option<u32> {
+        debug_assert_eq!(self.pins, self.count_pins(), "the pin counts follow the groups");
+        self.pins.first_key_value().map(|(segment, _)| *segment)
+    }
+
+    /// The pin counts, counted again from every group (O(groups)).
+    fn count_pins(&self) -> BTreeMap<u32, u32> {
+        let mut pins = BTreeMap::new();
+        for state in self.groups.values() {
+            if let Some(segment) = state.pinned_segment() {
+                *pins.entry(segment).or_insert(0) += 1;
+            }
+        }
+        pins
+    }
+
+    fn pin(&mut self, segment: Option<u32>) {
+        if let Some(segment) = segment {
+            *self.pins.entry(segment).or_insert(0) += 1;
+        }
+    }
+
+    fn unpin(&mut self, segment: Option<u32>) {
+        let Some(segment) = segment else { return };
+        let count = self.pins.get_mut(&segment).expect("a pinned segment is counted");
+        *count -= 1;
+        if *count == 0 {
+            self.pins.remove(&segment);
+        }
+    }
+
     /// Drops every piece of `group`'s state.
     pub fn remove(&mut self, group: u64) {
-        self.groups.remove(&group);
+        let pinned = self.groups.remove(&group).and_then(|state| state.pinned_segment());
+        self.unpin(pinned);
         // The table's capacity never shrinks by itself: give back most of it once it is mostly
         // empty (amortized: only after three quarters of it were removed).
         if self.groups.capacity() > 4 * self.groups.len().max(16) {
@@ -252,6 +307,8 @@ impl EngineState {
         let count: usize = parts.iter().map(|part| part.len()).sum();
         if first {
             self.groups.clear();
+            // Every checkpointed group's entries lay in deleted segments: none pins any.
+            self.pins.clear();
             for cp in parts.iter().flat_map(|part| part.iter()) {
                 // Entries up to the checkpoint's last index lay in segments deleted after they
                 // were compacted: later records must compact them away.
@@ -432,6 +489,63 @@ fn conf_state_heap_bytes(cs: &crate::types::ConfState) -> usize {
 mod tests {
     use super::*;
     use crate::types::ConfState;
+
+    /// The oldest pinned segment is the oldest segment holding a group's first live entry
+    /// (counted again from every group), through appends, replacements, compactions, resets,
+    /// removals and a first checkpoint.
+    #[test]
+    fn the_first_pinned_segment_follows_every_change_of_a_group() {
+        let mut state = EngineState::default();
+        let at = |segment| Loc { segment, offset: 64 };
+        let entries = |state: &mut EngineState, group, first: u64, n: u64, segment| {
+            state
+                .change(group, |s| {
+                    s.apply_entries(first, vec![1; n as usize].into_iter(), at(segment))
+                })
+                .unwrap()
+        };
+        let scan = |state: &EngineState| {
+            let firsts = state.iter().filter_map(|(_, s)| s.index.first_loc());
+            firsts.map(|loc| loc.segment).filter(|s| *s != Loc::MISSING.segment).min()
+        };
+        let mut seen = Vec::new();
+        let mut check = |state: &EngineState| {
+            assert_eq!(state.first_pinned_segment(), scan(state));
+            assert_eq!(state.pins, state.count_pins());
+            seen.push(state.first_pinned_segment());
+        };
+        check(&state);
+        entries(&mut state, 1, 1, 10, 3);
+        entries(&mut state, 2, 1, 5, 4);
+        entries(&mut state, 1, 11, 10, 5);
+        check(&state); // group 1 pins 3
+        state.change(1, |s| s.apply_compact(10, 1)).unwrap();
+        check(&state); // group 1 moved to 5: group 2's 4 is the oldest
+        let hs = HardState { term: 2, vote: 1, commit: 1 };
+        let hard_state = |s: &mut LogState| {
+            s.apply_hard_state(hs);
+            Ok(())
+        };
+        state.change(2, hard_state).unwrap();
+        check(&state); // a hard state moves nothing
+        entries(&mut state, 2, 1, 2, 6);
+        check(&state); // group 2's whole log replaced in segment 6: group 1's 5
+        let meta = SnapshotMetadata { index: 30, term: 2, conf_state: ConfState::default() };
+        state.change(1, |s| s.apply_snapshot(&meta, true)).unwrap();
+        check(&state); // group 1 has no entry left: group 2's 6
+        state.remove(2);
+        check(&state);
+        entries(&mut state, 7, 1, 1, 9);
+        check(&state);
+        state.apply_checkpoint(&[&[state.group(7).unwrap().checkpoint(7)]], true).unwrap();
+        check(&state); // after a first checkpoint, every entry lay in deleted segments
+        let want = [None, Some(3), Some(4), Some(4), Some(5), Some(6), None, Some(9), None];
+        assert_eq!(seen, want);
+        // A failed change leaves the counts right too.
+        entries(&mut state, 8, 1, 3, 11);
+        assert!(state.change(8, |s| s.apply_compact(9, 1)).is_err());
+        assert_eq!(state.first_pinned_segment(), Some(11));
+    }
 
     /// A checkpoint matches a replayed state exactly when it equals the checkpoint the state
     /// would write, whatever part differs (indices, hard state, snapshot, membership, or a
