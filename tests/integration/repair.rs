@@ -1150,3 +1150,74 @@ fn a_synced_witness_survives_the_power_cut_that_would_hide_damage_to_the_last_wr
         }
     }
 }
+
+/// A damaged record in a sealed segment that was the last record of its group: no later record
+/// of the group names what it held, yet the repair knows. Two sources say it: the sealed
+/// segment's footer (which lists the damaged record too) and the checkpoint of every later
+/// segment (each group's last index). With the footer's evidence switched off, this test still
+/// passes on the checkpoints alone; it checks the outcome, not which source gave it.
+#[test]
+fn a_damaged_last_record_of_a_group_in_a_sealed_segment_is_repaired_up_to_its_entry() {
+    let fs = CrashFs::new();
+    let shared: Fs = Arc::new(fs.clone());
+    let root = PathBuf::from("/node");
+    // Footers of up to 64 KiB, so that every sealed segment has one.
+    let opts = |mode, read_footers| WalOptions {
+        max_record_bytes: 64 << 10,
+        read_footers,
+        ..options(mode)
+    };
+    let engine =
+        LogEngine::open_with_fs(shared.clone(), &root, opts(RecoveryMode::Strict, true)).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.save(1, Some(&VOTE), &[]).unwrap();
+    batch.save(2, Some(&VOTE), &[]).unwrap();
+    engine.write(&mut batch).unwrap();
+    // Each entry committed as it is written, so that what the cut leaves is committed and kept
+    // (entries past the surviving commit index would be dropped, §8.2).
+    for i in 1..=5u64 {
+        let hs = HardState { commit: i, ..VOTE };
+        batch.save(1, Some(&hs), &[entry(i, 2, 100)]).unwrap();
+        engine.write(&mut batch).unwrap();
+    }
+    // Group 2 alone from here on, over several segments.
+    for i in 1..=1200u64 {
+        batch.save(2, None, &[entry(i, 2, 100)]).unwrap();
+        engine.write(&mut batch).unwrap();
+    }
+    drop(engine);
+    let wal_dir = root.join("wal");
+    let mut names: Vec<String> = shared
+        .list(&wal_dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| format::parse_segment_name(n).is_some())
+        .collect();
+    names.sort();
+    let is_victim = |r: &ScannedRecord| matches!(&r.record, Record::Entries { group: 1, entries, .. } if entries[0].index == 5);
+    let (name, victim) = names
+        .iter()
+        .find_map(|name| {
+            let scanned = scan_segment(&fs.read_file(&wal_dir.join(name)).unwrap(), 1 << 20);
+            Some((name.clone(), scanned.records.into_iter().find(is_victim)?))
+        })
+        .expect("group 1's entry 5 was written");
+    assert_ne!(Some(&name), names.last(), "the damaged record lies in a sealed segment");
+    fs.flip_bit(&wal_dir.join(&name), (victim.offset + FRAME_HEADER_LEN as u64 + 3) * 8).unwrap();
+
+    // Read whole, the segment shows the damage; the cut takes group 1's entry 5 and group 2's
+    // entries from the damage on.
+    let engine =
+        LogEngine::open_with_fs(shared.clone(), &root, opts(RecoveryMode::Repairable, false))
+            .unwrap();
+    let group1 = engine.group(1).unwrap();
+    assert_eq!(group1.last_index().unwrap(), 4, "cut at the damaged record");
+    assert_eq!(
+        group1.repair_state().unwrap(),
+        Some(RepairState { index: 5, term: 2 }),
+        "group 1 repairs up to the entry the cut took"
+    );
+    let group2 = engine.group(2).unwrap();
+    assert!(group2.last_index().unwrap() < 1200);
+    assert_eq!(group2.repair_state().unwrap(), Some(RepairState { index: 1200, term: 2 }));
+}
