@@ -268,14 +268,8 @@ fn groups_repair_on_their_own_and_a_removed_group_stops_repairing() {
         }
     }
     drop(engine);
-    let wal_dir = root.join("wal");
-    let mut names: Vec<String> = shared
-        .list(&wal_dir)
-        .unwrap()
-        .into_iter()
-        .filter(|n| format::parse_segment_name(n).is_some())
-        .collect();
-    names.sort();
+    let wal_dir = dir();
+    let mut names = segments(&fs);
     let newest = names.pop().unwrap();
     let victim = scan_segment(&fs.read_file(&wal_dir.join(&newest)).unwrap(), 1 << 20)
         .records
@@ -716,14 +710,8 @@ fn damage_to_the_last_acknowledged_write_of_a_group_is_corruption() {
         }
     }
     drop(engine);
-    let wal_dir = root.join("wal");
-    let mut names: Vec<String> = shared
-        .list(&wal_dir)
-        .unwrap()
-        .into_iter()
-        .filter(|n| format::parse_segment_name(n).is_some())
-        .collect();
-    names.sort();
+    let wal_dir = dir();
+    let mut names = segments(&fs);
     let newest = wal_dir.join(names.pop().unwrap());
     let victim = scan_segment(&fs.read_file(&newest).unwrap(), 1 << 20)
         .records
@@ -1186,14 +1174,8 @@ fn a_damaged_last_record_of_a_group_in_a_sealed_segment_is_repaired_up_to_its_en
         engine.write(&mut batch).unwrap();
     }
     drop(engine);
-    let wal_dir = root.join("wal");
-    let mut names: Vec<String> = shared
-        .list(&wal_dir)
-        .unwrap()
-        .into_iter()
-        .filter(|n| format::parse_segment_name(n).is_some())
-        .collect();
-    names.sort();
+    let wal_dir = dir();
+    let names = segments(&fs);
     let is_victim = |r: &ScannedRecord| matches!(&r.record, Record::Entries { group: 1, entries, .. } if entries[0].index == 5);
     let (name, victim) = names
         .iter()
