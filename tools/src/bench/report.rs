@@ -145,7 +145,8 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
             met: ratio >= 0.8,
         });
     }
-    // The plain row and the steady-state one (compacting behind, segments recycled).
+    // The plain row and the steady-state one (compacting behind, segments recycled): met only
+    // when both are, so that one row's lucky run (a raw loop with slow rounds) cannot meet it.
     let large: Vec<&Row> = rows.iter().filter(|r| r.workload.starts_with("1024 × 1 KiB")).collect();
     if !large.is_empty() {
         let ratios: Vec<f64> =
@@ -158,7 +159,7 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
                 .map(|(r, ratio)| format!("{} {ratio:.2}×", r.workload))
                 .collect::<Vec<_>>()
                 .join(", "),
-            met: ratios.iter().any(|r| *r >= 0.8),
+            met: ratios.iter().all(|r| *r >= 0.8),
         });
     }
     if let (Some(one), Some(eight)) = (find(rows, "1 writer "), find(rows, "8 writers")) {
@@ -407,6 +408,8 @@ mod tests {
             row("append+sync", "1 × 64 B / sync", "syncs/s", 100.0, Some(0.96)),
             row("append+sync", "1 × 1 KiB / sync", "syncs/s", 100.0, Some(0.94)),
             row("batch", "256 × 1 KiB / sync", "syncs/s", 10.0, Some(0.8)),
+            row("batch", "1024 × 1 KiB / sync", "syncs/s", 10.0, Some(1.26)),
+            row("batch", "1024 × 1 KiB / sync, compacting behind", "syncs/s", 10.0, Some(0.79)),
             row("group commit", "1 writer × 1 KiB", "entries/s", 100.0, None),
             row("group commit", "8 writers × 1 KiB", "entries/s", 499.0, None),
             row("index", "index memory after recovery (10 entries)", "B/entry", 16.0, None),
@@ -415,9 +418,14 @@ mod tests {
         let goals = goals(&rows);
         let met: Vec<bool> = goals.iter().map(|g| g.met).collect();
         // One single-entry row below 0.95 misses the goal; 0.8 and 16 B are on the line (met);
-        // 4.99× and 0.99 GB/s are just below (missed).
-        assert_eq!(met, [false, true, false, true, false]);
+        // one 1024 row at 0.79, 4.99× and 0.99 GB/s are just below (missed).
+        assert_eq!(met, [false, true, false, false, true, false]);
         assert!(goals[0].measured.contains("0.94×"), "{}", goals[0].measured);
+        assert!(goals[2].measured.contains("1.26×") && goals[2].measured.contains("0.79×"));
+        // Both 1024 rows at 0.8 or more meet it.
+        let mut rows = rows;
+        rows[4].raftwal.ratio_to_raw = Some(0.8);
+        assert!(super::goals(&rows)[2].met, "{:?}", super::goals(&rows)[2]);
     }
 
     #[test]
