@@ -79,8 +79,8 @@ pub fn build(listing: &Footer, footer_offset: u64) -> Option<Vec<u8>> {
     if refused || !first_write_done || last_more {
         return None;
     }
-    let mut ids: Vec<u64> = groups.keys().copied().collect();
-    ids.sort_unstable();
+    let mut groups: Vec<(u64, GroupBuilder)> = groups.into_iter().collect();
+    groups.sort_unstable_by_key(|(id, _)| *id);
 
     let mut out = Vec::with_capacity(listing.len() / 4 + 64);
     codec::put_u32(&mut out, listing.records());
@@ -93,10 +93,9 @@ pub fn build(listing: &Footer, footer_offset: u64) -> Option<Vec<u8>> {
         let len = out.len() - len_at - size_of::<u32>();
         LittleEndian::write_u32(&mut out[len_at..], len as u32);
     }
-    codec::put_u32(&mut out, ids.len() as u32);
+    codec::put_u32(&mut out, groups.len() as u32);
     // Bounded by the groups.
-    for id in ids {
-        let group = groups.remove(&id).expect("listed above");
+    for (_, group) in groups {
         out.extend_from_slice(&group.finish());
     }
     Some(out)
