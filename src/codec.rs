@@ -144,6 +144,15 @@ pub fn decode_entry_in(
     owner: Option<(&Bytes, usize)>,
 ) -> Result<Entry, DecodeError> {
     let index = dec.u64("entry index")?;
+    decode_entry_after_index(dec, index, owner)
+}
+
+/// The rest of an entry whose index [`decode_entry_in`] (or a caller skipping entries) read.
+pub fn decode_entry_after_index(
+    dec: &mut Decoder<'_>,
+    index: u64,
+    owner: Option<(&Bytes, usize)>,
+) -> Result<Entry, DecodeError> {
     let term = dec.u64("entry term")?;
     let entry_type =
         EntryType::from_u8(dec.u8("entry type")?).ok_or(DecodeError { what: "entry type" })?;

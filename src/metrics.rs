@@ -178,7 +178,7 @@ pub struct WalMetrics {
     pub bytes_on_disk: u64,
     /// Heap bytes of the in-memory index.
     pub index_bytes: u64,
-    /// Bytes of entries in the entry cache.
+    /// Bytes held by the cache of the newest writes (each charged 64 bytes more).
     pub cache_bytes: u64,
     /// Snapshot files made durable (created or installed).
     pub snapshot_writes: u64,

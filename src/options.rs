@@ -68,7 +68,8 @@ pub struct WalOptions {
     pub must_sync_rule: bool,
     /// What opening does with damaged durable data.
     pub recovery_mode: RecoveryMode,
-    /// Bytes of recent entries kept in memory for reads.
+    /// Bytes of the newest writes kept in memory for reads of recent entries (DESIGN.md §9);
+    /// 0 keeps none.
     pub cache_bytes: u64,
     /// Prepare the next segment file on a background thread (on: rollover never waits for a file
     /// to be created and allocated; off: the rollover prepares it inline when it needs it, which

@@ -675,6 +675,55 @@ pub fn entries_payload_len(entries: &[Entry], with_hard_state: bool) -> u64 {
     head as u64 + entries.iter().map(Entry::encoded_len).sum::<u64>()
 }
 
+/// Decodes the entries of an entries record's payload (of `record_type`, `Entries` or
+/// `EntriesHardState`) whose indices lie in `wanted`: the group and those entries. The others
+/// are skipped from their headers, their data neither copied nor shared: a read decodes only
+/// what it asked for. The record is checked as [`Record::decode_payload_in`] checks it, but for
+/// the data of entries skipped.
+pub fn decode_entries_in(
+    record_type: RecordType,
+    payload: &[u8],
+    owner: Option<(&bytes::Bytes, usize)>,
+    wanted: std::ops::Range<u64>,
+) -> Result<(u64, Vec<Entry>), DecodeError> {
+    let mut dec = Decoder::new(payload);
+    let group = dec.u64("entries group")?;
+    match record_type {
+        RecordType::Entries => {}
+        RecordType::EntriesHardState => {
+            codec::decode_hard_state(&mut dec)?;
+        }
+        _ => return Err(DecodeError { what: "entries record type" }),
+    }
+    let count = dec.u32("entries count")? as usize;
+    if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
+        return Err(DecodeError { what: "entries count" });
+    }
+    let mut entries =
+        Vec::with_capacity(count.min(wanted.end.saturating_sub(wanted.start) as usize));
+    let mut prev: Option<u64> = None;
+    // Bounded by `count`, itself bounded by the payload's length.
+    for _ in 0..count {
+        let index = dec.u64("entry index")?;
+        if prev.is_some_and(|p| p.checked_add(1) != Some(index)) {
+            return Err(DecodeError { what: "entries indices" });
+        }
+        prev = Some(index);
+        if index >= wanted.end {
+            break;
+        }
+        if index < wanted.start {
+            dec.u64("entry term")?;
+            dec.u8("entry type")?;
+            let len = dec.u32("entry data length")? as usize;
+            dec.bytes(len, "entry data")?;
+            continue;
+        }
+        entries.push(codec::decode_entry_after_index(&mut dec, index, owner)?);
+    }
+    Ok((group, entries))
+}
+
 fn decode_entries_payload(
     dec: &mut Decoder<'_>,
     owner: Option<(&bytes::Bytes, usize)>,

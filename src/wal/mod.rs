@@ -44,7 +44,7 @@ use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, RepairState, SnapshotMetadata};
 use batch::Item;
-use cache::EntryCache;
+use cache::WriteCache;
 use index::Loc;
 use segment::Segment;
 use state::EngineState;
@@ -84,7 +84,8 @@ struct Inner {
     // Sealed segments by sequence; the active one is the writer's.
     sealed: BTreeMap<u64, Segment>,
     state: EngineState,
-    cache: EntryCache,
+    // The newest writes, for reads of recent entries.
+    cache: WriteCache,
     // Purges that found each hot group pinning old segments (reset once it stops).
     compact_requests: state::GroupMap<u32>,
     // A segment was sealed since the last purge: the next durable point may release some.
@@ -191,13 +192,15 @@ impl Engine {
                 counters.segment(true);
             }
         }
+        // From now on, each write's buffer goes to the write cache.
+        writer.keep_writes = options.cache_bytes > 0;
         let sealed = recovered.sealed.into_iter().map(|s| (s.sequence, s)).collect();
         state.shrink();
         let inner = Inner {
             writer,
             sealed,
             state,
-            cache: EntryCache::new(options.cache_bytes),
+            cache: WriteCache::new(options.cache_bytes),
             compact_requests: state::GroupMap::default(),
             purge_due: true,
             repairs: repair::RepairFile::default(),
@@ -456,13 +459,16 @@ impl Engine {
             Err(Failure::Poison(e)) => return Err(self.poison(e)),
         };
         let lsn = inner.writer.lsn;
-        let durable_lsn = self.lock_sync().durable_lsn;
+        if let Some((segment, offset, bytes)) = written.bytes {
+            let durable_lsn = self.lock_sync().durable_lsn;
+            inner.cache.insert(segment, offset, bytes, lsn, durable_lsn);
+        }
         let entries: usize = ops
             .iter()
             .map(|op| if let Op::Entries { entries, .. } = op { entries.len() } else { 0 })
             .sum();
         self.counters.wrote(entries as u64, lsn - lsn_before);
-        let mut runs = written.iter();
+        let mut runs = written.runs.iter();
         for op in ops {
             match *op {
                 Op::Entries { group, entries, hard_state } => {
@@ -492,7 +498,6 @@ impl Engine {
                                 Ok(())
                             })
                             .unwrap_or_else(|why| panic!("a checked append was refused: {why}"));
-                        inner.cache.append(group, part, lsn, durable_lsn);
                         rest = tail;
                     }
                 }
@@ -508,7 +513,6 @@ impl Engine {
                         .change(group, |s| s.apply_snapshot(metadata, resets_log))
                         .unwrap_or_else(|why| panic!("a checked snapshot was refused: {why}"));
                     if resets_log {
-                        inner.cache.clear(group);
                         // Segments may be releasable once this is durable.
                         inner.purge_due = true;
                     }
@@ -518,13 +522,11 @@ impl Engine {
                         .state
                         .change(group, |s| s.apply_compact(index, term))
                         .unwrap_or_else(|why| panic!("a checked compaction was refused: {why}"));
-                    inner.cache.compact(group, index);
                     inner.purge_due = true;
                 }
                 Op::Remove { group } => {
                     inner.purge_due = true;
                     inner.state.remove(group);
-                    inner.cache.clear(group);
                     inner.compact_requests.remove(&group);
                 }
                 Op::Checkpoint(_) => {}
@@ -1240,30 +1242,38 @@ impl Inner {
         };
         let index = &state.index;
         check_entries_range(lo, hi, index.dummy_index(), index.last_index())?;
-        let mut out: Vec<Entry> = Vec::new();
+        // Sized for the range, within a bound: `max_size` may end the read much earlier.
+        let mut out: Vec<Entry> = Vec::with_capacity((hi - lo).min(1024) as usize);
         let mut total = 0u64;
         let mut next = lo;
+        // The term of entries up to `term_end` (exclusive), from one search of the index.
+        let (mut term, mut term_end) = (0, lo);
         // Bytes read ahead from one segment, and which segment.
         let mut span: Option<segment::Span<'_>> = None;
         let mut span_segment = u32::MAX;
         // Bounded: each pass adds at least one entry or returns.
         while next < hi {
-            if let Some(entry) = self.cache.get(group, next) {
-                if !fits(&mut total, &out, entry.encoded_len(), max_size) {
-                    break;
-                }
-                out.push(entry.clone());
-                next += 1;
-                continue;
-            }
             let loc = index.loc(next);
+            // Entries `next..end` are the ones this pass takes from the record at `loc`.
+            let end = index.record_end(next, loc, hi);
             let from_span = match &span {
                 Some(span) if span_segment == loc.segment => {
-                    span.entries_at(u64::from(loc.offset), group, max_record)?
+                    span.entries_at(u64::from(loc.offset), group, max_record, next..end)?
                 }
                 _ => None,
             };
-            let record = match from_span {
+            // Else a recent write, from memory: its records lie wholly in its bytes.
+            let decoded = match from_span {
+                Some(record) => Some(record),
+                None => self.cached_record(group, loc, max_record, next..end)?.map(
+                    |(cached, record)| {
+                        span = Some(cached);
+                        span_segment = loc.segment;
+                        record
+                    },
+                ),
+            };
+            let record = match decoded {
                 Some(record) => record,
                 _ => {
                     // A record the span holds the start of but not the end: its header gives
@@ -1290,10 +1300,13 @@ impl Inner {
                 )
             })?;
             for entry in record.into_iter().skip(skip) {
-                if next >= hi || index.loc(next) != loc {
+                if next >= end {
                     break;
                 }
-                if entry.index != next || entry.term != index.term(next)? {
+                if next >= term_end {
+                    (term, term_end) = index.term_run(next);
+                }
+                if entry.index != next || entry.term != term {
                     return Err(self.segment_corruption(
                         loc,
                         format!("entry {next} disagrees with the index"),
@@ -1350,17 +1363,33 @@ impl Inner {
             (Some(len), _) => len,
             (None, Some(len)) if last == loc.offset => len,
             (None, None) if last == loc.offset => {
-                return Ok((None, self.read_record(group, loc, max_record)?));
+                return Ok((None, self.read_record(group, loc, max_record, next..hi)?));
             }
             _ => (last - loc.offset) as usize + SPAN_TAIL_BYTES,
         };
         let (name, file) = self.segment_file(loc)?;
         let span = segment::Span::read(name, file, u64::from(loc.offset), len)?;
-        match span.entries_at(u64::from(loc.offset), group, max_record)? {
+        match span.entries_at(u64::from(loc.offset), group, max_record, next..hi)? {
             Some(record) => Ok((Some(span), record)),
             // A record longer than the span: read it alone.
-            None => Ok((None, self.read_record(group, loc, max_record)?)),
+            None => Ok((None, self.read_record(group, loc, max_record, next..hi)?)),
         }
+    }
+
+    /// The record at `loc` decoded from the write cache, with the cached write as a span for
+    /// the records after it; `None` when the cache does not hold it.
+    fn cached_record(
+        &self,
+        group: u64,
+        loc: Loc,
+        max_record: u32,
+        wanted: std::ops::Range<u64>,
+    ) -> Result<Option<(segment::Span<'_>, Vec<Entry>)>> {
+        let Some((offset, bytes)) = self.cache.get(loc) else { return Ok(None) };
+        let (name, _) = self.segment_file(loc)?;
+        let span = segment::Span { name, offset, bytes: bytes.clone(), verify: false };
+        let record = span.entries_at(u64::from(loc.offset), group, max_record, wanted)?;
+        Ok(record.map(|record| (span, record)))
     }
 
     /// The name and file of the segment `loc` points into.
@@ -1377,7 +1406,13 @@ impl Inner {
         Ok((&segment.name, segment.file.as_ref()))
     }
 
-    fn read_record(&self, group: u64, loc: Loc, max_record: u32) -> Result<Vec<Entry>> {
+    fn read_record(
+        &self,
+        group: u64,
+        loc: Loc,
+        max_record: u32,
+        wanted: std::ops::Range<u64>,
+    ) -> Result<Vec<Entry>> {
         let sequence = u64::from(loc.segment);
         if sequence == self.writer.active.sequence {
             let active = &self.writer.active;
@@ -1387,6 +1422,7 @@ impl Inner {
                 group,
                 u64::from(loc.offset),
                 max_record,
+                wanted,
             );
         }
         let segment = self.sealed.get(&sequence).ok_or_else(|| Error::Corruption {
@@ -1394,7 +1430,7 @@ impl Inner {
             offset: u64::from(loc.offset),
             kind: crate::error::CorruptionKind::Missing,
         })?;
-        segment.read_entries(group, u64::from(loc.offset), max_record)
+        segment.read_entries(group, u64::from(loc.offset), max_record, wanted)
     }
 
     fn segment_corruption(&self, loc: Loc, why: String) -> Error {

@@ -5,6 +5,7 @@
 //! mapped read would kill the process with SIGBUS.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -16,8 +17,8 @@ use crate::options::MAX_SEGMENT_SPAN_BYTES;
 use crate::types::Entry;
 use crate::wal::footer::SealedFooter;
 use crate::wal::format::{
-    FRAME_HEADER_LEN, FrameHeader, LEN_OFFSET, Record, RecordType, SEGMENT_HEADER_LEN,
-    SegmentHeader, TRAILER_LEN, Trailer, frame_crc, framed_len,
+    self, FRAME_HEADER_LEN, FrameHeader, LEN_OFFSET, RecordType, SEGMENT_HEADER_LEN, SegmentHeader,
+    TRAILER_LEN, Trailer, frame_crc, framed_len,
 };
 
 /// Bytes read at a record's offset in one call: the frame header and the payload of most
@@ -42,8 +43,14 @@ pub struct Segment {
 
 impl Segment {
     /// Reads the entries record of `group` at `offset` (see [`read_entries`]).
-    pub fn read_entries(&self, group: u64, offset: u64, max_record: u32) -> Result<Vec<Entry>> {
-        read_entries(&self.name, self.file.as_ref(), group, offset, max_record)
+    pub fn read_entries(
+        &self,
+        group: u64,
+        offset: u64,
+        max_record: u32,
+        wanted: Range<u64>,
+    ) -> Result<Vec<Entry>> {
+        read_entries(&self.name, self.file.as_ref(), group, offset, max_record, wanted)
     }
 }
 
@@ -328,16 +335,17 @@ pub fn read_whole(name: &str, file: &dyn File) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the entries record of `group` at `offset` of segment `name`, checking its CRC again:
-/// bytes can rot on disk after recovery checked them, and a read must never return bytes that
-/// differ from those written (nor another group's). One `pread` for a record of up to
-/// [`READ_AHEAD_BYTES`], two beyond.
+/// Reads the entries record of `group` at `offset` of segment `name` and decodes those of its
+/// entries in `wanted`, checking its CRC again: bytes can rot on disk after recovery checked
+/// them, and a read must never return bytes that differ from those written (nor another
+/// group's). One `pread` for a record of up to [`READ_AHEAD_BYTES`], two beyond.
 pub fn read_entries(
     name: &str,
     file: &dyn File,
     group: u64,
     offset: u64,
     max_record: u32,
+    wanted: Range<u64>,
 ) -> Result<Vec<Entry>> {
     let corruption = |kind| Error::Corruption { segment: PathBuf::from(name), offset, kind };
     let mut buf = vec![0u8; READ_AHEAD_BYTES];
@@ -362,8 +370,9 @@ pub fn read_entries(
         }
     }
     buf.truncate(total);
-    let span = Span { name, offset, bytes: bytes::Bytes::from(buf) };
-    span.entries_at(offset, group, max_record)?.ok_or_else(|| corruption(CorruptionKind::Torn))
+    let span = Span { name, offset, bytes: bytes::Bytes::from(buf), verify: true };
+    span.entries_at(offset, group, max_record, wanted)?
+        .ok_or_else(|| corruption(CorruptionKind::Torn))
 }
 
 /// Bytes of a segment read in one `pread`, from which the entries records lying wholly inside
@@ -375,6 +384,9 @@ pub struct Span<'a> {
     pub offset: u64,
     /// The bytes; entries decoded from them share this buffer.
     pub bytes: bytes::Bytes,
+    /// Whether each record's CRC is checked: bytes read from a file are; the write cache's
+    /// (the buffer the log wrote, never read back from the disk) need not be.
+    pub verify: bool,
 }
 
 impl Span<'_> {
@@ -383,7 +395,7 @@ impl Span<'_> {
         let mut buf = vec![0u8; len];
         let read = file.read_up_to_at(&mut buf, offset)?;
         buf.truncate(read);
-        Ok(Span { name, offset, bytes: bytes::Bytes::from(buf) })
+        Ok(Span { name, offset, bytes: bytes::Bytes::from(buf), verify: true })
     }
 
     /// Bytes of the record at segment offset `at` (frame header and payload), from its header,
@@ -396,9 +408,15 @@ impl Span<'_> {
         (head.len <= max_record).then(|| FRAME_HEADER_LEN + head.len as usize)
     }
 
-    /// Decodes the entries record of `group` at segment offset `at`, its CRC checked, or `None`
-    /// when the record does not lie wholly in the span.
-    pub fn entries_at(&self, at: u64, group: u64, max_record: u32) -> Result<Option<Vec<Entry>>> {
+    /// Decodes the entries in `wanted` of the entries record of `group` at segment offset `at`,
+    /// its CRC checked (with `verify`), or `None` when the record does not lie wholly in the span.
+    pub fn entries_at(
+        &self,
+        at: u64,
+        group: u64,
+        max_record: u32,
+        wanted: Range<u64>,
+    ) -> Result<Option<Vec<Entry>>> {
         let corruption =
             |kind| Error::Corruption { segment: PathBuf::from(self.name), offset: at, kind };
         let Some(start) = at.checked_sub(self.offset).map(|s| s as usize) else { return Ok(None) };
@@ -409,7 +427,7 @@ impl Span<'_> {
         }
         let end = start + FRAME_HEADER_LEN + head.len as usize;
         let Some(payload) = self.bytes.get(start + FRAME_HEADER_LEN..end) else { return Ok(None) };
-        if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
+        if self.verify && frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
             return Err(corruption(CorruptionKind::ChecksumMismatch));
         }
         let record_type = match RecordType::from_u8(head.record_type) {
@@ -422,14 +440,11 @@ impl Span<'_> {
             }
         };
         let owner = Some((&self.bytes, start + FRAME_HEADER_LEN));
-        match Record::decode_payload_in(record_type, payload, owner) {
-            Ok(Record::Entries { group: found, entries, .. }) if found == group => {
-                Ok(Some(entries))
-            }
-            Ok(Record::Entries { group: found, .. }) => Err(corruption(CorruptionKind::Malformed(
-                format!("the index points at entries of group {found}, not of group {group}"),
-            ))),
-            Ok(_) => unreachable!("an entries payload decodes to entries"),
+        match format::decode_entries_in(record_type, payload, owner, wanted) {
+            Ok((found, entries)) if found == group => Ok(Some(entries)),
+            Ok((found, _)) => Err(corruption(CorruptionKind::Malformed(format!(
+                "the index points at entries of group {found}, not of group {group}"
+            )))),
             Err(e) => Err(corruption(CorruptionKind::Malformed(e.to_string()))),
         }
     }

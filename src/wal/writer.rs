@@ -117,6 +117,16 @@ pub struct EntriesWritten {
     pub count: usize,
 }
 
+/// What a write put in the log.
+#[derive(Debug)]
+pub struct Written {
+    /// Where each run of entries went, in the order of the ops.
+    pub runs: Vec<EntriesWritten>,
+    /// The write's bytes and where they start (segment sequence, offset), when the writer keeps
+    /// them for the write cache ([`Writer::keep_writes`]).
+    pub bytes: Option<(u64, u64, bytes::Bytes)>,
+}
+
 /// How a write failed.
 #[derive(Debug)]
 pub enum Failure {
@@ -285,6 +295,8 @@ pub struct Writer {
     /// to stop (in `Drop for Writer`), closes its files, then waits for the thread here.
     prepared: Option<Preparation>,
     buf: Vec<u8>,
+    /// Whether each write hands its buffer back (for the write cache) instead of reusing it.
+    pub keep_writes: bool,
     /// Released segment files to reuse (`*.free` names, oldest first), and how many to keep.
     pub pool: Vec<String>,
     /// Files the pool keeps at most; more are deleted.
@@ -465,6 +477,7 @@ impl Writer {
             active,
             prepared: None,
             buf: Vec::new(),
+            keep_writes: false,
             pool,
             pool_capacity: recycle_capacity(options),
             lsn: 0,
@@ -596,13 +609,13 @@ impl Writer {
     /// [`EARLY_WRITE_BYTES`]), rolling over first if they do not fit.
     /// `checkpoint` builds the state before `ops`, written first in a new segment. Every record
     /// but the last carries [`FLAG_MORE`], so recovery applies the write whole or not at all.
-    /// Returns where each run of entries went.
+    /// Returns where each run of entries went and, with `keep_writes`, the bytes written.
     pub fn write(
         &mut self,
         ops: &[Op<'_>],
         checkpoint: &dyn Fn() -> Vec<Checkpoint>,
         sealed: &mut Option<Sealed>,
-    ) -> Result<Vec<EntriesWritten>, Failure> {
+    ) -> Result<Written, Failure> {
         let plan = self.plan(ops).map_err(Failure::Refused)?;
         // The state is built (it clones memberships) only for a rollover or a fresh segment.
         let mut rolled: Option<Vec<Checkpoint>> = None;
@@ -642,6 +655,12 @@ impl Writer {
         }
 
         self.buf.clear();
+        if self.keep_writes {
+            // The buffer leaves with the write: size it exactly (the recycled end mark
+            // included), so that the cache holds no spare capacity.
+            let len = header_bytes + plan.bytes + FRAME_HEADER_LEN as u64;
+            self.buf.reserve_exact(usize::try_from(len).expect("checked below 4 GiB"));
+        }
         let sequence = u32::try_from(self.active.sequence).expect("sequences stay below 2^32");
         let mut prev_crc = self.active.prev_crc;
         let mut records = self.records;
@@ -756,11 +775,18 @@ impl Writer {
         self.active.prev_crc = prev_crc;
         self.records = records;
         self.lsn += written_len as u64;
-        // Keep a large buffer from pinning memory after a rare huge batch.
-        if self.buf.capacity() > 4 << 20 {
-            self.buf = Vec::new();
-        }
-        Ok(written)
+        let bytes = if self.keep_writes {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.truncate(written_len);
+            Some((self.active.sequence, start, bytes::Bytes::from(buf)))
+        } else {
+            // Keep a large buffer from pinning memory after a rare huge batch.
+            if self.buf.capacity() > 4 << 20 {
+                self.buf = Vec::new();
+            }
+            None
+        };
+        Ok(Written { runs: written, bytes })
     }
 
     /// Writes `buf[handed..]` at `start + handed` and, with `writeback`, starts its writeback

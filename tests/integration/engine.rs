@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -510,6 +510,106 @@ fn an_empty_batch_does_no_io_and_concurrent_empty_and_full_batches_all_recover()
         assert_eq!(group.last_index().unwrap(), ROUNDS / 2);
         assert_eq!(group.initial_state().unwrap().hard_state, hs(1, ROUNDS / 2));
     }
+}
+
+#[test]
+fn the_newest_writes_are_read_from_memory_and_older_ones_from_their_segments() {
+    // Room for about three of the batches below (each some 1.2 KiB of records).
+    let options = WalOptions { segment_size_bytes: 64 << 10, cache_bytes: 4096, ..options() };
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    for round in 0..40 {
+        let mut batch = WriteBatch::new();
+        for g in 1..=3 {
+            batch.save(g, None, &run(g, 3 * round + 1, 3 * round + 3, 1, 100)).unwrap();
+        }
+        engine.write(&mut batch).unwrap();
+    }
+    let reads = Arc::new(AtomicU64::new(0));
+    let counted = reads.clone();
+    let hook: Hook = Arc::new(move |event: &OpEvent<'_>| {
+        if event.kind == OpKind::Read {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    });
+    fs.set_hook(Some(hook));
+    for g in 1..=3 {
+        let got = engine.group(g).unwrap().entries(115, 121, u64::MAX).unwrap();
+        assert_eq!(got, run(g, 115, 120, 1, 100));
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 0, "the last two batches come from memory");
+    let got = engine.group(2).unwrap().entries(1, 4, u64::MAX).unwrap();
+    assert_eq!(got, run(2, 1, 3, 1, 100));
+    assert!(reads.load(Ordering::SeqCst) > 0, "the first batch was dropped from memory");
+    assert!(engine.metrics().cache_bytes <= 4096, "every write is durable: within the budget");
+
+    // An overwrite: the index sends the read to the new record, also in memory.
+    reads.store(0, Ordering::SeqCst);
+    let mut batch = WriteBatch::new();
+    batch.save(1, None, &run(1, 119, 119, 2, 100)).unwrap();
+    engine.write(&mut batch).unwrap();
+    let group = engine.group(1).unwrap();
+    assert_eq!(group.last_index().unwrap(), 119);
+    let got = group.entries(118, 120, u64::MAX).unwrap();
+    assert_eq!(got, [run(1, 118, 118, 1, 100), run(1, 119, 119, 2, 100)].concat());
+    assert_eq!(reads.load(Ordering::SeqCst), 0, "both records are in memory");
+    drop(group);
+
+    // Without a cache, the same reads go to the files.
+    fs.set_hook(None);
+    let engine = reopen(&fs, engine, &WalOptions { cache_bytes: 0, ..options.clone() });
+    let counted = reads.clone();
+    fs.set_hook(Some(Arc::new(move |event: &OpEvent<'_>| {
+        if event.kind == OpKind::Read {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    })));
+    let got = engine.group(3).unwrap().entries(118, 121, u64::MAX).unwrap();
+    assert_eq!(got, run(3, 118, 120, 1, 100));
+    assert!(reads.load(Ordering::SeqCst) > 0);
+    fs.set_hook(None);
+}
+
+#[test]
+fn writes_not_yet_durable_stay_in_memory_past_the_budget() {
+    // A failed fdatasync may drop their pages: until a sync returns, the writes' own buffers
+    // are the only copy the log can trust.
+    let options = WalOptions {
+        segment_size_bytes: 64 << 10,
+        cache_bytes: 1024,
+        sync_policy: SyncPolicy::Never,
+        ..options()
+    };
+    let fs = CrashFs::new();
+    let engine = open(&fs, &options).unwrap();
+    for round in 0..10 {
+        let mut batch = WriteBatch::new();
+        batch.save(1, None, &run(1, 2 * round + 1, 2 * round + 2, 1, 200)).unwrap();
+        engine.write(&mut batch).unwrap();
+    }
+    assert!(engine.metrics().cache_bytes > 4 * 1024, "ten writes of 400 B kept over the budget");
+    let reads = Arc::new(AtomicU64::new(0));
+    let counted = reads.clone();
+    fs.set_hook(Some(Arc::new(move |event: &OpEvent<'_>| {
+        if event.kind == OpKind::Read {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    })));
+    let group = engine.group(1).unwrap();
+    assert_eq!(group.entries(1, 21, u64::MAX).unwrap(), run(1, 1, 20, 1, 200));
+    assert_eq!(reads.load(Ordering::SeqCst), 0, "every write is still in memory");
+    // Once synced, the next write brings the cache back within its budget.
+    engine.sync().unwrap();
+    let mut batch = WriteBatch::new();
+    batch.save(1, None, &run(1, 21, 21, 1, 200)).unwrap();
+    engine.write(&mut batch).unwrap();
+    assert!(engine.metrics().cache_bytes <= 1024);
+    assert_eq!(group.entries(1, 22, u64::MAX).unwrap(), run(1, 1, 21, 1, 200));
+    assert!(reads.load(Ordering::SeqCst) > 0, "the synced writes were dropped and read back");
+    fs.set_hook(None);
 }
 
 #[test]
