@@ -3,24 +3,49 @@
 //! `pread`.
 //!
 //! Each write's buffer (its framed records, the bytes handed to the kernel) is kept whole, keyed
-//! by where it starts in the log. A read looks up the write holding the record its index
-//! location names and decodes that record in place, sharing the buffer. The index alone says
-//! which entries are live, so an overwrite, a compaction or a removal changes nothing here, and
-//! caching a write costs one queue push however many groups it holds: the write path never
-//! touches a group's memory for the cache. Over the budget the oldest writes are dropped first,
-//! but never one not yet durable: its bytes may then be only in the page cache, which a failed
-//! fdatasync can drop, so the budget may be exceeded by the writes since the last sync.
+//! by where it starts in the log, with where its entries records lie. Caching a write costs one
+//! queue push however many groups it holds: the write path never touches a group's memory for
+//! the cache. The first read that needs a cached write decodes its entries records once, the
+//! entries sharing the buffer; later reads clone them from that table. The index alone says which
+//! entries are live, so an overwrite, a compaction or a removal changes nothing here. Over the
+//! budget the oldest writes are dropped first, but never one not yet durable: its bytes may then
+//! be only in the page cache, which a failed fdatasync can drop, so the budget may be exceeded by
+//! the writes since the last sync.
 
 use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
+use crate::types::Entry;
+use crate::wal::format::{FRAME_HEADER_LEN, FrameHeader, RecordType, decode_entries_in};
 use crate::wal::index::Loc;
 
 /// Bytes charged to the budget for each cached write besides its own: the queue item, the
 /// buffer's shared header and the allocator's overhead, so that many small writes cannot hold
 /// much more memory than the budget says.
 pub const WRITE_OVERHEAD_BYTES: u64 = 64;
+
+/// Bytes charged per entry and per record for the table a read decodes (charged when the write
+/// is cached, whether it is ever read or not).
+const ENTRY_TABLE_BYTES: u64 = size_of::<Entry>() as u64;
+const RECORD_TABLE_BYTES: u64 = size_of::<CachedRecord>() as u64;
+
+/// An entries record of a cached write.
+#[derive(Clone, Copy, Debug)]
+pub struct CachedRecord {
+    /// Offset of the record's frame in its segment.
+    pub offset: u32,
+    /// The group whose entries it holds.
+    pub group: u64,
+    /// Its first entry's index.
+    pub first_index: u64,
+    /// How many entries it holds.
+    pub count: u32,
+    /// Where its first entry is among the write's entries: the counts of the records before it.
+    pub start: u32,
+}
 
 /// One write of the log, as written.
 #[derive(Debug)]
@@ -32,16 +57,58 @@ struct CachedWrite {
     /// The log sequence number at the write's end: durable once a sync reaches it.
     end_lsn: u64,
     bytes: Bytes,
+    /// Its entries records, in offset order.
+    records: Vec<CachedRecord>,
+    /// Every record's entries, in record order, decoded by the first read that needs them;
+    /// empty if decoding failed (a bug: reads then go to the file, which checks CRCs).
+    entries: OnceLock<Vec<Entry>>,
+    /// Entries of all records.
+    count: u64,
 }
 
 impl CachedWrite {
     fn cost(&self) -> u64 {
-        self.bytes.len() as u64 + WRITE_OVERHEAD_BYTES
+        self.bytes.len() as u64
+            + WRITE_OVERHEAD_BYTES
+            + self.records.len() as u64 * RECORD_TABLE_BYTES
+            + self.count * ENTRY_TABLE_BYTES
+    }
+
+    /// Every record's entries, decoded from the buffer.
+    fn decode(&self) -> Vec<Entry> {
+        let mut all = Vec::with_capacity(self.count as usize);
+        // Bounded by the records, each decoded once.
+        for record in &self.records {
+            let start = (record.offset - self.offset) as usize;
+            let Some(header) = self.bytes.get(start..start + FRAME_HEADER_LEN) else {
+                return Vec::new();
+            };
+            let head = FrameHeader::read(header);
+            let payload_at = start + FRAME_HEADER_LEN;
+            let Some(payload) = self.bytes.get(payload_at..payload_at + head.len as usize) else {
+                return Vec::new();
+            };
+            let Some(record_type) = RecordType::from_u8(head.record_type) else {
+                return Vec::new();
+            };
+            let owner = Some((&self.bytes, payload_at));
+            match decode_entries_in(record_type, payload, owner, 0..u64::MAX) {
+                Ok((group, entries))
+                    if group == record.group
+                        && entries.len() == record.count as usize
+                        && entries[0].index == record.first_index =>
+                {
+                    all.extend(entries)
+                }
+                _ => return Vec::new(),
+            }
+        }
+        all
     }
 }
 
-/// The newest writes of the log, at most `limit_bytes` of them (plus [`WRITE_OVERHEAD_BYTES`]
-/// each) once they are durable.
+/// The newest writes of the log, at most `limit_bytes` of them (with their tables and
+/// [`WRITE_OVERHEAD_BYTES`] each) once they are durable.
 #[derive(Debug)]
 pub struct WriteCache {
     /// In log order: by segment, then by offset.
@@ -66,25 +133,45 @@ impl WriteCache {
         self.bytes
     }
 
-    /// Keeps the write of `bytes` at `offset` of segment `segment`, ending at log sequence
-    /// number `end_lsn`; then drops the oldest writes over the budget that `durable_lsn` covers.
+    /// Keeps the write of `bytes` at `offset` of segment `segment`, holding the entries
+    /// `records` (in offset order) and ending at log sequence number `end_lsn`; then drops the
+    /// oldest writes over the budget that `durable_lsn` covers.
     pub fn insert(
         &mut self,
         segment: u64,
         offset: u64,
         bytes: Bytes,
-        end_lsn: u64,
-        durable_lsn: u64,
+        records: Vec<CachedRecord>,
+        lsns: (u64, u64),
     ) {
+        let (end_lsn, durable_lsn) = lsns;
         if !self.is_enabled() || bytes.is_empty() {
             return;
         }
+        let count = records.iter().map(|r| u64::from(r.count)).sum();
         let write = CachedWrite {
             segment: u32::try_from(segment).expect("fewer than 2^32 segments"),
             offset: u32::try_from(offset).expect("segments stay below 4 GiB"),
             end_lsn,
             bytes,
+            records,
+            entries: OnceLock::new(),
+            count,
         };
+        let end = u64::from(write.offset) + write.bytes.len() as u64;
+        let mut start = 0u32;
+        // Bounded by the records.
+        for pair in write.records.windows(2) {
+            assert!(pair[0].offset < pair[1].offset, "a write's records are in offset order");
+        }
+        for record in &write.records {
+            assert!(
+                record.offset >= write.offset && u64::from(record.offset) < end,
+                "a write's records lie in it"
+            );
+            assert_eq!(record.start, start, "a record's entries follow the ones before it");
+            start += record.count;
+        }
         // Reads find a write by binary search: the queue must stay in log order, and writes
         // never overlap.
         if let Some(last) = self.writes.back() {
@@ -114,87 +201,160 @@ impl WriteCache {
         }
     }
 
-    /// The cached write holding the byte at `loc`, and the segment offset it starts at.
-    pub fn get(&self, loc: Loc) -> Option<(u64, &Bytes)> {
+    /// The entries in `wanted` of `group`'s entries record at `loc`, when a cached write holds
+    /// it. `None` sends the read to the file: not cached, or not what the index expects there
+    /// (the file read then reports it).
+    pub fn entries(&self, loc: Loc, group: u64, wanted: Range<u64>) -> Option<&[Entry]> {
         let after =
             self.writes.partition_point(|w| (w.segment, w.offset) <= (loc.segment, loc.offset));
         let write = self.writes.get(after.checked_sub(1)?)?;
-        // In the same segment, the write starts at or before `loc` (the search says so).
-        let holds = write.segment == loc.segment
-            && u64::from(loc.offset - write.offset) < write.bytes.len() as u64;
-        holds.then_some((u64::from(write.offset), &write.bytes))
+        if write.segment != loc.segment {
+            return None;
+        }
+        let at = write.records.binary_search_by_key(&loc.offset, |r| r.offset).ok()?;
+        let record = write.records[at];
+        if record.group != group {
+            return None;
+        }
+        let all = write.entries.get_or_init(|| write.decode());
+        // The table is empty if decoding failed.
+        let start = record.start as usize;
+        let own = all.get(start..start + record.count as usize)?;
+        let from = wanted.start.max(record.first_index);
+        let to = wanted.end.min(record.first_index + u64::from(record.count));
+        if from >= to {
+            return Some(&[]);
+        }
+        let first = (from - record.first_index) as usize;
+        Some(&own[first..first + (to - from) as usize])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::format::{append_record, encode_entries_payload};
+
+    /// A write at `offset` of `segment` holding one entries record per `(group, first, count)`,
+    /// each entry 100 bytes of data naming its group and index.
+    fn write(segment: u32, offset: u32, runs: &[(u64, u64, u32)]) -> (Bytes, Vec<CachedRecord>) {
+        let mut buf = Vec::new();
+        let mut records = Vec::new();
+        let mut start = 0;
+        for &(group, first, count) in runs {
+            let at = offset + buf.len() as u32;
+            let entries: Vec<Entry> =
+                (first..first + u64::from(count)).map(|i| entry(group, i)).collect();
+            append_record(&mut buf, RecordType::Entries, 0, segment, 0, 0, |out| {
+                encode_entries_payload(out, group, None, &entries)
+            });
+            records.push(CachedRecord { offset: at, group, first_index: first, count, start });
+            start += count;
+        }
+        (Bytes::from(buf), records)
+    }
+
+    fn entry(group: u64, index: u64) -> Entry {
+        let mut data = format!("g{group}/i{index}/").into_bytes();
+        data.resize(100, 0);
+        Entry::new(index, 1, data)
+    }
 
     fn at(segment: u32, offset: u32) -> Loc {
         Loc { segment, offset }
     }
 
-    fn bytes(len: usize) -> Bytes {
-        Bytes::from(vec![7u8; len])
+    fn insert(
+        cache: &mut WriteCache,
+        segment: u32,
+        offset: u32,
+        runs: &[(u64, u64, u32)],
+        lsns: (u64, u64),
+    ) -> u32 {
+        let (bytes, records) = write(segment, offset, runs);
+        let len = bytes.len() as u32;
+        cache.insert(u64::from(segment), u64::from(offset), bytes, records, lsns);
+        len
     }
 
     #[test]
-    fn finds_the_write_holding_a_location_in_any_segment() {
+    fn reads_the_entries_of_the_record_at_a_location_in_any_cached_write() {
         let mut cache = WriteCache::new(1 << 20);
-        cache.insert(1, 40, bytes(100), 100, 0);
-        cache.insert(1, 140, bytes(50), 150, 0);
-        cache.insert(2, 0, bytes(10), 160, 0);
-        assert_eq!(cache.get(at(1, 40)).map(|(o, b)| (o, b.len())), Some((40, 100)));
-        assert_eq!(cache.get(at(1, 139)).map(|(o, _)| o), Some(40));
-        assert_eq!(cache.get(at(1, 140)).map(|(o, b)| (o, b.len())), Some((140, 50)));
-        assert_eq!(cache.get(at(2, 9)).map(|(o, _)| o), Some(0));
-        assert!(cache.get(at(1, 39)).is_none(), "before the first cached write");
-        assert!(cache.get(at(1, 190)).is_none(), "past the end of segment 1's last write");
-        assert!(cache.get(at(2, 10)).is_none(), "past the newest write");
-        assert!(cache.get(at(3, 0)).is_none(), "a segment with no cached write");
-        assert!(cache.get(at(0, 50)).is_none(), "an older segment");
+        let first = insert(&mut cache, 1, 40, &[(7, 1, 3), (8, 1, 2)], (100, 0));
+        let (_, records) = write(1, 40, &[(7, 1, 3), (8, 1, 2)]);
+        insert(&mut cache, 1, 40 + first, &[(7, 4, 2)], (200, 0));
+        insert(&mut cache, 2, 0, &[(8, 3, 1)], (300, 0));
+        let group_8 = at(1, records[1].offset);
+        assert_eq!(
+            cache.entries(at(1, 40), 7, 1..4),
+            Some(&[entry(7, 1), entry(7, 2), entry(7, 3)][..])
+        );
+        assert_eq!(cache.entries(at(1, 40), 7, 2..3), Some(&[entry(7, 2)][..]), "only those asked");
+        assert_eq!(cache.entries(group_8, 8, 1..9), Some(&[entry(8, 1), entry(8, 2)][..]));
+        assert_eq!(
+            cache.entries(at(1, 40 + first), 7, 4..6),
+            Some(&[entry(7, 4), entry(7, 5)][..])
+        );
+        assert_eq!(cache.entries(at(2, 0), 8, 3..4), Some(&[entry(8, 3)][..]));
+        assert_eq!(cache.entries(at(1, 40), 8, 1..4), None, "another group's record");
+        assert_eq!(cache.entries(at(1, 41), 7, 1..4), None, "not where a record starts");
+        assert_eq!(cache.entries(at(1, 39), 7, 1..4), None, "before the first cached write");
+        assert_eq!(cache.entries(at(3, 0), 7, 1..4), None, "a segment with no cached write");
+        assert_eq!(cache.entries(at(0, 40), 7, 1..4), None, "an older segment");
     }
 
     #[test]
     fn over_the_budget_the_oldest_durable_writes_go_first() {
-        let cost = 100 + WRITE_OVERHEAD_BYTES;
-        let mut cache = WriteCache::new(2 * cost);
-        cache.insert(1, 0, bytes(100), 100, 100);
-        cache.insert(1, 100, bytes(100), 200, 200);
-        assert_eq!(cache.bytes(), 2 * cost);
-        cache.insert(1, 200, bytes(100), 300, 300);
-        assert!(cache.get(at(1, 0)).is_none(), "the oldest write was dropped");
-        assert!(cache.get(at(1, 100)).is_some() && cache.get(at(1, 200)).is_some());
+        let mut cache = WriteCache::new(0);
+        cache.limit_bytes = u64::MAX;
+        insert(&mut cache, 1, 0, &[(1, 1, 1)], (100, 100));
+        let cost = cache.bytes();
+        cache.limit_bytes = 2 * cost;
+        let len = insert(&mut cache, 1, 1000, &[(1, 2, 1)], (200, 200));
+        assert_eq!(cache.bytes(), 2 * cost, "two writes of the same shape cost the same");
+        insert(&mut cache, 1, 1000 + len, &[(1, 3, 1)], (300, 300));
+        assert!(cache.entries(at(1, 0), 1, 1..2).is_none(), "the oldest write was dropped");
+        assert!(cache.entries(at(1, 1000), 1, 2..3).is_some());
+        assert!(cache.entries(at(1, 1000 + len), 1, 3..4).is_some());
         assert_eq!(cache.bytes(), 2 * cost);
     }
 
     #[test]
     fn writes_not_yet_durable_are_never_dropped() {
-        let cost = 100 + WRITE_OVERHEAD_BYTES;
-        let mut cache = WriteCache::new(cost);
-        cache.insert(1, 0, bytes(100), 100, 0);
-        cache.insert(1, 100, bytes(100), 200, 0);
-        cache.insert(1, 200, bytes(100), 300, 0);
-        assert_eq!(cache.bytes(), 3 * cost, "nothing is durable: all kept over the budget");
+        let mut cache = WriteCache::new(1);
+        let a = insert(&mut cache, 1, 0, &[(1, 1, 1)], (100, 0));
+        let b = insert(&mut cache, 1, a, &[(1, 2, 1)], (200, 0));
+        insert(&mut cache, 1, a + b, &[(1, 3, 1)], (300, 0));
+        for (offset, index) in [(0, 1), (a, 2), (a + b, 3)] {
+            assert!(cache.entries(at(1, offset), 1, index..index + 1).is_some(), "not durable yet");
+        }
         cache.evict(200);
-        assert!(cache.get(at(1, 0)).is_none() && cache.get(at(1, 100)).is_none());
-        assert!(cache.get(at(1, 200)).is_some(), "the write past the durable point stays");
-        assert_eq!(cache.bytes(), cost);
+        assert!(cache.entries(at(1, 0), 1, 1..2).is_none());
+        assert!(cache.entries(at(1, a), 1, 2..3).is_none());
+        assert!(cache.entries(at(1, a + b), 1, 3..4).is_some(), "past the durable point: kept");
     }
 
     #[test]
     fn a_zero_limit_caches_nothing() {
         let mut cache = WriteCache::new(0);
-        cache.insert(1, 0, bytes(100), 100, 100);
-        assert!(cache.get(at(1, 0)).is_none());
+        insert(&mut cache, 1, 0, &[(1, 1, 1)], (100, 100));
+        assert!(cache.entries(at(1, 0), 1, 1..2).is_none());
         assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn the_budget_counts_the_entry_table_a_read_builds() {
+        let mut cache = WriteCache::new(u64::MAX);
+        let len = insert(&mut cache, 1, 0, &[(1, 1, 10), (2, 1, 10)], (100, 0));
+        let tables = 2 * RECORD_TABLE_BYTES + 20 * ENTRY_TABLE_BYTES;
+        assert_eq!(cache.bytes(), u64::from(len) + WRITE_OVERHEAD_BYTES + tables);
     }
 
     #[test]
     #[should_panic(expected = "log order")]
     fn a_write_out_of_log_order_is_refused() {
         let mut cache = WriteCache::new(1 << 20);
-        cache.insert(2, 0, bytes(10), 10, 0);
-        cache.insert(1, 500, bytes(10), 20, 0);
+        insert(&mut cache, 2, 0, &[(1, 1, 1)], (10, 0));
+        insert(&mut cache, 1, 500, &[(1, 2, 1)], (20, 0));
     }
 }

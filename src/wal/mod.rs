@@ -28,6 +28,7 @@ mod segment;
 mod state;
 mod writer;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,7 @@ use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, RepairState, SnapshotMetadata};
 use batch::Item;
-use cache::WriteCache;
+use cache::{CachedRecord, WriteCache};
 use index::Loc;
 use segment::Segment;
 use state::EngineState;
@@ -460,8 +461,26 @@ impl Engine {
         };
         let lsn = inner.writer.lsn;
         if let Some((segment, offset, bytes)) = written.bytes {
+            let mut start = 0u32;
+            let records = written
+                .runs
+                .iter()
+                .map(|run| {
+                    debug_assert_eq!(run.sequence, segment, "a write lies in one segment");
+                    let count = u32::try_from(run.count).expect("a record's count is a u32");
+                    let record = CachedRecord {
+                        offset: u32::try_from(run.offset).expect("segments stay below 4 GiB"),
+                        group: run.group,
+                        first_index: run.first_index,
+                        count,
+                        start,
+                    };
+                    start += count;
+                    record
+                })
+                .collect();
             let durable_lsn = self.lock_sync().durable_lsn;
-            inner.cache.insert(segment, offset, bytes, lsn, durable_lsn);
+            inner.cache.insert(segment, offset, bytes, records, (lsn, durable_lsn));
         }
         let entries: usize = ops
             .iter()
@@ -1262,20 +1281,14 @@ impl Inner {
                 }
                 _ => None,
             };
-            // Else a recent write, from memory: its records lie wholly in its bytes.
+            // Else a recent write, from memory, its entries cloned straight into the answer.
             let decoded = match from_span {
-                Some(record) => Some(record),
-                None => self.cached_record(group, loc, max_record, next..end)?.map(
-                    |(cached, record)| {
-                        span = Some(cached);
-                        span_segment = loc.segment;
-                        record
-                    },
-                ),
+                Some(record) => Some(Cow::Owned(record)),
+                None => self.cache.entries(loc, group, next..end).map(Cow::Borrowed),
             };
             let record = match decoded {
                 Some(record) => record,
-                _ => {
+                _ => Cow::Owned({
                     // A record the span holds the start of but not the end: its header gives
                     // its length, so one read takes it whole.
                     let known = span
@@ -1291,7 +1304,7 @@ impl Inner {
                         }
                         (None, record) => record,
                     }
-                }
+                }),
             };
             let skip = record.iter().position(|e| e.index == next).ok_or_else(|| {
                 self.segment_corruption(
@@ -1299,7 +1312,7 @@ impl Inner {
                     format!("the record at the index's location lacks entry {next}"),
                 )
             })?;
-            for entry in record.into_iter().skip(skip) {
+            for entry in &record[skip..] {
                 if next >= end {
                     break;
                 }
@@ -1315,7 +1328,7 @@ impl Inner {
                 if !fits(&mut total, &out, entry.encoded_len(), max_size) {
                     return Ok(out);
                 }
-                out.push(entry);
+                out.push(entry.clone());
                 next += 1;
             }
         }
@@ -1374,22 +1387,6 @@ impl Inner {
             // A record longer than the span: read it alone.
             None => Ok((None, self.read_record(group, loc, max_record, next..hi)?)),
         }
-    }
-
-    /// The record at `loc` decoded from the write cache, with the cached write as a span for
-    /// the records after it; `None` when the cache does not hold it.
-    fn cached_record(
-        &self,
-        group: u64,
-        loc: Loc,
-        max_record: u32,
-        wanted: std::ops::Range<u64>,
-    ) -> Result<Option<(segment::Span<'_>, Vec<Entry>)>> {
-        let Some((offset, bytes)) = self.cache.get(loc) else { return Ok(None) };
-        let (name, _) = self.segment_file(loc)?;
-        let span = segment::Span { name, offset, bytes: bytes.clone(), verify: false };
-        let record = span.entries_at(u64::from(loc.offset), group, max_record, wanted)?;
-        Ok(record.map(|record| (span, record)))
     }
 
     /// The name and file of the segment `loc` points into.

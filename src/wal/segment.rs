@@ -370,7 +370,7 @@ pub fn read_entries(
         }
     }
     buf.truncate(total);
-    let span = Span { name, offset, bytes: bytes::Bytes::from(buf), verify: true };
+    let span = Span { name, offset, bytes: bytes::Bytes::from(buf) };
     span.entries_at(offset, group, max_record, wanted)?
         .ok_or_else(|| corruption(CorruptionKind::Torn))
 }
@@ -384,9 +384,6 @@ pub struct Span<'a> {
     pub offset: u64,
     /// The bytes; entries decoded from them share this buffer.
     pub bytes: bytes::Bytes,
-    /// Whether each record's CRC is checked: bytes read from a file are; the write cache's
-    /// (the buffer the log wrote, never read back from the disk) need not be.
-    pub verify: bool,
 }
 
 impl Span<'_> {
@@ -395,7 +392,7 @@ impl Span<'_> {
         let mut buf = vec![0u8; len];
         let read = file.read_up_to_at(&mut buf, offset)?;
         buf.truncate(read);
-        Ok(Span { name, offset, bytes: bytes::Bytes::from(buf), verify: true })
+        Ok(Span { name, offset, bytes: bytes::Bytes::from(buf) })
     }
 
     /// Bytes of the record at segment offset `at` (frame header and payload), from its header,
@@ -409,7 +406,7 @@ impl Span<'_> {
     }
 
     /// Decodes the entries in `wanted` of the entries record of `group` at segment offset `at`,
-    /// its CRC checked (with `verify`), or `None` when the record does not lie wholly in the span.
+    /// its CRC checked, or `None` when the record does not lie wholly in the span.
     pub fn entries_at(
         &self,
         at: u64,
@@ -427,7 +424,7 @@ impl Span<'_> {
         }
         let end = start + FRAME_HEADER_LEN + head.len as usize;
         let Some(payload) = self.bytes.get(start + FRAME_HEADER_LEN..end) else { return Ok(None) };
-        if self.verify && frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
+        if frame_crc(head.prev_crc, &header[LEN_OFFSET..], payload) != head.crc {
             return Err(corruption(CorruptionKind::ChecksumMismatch));
         }
         let record_type = match RecordType::from_u8(head.record_type) {
