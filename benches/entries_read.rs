@@ -1,4 +1,4 @@
-//! `entries()` reads of 64 × 1 KiB: from the entry cache, from sealed (memory-mapped) segments,
+//! `entries()` reads of 64 × 1 KiB: from the entry cache, from sealed segments,
 //! and of the same newest entries after a reopen (empty cache; files in the page cache).
 
 #![allow(missing_docs)] // criterion_group! defines an undocumented function.
