@@ -60,7 +60,8 @@ struct CachedWrite {
     /// Its entries records, in offset order.
     records: Vec<CachedRecord>,
     /// Every record's entries, in record order, decoded by the first read that needs them;
-    /// empty if decoding failed (a bug: reads then go to the file, which checks CRCs).
+    /// empty if decoding failed (a bug, which debug builds stop at: reads then go to the file,
+    /// which checks CRCs).
     entries: OnceLock<Vec<Entry>>,
     /// Entries of all records.
     count: u64,
@@ -74,36 +75,42 @@ impl CachedWrite {
             + self.count * ENTRY_TABLE_BYTES
     }
 
-    /// Every record's entries, decoded from the buffer.
-    fn decode(&self) -> Vec<Entry> {
+    /// Every record's entries, decoded from the buffer, or `None` if the buffer does not hold
+    /// the records it was cached with.
+    fn decode(&self) -> Option<Vec<Entry>> {
         let mut all = Vec::with_capacity(self.count as usize);
         // Bounded by the records, each decoded once.
         for record in &self.records {
             let start = (record.offset - self.offset) as usize;
-            let Some(header) = self.bytes.get(start..start + FRAME_HEADER_LEN) else {
-                return Vec::new();
-            };
-            let head = FrameHeader::read(header);
+            let head = FrameHeader::read(self.bytes.get(start..start + FRAME_HEADER_LEN)?);
             let payload_at = start + FRAME_HEADER_LEN;
-            let Some(payload) = self.bytes.get(payload_at..payload_at + head.len as usize) else {
-                return Vec::new();
-            };
-            let Some(record_type) = RecordType::from_u8(head.record_type) else {
-                return Vec::new();
-            };
+            let payload = self.bytes.get(payload_at..payload_at + head.len as usize)?;
+            let record_type = RecordType::from_u8(head.record_type)?;
             let owner = Some((&self.bytes, payload_at));
-            match decode_entries_in(record_type, payload, owner, 0..u64::MAX) {
-                Ok((group, entries))
-                    if group == record.group
-                        && entries.len() == record.count as usize
-                        && entries[0].index == record.first_index =>
-                {
-                    all.extend(entries)
-                }
-                _ => return Vec::new(),
+            let (group, entries) =
+                decode_entries_in(record_type, payload, owner, 0..u64::MAX).ok()?;
+            let expected = group == record.group
+                && entries.len() == record.count as usize
+                && entries.first().map(|e| e.index) == Some(record.first_index);
+            if !expected {
+                return None;
             }
+            all.extend(entries);
         }
-        all
+        Some(all)
+    }
+
+    /// The table of entries, decoded at the first call.
+    fn table(&self) -> &[Entry] {
+        self.entries.get_or_init(|| {
+            self.decode().unwrap_or_else(|| {
+                // The writer's own bytes: only a bug gets here. Release builds read the file.
+                if cfg!(debug_assertions) {
+                    panic!("a cached write at {} does not decode as cached", self.offset);
+                }
+                Vec::new()
+            })
+        })
     }
 }
 
@@ -134,8 +141,8 @@ impl WriteCache {
     }
 
     /// Keeps the write of `bytes` at `offset` of segment `segment`, holding the entries
-    /// `records` (in offset order) and ending at log sequence number `end_lsn`; then drops the
-    /// oldest writes over the budget that `durable_lsn` covers.
+    /// `records` (in offset order); `lsns` are the log sequence number at the write's end and
+    /// the durable one. Then drops the oldest writes over the budget that are durable.
     pub fn insert(
         &mut self,
         segment: u64,
@@ -216,17 +223,16 @@ impl WriteCache {
         if record.group != group {
             return None;
         }
-        let all = write.entries.get_or_init(|| write.decode());
+        let record_end = record.first_index + u64::from(record.count);
+        if !(record.first_index..record_end).contains(&wanted.start) {
+            return None;
+        }
         // The table is empty if decoding failed.
         let start = record.start as usize;
-        let own = all.get(start..start + record.count as usize)?;
-        let from = wanted.start.max(record.first_index);
-        let to = wanted.end.min(record.first_index + u64::from(record.count));
-        if from >= to {
-            return Some(&[]);
-        }
-        let first = (from - record.first_index) as usize;
-        Some(&own[first..first + (to - from) as usize])
+        let own = write.table().get(start..start + record.count as usize)?;
+        let first = (wanted.start - record.first_index) as usize;
+        let to = wanted.end.min(record_end).max(wanted.start);
+        Some(&own[first..first + (to - wanted.start) as usize])
     }
 }
 
@@ -297,6 +303,7 @@ mod tests {
         );
         assert_eq!(cache.entries(at(2, 0), 8, 3..4), Some(&[entry(8, 3)][..]));
         assert_eq!(cache.entries(at(1, 40), 8, 1..4), None, "another group's record");
+        assert_eq!(cache.entries(at(1, 40), 7, 4..5), None, "an entry the record does not hold");
         assert_eq!(cache.entries(at(1, 41), 7, 1..4), None, "not where a record starts");
         assert_eq!(cache.entries(at(1, 39), 7, 1..4), None, "before the first cached write");
         assert_eq!(cache.entries(at(3, 0), 7, 1..4), None, "a segment with no cached write");
