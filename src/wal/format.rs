@@ -677,14 +677,13 @@ pub fn entries_payload_len(entries: &[Entry], with_hard_state: bool) -> u64 {
 
 /// Decodes the entries of an entries record's payload (of `record_type`, `Entries` or
 /// `EntriesHardState`) whose indices lie in `wanted`: the group and those entries. The others
-/// are skipped from their headers, their data neither copied nor shared: a read decodes only
-/// what it asked for. The record is checked as [`Record::decode_payload_in`] checks it, but for
-/// the data of entries skipped.
+/// are skipped from their headers, their data neither copied nor shared; entries past `wanted`
+/// are not read at all.
 pub fn decode_entries_in(
     record_type: RecordType,
     payload: &[u8],
     owner: Option<(&bytes::Bytes, usize)>,
-    wanted: std::ops::Range<u64>,
+    wanted: impl std::ops::RangeBounds<u64>,
 ) -> Result<(u64, Vec<Entry>), DecodeError> {
     let mut dec = Decoder::new(payload);
     let group = dec.u64("entries group")?;
@@ -695,12 +694,40 @@ pub fn decode_entries_in(
         }
         _ => return Err(DecodeError { what: "entries record type" }),
     }
+    Ok((group, decode_entries_range(&mut dec, owner, wanted)?))
+}
+
+fn decode_entries_payload(
+    dec: &mut Decoder<'_>,
+    owner: Option<(&bytes::Bytes, usize)>,
+) -> Result<Vec<Entry>, DecodeError> {
+    decode_entries_range(dec, owner, ..)
+}
+
+/// The count and entries of an entries payload, keeping those whose indices lie in `wanted`.
+/// The others are skipped from their headers, their data neither copied nor shared: a read
+/// decodes only what it asked for. Entries past `wanted` are not read at all.
+fn decode_entries_range(
+    dec: &mut Decoder<'_>,
+    owner: Option<(&bytes::Bytes, usize)>,
+    wanted: impl std::ops::RangeBounds<u64>,
+) -> Result<Vec<Entry>, DecodeError> {
+    use std::ops::Bound::{Excluded, Included};
     let count = dec.u32("entries count")? as usize;
+    // Each entry takes at least its header: bound the allocation by the bytes present.
     if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
         return Err(DecodeError { what: "entries count" });
     }
-    let mut entries =
-        Vec::with_capacity(count.min(wanted.end.saturating_sub(wanted.start) as usize));
+    let room = match (wanted.start_bound(), wanted.end_bound()) {
+        (Included(&start), Excluded(&end)) => end.saturating_sub(start) as usize,
+        _ => count,
+    };
+    let past = |index: u64| match wanted.end_bound() {
+        Included(&end) => index > end,
+        Excluded(&end) => index >= end,
+        std::ops::Bound::Unbounded => false,
+    };
+    let mut entries = Vec::with_capacity(count.min(room));
     let mut prev: Option<u64> = None;
     // Bounded by `count`, itself bounded by the payload's length.
     for _ in 0..count {
@@ -709,39 +736,17 @@ pub fn decode_entries_in(
             return Err(DecodeError { what: "entries indices" });
         }
         prev = Some(index);
-        if index >= wanted.end {
+        if past(index) {
             break;
         }
-        if index < wanted.start {
+        if !wanted.contains(&index) {
             dec.u64("entry term")?;
             dec.u8("entry type")?;
             let len = dec.u32("entry data length")? as usize;
             dec.bytes(len, "entry data")?;
             continue;
         }
-        entries.push(codec::decode_entry_after_index(&mut dec, index, owner)?);
-    }
-    Ok((group, entries))
-}
-
-fn decode_entries_payload(
-    dec: &mut Decoder<'_>,
-    owner: Option<(&bytes::Bytes, usize)>,
-) -> Result<Vec<Entry>, DecodeError> {
-    let count = dec.u32("entries count")? as usize;
-    // Each entry takes at least its header: bound the allocation by the bytes present.
-    if count == 0 || count > dec.remaining() / Entry::HEADER_LEN as usize {
-        return Err(DecodeError { what: "entries count" });
-    }
-    let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
-        let entry = codec::decode_entry_in(dec, owner)?;
-        if let Some(prev) = entries.last().map(|e: &Entry| e.index)
-            && prev.checked_add(1) != Some(entry.index)
-        {
-            return Err(DecodeError { what: "entries indices" });
-        }
-        entries.push(entry);
+        entries.push(codec::decode_entry_after_index(dec, index, owner)?);
     }
     Ok(entries)
 }
