@@ -123,16 +123,14 @@ impl LogIndex {
         if index > self.last_index() {
             return Err(Error::Unavailable);
         }
-        // The last run whose first index is at or below `index`.
-        let at = self.runs.partition_point(|run| run.first <= index);
-        debug_assert!(at > 0, "runs cover every live entry");
-        Ok(self.runs[at - 1].term)
+        Ok(self.term_run(index).0)
     }
 
     /// The term of live entry `index` and the end (exclusive) of the run of entries from it on
     /// with that term: a reader checks many entries with one search.
     pub fn term_run(&self, index: u64) -> (u64, u64) {
         debug_assert!(index > self.dummy_index && index <= self.last_index(), "{index} is live");
+        // The last run whose first index is at or below `index`.
         let at = self.runs.partition_point(|run| run.first <= index);
         debug_assert!(at > 0, "runs cover every live entry");
         let end = self.runs.get(at).map_or(self.last_index() + 1, |run| run.first);
@@ -142,6 +140,13 @@ impl LogIndex {
     /// Where entry `index` is ([`Loc::MISSING`] for an entry of a deleted segment). `index` must
     /// be live.
     pub fn loc(&self, index: u64) -> Loc {
+        self.record_at(index, index).0
+    }
+
+    /// Where entry `index` is (as [`LogIndex::loc`]), and the end (exclusive, at most `hi`) of
+    /// the entries from it on located there: those a read takes from the record it decodes,
+    /// found with one search for the segment instead of one per entry.
+    pub fn record_at(&self, index: u64, hi: u64) -> (Loc, u64) {
         assert!(
             index > self.dummy_index && index <= self.last_index(),
             "loc({index}) is outside the live log ({}, {}]",
@@ -149,26 +154,15 @@ impl LogIndex {
             self.last_index()
         );
         if index <= self.base {
-            return Loc::MISSING;
+            return (Loc::MISSING, index + 1);
         }
         let at = self.segments.partition_point(|run| run.first <= index);
         debug_assert!(at > 0, "segment runs cover every located entry");
-        Loc {
+        let loc = Loc {
             segment: self.segments[at - 1].segment,
             offset: self.offsets[(index - self.base - 1) as usize],
-        }
-    }
-
-    /// The end (exclusive, at most `hi`) of the entries from `index` on located at `loc`, entry
-    /// `index`'s location: those a read takes from the record it decodes there, found with one
-    /// search for the segment instead of one per entry.
-    pub fn record_end(&self, index: u64, loc: Loc, hi: u64) -> u64 {
-        debug_assert_eq!(self.loc(index), loc, "`loc` is entry {index}'s location");
-        if index <= self.base {
-            return index + 1;
-        }
+        };
         // The entries of one record lie in one segment run: stop at the next run.
-        let at = self.segments.partition_point(|run| run.first <= index);
         let run_end = self.segments.get(at).map_or(u64::MAX, |run| run.first);
         let stop = hi.min(run_end).min(self.last_index() + 1);
         let mut end = index + 1;
@@ -176,7 +170,7 @@ impl LogIndex {
         while end < stop && self.offsets[(end - self.base - 1) as usize] == loc.offset {
             end += 1;
         }
-        end
+        (loc, end)
     }
 
     /// The segment holding the first live entry: `None` when there is no live entry, or when

@@ -1262,7 +1262,7 @@ impl Inner {
         let index = &state.index;
         check_entries_range(lo, hi, index.dummy_index(), index.last_index())?;
         // Sized for the range, within a bound: `max_size` may end the read much earlier.
-        let mut out: Vec<Entry> = Vec::with_capacity((hi - lo).min(1024) as usize);
+        let mut out: Vec<Entry> = Vec::with_capacity((hi - lo).min(64) as usize);
         let mut total = 0u64;
         let mut next = lo;
         // The term of entries up to `term_end` (exclusive), from one search of the index.
@@ -1272,9 +1272,8 @@ impl Inner {
         let mut span_segment = u32::MAX;
         // Bounded: each pass adds at least one entry or returns.
         while next < hi {
-            let loc = index.loc(next);
             // Entries `next..end` are the ones this pass takes from the record at `loc`.
-            let end = index.record_end(next, loc, hi);
+            let (loc, end) = index.record_at(next, hi);
             let from_span = match &span {
                 Some(span) if span_segment == loc.segment => {
                     span.entries_at(u64::from(loc.offset), group, max_record, next..end)?
