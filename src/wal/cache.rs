@@ -21,6 +21,7 @@ use bytes::Bytes;
 use crate::types::Entry;
 use crate::wal::format::{FRAME_HEADER_LEN, FrameHeader, RecordType, decode_entries_in};
 use crate::wal::index::Loc;
+use crate::wal::writer::EntriesWritten;
 
 /// Bytes charged to the budget for each cached write besides its own: the queue item, the
 /// buffer's shared header and the allocator's overhead, so that many small writes cannot hold
@@ -30,21 +31,14 @@ pub const WRITE_OVERHEAD_BYTES: u64 = 64;
 /// Bytes charged per entry and per record for the table a read decodes (charged when the write
 /// is cached, whether it is ever read or not).
 const ENTRY_TABLE_BYTES: u64 = size_of::<Entry>() as u64;
-const RECORD_TABLE_BYTES: u64 = size_of::<CachedRecord>() as u64;
+const RECORD_TABLE_BYTES: u64 = (size_of::<EntriesWritten>() + size_of::<usize>()) as u64;
 
-/// An entries record of a cached write.
-#[derive(Clone, Copy, Debug)]
-pub struct CachedRecord {
-    /// Offset of the record's frame in its segment.
-    pub offset: u32,
-    /// The group whose entries it holds.
-    pub group: u64,
-    /// Its first entry's index.
-    pub first_index: u64,
-    /// How many entries it holds.
-    pub count: u32,
-    /// Where its first entry is among the write's entries: the counts of the records before it.
-    pub start: u32,
+/// A cached write's entries, decoded: every record's, in record order, and where each record's
+/// first entry is among them.
+#[derive(Debug, Default)]
+struct Table {
+    entries: Vec<Entry>,
+    starts: Vec<usize>,
 }
 
 /// One write of the log, as written.
@@ -57,12 +51,11 @@ struct CachedWrite {
     /// The log sequence number at the write's end: durable once a sync reaches it.
     end_lsn: u64,
     bytes: Bytes,
-    /// Its entries records, in offset order.
-    records: Vec<CachedRecord>,
-    /// Every record's entries, in record order, decoded by the first read that needs them;
-    /// empty if decoding failed (a bug, which debug builds stop at: reads then go to the file,
-    /// which checks CRCs).
-    entries: OnceLock<Vec<Entry>>,
+    /// Its entries records, in offset order (as the writer reported them for the index).
+    records: Vec<EntriesWritten>,
+    /// The records' entries, decoded by the first read that needs them; empty if decoding
+    /// failed (a bug, which debug builds stop at: reads then go to the file, which checks CRCs).
+    table: OnceLock<Table>,
     /// Entries of all records.
     count: u64,
 }
@@ -77,38 +70,39 @@ impl CachedWrite {
 
     /// Every record's entries, decoded from the buffer, or `None` if the buffer does not hold
     /// the records it was cached with.
-    fn decode(&self) -> Option<Vec<Entry>> {
+    fn decode(&self) -> Option<Table> {
         let mut all = Vec::with_capacity(self.count as usize);
+        let mut starts = Vec::with_capacity(self.records.len());
         // Bounded by the records, each decoded once.
         for record in &self.records {
-            let start = (record.offset - self.offset) as usize;
+            let start = (record.offset - u64::from(self.offset)) as usize;
             let head = FrameHeader::read(self.bytes.get(start..start + FRAME_HEADER_LEN)?);
             let payload_at = start + FRAME_HEADER_LEN;
             let payload = self.bytes.get(payload_at..payload_at + head.len as usize)?;
             let record_type = RecordType::from_u8(head.record_type)?;
             let owner = Some((&self.bytes, payload_at));
-            let (group, entries) =
-                decode_entries_in(record_type, payload, owner, 0..u64::MAX).ok()?;
+            let (group, entries) = decode_entries_in(record_type, payload, owner, ..).ok()?;
             let expected = group == record.group
-                && entries.len() == record.count as usize
+                && entries.len() == record.count
                 && entries.first().map(|e| e.index) == Some(record.first_index);
             if !expected {
                 return None;
             }
+            starts.push(all.len());
             all.extend(entries);
         }
-        Some(all)
+        Some(Table { entries: all, starts })
     }
 
     /// The table of entries, decoded at the first call.
-    fn table(&self) -> &[Entry] {
-        self.entries.get_or_init(|| {
+    fn table(&self) -> &Table {
+        self.table.get_or_init(|| {
             self.decode().unwrap_or_else(|| {
                 // The writer's own bytes: only a bug gets here. Release builds read the file.
                 if cfg!(debug_assertions) {
                     panic!("a cached write at {} does not decode as cached", self.offset);
                 }
-                Vec::new()
+                Table::default()
             })
         })
     }
@@ -148,37 +142,34 @@ impl WriteCache {
         segment: u64,
         offset: u64,
         bytes: Bytes,
-        records: Vec<CachedRecord>,
+        records: Vec<EntriesWritten>,
         lsns: (u64, u64),
     ) {
         let (end_lsn, durable_lsn) = lsns;
         if !self.is_enabled() || bytes.is_empty() {
             return;
         }
-        let count = records.iter().map(|r| u64::from(r.count)).sum();
+        let count = records.iter().map(|r| r.count as u64).sum();
         let write = CachedWrite {
             segment: u32::try_from(segment).expect("fewer than 2^32 segments"),
             offset: u32::try_from(offset).expect("segments stay below 4 GiB"),
             end_lsn,
             bytes,
             records,
-            entries: OnceLock::new(),
+            table: OnceLock::new(),
             count,
         };
         let end = u64::from(write.offset) + write.bytes.len() as u64;
-        let mut start = 0u32;
-        // Bounded by the records.
-        for pair in write.records.windows(2) {
-            assert!(pair[0].offset < pair[1].offset, "a write's records are in offset order");
-        }
-        for record in &write.records {
-            assert!(
-                record.offset >= write.offset && u64::from(record.offset) < end,
-                "a write's records lie in it"
-            );
-            assert_eq!(record.start, start, "a record's entries follow the ones before it");
-            start += record.count;
-        }
+        debug_assert!(
+            write.records.windows(2).all(|pair| pair[0].offset < pair[1].offset),
+            "a write's records are in offset order"
+        );
+        debug_assert!(
+            write.records.iter().all(|r| {
+                r.sequence == segment && r.offset >= u64::from(write.offset) && r.offset < end
+            }),
+            "a write's records lie in it"
+        );
         // Reads find a write by binary search: the queue must stay in log order, and writes
         // never overlap.
         if let Some(last) = self.writes.back() {
@@ -218,18 +209,19 @@ impl WriteCache {
         if write.segment != loc.segment {
             return None;
         }
-        let at = write.records.binary_search_by_key(&loc.offset, |r| r.offset).ok()?;
+        let at = write.records.binary_search_by_key(&u64::from(loc.offset), |r| r.offset).ok()?;
         let record = write.records[at];
         if record.group != group {
             return None;
         }
-        let record_end = record.first_index + u64::from(record.count);
+        let record_end = record.first_index + record.count as u64;
         if !(record.first_index..record_end).contains(&wanted.start) {
             return None;
         }
         // The table is empty if decoding failed.
-        let start = record.start as usize;
-        let own = write.table().get(start..start + record.count as usize)?;
+        let table = write.table();
+        let start = *table.starts.get(at)?;
+        let own = table.entries.get(start..start + record.count)?;
         let first = (wanted.start - record.first_index) as usize;
         let to = wanted.end.min(record_end).max(wanted.start);
         Some(&own[first..first + (to - wanted.start) as usize])
@@ -243,10 +235,9 @@ mod tests {
 
     /// A write at `offset` of `segment` holding one entries record per `(group, first, count)`,
     /// each entry 100 bytes of data naming its group and index.
-    fn write(segment: u32, offset: u32, runs: &[(u64, u64, u32)]) -> (Bytes, Vec<CachedRecord>) {
+    fn write(segment: u32, offset: u32, runs: &[(u64, u64, u32)]) -> (Bytes, Vec<EntriesWritten>) {
         let mut buf = Vec::new();
         let mut records = Vec::new();
-        let mut start = 0;
         for &(group, first, count) in runs {
             let at = offset + buf.len() as u32;
             let entries: Vec<Entry> =
@@ -254,8 +245,8 @@ mod tests {
             append_record(&mut buf, RecordType::Entries, 0, segment, 0, 0, |out| {
                 encode_entries_payload(out, group, None, &entries)
             });
-            records.push(CachedRecord { offset: at, group, first_index: first, count, start });
-            start += count;
+            let (sequence, offset, count) = (u64::from(segment), u64::from(at), count as usize);
+            records.push(EntriesWritten { group, sequence, offset, first_index: first, count });
         }
         (Bytes::from(buf), records)
     }
@@ -290,7 +281,7 @@ mod tests {
         let (_, records) = write(1, 40, &[(7, 1, 3), (8, 1, 2)]);
         insert(&mut cache, 1, 40 + first, &[(7, 4, 2)], (200, 0));
         insert(&mut cache, 2, 0, &[(8, 3, 1)], (300, 0));
-        let group_8 = at(1, records[1].offset);
+        let group_8 = at(1, records[1].offset as u32);
         assert_eq!(
             cache.entries(at(1, 40), 7, 1..4),
             Some(&[entry(7, 1), entry(7, 2), entry(7, 3)][..])

@@ -45,7 +45,7 @@ use crate::metrics::{Counters, RecoveryMetrics, WalMetrics, micros};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::types::{Entry, HardState, RepairState, SnapshotMetadata};
 use batch::Item;
-use cache::{CachedRecord, WriteCache};
+use cache::WriteCache;
 use index::Loc;
 use segment::Segment;
 use state::EngineState;
@@ -460,28 +460,6 @@ impl Engine {
             Err(Failure::Poison(e)) => return Err(self.poison(e)),
         };
         let lsn = inner.writer.lsn;
-        if let Some((segment, offset, bytes)) = written.bytes {
-            let mut start = 0u32;
-            let records = written
-                .runs
-                .iter()
-                .map(|run| {
-                    debug_assert_eq!(run.sequence, segment, "a write lies in one segment");
-                    let count = u32::try_from(run.count).expect("a record's count is a u32");
-                    let record = CachedRecord {
-                        offset: u32::try_from(run.offset).expect("segments stay below 4 GiB"),
-                        group: run.group,
-                        first_index: run.first_index,
-                        count,
-                        start,
-                    };
-                    start += count;
-                    record
-                })
-                .collect();
-            let durable_lsn = self.lock_sync().durable_lsn;
-            inner.cache.insert(segment, offset, bytes, records, (lsn, durable_lsn));
-        }
         let entries: usize = ops
             .iter()
             .map(|op| if let Op::Entries { entries, .. } = op { entries.len() } else { 0 })
@@ -550,6 +528,10 @@ impl Engine {
                 }
                 Op::Checkpoint(_) => {}
             }
+        }
+        if let Some((segment, offset, bytes)) = written.bytes {
+            let durable_lsn = self.lock_sync().durable_lsn;
+            inner.cache.insert(segment, offset, bytes, written.runs, (lsn, durable_lsn));
         }
         // A new log's first segment is left as soon as the next one is ready (see
         // `Writer::leaves_unwritten_segment`), by the same seal.
