@@ -352,11 +352,9 @@ fn prepare(
     let file = fs.create(&dir.join(format::temp_name(sequence)))?;
     check_cancel(cancel)?;
     file.allocate(size)?;
+    // Synced as it goes, off the write path, so the first fdatasync of the segment does not
+    // also have to persist its size and extents.
     zero_fill(file.as_ref(), size, cancel)?;
-    check_cancel(cancel)?;
-    // Sync the allocation and the zeros now, off the write path, so the first fdatasync of the
-    // segment does not also have to persist its size.
-    file.sync_data()?;
     Ok(file)
 }
 
@@ -406,6 +404,12 @@ fn prepare_recycled(
 /// and inode blocks on ext4 without a journal), which costs the log a large part of the disk's
 /// sync rate. Overwriting written zeros needs no metadata change. The contents do
 /// not change (an allocated file already reads as zeros), so recovery is unaffected.
+///
+/// Each chunk is synced before the next is written, so that at most one chunk of zeros is
+/// ever dirty in the page cache. A journal commit (which the log's directory fsyncs, and its
+/// fdatasyncs of appends to new blocks, force) first writes out dirty data of other files
+/// too on ext4 in `data=ordered` mode: with the whole fill left dirty, such a commit waited
+/// for up to a segment of zeros (DESIGN.md §13 has the figures).
 fn zero_fill(file: &dyn File, size: u64, cancel: &AtomicBool) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(size) as usize];
@@ -415,6 +419,7 @@ fn zero_fill(file: &dyn File, size: u64, cancel: &AtomicBool) -> std::io::Result
         check_cancel(cancel)?;
         let n = CHUNK.min(size - at);
         file.write_all_at(&zeros[..n as usize], at)?;
+        file.sync_data()?;
         at += n;
     }
     Ok(())
@@ -1101,5 +1106,36 @@ fn encode_payload(part: Part<'_>, out: &mut Vec<u8>) {
         Part::Op(Op::Checkpoint(groups)) | Part::Checkpoint(groups) => {
             format::encode_checkpoint_payload(out, groups)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::io::{CrashFs, OpEvent, OpKind};
+
+    #[test]
+    fn a_zero_fill_syncs_each_chunk_before_it_writes_the_next() {
+        let fs = CrashFs::new();
+        let shared: Fs = Arc::new(fs.clone());
+        shared.create_dir_all(Path::new("/wal")).unwrap();
+        let file = shared.create(Path::new("/wal/next.tmp")).unwrap();
+        // Three whole chunks and a short one.
+        let size = (3 << 20) + 5;
+        file.allocate(size).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        fs.set_hook(Some(Arc::new(move |event: &OpEvent<'_>| {
+            log.lock().unwrap().push(event.kind);
+            Ok(())
+        })));
+        zero_fill(file.as_ref(), size, &AtomicBool::new(false)).unwrap();
+        fs.set_hook(None);
+        assert_eq!(*seen.lock().unwrap(), [OpKind::Write, OpKind::Sync].repeat(4));
+        let bytes = fs.read_file(Path::new("/wal/next.tmp")).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert!(bytes.iter().all(|&b| b == 0));
     }
 }
