@@ -135,8 +135,11 @@ impl Engine {
         for sequence in doomed {
             let path = self.dir.join(&inner.sealed[&sequence].name);
             // Kept for reuse while the pool has room (renamed: a released file is never read
-            // as a segment), deleted otherwise.
-            let keep = inner.writer.pool.len() < inner.writer.pool_capacity;
+            // as a segment), deleted otherwise, and when it is shorter than a segment (sealed
+            // early in unwritten blocks, and cut or never preallocated): reuse would only
+            // remove it.
+            let keep = inner.writer.pool.len() < inner.writer.pool_capacity
+                && inner.sealed[&sequence].size >= self.options.segment_size_bytes;
             let pooled = format::pool_name(sequence);
             let released = if keep {
                 self.fs.rename(&path, &self.dir.join(&pooled))

@@ -953,10 +953,22 @@ impl Writer {
         // At least a zeroed frame header between the footer and the trailer: a scan of the
         // segment then reads the end of its records as a clean end, not as a torn frame.
         let room = (FRAME_HEADER_LEN + TRAILER_LEN) as u64;
-        let trailer_at = file_len.max(end + room) - TRAILER_LEN as u64;
-        if trailer_at + TRAILER_LEN as u64 >= MAX_SEGMENT_SPAN_BYTES {
+        // A new log's first segment, preallocated in unwritten blocks, is left as soon as a
+        // prepared file is ready (or a vote seals it), often nearly empty: it gives back the
+        // space after its trailer. Whichever of the cut, the footer and the trailer a crash
+        // keeps, open finds the trailer at the file's end or reads the segment whole, where
+        // the zeroed frame header after the footer is a clean end and a trailer left inside an
+        // uncut file is no record (row R1); before the seal's fdatasync the segment is still
+        // the newest, where a torn footer is a torn tail.
+        let shrink = !self.active.blocks_written && file_len > end + room;
+        let len = if shrink { end + room } else { file_len.max(end + room) };
+        if len >= MAX_SEGMENT_SPAN_BYTES {
             return Ok((file_len, false));
         }
+        if shrink {
+            self.active.file.set_len(len).map_err(|e| Failure::Poison(e.into()))?;
+        }
+        let trailer_at = len - TRAILER_LEN as u64;
         let trailer = Trailer {
             footer_offset: u32::try_from(offset).expect("checked below 4 GiB"),
             footer_len: u32::try_from(footer_len).expect("a record is below 4 GiB"),

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
 use raftwal::wal::Wal;
-use raftwal::wal::format::{ENTRIES_RECORD_TARGET_BYTES, FRAME_HEADER_LEN, Record, framed_len};
+use raftwal::wal::format::{
+    ENTRIES_RECORD_TARGET_BYTES, FRAME_HEADER_LEN, Record, TRAILER_LEN, Trailer, framed_len,
+    pool_name,
+};
 use raftwal::wal::recovery::scan_segment;
 use raftwal::{CorruptionKind, Entry, Error, HardState, SyncPolicy, WalOptions};
 
@@ -1234,4 +1237,59 @@ fn a_failed_preparation_keeps_the_first_segment_in_use_and_the_log_healthy() {
     drop(wal);
     let wal = open(&fs.power_cut_copy(), &options).unwrap();
     assert_eq!(wal.last_index(), next - 1);
+}
+
+/// The bytes of a sealed segment's file that its records, footer and trailer take: the trailer
+/// (at the file's end) points at the footer, which a zeroed frame header follows.
+fn sealed_bytes(file: &[u8]) -> Option<usize> {
+    let trailer = Trailer::decode(&file[file.len().checked_sub(TRAILER_LEN)?..])?;
+    Some(
+        trailer.footer_offset as usize
+            + trailer.footer_len as usize
+            + FRAME_HEADER_LEN
+            + TRAILER_LEN,
+    )
+}
+
+#[test]
+fn a_new_logs_first_segment_sealed_early_keeps_only_its_records_and_reopens_from_its_footer() {
+    // The first save votes: the seal it makes (DESIGN.md §7, case 22) ends the first segment,
+    // which a new log allocates without zero-filling, after one record. Its unused space goes.
+    let options = WalOptions { segment_size_bytes: 64 << 10, ..small_options() };
+    let fs = CrashFs::new();
+    let wal = open(&fs, &options).unwrap();
+    let vote = HardState { term: 1, vote: 1, commit: 0 };
+    wal.save(Some(&vote), &[entry(1, 1, 100), entry(2, 1, 100)]).unwrap();
+    wal.save(None, &[entry(3, 1, 100)]).unwrap();
+    let files = segments(&fs);
+    assert_eq!(files.len(), 2, "the vote sealed the first segment: {files:?}");
+    let first = fs.read_file(&files[0]).unwrap();
+    assert_eq!(
+        sealed_bytes(&first),
+        Some(first.len()),
+        "a trailer ends the file, after its footer"
+    );
+    assert!(first.len() < 4096, "{} bytes kept of a 64 KiB segment", first.len());
+    let second = fs.read_file(&files[1]).unwrap();
+    assert_eq!(second.len(), 64 << 10, "a prepared segment keeps its size");
+    drop(wal);
+    let fs = fs.power_cut_copy();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.recovery_report().rows[0], "F1", "the cut segment is replayed from its footer");
+    assert_eq!(wal.hard_state(), vote);
+    let read = wal.entries(1, 4, u64::MAX).unwrap();
+    assert_eq!(read, vec![entry(1, 1, 100), entry(2, 1, 100), entry(3, 1, 100)]);
+    // Released, the cut file is deleted; a full-size one is kept for reuse.
+    for index in 4..200 {
+        wal.save(None, &[entry(index, 1, 1000)]).unwrap();
+    }
+    assert!(segments(&fs).len() >= 4);
+    wal.compact(199).unwrap();
+    let names: Vec<String> = fs
+        .list_all()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.contains(&pool_name(1)), "the cut file is not kept: {names:?}");
+    assert!(names.contains(&pool_name(2)), "a full-size file is kept: {names:?}");
 }
