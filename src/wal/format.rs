@@ -45,6 +45,13 @@ pub fn temp_name(sequence: u64) -> String {
     codec::hex_name(&[sequence], TEMP_SUFFIX)
 }
 
+/// Temp name of segment `sequence`'s file when it is created without zero-filling (a
+/// rollover that did not wait for the background preparation, whose file has the plain temp
+/// name); removed at open like any temp file.
+pub fn unwritten_temp_name(sequence: u64) -> String {
+    codec::hex_name(&[sequence, 0], TEMP_SUFFIX)
+}
+
 // ---- Segment header ----------------------------------------------------------------------------
 
 /// First bytes of every segment.

@@ -37,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 pub use batch::WriteBatch;
 pub use purge::PurgeReport;
 pub use replay::RecoveryReport;
+pub use writer::UNWAITED_ROLLOVER_MAX_SEGMENTS;
 
 use crate::contract::{check_entries_range, limit_size, trim_append};
 use crate::error::{Error, Result};
@@ -450,6 +451,7 @@ impl Engine {
         });
         let lsn_before = inner.writer.lsn;
         inner.writer.sync_running = self.lock_sync().syncing;
+        inner.writer.live_segments = inner.sealed.len() + 1;
         let result = inner.writer.write(ops, &|| state.checkpoint(), &mut sealed);
         if let Some(sealed) = sealed {
             self.note_sealed(inner, sealed);
@@ -533,11 +535,12 @@ impl Engine {
             let durable_lsn = self.lock_sync().durable_lsn;
             inner.cache.insert(segment, offset, bytes, written.runs, (lsn, durable_lsn));
         }
-        // A new log's first segment is left as soon as the next one is ready (see
+        // A segment in unwritten blocks is left as soon as the next file is ready (see
         // `Writer::leaves_unwritten_segment`), by the same seal.
         if votes || inner.writer.leaves_unwritten_segment() {
             let state = &inner.state;
             let mut sealed = None;
+            inner.writer.live_segments = inner.sealed.len() + 1;
             let result = inner.writer.seal_now(&|| state.checkpoint(), &mut sealed);
             if let Some(sealed) = sealed {
                 // Known to the log even if starting the next segment failed: it holds records.

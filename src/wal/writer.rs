@@ -180,10 +180,11 @@ pub struct Active {
     /// the segment counts as durable without it.
     pub witness_at: Option<u64>,
     /// Whether its blocks were written before its first record (zero-filled or recycled).
-    /// Only a new log's first segment is not: it is allocated without zeros to keep creating a
-    /// log cheap, and each fdatasync of an append into its unwritten blocks also writes the
-    /// inode (the extents' conversion), so the writer leaves it once the next segment is ready
-    /// (see [`Writer::leaves_unwritten_segment`]).
+    /// A new log's first segment is not: it is allocated without zeros to keep creating a log
+    /// cheap. Nor is one a rollover started without waiting for the background preparation.
+    /// Each fdatasync of an append into unwritten blocks also writes the inode (the extents'
+    /// conversion), so the writer leaves such a segment once the next file is ready (see
+    /// [`Writer::leaves_unwritten_segment`]).
     pub blocks_written: bool,
 }
 
@@ -235,8 +236,23 @@ pub struct SyncTarget {
     pub durable_renames: u64,
 }
 
-/// A prepared file, and whether it is a recycled one.
-type PreparedFile = (Arc<dyn File>, bool);
+/// Live segments below which a rollover that finds the background preparation running starts
+/// its segment in an unwritten file instead of waiting. Each live segment holds an open file,
+/// and a log whose groups never compact keeps every segment: term changes, each sealing its
+/// segment, would otherwise add a small file per write without bound. Past this, rollovers
+/// are paced by the zero-fill as they were before the bound existed (well under the usual
+/// limit of 1,024 open files).
+pub const UNWAITED_ROLLOVER_MAX_SEGMENTS: usize = 256;
+
+/// A file ready to become a segment: renamed from `temp` when the segment starts.
+struct PreparedFile {
+    file: Arc<dyn File>,
+    temp: PathBuf,
+    /// Whether it held an earlier segment (see [`Active::recycled`]).
+    recycled: bool,
+    /// Whether its blocks are written (zero-filled or recycled; see [`Active::blocks_written`]).
+    blocks_written: bool,
+}
 
 /// A segment being prepared on a background thread. Dropping it stops the thread and waits for
 /// it: the thread must never outlive the log, or it could truncate and zero-fill a file of the
@@ -254,6 +270,11 @@ impl Preparation {
     /// Whether the file is prepared: taking it will neither wait nor fail.
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the thread has stopped: taking the result will not wait (it may be a failure).
+    fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Waits for the prepared file.
@@ -288,6 +309,9 @@ pub struct Writer {
     /// waiting on this file's pages, and new writeback would delay it (the group commit whose
     /// sync covers this write is the next one, which writes these pages anyway).
     pub sync_running: bool,
+    /// Segments of the live log, the active one included; the engine sets it before each
+    /// write. Past [`UNWAITED_ROLLOVER_MAX_SEGMENTS`] a rollover waits for the preparation.
+    pub live_segments: usize,
     /// The segment being appended to.
     pub active: Active,
     /// The next segment's file being prepared on a background thread (never inline: see
@@ -347,15 +371,29 @@ fn prepare(
     sequence: u64,
     size: u64,
     cancel: &AtomicBool,
-) -> std::io::Result<Arc<dyn File>> {
+) -> std::io::Result<PreparedFile> {
     check_cancel(cancel)?;
-    let file = fs.create(&dir.join(format::temp_name(sequence)))?;
+    let temp = dir.join(format::temp_name(sequence));
+    let file = fs.create(&temp)?;
     check_cancel(cancel)?;
     file.allocate(size)?;
     // Synced as it goes, off the write path, so the first fdatasync of the segment does not
     // also have to persist its size and extents.
     zero_fill(file.as_ref(), size, cancel)?;
-    Ok(file)
+    Ok(PreparedFile { file, temp, recycled: false, blocks_written: true })
+}
+
+/// Creates the file of segment `sequence` empty, for a rollover that finds the background
+/// preparation still running: the writer starts the segment at once instead of waiting for a
+/// segment's worth of zeros, and leaves it for the prepared file once that is ready (see
+/// [`Writer::leaves_unwritten_segment`]), often after a few writes. Its appends extend it, so
+/// an early seal leaves a file of kilobytes, and nothing has to be given back (freeing blocks
+/// costs a journal commit, and a discard where the file system is mounted with one). Its temp
+/// name differs from the preparation's, which goes on for a later segment.
+fn prepare_unwritten(fs: &Fs, dir: &Path, sequence: u64) -> std::io::Result<PreparedFile> {
+    let temp = dir.join(format::unwritten_temp_name(sequence));
+    let file = fs.create(&temp)?;
+    Ok(PreparedFile { file, temp, recycled: false, blocks_written: false })
 }
 
 /// Bytes zeroed at the start of a recycled file: the header's sector and more, so that a new
@@ -388,14 +426,14 @@ fn prepare_recycled(
     if held || len < size || len < (format::SEGMENT_HEADER_LEN + TRAILER_LEN) as u64 {
         drop(file);
         fs.remove_file(&temp)?;
-        return prepare(fs, dir, sequence, size, cancel).map(|file| (file, false));
+        return prepare(fs, dir, sequence, size, cancel);
     }
     let head = RECYCLED_HEAD_ZEROED.min(len - TRAILER_LEN as u64);
     file.write_all_at(&vec![0u8; head as usize], 0)?;
     file.write_all_at(&[0u8; TRAILER_LEN], len - TRAILER_LEN as u64)?;
     check_cancel(cancel)?;
     file.sync_data()?;
-    Ok((file, true))
+    Ok(PreparedFile { file, temp, recycled: true, blocks_written: true })
 }
 
 /// Writes zeros over `[0, size)` of a freshly allocated file. On extent-based file systems
@@ -479,6 +517,7 @@ impl Writer {
             background: options.prepare_in_background,
             early_writeback: options.sync_policy != crate::SyncPolicy::Never,
             sync_running: false,
+            live_segments: 1,
             active,
             prepared: None,
             buf: Vec::new(),
@@ -501,7 +540,10 @@ impl Writer {
     /// it needs it, so that an open that never rolls over creates no file (most opens of a
     /// crash test do not, and preparing at each open was a large part of their cost).
     fn start_preparing(&mut self) {
-        self.prepared = None;
+        if self.prepared.is_some() {
+            // Still running after a rollover that did not wait for it: it serves the next one.
+            return;
+        }
         let sequence = self.active.sequence + 1;
         if !self.background || sequence > MAX_SEGMENT_SEQUENCE {
             // Beyond the last sequence no segment can follow this one; the rollover says so.
@@ -529,16 +571,28 @@ impl Writer {
         let pool_name = (!self.pool.is_empty()).then(|| self.pool.remove(0));
         move |cancel: &AtomicBool| match &pool_name {
             Some(name) => prepare_recycled(&fs, &dir, name, sequence, size, cancel),
-            None => prepare(&fs, &dir, sequence, size, cancel).map(|file| (file, false)),
+            None => prepare(&fs, &dir, sequence, size, cancel),
         }
     }
 
+    /// The file for segment `sequence`. A background preparation is for this sequence or an
+    /// earlier one (it went on while unwritten segments were started in its place): its file
+    /// is taken whatever its temp name, since the rollover renames it from that name. One still
+    /// running is not waited for: the segment starts in an unwritten file, and the
+    /// preparation goes on for a later segment.
     fn take_prepared(&mut self, sequence: u64) -> std::io::Result<PreparedFile> {
         match self.prepared.take() {
-            Some(preparation) if preparation.sequence == sequence => preparation.wait(),
-            // Inline, or a background preparation for another sequence (dropping it stops and
-            // joins its thread; open removes its file): prepared here.
-            _ => self.preparation(sequence)(&AtomicBool::new(false)),
+            Some(preparation) if preparation.is_finished() => {
+                debug_assert!(preparation.sequence <= sequence, "prepared ahead of the log");
+                preparation.wait()
+            }
+            Some(preparation) if self.live_segments < UNWAITED_ROLLOVER_MAX_SEGMENTS => {
+                self.prepared = Some(preparation);
+                prepare_unwritten(&self.fs, &self.dir, sequence)
+            }
+            Some(preparation) => preparation.wait(),
+            // Inline: prepared here.
+            None => self.preparation(sequence)(&AtomicBool::new(false)),
         }
     }
 
@@ -848,8 +902,7 @@ impl Writer {
             return Err(Failure::Refused(sequence_exhausted(sequence)));
         }
         // Get the next file first: if that fails, nothing has changed.
-        let (file, recycled) =
-            self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
+        let prepared = self.take_prepared(sequence).map_err(|e| Failure::Refused(e.into()))?;
         let (sealed_size, zeroed_trailer) = self.write_footer()?;
         // A later segment must never be durable while an earlier one is not: recovery treats
         // every segment but the last as synced whole. That covers a zeroed old trailer too,
@@ -872,25 +925,26 @@ impl Writer {
         }
         let first_record = self.records;
         let name = format::segment_name(sequence, first_record);
-        let temp = self.dir.join(format::temp_name(sequence));
-        self.fs.rename(&temp, &self.dir.join(&name)).map_err(|e| Failure::Refused(e.into()))?;
+        self.fs
+            .rename(&prepared.temp, &self.dir.join(&name))
+            .map_err(|e| Failure::Refused(e.into()))?;
         self.renames += 1;
         self.counters.segment(true);
         let next = Active {
             sequence,
             first_record,
             name,
-            file,
+            file: prepared.file,
             write_offset: 0,
             durable_offset: 0,
             prev_crc: self.active.prev_crc,
             fresh: true,
             data_start: 0,
             footer: Some(Footer::default()),
-            recycled,
+            recycled: prepared.recycled,
             unwitnessed: None,
             witness_at: None,
-            blocks_written: true,
+            blocks_written: prepared.blocks_written,
         };
         let old = std::mem::replace(&mut self.active, next);
         self.start_preparing();
@@ -910,7 +964,7 @@ impl Writer {
     /// write offset (the seal must sync that too). A segment whose footer does not fit a record
     /// (or grew too large to keep) is sealed without one: open then reads it whole.
     fn write_footer(&mut self) -> Result<(u64, bool), Failure> {
-        let file_len = self.active.write_offset.max(self.segment_size_bytes);
+        let file_len = self.active_size();
         // The file's length is what recovery finds the trailer by: it may exceed the
         // preallocated size (a large write extended it, or the option changed since).
         let Ok(file_len) = self.active.file.len().map(|len| len.max(file_len)) else {
@@ -959,7 +1013,8 @@ impl Writer {
         // keeps, open finds the trailer at the file's end or reads the segment whole, where
         // the zeroed frame header after the footer is a clean end and a trailer left inside an
         // uncut file is no record (row R1); before the seal's fdatasync the segment is still
-        // the newest, where a torn footer is a torn tail.
+        // the newest, where a torn footer is a torn tail. (A rollover's unwritten segment is not
+        // preallocated: its trailer extends it.)
         let shrink = !self.active.blocks_written && file_len > end + room;
         let len = if shrink { end + room } else { file_len.max(end + room) };
         if len >= MAX_SEGMENT_SPAN_BYTES {
@@ -1010,9 +1065,14 @@ impl Writer {
         }
     }
 
-    /// Bytes the active segment's file takes (preallocated, or extended by a large write).
+    /// Bytes the active segment's file takes at least: its preallocated size (a segment in
+    /// unwritten blocks may have none), or more where writes extended it.
     pub fn active_size(&self) -> u64 {
-        self.active.write_offset.max(self.segment_size_bytes)
+        if self.active.blocks_written {
+            self.active.write_offset.max(self.segment_size_bytes)
+        } else {
+            self.active.write_offset
+        }
     }
 
     /// Whether every written byte of the active segment is durable, but for a witness that

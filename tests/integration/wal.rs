@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use raftwal::io::{CrashFs, Fault, FaultKind, Fs};
-use raftwal::wal::Wal;
 use raftwal::wal::format::{
     ENTRIES_RECORD_TARGET_BYTES, FRAME_HEADER_LEN, Record, TRAILER_LEN, Trailer, framed_len,
     pool_name,
 };
 use raftwal::wal::recovery::scan_segment;
+use raftwal::wal::{UNWAITED_ROLLOVER_MAX_SEGMENTS, Wal};
 use raftwal::{CorruptionKind, Entry, Error, HardState, SyncPolicy, WalOptions};
 
 use crate::model::{Model, Outcome};
@@ -1292,4 +1292,125 @@ fn a_new_logs_first_segment_sealed_early_keeps_only_its_records_and_reopens_from
         .collect();
     assert!(!names.contains(&pool_name(1)), "the cut file is not kept: {names:?}");
     assert!(names.contains(&pool_name(2)), "a full-size file is kept: {names:?}");
+}
+
+/// Held until [`release`]d: the background preparation of segment 2.
+type Gate = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+/// Holds the background preparation of segment 2 before it creates its file, until
+/// [`release`] or for `at_most` (it then fails with "held preparation timed out").
+fn hold_preparation(fs: &CrashFs, at_most: std::time::Duration) -> Gate {
+    let held: Gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let gate = held.clone();
+    fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
+        let prepared = raftwal::wal::format::temp_name(2);
+        if event.kind == raftwal::io::OpKind::Create
+            && event.path.and_then(Path::file_name).is_some_and(|name| *name == *prepared)
+        {
+            let (lock, released) = &*gate;
+            let guard = lock.lock().unwrap();
+            // Bounded by `at_most`.
+            let (guard, wait) = released.wait_timeout_while(guard, at_most, |held| *held).unwrap();
+            drop(guard);
+            if wait.timed_out() {
+                return Err(std::io::Error::other("held preparation timed out"));
+            }
+        }
+        Ok(())
+    })));
+    held
+}
+
+fn release(gate: &Gate) {
+    let (lock, released) = &**gate;
+    *lock.lock().unwrap() = false;
+    released.notify_all();
+}
+
+#[test]
+fn a_rollover_does_not_wait_for_a_preparation_still_running_and_leaves_its_segment_once_ready() {
+    // The background preparation of segment 2 is held before it creates its file. Rollovers
+    // meanwhile start their segments in files of their own, written as they go; once the held
+    // file is prepared, the next write leaves the segment in use for it.
+    let options = background_options(64 << 10);
+    let fs = CrashFs::new();
+    // A rollover that waited for this file would hold the test for a minute, then see the
+    // preparation fail.
+    let held = hold_preparation(&fs, std::time::Duration::from_secs(60));
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    // About 200 KB: three rollovers or more while the preparation is held.
+    for _ in 0..200 {
+        wal.save(None, &[entry(next, 1, 1000)]).unwrap();
+        next += 1;
+    }
+    let unwritten = segments(&fs);
+    assert!(unwritten.len() >= 4, "rollovers went on: {unwritten:?}");
+    for path in &unwritten[1..unwritten.len() - 1] {
+        let file = fs.read_file(path).unwrap();
+        assert_eq!(
+            sealed_bytes(&file),
+            Some(file.len()),
+            "{} holds only what it was given",
+            path.display()
+        );
+    }
+    // Released: once the file is prepared, a write leaves the segment in use for it.
+    release(&held);
+    let started = std::time::Instant::now();
+    // Bounded by the deadline.
+    while segments(&fs).len() == unwritten.len() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never left");
+        wal.save(None, &[entry(next, 1, 10)]).unwrap();
+        next += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let now = segments(&fs);
+    let newest = fs.read_file(now.last().unwrap()).unwrap();
+    assert_eq!(newest.len(), 64 << 10, "the prepared file, preallocated, is in use");
+    let left = fs.read_file(&now[now.len() - 2]).unwrap();
+    assert_eq!(
+        sealed_bytes(&left),
+        Some(left.len()),
+        "the segment left holds only what it was given"
+    );
+    fs.set_hook(None);
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.last_index(), next - 1);
+    let read = wal.entries(1, next, u64::MAX).unwrap();
+    assert_eq!(read.len() as u64, next - 1);
+    assert!(
+        read.iter()
+            .all(|e| e.data == entry(e.index, 1, if e.index < 201 { 1000 } else { 10 }).data)
+    );
+}
+
+#[test]
+fn past_the_bound_on_live_segments_a_rollover_waits_for_the_preparation() {
+    // Unwritten segments are started only while the log holds fewer than the bound: each
+    // live segment holds an open file. The preparation is held for ten seconds (the saves
+    // before the bound take a fraction of one), then fails: the rollover that meets the bound
+    // waits for it and reports its failure.
+    let options = background_options(8 << 10);
+    let fs = CrashFs::new();
+    hold_preparation(&fs, std::time::Duration::from_secs(10));
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    // Bounded: a few entries fill each segment.
+    let refused = loop {
+        match wal.save(None, &[entry(next, 1, 1000)]) {
+            Ok(()) => next += 1,
+            Err(e) => break e,
+        }
+        assert!(next < 20_000, "no rollover waited");
+    };
+    assert!(refused.to_string().contains("held preparation timed out"), "{refused}");
+    assert_eq!(segments(&fs).len(), UNWAITED_ROLLOVER_MAX_SEGMENTS);
+    // Refused, not poisoned: the next rollover prepares its file itself.
+    wal.save(None, &[entry(next, 1, 1000)]).unwrap();
+    fs.set_hook(None);
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.last_index(), next);
 }
