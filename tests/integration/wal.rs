@@ -353,15 +353,19 @@ fn the_real_file_system_round_trips_a_log() {
 /// acknowledged step under `SyncPolicy::Always`; the last completed `Sync` under `Never`) and
 /// the step in flight, possibly with that step's entries but not its hard state. Returns
 /// whether the halt was reached.
+/// With `held`, the background preparation of segment 2 is held until the steps are done, so
+/// that every rollover starts its segment in a file that was not preallocated (the preparation
+/// thread takes no operation number while it is held: the numbering stays deterministic).
 fn crash_once(
     options: &WalOptions,
     steps: &[Step],
     want: &Expected,
-    halt_at: u64,
-    seed: u64,
+    (halt_at, seed): (u64, u64),
+    held: bool,
 ) -> bool {
     let fs = CrashFs::new();
     fs.inject(Fault { at_op: halt_at, kind: FaultKind::Halt });
+    let gate = held.then(|| hold_preparation(&fs, std::time::Duration::from_secs(60)));
     let always = options.sync_policy == SyncPolicy::Always;
     let (mut acked, mut durable) = (0, 0);
     if let Ok(wal) = open(&fs, options) {
@@ -374,7 +378,13 @@ fn crash_once(
                 durable = acked;
             }
         }
+        // Halted: the preparation stopped being held at the halt. Not halted: it runs on
+        // once released, and is stopped when the log is dropped.
+        if let Some(gate) = &gate {
+            release(gate);
+        }
     }
+    fs.set_hook(None);
     let halted = fs.is_halted();
     fs.crash(seed);
     fs.clear_faults();
@@ -457,7 +467,7 @@ pub fn crash_at_every_operation(options: &WalOptions, steps: &[Step]) -> u64 {
         // Three crash outcomes per point: unsynced writes lost, kept or torn as the seed says.
         let mut reached = false;
         for seed in 0..3 {
-            reached |= crash_once(options, steps, &want, at, at * 7 + seed);
+            reached |= crash_once(options, steps, &want, (at, at * 7 + seed), false);
         }
         if !reached {
             break;
@@ -1302,18 +1312,26 @@ type Gate = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
 fn hold_preparation(fs: &CrashFs, at_most: std::time::Duration) -> Gate {
     let held: Gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
     let gate = held.clone();
+    let halted = fs.clone();
     fs.set_hook(Some(Arc::new(move |event: &raftwal::io::OpEvent<'_>| {
         let prepared = raftwal::wal::format::temp_name(2);
         if event.kind == raftwal::io::OpKind::Create
             && event.path.and_then(Path::file_name).is_some_and(|name| *name == *prepared)
         {
             let (lock, released) = &*gate;
-            let guard = lock.lock().unwrap();
-            // Bounded by `at_most`.
-            let (guard, wait) = released.wait_timeout_while(guard, at_most, |held| *held).unwrap();
-            drop(guard);
-            if wait.timed_out() {
-                return Err(std::io::Error::other("held preparation timed out"));
+            let started = std::time::Instant::now();
+            let mut guard = lock.lock().unwrap();
+            // Bounded by `at_most`. A halted file system (a crash test) lets it go at once: the
+            // log dropped after the halt joins this thread.
+            while *guard {
+                if halted.is_halted() {
+                    return Err(std::io::Error::other("held preparation: halted"));
+                }
+                if started.elapsed() >= at_most {
+                    return Err(std::io::Error::other("held preparation timed out"));
+                }
+                let slice = std::time::Duration::from_millis(10);
+                guard = released.wait_timeout(guard, slice).unwrap().0;
             }
         }
         Ok(())
@@ -1384,6 +1402,44 @@ fn a_rollover_does_not_wait_for_a_preparation_still_running_and_leaves_its_segme
         read.iter()
             .all(|e| e.data == entry(e.index, 1, if e.index < 201 { 1000 } else { 10 }).data)
     );
+}
+
+#[test]
+fn a_crash_at_every_io_operation_of_rollovers_that_did_not_wait_loses_nothing_acknowledged() {
+    // The preparation held throughout: the first segment (preallocated, not zero-filled) is
+    // sealed by the first save's vote and cut, and every later segment starts in a file of its
+    // own that its appends extend.
+    let options = WalOptions { prepare_in_background: true, ..small_options() };
+    let steps = workload();
+    let want = expected(&steps);
+    // Uncrashed, every step succeeds and every segment after the first came from a rollover
+    // that did not wait: the preparation never created its file.
+    let fs = CrashFs::new();
+    let gate = hold_preparation(&fs, std::time::Duration::from_secs(60));
+    let wal = open(&fs, &options).unwrap();
+    for step in &steps {
+        apply(&wal, step).unwrap();
+    }
+    assert!(segments(&fs).len() >= 3, "{:?}", segments(&fs));
+    let prepared =
+        fs.list_all().into_iter().any(|p| p.ends_with(raftwal::wal::format::temp_name(2)));
+    assert!(!prepared, "the held preparation created no file");
+    release(&gate);
+    drop(wal);
+    let mut points = 0;
+    for at in 0.. {
+        let mut reached = false;
+        for seed in 0..3 {
+            reached |= crash_once(&options, &steps, &want, (at, at * 7 + seed), true);
+        }
+        if !reached {
+            break;
+        }
+        points += 1;
+        assert!(points < 100_000, "the workload must end");
+    }
+    assert!(points > 100, "the workload must perform many I/O operations, saw {points}");
+    println!("crash points of rollovers into files not preallocated: {points} x 3 seeds");
 }
 
 #[test]
