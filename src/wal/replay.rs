@@ -732,6 +732,10 @@ fn recover_once(
                 records_total = first_record;
             }
 
+            // A file shorter than a segment was not preallocated (a rollover that did not wait
+            // for the zero-fill, DESIGN.md §7 case 5): its appends extend it, and the writer
+            // leaves it once a prepared file is ready, as before the reopen.
+            let preallocated = segment.file.len()? >= options.segment_size_bytes;
             Some(Active {
                 sequence: segment.sequence,
                 first_record,
@@ -746,9 +750,9 @@ fn recover_once(
                 recycled,
                 unwitnessed: if fresh { None } else { witnesses.0 },
                 witness_at: if fresh { None } else { witnesses.1 },
-                // Whether a reopened first segment was zero-filled is not known: it is used
-                // until it fills, paying for unwritten blocks if it has them.
-                blocks_written: true,
+                // Whether a reopened preallocated segment was zero-filled is not known: it is
+                // used until it fills, paying for unwritten blocks if it has them.
+                blocks_written: preallocated,
             })
         }
         None => None,

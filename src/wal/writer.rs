@@ -215,7 +215,8 @@ pub struct Sealed {
     /// Log sequence number up to which everything is durable, names included, now that the
     /// segment is sealed.
     pub durable_lsn: u64,
-    /// Bytes the file takes: its preallocated size, or more if a large write extended it.
+    /// Bytes the file takes: its preallocated size, more if writes extended it, less if it was
+    /// cut at its seal or never preallocated (a segment in unwritten blocks).
     pub size: u64,
 }
 
@@ -582,7 +583,9 @@ impl Writer {
     /// preparation goes on for a later segment.
     fn take_prepared(&mut self, sequence: u64) -> std::io::Result<PreparedFile> {
         match self.prepared.take() {
-            Some(preparation) if preparation.is_finished() => {
+            // Ready is set just before the thread returns: taking it then waits no longer than
+            // that return (a write that saw it ready and sealed for it must get its file).
+            Some(preparation) if preparation.is_ready() || preparation.is_finished() => {
                 debug_assert!(preparation.sequence <= sequence, "prepared ahead of the log");
                 preparation.wait()
             }
@@ -856,11 +859,11 @@ impl Writer {
         if writeback { self.active.file.start_writeback(at, piece.len() as u64) } else { Ok(()) }
     }
 
-    /// Whether the active segment is a new log's first one, not zero-filled (see
-    /// [`Active::blocks_written`]), holding records, with the next segment's file prepared in the
-    /// background and ready: the engine then seals it with [`Writer::seal_now`], so that appends
-    /// go to written blocks from then on, as they do in every later segment. A preparation that
-    /// failed is never ready: the rollover that needs the file meets the failure, as before.
+    /// Whether the active segment is in unwritten blocks (a new log's first one, or a
+    /// rollover's that did not wait: see [`Active::blocks_written`]), holding records, with the
+    /// next segment's file prepared in the background and ready: the engine then seals it with
+    /// [`Writer::seal_now`], so that appends go to written blocks from then on. A preparation
+    /// that failed is never ready: the rollover that needs the file meets the failure.
     pub fn leaves_unwritten_segment(&self) -> bool {
         !self.active.blocks_written
             && !self.active.fresh
@@ -981,14 +984,22 @@ impl Writer {
             // Only past the records: where a trailer can be (records written over one since
             // have replaced it).
             let at = file_len.saturating_sub(TRAILER_LEN as u64);
-            let zeroed = at >= self.active.write_offset;
-            if zeroed {
+            if at >= self.active.write_offset {
                 self.active
                     .file
                     .write_all_at(&[0u8; TRAILER_LEN], at)
                     .map_err(|e| Failure::Poison(e.into()))?;
+                return Ok((file_len, true));
             }
-            return Ok((file_len, zeroed));
+            // The file ends inside the records (appends extended it): zeros after them, so that
+            // its last bytes are never an entry's payload that happens to read as a trailer.
+            let end = self.active.write_offset + (FRAME_HEADER_LEN + TRAILER_LEN) as u64;
+            let zeros = [0u8; FRAME_HEADER_LEN + TRAILER_LEN];
+            self.active
+                .file
+                .write_all_at(&zeros, self.active.write_offset)
+                .map_err(|e| Failure::Poison(e.into()))?;
+            return Ok((end, true));
         };
         let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + footer.len() + 8);
         let crc = append_record(

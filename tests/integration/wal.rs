@@ -1440,6 +1440,74 @@ fn a_crash_at_every_io_operation_of_rollovers_that_did_not_wait_loses_nothing_ac
 }
 
 #[test]
+fn a_reopened_segment_that_was_not_preallocated_is_left_once_the_next_file_is_ready() {
+    // A rollover that did not wait leaves the newest segment in a short file; after a reopen,
+    // the writer still leaves it for the prepared file instead of filling it.
+    let options = background_options(64 << 10);
+    let fs = CrashFs::new();
+    let held = hold_preparation(&fs, std::time::Duration::from_secs(60));
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    // Bounded: past the first segment, into one that did not wait.
+    while segments(&fs).len() < 2 {
+        wal.save(None, &[entry(next, 1, 1000)]).unwrap();
+        next += 1;
+    }
+    wal.save(None, &[entry(next, 1, 1000)]).unwrap();
+    next += 1;
+    release(&held);
+    drop(wal);
+    fs.set_hook(None);
+    let fs = fs.power_cut_copy();
+    let wal = open(&fs, &options).unwrap();
+    let resumed = segments(&fs);
+    let short = fs.read_file(resumed.last().unwrap()).unwrap().len();
+    assert!(short < 16 << 10, "the newest segment is a short file: {short} bytes");
+    let started = std::time::Instant::now();
+    // Bounded by the deadline.
+    while segments(&fs).len() == resumed.len() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never left");
+        wal.save(None, &[entry(next, 1, 10)]).unwrap();
+        next += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let left = fs.read_file(&resumed[resumed.len() - 1]).unwrap();
+    assert!(left.len() < 16 << 10, "left, not filled: {} bytes", left.len());
+    assert_eq!(sealed_bytes(&left), Some(left.len()), "sealed where its records end");
+    drop(wal);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.last_index(), next - 1);
+}
+
+#[test]
+fn a_segment_that_was_not_preallocated_sealed_without_a_footer_ends_in_zeros() {
+    // Footers above max_record_bytes are not written. A file that appends extended would end
+    // in the last record's bytes, which an entry's payload could make read as a trailer.
+    let options = WalOptions { max_record_bytes: 2048, ..background_options(16 << 10) };
+    let fs = CrashFs::new();
+    let held = hold_preparation(&fs, std::time::Duration::from_secs(60));
+    let wal = open(&fs, &options).unwrap();
+    let mut next = 1;
+    // Bounded: three segments of 16 KiB of small records, each entry in a term of its own, so
+    // that the footer lists a run per entry and outgrows a record.
+    while segments(&fs).len() < 4 {
+        wal.save(None, &[entry(next, next, 40)]).unwrap();
+        next += 1;
+    }
+    let files = segments(&fs);
+    let sealed = fs.read_file(&files[2]).unwrap();
+    assert!(sealed.len() < (16 << 10) + 4096, "not preallocated: {} bytes", sealed.len());
+    assert_eq!(sealed_bytes(&sealed), None, "sealed without a footer");
+    assert!(sealed[sealed.len() - TRAILER_LEN..].iter().all(|&b| b == 0), "ends in zeros");
+    release(&held);
+    drop(wal);
+    fs.set_hook(None);
+    let wal = open(&fs.power_cut_copy(), &options).unwrap();
+    assert_eq!(wal.recovery_report().rows[2], "R1", "read whole, clean end");
+    assert_eq!(wal.last_index(), next - 1);
+}
+
+#[test]
 fn past_the_bound_on_live_segments_a_rollover_waits_for_the_preparation() {
     // Unwritten segments are started only while the log holds fewer than the bound: each
     // live segment holds an open file. The preparation is held for ten seconds (the saves
