@@ -1837,9 +1837,14 @@ fn an_index_compacted_to_ten_entries_costs_at_most_8_bytes_each_plus_a_constant(
 /// multi-group log closed cleanly (`rounds` rounds of batches over three groups); every reopen
 /// must give `Corruption` naming that segment or every group exactly as it was. Returns the
 /// reopens refused, those that opened, and the log's segments.
-fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
+/// Flips bits of the newest segment, or of the first; with `held`, of the one before the newest
+/// instead of the first, with the background preparation held throughout, so that every segment
+/// after the first is in a file that was not preallocated (DESIGN.md §7, case 5).
+fn flip_bits_of_a_segment(rounds: u64, newest: bool, held: bool) -> (u64, u64, usize) {
     let fs = CrashFs::new();
-    let engine = open(&fs, &options()).unwrap();
+    let options = WalOptions { prepare_in_background: held, ..options() };
+    let gate = held.then(|| crate::wal::hold_preparation(&fs, std::time::Duration::from_secs(60)));
+    let engine = open(&fs, &options).unwrap();
     let mut models: BTreeMap<u64, Model> = BTreeMap::new();
     let mut batch = WriteBatch::new();
     // The terms first: a term change seals its segment, which holds no entry (it stays, as the
@@ -1863,11 +1868,21 @@ fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
         }
         engine.write(&mut batch).unwrap();
     }
+    if let Some(gate) = &gate {
+        // Every rollover so far did not wait: the preparation never created its file.
+        assert!(segment_names(&fs).len() > 2, "rollovers while the preparation was held");
+        crate::wal::release(gate);
+    }
     engine.close().unwrap();
     drop(engine);
+    fs.set_hook(None);
     let mut names = segment_names(&fs);
     names.sort();
-    let name = if newest { names.last().unwrap() } else { &names[0] };
+    let name = match (newest, held) {
+        (true, _) => names.last().unwrap(),
+        (false, false) => &names[0],
+        (false, true) => &names[names.len() - 2],
+    };
     let path = Path::new(ROOT).join("wal").join(name);
     assert!(name.ends_with(SEGMENT_SUFFIX));
     let bytes = fs.read_file(&path).unwrap();
@@ -1881,7 +1896,7 @@ fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
         let bit = SEGMENT_HEADER_LEN as u64 * 8 + offset;
         let copy = fs.power_cut_copy();
         copy.flip_bit(&path, bit).unwrap();
-        match open(&copy, &options()) {
+        match open(&copy, &options) {
             Err(Error::Corruption { segment, .. }) => {
                 assert!(
                     segment.to_string_lossy().contains(name.as_str()),
@@ -1900,7 +1915,7 @@ fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
                         && matches!(
                             group.entries(first, last + 1, u64::MAX),
                             Err(Error::Corruption { segment, .. })
-                                if segment.to_string_lossy().contains(&names[0])
+                                if segment.to_string_lossy().contains(name.as_str())
                         )
                 });
                 if refused_on_read {
@@ -1919,7 +1934,7 @@ fn flip_bits_of_a_segment(rounds: u64, newest: bool) -> (u64, u64, usize) {
 
 #[test]
 fn a_flipped_bit_in_the_active_segment_gives_corruption_or_the_same_answers() {
-    let (refused, same, segments) = flip_bits_of_a_segment(3, true);
+    let (refused, same, segments) = flip_bits_of_a_segment(3, true, false);
     assert_eq!(segments, 2, "the entries fit the active segment, after the term's segment");
     assert!(refused > 0, "flips in records are detected");
     println!("bit flips, active segment: {refused} refused as corruption, {same} opened the same");
@@ -1927,10 +1942,18 @@ fn a_flipped_bit_in_the_active_segment_gives_corruption_or_the_same_answers() {
 
 #[test]
 fn a_flipped_bit_in_a_sealed_segment_gives_corruption_or_the_same_answers() {
-    let (refused, same, segments) = flip_bits_of_a_segment(20, false);
+    let (refused, same, segments) = flip_bits_of_a_segment(20, false, false);
     assert!(segments > 1, "the first segment is sealed");
     assert!(refused > 0, "flips in records are detected");
     println!("bit flips, sealed segment: {refused} refused as corruption, {same} opened the same");
+}
+
+#[test]
+fn a_flipped_bit_in_a_segment_that_was_not_preallocated_gives_corruption_or_the_same_answers() {
+    let (refused, same, segments) = flip_bits_of_a_segment(40, false, true);
+    assert!(segments > 2, "a sealed segment before the active one");
+    assert!(refused > 0, "flips in records are detected");
+    println!("bit flips, segment not preallocated: {refused} refused, {same} opened the same");
 }
 
 // ---------------------------------------------------------------------------------------------

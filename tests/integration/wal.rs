@@ -1315,11 +1315,11 @@ fn a_new_logs_first_segment_sealed_early_keeps_only_its_records_and_reopens_from
 }
 
 /// Held until [`release`]d: the background preparation of segment 2.
-type Gate = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+pub type Gate = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
 
 /// Holds the background preparation of segment 2 before it creates its file, until
 /// [`release`] or for `at_most` (it then fails with "held preparation timed out").
-fn hold_preparation(fs: &CrashFs, at_most: std::time::Duration) -> Gate {
+pub fn hold_preparation(fs: &CrashFs, at_most: std::time::Duration) -> Gate {
     let held: Gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
     let gate = held.clone();
     let halted = fs.clone();
@@ -1349,7 +1349,7 @@ fn hold_preparation(fs: &CrashFs, at_most: std::time::Duration) -> Gate {
     held
 }
 
-fn release(gate: &Gate) {
+pub fn release(gate: &Gate) {
     let (lock, released) = &**gate;
     *lock.lock().unwrap() = false;
     released.notify_all();
