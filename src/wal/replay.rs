@@ -735,7 +735,7 @@ fn recover_once(
             // A file shorter than a segment was not preallocated (a rollover that did not wait
             // for the zero-fill, DESIGN.md §7 case 5): its appends extend it, and the writer
             // leaves it once a prepared file is ready, as before the reopen.
-            let preallocated = segment.file.len()? >= options.segment_size_bytes;
+            let preallocated = segment.size >= options.segment_size_bytes;
             Some(Active {
                 sequence: segment.sequence,
                 first_record,
