@@ -1355,6 +1355,19 @@ pub fn release(gate: &Gate) {
     released.notify_all();
 }
 
+/// Saves small entries from `next` on, a millisecond apart, until the log holds more than
+/// `segments` segments: the writer left the one in use for a file prepared meanwhile.
+fn save_until_a_segment_is_left(fs: &CrashFs, wal: &Wal, next: &mut u64, segments: usize) {
+    let started = std::time::Instant::now();
+    // Bounded by the deadline.
+    while self::segments(fs).len() == segments {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never left");
+        wal.save(None, &[entry(*next, 1, 10)]).unwrap();
+        *next += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_rollover_does_not_wait_for_a_preparation_still_running_and_leaves_its_segment_once_ready() {
     // The background preparation of segment 2 is held before it creates its file. Rollovers
@@ -1385,14 +1398,7 @@ fn a_rollover_does_not_wait_for_a_preparation_still_running_and_leaves_its_segme
     }
     // Released: once the file is prepared, a write leaves the segment in use for it.
     release(&held);
-    let started = std::time::Instant::now();
-    // Bounded by the deadline.
-    while segments(&fs).len() == unwritten.len() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never left");
-        wal.save(None, &[entry(next, 1, 10)]).unwrap();
-        next += 1;
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    save_until_a_segment_is_left(&fs, &wal, &mut next, unwritten.len());
     let now = segments(&fs);
     let newest = fs.read_file(now.last().unwrap()).unwrap();
     assert_eq!(newest.len(), 64 << 10, "the prepared file, preallocated, is in use");
@@ -1463,14 +1469,7 @@ fn a_reopened_segment_that_was_not_preallocated_is_left_once_the_next_file_is_re
     let resumed = segments(&fs);
     let short = fs.read_file(resumed.last().unwrap()).unwrap().len();
     assert!(short < 16 << 10, "the newest segment is a short file: {short} bytes");
-    let started = std::time::Instant::now();
-    // Bounded by the deadline.
-    while segments(&fs).len() == resumed.len() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never left");
-        wal.save(None, &[entry(next, 1, 10)]).unwrap();
-        next += 1;
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    save_until_a_segment_is_left(&fs, &wal, &mut next, resumed.len());
     let left = fs.read_file(&resumed[resumed.len() - 1]).unwrap();
     assert!(left.len() < 16 << 10, "left, not filled: {} bytes", left.len());
     assert_eq!(sealed_bytes(&left), Some(left.len()), "sealed where its records end");
